@@ -1,0 +1,306 @@
+//! Client authentication at the token and cancellation endpoints.
+//!
+//! The proxy holds no client secrets: the OP authenticates the client on every call that
+//! reaches it (the exchange and the final refresh). Between those, pending polls and cancels
+//! are checked locally against what the exchange bound to the process: a keyed fingerprint of
+//! the secret the OP accepted, or the client's identity for assertion-based and public clients.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use http::header::{HeaderMap, AUTHORIZATION};
+use percent_encoding::percent_decode_str;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{equal_constant_time, HashKey};
+use crate::protocol::errors::OAuthError;
+use crate::protocol::params::Params;
+
+pub const CLIENT_ASSERTION_TYPE_JWT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Parameters that carry client authentication in a form body (RFC 6749 §2.3.1, RFC 7523).
+pub const AUTH_PARAMS: [&str; 4] = [
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    /// `private_key_jwt` or `client_secret_jwt` (RFC 7523 assertion).
+    JwtAssertion,
+    /// A public client: no authentication, only its id.
+    None,
+}
+
+impl AuthMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::JwtAssertion => "private_key_jwt",
+            AuthMethod::None => "none",
+        }
+    }
+}
+
+/// What the exchange bound to a process about the client that performed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientBinding {
+    pub method: AuthMethod,
+    /// Keyed hash of client id and secret, for the secret-based methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// The credentials one request presented.
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub method: AuthMethod,
+    secret: Option<String>,
+    assertion: Option<String>,
+    /// The scheme of the `Authorization` header when that carried the credentials.
+    pub via_header: Option<&'static str>,
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("client_id", &self.client_id)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+/// RFC 6749 §2.3.1: Basic credentials are form-urlencoded before base64 (openid-client sends
+/// `dtr%2Dclient`), so they are decoded as such.
+fn form_decode(raw: &str) -> Result<String, ()> {
+    let spaced = raw.replace('+', " ");
+    percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ())
+}
+
+fn basic_credentials(value: &str) -> Result<(String, String), OAuthError> {
+    let bad = || OAuthError::invalid_client("The Basic authorization header is malformed.", Some("Basic"));
+    let decoded = STANDARD.decode(value.trim()).map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
+    let id = form_decode(id).map_err(|_| bad())?;
+    let secret = form_decode(secret).map_err(|_| bad())?;
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok((id, secret))
+}
+
+/// The `sub` of an assertion, read without verification: only to learn which client claims
+/// to be calling. The OP (or the local verifier) checks the signature.
+fn assertion_subject(assertion: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Claims {
+        sub: Option<String>,
+        iss: Option<String>,
+    }
+    let data = jsonwebtoken::dangerous::insecure_decode::<Claims>(assertion).ok()?;
+    data.claims.sub.or(data.claims.iss)
+}
+
+impl ClientCredentials {
+    /// Reads the credentials of a token or cancellation request. More than one method at
+    /// once is refused (RFC 6749 §2.3).
+    pub fn extract(headers: &HeaderMap, params: &Params) -> Result<Self, OAuthError> {
+        let basic = match headers.get(AUTHORIZATION) {
+            Some(value) => {
+                let value = value
+                    .to_str()
+                    .map_err(|_| OAuthError::invalid_client("The authorization header is malformed.", Some("Basic")))?;
+                match value.split_once(' ') {
+                    Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => Some(basic_credentials(rest)?),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        let body_id = params.get("client_id");
+        let body_secret = params.get("client_secret");
+        let assertion = params.get("client_assertion");
+        let methods = [basic.is_some(), body_secret.is_some(), assertion.is_some()];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(OAuthError::invalid_request(
+                "Use exactly one client authentication method.",
+            ));
+        }
+
+        if let Some((client_id, secret)) = basic {
+            if body_id.is_some_and(|id| id != client_id) {
+                return Err(OAuthError::invalid_client(
+                    "client_id does not match the credentials.",
+                    Some("Basic"),
+                ));
+            }
+            return Ok(Self {
+                client_id,
+                method: AuthMethod::ClientSecretBasic,
+                secret: Some(secret),
+                assertion: None,
+                via_header: Some("Basic"),
+            });
+        }
+        if let Some(secret) = body_secret {
+            let client_id =
+                body_id.ok_or_else(|| OAuthError::invalid_client("client_secret needs client_id.", None))?;
+            return Ok(Self {
+                client_id: client_id.to_owned(),
+                method: AuthMethod::ClientSecretPost,
+                secret: Some(secret.to_owned()),
+                assertion: None,
+                via_header: None,
+            });
+        }
+        if let Some(assertion) = assertion {
+            if params.get("client_assertion_type") != Some(CLIENT_ASSERTION_TYPE_JWT) {
+                return Err(OAuthError::invalid_client("Unsupported client_assertion_type.", None));
+            }
+            let subject = assertion_subject(assertion)
+                .ok_or_else(|| OAuthError::invalid_client("The client assertion is not a readable JWT.", None))?;
+            if body_id.is_some_and(|id| id != subject) {
+                return Err(OAuthError::invalid_client(
+                    "client_id does not match the client assertion.",
+                    None,
+                ));
+            }
+            return Ok(Self {
+                client_id: subject,
+                method: AuthMethod::JwtAssertion,
+                secret: None,
+                assertion: Some(assertion.to_owned()),
+                via_header: None,
+            });
+        }
+        match body_id {
+            Some(client_id) => Ok(Self {
+                client_id: client_id.to_owned(),
+                method: AuthMethod::None,
+                secret: None,
+                assertion: None,
+                via_header: None,
+            }),
+            None => Err(OAuthError::invalid_client("Client authentication is required.", None)),
+        }
+    }
+
+    fn fingerprint(&self, key: &HashKey) -> Option<String> {
+        self.secret
+            .as_ref()
+            .map(|secret| key.hash("client-secret", &format!("{}\0{secret}", self.client_id)))
+    }
+
+    /// What to bind to a process once the OP has accepted these credentials.
+    pub fn binding(&self, key: &HashKey) -> ClientBinding {
+        ClientBinding {
+            method: self.method,
+            fingerprint: self.fingerprint(key),
+        }
+    }
+
+    /// Checks these credentials against a binding without calling the OP.
+    pub fn verify(&self, binding: &ClientBinding, key: &HashKey) -> Result<(), OAuthError> {
+        let rejected = |description: &'static str| OAuthError::invalid_client(description, self.via_header);
+        if binding.method != self.method {
+            return Err(rejected(
+                "Authenticate with the method used at the deferred code exchange.",
+            ));
+        }
+        match self.method {
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => {
+                match (self.fingerprint(key), &binding.fingerprint) {
+                    (Some(presented), Some(bound)) if equal_constant_time(&presented, bound) => Ok(()),
+                    _ => Err(rejected("Client authentication failed.")),
+                }
+            }
+            AuthMethod::JwtAssertion => match &self.assertion {
+                Some(assertion) if crate::client_auth::assertion_is_current(assertion, &self.client_id) => Ok(()),
+                _ => Err(rejected(
+                    "The client assertion is expired or not issued by this client.",
+                )),
+            },
+            AuthMethod::None => Ok(()),
+        }
+    }
+}
+
+/// Structural check of an assertion presented on a pending poll: issued by the client for
+/// itself and not expired. Signature verification against the client's keys is the job of
+/// the local assertion verifier; tokens are released only through the OP, which verifies the
+/// assertion in full.
+pub fn assertion_is_current(assertion: &str, client_id: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Claims {
+        iss: Option<String>,
+        sub: Option<String>,
+        exp: Option<u64>,
+    }
+    let Ok(data) = jsonwebtoken::dangerous::insecure_decode::<Claims>(assertion) else {
+        return false;
+    };
+    let now = crate::http::now_ms() / 1000;
+    data.claims.iss.as_deref() == Some(client_id)
+        && data.claims.sub.as_deref() == Some(client_id)
+        && data.claims.exp.is_some_and(|exp| exp + 30 >= now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn basic(id: &str, secret: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")));
+        headers.insert(AUTHORIZATION, HeaderValue::from_str(&value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let creds = ClientCredentials::extract(&basic("dtr%2Dclient", "s%3Acret+x"), &Params::default()).unwrap();
+        assert_eq!(creds.client_id, "dtr-client");
+        assert_eq!(creds.secret.as_deref(), Some("s:cret x"));
+        assert_eq!(creds.via_header, Some("Basic"));
+    }
+
+    #[test]
+    fn two_methods_at_once_are_refused() {
+        let params = Params::parse(b"client_id=a&client_secret=b").unwrap();
+        let err = ClientCredentials::extract(&basic("a", "b"), &params).unwrap_err();
+        assert_eq!(err.error, "invalid_request");
+    }
+
+    #[test]
+    fn fingerprint_verifies_only_the_same_secret() {
+        let key = HashKey::random();
+        let good = ClientCredentials::extract(&basic("a", "secret"), &Params::default()).unwrap();
+        let binding = good.binding(&key);
+        assert!(good.verify(&binding, &key).is_ok());
+        let bad = ClientCredentials::extract(&basic("a", "guess"), &Params::default()).unwrap();
+        let err = bad.verify(&binding, &key).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.error), (401, "invalid_client"));
+        let post = ClientCredentials::extract(
+            &HeaderMap::new(),
+            &Params::parse(b"client_id=a&client_secret=secret").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(post.verify(&binding, &key).unwrap_err().error, "invalid_client");
+    }
+
+    #[test]
+    fn missing_authentication_is_invalid_client() {
+        let err = ClientCredentials::extract(&HeaderMap::new(), &Params::default()).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.error), (400, "invalid_client"));
+    }
+}

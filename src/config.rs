@@ -1,0 +1,628 @@
+//! Configuration: built-in defaults < optional TOML file (`DTR_CONFIG`) < environment `DTR_*`
+//! (`__` separates nesting levels). Parsed once into typed structs; every error is collected and
+//! reported together, so an operator fixes a bad deployment in one round.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::Value;
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::crypto::{HashKey, Sealer};
+
+/// Path templates for the OP's endpoints. `{realm}` stands for one path segment; an OP without
+/// realms uses templates without it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathTemplates {
+    pub issuer: String,
+    pub authorization: String,
+    pub token: String,
+    pub discovery: String,
+    pub cancellation: String,
+}
+
+impl Default for PathTemplates {
+    /// Keycloak's layout.
+    fn default() -> Self {
+        Self {
+            issuer: "/realms/{realm}".into(),
+            authorization: "/realms/{realm}/protocol/openid-connect/auth".into(),
+            token: "/realms/{realm}/protocol/openid-connect/token".into(),
+            discovery: "/realms/{realm}/.well-known/openid-configuration".into(),
+            cancellation: "/realms/{realm}/protocol/openid-connect/deferred/cancel".into(),
+        }
+    }
+}
+
+/// One client allowed to use DTR, as written in the TOML file or `DTR_CLIENTS` (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    pub client_id: String,
+    /// Restricts the entry to one realm; absent = the client id in every realm.
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// The RP's `deferred_client_notification_endpoint`.
+    #[serde(default)]
+    pub notification_endpoint: Option<String>,
+    /// Seconds between polls (overrides `default_interval`).
+    #[serde(default)]
+    pub interval: Option<u64>,
+    /// Lifetime of a process in seconds (overrides `default_expires_in`).
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    /// Redirect URIs known to be registered at the OP. Only these may receive an error redirect
+    /// produced by the proxy itself (before the OP has validated the request).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+}
+
+/// The raw, serde-facing shape. Field names are the env names without `DTR_`, lower-cased.
+/// Unknown top-level keys are warned about, not refused: Kubernetes injects `<SERVICE>_PORT`
+/// style variables for every Service, and a Service named `dtr-…` would otherwise stop the pod.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RawConfig {
+    upstream_url: Option<String>,
+    public_url: Option<String>,
+    listen: String,
+    admin_listen: String,
+    redis_url: Option<String>,
+    redis_cluster: bool,
+    redis_key_prefix: String,
+    webhook_secret: Option<String>,
+    hash_key: Option<String>,
+    token_keys: Option<String>,
+    allow_insecure_http: bool,
+    offline_access: bool,
+    interim_id_token: bool,
+    login_ttl: u64,
+    deferred_code_ttl: u64,
+    default_interval: u64,
+    default_expires_in: u64,
+    upstream_timeout: u64,
+    ping_timeout: u64,
+    max_body_bytes: usize,
+    max_header_bytes: usize,
+    shutdown_grace: u64,
+    shutdown_delay: u64,
+    log: String,
+    log_format: String,
+    paths: PathTemplates,
+    clients: Vec<ClientSettings>,
+    /// Not a setting: the path of the TOML file, accepted so `DTR_CONFIG` passes validation.
+    config: Option<String>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            upstream_url: None,
+            public_url: None,
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: "0.0.0.0:9090".into(),
+            redis_url: None,
+            redis_cluster: false,
+            redis_key_prefix: "dtr".into(),
+            webhook_secret: None,
+            hash_key: None,
+            token_keys: None,
+            allow_insecure_http: false,
+            offline_access: true,
+            interim_id_token: true,
+            login_ttl: 1800,
+            deferred_code_ttl: 60,
+            default_interval: 5,
+            default_expires_in: 86_400,
+            upstream_timeout: 10,
+            ping_timeout: 10,
+            max_body_bytes: 64 * 1024,
+            max_header_bytes: 64 * 1024,
+            shutdown_grace: 25,
+            shutdown_delay: 3,
+            log: "info".into(),
+            log_format: "text".into(),
+            paths: PathTemplates::default(),
+            clients: Vec::new(),
+            config: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// In-process store: one replica only, state dies with the process.
+    Embedded,
+    Redis {
+        url: String,
+        cluster: bool,
+        key_prefix: String,
+    },
+}
+
+/// The validated configuration the proxy runs on.
+#[derive(Clone)]
+pub struct Config {
+    /// Where the OP listens (scheme and authority, optional base path).
+    pub upstream_url: Url,
+    /// The public origin the OP's issuer uses (scheme and authority).
+    pub public_url: Url,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub store: StoreSettings,
+    pub webhook_secret: Option<Vec<u8>>,
+    pub hash_key: HashKey,
+    pub sealer: Sealer,
+    pub allow_insecure_http: bool,
+    pub offline_access: bool,
+    pub interim_id_token: bool,
+    pub login_ttl: Duration,
+    pub deferred_code_ttl: Duration,
+    pub default_interval: u64,
+    pub default_expires_in: u64,
+    pub upstream_timeout: Duration,
+    pub ping_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub shutdown_grace: Duration,
+    /// Time between turning unready and closing the listeners on SIGTERM.
+    pub shutdown_delay: Duration,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub paths: PathTemplates,
+    pub clients: Vec<ClientSettings>,
+    /// Non-fatal findings (unknown `DTR_*` variables), logged once at start.
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys and secrets stay out of any debug output.
+        f.debug_struct("Config")
+            .field("upstream_url", &self.upstream_url.as_str())
+            .field("public_url", &self.public_url.as_str())
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("store", &self.store_kind())
+            .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+const ENV_PREFIX: &str = "DTR_";
+
+impl Config {
+    /// Loads from an environment given as pairs (the process environment in `main`, a map in
+    /// tests): `DTR_CONFIG` names an optional TOML file, `DTR_*` variables override it.
+    pub fn from_env<I, K, V>(vars: I) -> Result<Self, ConfigErrors>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut errors = Vec::new();
+        let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let key = k.as_ref();
+                key.strip_prefix(ENV_PREFIX)
+                    .map(|rest| (rest.to_ascii_lowercase(), v.as_ref().to_owned()))
+            })
+            .filter(|(k, _)| !k.is_empty())
+            .collect();
+
+        if let Some((_, path)) = vars.iter().find(|(k, _)| k == "config") {
+            if std::path::Path::new(path).is_file() {
+                figment = figment.merge(Toml::file_exact(path));
+            } else {
+                errors.push(format!("DTR_CONFIG: no such file: {path}"));
+            }
+        }
+        let known: Vec<String> = match serde_json::to_value(RawConfig::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let mut warnings = Vec::new();
+        let mut extra_clients = Vec::new();
+        for (key, value) in &vars {
+            let top = key.split("__").next().unwrap_or_default();
+            if !known.iter().any(|k| k == top) {
+                warnings.push(format!("ignoring unknown setting DTR_{}", key.to_ascii_uppercase()));
+                continue;
+            }
+            if key == "clients" {
+                // A JSON array of client objects: the natural way to pass structured settings
+                // through a Kubernetes env var.
+                match serde_json::from_str::<Vec<ClientSettings>>(value) {
+                    Ok(clients) => extra_clients.extend(clients),
+                    Err(e) => errors.push(format!("DTR_CLIENTS: not a JSON array of clients: {e}")),
+                }
+                continue;
+            }
+            let path = key.replace("__", ".");
+            let parsed = Value::from_str(value).unwrap_or_else(|_| Value::from(value.clone()));
+            figment = figment.merge((path, parsed));
+        }
+        let mut config = Self::from_figment(figment, extra_clients, errors)?;
+        config.warnings = warnings;
+        Ok(config)
+    }
+
+    /// Loads from a ready figment (tests build one from a map or a struct).
+    fn from_figment(
+        figment: Figment,
+        extra_clients: Vec<ClientSettings>,
+        mut errors: Vec<String>,
+    ) -> Result<Self, ConfigErrors> {
+        let raw: RawConfig = match figment.extract_lossy() {
+            Ok(raw) => raw,
+            Err(e) => {
+                for err in e {
+                    errors.push(describe_figment_error(&err));
+                }
+                return Err(ConfigErrors(errors));
+            }
+        };
+        let mut raw = raw;
+        raw.clients.extend(extra_clients);
+        let config = validate(raw, &mut errors);
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    pub fn store_kind(&self) -> &'static str {
+        match self.store {
+            StoreSettings::Embedded => "embedded",
+            StoreSettings::Redis { cluster: true, .. } => "redis-cluster",
+            StoreSettings::Redis { .. } => "redis",
+        }
+    }
+
+    /// The public origin without a trailing slash, e.g. `https://id.example.com`.
+    pub fn public_origin(&self) -> String {
+        self.public_url.origin().ascii_serialization()
+    }
+}
+
+fn describe_figment_error(err: &figment::Error) -> String {
+    let path = err.path.join("__").to_ascii_uppercase();
+    if path.is_empty() {
+        err.kind.to_string()
+    } else {
+        format!("DTR_{path}: {}", err.kind)
+    }
+}
+
+fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
+    let upstream_url = required_url("DTR_UPSTREAM_URL", raw.upstream_url.as_deref(), errors);
+    let public_url = required_url("DTR_PUBLIC_URL", raw.public_url.as_deref(), errors);
+    if let Some(url) = &public_url {
+        if url.path() != "/" || url.query().is_some() {
+            errors.push(format!(
+                "DTR_PUBLIC_URL: must be an origin (scheme, host, port) without a path: {url}"
+            ));
+        }
+        if url.scheme() == "http" && !raw.allow_insecure_http {
+            errors.push(
+                "DTR_PUBLIC_URL: http is only for local development; use https or set \
+                 DTR_ALLOW_INSECURE_HTTP=true"
+                    .into(),
+            );
+        }
+    }
+    let listen = socket_addr("DTR_LISTEN", &raw.listen, errors);
+    let admin_listen = socket_addr("DTR_ADMIN_LISTEN", &raw.admin_listen, errors);
+
+    let store = match raw.redis_url.as_deref().filter(|s| !s.is_empty()) {
+        None => StoreSettings::Embedded,
+        Some(url) => {
+            match Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "redis+sentinel" | "rediss+sentinel") => {}
+                _ => errors.push("DTR_REDIS_URL: expected redis://, rediss:// or redis+sentinel:// URL".into()),
+            }
+            StoreSettings::Redis {
+                url: url.to_owned(),
+                cluster: raw.redis_cluster,
+                key_prefix: raw.redis_key_prefix.clone(),
+            }
+        }
+    };
+    if raw.redis_key_prefix.is_empty() || raw.redis_key_prefix.contains(['{', '}', ' ']) {
+        errors.push("DTR_REDIS_KEY_PREFIX: must be non-empty, without braces or spaces".into());
+    }
+    let shared_store = matches!(store, StoreSettings::Redis { .. });
+
+    let webhook_secret = match raw.webhook_secret.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(secret) => match crate::webhook::decode_secret(secret) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                errors.push(format!("DTR_WEBHOOK_SECRET: {e}"));
+                None
+            }
+        },
+    };
+
+    // Replicas sharing a store must agree on the keys; a single embedded replica may use
+    // per-process random keys (its state dies with it anyway).
+    let hash_key = match raw.hash_key.as_deref().filter(|s| !s.is_empty()) {
+        Some(encoded) => HashKey::from_base64(encoded)
+            .map_err(|e| errors.push(format!("DTR_HASH_KEY: {e}")))
+            .ok(),
+        None if shared_store => {
+            errors.push("DTR_HASH_KEY: required with DTR_REDIS_URL (all replicas must share it)".into());
+            None
+        }
+        None => Some(HashKey::random()),
+    };
+    let sealer = match raw.token_keys.as_deref().filter(|s| !s.is_empty()) {
+        Some(spec) => Sealer::from_spec(spec)
+            .map_err(|e| errors.push(format!("DTR_TOKEN_KEYS: {e}")))
+            .ok(),
+        None if shared_store => {
+            errors.push("DTR_TOKEN_KEYS: required with DTR_REDIS_URL (all replicas must share them)".into());
+            None
+        }
+        None => Some(Sealer::random()),
+    };
+
+    for (name, value) in [
+        ("DTR_LOGIN_TTL", raw.login_ttl),
+        ("DTR_DEFERRED_CODE_TTL", raw.deferred_code_ttl),
+        ("DTR_DEFAULT_INTERVAL", raw.default_interval),
+        ("DTR_DEFAULT_EXPIRES_IN", raw.default_expires_in),
+        ("DTR_UPSTREAM_TIMEOUT", raw.upstream_timeout),
+        ("DTR_PING_TIMEOUT", raw.ping_timeout),
+    ] {
+        if value == 0 {
+            errors.push(format!("{name}: must be a positive number of seconds"));
+        }
+    }
+    if raw.max_body_bytes < 1024 {
+        errors.push("DTR_MAX_BODY_BYTES: must be at least 1024".into());
+    }
+    if raw.max_header_bytes < 8 * 1024 {
+        errors.push("DTR_MAX_HEADER_BYTES: must be at least 8192".into());
+    }
+    let log_format = match raw.log_format.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            errors.push(format!("DTR_LOG_FORMAT: expected text or json, got {other:?}"));
+            LogFormat::Text
+        }
+    };
+    validate_paths(&raw.paths, errors);
+    validate_clients(&raw.clients, raw.allow_insecure_http, errors);
+
+    Some(Config {
+        upstream_url: upstream_url?,
+        public_url: public_url?,
+        listen: listen?,
+        admin_listen: admin_listen?,
+        store,
+        webhook_secret,
+        hash_key: hash_key?,
+        sealer: sealer?,
+        allow_insecure_http: raw.allow_insecure_http,
+        offline_access: raw.offline_access,
+        interim_id_token: raw.interim_id_token,
+        login_ttl: Duration::from_secs(raw.login_ttl),
+        deferred_code_ttl: Duration::from_secs(raw.deferred_code_ttl),
+        default_interval: raw.default_interval,
+        default_expires_in: raw.default_expires_in,
+        upstream_timeout: Duration::from_secs(raw.upstream_timeout),
+        ping_timeout: Duration::from_secs(raw.ping_timeout),
+        max_body_bytes: raw.max_body_bytes,
+        max_header_bytes: raw.max_header_bytes,
+        shutdown_grace: Duration::from_secs(raw.shutdown_grace),
+        shutdown_delay: Duration::from_secs(raw.shutdown_delay),
+        log: raw.log,
+        log_format,
+        paths: raw.paths,
+        clients: raw.clients,
+        warnings: Vec::new(),
+    })
+}
+
+fn required_url(name: &str, value: Option<&str>, errors: &mut Vec<String>) -> Option<Url> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        errors.push(format!("{name}: required"));
+        return None;
+    };
+    match Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+        Ok(_) => {
+            errors.push(format!("{name}: must be an http(s) URL with a host: {value}"));
+            None
+        }
+        Err(e) => {
+            errors.push(format!("{name}: not a URL ({e}): {value}"));
+            None
+        }
+    }
+}
+
+fn socket_addr(name: &str, value: &str, errors: &mut Vec<String>) -> Option<SocketAddr> {
+    value
+        .parse()
+        .map_err(|_| errors.push(format!("{name}: expected host:port, got {value:?}")))
+        .ok()
+}
+
+fn validate_paths(paths: &PathTemplates, errors: &mut Vec<String>) {
+    for (name, template) in [
+        ("DTR_PATHS__ISSUER", &paths.issuer),
+        ("DTR_PATHS__AUTHORIZATION", &paths.authorization),
+        ("DTR_PATHS__TOKEN", &paths.token),
+        ("DTR_PATHS__DISCOVERY", &paths.discovery),
+        ("DTR_PATHS__CANCELLATION", &paths.cancellation),
+    ] {
+        if name != "DTR_PATHS__ISSUER" && !template.starts_with('/') {
+            errors.push(format!("{name}: must start with '/': {template:?}"));
+        }
+        if template.matches("{realm}").count() > 1 {
+            errors.push(format!("{name}: may name {{realm}} at most once: {template:?}"));
+        }
+    }
+}
+
+fn validate_clients(clients: &[ClientSettings], allow_insecure_http: bool, errors: &mut Vec<String>) {
+    let mut seen: HashMap<(&str, Option<&str>), usize> = HashMap::new();
+    for (i, client) in clients.iter().enumerate() {
+        let at = format!("clients[{i}] ({})", client.client_id);
+        if client.client_id.is_empty() {
+            errors.push(format!("clients[{i}]: client_id is required"));
+        }
+        if let Some(previous) = seen.insert((&client.client_id, client.realm.as_deref()), i) {
+            errors.push(format!("{at}: same client as clients[{previous}]"));
+        }
+        if let Some(endpoint) = &client.notification_endpoint {
+            match Url::parse(endpoint) {
+                Ok(url) if url.scheme() == "https" => {}
+                Ok(url) if url.scheme() == "http" && allow_insecure_http => {}
+                Ok(_) => errors.push(format!(
+                    "{at}: notification_endpoint must be an https URL (http only with \
+                     DTR_ALLOW_INSECURE_HTTP=true)"
+                )),
+                Err(e) => errors.push(format!("{at}: notification_endpoint is not a URL: {e}")),
+            }
+        }
+        if client.interval == Some(0) {
+            errors.push(format!("{at}: interval must be positive"));
+        }
+        if client.expires_in == Some(0) {
+            errors.push(format!("{at}: expires_in must be positive"));
+        }
+        for uri in &client.redirect_uris {
+            if Url::parse(uri).is_err() {
+                errors.push(format!("{at}: redirect_uris entry is not a URL: {uri}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn minimal_environment_loads_with_defaults() {
+        let config = Config::from_env(env(&[
+            ("DTR_UPSTREAM_URL", "http://keycloak:8080"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.admin_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(config.store_kind(), "embedded");
+        assert!(config.offline_access);
+        assert_eq!(config.default_interval, 5);
+        assert_eq!(config.public_origin(), "https://id.example.com");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let err = Config::from_env(env(&[
+            ("DTR_PUBLIC_URL", "not a url"),
+            ("DTR_LISTEN", "nowhere"),
+            ("DTR_REDIS_URL", "redis://localhost:6379"),
+            ("DTR_DEFAULT_INTERVAL", "0"),
+        ]))
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "DTR_UPSTREAM_URL: required",
+            "DTR_PUBLIC_URL",
+            "DTR_LISTEN",
+            "DTR_HASH_KEY: required",
+            "DTR_TOKEN_KEYS: required",
+            "DTR_DEFAULT_INTERVAL",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn nested_env_and_json_clients() {
+        let config = Config::from_env(env(&[
+            ("DTR_UPSTREAM_URL", "http://op:3000"),
+            ("DTR_PUBLIC_URL", "http://localhost:8080"),
+            ("DTR_ALLOW_INSECURE_HTTP", "true"),
+            ("DTR_PATHS__TOKEN", "/oauth/token"),
+            (
+                "DTR_CLIENTS",
+                r#"[{"client_id":"rp1","interval":2,"notification_endpoint":"http://rp/ping"}]"#,
+            ),
+        ]))
+        .expect("valid");
+        assert_eq!(config.paths.token, "/oauth/token");
+        assert_eq!(config.paths.authorization, PathTemplates::default().authorization);
+        assert_eq!(config.clients.len(), 1);
+        assert_eq!(config.clients[0].interval, Some(2));
+    }
+
+    #[test]
+    fn plain_http_notification_endpoint_needs_the_insecure_flag() {
+        let err = Config::from_env(env(&[
+            ("DTR_UPSTREAM_URL", "http://op:3000"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+            (
+                "DTR_CLIENTS",
+                r#"[{"client_id":"rp1","notification_endpoint":"http://rp/ping"}]"#,
+            ),
+        ]))
+        .expect_err("invalid");
+        assert!(err.to_string().contains("notification_endpoint must be an https URL"));
+    }
+
+    #[test]
+    fn unknown_setting_is_a_warning_not_a_failure() {
+        // Kubernetes injects DTR_PROXY_PORT=tcp://… for a Service named dtr-proxy.
+        let config = Config::from_env(env(&[
+            ("DTR_UPSTREAM_URL", "http://op:3000"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+            ("DTR_PROXY_PORT", "tcp://10.0.0.1:8080"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            config.warnings,
+            vec!["ignoring unknown setting DTR_PROXY_PORT".to_string()]
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! Small HTTP building blocks shared by the proxy, the protocol endpoints and the admin port.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+/// Every body the proxy sends or receives: an upstream/downstream body streamed as is, or a
+/// small one the proxy built itself. No boxing, no copying on the pass-through path.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Right(Full::new(bytes.into()))
+}
+
+pub fn empty() -> Body {
+    Either::Right(Full::new(Bytes::new()))
+}
+
+pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+pub const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
+pub const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+pub const TEXT_HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
+pub const FORM_URLENCODED: HeaderValue = HeaderValue::from_static("application/x-www-form-urlencoded");
+
+/// A JSON response that no cache may keep (RFC 6749 §5.1 for everything token-related).
+pub fn json_no_store(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, APPLICATION_JSON);
+    headers.insert(CACHE_CONTROL, NO_STORE);
+    headers.insert(PRAGMA, NO_CACHE);
+    response
+}
+
+pub fn html_no_store(status: StatusCode, html: String) -> Response<Body> {
+    let mut response = Response::new(full(html));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, TEXT_HTML);
+    headers.insert(CACHE_CONTROL, NO_STORE);
+    headers.insert(PRAGMA, NO_CACHE);
+    response
+}
+
+pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("request body could not be read: {0}")]
+    Read(String),
+}
+
+/// Reads a whole body of at most `limit` bytes. Only the small DTR bodies are ever read this way.
+pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
+        Err(e) => Err(BodyError::Read(e.to_string())),
+    }
+}
+
+/// Milliseconds since the Unix epoch: the clock of every stored timestamp.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,88 @@
+//! A thin main: configuration, logging, run until SIGTERM/SIGINT, drain.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use dtr_proxy::config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = match Config::from_env(std::env::vars()) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("dtr-proxy: {errors}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("dtr-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
+    if matches!(config.store, dtr_proxy::config::StoreSettings::Embedded) {
+        tracing::warn!(
+            "embedded store: run a single replica only; state is lost on restart (set DTR_REDIS_URL for production)"
+        );
+    }
+    if config.webhook_secret.is_none() {
+        tracing::warn!("DTR_WEBHOOK_SECRET is not set: the completion webhook refuses every call");
+    }
+    let drain_delay = config.shutdown_delay;
+    let running = match dtr_proxy::start(config).await {
+        Ok(running) => running,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    // Unready first, so endpoints stop routing to us, then stop accepting and drain.
+    running.begin_draining();
+    tracing::info!(delay = ?drain_delay, "shutting down");
+    tokio::time::sleep(drain_delay).await;
+    running.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    let _ = Duration::ZERO;
+}

@@ -1,0 +1,122 @@
+//! Discovery: the OP's own metadata with the DTR additions. Everything else stays as the OP
+//! wrote it (key order preserved).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use serde_json::{Map, Value};
+
+use super::routes::Endpoint;
+use super::wire;
+use crate::app::App;
+use crate::http::{empty, full, Body};
+
+/// Signature algorithms for DPoP proofs the proxy accepts (asymmetric only, RFC 9449 §4.3).
+pub const DPOP_ALGS: [&str; 8] = ["ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "EdDSA"];
+
+pub async fn discovery(app: &App, realm: &str, parts: &Parts, peer: IpAddr) -> Response<Body> {
+    let mut request = Request::new(empty());
+    *request.method_mut() = parts.method.clone();
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    *request.uri_mut() = match app.upstream.uri(path_and_query) {
+        Ok(uri) => uri,
+        Err(_) => return crate::http::plain(StatusCode::BAD_GATEWAY, "bad upstream address\n"),
+    };
+    let headers = request.headers_mut();
+    for (name, value) in &parts.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    // We must read the document; ask for it uncompressed.
+    headers.remove(header::ACCEPT_ENCODING);
+    app.upstream.prepare_headers(headers, peer);
+
+    let reply = match app.upstream.fetch(request, "discovery").await {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::warn!(error = %e, "discovery fetch failed");
+            let mut response = crate::http::plain(StatusCode::BAD_GATEWAY, "The OpenID Provider is unavailable.\n");
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(2));
+            return response;
+        }
+    };
+    let mut response = Response::new(empty());
+    *response.status_mut() = reply.status;
+    *response.headers_mut() = reply.headers.clone();
+    crate::upstream::strip_hop_by_hop(response.headers_mut());
+    let document = match (reply.status, serde_json::from_slice::<Map<String, Value>>(&reply.body)) {
+        (StatusCode::OK, Ok(document)) => document,
+        _ => {
+            *response.body_mut() = full(reply.body);
+            return response;
+        }
+    };
+    let cancellation = app.public_url(Endpoint::Cancellation, realm);
+    let body = serde_json::to_vec(&augment(document, &cancellation)).unwrap_or_default();
+    response.headers_mut().remove(header::CONTENT_LENGTH);
+    response.headers_mut().remove(header::ETAG);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    *response.body_mut() = full(body);
+    app.metrics.request("discovery", "ok");
+    response
+}
+
+fn add_to_list(document: &mut Map<String, Value>, key: &str, values: &[&str]) {
+    let entry = document
+        .entry(key.to_owned())
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(list) = entry {
+        for value in values {
+            if !list.iter().any(|v| v == value) {
+                list.push(Value::String((*value).to_owned()));
+            }
+        }
+    }
+}
+
+/// The DTR additions to an OP's metadata.
+pub fn augment(mut document: Map<String, Value>, cancellation_endpoint: &str) -> Map<String, Value> {
+    add_to_list(
+        &mut document,
+        "response_types_supported",
+        &[wire::RESPONSE_TYPE_DEFERRED_CODE, "deferred_code code"],
+    );
+    add_to_list(&mut document, "grant_types_supported", &[wire::GRANT_TYPE_DEFERRED]);
+    document
+        .entry("dpop_signing_alg_values_supported".to_owned())
+        .or_insert_with(|| Value::from(DPOP_ALGS.to_vec()));
+    document.insert(
+        wire::CANCELLATION_ENDPOINT_METADATA.to_owned(),
+        Value::from(cancellation_endpoint),
+    );
+    document
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_dtr_metadata_and_keeps_the_rest_in_order() {
+        let original: Map<String, Value> = serde_json::from_str(
+            r#"{"issuer":"https://op","response_types_supported":["code"],"grant_types_supported":["authorization_code"],"zzz":1}"#,
+        )
+        .unwrap();
+        let augmented = augment(original, "https://op/cancel");
+        let keys: Vec<&str> = augmented.keys().map(String::as_str).collect();
+        assert_eq!(
+            &keys[..4],
+            ["issuer", "response_types_supported", "grant_types_supported", "zzz"]
+        );
+        assert_eq!(
+            augmented["response_types_supported"],
+            serde_json::json!(["code", "deferred_code", "deferred_code code"])
+        );
+        assert_eq!(augmented["grant_types_supported"][1], wire::GRANT_TYPE_DEFERRED);
+        assert_eq!(augmented[wire::CANCELLATION_ENDPOINT_METADATA], "https://op/cancel");
+        assert!(augmented["dpop_signing_alg_values_supported"].is_array());
+    }
+}

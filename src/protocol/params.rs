@@ -1,0 +1,150 @@
+//! Strict parsing of `application/x-www-form-urlencoded` bodies and query strings for the DTR
+//! endpoints: a parameter given twice is refused (RFC 6749 §3.1), an empty value counts as
+//! absent (RFC 6749 §3.1), invalid UTF-8 is refused rather than silently replaced.
+
+use percent_encoding::percent_decode;
+
+use super::errors::OAuthError;
+
+/// Longest single value accepted; far above any legitimate parameter (a signed assertion is
+/// a few KiB) and far below what would let a client make us hash megabytes.
+pub const MAX_VALUE_LEN: usize = 16 * 1024;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Params {
+    pairs: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("parameter {0} is given more than once")]
+    Repeated(String),
+    #[error("a parameter is not valid UTF-8 after percent-decoding")]
+    NotUtf8,
+    #[error("parameter {0} is too long")]
+    TooLong(String),
+    #[error("the JSON body must be an object of string values")]
+    NotStringObject,
+}
+
+impl From<ParamError> for OAuthError {
+    fn from(e: ParamError) -> Self {
+        OAuthError::invalid_request(e.to_string())
+    }
+}
+
+fn decode(raw: &[u8]) -> Result<String, ParamError> {
+    // '+' is a space in this encoding (WHATWG URL, application/x-www-form-urlencoded).
+    let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+    percent_decode(&spaced)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ParamError::NotUtf8)
+}
+
+impl Params {
+    pub fn parse(input: &[u8]) -> Result<Self, ParamError> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for piece in input.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+            let (name, value) = match piece.iter().position(|&b| b == b'=') {
+                Some(i) => (&piece[..i], &piece[i + 1..]),
+                None => (piece, &b""[..]),
+            };
+            let name = decode(name)?;
+            let value = decode(value)?;
+            if value.len() > MAX_VALUE_LEN {
+                return Err(ParamError::TooLong(name));
+            }
+            Self::push(&mut pairs, name, value)?;
+        }
+        Ok(Self { pairs })
+    }
+
+    /// A JSON object of string values (the cancellation endpoint accepts JSON too).
+    pub fn parse_json(input: &[u8]) -> Result<Self, ParamError> {
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(input).map_err(|_| ParamError::NotStringObject)?;
+        let mut pairs = Vec::with_capacity(object.len());
+        for (name, value) in object {
+            let serde_json::Value::String(value) = value else {
+                return Err(ParamError::NotStringObject);
+            };
+            if value.len() > MAX_VALUE_LEN {
+                return Err(ParamError::TooLong(name));
+            }
+            Self::push(&mut pairs, name, value)?;
+        }
+        Ok(Self { pairs })
+    }
+
+    fn push(pairs: &mut Vec<(String, String)>, name: String, value: String) -> Result<(), ParamError> {
+        if pairs.iter().any(|(n, _)| *n == name) {
+            return Err(ParamError::Repeated(name));
+        }
+        pairs.push((name, value));
+        Ok(())
+    }
+
+    /// "Parameters sent without a value MUST be treated as if they were omitted" (§3.1): an
+    /// empty value reads as absent (but still counts when spotting a repeated parameter).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+/// Serialises pairs as `application/x-www-form-urlencoded`.
+pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        serializer.append_pair(name, value);
+    }
+    serializer.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_plus_and_percent_and_drops_empty_values() {
+        let p = Params::parse(b"a=1+2&b=%C3%A9&c=&d").unwrap();
+        assert_eq!(p.get("a"), Some("1 2"));
+        assert_eq!(p.get("b"), Some("é"));
+        assert_eq!(p.get("c"), None);
+        assert_eq!(p.get("d"), None);
+    }
+
+    #[test]
+    fn repeated_parameter_is_refused() {
+        assert_eq!(Params::parse(b"a=1&a=2"), Err(ParamError::Repeated("a".into())));
+        assert_eq!(Params::parse(b"a=&a=2"), Err(ParamError::Repeated("a".into())));
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused() {
+        assert_eq!(Params::parse(b"a=%FF"), Err(ParamError::NotUtf8));
+    }
+
+    #[test]
+    fn json_objects_of_strings() {
+        let p = Params::parse_json(br#"{"deferred_auth_id":"x"}"#).unwrap();
+        assert_eq!(p.get("deferred_auth_id"), Some("x"));
+        assert!(Params::parse_json(br#"{"a":1}"#).is_err());
+        assert!(Params::parse_json(b"[1]").is_err());
+    }
+
+    #[test]
+    fn encode_round_trips() {
+        let s = encode([("a", "1 2&3"), ("b", "é")]);
+        let p = Params::parse(s.as_bytes()).unwrap();
+        assert_eq!(p.get("a"), Some("1 2&3"));
+        assert_eq!(p.get("b"), Some("é"));
+    }
+}

@@ -1,0 +1,140 @@
+//! Answers to the user agent: redirects to the RP in its `response_mode`, and error pages for
+//! the cases where no redirect is safe.
+
+use html_escape::{encode_double_quoted_attribute, encode_text};
+use http::header::{HeaderValue, CACHE_CONTROL, LOCATION, PRAGMA, REFERRER_POLICY};
+use http::{Response, StatusCode};
+use url::Url;
+
+use super::state::ResponseMode;
+use crate::http::{empty, html_no_store, Body, NO_CACHE, NO_STORE};
+
+/// Sends `params` to the RP's `redirect_uri` in the requested response mode (OAuth 2.0
+/// Multiple Response Types §2.1 for query/fragment, OAuth 2.0 Form Post Response Mode).
+pub fn to_client(redirect_uri: &str, mode: ResponseMode, params: &[(&str, &str)]) -> Response<Body> {
+    let Ok(mut url) = Url::parse(redirect_uri) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The application's redirect address is not valid.",
+        );
+    };
+    match mode {
+        ResponseMode::Query => {
+            {
+                let mut query = url.query_pairs_mut();
+                for (name, value) in params {
+                    query.append_pair(name, value);
+                }
+            }
+            redirect(&url)
+        }
+        ResponseMode::Fragment => {
+            let mut fragment = form_urlencoded::Serializer::new(String::new());
+            for (name, value) in params {
+                fragment.append_pair(name, value);
+            }
+            url.set_fragment(Some(&fragment.finish()));
+            redirect(&url)
+        }
+        ResponseMode::FormPost => form_post(&url, params),
+    }
+}
+
+fn redirect(url: &Url) -> Response<Body> {
+    let mut response = Response::new(empty());
+    *response.status_mut() = StatusCode::FOUND;
+    let headers = response.headers_mut();
+    match HeaderValue::from_str(url.as_str()) {
+        Ok(location) => {
+            headers.insert(LOCATION, location);
+        }
+        Err(_) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "The application's redirect address is not valid.",
+            )
+        }
+    }
+    headers.insert(CACHE_CONTROL, NO_STORE);
+    headers.insert(PRAGMA, NO_CACHE);
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+fn form_post(url: &Url, params: &[(&str, &str)]) -> Response<Body> {
+    let mut inputs = String::new();
+    for (name, value) in params {
+        inputs.push_str(&format!(
+            "<input type=\"hidden\" name=\"{}\" value=\"{}\"/>\n",
+            encode_double_quoted_attribute(name),
+            encode_double_quoted_attribute(value)
+        ));
+    }
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Continue</title></head>\n\
+         <body onload=\"document.forms[0].submit()\">\n\
+         <form method=\"post\" action=\"{}\">\n{inputs}\
+         <noscript><button type=\"submit\">Continue</button></noscript>\n</form>\n</body></html>\n",
+        encode_double_quoted_attribute(url.as_str())
+    );
+    let mut response = html_no_store(StatusCode::OK, html);
+    response
+        .headers_mut()
+        .insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+/// A page for the person at the browser when no redirect to the RP is safe.
+pub fn error_page(status: StatusCode, message: &str) -> Response<Body> {
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sign-in problem</title></head>\n\
+         <body><h1>Sign-in problem</h1>\n<p>{}</p>\n\
+         <p>Return to the application and start the sign-in again.</p></body></html>\n",
+        encode_text(message)
+    );
+    html_no_store(status, html)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn query_mode_keeps_existing_query() {
+        let response = to_client(
+            "https://rp.example/cb?x=1",
+            ResponseMode::Query,
+            &[("deferred_code", "abc"), ("state", "s t")],
+        );
+        assert_eq!(response.status(), StatusCode::FOUND);
+        assert_eq!(
+            response.headers()[LOCATION],
+            "https://rp.example/cb?x=1&deferred_code=abc&state=s+t"
+        );
+    }
+
+    #[test]
+    fn fragment_mode_uses_the_fragment() {
+        let response = to_client(
+            "https://rp.example/cb",
+            ResponseMode::Fragment,
+            &[("deferred_code", "abc")],
+        );
+        assert_eq!(response.headers()[LOCATION], "https://rp.example/cb#deferred_code=abc");
+    }
+
+    #[tokio::test]
+    async fn form_post_escapes_values() {
+        let response = to_client(
+            "https://rp.example/cb",
+            ResponseMode::FormPost,
+            &[("state", "\"><script>")],
+        );
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert!(html.contains("value=\"&quot;&gt;&lt;script&gt;\""), "{html}");
+        assert!(!html.contains("\"><script>"));
+    }
+}

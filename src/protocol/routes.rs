@@ -1,0 +1,144 @@
+//! Which request is which endpoint: the OP's paths come from templates (Keycloak's layout by
+//! default), with `{realm}` matching one path segment.
+
+use crate::config::PathTemplates;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Authorization,
+    Token,
+    Discovery,
+    Cancellation,
+}
+
+#[derive(Debug, Clone)]
+struct Template {
+    prefix: String,
+    /// `None` for a template without `{realm}`: an exact match.
+    suffix: Option<String>,
+}
+
+impl Template {
+    fn compile(template: &str) -> Self {
+        match template.split_once("{realm}") {
+            Some((prefix, suffix)) => Self {
+                prefix: prefix.to_owned(),
+                suffix: Some(suffix.to_owned()),
+            },
+            None => Self {
+                prefix: template.to_owned(),
+                suffix: None,
+            },
+        }
+    }
+
+    fn matches<'a>(&self, path: &'a str) -> Option<&'a str> {
+        match &self.suffix {
+            None => (path == self.prefix).then_some(""),
+            Some(suffix) => {
+                let realm = path.strip_prefix(self.prefix.as_str())?.strip_suffix(suffix.as_str())?;
+                (!realm.is_empty() && !realm.contains('/')).then_some(realm)
+            }
+        }
+    }
+
+    fn render(&self, realm: &str) -> String {
+        match &self.suffix {
+            None => self.prefix.clone(),
+            Some(suffix) => format!("{}{realm}{suffix}", self.prefix),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Routes {
+    issuer: Template,
+    authorization: Template,
+    token: Template,
+    discovery: Template,
+    cancellation: Template,
+}
+
+impl Routes {
+    pub fn new(paths: &PathTemplates) -> Self {
+        Self {
+            issuer: Template::compile(&paths.issuer),
+            authorization: Template::compile(&paths.authorization),
+            token: Template::compile(&paths.token),
+            discovery: Template::compile(&paths.discovery),
+            cancellation: Template::compile(&paths.cancellation),
+        }
+    }
+
+    /// The DTR-relevant endpoint a path names, with its realm ("" for an OP without realms).
+    pub fn classify<'a>(&self, path: &'a str) -> Option<(Endpoint, &'a str)> {
+        [
+            (Endpoint::Token, &self.token),
+            (Endpoint::Authorization, &self.authorization),
+            (Endpoint::Discovery, &self.discovery),
+            (Endpoint::Cancellation, &self.cancellation),
+        ]
+        .into_iter()
+        .find_map(|(endpoint, template)| template.matches(path).map(|realm| (endpoint, realm)))
+    }
+
+    pub fn path(&self, endpoint: Endpoint, realm: &str) -> String {
+        match endpoint {
+            Endpoint::Authorization => self.authorization.render(realm),
+            Endpoint::Token => self.token.render(realm),
+            Endpoint::Discovery => self.discovery.render(realm),
+            Endpoint::Cancellation => self.cancellation.render(realm),
+        }
+    }
+
+    /// The issuer of a realm, e.g. `https://id.example.com/realms/acme`.
+    pub fn issuer(&self, public_origin: &str, realm: &str) -> String {
+        format!("{public_origin}{}", self.issuer.render(realm))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keycloak_layout_captures_the_realm() {
+        let routes = Routes::new(&PathTemplates::default());
+        assert_eq!(
+            routes.classify("/realms/acme/protocol/openid-connect/auth"),
+            Some((Endpoint::Authorization, "acme"))
+        );
+        assert_eq!(
+            routes.classify("/realms/acme/protocol/openid-connect/token"),
+            Some((Endpoint::Token, "acme"))
+        );
+        assert_eq!(
+            routes.classify("/realms/acme/.well-known/openid-configuration"),
+            Some((Endpoint::Discovery, "acme"))
+        );
+        assert_eq!(routes.classify("/realms/a/b/protocol/openid-connect/token"), None);
+        assert_eq!(routes.classify("/realms//protocol/openid-connect/token"), None);
+        assert_eq!(
+            routes.classify("/realms/acme/protocol/openid-connect/token/introspect"),
+            None
+        );
+        assert_eq!(
+            routes.issuer("https://id.example.com", "acme"),
+            "https://id.example.com/realms/acme"
+        );
+    }
+
+    #[test]
+    fn realmless_layout_matches_exactly() {
+        let routes = Routes::new(&PathTemplates {
+            issuer: "".into(),
+            authorization: "/authorize".into(),
+            token: "/token".into(),
+            discovery: "/.well-known/openid-configuration".into(),
+            cancellation: "/deferred/cancel".into(),
+        });
+        assert_eq!(routes.classify("/token"), Some((Endpoint::Token, "")));
+        assert_eq!(routes.classify("/token/x"), None);
+        assert_eq!(routes.issuer("https://op.example", ""), "https://op.example");
+    }
+}

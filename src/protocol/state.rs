@@ -1,0 +1,368 @@
+//! What the proxy stores, and where. Codes, handles and `deferred_auth_id`s appear only as
+//! keyed hashes in key names; the held upstream tokens are sealed. All keys of one process
+//! share the hash tag `{p:<hash>}` so multi-key scripts work on Redis Cluster.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::client_auth::ClientBinding;
+use crate::crypto::{HashKey, Sealer};
+use crate::store::{Store, StoreError, StoreResult};
+
+/// Marks our `state` handles so an upstream redirect is recognised without a store lookup.
+pub const HANDLE_PREFIX: &str = "dtr1.";
+/// The due queue of pings to send.
+pub const PING_QUEUE: &str = "{q}:pings";
+/// Every live process, due at its expiry: the pending gauge and expiry events.
+pub const ACTIVE_QUEUE: &str = "{q}:active";
+/// Records outlive their expiry this long, so a late poll hears `expired_token` rather than
+/// `invalid_grant`.
+pub const EXPIRED_GRACE: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    Query,
+    Fragment,
+    FormPost,
+}
+
+/// An authorization request in flight at the OP, keyed by our `state` handle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthorizationRecord {
+    pub realm: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    pub response_mode: ResponseMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    pub created_at: u64,
+}
+
+/// A `deferred_code` waiting for its exchange.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeRecord {
+    pub realm: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// The OP's authorization code, sealed to this record's key.
+    pub upstream_code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    pub issued_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for the verification service.
+    Pending,
+    /// Approved; the next valid poll obtains the final tokens.
+    Approved,
+    Denied,
+    Cancelled,
+    /// A poll is obtaining the final tokens right now.
+    Delivering,
+    /// Tokens were delivered; the id is spent.
+    Delivered,
+    /// Killed for sustained polling abuse; every further request is `invalid_request`.
+    Revoked,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Denied => "denied",
+            Status::Cancelled => "cancelled",
+            Status::Delivering => "delivering",
+            Status::Delivered => "delivered",
+            Status::Revoked => "revoked",
+        }
+    }
+
+    /// Whether the verification outcome is still open.
+    pub fn is_open(self) -> bool {
+        self == Status::Pending
+    }
+}
+
+/// One deferred authentication process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessRecord {
+    /// Public name for operators and webhooks; not a credential.
+    pub process_id: String,
+    pub realm: String,
+    pub client_id: String,
+    pub client: ClientBinding,
+    /// RFC 7638 thumbprint of the DPoP key the exchange was bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+    pub status: Status,
+    /// Progress text for pending polls, or the reason of a denial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Current minimum seconds between polls (grows with every `slow_down`).
+    pub interval: u64,
+    /// Consecutive too-fast polls.
+    #[serde(default)]
+    pub strikes: u32,
+    pub created_at: u64,
+    pub expires_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivering_since: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The nonce of the authorization request, to check the final ID token against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    #[serde(default)]
+    pub ping_attempts: u32,
+    /// `HeldSecrets`, sealed; emptied once tokens are delivered.
+    pub sealed: String,
+}
+
+/// Secrets a process must be able to read back.
+#[derive(Serialize, Deserialize)]
+pub struct HeldSecrets {
+    pub deferred_auth_id: String,
+    pub refresh_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification_token: Option<String>,
+}
+
+/// Key names. Hashes are base64url, which never contains `{`, `}` or `:`.
+pub fn authorization_key(hash: &str) -> String {
+    format!("auth:{hash}")
+}
+
+pub fn code_key(hash: &str) -> String {
+    format!("code:{hash}")
+}
+
+pub fn process_key(process_hash: &str) -> String {
+    format!("{{p:{process_hash}}}:rec")
+}
+
+pub fn poll_key(process_hash: &str) -> String {
+    format!("{{p:{process_hash}}}:poll")
+}
+
+pub fn process_id_key(process_id: &str) -> String {
+    format!("pid:{process_id}")
+}
+
+pub fn subject_key(hash: &str) -> String {
+    format!("sub:{hash}")
+}
+
+pub fn session_key(hash: &str) -> String {
+    format!("sid:{hash}")
+}
+
+pub fn webhook_key(hash: &str) -> String {
+    format!("wh:{hash}")
+}
+
+/// Result of a change function given to [`Processes::modify`].
+pub enum Change<T> {
+    /// Write the modified record, then return the value.
+    Write(T),
+    /// Leave the record as it was.
+    Keep(T),
+}
+
+/// A loaded record with the bytes it was loaded from (for compare-and-set).
+pub struct Loaded {
+    pub process_hash: String,
+    pub record: ProcessRecord,
+    raw: Vec<u8>,
+}
+
+impl Loaded {
+    /// A record not tied to stored bytes (for reading its sealed secrets).
+    pub fn detached(process_hash: &str, record: ProcessRecord) -> Self {
+        Self {
+            process_hash: process_hash.to_owned(),
+            record,
+            raw: Vec::new(),
+        }
+    }
+}
+
+/// Process records over the store.
+#[derive(Clone)]
+pub struct Processes {
+    pub store: Store,
+    pub hash_key: HashKey,
+    pub sealer: Sealer,
+}
+
+fn decode(raw: &[u8]) -> StoreResult<ProcessRecord> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(format!("process record: {e}")))
+}
+
+fn encode(record: &ProcessRecord) -> Vec<u8> {
+    // Serialising plain data with string keys cannot fail.
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
+impl Processes {
+    pub fn process_hash(&self, deferred_auth_id: &str) -> String {
+        self.hash_key.hash("deferred_auth_id", deferred_auth_id)
+    }
+
+    // Indexed without the realm: the verification service may not know it; callers filter.
+    fn subject_hash(&self, sub: &str) -> String {
+        self.hash_key.hash("sub", sub)
+    }
+
+    fn session_hash(&self, sid: &str) -> String {
+        self.hash_key.hash("sid", sid)
+    }
+
+    pub fn seal(&self, secrets: &HeldSecrets, process_hash: &str) -> String {
+        let plain = serde_json::to_vec(secrets).unwrap_or_default();
+        self.sealer.seal(&plain, &process_key(process_hash))
+    }
+
+    pub fn open(&self, loaded: &Loaded) -> Result<HeldSecrets, String> {
+        let plain = self
+            .sealer
+            .open(&loaded.record.sealed, &process_key(&loaded.process_hash))
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&plain).map_err(|e| e.to_string())
+    }
+
+    /// Stores a new process and its lookup entries.
+    pub async fn create(&self, process_hash: &str, record: &ProcessRecord) -> StoreResult<()> {
+        let store = &self.store;
+        let ttl = Duration::from_millis(record.expires_at.saturating_sub(record.created_at)) + EXPIRED_GRACE;
+        store
+            .put(&store.key(&process_key(process_hash)), &encode(record), ttl)
+            .await?;
+        store
+            .put(
+                &store.key(&process_id_key(&record.process_id)),
+                process_hash.as_bytes(),
+                ttl,
+            )
+            .await?;
+        if let Some(sub) = &record.sub {
+            let key = store.key(&subject_key(&self.subject_hash(sub)));
+            store.set_add(&key, process_hash, ttl).await?;
+        }
+        if let Some(sid) = &record.sid {
+            let key = store.key(&session_key(&self.session_hash(sid)));
+            store.set_add(&key, process_hash, ttl).await?;
+        }
+        store
+            .schedule(&store.key(ACTIVE_QUEUE), process_hash, record.expires_at)
+            .await
+    }
+
+    /// The poll read: the record, and the time of the previous poll, in one round trip.
+    pub async fn load_for_poll(&self, process_hash: &str, now_ms: u64) -> StoreResult<(Option<Loaded>, Option<u64>)> {
+        let store = &self.store;
+        let (raw, last_poll) = store
+            .get_and_touch(
+                &store.key(&process_key(process_hash)),
+                &store.key(&poll_key(process_hash)),
+                now_ms,
+                EXPIRED_GRACE,
+            )
+            .await?;
+        let loaded = match raw {
+            Some(raw) => Some(Loaded {
+                process_hash: process_hash.to_owned(),
+                record: decode(&raw)?,
+                raw,
+            }),
+            None => None,
+        };
+        Ok((loaded, last_poll))
+    }
+
+    pub async fn load(&self, process_hash: &str) -> StoreResult<Option<Loaded>> {
+        let store = &self.store;
+        match store.get(&store.key(&process_key(process_hash))).await? {
+            Some(raw) => Ok(Some(Loaded {
+                process_hash: process_hash.to_owned(),
+                record: decode(&raw)?,
+                raw,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies `change` atomically (compare-and-set, retried on a concurrent write). Starts
+    /// from `loaded` when given, saving a read. `None` when the record is gone.
+    pub async fn modify<T>(
+        &self,
+        process_hash: &str,
+        mut loaded: Option<Loaded>,
+        mut change: impl FnMut(&mut ProcessRecord) -> Change<T>,
+    ) -> StoreResult<Option<(T, ProcessRecord)>> {
+        let key = self.store.key(&process_key(process_hash));
+        for _ in 0..8 {
+            let current = match loaded.take() {
+                Some(current) => current,
+                None => match self.load(process_hash).await? {
+                    Some(current) => current,
+                    None => return Ok(None),
+                },
+            };
+            let mut record = current.record.clone();
+            match change(&mut record) {
+                Change::Keep(value) => return Ok(Some((value, current.record))),
+                Change::Write(value) => {
+                    if self.store.replace(&key, &current.raw, &encode(&record)).await? {
+                        return Ok(Some((value, record)));
+                    }
+                }
+            }
+        }
+        Err(StoreError::Unavailable(
+            "process record kept changing under concurrent writers".into(),
+        ))
+    }
+
+    pub async fn find_by_process_id(&self, process_id: &str) -> StoreResult<Option<Loaded>> {
+        let store = &self.store;
+        let Some(hash) = store.get(&store.key(&process_id_key(process_id))).await? else {
+            return Ok(None);
+        };
+        let hash = String::from_utf8(hash).map_err(|_| StoreError::Corrupt("process index".into()))?;
+        self.load(&hash).await
+    }
+
+    pub async fn find_by_subject(&self, sub: &str) -> StoreResult<Vec<Loaded>> {
+        let key = self.store.key(&subject_key(&self.subject_hash(sub)));
+        self.load_members(&key).await
+    }
+
+    pub async fn find_by_session(&self, sid: &str) -> StoreResult<Vec<Loaded>> {
+        let key = self.store.key(&session_key(&self.session_hash(sid)));
+        self.load_members(&key).await
+    }
+
+    async fn load_members(&self, index_key: &str) -> StoreResult<Vec<Loaded>> {
+        let mut found = Vec::new();
+        for hash in self.store.set_members(index_key).await? {
+            match self.load(&hash).await? {
+                Some(loaded) => found.push(loaded),
+                // The process expired; keep the index tidy.
+                None => self.store.set_remove(index_key, &hash).await?,
+            }
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,79 @@
+//! Every name that crosses the wire in the DTR profile, in one place.
+//!
+//! The IETF successor (draft-ietf-oauth-deferred-token-response) renames several of these; a
+//! second profile should be a change to this module alone.
+
+/// The `response_type` token that asks for a deferred acknowledgment.
+pub const RESPONSE_TYPE_DEFERRED_CODE: &str = "deferred_code";
+/// The plain authorization-code `response_type` token (`deferred_code code` is allowed).
+pub const RESPONSE_TYPE_CODE: &str = "code";
+/// The extension grant used for both the deferred code exchange and polling.
+pub const GRANT_TYPE_DEFERRED: &str = "urn:openid:params:grant-type:deferred";
+
+/// Acknowledgment parameter carrying the deferred code.
+pub const DEFERRED_CODE: &str = "deferred_code";
+/// The RP's handle on one authentication process.
+pub const DEFERRED_AUTH_ID: &str = "deferred_auth_id";
+/// Bearer token the RP hands us at the exchange for authenticating pings.
+pub const DEFERRED_NOTIFICATION_TOKEN: &str = "deferred_notification_token";
+/// Optional ID token returned by the exchange.
+pub const INTERIM_ID_TOKEN: &str = "interim_id_token";
+
+/// Client metadata naming the RP's ping endpoint.
+pub const CLIENT_NOTIFICATION_ENDPOINT: &str = "deferred_client_notification_endpoint";
+/// Discovery metadata naming the cancellation endpoint. The draft defines the endpoint but no
+/// metadata name; this one follows its title, "Authentication Cancellation Endpoint".
+pub const CANCELLATION_ENDPOINT_METADATA: &str = "deferred_authentication_cancellation_endpoint";
+
+/// Error codes the profile uses beyond RFC 6749 §5.2 (RFC 8628 §3.5, RFC 9449 §5, CIBA §11).
+pub mod error {
+    pub const AUTHORIZATION_PENDING: &str = "authorization_pending";
+    pub const SLOW_DOWN: &str = "slow_down";
+    pub const EXPIRED_TOKEN: &str = "expired_token";
+    pub const ACCESS_DENIED: &str = "access_denied";
+    pub const INVALID_DPOP_PROOF: &str = "invalid_dpop_proof";
+    pub const INVALID_REQUEST: &str = "invalid_request";
+    pub const INVALID_CLIENT: &str = "invalid_client";
+    pub const INVALID_GRANT: &str = "invalid_grant";
+    pub const UNAUTHORIZED_CLIENT: &str = "unauthorized_client";
+    pub const UNSUPPORTED_RESPONSE_TYPE: &str = "unsupported_response_type";
+    pub const SERVER_ERROR: &str = "server_error";
+    pub const TEMPORARILY_UNAVAILABLE: &str = "temporarily_unavailable";
+}
+
+/// Parses a `response_type` value: `Some(true)` when it asks for DTR (`deferred_code` or
+/// `deferred_code code` in any word order), `Some(false)` for anything without `deferred_code`,
+/// `None` for a value that names `deferred_code` in a combination the profile does not define.
+pub fn is_deferred_response_type(value: &str) -> Option<bool> {
+    let mut deferred = false;
+    let mut code = false;
+    let mut other = false;
+    for word in value.split(' ').filter(|w| !w.is_empty()) {
+        match word {
+            RESPONSE_TYPE_DEFERRED_CODE if !deferred => deferred = true,
+            RESPONSE_TYPE_CODE if !code => code = true,
+            _ => other = true,
+        }
+    }
+    match (deferred, other) {
+        (false, _) => Some(false),
+        (true, false) => Some(true),
+        (true, true) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferred_response_types_in_any_order() {
+        assert_eq!(is_deferred_response_type("deferred_code"), Some(true));
+        assert_eq!(is_deferred_response_type("deferred_code code"), Some(true));
+        assert_eq!(is_deferred_response_type("code deferred_code"), Some(true));
+        assert_eq!(is_deferred_response_type("code"), Some(false));
+        assert_eq!(is_deferred_response_type("code id_token"), Some(false));
+        assert_eq!(is_deferred_response_type("deferred_code id_token"), None);
+        assert_eq!(is_deferred_response_type("deferred_code deferred_code"), None);
+    }
+}

@@ -1,0 +1,226 @@
+//! The store holds all DTR state, so replicas stay stateless. It offers a few atomic primitives
+//! (single-use takes, compare-and-set, a lease-based due queue); the protocol logic above it is
+//! written once and runs the same on Redis and on the embedded store.
+
+mod memory;
+mod redis;
+
+use std::time::Duration;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or did not answer in time: retryable, 503.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something this version cannot read.
+    #[error("store returned unreadable data: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The configured store. An enum rather than a trait object: two implementations, no boxing of
+/// every future on the hot path.
+#[derive(Clone)]
+pub enum Store {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+/// Dispatches one call to whichever store is configured.
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Memory(s) => s.$method($($arg),*).await,
+            Store::Redis(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "embedded",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    /// Prepends the configured namespace; `{…}` hash tags in `key` keep related keys in one
+    /// Redis Cluster slot.
+    pub fn key(&self, key: &str) -> String {
+        match self {
+            Store::Memory(_) => key.to_owned(),
+            Store::Redis(s) => s.namespaced(key),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        dispatch!(self.get(key))
+    }
+
+    pub async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<()> {
+        dispatch!(self.put(key, value, ttl))
+    }
+
+    /// Stores only if the key does not exist; true when stored.
+    pub async fn put_new(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<bool> {
+        dispatch!(self.put_new(key, value, ttl))
+    }
+
+    /// Reads and deletes atomically: of any number of concurrent takers exactly one gets it.
+    pub async fn take(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        dispatch!(self.take(key))
+    }
+
+    pub async fn delete(&self, key: &str) -> StoreResult<()> {
+        dispatch!(self.delete(key))
+    }
+
+    /// Replaces the value only if it still equals `expected`; keeps the key's TTL.
+    pub async fn replace(&self, key: &str, expected: &[u8], new: &[u8]) -> StoreResult<bool> {
+        dispatch!(self.replace(key, expected, new))
+    }
+
+    /// Reads `key` and, in the same round trip, records `now_ms` in `touch_key` (TTL
+    /// `touch_ttl`), returning the previously recorded time. Polling rate limits cost no extra
+    /// round trip this way.
+    pub async fn get_and_touch(
+        &self,
+        key: &str,
+        touch_key: &str,
+        now_ms: u64,
+        touch_ttl: Duration,
+    ) -> StoreResult<(Option<Vec<u8>>, Option<u64>)> {
+        dispatch!(self.get_and_touch(key, touch_key, now_ms, touch_ttl))
+    }
+
+    /// Adds `member` to the set at `key`; the set lives at least `ttl` from now.
+    pub async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {
+        dispatch!(self.set_add(key, member, ttl))
+    }
+
+    pub async fn set_members(&self, key: &str) -> StoreResult<Vec<String>> {
+        dispatch!(self.set_members(key))
+    }
+
+    pub async fn set_remove(&self, key: &str, member: &str) -> StoreResult<()> {
+        dispatch!(self.set_remove(key, member))
+    }
+
+    /// Puts `member` in the due queue at `queue`, due at `due_ms` (replacing an earlier due).
+    pub async fn schedule(&self, queue: &str, member: &str, due_ms: u64) -> StoreResult<()> {
+        dispatch!(self.schedule(queue, member, due_ms))
+    }
+
+    /// Claims up to `limit` members due at `now_ms`: each is pushed `lease` into the future
+    /// before it is returned, so a replica that dies mid-work loses nothing (the member falls
+    /// due again when the lease runs out) and two replicas never work the same member at once.
+    pub async fn claim_due(&self, queue: &str, now_ms: u64, lease: Duration, limit: usize) -> StoreResult<Vec<String>> {
+        dispatch!(self.claim_due(queue, now_ms, lease, limit))
+    }
+
+    pub async fn unschedule(&self, queue: &str, member: &str) -> StoreResult<()> {
+        dispatch!(self.unschedule(queue, member))
+    }
+
+    /// How many members of `queue` fall due after `after_ms`.
+    pub async fn count_due_after(&self, queue: &str, after_ms: u64) -> StoreResult<u64> {
+        dispatch!(self.count_due_after(queue, after_ms))
+    }
+
+    /// A cheap liveness check of the store.
+    pub async fn ping(&self) -> StoreResult<()> {
+        dispatch!(self.ping())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod contract {
+    //! The behaviour both stores must share; run against the embedded store here and against
+    //! a real redis-server in `tests/`.
+    use super::*;
+
+    pub async fn exercise(store: &Store, ns: &str) {
+        let k = |s: &str| store.key(&format!("{ns}:{s}"));
+        let ttl = Duration::from_secs(30);
+
+        assert_eq!(store.get(&k("missing")).await.unwrap(), None);
+        store.put(&k("a"), b"1", ttl).await.unwrap();
+        assert_eq!(store.get(&k("a")).await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert!(!store.put_new(&k("a"), b"2", ttl).await.unwrap());
+        assert!(store.put_new(&k("b"), b"2", ttl).await.unwrap());
+
+        assert_eq!(store.take(&k("a")).await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(store.take(&k("a")).await.unwrap(), None);
+
+        assert!(store.replace(&k("b"), b"2", b"3").await.unwrap());
+        assert!(!store.replace(&k("b"), b"2", b"4").await.unwrap());
+        assert!(!store.replace(&k("none"), b"", b"4").await.unwrap());
+        assert_eq!(store.get(&k("b")).await.unwrap().as_deref(), Some(&b"3"[..]));
+        store.delete(&k("b")).await.unwrap();
+        assert_eq!(store.get(&k("b")).await.unwrap(), None);
+
+        store.put(&k("rec"), b"r", ttl).await.unwrap();
+        let (rec, last) = store.get_and_touch(&k("rec"), &k("touch"), 1000, ttl).await.unwrap();
+        assert_eq!((rec.as_deref(), last), (Some(&b"r"[..]), None));
+        let (_, last) = store.get_and_touch(&k("rec"), &k("touch"), 2000, ttl).await.unwrap();
+        assert_eq!(last, Some(1000));
+        let (rec, _) = store.get_and_touch(&k("gone"), &k("touch2"), 1, ttl).await.unwrap();
+        assert_eq!(rec, None);
+
+        store.set_add(&k("set"), "x", ttl).await.unwrap();
+        store.set_add(&k("set"), "y", ttl).await.unwrap();
+        let mut members = store.set_members(&k("set")).await.unwrap();
+        members.sort();
+        assert_eq!(members, vec!["x", "y"]);
+        store.set_remove(&k("set"), "x").await.unwrap();
+        assert_eq!(store.set_members(&k("set")).await.unwrap(), vec!["y"]);
+
+        let q = k("queue");
+        store.schedule(&q, "m1", 100).await.unwrap();
+        store.schedule(&q, "m2", 200).await.unwrap();
+        store.schedule(&q, "m3", 10_000).await.unwrap();
+        assert_eq!(store.count_due_after(&q, 150).await.unwrap(), 2);
+        let mut due = store.claim_due(&q, 250, Duration::from_secs(5), 10).await.unwrap();
+        due.sort();
+        assert_eq!(due, vec!["m1", "m2"]);
+        // Leased: not due again until the lease runs out.
+        assert!(store
+            .claim_due(&q, 300, Duration::from_secs(5), 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store
+                .claim_due(&q, 5_300, Duration::from_secs(5), 1)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        store.unschedule(&q, "m1").await.unwrap();
+        store.unschedule(&q, "m2").await.unwrap();
+        assert_eq!(
+            store
+                .claim_due(&q, 9_999, Duration::from_secs(5), 10)
+                .await
+                .unwrap()
+                .len(),
+            0
+        );
+
+        store.put(&k("short"), b"x", Duration::from_millis(50)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(store.get(&k("short")).await.unwrap(), None);
+        store.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn embedded_store_keeps_the_contract() {
+        let store = Store::Memory(MemoryStore::new());
+        exercise(&store, "t").await;
+    }
+}

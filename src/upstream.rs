@@ -1,0 +1,240 @@
+//! The HTTP client side: one pooled client for the OP (pass-through and the back-channel token
+//! calls) and the same kind of client for pings to RPs; the headers that make the OP see its
+//! public URL.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use url::Url;
+
+use crate::http::{full, read_limited, Body, FORM_URLENCODED};
+use crate::metrics::Metrics;
+
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Largest OP reply the proxy reads whole (token responses, discovery).
+const MAX_UPSTREAM_JSON: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made: the request was certainly not processed.
+    #[error("could not connect: {0}")]
+    Connect(String),
+    #[error("no answer within the timeout")]
+    Timeout,
+    #[error("request failed: {0}")]
+    Failed(String),
+    #[error("reply larger than {MAX_UPSTREAM_JSON} bytes")]
+    TooLarge,
+}
+
+/// A pooled HTTP(S) client: HTTP/1.1 to the OP (what Keycloak speaks behind a proxy), TLS by
+/// rustls on aws-lc-rs with the system's roots (Mozilla's when the system has none).
+pub fn http_client() -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
+        Ok(builder) => builder,
+        Err(_) => match HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider) {
+            Ok(builder) => builder,
+            Err(e) => unreachable!("aws-lc-rs supports the default protocol versions: {e}"),
+        },
+    };
+    let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// Headers that must not cross a proxy (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The OP behind the proxy and how to address it.
+pub struct Upstream {
+    client: HttpClient,
+    /// Scheme and authority of the OP, plus any base path (without a trailing slash).
+    base: String,
+    public_host: HeaderValue,
+    public_proto: HeaderValue,
+    public_port: HeaderValue,
+    timeout: Duration,
+    metrics: Metrics,
+}
+
+impl Upstream {
+    pub fn new(upstream_url: &Url, public_url: &Url, timeout: Duration, metrics: Metrics) -> Self {
+        let base = upstream_url.as_str().trim_end_matches('/').to_owned();
+        let host = public_url.host_str().unwrap_or("localhost");
+        let port = public_url.port_or_known_default().unwrap_or(443);
+        let authority = match public_url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let header = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        Self {
+            client: http_client(),
+            base,
+            public_host: header(&authority),
+            public_proto: header(public_url.scheme()),
+            public_port: HeaderValue::from(port),
+            timeout,
+            metrics,
+        }
+    }
+
+    /// The OP's URI for a public path and query.
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        format!("{}{}", self.base, path_and_query)
+            .parse()
+            .map_err(|e| UpstreamError::Failed(format!("bad upstream URI: {e}")))
+    }
+
+    /// Makes request headers fit for the OP: hop-by-hop headers out, and the forwarding
+    /// headers set by us, never taken from the client, so the OP builds its public URLs (the
+    /// issuer, redirects, DPoP `htu`) from the configured public origin.
+    pub fn prepare_headers(&self, headers: &mut HeaderMap, peer: IpAddr) {
+        strip_hop_by_hop(headers);
+        headers.remove(header::FORWARDED);
+        headers.remove(&X_FORWARDED_PREFIX);
+        headers.remove(&X_REAL_IP);
+        headers.insert(header::HOST, self.public_host.clone());
+        headers.insert(X_FORWARDED_HOST.clone(), self.public_host.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), self.public_proto.clone());
+        headers.insert(X_FORWARDED_PORT.clone(), self.public_port.clone());
+        headers.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_str(&peer_header(peer)).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        );
+    }
+
+    /// Sends a request as is (headers already prepared) and returns the streaming response.
+    pub async fn send(&self, request: Request<Body>, call: &'static str) -> Result<Response<Incoming>, UpstreamError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+        self.metrics.observe_upstream(call, started.elapsed());
+        match result {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+            Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// A back-channel form POST to the OP (token endpoint), read whole.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        form: String,
+        forwarded: &HeaderMap,
+        peer: IpAddr,
+        call: &'static str,
+    ) -> Result<BufferedReply, UpstreamError> {
+        let mut request = Request::new(full(form));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uri(path)?;
+        let headers = request.headers_mut();
+        for (name, value) in forwarded {
+            headers.append(name.clone(), value.clone());
+        }
+        headers.insert(header::CONTENT_TYPE, FORM_URLENCODED);
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        self.prepare_headers(headers, peer);
+        self.fetch(request, call).await
+    }
+
+    /// Sends a request and reads the reply whole (bounded), all within the timeout.
+    pub async fn fetch(&self, request: Request<Body>, call: &'static str) -> Result<BufferedReply, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = self.send(request, call).await?;
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout_at(deadline, read_limited(body, MAX_UPSTREAM_JSON))
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(|e| match e {
+                crate::http::BodyError::TooLarge(_) => UpstreamError::TooLarge,
+                other => UpstreamError::Failed(other.to_string()),
+            })?;
+        Ok(BufferedReply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+fn peer_header(peer: IpAddr) -> String {
+    match peer {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        },
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A whole reply from the OP.
+#[derive(Debug)]
+pub struct BufferedReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl BufferedReply {
+    pub fn json(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
