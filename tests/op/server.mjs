@@ -570,7 +570,8 @@ async function handle(req, res) {
   return realm.callback(req, res);
 }
 
-const server = http.createServer((req, res) => {
+// Keycloak accepts large cookies and headers (its own cookies are big); so must the look-alike.
+const server = http.createServer({ maxHeaderSize: 128 * 1024 }, (req, res) => {
   handle(req, res).catch((err) => {
     const status = err instanceof HttpError ? err.status : 500;
     if (status === 500) log('unhandled error', err);

@@ -1,0 +1,715 @@
+//! The test bed: a real redis-server and a real OpenID Provider (tests/op, oidc-provider laid
+//! out like Keycloak), started once per test binary and tied to its lifetime; a dtr-proxy per
+//! test on its own ports and realm; and an RP that walks the flow over real sockets.
+
+#![allow(dead_code)]
+// The children live as long as the test process; they are never waited for by design.
+#![allow(clippy::zombie_processes)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use dtr_proxy::{Config, Running};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+pub const REDIRECT_URI: &str = "https://rp.example.com/cb";
+pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts `program args…` so that it dies with this test process: a shell keeps the child's
+/// pid and kills it when its stdin (our pipe) closes, which happens however we exit.
+fn spawn_tied(program: &str, args: &[&str]) -> Child {
+    let script = r#"prog="$1"; shift; "$prog" "$@" <&- & pid=$!; trap 'kill $pid 2>/dev/null' EXIT; cat >/dev/null; kill $pid 2>/dev/null; wait $pid 2>/dev/null"#;
+    let mut argv = vec!["-c", script, "tied", program];
+    argv.extend_from_slice(args);
+    Command::new("sh")
+        .args(&argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct Redis {
+    pub url: String,
+    _child: Mutex<Child>,
+}
+
+/// One redis-server per test binary (Debian's package, installed by scripts/ensure-deps.sh).
+pub fn redis() -> &'static Redis {
+    static REDIS: OnceLock<Redis> = OnceLock::new();
+    REDIS.get_or_init(|| {
+        let port = free_port();
+        let child = spawn_tied(
+            "redis-server",
+            &[
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+        );
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Redis {
+                    url,
+                    _child: Mutex::new(child),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not start (run scripts/ensure-deps.sh)");
+    })
+}
+
+pub struct Op {
+    pub port: u16,
+    _child: Mutex<Child>,
+}
+
+/// One test OP per test binary; each proxy gets its own realm in it.
+pub fn op() -> &'static Op {
+    static OP: OnceLock<Op> = OnceLock::new();
+    OP.get_or_init(|| {
+        let server = repo_root().join("tests/op/server.mjs");
+        // The OP exits by itself when its stdin (our pipe) closes.
+        let mut child = Command::new("node")
+            .arg(&server)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // Its log is noise in test output; DTR_TEST_OP_LOG=1 shows it.
+            .stderr(if std::env::var_os("DTR_TEST_OP_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("cannot start node (run scripts/ensure-deps.sh)");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("OP output");
+        let ready: Value = serde_json::from_str(line.trim())
+            .unwrap_or_else(|_| panic!("OP did not start (run scripts/ensure-deps.sh); said {line:?}"));
+        let port = ready["port"].as_u64().expect("port") as u16;
+        Op {
+            port,
+            _child: Mutex::new(child),
+        }
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Embedded,
+    Redis,
+}
+
+pub struct Options {
+    pub store: StoreKind,
+    pub clients: Vec<Value>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Options {
+    pub fn new(store: StoreKind) -> Self {
+        Self {
+            store,
+            clients: vec![
+                json!({"client_id": "dtr-client", "redirect_uris": [REDIRECT_URI]}),
+                json!({"client_id": "dtr-post"}),
+                json!({"client_id": "dtr-jwt"}),
+                json!({"client_id": "dtr-public"}),
+            ],
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.to_owned(), value.into()));
+        self
+    }
+
+    pub fn client(mut self, client: Value) -> Self {
+        let id = client["client_id"].clone();
+        self.clients.retain(|c| c["client_id"] != id);
+        self.clients.push(client);
+        self
+    }
+}
+
+pub struct Proxy {
+    pub running: Running,
+    pub base: String,
+    pub admin: String,
+    pub realm: String,
+    pub issuer: String,
+    pub http: reqwest::Client,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}{}x{n}x{nanos}", std::process::id())
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+pub fn base_env(public_port: u16, upstream_port: u16) -> Vec<(String, String)> {
+    vec![
+        ("DTR_UPSTREAM_URL".into(), format!("http://127.0.0.1:{upstream_port}")),
+        ("DTR_PUBLIC_URL".into(), format!("http://127.0.0.1:{public_port}")),
+        ("DTR_ALLOW_INSECURE_HTTP".into(), "true".into()),
+        ("DTR_WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into()),
+        ("DTR_DEFAULT_INTERVAL".into(), "1".into()),
+        ("DTR_HASH_KEY".into(), STANDARD.encode([7u8; 32])),
+        ("DTR_TOKEN_KEYS".into(), format!("k1:{}", STANDARD.encode([9u8; 32]))),
+    ]
+}
+
+/// Starts a proxy in front of the shared OP, in a fresh realm whose issuer is this proxy.
+pub async fn start(options: Options) -> Proxy {
+    start_with_upstream(options, op().port).await
+}
+
+/// Like [`start`], with the proxy's upstream at another port (a relay in front of the OP).
+pub async fn start_with_upstream(options: Options, upstream_port: u16) -> Proxy {
+    let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = public.local_addr().expect("addr").port();
+    let base = format!("http://127.0.0.1:{port}");
+    let realm = unique("r");
+    let issuer = format!("{base}/realms/{realm}");
+    let http = client();
+    let created = http
+        .post(format!("http://127.0.0.1:{}/admin/realms", op().port))
+        .json(&json!({"realm": realm, "issuer": issuer}))
+        .send()
+        .await
+        .expect("OP admin");
+    assert_eq!(
+        created.status(),
+        201,
+        "realm creation: {}",
+        created.text().await.unwrap_or_default()
+    );
+
+    let mut env = base_env(port, upstream_port);
+    env.push(("DTR_CLIENTS".into(), Value::from(options.clients).to_string()));
+    if options.store == StoreKind::Redis {
+        env.push(("DTR_REDIS_URL".into(), redis().url.clone()));
+        env.push(("DTR_REDIS_KEY_PREFIX".into(), unique("t")));
+    }
+    env.extend(options.env);
+    let config = Config::from_env(env).unwrap_or_else(|e| panic!("{e}"));
+    let running = dtr_proxy::start_on(config, public, admin).await.expect("proxy start");
+    let admin = format!("http://{}", running.admin_addr);
+    Proxy {
+        running,
+        base,
+        admin,
+        realm,
+        issuer,
+        http,
+    }
+}
+
+pub fn pkce() -> (String, String) {
+    let verifier = URL_SAFE_NO_PAD.encode(rand_bytes());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+    (verifier, URL_SAFE_NO_PAD.encode(digest.as_ref()))
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).expect("random");
+    bytes
+}
+
+/// How the RP authenticates at the token and cancellation endpoints.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// client_secret_basic, with the id and secret form-encoded first (as openid-client does).
+    Basic(&'static str, &'static str),
+    Post(&'static str, &'static str),
+    /// private_key_jwt with the test key (tests/op/keys).
+    Jwt(&'static str),
+    Public(&'static str),
+}
+
+impl Auth {
+    pub fn client_id(&self) -> &'static str {
+        match self {
+            Auth::Basic(id, _) | Auth::Post(id, _) | Auth::Jwt(id) | Auth::Public(id) => id,
+        }
+    }
+}
+
+pub fn dtr_client() -> Auth {
+    Auth::Basic("dtr-client", "dtr-client-secret")
+}
+
+/// The acknowledgment the RP received, however it was delivered.
+#[derive(Debug, Clone, Default)]
+pub struct Ack {
+    pub params: Vec<(String, String)>,
+    pub mode: &'static str,
+}
+
+impl Ack {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn error(&self) -> &str {
+        self.json["error"].as_str().unwrap_or("")
+    }
+}
+
+fn form_encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+impl Proxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/realms/{}{path}", self.base, self.realm)
+    }
+
+    pub fn token_url(&self) -> String {
+        self.url("/protocol/openid-connect/token")
+    }
+
+    /// Walks a browser login through the proxy: authorization request, the OP's login page,
+    /// the login form, every redirect, until the answer meant for the RP (or an error page).
+    pub async fn login(&self, params: &[(&str, &str)], username: &str, outcome: Option<&str>) -> Answer {
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .cookie_store(true)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("browser");
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        let mut response = browser
+            .get(format!("{}?{query}", self.url("/protocol/openid-connect/auth")))
+            .send()
+            .await
+            .expect("authorization request");
+        for _ in 0..10 {
+            let answer = Answer::read(response).await;
+            match &answer.location {
+                Some(location) if location.starts_with(&self.base) => {
+                    response = browser.get(location).send().await.expect("follow");
+                    continue;
+                }
+                Some(_) => return answer,
+                None => {}
+            }
+            let action = answer
+                .html
+                .split("action=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .map(str::to_owned);
+            let Some(action) = action.filter(|a| !a.starts_with("https://rp.example.com")) else {
+                return answer;
+            };
+            let target = if action.starts_with('/') {
+                format!("{}{action}", self.base)
+            } else {
+                action
+            };
+            let mut form = vec![("username", username)];
+            if let Some(outcome) = outcome {
+                form.push(("outcome", outcome));
+            }
+            response = browser.post(&target).form(&form).send().await.expect("login form");
+        }
+        panic!("login did not finish");
+    }
+
+    /// A standard DTR authorization request for a client.
+    pub fn auth_params<'a>(&self, client_id: &'a str, state: &'a str, nonce: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("response_type", "deferred_code"),
+            ("client_id", client_id),
+            ("redirect_uri", REDIRECT_URI),
+            ("scope", "openid profile email"),
+            ("state", state),
+            ("nonce", nonce),
+        ]
+    }
+
+    /// Logs in and reads the acknowledgment from the redirect (query or fragment).
+    pub async fn acknowledge(&self, params: &[(&str, &str)], username: &str) -> Ack {
+        self.login(params, username, None).await.ack()
+    }
+
+    /// The whole front half: acknowledgment for `client_id` with PKCE; returns the deferred
+    /// code and the verifier.
+    pub async fn deferred_code(&self, client_id: &str, username: &str) -> (String, String) {
+        let (verifier, challenge) = pkce();
+        let mut params = self.auth_params(client_id, "st-1", "n-1");
+        params.push(("code_challenge", &challenge));
+        params.push(("code_challenge_method", "S256"));
+        let ack = self.acknowledge(&params, username).await;
+        let code = ack
+            .get("deferred_code")
+            .unwrap_or_else(|| panic!("no deferred_code in {ack:?}"))
+            .to_owned();
+        (code, verifier)
+    }
+
+    pub async fn token(&self, auth: &Auth, form: &[(&str, &str)], dpop: Option<&str>) -> Reply {
+        self.post_form(&self.token_url(), auth, form, dpop).await
+    }
+
+    pub async fn post_form(&self, url: &str, auth: &Auth, form: &[(&str, &str)], dpop: Option<&str>) -> Reply {
+        let mut pairs: Vec<(String, String)> = form.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let mut request = self.http.post(url);
+        match auth {
+            Auth::Basic(id, secret) => {
+                let credentials = format!("{}:{}", form_encode(id), form_encode(secret));
+                request = request.header("authorization", format!("Basic {}", STANDARD.encode(credentials)));
+            }
+            Auth::Post(id, secret) => {
+                pairs.push(("client_id".into(), id.to_string()));
+                pairs.push(("client_secret".into(), secret.to_string()));
+            }
+            Auth::Jwt(id) => {
+                pairs.push((
+                    "client_assertion_type".into(),
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                ));
+                pairs.push(("client_assertion".into(), client_assertion(id, &self.token_url())));
+            }
+            Auth::Public(id) => pairs.push(("client_id".into(), id.to_string())),
+        }
+        if let Some(proof) = dpop {
+            request = request.header("dpop", proof);
+        }
+        let response = request.form(&pairs).send().await.expect("token request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, headers, json }
+    }
+
+    /// Exchanges a deferred code; returns the exchange reply.
+    pub async fn exchange(&self, auth: &Auth, code: &str, verifier: &str, notification_token: Option<&str>) -> Reply {
+        let mut form = vec![
+            ("grant_type", "urn:openid:params:grant-type:deferred"),
+            ("deferred_code", code),
+            ("code_verifier", verifier),
+        ];
+        if let Some(token) = notification_token {
+            form.push(("deferred_notification_token", token));
+        }
+        self.token(auth, &form, None).await
+    }
+
+    pub async fn poll(&self, auth: &Auth, deferred_auth_id: &str) -> Reply {
+        self.token(
+            auth,
+            &[
+                ("grant_type", "urn:openid:params:grant-type:deferred"),
+                ("deferred_auth_id", deferred_auth_id),
+            ],
+            None,
+        )
+        .await
+    }
+
+    pub async fn cancel(&self, auth: &Auth, deferred_auth_id: &str) -> Reply {
+        let url = self.url("/protocol/openid-connect/deferred/cancel");
+        self.post_form(&url, auth, &[("deferred_auth_id", deferred_auth_id)], None)
+            .await
+    }
+
+    /// Logs in, exchanges, and returns (deferred_auth_id, exchange reply).
+    pub async fn start_process(
+        &self,
+        auth: &Auth,
+        username: &str,
+        notification_token: Option<&str>,
+    ) -> (String, Reply) {
+        let (code, verifier) = self.deferred_code(auth.client_id(), username).await;
+        let reply = self.exchange(auth, &code, &verifier, notification_token).await;
+        assert_eq!(reply.status, 200, "exchange failed: {}", reply.json);
+        let id = reply.json["deferred_auth_id"]
+            .as_str()
+            .expect("deferred_auth_id")
+            .to_owned();
+        (id, reply)
+    }
+
+    /// Sends a signed completion webhook to the admin port.
+    pub async fn complete(&self, body: &Value) -> Reply {
+        self.webhook(body, &unique("msg_"), now_s(), WEBHOOK_SECRET).await
+    }
+
+    pub async fn webhook(&self, body: &Value, id: &str, timestamp: u64, secret: &str) -> Reply {
+        let body = body.to_string();
+        let key = dtr_proxy::webhook::decode_secret(secret).expect("secret");
+        let signature = dtr_proxy::webhook::sign(&key, id, timestamp, body.as_bytes());
+        let response = self
+            .http
+            .post(format!("{}/v1/completions", self.admin))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", format!("v1,{signature}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("webhook");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let json = response.json().await.unwrap_or(Value::Null);
+        Reply { status, headers, json }
+    }
+
+    pub async fn process(&self, process_id: &str) -> Value {
+        self.http
+            .get(format!("{}/v1/processes/{process_id}", self.admin))
+            .send()
+            .await
+            .expect("process view")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+}
+
+pub fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An HTTP answer read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub location: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
+    pub html: String,
+}
+
+impl Answer {
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let location = headers.get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let html = response.text().await.unwrap_or_default();
+        Self {
+            status,
+            location,
+            headers,
+            html,
+        }
+    }
+
+    /// The acknowledgment in a redirect's query or fragment, or a form_post page.
+    pub fn ack(&self) -> Ack {
+        if let Some(location) = &self.location {
+            assert!(location.starts_with(REDIRECT_URI), "redirect went to {location}");
+            let url = url::Url::parse(location).expect("absolute location");
+            if let Some(fragment) = url.fragment().filter(|f| !f.is_empty()) {
+                let params = form_urlencoded::parse(fragment.as_bytes()).into_owned().collect();
+                return Ack {
+                    params,
+                    mode: "fragment",
+                };
+            }
+            return Ack {
+                params: url.query_pairs().into_owned().collect(),
+                mode: "query",
+            };
+        }
+        assert_eq!(self.status, 200, "not an acknowledgment: {}", self.html);
+        let mut params = Vec::new();
+        for input in self.html.split("<input").skip(1) {
+            let attr = |name: &str| {
+                input
+                    .split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|s| s.split('"').next())
+                    .map(html_unescape)
+            };
+            if let (Some(name), Some(value)) = (attr("name"), attr("value")) {
+                params.push((name, value));
+            }
+        }
+        Ack {
+            params,
+            mode: "form_post",
+        }
+    }
+}
+
+fn html_unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#x27;", "'")
+        .replace("&amp;", "&")
+}
+
+/// A `private_key_jwt` assertion signed with the test client key.
+pub fn client_assertion(client_id: &str, audience: &str) -> String {
+    let pem = std::fs::read(repo_root().join("tests/op/keys/client-jwt.private.pem")).expect("client key");
+    let jwk: Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join("tests/op/keys/client-jwt.public.jwk.json")).expect("client jwk"),
+    )
+    .expect("jwk json");
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("ec key");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = jwk["kid"].as_str().map(str::to_owned);
+    let now = now_s();
+    let claims = json!({
+        "iss": client_id, "sub": client_id, "aud": audience,
+        "jti": unique("jti"), "iat": now, "exp": now + 60,
+    });
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+}
+
+/// Payload of a JWT, unverified (the tests check what the OP put there).
+pub fn jwt_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("jwt");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("b64")).expect("json")
+}
+
+/// Records what pings arrive and answers with scripted statuses.
+/// Each ping: its Authorization header and JSON body.
+pub type PingLog = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
+pub struct PingReceiver {
+    pub url: String,
+    pub received: PingLog,
+}
+
+pub async fn ping_receiver(statuses: Vec<u16>) -> PingReceiver {
+    use http_body_util::BodyExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/dtr/ping", listener.local_addr().expect("addr"));
+    let received: PingLog = Arc::default();
+    let log = received.clone();
+    let statuses = Arc::new(Mutex::new(statuses.into_iter()));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            let statuses = statuses.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let log = log.clone();
+                    let statuses = statuses.clone();
+                    async move {
+                        let auth = request
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        log.lock().expect("log").push((auth, json));
+                        let status = statuses.lock().expect("statuses").next().unwrap_or(204);
+                        let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    PingReceiver { url, received }
+}
+
+impl PingReceiver {
+    pub fn count(&self) -> usize {
+        self.received.lock().expect("log").len()
+    }
+
+    pub async fn wait_for(&self, n: usize, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.count() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.count() >= n
+    }
+}
+
+/// Waits out the poll interval (1 s in tests) with a margin.
+pub async fn wait_interval(seconds: u64) {
+    tokio::time::sleep(Duration::from_millis(seconds * 1000 + 150)).await;
+}

@@ -1,0 +1,468 @@
+//! The deferred flow end to end over real sockets: a real OP (tests/op) behind the proxy, an
+//! RP walking every step, on the embedded store and on a real redis-server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// Runs a test body once per store.
+macro_rules! on_both_stores {
+    ($($name:ident => $body:expr;)*) => {
+        mod embedded {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { ($body)(StoreKind::Embedded).await }
+            )*
+        }
+        mod redis {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { ($body)(StoreKind::Redis).await }
+            )*
+        }
+    };
+}
+
+on_both_stores! {
+    happy_path_delivers_fresh_tokens_once => happy_path;
+    every_poll_error_is_the_drafts => poll_errors;
+    deferred_code_is_single_use_and_bound_to_its_client => code_replay_and_cross_client;
+    of_concurrent_polls_exactly_one_gets_the_tokens => concurrent_polls;
+    ping_is_retried_until_the_rp_accepts_it => ping_retries;
+    cancelled_process_is_denied_and_never_pinged => cancel;
+    process_expires_after_its_configured_lifetime => expiry;
+    webhook_signature_replay_and_addressing => webhook_rules;
+}
+
+async fn happy_path(store: StoreKind) {
+    let proxy = start(Options::new(store)).await;
+    let user = unique("alice");
+    let (verifier, challenge) = pkce();
+    let mut params = proxy.auth_params("dtr-client", "rp-state-1", "nonce-1");
+    params.push(("code_challenge", &challenge));
+    params.push(("code_challenge_method", "S256"));
+    let ack = proxy.acknowledge(&params, &user).await;
+    assert_eq!(ack.mode, "query");
+    let code = ack.get("deferred_code").expect("deferred_code").to_owned();
+    assert!(code.len() >= 27 && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    assert_eq!(ack.get("code"), None, "an acknowledgment never carries code");
+    assert_eq!(ack.get("state"), Some("rp-state-1"));
+    assert_eq!(ack.get("iss"), Some(proxy.issuer.as_str()));
+
+    let exchange = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(exchange.status, 200, "{}", exchange.json);
+    assert_eq!(exchange.headers["cache-control"], "no-store");
+    let id = exchange.json["deferred_auth_id"].as_str().expect("id").to_owned();
+    assert!(id.len() >= 27, "at least 160 bits");
+    assert_eq!(exchange.json["interval"], 1);
+    assert_eq!(exchange.json["expires_in"], 86400);
+    let interim = jwt_claims(exchange.json["interim_id_token"].as_str().expect("interim_id_token"));
+    assert_eq!(interim["sub"], user.as_str());
+    assert_eq!(interim["nonce"], "nonce-1");
+    assert_eq!(interim["iss"], proxy.issuer.as_str());
+
+    let pending = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!(
+        (pending.status, pending.error()),
+        (400, "authorization_pending"),
+        "{}",
+        pending.json
+    );
+    assert!(pending.json["error_description"]
+        .as_str()
+        .is_some_and(|d| !d.is_empty()));
+
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    let process_id = completed.json["changed"][0]["process_id"]
+        .as_str()
+        .expect("process id")
+        .to_owned();
+    assert_eq!(completed.json["changed"][0]["status"], "approved");
+    assert_eq!(proxy.process(&process_id).await["status"], "approved");
+
+    wait_interval(1).await;
+    let tokens = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    assert_eq!(tokens.headers["cache-control"], "no-store");
+    for field in ["access_token", "id_token", "refresh_token", "token_type", "expires_in"] {
+        assert!(
+            !tokens.json[field].is_null(),
+            "token response lacks {field}: {}",
+            tokens.json
+        );
+    }
+    let id_token = jwt_claims(tokens.json["id_token"].as_str().expect("id_token"));
+    assert_eq!(id_token["sub"], user.as_str());
+    assert_eq!(id_token["nonce"], "nonce-1");
+    assert!(
+        id_token["iat"].as_u64() >= interim["iat"].as_u64(),
+        "tokens are issued at poll time"
+    );
+
+    wait_interval(1).await;
+    let spent = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!((spent.status, spent.error()), (400, "invalid_grant"));
+    assert_eq!(proxy.process(&process_id).await["status"], "delivered");
+
+    // The delivered refresh token is the RP's own: a plain refresh through the proxy works.
+    let refreshed = proxy
+        .token(
+            &dtr_client(),
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", tokens.json["refresh_token"].as_str().unwrap()),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.json);
+
+    let metrics = proxy.metrics().await;
+    assert!(metrics.contains("dtr_polls_total{result=\"delivered\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("dtr_process_events_total{event=\"deferred.started\"} 1"),
+        "{metrics}"
+    );
+}
+
+async fn poll_errors(store: StoreKind) {
+    let proxy = start(Options::new(store)).await;
+    let user = unique("bob");
+    let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+
+    let unknown = proxy
+        .poll(&dtr_client(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+        .await;
+    assert_eq!((unknown.status, unknown.error()), (400, "invalid_grant"));
+
+    let wrong_secret = proxy.poll(&Auth::Basic("dtr-client", "not-the-secret"), &id).await;
+    assert_eq!((wrong_secret.status, wrong_secret.error()), (401, "invalid_client"));
+    assert!(wrong_secret.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
+
+    let foreign = proxy.poll(&Auth::Post("dtr-post", "dtr-post-secret"), &id).await;
+    assert_eq!((foreign.status, foreign.error()), (400, "invalid_grant"));
+    assert_eq!(
+        foreign.json["error_description"], unknown.json["error_description"],
+        "no oracle"
+    );
+
+    wait_interval(1).await;
+    let pending = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!(pending.error(), "authorization_pending");
+    let too_fast = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!((too_fast.status, too_fast.error()), (400, "slow_down"));
+    assert!(
+        too_fast.json["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("6 seconds"),
+        "{}",
+        too_fast.json
+    );
+
+    let denied = proxy
+        .complete(&json!({"outcome": "denied", "sub": user, "error_description": "Document could not be verified"}))
+        .await;
+    assert_eq!(denied.status, 200);
+    wait_interval(6).await;
+    let refused = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!((refused.status, refused.error()), (400, "access_denied"));
+    assert_eq!(refused.json["error_description"], "Document could not be verified");
+}
+
+async fn code_replay_and_cross_client(store: StoreKind) {
+    let proxy = start(Options::new(store)).await;
+    let (code, verifier) = proxy.deferred_code("dtr-client", &unique("carol")).await;
+    let first = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(first.status, 200, "{}", first.json);
+    let replay = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!((replay.status, replay.error()), (400, "invalid_grant"));
+
+    let (code, verifier) = proxy.deferred_code("dtr-client", &unique("carol")).await;
+    let stolen = proxy
+        .exchange(&Auth::Post("dtr-post", "dtr-post-secret"), &code, &verifier, None)
+        .await;
+    assert_eq!((stolen.status, stolen.error()), (400, "invalid_grant"));
+    // Burnt by the attempt: the rightful client cannot use it afterwards either.
+    let after = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(after.error(), "invalid_grant");
+}
+
+async fn concurrent_polls(store: StoreKind) {
+    let proxy = start(Options::new(store)).await;
+    let user = unique("dave");
+    let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+    assert_eq!(
+        proxy
+            .complete(&json!({"outcome": "approved", "sub": user}))
+            .await
+            .status,
+        200
+    );
+    wait_interval(1).await;
+    let auth = dtr_client();
+    let polls = (0..8).map(|_| proxy.poll(&auth, &id));
+    let replies = futures_util::future::join_all(polls).await;
+    let winners = replies.iter().filter(|r| r.status == 200).count();
+    assert_eq!(
+        winners,
+        1,
+        "{:?}",
+        replies.iter().map(|r| r.json.clone()).collect::<Vec<_>>()
+    );
+    for reply in replies.iter().filter(|r| r.status != 200) {
+        assert!(
+            ["slow_down", "authorization_pending", "invalid_grant"].contains(&reply.error()),
+            "loser got {}",
+            reply.json
+        );
+    }
+}
+
+async fn ping_retries(store: StoreKind) {
+    let receiver = ping_receiver(vec![503, 500, 204]).await;
+    let options = Options::new(store).client(json!({"client_id": "dtr-client", "notification_endpoint": receiver.url}));
+    let proxy = start(options).await;
+    let user = unique("erin");
+    let (id, _) = proxy.start_process(&dtr_client(), &user, Some("notify-token-1")).await;
+    assert_eq!(
+        proxy
+            .complete(&json!({"outcome": "approved", "sub": user}))
+            .await
+            .status,
+        200
+    );
+    // Grace (2 s) + 1 s + 2 s of backoff, with margin.
+    assert!(
+        receiver.wait_for(3, Duration::from_secs(15)).await,
+        "got {} pings",
+        receiver.count()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let received = receiver.received.lock().unwrap().clone();
+    assert_eq!(received.len(), 3, "delivered exactly once after two failures");
+    for (auth, body) in &received {
+        assert_eq!(auth.as_deref(), Some("Bearer notify-token-1"));
+        assert_eq!(body, &json!({"deferred_auth_id": id}));
+    }
+    let metrics = proxy.metrics().await;
+    assert!(metrics.contains("dtr_pings_total{result=\"retry\"} 2"), "{metrics}");
+    assert!(metrics.contains("dtr_pings_total{result=\"delivered\"} 1"), "{metrics}");
+    let tokens = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+}
+
+async fn cancel(store: StoreKind) {
+    let receiver = ping_receiver(vec![]).await;
+    let options = Options::new(store).client(json!({"client_id": "dtr-client", "notification_endpoint": receiver.url}));
+    let proxy = start(options).await;
+    let user = unique("frank");
+    let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+
+    let cancelled = proxy.cancel(&dtr_client(), &id).await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.json);
+    // Unknown and repeated cancels are 200 too.
+    assert_eq!(proxy.cancel(&dtr_client(), &id).await.status, 200);
+    assert_eq!(proxy.cancel(&dtr_client(), "unknown-id").await.status, 200);
+    // JSON bodies are accepted (the draft's example).
+    let json_cancel = proxy
+        .http
+        .post(proxy.url("/protocol/openid-connect/deferred/cancel"))
+        .basic_auth("dtr-client", Some("dtr-client-secret"))
+        .json(&json!({"deferred_auth_id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_cancel.status(), 200);
+    let wrong = proxy.cancel(&Auth::Basic("dtr-client", "wrong"), &id).await;
+    assert_eq!((wrong.status, wrong.error()), (401, "invalid_client"));
+
+    let late = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(late.status, 404, "a cancelled process is no longer open: {}", late.json);
+    let poll = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!((poll.status, poll.error()), (400, "access_denied"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(receiver.count(), 0, "no ping for a cancelled process");
+}
+
+async fn expiry(store: StoreKind) {
+    let receiver = ping_receiver(vec![]).await;
+    let options = Options::new(store).client(json!({
+        "client_id": "dtr-client", "expires_in": 2, "notification_endpoint": receiver.url
+    }));
+    let proxy = start(options).await;
+    let user = unique("gina");
+    let (id, exchange) = proxy.start_process(&dtr_client(), &user, None).await;
+    assert_eq!(exchange.json["expires_in"], 2);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let expired = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!((expired.status, expired.error()), (400, "expired_token"));
+    let late = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(late.json["changed"], json!([]), "{}", late.json);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.count(), 0, "no ping for an expired process");
+    assert!(proxy
+        .metrics()
+        .await
+        .contains("dtr_process_events_total{event=\"deferred.expired\"} 1"));
+}
+
+async fn webhook_rules(store: StoreKind) {
+    let proxy = start(Options::new(store)).await;
+    let user = unique("hank");
+    let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+    let body = json!({"outcome": "approved", "sub": user});
+
+    let forged = proxy
+        .webhook(&body, "msg_forged", now_s(), "whsec_c2VjcmV0LW9mLXNvbWVvbmUtZWxzZQ==")
+        .await;
+    assert_eq!(forged.status, 401);
+    let stale = proxy.webhook(&body, "msg_stale", now_s() - 600, WEBHOOK_SECRET).await;
+    assert_eq!(stale.status, 401);
+    let unmatched = proxy.complete(&json!({"outcome": "approved", "sub": "nobody"})).await;
+    assert_eq!(unmatched.status, 404);
+    let malformed = proxy.complete(&json!({"outcome": "maybe", "sub": user})).await;
+    assert_eq!(malformed.status, 400);
+    let ambiguous = proxy
+        .complete(&json!({"outcome": "approved", "sub": user, "sid": "x"}))
+        .await;
+    assert_eq!(ambiguous.status, 400);
+    let other_client = proxy
+        .complete(&json!({"outcome": "approved", "sub": user, "client_id": "dtr-post"}))
+        .await;
+    assert_eq!(other_client.status, 404);
+
+    // Progress reaches pending polls.
+    let progress = proxy
+        .complete(&json!({"outcome": "pending", "sub": user, "error_description": "Video check: 2 of 3"}))
+        .await;
+    assert_eq!(progress.status, 200);
+    let pending = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!(pending.json["error_description"], "Video check: 2 of 3");
+
+    let msg = unique("msg_");
+    let first = proxy.webhook(&body, &msg, now_s(), WEBHOOK_SECRET).await;
+    assert_eq!(first.status, 200);
+    let process_id = first.json["changed"][0]["process_id"].as_str().unwrap().to_owned();
+    let replay = proxy.webhook(&body, &msg, now_s(), WEBHOOK_SECRET).await;
+    assert_eq!(replay.status, 200);
+    assert_eq!(replay.json["duplicate"], true);
+    assert_eq!(replay.json["changed"], first.json["changed"]);
+
+    // Addressed by process_id, a finished process reports itself unchanged.
+    let again = proxy
+        .complete(&json!({"outcome": "denied", "process_id": process_id}))
+        .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json["unchanged"][0]["status"], "approved");
+    assert_eq!(proxy.process(&process_id).await["status"], "approved");
+}
+
+#[tokio::test]
+async fn form_post_and_fragment_acknowledgments() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    for (mode, expected) in [("form_post", "form_post"), ("fragment", "fragment"), ("query", "query")] {
+        let mut params = proxy.auth_params("dtr-client", "s-&<\"x", "n");
+        params.push(("response_mode", mode));
+        let ack = proxy.acknowledge(&params, &unique("ivy")).await;
+        assert_eq!(ack.mode, expected);
+        assert!(ack.get("deferred_code").is_some(), "{ack:?}");
+        assert_eq!(ack.get("state"), Some("s-&<\"x"));
+        assert_eq!(ack.get("iss"), Some(proxy.issuer.as_str()));
+        assert_eq!(ack.get("code"), None);
+    }
+}
+
+#[tokio::test]
+async fn deferred_code_code_in_either_order_is_deferred() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    for response_type in ["deferred_code code", "code deferred_code"] {
+        let mut params = proxy.auth_params("dtr-client", "s", "n");
+        params[0] = ("response_type", response_type);
+        let ack = proxy.acknowledge(&params, &unique("jo")).await;
+        assert!(
+            ack.get("deferred_code").is_some() && ack.get("code").is_none(),
+            "{ack:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn user_denial_at_the_op_reaches_the_rp_as_an_error_acknowledgment() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let params = proxy.auth_params("dtr-client", "st-deny", "n");
+    let ack = proxy.login(&params, &unique("kim"), Some("deny")).await.ack();
+    assert_eq!(ack.get("error"), Some("access_denied"));
+    assert_eq!(ack.get("state"), Some("st-deny"));
+    assert_eq!(ack.get("iss"), Some(proxy.issuer.as_str()));
+    assert_eq!(ack.get("deferred_code"), None);
+}
+
+#[tokio::test]
+async fn client_not_allowed_dtr_gets_an_error_page_or_a_known_redirect() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    // plain-client exists at the OP but is not a DTR client: its redirect URIs are unknown to
+    // the proxy, so only an error page is safe.
+    let params = proxy.auth_params("plain-client", "s", "n");
+    let page = proxy.login(&params, "x", None).await;
+    assert_eq!(page.status, 400);
+    assert!(page.location.is_none());
+    assert!(page.html.contains("unauthorized_client"), "{}", page.html);
+
+    // A DTR client with a registered redirect URI gets its error by redirect.
+    let mut params = proxy.auth_params("dtr-client", "s-req", "n");
+    params.push(("request", "eyJhbGciOiJub25lIn0.e30."));
+    let ack = proxy.login(&params, "x", None).await.ack();
+    assert_eq!(ack.get("error"), Some("invalid_request"));
+    assert_eq!(ack.get("state"), Some("s-req"));
+}
+
+#[tokio::test]
+async fn every_client_authentication_method_completes_the_flow() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    for auth in [
+        Auth::Post("dtr-post", "dtr-post-secret"),
+        Auth::Jwt("dtr-jwt"),
+        Auth::Public("dtr-public"),
+    ] {
+        let user = unique("lee");
+        let (id, _) = proxy.start_process(&auth, &user, None).await;
+        let pending = proxy.poll(&auth, &id).await;
+        assert_eq!(pending.error(), "authorization_pending", "{auth:?}: {}", pending.json);
+        assert_eq!(
+            proxy
+                .complete(&json!({"outcome": "approved", "sub": user}))
+                .await
+                .status,
+            200
+        );
+        wait_interval(1).await;
+        let tokens = proxy.poll(&auth, &id).await;
+        assert_eq!(tokens.status, 200, "{auth:?}: {}", tokens.json);
+        assert!(tokens.json["access_token"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_parameter_is_invalid_request() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let response = proxy
+        .http
+        .post(proxy.token_url())
+        .basic_auth("dtr-client", Some("dtr-client-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=urn%3Aopenid%3Aparams%3Agrant-type%3Adeferred&deferred_auth_id=a&deferred_auth_id=b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["error"], "invalid_request");
+}
