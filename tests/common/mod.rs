@@ -713,3 +713,44 @@ impl PingReceiver {
 pub async fn wait_interval(seconds: u64) {
     tokio::time::sleep(Duration::from_millis(seconds * 1000 + 150)).await;
 }
+
+/// A TCP relay in front of the OP that can be cut: while down it refuses new connections and
+/// drops those in flight, as an OP outage would.
+pub struct Relay {
+    pub port: u16,
+    down: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    pub async fn start(target_port: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (down, watcher) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if *watcher.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let mut watcher = watcher.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watcher.wait_for(|down| *down) => {}
+                    }
+                });
+            }
+        });
+        Relay { port, down }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        let _ = self.down.send(down);
+    }
+}

@@ -1,0 +1,184 @@
+//! Everything that is not DTR reaches the OP and comes back unchanged.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+async fn direct_get(path: &str, proxy: &Proxy) -> reqwest::Response {
+    // What the OP answers when it sees the proxy's public host, as the proxy makes it see.
+    let host = proxy.base.trim_start_matches("http://");
+    proxy
+        .http
+        .get(format!("http://127.0.0.1:{}{path}", op().port))
+        .header("x-forwarded-host", host)
+        .header("x-forwarded-proto", "http")
+        .send()
+        .await
+        .expect("direct request")
+}
+
+#[tokio::test]
+async fn jwks_passes_through_byte_for_byte() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let path = format!("/realms/{}/protocol/openid-connect/certs", proxy.realm);
+    let via_proxy = proxy.http.get(format!("{}{path}", proxy.base)).send().await.unwrap();
+    assert_eq!(via_proxy.status(), 200);
+    let content_type = via_proxy.headers()["content-type"].clone();
+    let proxied = via_proxy.bytes().await.unwrap();
+    let direct = direct_get(&path, &proxy).await;
+    assert_eq!(direct.headers()["content-type"], content_type);
+    assert_eq!(direct.bytes().await.unwrap(), proxied);
+}
+
+#[tokio::test]
+async fn plain_code_flow_and_login_page_pass_through_untouched() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let params = [
+        ("response_type", "code"),
+        ("client_id", "plain-client"),
+        ("redirect_uri", REDIRECT_URI),
+        ("scope", "openid"),
+        ("state", "plain-state"),
+        ("nonce", "plain-nonce"),
+    ];
+    // The login walk itself goes through the OP's login page (200 HTML) via the proxy.
+    let answer = proxy.login(&params, &unique("pat"), None).await;
+    let ack = answer.ack();
+    let code = ack.get("code").expect("a plain code flow gets its code").to_owned();
+    assert_eq!(ack.get("state"), Some("plain-state"), "the RP's own state, untouched");
+    assert_eq!(ack.get("deferred_code"), None);
+    let tokens = proxy
+        .token(
+            &Auth::Basic("plain-client", "plain-client-secret"),
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT_URI),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    assert_eq!(
+        jwt_claims(tokens.json["id_token"].as_str().unwrap())["nonce"],
+        "plain-nonce"
+    );
+    // OP errors pass through as the OP wrote them.
+    let replay = proxy
+        .token(
+            &Auth::Basic("plain-client", "plain-client-secret"),
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT_URI),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!((replay.status, replay.error()), (400, "invalid_grant"));
+}
+
+#[tokio::test]
+async fn login_page_is_served_as_the_op_renders_it() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let auth = format!(
+        "{}?response_type=code&client_id=plain-client&redirect_uri={}&scope=openid&state=s",
+        proxy.url("/protocol/openid-connect/auth"),
+        REDIRECT_URI
+    );
+    let redirect = browser.get(&auth).send().await.unwrap();
+    assert!(redirect.status().is_redirection());
+    let login = redirect.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        login.starts_with(&proxy.base),
+        "the OP builds its URLs from the public origin: {login}"
+    );
+    let cookies: Vec<String> = redirect
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .collect();
+    let page = browser
+        .get(&login)
+        .header("cookie", cookies.join("; "))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.text().await.unwrap().contains("name=\"username\""));
+}
+
+#[tokio::test]
+async fn large_headers_up_to_64_kib_pass() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let cookie = format!("KEYCLOAK_IDENTITY={}", "x".repeat(60 * 1024));
+    let response = proxy
+        .http
+        .get(proxy.url("/protocol/openid-connect/certs"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let response = h2
+        .get(proxy.url("/protocol/openid-connect/certs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let jwks: Value = response.json().await.unwrap();
+    assert!(jwks["keys"].is_array());
+}
+
+#[tokio::test]
+async fn discovery_adds_dtr_and_keeps_everything_else() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let path = format!("/realms/{}/.well-known/openid-configuration", proxy.realm);
+    // A spoofed forwarding header must not change what the OP sees.
+    let via_proxy: Value = proxy
+        .http
+        .get(format!("{}{path}", proxy.base))
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let direct: Value = direct_get(&path, &proxy).await.json().await.unwrap();
+    assert_eq!(via_proxy["issuer"], proxy.issuer.as_str());
+    let response_types = via_proxy["response_types_supported"].as_array().unwrap();
+    assert!(response_types.contains(&Value::from("deferred_code")));
+    assert!(response_types.contains(&Value::from("deferred_code code")));
+    assert!(via_proxy["grant_types_supported"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("urn:openid:params:grant-type:deferred")));
+    assert_eq!(
+        via_proxy["deferred_authentication_cancellation_endpoint"],
+        proxy.url("/protocol/openid-connect/deferred/cancel").as_str()
+    );
+    for (key, value) in direct.as_object().unwrap() {
+        if !["response_types_supported", "grant_types_supported"].contains(&key.as_str()) {
+            assert_eq!(&via_proxy[key], value, "{key} changed");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Outages lose nothing: a store or OP outage answers 503/502 with Retry-After, pass-through
+//! keeps working without the store, and every process survives to completion. Also the real
+//! binary: configuration errors and a clean SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn store_outage_is_503_with_retry_after_and_pass_through_keeps_working() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = start(
+        Options::new(StoreKind::Embedded)
+            .env("DTR_REDIS_URL", format!("redis://127.0.0.1:{closed}"))
+            .env("DTR_UPSTREAM_TIMEOUT", "2"),
+    )
+    .await;
+    let jwks = proxy
+        .http
+        .get(proxy.url("/protocol/openid-connect/certs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), 200, "pass-through does not need the store");
+
+    let page = proxy.login(&proxy.auth_params("dtr-client", "s", "n"), "x", None).await;
+    assert_eq!(page.status, 503);
+    assert!(page.headers.contains_key("retry-after"));
+
+    let poll = proxy.poll(&dtr_client(), "some-id").await;
+    assert_eq!((poll.status, poll.error()), (503, "temporarily_unavailable"));
+    assert!(poll.headers.contains_key("retry-after"));
+
+    let ready = proxy.http.get(format!("{}/readyz", proxy.admin)).send().await.unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "a store blip must not take replicas out of service"
+    );
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_ne!(body["store"], "up");
+}
+
+#[tokio::test]
+async fn op_outage_at_exchange_and_delivery_loses_no_process() {
+    let relay = Relay::start(op().port).await;
+    let proxy = start_with_upstream(Options::new(StoreKind::Redis), relay.port).await;
+    let user = unique("olga");
+    let (code, verifier) = proxy.deferred_code("dtr-client", &user).await;
+
+    relay.set_down(true);
+    let failed = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert!(
+        matches!(failed.status, 502..=504),
+        "{} {}",
+        failed.status,
+        failed.json
+    );
+    assert_eq!(failed.error(), "temporarily_unavailable");
+    assert!(failed.headers.contains_key("retry-after"));
+
+    relay.set_down(false);
+    let exchange = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(exchange.status, 200, "the code survived the outage: {}", exchange.json);
+    let id = exchange.json["deferred_auth_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        proxy
+            .complete(&json!({"outcome": "approved", "sub": user}))
+            .await
+            .status,
+        200
+    );
+
+    wait_interval(1).await;
+    relay.set_down(true);
+    let failed = proxy.poll(&dtr_client(), &id).await;
+    assert!(
+        matches!(failed.status, 502..=504),
+        "{} {}",
+        failed.status,
+        failed.json
+    );
+    assert!(failed.headers.contains_key("retry-after"));
+
+    relay.set_down(false);
+    wait_interval(1).await;
+    let tokens = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!(
+        tokens.status, 200,
+        "the approved process survived the outage: {}",
+        tokens.json
+    );
+}
+
+#[tokio::test]
+async fn op_outage_on_pass_through_is_502_with_retry_after() {
+    let relay = Relay::start(op().port).await;
+    let proxy = start_with_upstream(Options::new(StoreKind::Embedded), relay.port).await;
+    relay.set_down(true);
+    let response = proxy
+        .http
+        .get(proxy.url("/protocol/openid-connect/certs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert!(response.headers().contains_key("retry-after"));
+}
+
+#[test]
+fn binary_lists_every_configuration_error_and_exits_non_zero() {
+    let output = Command::new(env!("CARGO_BIN_EXE_dtr-proxy"))
+        .env_clear()
+        .env("DTR_PUBLIC_URL", "not a url")
+        .env("DTR_REDIS_URL", "redis://localhost:6379")
+        .env("DTR_DEFAULT_INTERVAL", "0")
+        .output()
+        .expect("run binary");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for problem in [
+        "DTR_UPSTREAM_URL",
+        "DTR_PUBLIC_URL",
+        "DTR_HASH_KEY",
+        "DTR_TOKEN_KEYS",
+        "DTR_DEFAULT_INTERVAL",
+    ] {
+        assert!(stderr.contains(problem), "{problem} missing from:\n{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn binary_serves_and_stops_cleanly_on_sigterm() {
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dtr-proxy"))
+        .env_clear()
+        .env("DTR_UPSTREAM_URL", format!("http://127.0.0.1:{}", op().port))
+        .env("DTR_PUBLIC_URL", format!("http://127.0.0.1:{}", ports[0]))
+        .env("DTR_ALLOW_INSECURE_HTTP", "true")
+        .env("DTR_LISTEN", format!("127.0.0.1:{}", ports[0]))
+        .env("DTR_ADMIN_LISTEN", format!("127.0.0.1:{}", ports[1]))
+        .env("DTR_SHUTDOWN_DELAY", "0")
+        .env("DTR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run binary");
+    let http = client();
+    let mut healthy = false;
+    for _ in 0..100 {
+        if let Ok(r) = http.get(format!("http://127.0.0.1:{}/healthz", ports[1])).send().await {
+            healthy = r.status() == 200;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(healthy, "binary did not come up");
+    let pid = child.id().expect("pid").to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("stops in time")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
