@@ -94,6 +94,8 @@ cleanup() {
     exit "$status"
 }
 trap cleanup EXIT
+set -o errtrace
+trap 'printf "error: command failed (exit %s) at line %s: %s\n" "$?" "$LINENO" "$BASH_COMMAND" >&2' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -216,7 +218,8 @@ make_content() {
     {
         printf '/* keycloak theme bundle (benchmark filler) */\n'
         head -c 200000 /dev/urandom | base64 -w 76 | sed 's|^|// |'
-    } | head -c 262144 >"$www$BIG_PATH"
+    } >"$www$BIG_PATH"
+    truncate -s 262144 "$www$BIG_PATH"
     chmod -R a+rX "$www"
     CERTS_BYTES=$(wc -c <"$www$CERTS_PATH")
     BIG_BYTES=$(wc -c <"$www$BIG_PATH")

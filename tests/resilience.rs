@@ -58,12 +58,7 @@ async fn op_outage_at_exchange_and_delivery_loses_no_process() {
 
     relay.set_down(true);
     let failed = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
-    assert!(
-        matches!(failed.status, 502..=504),
-        "{} {}",
-        failed.status,
-        failed.json
-    );
+    assert!(matches!(failed.status, 502..=504), "{} {}", failed.status, failed.json);
     assert_eq!(failed.error(), "temporarily_unavailable");
     assert!(failed.headers.contains_key("retry-after"));
 
@@ -82,12 +77,7 @@ async fn op_outage_at_exchange_and_delivery_loses_no_process() {
     wait_interval(1).await;
     relay.set_down(true);
     let failed = proxy.poll(&dtr_client(), &id).await;
-    assert!(
-        matches!(failed.status, 502..=504),
-        "{} {}",
-        failed.status,
-        failed.json
-    );
+    assert!(matches!(failed.status, 502..=504), "{} {}", failed.status, failed.json);
     assert!(failed.headers.contains_key("retry-after"));
 
     relay.set_down(false);

@@ -162,7 +162,8 @@ impl Options {
 }
 
 pub struct Proxy {
-    pub running: Running,
+    /// The in-process proxy; `None` when the proxy runs as its own process.
+    pub running: Option<Running>,
     pub base: String,
     pub admin: String,
     pub realm: String,
@@ -239,13 +240,31 @@ pub async fn start_with_upstream(options: Options, upstream_port: u16) -> Proxy 
     let running = dtr_proxy::start_on(config, public, admin).await.expect("proxy start");
     let admin = format!("http://{}", running.admin_addr);
     Proxy {
-        running,
+        running: Some(running),
         base,
         admin,
         realm,
         issuer,
         http,
     }
+}
+
+/// Creates a realm at the test OP whose issuer lives at `public_base` (the proxy).
+pub async fn create_realm(realm: &str, public_base: &str) -> String {
+    let issuer = format!("{public_base}/realms/{realm}");
+    let created = client()
+        .post(format!("http://127.0.0.1:{}/admin/realms", op().port))
+        .json(&json!({"realm": realm, "issuer": issuer}))
+        .send()
+        .await
+        .expect("OP admin");
+    assert_eq!(
+        created.status(),
+        201,
+        "realm creation: {}",
+        created.text().await.unwrap_or_default()
+    );
+    issuer
 }
 
 pub fn pkce() -> (String, String) {

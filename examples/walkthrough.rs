@@ -1,0 +1,184 @@
+//! The main job, end to end on one machine: the real dtr-proxy binary on the embedded store in
+//! front of a real local OpenID Provider (tests/op, laid out like Keycloak), and an RP walking
+//! one complete deferred flow, printing each step.
+//!
+//! Run it with `scripts/demo.sh` (installs what it needs and builds first).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn step(n: u32, title: &str) {
+    println!("\n── {n}. {title}");
+}
+
+fn show(label: &str, value: impl std::fmt::Display) {
+    println!("   {label:<22} {value}");
+}
+
+fn short(secret: &str) -> String {
+    format!("{}… ({} chars)", &secret[..secret.len().min(8)], secret.len())
+}
+
+#[tokio::main]
+async fn main() {
+    let binary = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "target/release/dtr-proxy".into());
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (public_port, admin_port) = (free(), free());
+    let base = format!("http://127.0.0.1:{public_port}");
+    let realm = "demo".to_string();
+
+    step(
+        0,
+        "Start a local OpenID Provider, a ping receiver and dtr-proxy (embedded store)",
+    );
+    let issuer = create_realm(&realm, &base).await;
+    show("OP listens on", format!("http://127.0.0.1:{}", op().port));
+    show("issuer (via proxy)", &issuer);
+    let pings = ping_receiver(vec![]).await;
+    show("RP ping endpoint", &pings.url);
+    let clients = json!([{ "client_id": "dtr-client", "interval": 2, "notification_endpoint": pings.url }]);
+    let mut env = base_env(public_port, op().port);
+    env.retain(|(k, _)| k != "DTR_DEFAULT_INTERVAL");
+    let mut child = tokio::process::Command::new(&binary)
+        .env_clear()
+        .envs(env)
+        .env("DTR_LISTEN", format!("127.0.0.1:{public_port}"))
+        .env("DTR_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("DTR_CLIENTS", clients.to_string())
+        .env("DTR_SHUTDOWN_DELAY", "0")
+        .env("DTR_LOG", "warn")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+    let http = client();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    for _ in 0..200 {
+        if http.get(format!("{admin}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    show("dtr-proxy public", &base);
+    show("dtr-proxy admin", &admin);
+    let proxy = Proxy {
+        running: None,
+        base,
+        admin,
+        realm,
+        issuer,
+        http,
+    };
+
+    step(
+        1,
+        "Authorization request: response_type=deferred_code, the user logs in at the OP",
+    );
+    let user = "alice";
+    let (verifier, challenge) = pkce();
+    let mut params = proxy.auth_params("dtr-client", "rp-state-42", "nonce-42");
+    params.push(("code_challenge", &challenge));
+    params.push(("code_challenge_method", "S256"));
+    let ack = proxy.acknowledge(&params, user).await;
+    let code = ack.get("deferred_code").expect("deferred_code").to_owned();
+    show("acknowledgment", format!("302 to {REDIRECT_URI} ({})", ack.mode));
+    show("deferred_code", short(&code));
+    show("state", ack.get("state").unwrap_or("-"));
+    show("iss", ack.get("iss").unwrap_or("-"));
+
+    step(2, "Deferred code exchange at the token endpoint");
+    let exchange = proxy
+        .exchange(&dtr_client(), &code, &verifier, Some("rp-notification-token"))
+        .await;
+    assert_eq!(exchange.status, 200, "{}", exchange.json);
+    let id = exchange.json["deferred_auth_id"].as_str().unwrap().to_owned();
+    show("deferred_auth_id", short(&id));
+    show(
+        "expires_in / interval",
+        format!("{} s / {} s", exchange.json["expires_in"], exchange.json["interval"]),
+    );
+    let interim = jwt_claims(exchange.json["interim_id_token"].as_str().unwrap_or("x.e30.x"));
+    show(
+        "interim_id_token",
+        format!("sub={} email={}", interim["sub"], interim["email"]),
+    );
+
+    step(3, "The RP polls while the verification runs");
+    for _ in 0..2 {
+        let pending = proxy.poll(&dtr_client(), &id).await;
+        show(
+            &format!("poll → {}", pending.status),
+            format!("{}: {}", pending.error(), pending.json["error_description"]),
+        );
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+    }
+
+    step(
+        4,
+        "The verification service reports the outcome (signed completion webhook)",
+    );
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    show(&format!("POST /v1/completions → {}", completed.status), &completed.json);
+
+    step(5, "dtr-proxy pings the RP's notification endpoint");
+    let arrived = pings.wait_for(1, Duration::from_secs(10)).await;
+    let received: Vec<(Option<String>, Value)> = pings.received.lock().unwrap().clone();
+    match received.first() {
+        Some((auth, body)) if arrived => {
+            show("Authorization", auth.as_deref().unwrap_or("-"));
+            show("body", body);
+        }
+        _ => panic!("no ping arrived"),
+    }
+
+    step(
+        6,
+        "The RP polls once more and receives the final tokens (fresh from the OP)",
+    );
+    let tokens = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    let id_token = jwt_claims(tokens.json["id_token"].as_str().unwrap());
+    show("token_type", &tokens.json["token_type"]);
+    show(
+        "access_token",
+        short(tokens.json["access_token"].as_str().unwrap_or("")),
+    );
+    show(
+        "refresh_token",
+        short(tokens.json["refresh_token"].as_str().unwrap_or("")),
+    );
+    show(
+        "id_token",
+        format!(
+            "sub={} nonce={} iss={}",
+            id_token["sub"], id_token["nonce"], id_token["iss"]
+        ),
+    );
+    let spent = proxy.poll(&dtr_client(), &id).await;
+    show("poll again →", format!("{} {}", spent.status, spent.error()));
+
+    step(7, "Stop dtr-proxy (SIGTERM, graceful drain)");
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    show("exit", format!("{status:?}"));
+    println!("\nThe deferred flow completed end to end.");
+}

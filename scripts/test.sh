@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every test, on a fresh machine: installs what the suites need (redis-server, the test OP),
+# then formatting and lints, the Rust unit and integration tests (real Redis, real OP), the
+# test OP's own self-test and the deployment checks (Helm chart, Dockerfile).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/ensure-deps.sh
+
+echo "test: cargo fmt --check"
+cargo fmt --all -- --check
+echo "test: cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "test: cargo test"
+# Most integration tests wait on poll intervals, not CPU: run them wide.
+cargo test --locked --all-targets -- --test-threads 8
+echo "test: test OP self-test"
+node tests/op/selftest.mjs
+echo "test: deployment checks"
+bash deploy/check.sh
