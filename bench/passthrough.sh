@@ -140,6 +140,39 @@ server_ticks() {
     echo "$n $(cpu_ticks "$PROXY_PID")"
 }
 
+# Expand a CPU list ("0", "0-3", "0,2-3") into "cpu0 cpu2 cpu3".
+cpu_names() {
+    local part a b out=()
+    IFS=, read -ra parts <<<"$1"
+    for part in "${parts[@]}"; do
+        a=${part%-*}
+        b=${part#*-}
+        for ((; a <= b; a++)); do out+=("cpu$a"); done
+    done
+    echo "${out[*]}"
+}
+
+# "busy total" clock ticks of the given CPUs (names as from cpu_names; "cpu"
+# alone is the machine-wide line), from /proc/stat.
+core_ticks() {
+    awk -v want=" $1 " '
+        index(want, " " $1 " ") {
+            busy += $2 + $3 + $4 + $7 + $8 + $9
+            total += $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9
+        }
+        END { printf "%d %d\n", busy, total }
+    ' /proc/stat
+}
+
+# Busy percentage between two core_ticks snapshots.
+busy_pct() {
+    awk -v b="$1" -v a="$2" 'BEGIN {
+        split(b, x, " "); split(a, y, " ")
+        t = y[2] - x[2]
+        printf "%.0f\n", t > 0 ? 100 * (y[1] - x[1]) / t : 0
+    }'
+}
+
 status_kib() {   # status_kib PID FIELD -> value in KiB from /proc/PID/status
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || true
 }
@@ -380,7 +413,7 @@ parse_wrk() {
 
 # measure LABEL URL: warm up, then one measured run; sets R_* for the table.
 measure() {
-    local label=$1 url=$2 out before after secs tck
+    local label=$1 url=$2 out before after secs tck srv_before srv_after cli_before cli_after
     out="$TMP/wrk.$label.txt"
     if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
         log "$label: warm-up $WARMUP"
@@ -388,8 +421,14 @@ measure() {
     fi
     log "$label: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency $url"
     before=$(server_ticks)
+    srv_before=$(core_ticks "$SERVER_CORES")
+    cli_before=$(core_ticks "$CLIENT_CORES")
     run_wrk "$url" "$DURATION" "$out"
+    cli_after=$(core_ticks "$CLIENT_CORES")
+    srv_after=$(core_ticks "$SERVER_CORES")
     after=$(server_ticks)
+    R_SRV_BUSY=$(busy_pct "$srv_before" "$srv_after")
+    R_CLI_BUSY=$(busy_pct "$cli_before" "$cli_after")
     if [[ $VERBOSE == 1 ]]; then cat "$out" >&2; fi
     read -r R_RPS R_MBPS R_P50 R_P99 R_ERR < <(parse_wrk "$out") ||
         die "cannot read wrk output $out"
@@ -410,9 +449,16 @@ if [[ $PIN == 1 ]]; then
         PIN=0
     fi
 fi
+cpulist_re='^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$'
+[[ $SERVER_CPUS =~ $cpulist_re && $CLIENT_CPUS =~ $cpulist_re ]] ||
+    die "SERVER_CPUS and CLIENT_CPUS take CPU lists such as 0, 1 or 0-1,3"
+SERVER_CORES=cpu
+CLIENT_CORES=cpu
 if [[ $PIN == 1 ]]; then
     ON_SERVERS=(taskset -c "$SERVER_CPUS")
     ON_CLIENT=(taskset -c "$CLIENT_CPUS")
+    SERVER_CORES=$(cpu_names "$SERVER_CPUS")
+    CLIENT_CORES=$(cpu_names "$CLIENT_CPUS")
 fi
 
 ensure_tools
@@ -437,7 +483,7 @@ for file in certs big; do
     for target in direct proxy; do
         if [[ $target == direct ]]; then url="$DIRECT_URL$path"; else url="$PROXY_URL$path"; fi
         measure "$file.$target" "$url"
-        RES[$file.$target]="$R_RPS $R_MBPS $R_P50 $R_P99 $R_ERR $R_NGX_CPU $R_PRX_CPU"
+        RES[$file.$target]="$R_RPS $R_MBPS $R_P50 $R_P99 $R_ERR $R_NGX_CPU $R_PRX_CPU $R_SRV_BUSY $R_CLI_BUSY"
     done
 done
 
@@ -448,44 +494,65 @@ kill -0 "$PROXY_PID" 2>/dev/null || die "dtr-proxy died during the runs"
 # --- report -----------------------------------------------------------------
 
 kib_to_mib() { awk -v k="${1:-0}" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+rule() { printf '%.0s-' {1..104}; echo; }
+row() { printf '%-20s %-13s %9s %9s %9s %9s %7s %7s %7s %8s %8s\n' "$@"; }
+
+wrk_version=$({ wrk --version 2>&1 || true; } | awk 'NR == 1 { print $1, $2 }')
+nginx_version=$({ "$NGINX" -v 2>&1 || true; } | sed 's|.*/||')
+cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 
 echo
 echo "dtr-proxy pass-through benchmark"
 echo "  proxy:    $PROXY_BIN"
-echo "  upstream: nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), 1 worker, keep-alive, access log off, on $HOST:$UPSTREAM_PORT"
-echo "  load:     $(wrk --version 2>&1 | head -n1 | awk '{ print $1, $2 }'): -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP before each run)"
+echo "  upstream: nginx $nginx_version on $HOST:$UPSTREAM_PORT (1 worker, keep-alive, access log off)"
+echo "  load:     $wrk_version -t$THREADS -c$CONNECTIONS -d$DURATION --latency, after a $WARMUP warm-up run"
 if [[ $PIN == 1 ]]; then
-    echo "  pinning:  wrk and curl on CPU $CLIENT_CPUS; nginx and dtr-proxy on CPU $SERVER_CPUS (taskset), for the direct runs too"
+    echo "  pinning:  taskset: wrk and curl on CPU $CLIENT_CPUS; nginx and dtr-proxy on CPU $SERVER_CPUS (direct runs too)"
 else
-    echo "  pinning:  none; wrk, nginx and dtr-proxy share all $(nproc) CPUs"
+    echo "  pinning:  none: wrk, nginx and dtr-proxy share all $(nproc) CPUs"
 fi
-echo "  machine:  $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo unknown)), $(uname -sr)"
+echo "  machine:  $(nproc) CPUs${cpu_model:+ ($cpu_model)}, $(uname -sr)"
 echo
-printf '%-22s %-7s %10s %9s %9s %9s %7s %6s %6s\n' \
-    "file" "path" "req/s" "MiB/s" "p50 ms" "p99 ms" "errors" "nginx" "proxy"
-printf '%-22s %-7s %10s %9s %9s %9s %7s %6s %6s\n' \
-    "" "" "" "" "" "" "" "CPU%" "CPU%"
-printf '%.0s-' {1..92}
-echo
+row "file" "via" "req/s" "MiB/s" "p50 ms" "p99 ms" "errors" "nginx" "proxy" "server" "client"
+row "" "" "" "" "" "" "" "CPU%" "CPU%" "cores%" "cores%"
+rule
+SUMMARY=()
+NOTES=()
 for file in certs big; do
     if [[ $file == certs ]]; then
-        name="certs JSON ($CERTS_BYTES B)"
+        name="certs ($CERTS_BYTES B JSON)"
     else
         name="big.js ($((BIG_BYTES / 1024)) KiB)"
     fi
-    read -r d_rps d_mbps d_p50 d_p99 d_err d_ncpu d_pcpu <<<"${RES[$file.direct]}"
-    read -r p_rps p_mbps p_p50 p_p99 p_err p_ncpu p_pcpu <<<"${RES[$file.proxy]}"
-    printf '%-22s %-7s %10.0f %9.1f %9.3f %9.3f %7d %5s%% %6s\n' \
-        "$name" "direct" "$d_rps" "$d_mbps" "$d_p50" "$d_p99" "$d_err" "$d_ncpu" "-"
-    printf '%-22s %-7s %10.0f %9.1f %9.3f %9.3f %7d %5s%% %5s%%\n' \
-        "" "proxy" "$p_rps" "$p_mbps" "$p_p50" "$p_p99" "$p_err" "$p_ncpu" "$p_pcpu"
-    awk -v dr="$d_rps" -v pr="$p_rps" -v d50="$d_p50" -v p50="$p_p50" -v d99="$d_p99" -v p99="$p_p99" 'BEGIN {
-        printf "%-22s %-7s %9.1f%% %9s %+9.3f %+9.3f\n", "", "proxy/direct", 100 * pr / dr, "", p50 - d50, p99 - d99
-    }'
-    printf '%.0s-' {1..92}
-    echo
+    read -r d_rps d_mbps d_p50 d_p99 d_err d_ncpu d_pcpu d_srv d_cli <<<"${RES[$file.direct]}"
+    read -r p_rps p_mbps p_p50 p_p99 p_err p_ncpu p_pcpu p_srv p_cli <<<"${RES[$file.proxy]}"
+    row "$name" "direct" "$(printf %.0f "$d_rps")" "$(printf %.1f "$d_mbps")" "$(printf %.2f "$d_p50")" \
+        "$(printf %.2f "$d_p99")" "$d_err" "$d_ncpu%" "-" "$d_srv%" "$d_cli%"
+    row "" "proxy" "$(printf %.0f "$p_rps")" "$(printf %.1f "$p_mbps")" "$(printf %.2f "$p_p50")" \
+        "$(printf %.2f "$p_p99")" "$p_err" "$p_ncpu%" "$p_pcpu%" "$p_srv%" "$p_cli%"
+    read -r ratio add50 add99 < <(awk -v dr="$d_rps" -v pr="$p_rps" -v d50="$d_p50" -v p50="$p_p50" \
+        -v d99="$d_p99" -v p99="$p_p99" 'BEGIN {
+            printf "%.1f%% %+.2f %+.2f\n", dr > 0 ? 100 * pr / dr : 0, p50 - d50, p99 - d99
+        }')
+    row "" "proxy/direct" "$ratio" "" "$add50" "$add99"
+    rule
+    SUMMARY+=("$(printf '  %-20s throughput via proxy %6s of direct; added latency p50 %s ms, p99 %s ms' \
+        "$name" "$ratio" "$add50" "$add99")")
+    if ((d_err + p_err > 0)); then
+        NOTES+=("$name: wrk counted socket errors or non-2xx answers; see the raw output (KEEP_TMP=1 VERBOSE=1)")
+    fi
+    if ((d_cli >= 95 && d_srv < 90)); then
+        NOTES+=("$name: the direct run looks limited by wrk (client cores $d_cli% busy, server cores $d_srv%), so the ratio understates the proxy's cost")
+    fi
 done
-echo "  proxy/direct: throughput via the proxy as a percentage of direct; p50/p99 columns: latency added by the proxy (ms)"
-echo "  CPU%: CPU time over the measured run, 100% = one core"
+echo "  req/s, MiB/s, p50, p99, errors: from wrk. proxy/direct row: throughput ratio, and latency added (ms)."
+echo "  nginx/proxy CPU%: CPU time of those processes during the run (100% = one core)."
+echo "  server/client cores%: how busy the CPUs they were pinned to were (100% = all of them, whoever ran)."
 echo
-echo "dtr-proxy memory: peak RSS (VmHWM) $(kib_to_mib "$PROXY_HWM"); RSS at start $(kib_to_mib "$PROXY_RSS_START"), after the runs $(kib_to_mib "$PROXY_RSS_END")"
+echo "summary"
+printf '%s\n' "${SUMMARY[@]}"
+echo "  dtr-proxy memory:    peak RSS (VmHWM) $(kib_to_mib "$PROXY_HWM"); RSS $(kib_to_mib "$PROXY_RSS_START") at start, $(kib_to_mib "$PROXY_RSS_END") after the runs"
+if ((${#NOTES[@]} > 0)); then
+    echo
+    printf 'note: %s\n' "${NOTES[@]}"
+fi

@@ -170,3 +170,52 @@ async fn binary_serves_and_stops_cleanly_on_sigterm() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn redis_store_keeps_the_same_contract_as_the_embedded_one() {
+    let store = dtr_proxy::store::Store::Redis(
+        dtr_proxy::store::RedisStore::connect(&redis().url, false, &unique("c"), Duration::from_secs(2)).unwrap(),
+    );
+    dtr_proxy::store::contract::exercise(&store, "contract").await;
+}
+
+#[tokio::test]
+async fn expired_login_gets_an_error_page_never_a_redirect() {
+    let proxy = start(Options::new(StoreKind::Embedded).env("DTR_LOGIN_TTL", "1")).await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(proxy.auth_params("dtr-client", "s", "n"))
+        .finish();
+    let to_login = browser
+        .get(format!("{}?{query}", proxy.url("/protocol/openid-connect/auth")))
+        .send()
+        .await
+        .unwrap();
+    let login = to_login.headers()["location"].to_str().unwrap().to_owned();
+    let page = browser.get(&login).send().await.unwrap().text().await.unwrap();
+    let action = page
+        .split("action=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    // The user takes longer than the login lifetime.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut response = browser
+        .post(format!("{}{action}", proxy.base))
+        .form(&[("username", "slow")])
+        .send()
+        .await
+        .unwrap();
+    while response.status().is_redirection() {
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        assert!(location.starts_with(&proxy.base), "redirected out to {location}");
+        response = browser.get(&location).send().await.unwrap();
+    }
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("expired"));
+}

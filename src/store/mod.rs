@@ -137,8 +137,8 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod contract {
+#[doc(hidden)]
+pub mod contract {
     //! The behaviour both stores must share; run against the embedded store here and against
     //! a real redis-server in `tests/`.
     use super::*;
@@ -217,10 +217,15 @@ pub(crate) mod contract {
         assert_eq!(store.get(&k("short")).await.unwrap(), None);
         store.ping().await.unwrap();
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[tokio::test]
     async fn embedded_store_keeps_the_contract() {
         let store = Store::Memory(MemoryStore::new());
-        exercise(&store, "t").await;
+        contract::exercise(&store, "t").await;
     }
 }
