@@ -348,8 +348,11 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         None => StoreSettings::Embedded,
         Some(url) => {
             match Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "redis+sentinel" | "rediss+sentinel") => {}
-                _ => errors.push("DTR_REDIS_URL: expected redis://, rediss:// or redis+sentinel:// URL".into()),
+                Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
+                Ok(u) if u.scheme().ends_with("+sentinel") => {
+                    errors.push("DTR_REDIS_URL: Redis Sentinel is not supported yet; use redis:// or rediss://".into())
+                }
+                _ => errors.push("DTR_REDIS_URL: expected a redis:// or rediss:// URL".into()),
             }
             StoreSettings::Redis {
                 url: url.to_owned(),

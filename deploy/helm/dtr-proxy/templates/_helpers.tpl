@@ -161,8 +161,8 @@ upgrade and template run fails early with a clear message.
 {{- fail "redis.url is set but redis.enabled is false: set redis.enabled=true to use Redis" }}
 {{- end }}
 {{- if .Values.redis.url }}
-{{- if not (regexMatch "^(redis|rediss|redis\\+sentinel)://" .Values.redis.url) }}
-{{- fail "redis.url must start with redis://, rediss:// or redis+sentinel://" }}
+{{- if not (regexMatch "^(redis|rediss)://" .Values.redis.url) }}
+{{- fail "redis.url must start with redis:// or rediss://" }}
 {{- end }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled .Values.redis.enabled }}
