@@ -169,7 +169,7 @@ busy_pct() {
     awk -v b="$1" -v a="$2" 'BEGIN {
         split(b, x, " "); split(a, y, " ")
         t = y[2] - x[2]
-        printf "%.0f\n", t > 0 ? 100 * (y[1] - x[1]) / t : 0
+        printf "%.0f\n", (t > 0 ? 100 * (y[1] - x[1]) / t : 0)
     }'
 }
 
@@ -494,7 +494,7 @@ kill -0 "$PROXY_PID" 2>/dev/null || die "dtr-proxy died during the runs"
 # --- report -----------------------------------------------------------------
 
 kib_to_mib() { awk -v k="${1:-0}" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
-rule() { printf '%.0s-' {1..104}; echo; }
+rule() { printf '%.0s-' {1..116}; echo; }
 row() { printf '%-20s %-13s %9s %9s %9s %9s %7s %7s %7s %8s %8s\n' "$@"; }
 
 wrk_version=$({ wrk --version 2>&1 || true; } | awk 'NR == 1 { print $1, $2 }')
@@ -532,7 +532,7 @@ for file in certs big; do
         "$(printf %.2f "$p_p99")" "$p_err" "$p_ncpu%" "$p_pcpu%" "$p_srv%" "$p_cli%"
     read -r ratio add50 add99 < <(awk -v dr="$d_rps" -v pr="$p_rps" -v d50="$d_p50" -v p50="$p_p50" \
         -v d99="$d_p99" -v p99="$p_p99" 'BEGIN {
-            printf "%.1f%% %+.2f %+.2f\n", dr > 0 ? 100 * pr / dr : 0, p50 - d50, p99 - d99
+            printf "%.1f%% %+.2f %+.2f\n", (dr > 0 ? 100 * pr / dr : 0), p50 - d50, p99 - d99
         }')
     row "" "proxy/direct" "$ratio" "" "$add50" "$add99"
     rule

@@ -4,7 +4,7 @@
 use http::{Method, Response, StatusCode};
 
 use super::params::{encode, Params};
-use super::respond::{error_page, to_client};
+use super::respond::{error_page, to_client, unavailable_page};
 use super::state::{authorization_key, AuthorizationRecord, ResponseMode, HANDLE_PREFIX};
 use super::wire::{self, error as code};
 use crate::app::App;
@@ -106,14 +106,7 @@ pub async fn authorize(app: &App, realm: &str, params: &Params) -> Outcome {
     let bytes = serde_json::to_vec(&record).unwrap_or_default();
     if let Err(e) = store.put(&key, &bytes, app.config.login_ttl).await {
         tracing::warn!(error = %e, "cannot store authorization request");
-        let mut response = error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Sign-in is temporarily unavailable. Please try again in a moment.",
-        );
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(5));
-        return Outcome::Respond(response);
+        return Outcome::Respond(unavailable_page());
     }
 
     let mut scope = params.get("scope").unwrap_or("openid").to_owned();

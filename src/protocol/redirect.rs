@@ -7,7 +7,7 @@ use http::response::Parts;
 use http::{Response, StatusCode};
 use url::Url;
 
-use super::respond::{error_page, to_client};
+use super::respond::{error_page, to_client, unavailable_page};
 use super::state::{authorization_key, code_key, AuthorizationRecord, CodeRecord, HANDLE_PREFIX};
 use super::wire;
 use crate::app::App;
@@ -99,12 +99,7 @@ async fn build(app: &App, upstream: &Parts) -> Response<Body> {
         }
         Err(e) => {
             tracing::warn!(error = %e, "store unavailable for the acknowledgment");
-            let mut page = error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Sign-in is temporarily unavailable. Please try again in a moment.",
-            );
-            page.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5));
-            return page;
+            return unavailable_page();
         }
     };
 
@@ -148,12 +143,7 @@ async fn build(app: &App, upstream: &Parts) -> Response<Body> {
         let bytes = serde_json::to_vec(&code_record).unwrap_or_default();
         if let Err(e) = store.put(&key, &bytes, app.config.deferred_code_ttl).await {
             tracing::warn!(error = %e, "cannot store deferred code");
-            let mut page = error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Sign-in is temporarily unavailable. Please try again in a moment.",
-            );
-            page.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5));
-            return page;
+            return unavailable_page();
         }
         params.push((wire::DEFERRED_CODE, &deferred_code));
         app.metrics.request("acknowledge", "deferred_code");

@@ -84,6 +84,17 @@ fn form_post(url: &Url, params: &[(&str, &str)]) -> Response<Body> {
     response
 }
 
+/// The page for a store outage during sign-in: nothing is lost, the person tries again.
+pub fn unavailable_page() -> Response<Body> {
+    let mut page = error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Sign-in is temporarily unavailable. Please try again in a moment.",
+    );
+    page.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(5));
+    page
+}
+
 /// A page for the person at the browser when no redirect to the RP is safe.
 pub fn error_page(status: StatusCode, message: &str) -> Response<Body> {
     let html = format!(
