@@ -14,8 +14,11 @@
 #   WARMUP=2s           unmeasured wrk run before each measured one (0 = none)
 #   CONNECTIONS=64      wrk connections
 #   THREADS=2           wrk threads
+#   FILES="certs big"  which files to load: certs (the ~2 KB JWKS), big (256 KiB)
 #   PIN=1               pin wrk and the servers to separate CPUs (0 = no pinning)
-#   SERVER_CPUS=0       CPU list for nginx and dtr-proxy when pinning
+#   SERVER_CPUS=0       CPU list for nginx (and dtr-proxy) when pinning
+#   PROXY_CPUS=...      CPU list for dtr-proxy when pinning (default: SERVER_CPUS;
+#                       give it CPUs of its own on a machine with more than 2)
 #   CLIENT_CPUS=1       CPU list for wrk and curl when pinning
 #   UPSTREAM_PORT=18080 nginx (the stand-in OpenID Provider)
 #   PROXY_PORT=18081    dtr-proxy public listener
@@ -33,8 +36,10 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
+FILES=${FILES:-certs big}
 PIN=${PIN:-1}
 SERVER_CPUS=${SERVER_CPUS:-0}
+PROXY_CPUS=${PROXY_CPUS:-$SERVER_CPUS}
 CLIENT_CPUS=${CLIENT_CPUS:-1}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18080}
 PROXY_PORT=${PROXY_PORT:-18081}
@@ -85,7 +90,8 @@ cleanup() {
         fi
     done
     if [[ -n $TMP && -d $TMP ]]; then
-        if [[ $KEEP_TMP == 1 || $status -ne 0 ]]; then
+        # Kept on request, and after a failure (not an interrupt) for its logs.
+        if [[ $KEEP_TMP == 1 || ($status -ne 0 && $status -ne 130 && $status -ne 143) ]]; then
             log "kept $TMP (logs, configs, raw wrk output)"
         else
             rm -rf -- "$TMP"
@@ -119,6 +125,7 @@ port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 # not pinning). Arrays, not functions, so that "$!" of a background start is the
 # process itself (taskset and env exec, they do not fork).
 ON_SERVERS=()
+ON_PROXY=()
 ON_CLIENT=()
 
 # CPU time (clock ticks, user+system) of a process, 0 if it is gone.
@@ -142,14 +149,14 @@ server_ticks() {
 
 # Expand a CPU list ("0", "0-3", "0,2-3") into "cpu0 cpu2 cpu3".
 cpu_names() {
-    local part a b out=()
+    local part a b parts names=()
     IFS=, read -ra parts <<<"$1"
     for part in "${parts[@]}"; do
         a=${part%-*}
         b=${part#*-}
-        for ((; a <= b; a++)); do out+=("cpu$a"); done
+        for ((; a <= b; a++)); do names+=("cpu$a"); done
     done
-    echo "${out[*]}"
+    echo "${names[*]}"
 }
 
 # "busy total" clock ticks of the given CPUs (names as from cpu_names; "cpu"
@@ -313,7 +320,7 @@ EOF
 start_proxy() {
     # A clean environment: only what this benchmark sets, so a DTR_REDIS_URL or
     # DTR_CONFIG from the caller's shell cannot change what is measured.
-    "${ON_SERVERS[@]}" env -i PATH="$PATH" \
+    "${ON_PROXY[@]}" env -i PATH="$PATH" \
         DTR_UPSTREAM_URL="$DIRECT_URL" \
         DTR_PUBLIC_URL="$PROXY_URL" \
         DTR_ALLOW_INSECURE_HTTP=true \
@@ -437,7 +444,7 @@ measure() {
     read -r R_NGX_CPU R_PRX_CPU < <(
         awk -v b="$before" -v a="$after" -v s="$secs" -v t="$tck" 'BEGIN {
             split(b, x, " "); split(a, y, " ")
-            printf "%.0f %.0f\n", 100 * (y[1] - x[1]) / t / s, 100 * (y[2] - x[2]) / t / s
+            printf "%.1f %.1f\n", 100 * (y[1] - x[1]) / t / s, 100 * (y[2] - x[2]) / t / s
         }')
 }
 
@@ -449,15 +456,20 @@ if [[ $PIN == 1 ]]; then
         PIN=0
     fi
 fi
+for file in $FILES; do
+    [[ $file == certs || $file == big ]] || die "FILES takes certs and/or big, not '$file'"
+done
+[[ -n ${FILES// /} ]] || die "FILES is empty"
 cpulist_re='^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$'
-[[ $SERVER_CPUS =~ $cpulist_re && $CLIENT_CPUS =~ $cpulist_re ]] ||
-    die "SERVER_CPUS and CLIENT_CPUS take CPU lists such as 0, 1 or 0-1,3"
+[[ $SERVER_CPUS =~ $cpulist_re && $PROXY_CPUS =~ $cpulist_re && $CLIENT_CPUS =~ $cpulist_re ]] ||
+    die "SERVER_CPUS, PROXY_CPUS and CLIENT_CPUS take CPU lists such as 0, 1 or 0-1,3"
 SERVER_CORES=cpu
 CLIENT_CORES=cpu
 if [[ $PIN == 1 ]]; then
     ON_SERVERS=(taskset -c "$SERVER_CPUS")
+    ON_PROXY=(taskset -c "$PROXY_CPUS")
     ON_CLIENT=(taskset -c "$CLIENT_CPUS")
-    SERVER_CORES=$(cpu_names "$SERVER_CPUS")
+    SERVER_CORES=$(cpu_names "$SERVER_CPUS,$PROXY_CPUS" | tr ' ' '\n' | sort -u | xargs)
     CLIENT_CORES=$(cpu_names "$CLIENT_CPUS")
 fi
 
@@ -474,11 +486,19 @@ start_nginx
 start_proxy
 PROXY_RSS_START=$(status_kib "$PROXY_PID" VmRSS)
 
+# Background load: how busy the CPUs are with nothing of ours running.
+srv_before=$(core_ticks "$SERVER_CORES")
+cli_before=$(core_ticks "$CLIENT_CORES")
+sleep 2
+IDLE_SRV_BUSY=$(busy_pct "$srv_before" "$(core_ticks "$SERVER_CORES")")
+IDLE_CLI_BUSY=$(busy_pct "$cli_before" "$(core_ticks "$CLIENT_CORES")")
+log "background load before the runs: server cores $IDLE_SRV_BUSY% busy, client cores $IDLE_CLI_BUSY% busy"
+
 check_same_bytes "$CERTS_PATH"
 check_same_bytes "$BIG_PATH"
 
 declare -A RES
-for file in certs big; do
+for file in $FILES; do
     if [[ $file == certs ]]; then path=$CERTS_PATH; else path=$BIG_PATH; fi
     for target in direct proxy; do
         if [[ $target == direct ]]; then url="$DIRECT_URL$path"; else url="$PROXY_URL$path"; fi
@@ -505,39 +525,53 @@ echo
 echo "dtr-proxy pass-through benchmark"
 echo "  proxy:    $PROXY_BIN"
 echo "  upstream: nginx $nginx_version on $HOST:$UPSTREAM_PORT (1 worker, keep-alive, access log off)"
-echo "  load:     $wrk_version -t$THREADS -c$CONNECTIONS -d$DURATION --latency, after a $WARMUP warm-up run"
+if [[ $WARMUP == 0 || $WARMUP == 0s ]]; then warm="no warm-up"; else warm="each after a $WARMUP warm-up run"; fi
+echo "  load:     $wrk_version -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $warm"
 if [[ $PIN == 1 ]]; then
-    echo "  pinning:  taskset: wrk and curl on CPU $CLIENT_CPUS; nginx and dtr-proxy on CPU $SERVER_CPUS (direct runs too)"
+    if [[ $PROXY_CPUS == "$SERVER_CPUS" ]]; then
+        echo "  pinning:  taskset: wrk and curl on CPU $CLIENT_CPUS; nginx and dtr-proxy share CPU $SERVER_CPUS (direct runs too)"
+    else
+        echo "  pinning:  taskset: wrk and curl on CPU $CLIENT_CPUS; nginx on CPU $SERVER_CPUS; dtr-proxy on CPU $PROXY_CPUS (direct runs too)"
+    fi
 else
     echo "  pinning:  none: wrk, nginx and dtr-proxy share all $(nproc) CPUs"
 fi
 echo "  machine:  $(nproc) CPUs${cpu_model:+ ($cpu_model)}, $(uname -sr)"
+echo "  idle:     server cores $IDLE_SRV_BUSY% busy, client cores $IDLE_CLI_BUSY% busy before the runs (background load)"
 echo
 row "file" "via" "req/s" "MiB/s" "p50 ms" "p99 ms" "errors" "nginx" "proxy" "server" "client"
 row "" "" "" "" "" "" "" "CPU%" "CPU%" "cores%" "cores%"
 rule
 SUMMARY=()
 NOTES=()
-for file in certs big; do
+if ((IDLE_SRV_BUSY > 10 || IDLE_CLI_BUSY > 10)); then
+    NOTES+=("other processes were using the CPUs before the runs (server cores $IDLE_SRV_BUSY%, client cores $IDLE_CLI_BUSY% busy while idle): the figures are disturbed; rerun on a quiet machine")
+fi
+for file in $FILES; do
     if [[ $file == certs ]]; then
         name="certs ($CERTS_BYTES B JSON)"
     else
         name="big.js ($((BIG_BYTES / 1024)) KiB)"
     fi
-    read -r d_rps d_mbps d_p50 d_p99 d_err d_ncpu d_pcpu d_srv d_cli <<<"${RES[$file.direct]}"
+    read -r d_rps d_mbps d_p50 d_p99 d_err d_ncpu _ d_srv d_cli <<<"${RES[$file.direct]}"
     read -r p_rps p_mbps p_p50 p_p99 p_err p_ncpu p_pcpu p_srv p_cli <<<"${RES[$file.proxy]}"
     row "$name" "direct" "$(printf %.0f "$d_rps")" "$(printf %.1f "$d_mbps")" "$(printf %.2f "$d_p50")" \
-        "$(printf %.2f "$d_p99")" "$d_err" "$d_ncpu%" "-" "$d_srv%" "$d_cli%"
+        "$(printf %.2f "$d_p99")" "$d_err" "$(printf %.0f "$d_ncpu")%" "-" "$d_srv%" "$d_cli%"
     row "" "proxy" "$(printf %.0f "$p_rps")" "$(printf %.1f "$p_mbps")" "$(printf %.2f "$p_p50")" \
-        "$(printf %.2f "$p_p99")" "$p_err" "$p_ncpu%" "$p_pcpu%" "$p_srv%" "$p_cli%"
+        "$(printf %.2f "$p_p99")" "$p_err" "$(printf %.0f "$p_ncpu")%" "$(printf %.0f "$p_pcpu")%" "$p_srv%" "$p_cli%"
     read -r ratio add50 add99 < <(awk -v dr="$d_rps" -v pr="$p_rps" -v d50="$d_p50" -v p50="$p_p50" \
         -v d99="$d_p99" -v p99="$p_p99" 'BEGIN {
             printf "%.1f%% %+.2f %+.2f\n", (dr > 0 ? 100 * pr / dr : 0), p50 - d50, p99 - d99
         }')
-    row "" "proxy/direct" "$ratio" "" "$add50" "$add99"
+    row "" "proxy/direct" "$ratio" "" "$add50" "$add99" "" "" "" "" "" | sed 's/ *$//'
     rule
     SUMMARY+=("$(printf '  %-20s throughput via proxy %6s of direct; added latency p50 %s ms, p99 %s ms' \
         "$name" "$ratio" "$add50" "$add99")")
+    SUMMARY+=("$(awk -v n="" -v dr="$d_rps" -v dn="$d_ncpu" -v pr="$p_rps" -v pn="$p_ncpu" -v pp="$p_pcpu" 'BEGIN {
+        us = 10000   # percent of one core per (request/s) -> microseconds per request
+        printf "  %-20s CPU per request: dtr-proxy %.0f us; nginx %.0f us direct, %.0f us behind the proxy", n,
+            (pr > 0 ? pp * us / pr : 0), (dr > 0 ? dn * us / dr : 0), (pr > 0 ? pn * us / pr : 0)
+    }')")
     if ((d_err + p_err > 0)); then
         NOTES+=("$name: wrk counted socket errors or non-2xx answers; see the raw output (KEEP_TMP=1 VERBOSE=1)")
     fi
@@ -548,6 +582,7 @@ done
 echo "  req/s, MiB/s, p50, p99, errors: from wrk. proxy/direct row: throughput ratio, and latency added (ms)."
 echo "  nginx/proxy CPU%: CPU time of those processes during the run (100% = one core)."
 echo "  server/client cores%: how busy the CPUs they were pinned to were (100% = all of them, whoever ran)."
+echo "  CPU per request: process CPU time divided by requests served (us = microseconds)."
 echo
 echo "summary"
 printf '%s\n' "${SUMMARY[@]}"

@@ -1,7 +1,6 @@
 //! A thin main: configuration, logging, run until SIGTERM/SIGINT, drain.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use dtr_proxy::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
@@ -47,6 +46,15 @@ async fn run(config: Config) -> ExitCode {
         tracing::warn!("DTR_WEBHOOK_SECRET is not set: the completion webhook refuses every call");
     }
     let drain_delay = config.shutdown_delay;
+    // Listen for signals before serving: a SIGTERM that arrives as soon as /healthz answers
+    // must drain, not kill.
+    let stop = match StopSignal::install() {
+        Ok(stop) => stop,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let running = match dtr_proxy::start(config).await {
         Ok(running) => running,
         Err(e) => {
@@ -54,7 +62,7 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
+    stop.wait().await;
     // Unready first, so endpoints stop routing to us, then stop accepting and drain.
     running.begin_draining();
     tracing::info!(delay = ?drain_delay, "shutting down");
@@ -64,25 +72,36 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// SIGTERM (Kubernetes) or SIGINT (a terminal).
+struct StopSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
-    let _ = Duration::ZERO;
 }
