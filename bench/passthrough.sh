@@ -180,6 +180,11 @@ busy_pct() {
     }'
 }
 
+# Connections nginx has accepted so far (stub_status); each call adds one.
+nginx_accepts() {
+    curl -fsS --max-time 5 "$DIRECT_URL/bench-nginx-status" | awk 'NR == 3 { print $1 }'
+}
+
 status_kib() {   # status_kib PID FIELD -> value in KiB from /proc/PID/status
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || true
 }
@@ -304,6 +309,9 @@ http {
             default_type application/json;
             add_header Cache-Control "no-cache";
         }
+        location = /bench-nginx-status {
+            stub_status;
+        }
         location / {
             try_files \$uri =404;
         }
@@ -420,13 +428,14 @@ parse_wrk() {
 
 # measure LABEL URL: warm up, then one measured run; sets R_* for the table.
 measure() {
-    local label=$1 url=$2 out before after secs tck srv_before srv_after cli_before cli_after
+    local label=$1 url=$2 out before after secs tck srv_before srv_after cli_before cli_after acc_before
     out="$TMP/wrk.$label.txt"
     if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
         log "$label: warm-up $WARMUP"
         run_wrk "$url" "$WARMUP" "$TMP/wrk.$label.warmup.txt"
     fi
     log "$label: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency $url"
+    acc_before=$(nginx_accepts)
     before=$(server_ticks)
     srv_before=$(core_ticks "$SERVER_CORES")
     cli_before=$(core_ticks "$CLIENT_CORES")
@@ -434,6 +443,7 @@ measure() {
     cli_after=$(core_ticks "$CLIENT_CORES")
     srv_after=$(core_ticks "$SERVER_CORES")
     after=$(server_ticks)
+    R_CONNS=$(($(nginx_accepts) - acc_before - 1))
     R_SRV_BUSY=$(busy_pct "$srv_before" "$srv_after")
     R_CLI_BUSY=$(busy_pct "$cli_before" "$cli_after")
     if [[ $VERBOSE == 1 ]]; then cat "$out" >&2; fi
@@ -503,7 +513,7 @@ for file in $FILES; do
     for target in direct proxy; do
         if [[ $target == direct ]]; then url="$DIRECT_URL$path"; else url="$PROXY_URL$path"; fi
         measure "$file.$target" "$url"
-        RES[$file.$target]="$R_RPS $R_MBPS $R_P50 $R_P99 $R_ERR $R_NGX_CPU $R_PRX_CPU $R_SRV_BUSY $R_CLI_BUSY"
+        RES[$file.$target]="$R_RPS $R_MBPS $R_P50 $R_P99 $R_ERR $R_NGX_CPU $R_PRX_CPU $R_SRV_BUSY $R_CLI_BUSY $R_CONNS"
     done
 done
 
@@ -514,8 +524,8 @@ kill -0 "$PROXY_PID" 2>/dev/null || die "dtr-proxy died during the runs"
 # --- report -----------------------------------------------------------------
 
 kib_to_mib() { awk -v k="${1:-0}" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
-rule() { printf '%.0s-' {1..116}; echo; }
-row() { printf '%-20s %-13s %9s %9s %9s %9s %7s %7s %7s %8s %8s\n' "$@"; }
+rule() { printf '%.0s-' {1..123}; echo; }
+row() { printf '%-20s %-13s %9s %9s %9s %9s %7s %7s %7s %8s %8s %6s\n' "$@"; }
 
 wrk_version=$({ wrk --version 2>&1 || true; } | awk 'NR == 1 { print $1, $2 }')
 nginx_version=$({ "$NGINX" -v 2>&1 || true; } | sed 's|.*/||')
@@ -523,7 +533,11 @@ cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/n
 
 echo
 echo "dtr-proxy pass-through benchmark"
-echo "  proxy:    $PROXY_BIN"
+if [[ -n ${DTR_PROXY_BIN:-} ]]; then
+    echo "  proxy:    $PROXY_BIN"
+else
+    echo "  proxy:    ${PROXY_BIN#"$ROOT"/}, built from $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "an unknown revision")"
+fi
 echo "  upstream: nginx $nginx_version on $HOST:$UPSTREAM_PORT (1 worker, keep-alive, access log off)"
 if [[ $WARMUP == 0 || $WARMUP == 0s ]]; then warm="no warm-up"; else warm="each after a $WARMUP warm-up run"; fi
 echo "  load:     $wrk_version -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $warm"
@@ -539,8 +553,8 @@ fi
 echo "  machine:  $(nproc) CPUs${cpu_model:+ ($cpu_model)}, $(uname -sr)"
 echo "  idle:     server cores $IDLE_SRV_BUSY% busy, client cores $IDLE_CLI_BUSY% busy before the runs (background load)"
 echo
-row "file" "via" "req/s" "MiB/s" "p50 ms" "p99 ms" "errors" "nginx" "proxy" "server" "client"
-row "" "" "" "" "" "" "" "CPU%" "CPU%" "cores%" "cores%"
+row "file" "via" "req/s" "MiB/s" "p50 ms" "p99 ms" "errors" "nginx" "proxy" "server" "client" "nginx"
+row "" "" "" "" "" "" "" "CPU%" "CPU%" "cores%" "cores%" "conns"
 rule
 SUMMARY=()
 NOTES=()
@@ -553,17 +567,17 @@ for file in $FILES; do
     else
         name="big.js ($((BIG_BYTES / 1024)) KiB)"
     fi
-    read -r d_rps d_mbps d_p50 d_p99 d_err d_ncpu _ d_srv d_cli <<<"${RES[$file.direct]}"
-    read -r p_rps p_mbps p_p50 p_p99 p_err p_ncpu p_pcpu p_srv p_cli <<<"${RES[$file.proxy]}"
+    read -r d_rps d_mbps d_p50 d_p99 d_err d_ncpu _ d_srv d_cli d_conns <<<"${RES[$file.direct]}"
+    read -r p_rps p_mbps p_p50 p_p99 p_err p_ncpu p_pcpu p_srv p_cli p_conns <<<"${RES[$file.proxy]}"
     row "$name" "direct" "$(printf %.0f "$d_rps")" "$(printf %.1f "$d_mbps")" "$(printf %.2f "$d_p50")" \
-        "$(printf %.2f "$d_p99")" "$d_err" "$(printf %.0f "$d_ncpu")%" "-" "$d_srv%" "$d_cli%"
+        "$(printf %.2f "$d_p99")" "$d_err" "$(printf %.0f "$d_ncpu")%" "-" "$d_srv%" "$d_cli%" "$d_conns"
     row "" "proxy" "$(printf %.0f "$p_rps")" "$(printf %.1f "$p_mbps")" "$(printf %.2f "$p_p50")" \
-        "$(printf %.2f "$p_p99")" "$p_err" "$(printf %.0f "$p_ncpu")%" "$(printf %.0f "$p_pcpu")%" "$p_srv%" "$p_cli%"
+        "$(printf %.2f "$p_p99")" "$p_err" "$(printf %.0f "$p_ncpu")%" "$(printf %.0f "$p_pcpu")%" "$p_srv%" "$p_cli%" "$p_conns"
     read -r ratio add50 add99 < <(awk -v dr="$d_rps" -v pr="$p_rps" -v d50="$d_p50" -v p50="$p_p50" \
         -v d99="$d_p99" -v p99="$p_p99" 'BEGIN {
             printf "%.1f%% %+.2f %+.2f\n", (dr > 0 ? 100 * pr / dr : 0), p50 - d50, p99 - d99
         }')
-    row "" "proxy/direct" "$ratio" "" "$add50" "$add99" "" "" "" "" "" | sed 's/ *$//'
+    row "" "proxy/direct" "$ratio" "" "$add50" "$add99" "" "" "" "" "" "" | sed 's/ *$//'
     rule
     SUMMARY+=("$(printf '  %-20s throughput via proxy %6s of direct; added latency p50 %s ms, p99 %s ms' \
         "$name" "$ratio" "$add50" "$add99")")
@@ -575,6 +589,16 @@ for file in $FILES; do
     if ((d_err + p_err > 0)); then
         NOTES+=("$name: wrk counted socket errors or non-2xx answers; see the raw output (KEEP_TMP=1 VERBOSE=1)")
     fi
+    for target in direct proxy; do
+        if [[ $target == direct ]]; then
+            other=$(awk -v b="$d_srv" -v n="$d_ncpu" 'BEGIN { printf "%.0f", b - n }')
+        else
+            other=$(awk -v b="$p_srv" -v n="$p_ncpu" -v p="$p_pcpu" 'BEGIN { printf "%.0f", b - n - p }')
+        fi
+        if [[ $PIN == 1 ]] && ((other > 10)); then
+            NOTES+=("$name, $target run: about $other% of the server cores went to other processes; that run is disturbed")
+        fi
+    done
     if ((d_cli >= 95 && d_srv < 90)); then
         NOTES+=("$name: the direct run looks limited by wrk (client cores $d_cli% busy, server cores $d_srv%), so the ratio understates the proxy's cost")
     fi
@@ -582,6 +606,7 @@ done
 echo "  req/s, MiB/s, p50, p99, errors: from wrk. proxy/direct row: throughput ratio, and latency added (ms)."
 echo "  nginx/proxy CPU%: CPU time of those processes during the run (100% = one core)."
 echo "  server/client cores%: how busy the CPUs they were pinned to were (100% = all of them, whoever ran)."
+echo "  nginx conns: TCP connections nginx accepted during the run (from wrk direct, from dtr-proxy's pool via proxy)."
 echo "  CPU per request: process CPU time divided by requests served (us = microseconds)."
 echo
 echo "summary"
