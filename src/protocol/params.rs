@@ -62,10 +62,9 @@ impl Params {
 
     /// A JSON object of string values (the cancellation endpoint accepts JSON too).
     pub fn parse_json(input: &[u8]) -> Result<Self, ParamError> {
-        let object: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(input).map_err(|_| ParamError::NotStringObject)?;
-        let mut pairs = Vec::with_capacity(object.len());
-        for (name, value) in object {
+        let JsonEntries(entries) = serde_json::from_slice(input).map_err(|_| ParamError::NotStringObject)?;
+        let mut pairs = Vec::with_capacity(entries.len());
+        for (name, value) in entries {
             let serde_json::Value::String(value) = value else {
                 return Err(ParamError::NotStringObject);
             };
@@ -96,6 +95,32 @@ impl Params {
             .iter()
             .filter(|(_, v)| !v.is_empty())
             .map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+/// The members of a JSON object in document order, repeats included: a `serde_json::Map`
+/// would keep only the last of a repeated name, and a repeat must be refused as in a form.
+struct JsonEntries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for JsonEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = JsonEntries;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonEntries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(JsonEntries(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries)
     }
 }
 
@@ -141,10 +166,145 @@ mod tests {
     }
 
     #[test]
+    fn json_name_given_twice_is_refused() {
+        assert_eq!(
+            Params::parse_json(br#"{"deferred_auth_id":"a","deferred_auth_id":"b"}"#),
+            Err(ParamError::Repeated("deferred_auth_id".into()))
+        );
+        assert_eq!(
+            Params::parse_json(br#"{"":"","":""}"#),
+            Err(ParamError::Repeated(String::new()))
+        );
+    }
+
+    #[test]
     fn encode_round_trips() {
         let s = encode([("a", "1 2&3"), ("b", "é")]);
         let p = Params::parse(s.as_bytes()).unwrap();
         assert_eq!(p.get("a"), Some("1 2&3"));
         assert_eq!(p.get("b"), Some("é"));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use std::collections::BTreeMap;
+
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    use super::*;
+
+    /// Bytes weighted towards the characters the parser treats specially, so arbitrary input
+    /// reaches percent-decoding, `+`, empty pieces and repeated names often.
+    fn form_bytes() -> impl Strategy<Value = Vec<u8>> {
+        vec(prop_oneof![any::<u8>(), select(b"&=%+aA0F9".to_vec())], 0..256)
+    }
+
+    /// Every byte as `%XX`: a spelling of `name` that differs from what `encode` writes.
+    fn percent_encode_all(name: &str) -> String {
+        name.bytes().map(|b| format!("%{b:02X}")).collect()
+    }
+
+    fn assert_invariants(params: &Params) {
+        for (i, (name, value)) in params.pairs.iter().enumerate() {
+            assert!(value.len() <= MAX_VALUE_LEN, "{name} is {} bytes", value.len());
+            assert!(
+                params.pairs[..i].iter().all(|(earlier, _)| earlier != name),
+                "{name} accepted twice"
+            );
+        }
+    }
+
+    fn assert_same_params(params: &Params, expected: &BTreeMap<String, String>) {
+        for (name, value) in expected {
+            let want = (!value.is_empty()).then_some(value.as_str());
+            assert_eq!(params.get(name), want, "parameter {name:?}");
+        }
+        assert_eq!(
+            params.iter().count(),
+            expected.values().filter(|v| !v.is_empty()).count()
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn parse_never_panics_and_keeps_its_invariants(input in form_bytes()) {
+            if let Ok(params) = Params::parse(&input) {
+                assert_invariants(&params);
+            }
+        }
+
+        #[test]
+        fn encode_then_parse_round_trips(expected in btree_map(any::<String>(), any::<String>(), 0..8)) {
+            let encoded = encode(expected.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+            let params = Params::parse(encoded.as_bytes()).unwrap();
+            assert_same_params(&params, &expected);
+        }
+
+        #[test]
+        fn a_name_given_twice_is_refused(
+            others in btree_map("[a-z_]{1,12}", ".+", 0..6),
+            name in any::<String>(),
+            first in ".+",
+            second in ".+",
+            position in any::<prop::sample::Index>(),
+            spell_differently in any::<bool>(),
+        ) {
+            let mut pieces: Vec<String> = others
+                .iter()
+                .filter(|(other, _)| **other != name)
+                .map(|(n, v)| encode([(n.as_str(), v.as_str())]))
+                .collect();
+            pieces.push(encode([(name.as_str(), first.as_str())]));
+            let again = if spell_differently {
+                format!("{}={}", percent_encode_all(&name), encode([("", second.as_str())]).trim_start_matches('='))
+            } else {
+                encode([(name.as_str(), second.as_str())])
+            };
+            pieces.insert(position.index(pieces.len() + 1), again);
+            let input = pieces.join("&");
+            prop_assert_eq!(Params::parse(input.as_bytes()), Err(ParamError::Repeated(name)));
+        }
+
+        #[test]
+        fn a_value_over_the_limit_is_refused(name in "[a-z_]{1,12}", unit in any::<char>(), extra in 0usize..64) {
+            let value: String = std::iter::repeat_n(unit, MAX_VALUE_LEN / unit.len_utf8() + 1 + extra).collect();
+            prop_assert!(value.len() > MAX_VALUE_LEN);
+            let form = encode([(name.as_str(), value.as_str())]);
+            prop_assert_eq!(Params::parse(form.as_bytes()), Err(ParamError::TooLong(name.clone())));
+            let json = serde_json::to_vec(&serde_json::json!({ name.clone(): value })).unwrap();
+            prop_assert_eq!(Params::parse_json(&json), Err(ParamError::TooLong(name)));
+        }
+
+        #[test]
+        fn parse_json_never_panics_and_keeps_its_invariants(input in vec(any::<u8>(), 0..256)) {
+            if let Ok(params) = Params::parse_json(&input) {
+                assert_invariants(&params);
+            }
+        }
+
+        #[test]
+        fn parse_json_round_trips_objects_of_strings(expected in btree_map(any::<String>(), any::<String>(), 0..8)) {
+            let json = serde_json::to_vec(&expected).unwrap();
+            let params = Params::parse_json(&json).unwrap();
+            assert_invariants(&params);
+            assert_same_params(&params, &expected);
+        }
+
+        #[test]
+        fn parse_json_refuses_a_name_given_twice(name in any::<String>(), first in any::<String>(), second in any::<String>()) {
+            let json = format!(
+                "{{{}:{},{}:{}}}",
+                serde_json::to_string(&name).unwrap(),
+                serde_json::to_string(&first).unwrap(),
+                serde_json::to_string(&name).unwrap(),
+                serde_json::to_string(&second).unwrap(),
+            );
+            prop_assert_eq!(Params::parse_json(json.as_bytes()), Err(ParamError::Repeated(name)));
+        }
     }
 }
