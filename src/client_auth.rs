@@ -304,3 +304,83 @@ mod tests {
         assert_eq!((err.status.as_u16(), err.error), (400, "invalid_client"));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use http::HeaderValue;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    use super::*;
+
+    /// `Basic <base64>` of arbitrary text, or arbitrary bytes after a scheme.
+    fn authorization() -> impl Strategy<Value = Vec<u8>> {
+        let scheme = select(vec!["Basic ", "basic ", "BASIC  ", "Bearer ", "Basic", ""]);
+        prop_oneof![
+            (scheme.clone(), any::<String>())
+                .prop_map(|(s, text)| format!("{s}{}", STANDARD.encode(text)).into_bytes()),
+            (scheme.clone(), "[%+:a-z0-9]{0,12}")
+                .prop_map(|(s, text)| format!("{s}{}", STANDARD.encode(text)).into_bytes()),
+            (scheme, vec(any::<u8>(), 0..64)).prop_map(|(s, bytes)| [s.as_bytes(), &bytes].concat()),
+        ]
+    }
+
+    /// Form bodies that may or may not carry client authentication.
+    fn form_body() -> impl Strategy<Value = Vec<u8>> {
+        vec(
+            prop_oneof![
+                select(vec![
+                    "client_id=",
+                    "client_secret=",
+                    "client_assertion=",
+                    "&",
+                    "a",
+                    "%",
+                    "+",
+                    "="
+                ])
+                .prop_map(|s| s.as_bytes().to_vec()),
+                any::<u8>().prop_map(|b| vec![b]),
+            ],
+            0..12,
+        )
+        .prop_map(|pieces| pieces.concat())
+    }
+
+    fn form_encode(text: &str) -> String {
+        form_urlencoded::byte_serialize(text.as_bytes()).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn extract_never_panics_nor_yields_an_empty_client_id(header in authorization(), body in form_body()) {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_bytes(&header) {
+                headers.insert(AUTHORIZATION, value);
+            }
+            let params = Params::parse(&body).unwrap_or_default();
+            if let Ok(credentials) = ClientCredentials::extract(&headers, &params) {
+                prop_assert!(!credentials.client_id.is_empty());
+                prop_assert_eq!(
+                    credentials.via_header.is_some(),
+                    credentials.method == AuthMethod::ClientSecretBasic
+                );
+            }
+        }
+
+        #[test]
+        fn basic_credentials_round_trip(client_id in ".+", secret in any::<String>()) {
+            // RFC 6749 §2.3.1: each part form-urlencoded, then joined by ':' and base64.
+            let encoded = STANDARD.encode(format!("{}:{}", form_encode(&client_id), form_encode(&secret)));
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Basic {encoded}")).unwrap());
+            let credentials = ClientCredentials::extract(&headers, &Params::default()).unwrap();
+            prop_assert_eq!(credentials.client_id, client_id);
+            prop_assert_eq!(credentials.secret, Some(secret));
+            prop_assert_eq!(credentials.method, AuthMethod::ClientSecretBasic);
+        }
+    }
+}
