@@ -149,3 +149,98 @@ mod tests {
         assert!(!html.contains("\"><script>"));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use http_body_util::BodyExt;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    use super::*;
+
+    const REDIRECT_URIS: [&str; 4] = [
+        "https://rp.example/cb",
+        "https://rp.example/cb?x=1",
+        "http://127.0.0.1:3000/callback?a=b&c",
+        "com.example.app:/oauth2redirect",
+    ];
+
+    fn acknowledgment<'a>(state: &'a str, description: &'a str) -> [(&'a str, &'a str); 4] {
+        [
+            ("error", "access_denied"),
+            ("error_description", description),
+            ("state", state),
+            ("iss", "https://op.example/realms/r"),
+        ]
+    }
+
+    fn location(response: &Response<Body>) -> Url {
+        assert_eq!(response.status(), StatusCode::FOUND);
+        let location = response.headers()[LOCATION].as_bytes();
+        assert!(!location.contains(&b'\r') && !location.contains(&b'\n'));
+        Url::parse(std::str::from_utf8(location).unwrap()).unwrap()
+    }
+
+    fn decoded(pairs: form_urlencoded::Parse<'_>, name: &str) -> Vec<String> {
+        pairs.filter(|(n, _)| n == name).map(|(_, v)| v.into_owned()).collect()
+    }
+
+    fn html(response: Response<Body>) -> String {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let body = runtime.block_on(response.into_body().collect()).unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    /// The `value` attribute of the hidden input named `name`, still escaped.
+    fn hidden_value<'a>(html: &'a str, name: &str) -> &'a str {
+        let start = format!("<input type=\"hidden\" name=\"{name}\" value=\"");
+        let rest = &html[html.find(&start).unwrap() + start.len()..];
+        &rest[..rest.find('"').unwrap()]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn query_redirects_carry_the_values_intact(
+            redirect_uri in select(REDIRECT_URIS.to_vec()),
+            state in any::<String>(),
+            description in any::<String>(),
+        ) {
+            let url = location(&to_client(redirect_uri, ResponseMode::Query, &acknowledgment(&state, &description)));
+            prop_assert_eq!(decoded(url.query_pairs(), "state"), vec![state]);
+            prop_assert_eq!(decoded(url.query_pairs(), "error_description"), vec![description]);
+            let original = Url::parse(redirect_uri).unwrap();
+            prop_assert_eq!((url.scheme(), url.host_str(), url.path()), (original.scheme(), original.host_str(), original.path()));
+            prop_assert!(url.query().unwrap().starts_with(original.query().unwrap_or("")));
+        }
+
+        #[test]
+        fn fragment_redirects_carry_the_values_intact(
+            redirect_uri in select(REDIRECT_URIS.to_vec()),
+            state in any::<String>(),
+            description in any::<String>(),
+        ) {
+            let url = location(&to_client(redirect_uri, ResponseMode::Fragment, &acknowledgment(&state, &description)));
+            let fragment = url.fragment().unwrap().as_bytes();
+            prop_assert_eq!(decoded(form_urlencoded::parse(fragment), "state"), vec![state]);
+            prop_assert_eq!(decoded(form_urlencoded::parse(fragment), "error_description"), vec![description]);
+            let original = Url::parse(redirect_uri).unwrap();
+            prop_assert_eq!(url.query(), original.query());
+        }
+
+        #[test]
+        fn form_post_pages_escape_the_values(
+            redirect_uri in select(REDIRECT_URIS.to_vec()),
+            state in any::<String>(),
+            description in prop_oneof![any::<String>(), "[<>\"'&; a-z]{0,24}"],
+        ) {
+            let page = html(to_client(redirect_uri, ResponseMode::FormPost, &acknowledgment(&state, &description)));
+            for (name, value) in [("state", &state), ("error_description", &description)] {
+                let attribute = hidden_value(&page, name);
+                prop_assert!(!attribute.contains(['<', '>', '"']), "{name}: {attribute}");
+                prop_assert_eq!(html_escape::decode_html_entities(attribute), value.as_str());
+            }
+        }
+    }
+}
