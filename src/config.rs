@@ -62,6 +62,32 @@ pub struct ClientSettings {
     /// produced by the proxy itself (before the OP has validated the request).
     #[serde(default)]
     pub redirect_uris: Vec<String>,
+    /// Every deferred request of this client must carry a DPoP proof, by the key the process
+    /// was bound to (as `DTR_REQUIRE_DPOP` does for every client).
+    #[serde(default)]
+    pub require_dpop: bool,
+    /// The client's public keys (a JWK Set), for verifying `private_key_jwt` assertions on
+    /// pending polls and cancels without the OP.
+    #[serde(default)]
+    pub jwks: Option<jsonwebtoken::jwk::JwkSet>,
+    /// Where to fetch the client's JWK Set instead (cached, see `DTR_JWKS_CACHE_TTL`).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The client secret, only for clients that authenticate with `client_secret_jwt`
+    /// (the HMAC key of their assertions). Other methods never need it.
+    #[serde(default, skip_serializing)]
+    pub client_secret: Option<ClientSecret>,
+}
+
+/// A client secret from the configuration: never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct ClientSecret(pub String);
+
+impl fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientSecret(..)")
+    }
 }
 
 /// The raw, serde-facing shape. Field names are the env names without `DTR_`, lower-cased.
@@ -82,6 +108,9 @@ struct RawConfig {
     allow_insecure_http: bool,
     offline_access: bool,
     interim_id_token: bool,
+    require_dpop: bool,
+    dpop_nonce: bool,
+    jwks_cache_ttl: u64,
     login_ttl: u64,
     deferred_code_ttl: u64,
     default_interval: u64,
@@ -116,6 +145,9 @@ impl Default for RawConfig {
             allow_insecure_http: false,
             offline_access: true,
             interim_id_token: true,
+            require_dpop: false,
+            dpop_nonce: false,
+            jwks_cache_ttl: 300,
             login_ttl: 1800,
             deferred_code_ttl: 60,
             default_interval: 5,
@@ -168,6 +200,12 @@ pub struct Config {
     pub allow_insecure_http: bool,
     pub offline_access: bool,
     pub interim_id_token: bool,
+    /// Every deferred request of every client must carry a DPoP proof (`DTR_REQUIRE_DPOP`).
+    pub require_dpop: bool,
+    /// The proxy issues and requires DPoP server nonces on the DTR endpoints (`DTR_DPOP_NONCE`).
+    pub dpop_nonce: bool,
+    /// How long a client's fetched `jwks_uri` document is trusted.
+    pub jwks_cache_ttl: Duration,
     pub login_ttl: Duration,
     pub deferred_code_ttl: Duration,
     pub default_interval: u64,
@@ -407,6 +445,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         ("DTR_DEFAULT_EXPIRES_IN", raw.default_expires_in),
         ("DTR_UPSTREAM_TIMEOUT", raw.upstream_timeout),
         ("DTR_PING_TIMEOUT", raw.ping_timeout),
+        ("DTR_JWKS_CACHE_TTL", raw.jwks_cache_ttl),
     ] {
         if value == 0 {
             errors.push(format!("{name}: must be a positive number of seconds"));
@@ -441,6 +480,9 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         allow_insecure_http: raw.allow_insecure_http,
         offline_access: raw.offline_access,
         interim_id_token: raw.interim_id_token,
+        require_dpop: raw.require_dpop,
+        dpop_nonce: raw.dpop_nonce,
+        jwks_cache_ttl: Duration::from_secs(raw.jwks_cache_ttl),
         login_ttl: Duration::from_secs(raw.login_ttl),
         deferred_code_ttl: Duration::from_secs(raw.deferred_code_ttl),
         default_interval: raw.default_interval,
@@ -532,6 +574,34 @@ fn validate_clients(clients: &[ClientSettings], allow_insecure_http: bool, error
             if Url::parse(uri).is_err() {
                 errors.push(format!("{at}: redirect_uris entry is not a URL: {uri}"));
             }
+        }
+        if client.jwks.is_some() && client.jwks_uri.is_some() {
+            errors.push(format!("{at}: give jwks or jwks_uri, not both"));
+        }
+        if let Some(uri) = &client.jwks_uri {
+            match Url::parse(uri) {
+                Ok(url) if url.scheme() == "https" => {}
+                Ok(url) if url.scheme() == "http" && allow_insecure_http => {}
+                Ok(_) => errors.push(format!(
+                    "{at}: jwks_uri must be an https URL (http only with DTR_ALLOW_INSECURE_HTTP=true)"
+                )),
+                Err(e) => errors.push(format!("{at}: jwks_uri is not a URL: {e}")),
+            }
+        }
+        if let Some(jwks) = &client.jwks {
+            if jwks.keys.is_empty() {
+                errors.push(format!("{at}: jwks has no keys"));
+            }
+            for key in &jwks.keys {
+                if jsonwebtoken::DecodingKey::from_jwk(key).is_err() {
+                    errors.push(format!("{at}: jwks has an unusable key"));
+                }
+            }
+        }
+        if client.client_secret.as_ref().is_some_and(|s| s.0.len() < 32) {
+            errors.push(format!(
+                "{at}: client_secret must be at least 32 bytes (client_secret_jwt uses it as an HMAC key)"
+            ));
         }
     }
 }

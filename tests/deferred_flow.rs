@@ -430,6 +430,7 @@ async fn every_client_authentication_method_completes_the_flow() {
     for auth in [
         Auth::Post("dtr-post", "dtr-post-secret"),
         Auth::Jwt("dtr-jwt"),
+        Auth::HsJwt("dtr-hs", DTR_HS_SECRET),
         Auth::Public("dtr-public"),
     ] {
         let user = unique("lee");
@@ -447,6 +448,11 @@ async fn every_client_authentication_method_completes_the_flow() {
         let tokens = proxy.poll(&auth, &id).await;
         assert_eq!(tokens.status, 200, "{auth:?}: {}", tokens.json);
         assert!(tokens.json["access_token"].is_string());
+        if let Auth::Public(_) = auth {
+            // The RP's proof reached the OP with the final refresh: the tokens are bound to
+            // the RP's key, not to the proxy.
+            assert_eq!(tokens.json["token_type"], "DPoP", "{}", tokens.json);
+        }
     }
 }
 
