@@ -360,10 +360,11 @@ async fn poll(
     let proof = app.dpop_proof(headers, Endpoint::Token, realm).await?;
     let process_hash = app.processes.process_hash(deferred_auth_id);
     let now = now_ms();
-    let (loaded, last_poll) = app.processes.load_for_poll(&process_hash, now).await?;
+    let (loaded, last_poll) = app.processes.load_for_poll(&process_hash).await?;
     let loaded = loaded.ok_or_else(OAuthError::unknown_deferred_auth_id)?;
     let record = &loaded.record;
     check_owner(app, realm, client, &credentials, record, proof.as_ref()).await?;
+    app.processes.stamp_poll(&process_hash, now);
     if record.status == Status::Revoked {
         return Err(OAuthError::invalid_request(
             "This deferred_auth_id was revoked for polling too fast.",

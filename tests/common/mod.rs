@@ -875,3 +875,71 @@ impl Relay {
         let _ = self.down.send(down);
     }
 }
+
+/// Everything a proxy binary wrote to stdout and stderr.
+pub type OutputLog = Arc<Mutex<String>>;
+
+/// Runs the proxy binary at `binary` in front of the shared OP (fresh realm, issuer = its
+/// public URL) with `env` on top of the usual settings, capturing its output.
+pub async fn start_binary(
+    binary: &str,
+    clients: Value,
+    env: &[(&str, &str)],
+) -> (Proxy, tokio::process::Child, OutputLog) {
+    use tokio::io::AsyncReadExt;
+    let (public_port, admin_port) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{public_port}");
+    let realm = unique("r");
+    let issuer = create_realm(&realm, &base).await;
+    let mut child = tokio::process::Command::new(binary)
+        .env_clear()
+        .envs(base_env(public_port, op().port))
+        .env("DTR_LISTEN", format!("127.0.0.1:{public_port}"))
+        .env("DTR_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("DTR_CLIENTS", clients.to_string())
+        .env("DTR_SHUTDOWN_DELAY", "0")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the proxy binary");
+    let log: OutputLog = Arc::default();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    for mut stream in [
+        Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(stderr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    ] {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                log.lock().expect("log").push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    let http = client();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let mut up = false;
+    for _ in 0..200 {
+        if http.get(format!("{admin}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "the binary did not come up:\n{}", log.lock().expect("log"));
+    let proxy = Proxy {
+        running: None,
+        base,
+        admin,
+        realm,
+        issuer,
+        http,
+    };
+    (proxy, child, log)
+}
