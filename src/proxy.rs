@@ -13,7 +13,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::app::App;
-use crate::http::{full, plain, read_limited, Body, BodyError, FORM_URLENCODED};
+use crate::http::{full, media_type, plain, read_request_body, Body, BodyError, FORM_URLENCODED};
 use crate::protocol::authorize::{self, Outcome};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::params::Params;
@@ -109,13 +109,18 @@ fn join_cookies(headers: &mut http::HeaderMap) {
 }
 
 async fn read_small_body(app: &App, body: Incoming) -> Result<Bytes, OAuthError> {
-    read_limited(body, app.config.max_body_bytes)
+    read_request_body(body, app.config.max_body_bytes, app.config.body_read_timeout)
         .await
         .map_err(|e| match e {
             BodyError::TooLarge(limit) => OAuthError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 wire::error::INVALID_REQUEST,
                 format!("The request body exceeds {limit} bytes."),
+            ),
+            BodyError::TimedOut(_) => OAuthError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                wire::error::INVALID_REQUEST,
+                "The request body was not received in time.",
             ),
             BodyError::Read(detail) => {
                 OAuthError::invalid_request(format!("The request body could not be read: {detail}"))
@@ -183,6 +188,13 @@ async fn token_endpoint(app: &App, realm: &str, request: Request<Incoming>, peer
         Err(e) => return e.into_response(),
     };
     if mentions_deferred(&raw) {
+        if !media_type(&parts.headers).eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            // RFC 6749 §3.2: the token endpoint takes form bodies only; the OP would refuse
+            // anything else too, so nothing that works is turned away here.
+            app.metrics.request("token", "client_error");
+            return OAuthError::invalid_request("Send the token request as application/x-www-form-urlencoded.")
+                .into_response();
+        }
         match Params::parse(&raw) {
             Ok(params) if params.get("grant_type") == Some(wire::GRANT_TYPE_DEFERRED) => {
                 return token::deferred_grant(app, realm, &parts.headers, &params, peer.ip()).await;
