@@ -23,6 +23,15 @@ use crate::protocol::{cancel, discovery, redirect, token, wire};
 use crate::upstream::{strip_hop_by_hop, UpstreamError};
 
 pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if header_bytes(request.headers()) > app.config.max_header_bytes {
+        // hyper's read buffer bounds memory only roughly (it has room for a request line and
+        // a partial read on top); the configured total is the rule.
+        app.metrics.request("passthrough", "client_error");
+        return plain(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request headers too large.\n",
+        );
+    }
     let route = app
         .routes
         .classify(request.uri().path())
@@ -94,6 +103,14 @@ fn upstream_failure(app: &App, e: &UpstreamError) -> Response<Body> {
     );
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(2));
     response
+}
+
+/// Size of the request headers as sent in HTTP/1.1 (`name: value\r\n`).
+fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 /// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 needs one (RFC 9113 §8.2.3).
