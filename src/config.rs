@@ -683,6 +683,7 @@ mod tests {
         let defaults = Config::from_env(env(&[
             ("DTR_UPSTREAM_URL", "http://op:3000"),
             ("DTR_PUBLIC_URL", "https://id.example.com"),
+            ("DTR_TRUSTED_PROXIES", ""),
         ]))
         .expect("valid");
         assert_eq!(defaults.header_read_timeout, Duration::from_secs(15));
