@@ -61,7 +61,25 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
 /// one of our handles into the RP's acknowledgment.
 pub async fn forward(app: &App, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if parts.method == Method::CONNECT {
+        // Not a forward proxy: a tunnel request is the client's mistake, not an OP failure.
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
+        response.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),
+        );
+        return response;
+    }
+    // Only origin-form (and absolute-form, whose authority is ignored) names an OP path;
+    // `OPTIONS *` and authority-form have no path to forward.
+    let Some(path_and_query) = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+    else {
+        return plain(StatusCode::BAD_REQUEST, "bad request target\n");
+    };
     parts.uri = match app.upstream.uri(path_and_query) {
         Ok(uri) => uri,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target\n"),

@@ -308,6 +308,25 @@ async fn oversize_header_is_431() {
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
 
+#[tokio::test]
+async fn connect_and_asterisk_form_requests_are_refused_not_proxied() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let public = addr(&proxy.base);
+    let connect = b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(&public, connect).await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    let asterisk = format!("OPTIONS * HTTP/1.1\r\nHost: {public}\r\nConnection: close\r\n\r\n");
+    let answer = raw_exchange(&public, asterisk.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Absolute-form names a path: it is served, with the authority ignored.
+    let absolute = format!(
+        "GET http://evil.example/realms/{}/protocol/openid-connect/certs HTTP/1.1\r\nHost: {public}\r\nConnection: close\r\n\r\n",
+        proxy.realm
+    );
+    let answer = raw_exchange(&public, absolute.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Slow clients
 // ---------------------------------------------------------------------------------------------
