@@ -44,6 +44,7 @@ impl App {
         let upstream = Upstream::new(
             &config.upstream_url,
             &config.public_url,
+            config.trusted_proxies.clone(),
             config.upstream_timeout,
             metrics.clone(),
         );

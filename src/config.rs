@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::Value;
 use figment::Figment;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -90,6 +91,25 @@ impl fmt::Debug for ClientSecret {
     }
 }
 
+/// A list given either as one comma-separated string (an environment variable) or as an
+/// array (TOML).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum StringList {
+    Joined(String),
+    Items(Vec<String>),
+}
+
+impl StringList {
+    fn items(&self) -> Vec<&str> {
+        let items: Vec<&str> = match self {
+            StringList::Joined(joined) => joined.split(',').collect(),
+            StringList::Items(items) => items.iter().map(String::as_str).collect(),
+        };
+        items.into_iter().map(str::trim).filter(|s| !s.is_empty()).collect()
+    }
+}
+
 /// The raw, serde-facing shape. Field names are the env names without `DTR_`, lower-cased.
 /// Unknown top-level keys are warned about, not refused: Kubernetes injects `<SERVICE>_PORT`
 /// style variables for every Service, and a Service named `dtr-…` would otherwise stop the pod.
@@ -119,6 +139,9 @@ struct RawConfig {
     ping_timeout: u64,
     max_body_bytes: usize,
     max_header_bytes: usize,
+    header_read_timeout: u64,
+    body_read_timeout: u64,
+    trusted_proxies: StringList,
     shutdown_grace: u64,
     shutdown_delay: u64,
     log: String,
@@ -156,6 +179,9 @@ impl Default for RawConfig {
             ping_timeout: 10,
             max_body_bytes: 64 * 1024,
             max_header_bytes: 64 * 1024,
+            header_read_timeout: 15,
+            body_read_timeout: 15,
+            trusted_proxies: StringList::Items(Vec::new()),
             shutdown_grace: 25,
             shutdown_delay: 3,
             log: "info".into(),
@@ -214,6 +240,12 @@ pub struct Config {
     pub ping_timeout: Duration,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
+    /// Time a client has to send a request's headers (and, on a new connection, to start one).
+    pub header_read_timeout: Duration,
+    /// Time a client has to send the body of a request the proxy reads (DTR endpoints, webhook).
+    pub body_read_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` chain is kept (the ingress in front of the proxy).
+    pub trusted_proxies: Vec<IpNet>,
     pub shutdown_grace: Duration,
     /// Time between turning unready and closing the listeners on SIGTERM.
     pub shutdown_delay: Duration,
@@ -446,6 +478,8 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         ("DTR_UPSTREAM_TIMEOUT", raw.upstream_timeout),
         ("DTR_PING_TIMEOUT", raw.ping_timeout),
         ("DTR_JWKS_CACHE_TTL", raw.jwks_cache_ttl),
+        ("DTR_HEADER_READ_TIMEOUT", raw.header_read_timeout),
+        ("DTR_BODY_READ_TIMEOUT", raw.body_read_timeout),
     ] {
         if value == 0 {
             errors.push(format!("{name}: must be a positive number of seconds"));
@@ -465,6 +499,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
             LogFormat::Text
         }
     };
+    let trusted_proxies = networks("DTR_TRUSTED_PROXIES", &raw.trusted_proxies, errors);
     validate_paths(&raw.paths, errors);
     validate_clients(&raw.clients, raw.allow_insecure_http, errors);
 
@@ -491,6 +526,9 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         ping_timeout: Duration::from_secs(raw.ping_timeout),
         max_body_bytes: raw.max_body_bytes,
         max_header_bytes: raw.max_header_bytes,
+        header_read_timeout: Duration::from_secs(raw.header_read_timeout),
+        body_read_timeout: Duration::from_secs(raw.body_read_timeout),
+        trusted_proxies,
         shutdown_grace: Duration::from_secs(raw.shutdown_grace),
         shutdown_delay: Duration::from_secs(raw.shutdown_delay),
         log: raw.log,
@@ -524,6 +562,19 @@ fn socket_addr(name: &str, value: &str, errors: &mut Vec<String>) -> Option<Sock
         .parse()
         .map_err(|_| errors.push(format!("{name}: expected host:port, got {value:?}")))
         .ok()
+}
+
+/// CIDR networks (`10.0.0.0/8`, `fd00::/8`); a bare address stands for itself alone.
+fn networks(name: &str, list: &StringList, errors: &mut Vec<String>) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for item in list.items() {
+        match (IpNet::from_str(item), IpAddr::from_str(item)) {
+            (Ok(net), _) => out.push(net),
+            (_, Ok(addr)) => out.push(IpNet::from(addr)),
+            _ => errors.push(format!("{name}: not a CIDR network or IP address: {item:?}")),
+        }
+    }
+    out
 }
 
 fn validate_paths(paths: &PathTemplates, errors: &mut Vec<String>) {
@@ -682,6 +733,60 @@ mod tests {
         ]))
         .expect_err("invalid");
         assert!(err.to_string().contains("notification_endpoint must be an https URL"));
+    }
+
+    #[test]
+    fn timeouts_and_trusted_proxies_from_env() {
+        let config = Config::from_env(env(&[
+            ("DTR_UPSTREAM_URL", "http://op:3000"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+            ("DTR_HEADER_READ_TIMEOUT", "2"),
+            ("DTR_BODY_READ_TIMEOUT", "3"),
+            ("DTR_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.0.0/16,fd00::/8,203.0.113.7"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(config.body_read_timeout, Duration::from_secs(3));
+        let nets: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.168.0.0/16", "fd00::/8", "203.0.113.7/32"]);
+
+        let defaults = Config::from_env(env(&[
+            ("DTR_UPSTREAM_URL", "http://op:3000"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+            ("DTR_TRUSTED_PROXIES", ""),
+        ]))
+        .expect("valid");
+        assert_eq!(defaults.header_read_timeout, Duration::from_secs(15));
+        assert_eq!(defaults.body_read_timeout, Duration::from_secs(15));
+        assert!(defaults.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_from_a_toml_array_and_every_bad_entry_reported() {
+        let dir = std::env::temp_dir().join(format!("dtr-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("trusted.toml");
+        std::fs::write(&file, "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n").expect("write");
+        let config = Config::from_env(env(&[
+            ("DTR_CONFIG", file.to_str().expect("utf-8 path")),
+            ("DTR_UPSTREAM_URL", "http://op:3000"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ]))
+        .expect("valid");
+        let nets: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "::1/128"]);
+
+        let err = Config::from_env(env(&[
+            ("DTR_UPSTREAM_URL", "http://op:3000"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+            ("DTR_TRUSTED_PROXIES", "10.0.0.0/33,example.com"),
+            ("DTR_BODY_READ_TIMEOUT", "0"),
+        ]))
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in ["\"10.0.0.0/33\"", "\"example.com\"", "DTR_BODY_READ_TIMEOUT"] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
     }
 
     #[test]

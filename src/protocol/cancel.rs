@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, CONTENT_TYPE};
+use http::header::HeaderMap;
 use http::{Response, StatusCode};
 use serde_json::json;
 
@@ -17,12 +17,11 @@ use super::wire;
 use crate::app::App;
 use crate::client_auth::ClientCredentials;
 use crate::events::{emit, Event};
-use crate::http::{json_no_store, now_ms, Body};
+use crate::http::{json_no_store, media_type, now_ms, Body};
 
 /// Parses a cancellation body: form-encoded (the draft's rule) or JSON (its example).
 pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
-    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let media = content_type.split(';').next().unwrap_or("").trim();
+    let media = media_type(headers);
     if media.eq_ignore_ascii_case("application/json") {
         Ok(Params::parse_json(body)?)
     } else if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {

@@ -1,8 +1,12 @@
 //! Strict parsing of `application/x-www-form-urlencoded` bodies and query strings for the DTR
 //! endpoints: a parameter given twice is refused (RFC 6749 §3.1), an empty value counts as
-//! absent (RFC 6749 §3.1), invalid UTF-8 is refused rather than silently replaced.
+//! absent (RFC 6749 §3.1), invalid UTF-8 is refused rather than silently replaced. JSON
+//! bodies follow the same rules: a key given twice is refused, not silently overwritten.
+
+use std::fmt;
 
 use percent_encoding::percent_decode;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
 use super::errors::OAuthError;
 
@@ -23,6 +27,8 @@ pub enum ParamError {
     NotUtf8,
     #[error("parameter {0} is too long")]
     TooLong(String),
+    #[error("a parameter name is too long")]
+    NameTooLong,
     #[error("the JSON body must be an object of string values")]
     NotStringObject,
 }
@@ -50,34 +56,29 @@ impl Params {
                 Some(i) => (&piece[..i], &piece[i + 1..]),
                 None => (piece, &b""[..]),
             };
-            let name = decode(name)?;
-            let value = decode(value)?;
-            if value.len() > MAX_VALUE_LEN {
-                return Err(ParamError::TooLong(name));
-            }
-            Self::push(&mut pairs, name, value)?;
+            Self::push(&mut pairs, decode(name)?, decode(value)?)?;
         }
         Ok(Self { pairs })
     }
 
-    /// A JSON object of string values (the cancellation endpoint accepts JSON too).
+    /// A JSON object of string values (the cancellation endpoint accepts JSON too). Every
+    /// member is seen, so a key given twice is refused like a repeated form parameter.
     pub fn parse_json(input: &[u8]) -> Result<Self, ParamError> {
-        let object: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(input).map_err(|_| ParamError::NotStringObject)?;
-        let mut pairs = Vec::with_capacity(object.len());
-        for (name, value) in object {
-            let serde_json::Value::String(value) = value else {
-                return Err(ParamError::NotStringObject);
-            };
-            if value.len() > MAX_VALUE_LEN {
-                return Err(ParamError::TooLong(name));
-            }
+        let members: JsonMembers = serde_json::from_slice(input).map_err(|_| ParamError::NotStringObject)?;
+        let mut pairs = Vec::with_capacity(members.0.len());
+        for (name, value) in members.0 {
             Self::push(&mut pairs, name, value)?;
         }
         Ok(Self { pairs })
     }
 
     fn push(pairs: &mut Vec<(String, String)>, name: String, value: String) -> Result<(), ParamError> {
+        if name.len() > MAX_VALUE_LEN {
+            return Err(ParamError::NameTooLong);
+        }
+        if value.len() > MAX_VALUE_LEN {
+            return Err(ParamError::TooLong(name));
+        }
         if pairs.iter().any(|(n, _)| *n == name) {
             return Err(ParamError::Repeated(name));
         }
@@ -96,6 +97,34 @@ impl Params {
             .iter()
             .filter(|(_, v)| !v.is_empty())
             .map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+/// The members of a JSON object of strings, in order and with repeats: serde_json's own maps
+/// keep only the last of two equal keys, which would hide a repeated parameter.
+struct JsonMembers(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for JsonMembers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = JsonMembers;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of string values")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonMembers, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, String>()? {
+                    members.push(member);
+                }
+                Ok(JsonMembers(members))
+            }
+        }
+
+        deserializer.deserialize_map(MembersVisitor)
     }
 }
 
@@ -138,6 +167,66 @@ mod tests {
         assert_eq!(p.get("deferred_auth_id"), Some("x"));
         assert!(Params::parse_json(br#"{"a":1}"#).is_err());
         assert!(Params::parse_json(b"[1]").is_err());
+    }
+
+    #[test]
+    fn json_key_given_twice_is_refused() {
+        assert_eq!(
+            Params::parse_json(br#"{"deferred_auth_id":"a","deferred_auth_id":"b"}"#),
+            Err(ParamError::Repeated("deferred_auth_id".into()))
+        );
+        // The same key spelled with an escape is the same key.
+        assert_eq!(
+            Params::parse_json(br#"{"a":"1","\u0061":"2"}"#),
+            Err(ParamError::Repeated("a".into()))
+        );
+    }
+
+    #[test]
+    fn json_that_is_not_an_object_of_strings_is_refused() {
+        for body in [
+            &b"[1]"[..],
+            b"\"x\"",
+            b"null",
+            b"{",
+            b"{\"a\":null}",
+            b"{\"a\":{\"b\":\"c\"}}",
+            b"{\"a\":[\"b\"]}",
+            b"{\"a\":\"\\ud800\"}",
+            b"{\"a\":\"b\"} trailing",
+        ] {
+            assert_eq!(
+                Params::parse_json(body),
+                Err(ParamError::NotStringObject),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn over_long_values_and_names_are_refused() {
+        let long = "x".repeat(MAX_VALUE_LEN + 1);
+        assert_eq!(
+            Params::parse(format!("a={long}").as_bytes()),
+            Err(ParamError::TooLong("a".into()))
+        );
+        assert_eq!(
+            Params::parse(format!("{long}=1").as_bytes()),
+            Err(ParamError::NameTooLong)
+        );
+        assert_eq!(
+            Params::parse_json(format!("{{\"a\":\"{long}\"}}").as_bytes()),
+            Err(ParamError::TooLong("a".into()))
+        );
+        let exact = "x".repeat(MAX_VALUE_LEN);
+        assert!(Params::parse(format!("a={exact}").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn raw_invalid_utf8_is_refused() {
+        assert_eq!(Params::parse(b"a=\xff\xfe"), Err(ParamError::NotUtf8));
+        assert_eq!(Params::parse(b"\xc3=1"), Err(ParamError::NotUtf8));
     }
 
     #[test]
