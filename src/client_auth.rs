@@ -118,6 +118,9 @@ impl ClientCredentials {
     /// Reads the credentials of a token or cancellation request. More than one method at
     /// once is refused (RFC 6749 §2.3).
     pub fn extract(headers: &HeaderMap, params: &Params) -> Result<Self, OAuthError> {
+        if headers.get_all(AUTHORIZATION).iter().count() > 1 {
+            return Err(OAuthError::invalid_request("Send one Authorization header."));
+        }
         let basic = match headers.get(AUTHORIZATION) {
             Some(value) => {
                 let value = value

@@ -34,14 +34,19 @@ const STALE_DELIVERY_MS: u64 = 60_000;
 
 use crate::dpop::{DPOP, DPOP_NONCE};
 
-/// Headers of the RP's request that travel with it to the OP: its own client authentication
-/// and its DPoP proof (so a DPoP-capable OP binds the tokens to the RP's key).
+/// Headers of the RP's request that travel with it to the OP: its own client authentication,
+/// its DPoP proof (so a DPoP-capable OP binds the tokens to the RP's key), and its
+/// `X-Forwarded-For` chain (kept only when the peer is a trusted proxy, like pass-through).
 fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
+    static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
     let mut out = HeaderMap::new();
     for name in [&header::AUTHORIZATION, &DPOP] {
         if let Some(value) = headers.get(name) {
             out.insert(name.clone(), value.clone());
         }
+    }
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        out.append(X_FORWARDED_FOR.clone(), value.clone());
     }
     out
 }
