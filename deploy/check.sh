@@ -369,6 +369,8 @@ def expect_ci(docs, dep, env, notes):
           f"{label}: redis-url key, hash key mandatory with Redis")
     check(all(n in env for n in ("DTR_DEFAULT_INTERVAL", "DTR_OFFLINE_ACCESS", "POD_NAME")),
           f"{label}: extraEnv appended")
+    check(env.get("DTR_TRUSTED_PROXIES", {}).get("value") == "10.0.0.0/8,fd00::/8",
+          f"{label}: DTR_TRUSTED_PROXIES joined from config.trustedProxies")
     sm = find(docs, "ServiceMonitor")
     check(len(sm) == 1 and sm[0]["spec"]["endpoints"][0]["port"] == "admin"
           and sm[0]["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "admin",

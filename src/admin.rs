@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::app::App;
-use crate::http::{json_no_store, now_ms, plain, read_limited, Body};
+use crate::http::{json_no_store, now_ms, plain, read_request_body, Body, BodyError};
 use crate::protocol::state::ACTIVE_QUEUE;
 use crate::server::Readiness;
 use crate::webhook;
@@ -27,12 +27,20 @@ pub async fn handle(app: Arc<App>, readiness: Arc<Readiness>, request: Request<I
         (&Method::GET, "/metrics") => metrics(&app).await,
         (&Method::POST, "/v1/completions") => {
             let (parts, body) = request.into_parts();
-            match read_limited(body, MAX_WEBHOOK_BODY).await {
+            match read_request_body(body, MAX_WEBHOOK_BODY, app.config.body_read_timeout).await {
                 Ok(bytes) => webhook::completions(&app, &parts.headers, &bytes).await,
-                Err(e) => json_no_store(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &json!({"error": "invalid_body", "error_description": e.to_string()}),
-                ),
+                Err(e) => {
+                    let status = match e {
+                        BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                        BodyError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
+                        BodyError::Read(_) => StatusCode::BAD_REQUEST,
+                    };
+                    app.metrics.request("completion", "bad_body");
+                    json_no_store(
+                        status,
+                        &json!({"error": "invalid_body", "error_description": e.to_string()}),
+                    )
+                }
             }
         }
         (&Method::GET, p) if p.starts_with("/v1/processes/") => {

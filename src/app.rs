@@ -4,8 +4,11 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::client_keys::ClientKeys;
 use crate::config::{ClientSettings, Config, StoreSettings};
+use crate::dpop::{Expected, Nonces, ValidProof};
 use crate::metrics::Metrics;
+use crate::protocol::errors::OAuthError;
 use crate::protocol::routes::{Endpoint, Routes};
 use crate::protocol::state::Processes;
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
@@ -21,6 +24,10 @@ pub struct App {
     pub ping_client: HttpClient,
     /// Wakes the ping worker when this replica schedules a ping.
     pub ping_wakeup: Notify,
+    /// Clients' key sets for verifying their assertions locally.
+    pub client_keys: ClientKeys,
+    /// DPoP server nonces, when `DTR_DPOP_NONCE` is on.
+    pub dpop_nonces: Option<Nonces>,
 }
 
 impl App {
@@ -37,6 +44,7 @@ impl App {
         let upstream = Upstream::new(
             &config.upstream_url,
             &config.public_url,
+            config.trusted_proxies.clone(),
             config.upstream_timeout,
             metrics.clone(),
         );
@@ -52,6 +60,8 @@ impl App {
             metrics,
             ping_client: http_client(),
             ping_wakeup: Notify::new(),
+            client_keys: ClientKeys::new(http_client(), config.jwks_cache_ttl, config.upstream_timeout),
+            dpop_nonces: config.dpop_nonce.then(|| Nonces::new(config.hash_key.clone())),
             config,
         }))
     }
@@ -75,6 +85,39 @@ impl App {
 
     pub fn issuer(&self, realm: &str) -> String {
         self.routes.issuer(&self.config.public_origin(), realm)
+    }
+
+    /// Validates the request's DPoP proof for a DTR endpoint (RFC 9449 §4.3, replay cache,
+    /// optional server nonce). `Ok(None)` when the request carries none.
+    pub async fn dpop_proof(
+        &self,
+        headers: &http::HeaderMap,
+        endpoint: Endpoint,
+        realm: &str,
+    ) -> Result<Option<ValidProof>, OAuthError> {
+        if !headers.contains_key(&crate::dpop::DPOP) {
+            return Ok(None);
+        }
+        let url = self.public_url(endpoint, realm);
+        let url = crate::dpop::normalize_htu(&url).unwrap_or(url);
+        let expected = Expected {
+            method: "POST",
+            url: &url,
+            now_seconds: crate::http::now_ms() / 1000,
+        };
+        crate::dpop::validate(
+            headers,
+            &expected,
+            self.store(),
+            &self.config.hash_key,
+            self.dpop_nonces.as_ref(),
+        )
+        .await
+    }
+
+    /// Whether every deferred request of this client must carry a DPoP proof.
+    pub fn requires_dpop(&self, client: &ClientSettings) -> bool {
+        self.config.require_dpop || client.require_dpop
     }
 
     pub fn public_url(&self, endpoint: Endpoint, realm: &str) -> String {

@@ -11,9 +11,13 @@ use http::header::{HeaderMap, AUTHORIZATION};
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 
+use crate::app::App;
+use crate::client_keys::verify_assertion;
+use crate::config::ClientSettings;
 use crate::crypto::{equal_constant_time, HashKey};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::params::Params;
+use crate::protocol::routes::Endpoint;
 
 pub const CLIENT_ASSERTION_TYPE_JWT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -114,6 +118,9 @@ impl ClientCredentials {
     /// Reads the credentials of a token or cancellation request. More than one method at
     /// once is refused (RFC 6749 §2.3).
     pub fn extract(headers: &HeaderMap, params: &Params) -> Result<Self, OAuthError> {
+        if headers.get_all(AUTHORIZATION).iter().count() > 1 {
+            return Err(OAuthError::invalid_request("Send one Authorization header."));
+        }
         let basic = match headers.get(AUTHORIZATION) {
             Some(value) => {
                 let value = value
@@ -208,50 +215,60 @@ impl ClientCredentials {
         }
     }
 
-    /// Checks these credentials against a binding without calling the OP.
-    pub fn verify(&self, binding: &ClientBinding, key: &HashKey) -> Result<(), OAuthError> {
+    /// Checks the method and, for secrets, the keyed fingerprint (constant-time) against what
+    /// the exchange bound to a process.
+    pub fn check_binding(&self, binding: &ClientBinding, key: &HashKey) -> Result<(), OAuthError> {
         let rejected = |description: &'static str| OAuthError::invalid_client(description, self.via_header);
         if binding.method != self.method {
             return Err(rejected(
                 "Authenticate with the method used at the deferred code exchange.",
             ));
         }
-        match self.method {
-            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => {
-                match (self.fingerprint(key), &binding.fingerprint) {
-                    (Some(presented), Some(bound)) if equal_constant_time(&presented, bound) => Ok(()),
-                    _ => Err(rejected("Client authentication failed.")),
-                }
+        if matches!(
+            self.method,
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
+        ) {
+            match (self.fingerprint(key), &binding.fingerprint) {
+                (Some(presented), Some(bound)) if equal_constant_time(&presented, bound) => {}
+                _ => return Err(rejected("Client authentication failed.")),
             }
-            AuthMethod::JwtAssertion => match &self.assertion {
-                Some(assertion) if crate::client_auth::assertion_is_current(assertion, &self.client_id) => Ok(()),
-                _ => Err(rejected(
-                    "The client assertion is expired or not issued by this client.",
-                )),
-            },
-            AuthMethod::None => Ok(()),
         }
+        Ok(())
     }
-}
 
-/// Structural check of an assertion presented on a pending poll: issued by the client for
-/// itself and not expired. Signature verification against the client's keys is the job of
-/// the local assertion verifier; tokens are released only through the OP, which verifies the
-/// assertion in full.
-pub fn assertion_is_current(assertion: &str, client_id: &str) -> bool {
-    #[derive(Deserialize)]
-    struct Claims {
-        iss: Option<String>,
-        sub: Option<String>,
-        exp: Option<u64>,
+    /// Authenticates these credentials without calling the OP: against what the exchange
+    /// bound to the process (`binding`; `None` at the exchange itself), and for assertions
+    /// against the client's keys (signature, `iss`, `sub`, `aud`, `exp`, single-use `jti`).
+    pub async fn authenticate(
+        &self,
+        app: &App,
+        realm: &str,
+        client: &ClientSettings,
+        binding: Option<&ClientBinding>,
+    ) -> Result<(), OAuthError> {
+        if let Some(binding) = binding {
+            self.check_binding(binding, &app.config.hash_key)?;
+        }
+        if let (AuthMethod::JwtAssertion, Some(assertion)) = (self.method, &self.assertion) {
+            // RFC 7523 §3: the audience identifies the server; the issuer and the endpoint
+            // URLs all do.
+            let audiences = [
+                app.issuer(realm),
+                app.public_url(Endpoint::Token, realm),
+                app.public_url(Endpoint::Cancellation, realm),
+            ];
+            verify_assertion(
+                &app.client_keys,
+                app.store(),
+                &app.config.hash_key,
+                client,
+                assertion,
+                &audiences,
+            )
+            .await?;
+        }
+        Ok(())
     }
-    let Ok(data) = jsonwebtoken::dangerous::insecure_decode::<Claims>(assertion) else {
-        return false;
-    };
-    let now = crate::http::now_ms() / 1000;
-    data.claims.iss.as_deref() == Some(client_id)
-        && data.claims.sub.as_deref() == Some(client_id)
-        && data.claims.exp.is_some_and(|exp| exp + 30 >= now)
 }
 
 #[cfg(test)]
@@ -286,16 +303,16 @@ mod tests {
         let key = HashKey::random();
         let good = ClientCredentials::extract(&basic("a", "secret"), &Params::default()).unwrap();
         let binding = good.binding(&key);
-        assert!(good.verify(&binding, &key).is_ok());
+        assert!(good.check_binding(&binding, &key).is_ok());
         let bad = ClientCredentials::extract(&basic("a", "guess"), &Params::default()).unwrap();
-        let err = bad.verify(&binding, &key).unwrap_err();
+        let err = bad.check_binding(&binding, &key).unwrap_err();
         assert_eq!((err.status.as_u16(), err.error), (401, "invalid_client"));
         let post = ClientCredentials::extract(
             &HeaderMap::new(),
             &Params::parse(b"client_id=a&client_secret=secret").unwrap(),
         )
         .unwrap();
-        assert_eq!(post.verify(&binding, &key).unwrap_err().error, "invalid_client");
+        assert_eq!(post.check_binding(&binding, &key).unwrap_err().error, "invalid_client");
     }
 
     #[test]

@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::Value;
 use figment::Figment;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -62,6 +63,51 @@ pub struct ClientSettings {
     /// produced by the proxy itself (before the OP has validated the request).
     #[serde(default)]
     pub redirect_uris: Vec<String>,
+    /// Every deferred request of this client must carry a DPoP proof, by the key the process
+    /// was bound to (as `DTR_REQUIRE_DPOP` does for every client).
+    #[serde(default)]
+    pub require_dpop: bool,
+    /// The client's public keys (a JWK Set), for verifying `private_key_jwt` assertions on
+    /// pending polls and cancels without the OP.
+    #[serde(default)]
+    pub jwks: Option<jsonwebtoken::jwk::JwkSet>,
+    /// Where to fetch the client's JWK Set instead (cached, see `DTR_JWKS_CACHE_TTL`).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The client secret, only for clients that authenticate with `client_secret_jwt`
+    /// (the HMAC key of their assertions). Other methods never need it.
+    #[serde(default, skip_serializing)]
+    pub client_secret: Option<ClientSecret>,
+}
+
+/// A client secret from the configuration: never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct ClientSecret(pub String);
+
+impl fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientSecret(..)")
+    }
+}
+
+/// A list given either as one comma-separated string (an environment variable) or as an
+/// array (TOML).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum StringList {
+    Joined(String),
+    Items(Vec<String>),
+}
+
+impl StringList {
+    fn items(&self) -> Vec<&str> {
+        let items: Vec<&str> = match self {
+            StringList::Joined(joined) => joined.split(',').collect(),
+            StringList::Items(items) => items.iter().map(String::as_str).collect(),
+        };
+        items.into_iter().map(str::trim).filter(|s| !s.is_empty()).collect()
+    }
 }
 
 /// The raw, serde-facing shape. Field names are the env names without `DTR_`, lower-cased.
@@ -82,6 +128,9 @@ struct RawConfig {
     allow_insecure_http: bool,
     offline_access: bool,
     interim_id_token: bool,
+    require_dpop: bool,
+    dpop_nonce: bool,
+    jwks_cache_ttl: u64,
     login_ttl: u64,
     deferred_code_ttl: u64,
     default_interval: u64,
@@ -90,6 +139,9 @@ struct RawConfig {
     ping_timeout: u64,
     max_body_bytes: usize,
     max_header_bytes: usize,
+    header_read_timeout: u64,
+    body_read_timeout: u64,
+    trusted_proxies: StringList,
     shutdown_grace: u64,
     shutdown_delay: u64,
     log: String,
@@ -116,6 +168,9 @@ impl Default for RawConfig {
             allow_insecure_http: false,
             offline_access: true,
             interim_id_token: true,
+            require_dpop: false,
+            dpop_nonce: false,
+            jwks_cache_ttl: 300,
             login_ttl: 1800,
             deferred_code_ttl: 60,
             default_interval: 5,
@@ -124,6 +179,9 @@ impl Default for RawConfig {
             ping_timeout: 10,
             max_body_bytes: 64 * 1024,
             max_header_bytes: 64 * 1024,
+            header_read_timeout: 15,
+            body_read_timeout: 15,
+            trusted_proxies: StringList::Items(Vec::new()),
             shutdown_grace: 25,
             shutdown_delay: 3,
             log: "info".into(),
@@ -168,6 +226,12 @@ pub struct Config {
     pub allow_insecure_http: bool,
     pub offline_access: bool,
     pub interim_id_token: bool,
+    /// Every deferred request of every client must carry a DPoP proof (`DTR_REQUIRE_DPOP`).
+    pub require_dpop: bool,
+    /// The proxy issues and requires DPoP server nonces on the DTR endpoints (`DTR_DPOP_NONCE`).
+    pub dpop_nonce: bool,
+    /// How long a client's fetched `jwks_uri` document is trusted.
+    pub jwks_cache_ttl: Duration,
     pub login_ttl: Duration,
     pub deferred_code_ttl: Duration,
     pub default_interval: u64,
@@ -176,6 +240,12 @@ pub struct Config {
     pub ping_timeout: Duration,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
+    /// Time a client has to send a request's headers (and, on a new connection, to start one).
+    pub header_read_timeout: Duration,
+    /// Time a client has to send the body of a request the proxy reads (DTR endpoints, webhook).
+    pub body_read_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` chain is kept (the ingress in front of the proxy).
+    pub trusted_proxies: Vec<IpNet>,
     pub shutdown_grace: Duration,
     /// Time between turning unready and closing the listeners on SIGTERM.
     pub shutdown_delay: Duration,
@@ -407,6 +477,9 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         ("DTR_DEFAULT_EXPIRES_IN", raw.default_expires_in),
         ("DTR_UPSTREAM_TIMEOUT", raw.upstream_timeout),
         ("DTR_PING_TIMEOUT", raw.ping_timeout),
+        ("DTR_JWKS_CACHE_TTL", raw.jwks_cache_ttl),
+        ("DTR_HEADER_READ_TIMEOUT", raw.header_read_timeout),
+        ("DTR_BODY_READ_TIMEOUT", raw.body_read_timeout),
     ] {
         if value == 0 {
             errors.push(format!("{name}: must be a positive number of seconds"));
@@ -426,6 +499,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
             LogFormat::Text
         }
     };
+    let trusted_proxies = networks("DTR_TRUSTED_PROXIES", &raw.trusted_proxies, errors);
     validate_paths(&raw.paths, errors);
     validate_clients(&raw.clients, raw.allow_insecure_http, errors);
 
@@ -441,6 +515,9 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         allow_insecure_http: raw.allow_insecure_http,
         offline_access: raw.offline_access,
         interim_id_token: raw.interim_id_token,
+        require_dpop: raw.require_dpop,
+        dpop_nonce: raw.dpop_nonce,
+        jwks_cache_ttl: Duration::from_secs(raw.jwks_cache_ttl),
         login_ttl: Duration::from_secs(raw.login_ttl),
         deferred_code_ttl: Duration::from_secs(raw.deferred_code_ttl),
         default_interval: raw.default_interval,
@@ -449,6 +526,9 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         ping_timeout: Duration::from_secs(raw.ping_timeout),
         max_body_bytes: raw.max_body_bytes,
         max_header_bytes: raw.max_header_bytes,
+        header_read_timeout: Duration::from_secs(raw.header_read_timeout),
+        body_read_timeout: Duration::from_secs(raw.body_read_timeout),
+        trusted_proxies,
         shutdown_grace: Duration::from_secs(raw.shutdown_grace),
         shutdown_delay: Duration::from_secs(raw.shutdown_delay),
         log: raw.log,
@@ -482,6 +562,19 @@ fn socket_addr(name: &str, value: &str, errors: &mut Vec<String>) -> Option<Sock
         .parse()
         .map_err(|_| errors.push(format!("{name}: expected host:port, got {value:?}")))
         .ok()
+}
+
+/// CIDR networks (`10.0.0.0/8`, `fd00::/8`); a bare address stands for itself alone.
+fn networks(name: &str, list: &StringList, errors: &mut Vec<String>) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for item in list.items() {
+        match (IpNet::from_str(item), IpAddr::from_str(item)) {
+            (Ok(net), _) => out.push(net),
+            (_, Ok(addr)) => out.push(IpNet::from(addr)),
+            _ => errors.push(format!("{name}: not a CIDR network or IP address: {item:?}")),
+        }
+    }
+    out
 }
 
 fn validate_paths(paths: &PathTemplates, errors: &mut Vec<String>) {
@@ -532,6 +625,34 @@ fn validate_clients(clients: &[ClientSettings], allow_insecure_http: bool, error
             if Url::parse(uri).is_err() {
                 errors.push(format!("{at}: redirect_uris entry is not a URL: {uri}"));
             }
+        }
+        if client.jwks.is_some() && client.jwks_uri.is_some() {
+            errors.push(format!("{at}: give jwks or jwks_uri, not both"));
+        }
+        if let Some(uri) = &client.jwks_uri {
+            match Url::parse(uri) {
+                Ok(url) if url.scheme() == "https" => {}
+                Ok(url) if url.scheme() == "http" && allow_insecure_http => {}
+                Ok(_) => errors.push(format!(
+                    "{at}: jwks_uri must be an https URL (http only with DTR_ALLOW_INSECURE_HTTP=true)"
+                )),
+                Err(e) => errors.push(format!("{at}: jwks_uri is not a URL: {e}")),
+            }
+        }
+        if let Some(jwks) = &client.jwks {
+            if jwks.keys.is_empty() {
+                errors.push(format!("{at}: jwks has no keys"));
+            }
+            for key in &jwks.keys {
+                if jsonwebtoken::DecodingKey::from_jwk(key).is_err() {
+                    errors.push(format!("{at}: jwks has an unusable key"));
+                }
+            }
+        }
+        if client.client_secret.as_ref().is_some_and(|s| s.0.len() < 32) {
+            errors.push(format!(
+                "{at}: client_secret must be at least 32 bytes (client_secret_jwt uses it as an HMAC key)"
+            ));
         }
     }
 }
@@ -612,6 +733,60 @@ mod tests {
         ]))
         .expect_err("invalid");
         assert!(err.to_string().contains("notification_endpoint must be an https URL"));
+    }
+
+    #[test]
+    fn timeouts_and_trusted_proxies_from_env() {
+        let config = Config::from_env(env(&[
+            ("DTR_UPSTREAM_URL", "http://op:3000"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+            ("DTR_HEADER_READ_TIMEOUT", "2"),
+            ("DTR_BODY_READ_TIMEOUT", "3"),
+            ("DTR_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.0.0/16,fd00::/8,203.0.113.7"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(config.body_read_timeout, Duration::from_secs(3));
+        let nets: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.168.0.0/16", "fd00::/8", "203.0.113.7/32"]);
+
+        let defaults = Config::from_env(env(&[
+            ("DTR_UPSTREAM_URL", "http://op:3000"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+            ("DTR_TRUSTED_PROXIES", ""),
+        ]))
+        .expect("valid");
+        assert_eq!(defaults.header_read_timeout, Duration::from_secs(15));
+        assert_eq!(defaults.body_read_timeout, Duration::from_secs(15));
+        assert!(defaults.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_from_a_toml_array_and_every_bad_entry_reported() {
+        let dir = std::env::temp_dir().join(format!("dtr-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("trusted.toml");
+        std::fs::write(&file, "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n").expect("write");
+        let config = Config::from_env(env(&[
+            ("DTR_CONFIG", file.to_str().expect("utf-8 path")),
+            ("DTR_UPSTREAM_URL", "http://op:3000"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ]))
+        .expect("valid");
+        let nets: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "::1/128"]);
+
+        let err = Config::from_env(env(&[
+            ("DTR_UPSTREAM_URL", "http://op:3000"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+            ("DTR_TRUSTED_PROXIES", "10.0.0.0/33,example.com"),
+            ("DTR_BODY_READ_TIMEOUT", "0"),
+        ]))
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in ["\"10.0.0.0/33\"", "\"example.com\"", "DTR_BODY_READ_TIMEOUT"] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
     }
 
     #[test]

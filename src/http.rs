@@ -54,12 +54,24 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     response
 }
 
+/// The media type of a request's `Content-Type`, without parameters (`charset=…`).
+pub fn media_type(headers: &http::HeaderMap) -> &str {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .unwrap_or("")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
     #[error("request body could not be read: {0}")]
     Read(String),
+    #[error("request body not received within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 /// Reads a whole body of at most `limit` bytes. Only the small DTR bodies are ever read this way.
@@ -73,6 +85,18 @@ where
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
         Err(e) => Err(BodyError::Read(e.to_string())),
     }
+}
+
+/// Reads a client's request body whole, within `limit` bytes and `timeout`: a client that
+/// trickles or stalls its body must not hold a request (and its connection) open.
+pub async fn read_request_body<B>(body: B, limit: usize, timeout: std::time::Duration) -> Result<Bytes, BodyError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::time::timeout(timeout, read_limited(body, limit))
+        .await
+        .unwrap_or(Err(BodyError::TimedOut(timeout)))
 }
 
 /// Milliseconds since the Unix epoch: the clock of every stored timestamp.

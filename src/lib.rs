@@ -4,8 +4,10 @@
 pub mod admin;
 pub mod app;
 pub mod client_auth;
+pub mod client_keys;
 pub mod config;
 pub mod crypto;
+pub mod dpop;
 pub mod events;
 pub mod http;
 pub mod metrics;

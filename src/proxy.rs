@@ -13,7 +13,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::app::App;
-use crate::http::{full, plain, read_limited, Body, BodyError, FORM_URLENCODED};
+use crate::http::{full, media_type, plain, read_request_body, Body, BodyError, FORM_URLENCODED};
 use crate::protocol::authorize::{self, Outcome};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::params::Params;
@@ -23,6 +23,15 @@ use crate::protocol::{cancel, discovery, redirect, token, wire};
 use crate::upstream::{strip_hop_by_hop, UpstreamError};
 
 pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if header_bytes(request.headers()) > app.config.max_header_bytes {
+        // hyper's read buffer bounds memory only roughly (it has room for a request line and
+        // a partial read on top); the configured total is the rule.
+        app.metrics.request("passthrough", "client_error");
+        return plain(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request headers too large.\n",
+        );
+    }
     let route = app
         .routes
         .classify(request.uri().path())
@@ -52,7 +61,25 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
 /// one of our handles into the RP's acknowledgment.
 pub async fn forward(app: &App, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if parts.method == Method::CONNECT {
+        // Not a forward proxy: a tunnel request is the client's mistake, not an OP failure.
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
+        response.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),
+        );
+        return response;
+    }
+    // Only origin-form (and absolute-form, whose authority is ignored) names an OP path;
+    // `OPTIONS *` and authority-form have no path to forward.
+    let Some(path_and_query) = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+    else {
+        return plain(StatusCode::BAD_REQUEST, "bad request target\n");
+    };
     parts.uri = match app.upstream.uri(path_and_query) {
         Ok(uri) => uri,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target\n"),
@@ -96,6 +123,14 @@ fn upstream_failure(app: &App, e: &UpstreamError) -> Response<Body> {
     response
 }
 
+/// Size of the request headers as sent in HTTP/1.1 (`name: value\r\n`).
+fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
 /// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 needs one (RFC 9113 §8.2.3).
 fn join_cookies(headers: &mut http::HeaderMap) {
     let cookies: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect();
@@ -109,13 +144,18 @@ fn join_cookies(headers: &mut http::HeaderMap) {
 }
 
 async fn read_small_body(app: &App, body: Incoming) -> Result<Bytes, OAuthError> {
-    read_limited(body, app.config.max_body_bytes)
+    read_request_body(body, app.config.max_body_bytes, app.config.body_read_timeout)
         .await
         .map_err(|e| match e {
             BodyError::TooLarge(limit) => OAuthError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 wire::error::INVALID_REQUEST,
                 format!("The request body exceeds {limit} bytes."),
+            ),
+            BodyError::TimedOut(_) => OAuthError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                wire::error::INVALID_REQUEST,
+                "The request body was not received in time.",
             ),
             BodyError::Read(detail) => {
                 OAuthError::invalid_request(format!("The request body could not be read: {detail}"))
@@ -183,6 +223,13 @@ async fn token_endpoint(app: &App, realm: &str, request: Request<Incoming>, peer
         Err(e) => return e.into_response(),
     };
     if mentions_deferred(&raw) {
+        if !media_type(&parts.headers).eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            // RFC 6749 §3.2: the token endpoint takes form bodies only; the OP would refuse
+            // anything else too, so nothing that works is turned away here.
+            app.metrics.request("token", "client_error");
+            return OAuthError::invalid_request("Send the token request as application/x-www-form-urlencoded.")
+                .into_response();
+        }
         match Params::parse(&raw) {
             Ok(params) if params.get("grant_type") == Some(wire::GRANT_TYPE_DEFERRED) => {
                 return token::deferred_grant(app, realm, &parts.headers, &params, peer.ip()).await;

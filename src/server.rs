@@ -18,8 +18,8 @@ use crate::app::App;
 use crate::config::Config;
 use crate::{admin, ping, proxy};
 
-/// Time a client has to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// Header fields accepted in one HTTP/1 request; more is answered 431.
+const MAX_HEADERS: usize = 200;
 
 #[derive(Default)]
 pub struct Readiness {
@@ -74,7 +74,10 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
     let proxy_app = app.clone();
     let public_task = tokio::spawn(serve(
         public,
-        app.config.max_header_bytes,
+        Limits {
+            max_header_bytes: app.config.max_header_bytes,
+            header_read_timeout: app.config.header_read_timeout,
+        },
         app.config.shutdown_grace,
         watcher.clone(),
         move |request, peer| proxy::handle(proxy_app.clone(), request, peer),
@@ -83,7 +86,10 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
     let admin_readiness = readiness.clone();
     let admin_task = tokio::spawn(serve(
         admin,
-        16 * 1024,
+        Limits {
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: app.config.header_read_timeout,
+        },
         app.config.shutdown_grace,
         watcher.clone(),
         move |request, _peer| admin::handle(admin_app.clone(), admin_readiness.clone(), request),
@@ -116,9 +122,16 @@ impl Running {
     }
 }
 
+/// What a connection may cost before it sends a request.
+#[derive(Clone, Copy)]
+struct Limits {
+    max_header_bytes: usize,
+    header_read_timeout: Duration,
+}
+
 async fn serve<F, Fut>(
     listener: TcpListener,
-    max_header_bytes: usize,
+    limits: Limits,
     grace: Duration,
     mut shutdown: watch::Receiver<bool>,
     handler: F,
@@ -130,14 +143,15 @@ async fn serve<F, Fut>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        // Keycloak's cookies are large: room for the configured header total.
-        .max_buf_size(max_header_bytes.max(8192) + 16 * 1024)
-        .max_headers(200);
+        .header_read_timeout(limits.header_read_timeout)
+        // Keycloak's cookies are large: room for the configured header total. More than this,
+        // or more than MAX_HEADERS fields, is answered 431 by hyper.
+        .max_buf_size(limits.max_header_bytes.max(8192) + 16 * 1024)
+        .max_headers(MAX_HEADERS);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -154,14 +168,32 @@ async fn serve<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let requested = Arc::new(AtomicBool::new(false));
+        let requested_in_service = requested.clone();
         let service = service_fn(move |request| {
             let handler = handler.clone();
+            requested_in_service.store(true, Ordering::Relaxed);
             async move { Ok::<_, std::convert::Infallible>(handler(request, peer).await) }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            tokio::pin!(connection);
+            // hyper's header read timeout starts once HTTP/1 is chosen; the auto builder first
+            // waits for the bytes that tell HTTP/1 from HTTP/2, without a limit. A client that
+            // connects and sends nothing (or a partial HTTP/2 preface) must not hold a
+            // connection forever.
+            let result = tokio::select! {
+                result = &mut connection => result,
+                _ = tokio::time::sleep(limits.header_read_timeout) => {
+                    if !requested.load(Ordering::Relaxed) {
+                        tracing::debug!(%peer, "no request within the header read timeout; closing");
+                        return;
+                    }
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

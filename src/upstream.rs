@@ -14,6 +14,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use ipnet::IpNet;
 use url::Url;
 
 use crate::http::{full, read_limited, Body, FORM_URLENCODED};
@@ -99,12 +100,20 @@ pub struct Upstream {
     public_host: HeaderValue,
     public_proto: HeaderValue,
     public_port: HeaderValue,
+    /// Peers whose `X-Forwarded-For` chain is believed (the ingress in front of the proxy).
+    trusted_proxies: Vec<IpNet>,
     timeout: Duration,
     metrics: Metrics,
 }
 
 impl Upstream {
-    pub fn new(upstream_url: &Url, public_url: &Url, timeout: Duration, metrics: Metrics) -> Self {
+    pub fn new(
+        upstream_url: &Url,
+        public_url: &Url,
+        trusted_proxies: Vec<IpNet>,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
         let base = upstream_url.as_str().trim_end_matches('/').to_owned();
         let host = public_url.host_str().unwrap_or("localhost");
         let port = public_url.port_or_known_default().unwrap_or(443);
@@ -119,6 +128,7 @@ impl Upstream {
             public_host: header(&authority),
             public_proto: header(public_url.scheme()),
             public_port: HeaderValue::from(port),
+            trusted_proxies,
             timeout,
             metrics,
         }
@@ -133,8 +143,10 @@ impl Upstream {
 
     /// Makes request headers fit for the OP: hop-by-hop headers out, and the forwarding
     /// headers set by us, never taken from the client, so the OP builds its public URLs (the
-    /// issuer, redirects, DPoP `htu`) from the configured public origin.
+    /// issuer, redirects, DPoP `htu`) from the configured public origin. Only the client chain
+    /// of `X-Forwarded-For` may come from a trusted proxy.
     pub fn prepare_headers(&self, headers: &mut HeaderMap, peer: IpAddr) {
+        let forwarded_for = forwarded_for(headers, peer, &self.trusted_proxies);
         strip_hop_by_hop(headers);
         headers.remove(header::FORWARDED);
         headers.remove(&X_FORWARDED_PREFIX);
@@ -143,10 +155,7 @@ impl Upstream {
         headers.insert(X_FORWARDED_HOST.clone(), self.public_host.clone());
         headers.insert(X_FORWARDED_PROTO.clone(), self.public_proto.clone());
         headers.insert(X_FORWARDED_PORT.clone(), self.public_port.clone());
-        headers.insert(
-            X_FORWARDED_FOR.clone(),
-            HeaderValue::from_str(&peer_header(peer)).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-        );
+        headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     }
 
     /// Sends a request as is (headers already prepared) and returns the streaming response.
@@ -204,14 +213,36 @@ impl Upstream {
     }
 }
 
-fn peer_header(peer: IpAddr) -> String {
+/// The peer as the OP should see it: an IPv4 client of a dual-stack listener as IPv4.
+fn canonical(peer: IpAddr) -> IpAddr {
     match peer {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v6.to_string(),
-        },
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+        v4 => v4,
     }
+}
+
+/// The `X-Forwarded-For` the OP receives: the peer alone, unless the peer is a trusted proxy,
+/// whose chain (every incoming field, in order) is kept with the peer appended. A client's own
+/// claim about its address is never believed.
+fn forwarded_for(incoming: &HeaderMap, peer: IpAddr, trusted_proxies: &[IpNet]) -> HeaderValue {
+    let peer = canonical(peer);
+    let own = HeaderValue::from_str(&peer.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    if !trusted_proxies.iter().any(|net| net.contains(&peer)) {
+        return own;
+    }
+    let chain: Vec<&[u8]> = incoming
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.as_bytes())
+        .filter(|v| !v.trim_ascii().is_empty())
+        .collect();
+    if chain.is_empty() {
+        return own;
+    }
+    let mut joined = chain.join(&b", "[..]);
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(own.as_bytes());
+    HeaderValue::from_bytes(&joined).unwrap_or(own)
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -236,5 +267,48 @@ pub struct BufferedReply {
 impl BufferedReply {
     pub fn json(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
         serde_json::from_slice(&self.body).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_chain(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(&X_FORWARDED_FOR, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn untrusted_peer_replaces_the_chain() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(forwarded_for(&with_chain(&["1.2.3.4"]), peer, &trusted), "203.0.113.9");
+        assert_eq!(forwarded_for(&with_chain(&["1.2.3.4"]), peer, &[]), "203.0.113.9");
+    }
+
+    #[test]
+    fn trusted_peer_keeps_the_chain_and_appends_itself() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()];
+        let peer: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            forwarded_for(&with_chain(&["198.51.100.1, 10.9.9.9", "10.8.8.8"]), peer, &trusted),
+            "198.51.100.1, 10.9.9.9, 10.8.8.8, 10.1.2.3"
+        );
+        assert_eq!(forwarded_for(&HeaderMap::new(), peer, &trusted), "10.1.2.3");
+        // An IPv4 peer on a dual-stack listener is matched and written as IPv4.
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(
+            forwarded_for(&with_chain(&["1.1.1.1"]), mapped, &trusted),
+            "1.1.1.1, 10.1.2.3"
+        );
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(
+            forwarded_for(&with_chain(&["1.1.1.1"]), v6, &trusted),
+            "1.1.1.1, fd00::1"
+        );
     }
 }

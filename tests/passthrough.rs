@@ -176,8 +176,21 @@ async fn discovery_adds_dtr_and_keeps_everything_else() {
         via_proxy["deferred_authentication_cancellation_endpoint"],
         proxy.url("/protocol/openid-connect/deferred/cancel").as_str()
     );
+    // DPoP algorithms: those the OP lists that the proxy also verifies (no HMAC, no none).
+    let ours = via_proxy["dpop_signing_alg_values_supported"].as_array().unwrap();
+    let theirs = direct["dpop_signing_alg_values_supported"].as_array().unwrap();
+    assert!(ours.contains(&Value::from("ES256")), "{ours:?}");
+    assert!(
+        ours.iter().all(|alg| theirs.contains(alg)),
+        "{ours:?} not within {theirs:?}"
+    );
     for (key, value) in direct.as_object().unwrap() {
-        if !["response_types_supported", "grant_types_supported"].contains(&key.as_str()) {
+        let added = [
+            "response_types_supported",
+            "grant_types_supported",
+            "dpop_signing_alg_values_supported",
+        ];
+        if !added.contains(&key.as_str()) {
             assert_eq!(&via_proxy[key], value, "{key} changed");
         }
     }

@@ -4,24 +4,24 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, CONTENT_TYPE};
+use http::header::HeaderMap;
 use http::{Response, StatusCode};
 use serde_json::json;
 
 use super::errors::OAuthError;
 use super::params::Params;
+use super::routes::Endpoint;
 use super::state::{Change, Status, ACTIVE_QUEUE, PING_QUEUE};
-use super::token::check_owner;
+use super::token::{check_owner, offer_dpop_nonce};
 use super::wire;
 use crate::app::App;
 use crate::client_auth::ClientCredentials;
 use crate::events::{emit, Event};
-use crate::http::{json_no_store, now_ms, Body};
+use crate::http::{json_no_store, media_type, now_ms, Body};
 
 /// Parses a cancellation body: form-encoded (the draft's rule) or JSON (its example).
 pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
-    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let media = content_type.split(';').next().unwrap_or("").trim();
+    let media = media_type(headers);
     if media.eq_ignore_ascii_case("application/json") {
         Ok(Params::parse_json(body)?)
     } else if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
@@ -34,7 +34,7 @@ pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError
 }
 
 pub async fn cancel(app: &App, realm: &str, headers: &HeaderMap, params: &Params, _peer: IpAddr) -> Response<Body> {
-    match run(app, realm, headers, params).await {
+    let mut response = match run(app, realm, headers, params).await {
         Ok(()) => {
             app.metrics.request("cancel", "ok");
             json_no_store(StatusCode::OK, &json!({}))
@@ -43,16 +43,19 @@ pub async fn cancel(app: &App, realm: &str, headers: &HeaderMap, params: &Params
             app.metrics.request("cancel", e.fault.label());
             e.into_response()
         }
-    }
+    };
+    offer_dpop_nonce(app, &mut response);
+    response
 }
 
 async fn run(app: &App, realm: &str, headers: &HeaderMap, params: &Params) -> Result<(), OAuthError> {
     let credentials = ClientCredentials::extract(headers, params)?;
-    if app.client(realm, &credentials.client_id).is_none() {
+    let Some(client) = app.client(realm, &credentials.client_id) else {
         return Err(OAuthError::unauthorized_client(
             "The client is not authorized to use the deferred grant type.",
         ));
-    }
+    };
+    let proof = app.dpop_proof(headers, Endpoint::Cancellation, realm).await?;
     let deferred_auth_id = params
         .get(wire::DEFERRED_AUTH_ID)
         .ok_or_else(|| OAuthError::invalid_request("deferred_auth_id is required."))?;
@@ -60,7 +63,7 @@ async fn run(app: &App, realm: &str, headers: &HeaderMap, params: &Params) -> Re
     let Some(loaded) = app.processes.load(&process_hash).await? else {
         return Ok(());
     };
-    match check_owner(app, realm, &credentials, &loaded.record) {
+    match check_owner(app, realm, client, &credentials, &loaded.record, proof.as_ref()).await {
         Ok(()) => {}
         // Someone else's or an unknown id: nothing to do, and nothing to reveal.
         Err(e) if e.error == wire::error::INVALID_GRANT => return Ok(()),

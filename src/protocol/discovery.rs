@@ -13,9 +13,6 @@ use super::wire;
 use crate::app::App;
 use crate::http::{empty, full, Body};
 
-/// Signature algorithms for DPoP proofs the proxy accepts (asymmetric only, RFC 9449 §4.3).
-pub const DPOP_ALGS: [&str; 8] = ["ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "EdDSA"];
-
 pub async fn discovery(app: &App, realm: &str, parts: &Parts, peer: IpAddr) -> Response<Body> {
     let mut request = Request::new(empty());
     *request.method_mut() = parts.method.clone();
@@ -85,9 +82,18 @@ pub fn augment(mut document: Map<String, Value>, cancellation_endpoint: &str) ->
         &[wire::RESPONSE_TYPE_DEFERRED_CODE, "deferred_code code"],
     );
     add_to_list(&mut document, "grant_types_supported", &[wire::GRANT_TYPE_DEFERRED]);
-    document
-        .entry("dpop_signing_alg_values_supported".to_owned())
-        .or_insert_with(|| Value::from(DPOP_ALGS.to_vec()));
+    // Proofs at the DTR endpoints are checked by the proxy and, on the calls that reach it, by
+    // the OP too: advertise what both accept.
+    let ours = crate::dpop::ALGORITHMS;
+    let both: Vec<Value> = match document.get("dpop_signing_alg_values_supported") {
+        Some(Value::Array(theirs)) => theirs
+            .iter()
+            .filter(|alg| alg.as_str().is_some_and(|a| ours.contains(&a)))
+            .cloned()
+            .collect(),
+        _ => ours.iter().map(|a| Value::from(*a)).collect(),
+    };
+    document.insert("dpop_signing_alg_values_supported".to_owned(), Value::Array(both));
     document.insert(
         wire::CANCELLATION_ENDPOINT_METADATA.to_owned(),
         Value::from(cancellation_endpoint),
@@ -118,5 +124,16 @@ mod tests {
         assert_eq!(augmented["grant_types_supported"][1], wire::GRANT_TYPE_DEFERRED);
         assert_eq!(augmented[wire::CANCELLATION_ENDPOINT_METADATA], "https://op/cancel");
         assert!(augmented["dpop_signing_alg_values_supported"].is_array());
+    }
+
+    #[test]
+    fn dpop_algorithms_are_the_ones_both_accept() {
+        let original: Map<String, Value> =
+            serde_json::from_str(r#"{"dpop_signing_alg_values_supported":["ES256","ES512","HS256","PS256"]}"#).unwrap();
+        let augmented = augment(original, "https://op/cancel");
+        assert_eq!(
+            augmented["dpop_signing_alg_values_supported"],
+            serde_json::json!(["ES256", "PS256"])
+        );
     }
 }

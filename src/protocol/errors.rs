@@ -46,6 +46,8 @@ pub struct OAuthError {
     /// header (RFC 6749 §5.2: 401 with the scheme it used).
     pub www_authenticate: Option<&'static str>,
     pub retry_after: Option<u64>,
+    /// A fresh server nonce for `DPoP-Nonce` (RFC 9449 §8).
+    pub dpop_nonce: Option<HeaderValue>,
 }
 
 impl OAuthError {
@@ -62,6 +64,7 @@ impl OAuthError {
             fault,
             www_authenticate: None,
             retry_after: None,
+            dpop_nonce: None,
         }
     }
 
@@ -145,6 +148,9 @@ impl OAuthError {
         }
         if let Some(seconds) = self.retry_after {
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(nonce) = self.dpop_nonce {
+            headers.insert(crate::dpop::DPOP_NONCE.clone(), nonce);
         }
         response
     }

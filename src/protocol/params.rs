@@ -1,8 +1,12 @@
 //! Strict parsing of `application/x-www-form-urlencoded` bodies and query strings for the DTR
 //! endpoints: a parameter given twice is refused (RFC 6749 §3.1), an empty value counts as
-//! absent (RFC 6749 §3.1), invalid UTF-8 is refused rather than silently replaced.
+//! absent (RFC 6749 §3.1), invalid UTF-8 is refused rather than silently replaced. JSON
+//! bodies follow the same rules: a key given twice is refused, not silently overwritten.
+
+use std::fmt;
 
 use percent_encoding::percent_decode;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
 use super::errors::OAuthError;
 
@@ -23,6 +27,8 @@ pub enum ParamError {
     NotUtf8,
     #[error("parameter {0} is too long")]
     TooLong(String),
+    #[error("a parameter name is too long")]
+    NameTooLong,
     #[error("the JSON body must be an object of string values")]
     NotStringObject,
 }
@@ -50,33 +56,29 @@ impl Params {
                 Some(i) => (&piece[..i], &piece[i + 1..]),
                 None => (piece, &b""[..]),
             };
-            let name = decode(name)?;
-            let value = decode(value)?;
-            if value.len() > MAX_VALUE_LEN {
-                return Err(ParamError::TooLong(name));
-            }
-            Self::push(&mut pairs, name, value)?;
+            Self::push(&mut pairs, decode(name)?, decode(value)?)?;
         }
         Ok(Self { pairs })
     }
 
-    /// A JSON object of string values (the cancellation endpoint accepts JSON too).
+    /// A JSON object of string values (the cancellation endpoint accepts JSON too). Every
+    /// member is seen, so a key given twice is refused like a repeated form parameter.
     pub fn parse_json(input: &[u8]) -> Result<Self, ParamError> {
-        let JsonEntries(entries) = serde_json::from_slice(input).map_err(|_| ParamError::NotStringObject)?;
-        let mut pairs = Vec::with_capacity(entries.len());
-        for (name, value) in entries {
-            let serde_json::Value::String(value) = value else {
-                return Err(ParamError::NotStringObject);
-            };
-            if value.len() > MAX_VALUE_LEN {
-                return Err(ParamError::TooLong(name));
-            }
+        let members: JsonMembers = serde_json::from_slice(input).map_err(|_| ParamError::NotStringObject)?;
+        let mut pairs = Vec::with_capacity(members.0.len());
+        for (name, value) in members.0 {
             Self::push(&mut pairs, name, value)?;
         }
         Ok(Self { pairs })
     }
 
     fn push(pairs: &mut Vec<(String, String)>, name: String, value: String) -> Result<(), ParamError> {
+        if name.len() > MAX_VALUE_LEN {
+            return Err(ParamError::NameTooLong);
+        }
+        if value.len() > MAX_VALUE_LEN {
+            return Err(ParamError::TooLong(name));
+        }
         if pairs.iter().any(|(n, _)| *n == name) {
             return Err(ParamError::Repeated(name));
         }
@@ -98,29 +100,31 @@ impl Params {
     }
 }
 
-/// The members of a JSON object in document order, repeats included: a `serde_json::Map`
-/// would keep only the last of a repeated name, and a repeat must be refused as in a form.
-struct JsonEntries(Vec<(String, serde_json::Value)>);
+/// The members of a JSON object of strings, in order and with repeats: serde_json's own maps
+/// keep only the last of two equal keys, which would hide a repeated parameter.
+struct JsonMembers(Vec<(String, String)>);
 
-impl<'de> serde::Deserialize<'de> for JsonEntries {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Entries;
-        impl<'de> serde::de::Visitor<'de> for Entries {
-            type Value = JsonEntries;
+impl<'de> Deserialize<'de> for JsonMembers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
 
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = JsonMembers;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of string values")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonEntries, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(entry) = map.next_entry()? {
-                    entries.push(entry);
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonMembers, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, String>()? {
+                    members.push(member);
                 }
-                Ok(JsonEntries(entries))
+                Ok(JsonMembers(members))
             }
         }
-        deserializer.deserialize_map(Entries)
+
+        deserializer.deserialize_map(MembersVisitor)
     }
 }
 
@@ -166,15 +170,63 @@ mod tests {
     }
 
     #[test]
-    fn json_name_given_twice_is_refused() {
+    fn json_key_given_twice_is_refused() {
         assert_eq!(
             Params::parse_json(br#"{"deferred_auth_id":"a","deferred_auth_id":"b"}"#),
             Err(ParamError::Repeated("deferred_auth_id".into()))
         );
+        // The same key spelled with an escape is the same key.
         assert_eq!(
-            Params::parse_json(br#"{"":"","":""}"#),
-            Err(ParamError::Repeated(String::new()))
+            Params::parse_json(br#"{"a":"1","\u0061":"2"}"#),
+            Err(ParamError::Repeated("a".into()))
         );
+    }
+
+    #[test]
+    fn json_that_is_not_an_object_of_strings_is_refused() {
+        for body in [
+            &b"[1]"[..],
+            b"\"x\"",
+            b"null",
+            b"{",
+            b"{\"a\":null}",
+            b"{\"a\":{\"b\":\"c\"}}",
+            b"{\"a\":[\"b\"]}",
+            b"{\"a\":\"\\ud800\"}",
+            b"{\"a\":\"b\"} trailing",
+        ] {
+            assert_eq!(
+                Params::parse_json(body),
+                Err(ParamError::NotStringObject),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn over_long_values_and_names_are_refused() {
+        let long = "x".repeat(MAX_VALUE_LEN + 1);
+        assert_eq!(
+            Params::parse(format!("a={long}").as_bytes()),
+            Err(ParamError::TooLong("a".into()))
+        );
+        assert_eq!(
+            Params::parse(format!("{long}=1").as_bytes()),
+            Err(ParamError::NameTooLong)
+        );
+        assert_eq!(
+            Params::parse_json(format!("{{\"a\":\"{long}\"}}").as_bytes()),
+            Err(ParamError::TooLong("a".into()))
+        );
+        let exact = "x".repeat(MAX_VALUE_LEN);
+        assert!(Params::parse(format!("a={exact}").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn raw_invalid_utf8_is_refused() {
+        assert_eq!(Params::parse(b"a=\xff\xfe"), Err(ParamError::NotUtf8));
+        assert_eq!(Params::parse(b"\xc3=1"), Err(ParamError::NotUtf8));
     }
 
     #[test]
@@ -209,7 +261,7 @@ mod proptests {
 
     fn assert_invariants(params: &Params) {
         for (i, (name, value)) in params.pairs.iter().enumerate() {
-            assert!(value.len() <= MAX_VALUE_LEN, "{name} is {} bytes", value.len());
+            assert!(name.len() <= MAX_VALUE_LEN && value.len() <= MAX_VALUE_LEN);
             assert!(
                 params.pairs[..i].iter().all(|(earlier, _)| earlier != name),
                 "{name} accepted twice"

@@ -269,17 +269,18 @@ impl Processes {
             .await
     }
 
-    /// The poll read: the record, and the time of the previous poll, in one round trip.
-    pub async fn load_for_poll(&self, process_hash: &str, now_ms: u64) -> StoreResult<(Option<Loaded>, Option<u64>)> {
+    /// A process and when it was last polled by its owner, in one round trip. Nothing is
+    /// written: only an authenticated poll may move the poll clock ([`Self::stamp_poll`]), so
+    /// someone holding a stolen id cannot make its owner's polls look too fast.
+    pub async fn load_for_poll(&self, process_hash: &str) -> StoreResult<(Option<Loaded>, Option<u64>)> {
         let store = &self.store;
         let (raw, last_poll) = store
-            .get_and_touch(
+            .get_pair(
                 &store.key(&process_key(process_hash)),
                 &store.key(&poll_key(process_hash)),
-                now_ms,
-                EXPIRED_GRACE,
             )
             .await?;
+        let last_poll = last_poll.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
         let loaded = match raw {
             Some(raw) => Some(Loaded {
                 process_hash: process_hash.to_owned(),
@@ -289,6 +290,19 @@ impl Processes {
             None => None,
         };
         Ok((loaded, last_poll))
+    }
+
+    /// Notes an authenticated poll at `now_ms`. The write is sent at once but not waited
+    /// for: the answer does not depend on it, and the store applies it before any later
+    /// request on the same connection.
+    pub fn stamp_poll(&self, process_hash: &str, now_ms: u64) {
+        let store = self.store.clone();
+        let key = store.key(&poll_key(process_hash));
+        tokio::spawn(async move {
+            if let Err(e) = store.put(&key, now_ms.to_string().as_bytes(), EXPIRED_GRACE).await {
+                tracing::debug!(error = %e, "could not note a poll");
+            }
+        });
     }
 
     pub async fn load(&self, process_hash: &str) -> StoreResult<Option<Loaded>> {

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -17,8 +17,10 @@ use super::state::{
 };
 use super::wire::{self, error as code};
 use crate::app::App;
-use crate::client_auth::{ClientCredentials, AUTH_PARAMS};
-use crate::crypto::random_token;
+use crate::client_auth::{AuthMethod, ClientCredentials, AUTH_PARAMS};
+use crate::config::ClientSettings;
+use crate::crypto::{equal_constant_time, random_token};
+use crate::dpop::ValidProof;
 use crate::events::{emit, Event};
 use crate::http::{json_no_store, now_ms, Body};
 use crate::upstream::BufferedReply;
@@ -30,17 +32,21 @@ const MAX_STRIKES: u32 = 10;
 /// A delivery claimed this long ago by a replica that never finished is up for grabs again.
 const STALE_DELIVERY_MS: u64 = 60_000;
 
-static DPOP: HeaderName = HeaderName::from_static("dpop");
-static DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
+use crate::dpop::{DPOP, DPOP_NONCE};
 
-/// Headers of the RP's request that travel with it to the OP: its own client authentication
-/// and its DPoP proof (so a DPoP-capable OP binds the tokens to the RP's key).
+/// Headers of the RP's request that travel with it to the OP: its own client authentication,
+/// its DPoP proof (so a DPoP-capable OP binds the tokens to the RP's key), and its
+/// `X-Forwarded-For` chain (kept only when the peer is a trusted proxy, like pass-through).
 fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
+    static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
     let mut out = HeaderMap::new();
     for name in [&header::AUTHORIZATION, &DPOP] {
         if let Some(value) = headers.get(name) {
             out.insert(name.clone(), value.clone());
         }
+    }
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        out.append(X_FORWARDED_FOR.clone(), value.clone());
     }
     out
 }
@@ -75,7 +81,7 @@ pub async fn deferred_grant(
             )),
         ),
     };
-    match result {
+    let mut response = match result {
         Ok(response) => {
             app.metrics.request(route, "ok");
             response
@@ -86,6 +92,18 @@ pub async fn deferred_grant(
                 app.metrics.poll(e.error);
             }
             e.into_response()
+        }
+    };
+    offer_dpop_nonce(app, &mut response);
+    response
+}
+
+/// With server nonces on, every DTR answer carries the current nonce (RFC 9449 §8.2), so
+/// clients never need an extra round trip to learn a new one.
+pub fn offer_dpop_nonce(app: &App, response: &mut Response<Body>) {
+    if let Some(nonces) = &app.dpop_nonces {
+        if let Ok(value) = HeaderValue::from_str(&nonces.current(now_ms() / 1000)) {
+            response.headers_mut().entry(DPOP_NONCE.clone()).or_insert(value);
         }
     }
 }
@@ -150,6 +168,17 @@ async fn exchange(
             "The client is not authorized to use the deferred grant type.",
         ));
     };
+    // Checked before the code is consumed, so a bad request costs the RP nothing.
+    credentials.authenticate(app, realm, client, None).await?;
+    let proof = app.dpop_proof(headers, Endpoint::Token, realm).await?;
+    if proof.is_none() && credentials.method == AuthMethod::None {
+        return Err(dpop_error(
+            "Public clients must bind the deferred authentication to a key: send a DPoP proof.",
+        ));
+    }
+    if proof.is_none() && app.requires_dpop(client) {
+        return Err(dpop_error("This server requires a DPoP proof."));
+    }
     let store = app.store();
     let key = store.key(&code_key(&app.config.hash_key.hash("deferred_code", deferred_code)));
     let raw = store
@@ -255,7 +284,7 @@ async fn exchange(
         realm: realm.to_owned(),
         client_id: credentials.client_id.clone(),
         client: credentials.binding(&app.config.hash_key),
-        jkt: None,
+        jkt: proof.map(|p| p.jkt),
         status: Status::Pending,
         description: None,
         interval,
@@ -284,32 +313,39 @@ async fn exchange(
     Ok(json_no_store(StatusCode::OK, &body))
 }
 
-/// Checks shared by polls and cancels: the id belongs to this client (in this realm), and the
-/// client proves it is that client. Unknown and foreign ids answer alike.
-pub fn check_owner(
+fn dpop_error(description: &'static str) -> OAuthError {
+    OAuthError::new(StatusCode::BAD_REQUEST, code::INVALID_DPOP_PROOF, description)
+}
+
+/// Checks shared by polls and cancels: the id belongs to this client (in this realm), the
+/// client proves it is that client (locally, no OP call), and a DPoP-bound process gets a
+/// proof — by the bound key for public clients and wherever DPoP is required. Unknown and
+/// foreign ids answer alike.
+pub async fn check_owner(
     app: &App,
     realm: &str,
+    client: &ClientSettings,
     credentials: &ClientCredentials,
     record: &ProcessRecord,
+    proof: Option<&ValidProof>,
 ) -> Result<(), OAuthError> {
     if record.client_id != credentials.client_id || record.realm != realm {
         return Err(OAuthError::unknown_deferred_auth_id());
     }
-    credentials.verify(&record.client, &app.config.hash_key)?;
-    if record.jkt.is_some() && !has_dpop_proof(app) {
-        return Err(OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            code::INVALID_DPOP_PROOF,
+    credentials
+        .authenticate(app, realm, client, Some(&record.client))
+        .await?;
+    let same_key = record.client.method == AuthMethod::None || app.requires_dpop(client);
+    match (&record.jkt, proof) {
+        (Some(_), None) => Err(dpop_error(
             "This deferred_auth_id is bound to a DPoP key; send a DPoP proof.",
-        ));
+        )),
+        (Some(bound), Some(proof)) if same_key && !equal_constant_time(bound, &proof.jkt) => Err(dpop_error(
+            "The DPoP proof is not signed by the key this deferred_auth_id is bound to.",
+        )),
+        (None, None) if app.requires_dpop(client) => Err(dpop_error("This server requires a DPoP proof.")),
+        _ => Ok(()),
     }
-    Ok(())
-}
-
-/// DPoP proofs are validated in the DPoP module; until a process can be bound (`jkt`), no
-/// process requires one.
-fn has_dpop_proof(_app: &App) -> bool {
-    false
 }
 
 async fn poll(
@@ -321,12 +357,19 @@ async fn poll(
     peer: IpAddr,
 ) -> Result<Response<Body>, OAuthError> {
     let credentials = ClientCredentials::extract(headers, params)?;
+    let Some(client) = app.client(realm, &credentials.client_id) else {
+        return Err(OAuthError::unauthorized_client(
+            "The client is not authorized to use the deferred grant type.",
+        ));
+    };
+    let proof = app.dpop_proof(headers, Endpoint::Token, realm).await?;
     let process_hash = app.processes.process_hash(deferred_auth_id);
     let now = now_ms();
-    let (loaded, last_poll) = app.processes.load_for_poll(&process_hash, now).await?;
+    let (loaded, last_poll) = app.processes.load_for_poll(&process_hash).await?;
     let loaded = loaded.ok_or_else(OAuthError::unknown_deferred_auth_id)?;
     let record = &loaded.record;
-    check_owner(app, realm, &credentials, record)?;
+    check_owner(app, realm, client, &credentials, record, proof.as_ref()).await?;
+    app.processes.stamp_poll(&process_hash, now);
     if record.status == Status::Revoked {
         return Err(OAuthError::invalid_request(
             "This deferred_auth_id was revoked for polling too fast.",

@@ -32,6 +32,7 @@ pub mod error {
     pub const EXPIRED_TOKEN: &str = "expired_token";
     pub const ACCESS_DENIED: &str = "access_denied";
     pub const INVALID_DPOP_PROOF: &str = "invalid_dpop_proof";
+    pub const USE_DPOP_NONCE: &str = "use_dpop_nonce";
     pub const INVALID_REQUEST: &str = "invalid_request";
     pub const INVALID_CLIENT: &str = "invalid_client";
     pub const INVALID_GRANT: &str = "invalid_grant";

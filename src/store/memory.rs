@@ -128,28 +128,12 @@ impl MemoryStore {
         }
     }
 
-    pub(super) async fn get_and_touch(
-        &self,
-        key: &str,
-        touch_key: &str,
-        now_ms: u64,
-        touch_ttl: Duration,
-    ) -> StoreResult<(Option<Vec<u8>>, Option<u64>)> {
+    pub(super) async fn get_pair(&self, key: &str, other: &str) -> StoreResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
         let now = Instant::now();
         let mut inner = self.lock();
-        let Some(value) = live(&mut inner.values, key, now).map(|e| e.value.clone()) else {
-            return Ok((None, None));
-        };
-        let previous =
-            live(&mut inner.values, touch_key, now).and_then(|e| std::str::from_utf8(&e.value).ok()?.parse().ok());
-        inner.values.insert(
-            touch_key.to_owned(),
-            Entry {
-                value: now_ms.to_string().into_bytes(),
-                expires_at: now + touch_ttl,
-            },
-        );
-        Ok((Some(value), previous))
+        let first = live(&mut inner.values, key, now).map(|e| e.value.clone());
+        let second = live(&mut inner.values, other, now).map(|e| e.value.clone());
+        Ok((first, second))
     }
 
     pub(super) async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {

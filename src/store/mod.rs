@@ -84,17 +84,9 @@ impl Store {
         dispatch!(self.replace(key, expected, new))
     }
 
-    /// Reads `key` and, in the same round trip, records `now_ms` in `touch_key` (TTL
-    /// `touch_ttl`), returning the previously recorded time. Polling rate limits cost no extra
-    /// round trip this way.
-    pub async fn get_and_touch(
-        &self,
-        key: &str,
-        touch_key: &str,
-        now_ms: u64,
-        touch_ttl: Duration,
-    ) -> StoreResult<(Option<Vec<u8>>, Option<u64>)> {
-        dispatch!(self.get_and_touch(key, touch_key, now_ms, touch_ttl))
+    /// Reads two keys of the same hash slot in one round trip.
+    pub async fn get_pair(&self, key: &str, other: &str) -> StoreResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+        dispatch!(self.get_pair(key, other))
     }
 
     /// Adds `member` to the set at `key`; the set lives at least `ttl` from now.
@@ -164,11 +156,12 @@ pub mod contract {
         assert_eq!(store.get(&k("b")).await.unwrap(), None);
 
         store.put(&k("rec"), b"r", ttl).await.unwrap();
-        let (rec, last) = store.get_and_touch(&k("rec"), &k("touch"), 1000, ttl).await.unwrap();
-        assert_eq!((rec.as_deref(), last), (Some(&b"r"[..]), None));
-        let (_, last) = store.get_and_touch(&k("rec"), &k("touch"), 2000, ttl).await.unwrap();
-        assert_eq!(last, Some(1000));
-        let (rec, _) = store.get_and_touch(&k("gone"), &k("touch2"), 1, ttl).await.unwrap();
+        let (rec, other) = store.get_pair(&k("rec"), &k("touch")).await.unwrap();
+        assert_eq!((rec.as_deref(), other), (Some(&b"r"[..]), None));
+        store.put(&k("touch"), b"1000", ttl).await.unwrap();
+        let (_, other) = store.get_pair(&k("rec"), &k("touch")).await.unwrap();
+        assert_eq!(other.as_deref(), Some(&b"1000"[..]));
+        let (rec, _) = store.get_pair(&k("gone"), &k("touch")).await.unwrap();
         assert_eq!(rec, None);
 
         store.set_add(&k("set"), "x", ttl).await.unwrap();

@@ -20,13 +20,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-const GET_AND_TOUCH: &str = r"
-local value = redis.call('GET', KEYS[1])
-if not value then return {false, false} end
-local previous = redis.call('GET', KEYS[2])
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return {value, previous}";
-
 const SET_ADD: &str = r"
 redis.call('SADD', KEYS[1], ARGV[1])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
@@ -50,7 +43,6 @@ pub struct RedisStore {
 
 struct Scripts {
     replace: Script,
-    get_and_touch: Script,
     set_add: Script,
     claim_due: Script,
 }
@@ -91,7 +83,6 @@ impl RedisStore {
             prefix: Arc::from(prefix),
             scripts: Arc::new(Scripts {
                 replace: Script::new(REPLACE),
-                get_and_touch: Script::new(GET_AND_TOUCH),
                 set_add: Script::new(SET_ADD),
                 claim_due: Script::new(CLAIM_DUE),
             }),
@@ -171,24 +162,11 @@ impl RedisStore {
         Ok(replaced == 1)
     }
 
-    pub(super) async fn get_and_touch(
-        &self,
-        key: &str,
-        touch_key: &str,
-        now_ms: u64,
-        touch_ttl: Duration,
-    ) -> StoreResult<(Option<Vec<u8>>, Option<u64>)> {
-        let (value, previous): (Option<Vec<u8>>, Option<String>) = self
-            .invoke(
-                self.scripts
-                    .get_and_touch
-                    .key(key)
-                    .key(touch_key)
-                    .arg(now_ms)
-                    .arg(ttl_ms(touch_ttl)),
-            )
-            .await?;
-        Ok((value, previous.and_then(|p| p.parse().ok())))
+    pub(super) async fn get_pair(&self, key: &str, other: &str) -> StoreResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+        let mut values: Vec<Option<Vec<u8>>> = self.query(redis::cmd("MGET").arg(key).arg(other)).await?;
+        let second = values.pop().flatten();
+        let first = values.pop().flatten();
+        Ok((first, second))
     }
 
     pub(super) async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {

@@ -22,6 +22,8 @@ use tokio::net::TcpListener;
 
 pub const REDIRECT_URI: &str = "https://rp.example.com/cb";
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The `client_secret_jwt` client's secret (tests/op/server.mjs).
+pub const DTR_HS_SECRET: &str = "dtr-hs-secret-0123456789abcdefghijklmnop";
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -141,7 +143,8 @@ impl Options {
             clients: vec![
                 json!({"client_id": "dtr-client", "redirect_uris": [REDIRECT_URI]}),
                 json!({"client_id": "dtr-post"}),
-                json!({"client_id": "dtr-jwt"}),
+                json!({"client_id": "dtr-jwt", "jwks": {"keys": [client_jwk()]}}),
+                json!({"client_id": "dtr-hs", "client_secret": DTR_HS_SECRET}),
                 json!({"client_id": "dtr-public"}),
             ],
             env: Vec::new(),
@@ -287,13 +290,17 @@ pub enum Auth {
     Post(&'static str, &'static str),
     /// private_key_jwt with the test key (tests/op/keys).
     Jwt(&'static str),
+    /// client_secret_jwt (HS256 with the client's secret).
+    HsJwt(&'static str, &'static str),
+    /// A public client; its requests carry a DPoP proof by [`default_dpop_key`] unless the
+    /// test gives one.
     Public(&'static str),
 }
 
 impl Auth {
     pub fn client_id(&self) -> &'static str {
         match self {
-            Auth::Basic(id, _) | Auth::Post(id, _) | Auth::Jwt(id) | Auth::Public(id) => id,
+            Auth::Basic(id, _) | Auth::Post(id, _) | Auth::Jwt(id) | Auth::HsJwt(id, _) | Auth::Public(id) => id,
         }
     }
 }
@@ -445,10 +452,22 @@ impl Proxy {
                 ));
                 pairs.push(("client_assertion".into(), client_assertion(id, &self.token_url())));
             }
+            Auth::HsJwt(id, secret) => {
+                pairs.push((
+                    "client_assertion_type".into(),
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                ));
+                pairs.push((
+                    "client_assertion".into(),
+                    hs_client_assertion(id, secret, &self.token_url()),
+                ));
+            }
             Auth::Public(id) => pairs.push(("client_id".into(), id.to_string())),
         }
-        if let Some(proof) = dpop {
-            request = request.header("dpop", proof);
+        match (dpop, auth) {
+            (Some(proof), _) => request = request.header("dpop", proof),
+            (None, Auth::Public(_)) => request = request.header("dpop", default_dpop_key().proof("POST", url)),
+            (None, _) => {}
         }
         let response = request.form(&pairs).send().await.expect("token request");
         let status = response.status().as_u16();
@@ -631,22 +650,105 @@ fn html_unescape(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// A `private_key_jwt` assertion signed with the test client key.
-pub fn client_assertion(client_id: &str, audience: &str) -> String {
-    let pem = std::fs::read(repo_root().join("tests/op/keys/client-jwt.private.pem")).expect("client key");
-    let jwk: Value = serde_json::from_slice(
+/// The public JWK of the `private_key_jwt` test client (tests/op/keys).
+pub fn client_jwk() -> Value {
+    serde_json::from_slice(
         &std::fs::read(repo_root().join("tests/op/keys/client-jwt.public.jwk.json")).expect("client jwk"),
     )
-    .expect("jwk json");
-    let key = jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("ec key");
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = jwk["kid"].as_str().map(str::to_owned);
+    .expect("jwk json")
+}
+
+/// Standard claims of a client assertion.
+pub fn assertion_claims(client_id: &str, audience: &str) -> Value {
     let now = now_s();
-    let claims = json!({
+    json!({
         "iss": client_id, "sub": client_id, "aud": audience,
         "jti": unique("jti"), "iat": now, "exp": now + 60,
-    });
-    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    })
+}
+
+/// A `private_key_jwt` assertion signed with the test client key.
+pub fn client_assertion(client_id: &str, audience: &str) -> String {
+    sign_client_assertion(&assertion_claims(client_id, audience))
+}
+
+/// Signs any claims with the `private_key_jwt` test client key.
+pub fn sign_client_assertion(claims: &Value) -> String {
+    let pem = std::fs::read(repo_root().join("tests/op/keys/client-jwt.private.pem")).expect("client key");
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("ec key");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = client_jwk()["kid"].as_str().map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &key).expect("sign")
+}
+
+/// A `client_secret_jwt` assertion (HS256).
+pub fn hs_client_assertion(client_id: &str, secret: &str, audience: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    jsonwebtoken::encode(&header, &assertion_claims(client_id, audience), &key).expect("sign")
+}
+
+/// An RP's DPoP key (P-256), signing proofs by hand so tests can also forge any part.
+pub struct DpopKey {
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+}
+
+impl DpopKey {
+    pub fn generate() -> Self {
+        use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("key");
+        Self { pair }
+    }
+
+    pub fn jwk(&self) -> Value {
+        use aws_lc_rs::signature::KeyPair;
+        let point = self.pair.public_key().as_ref();
+        json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        })
+    }
+
+    /// RFC 7638 thumbprint of the public key.
+    pub fn jkt(&self) -> String {
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(self.jwk()).expect("jwk");
+        jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)
+    }
+
+    /// The standard header and claims of a proof for `htm` `htu`, now.
+    pub fn parts(&self, htm: &str, htu: &str) -> (Value, Value) {
+        (
+            json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk()}),
+            json!({"jti": unique("dpop"), "htm": htm, "htu": htu, "iat": now_s()}),
+        )
+    }
+
+    pub fn proof(&self, htm: &str, htu: &str) -> String {
+        let (header, claims) = self.parts(htm, htu);
+        self.sign(&header, &claims)
+    }
+
+    /// Signs whatever header and claims a test builds.
+    pub fn sign(&self, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let signature = self.pair.sign(&rng, input.as_bytes()).expect("sign");
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+    }
+}
+
+/// The key public clients use when a test does not pick one.
+pub fn default_dpop_key() -> &'static DpopKey {
+    static KEY: OnceLock<DpopKey> = OnceLock::new();
+    KEY.get_or_init(DpopKey::generate)
 }
 
 /// Payload of a JWT, unverified (the tests check what the OP put there).
@@ -772,4 +874,72 @@ impl Relay {
     pub fn set_down(&self, down: bool) {
         let _ = self.down.send(down);
     }
+}
+
+/// Everything a proxy binary wrote to stdout and stderr.
+pub type OutputLog = Arc<Mutex<String>>;
+
+/// Runs the proxy binary at `binary` in front of the shared OP (fresh realm, issuer = its
+/// public URL) with `env` on top of the usual settings, capturing its output.
+pub async fn start_binary(
+    binary: &str,
+    clients: Value,
+    env: &[(&str, &str)],
+) -> (Proxy, tokio::process::Child, OutputLog) {
+    use tokio::io::AsyncReadExt;
+    let (public_port, admin_port) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{public_port}");
+    let realm = unique("r");
+    let issuer = create_realm(&realm, &base).await;
+    let mut child = tokio::process::Command::new(binary)
+        .env_clear()
+        .envs(base_env(public_port, op().port))
+        .env("DTR_LISTEN", format!("127.0.0.1:{public_port}"))
+        .env("DTR_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("DTR_CLIENTS", clients.to_string())
+        .env("DTR_SHUTDOWN_DELAY", "0")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the proxy binary");
+    let log: OutputLog = Arc::default();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    for mut stream in [
+        Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(stderr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    ] {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                log.lock().expect("log").push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    let http = client();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let mut up = false;
+    for _ in 0..200 {
+        if http.get(format!("{admin}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "the binary did not come up:\n{}", log.lock().expect("log"));
+    let proxy = Proxy {
+        running: None,
+        base,
+        admin,
+        realm,
+        issuer,
+        http,
+    };
+    (proxy, child, log)
 }

@@ -74,6 +74,13 @@ function defaultClients() {
     },
     {
       ...CLIENT_BASE,
+      client_id: 'dtr-hs',
+      client_secret: 'dtr-hs-secret-0123456789abcdefghijklmnop',
+      token_endpoint_auth_method: 'client_secret_jwt',
+      token_endpoint_auth_signing_alg: 'HS256',
+    },
+    {
+      ...CLIENT_BASE,
       client_id: 'dtr-public',
       token_endpoint_auth_method: 'none',
     },
