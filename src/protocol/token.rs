@@ -646,3 +646,23 @@ async fn release(app: &App, process_hash: &str) {
 pub fn seconds_header(seconds: u64) -> HeaderValue {
     HeaderValue::from(seconds)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_credentials_proof_and_client_chain_travel_to_the_op() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic YTpi"));
+        incoming.insert(DPOP.clone(), HeaderValue::from_static("proof"));
+        incoming.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        incoming.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        incoming.insert(header::COOKIE, HeaderValue::from_static("kc=secret"));
+        incoming.insert("x-forwarded-host", HeaderValue::from_static("attacker.example"));
+        let out = forwarded_headers(&incoming);
+        assert_eq!(out.len(), 4);
+        assert_eq!(out.get_all("x-forwarded-for").iter().count(), 2);
+        assert!(out.get(header::COOKIE).is_none() && out.get("x-forwarded-host").is_none());
+    }
+}
