@@ -68,12 +68,7 @@ async fn main() {
         .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
     let http = client();
     let admin = format!("http://127.0.0.1:{admin_port}");
-    for _ in 0..200 {
-        if http.get(format!("{admin}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    assert!(wait_until_up(&http, &admin).await, "dtr-proxy did not come up");
     show("dtr-proxy public", &base);
     show("dtr-proxy admin", &admin);
     let proxy = Proxy {

@@ -83,6 +83,14 @@ impl App {
         fallback
     }
 
+    /// Like [`Self::client`], for the token and cancellation endpoints: a client without DTR
+    /// settings is `unauthorized_client`.
+    pub fn deferred_client(&self, realm: &str, client_id: &str) -> Result<&ClientSettings, OAuthError> {
+        self.client(realm, client_id).ok_or_else(|| {
+            OAuthError::unauthorized_client("The client is not authorized to use the deferred grant type.")
+        })
+    }
+
     pub fn issuer(&self, realm: &str) -> String {
         self.routes.issuer(&self.config.public_origin(), realm)
     }

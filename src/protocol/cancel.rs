@@ -50,11 +50,7 @@ pub async fn cancel(app: &App, realm: &str, headers: &HeaderMap, params: &Params
 
 async fn run(app: &App, realm: &str, headers: &HeaderMap, params: &Params) -> Result<(), OAuthError> {
     let credentials = ClientCredentials::extract(headers, params)?;
-    let Some(client) = app.client(realm, &credentials.client_id) else {
-        return Err(OAuthError::unauthorized_client(
-            "The client is not authorized to use the deferred grant type.",
-        ));
-    };
+    let client = app.deferred_client(realm, &credentials.client_id)?;
     let proof = app.dpop_proof(headers, Endpoint::Cancellation, realm).await?;
     let deferred_auth_id = params
         .get(wire::DEFERRED_AUTH_ID)

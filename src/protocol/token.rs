@@ -163,11 +163,7 @@ async fn exchange(
     peer: IpAddr,
 ) -> Result<Response<Body>, OAuthError> {
     let credentials = ClientCredentials::extract(headers, params)?;
-    let Some(client) = app.client(realm, &credentials.client_id) else {
-        return Err(OAuthError::unauthorized_client(
-            "The client is not authorized to use the deferred grant type.",
-        ));
-    };
+    let client = app.deferred_client(realm, &credentials.client_id)?;
     // Checked before the code is consumed, so a bad request costs the RP nothing.
     credentials.authenticate(app, realm, client, None).await?;
     let proof = app.dpop_proof(headers, Endpoint::Token, realm).await?;
@@ -357,11 +353,7 @@ async fn poll(
     peer: IpAddr,
 ) -> Result<Response<Body>, OAuthError> {
     let credentials = ClientCredentials::extract(headers, params)?;
-    let Some(client) = app.client(realm, &credentials.client_id) else {
-        return Err(OAuthError::unauthorized_client(
-            "The client is not authorized to use the deferred grant type.",
-        ));
-    };
+    let client = app.deferred_client(realm, &credentials.client_id)?;
     let proof = app.dpop_proof(headers, Endpoint::Token, realm).await?;
     let process_hash = app.processes.process_hash(deferred_auth_id);
     let now = now_ms();

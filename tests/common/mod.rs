@@ -217,20 +217,8 @@ pub async fn start_with_upstream(options: Options, upstream_port: u16) -> Proxy 
     let port = public.local_addr().expect("addr").port();
     let base = format!("http://127.0.0.1:{port}");
     let realm = unique("r");
-    let issuer = format!("{base}/realms/{realm}");
+    let issuer = create_realm(&realm, &base).await;
     let http = client();
-    let created = http
-        .post(format!("http://127.0.0.1:{}/admin/realms", op().port))
-        .json(&json!({"realm": realm, "issuer": issuer}))
-        .send()
-        .await
-        .expect("OP admin");
-    assert_eq!(
-        created.status(),
-        201,
-        "realm creation: {}",
-        created.text().await.unwrap_or_default()
-    );
 
     let mut env = base_env(port, upstream_port);
     env.push(("DTR_CLIENTS".into(), Value::from(options.clients).to_string()));
@@ -876,6 +864,17 @@ impl Relay {
     }
 }
 
+/// Waits up to 5 s for a proxy's admin port to answer; whether it did.
+pub async fn wait_until_up(http: &reqwest::Client, admin: &str) -> bool {
+    for _ in 0..200 {
+        if http.get(format!("{admin}/healthz")).send().await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
 /// Everything a proxy binary wrote to stdout and stderr.
 pub type OutputLog = Arc<Mutex<String>>;
 
@@ -924,14 +923,7 @@ pub async fn start_binary(
     }
     let http = client();
     let admin = format!("http://127.0.0.1:{admin_port}");
-    let mut up = false;
-    for _ in 0..200 {
-        if http.get(format!("{admin}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let up = wait_until_up(&http, &admin).await;
     assert!(up, "the binary did not come up:\n{}", log.lock().expect("log"));
     let proxy = Proxy {
         running: None,
