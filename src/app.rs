@@ -1,134 +1,281 @@
-//! Everything a request handler needs, built once from the configuration.
+//! The composition root: builds every part from the configuration, handing each only the
+//! handles it uses, and starts the two ports and the ping worker. Nothing imports this module
+//! but `main` (and tests, through [`start_on`] and [`compose`]).
 
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 
+use crate::client_auth::ClientVerifier;
 use crate::client_keys::ClientKeys;
-use crate::config::{ClientSettings, Config, StoreSettings};
-use crate::dpop::{Expected, Nonces, ValidProof};
+use crate::clients::Clients;
+use crate::config::{Config, StoreSettings};
+use crate::dpop::DpopVerifier;
+use crate::endpoints::acknowledge::Acknowledge;
+use crate::endpoints::authorize::Authorize;
+use crate::endpoints::cancel::Cancel;
+use crate::endpoints::checks::Checks;
+use crate::endpoints::completion::Completions;
+use crate::endpoints::discovery::Discovery;
+use crate::endpoints::exchange::{Exchange, ExchangeSettings};
+use crate::endpoints::ping::{self, Pinger};
+use crate::endpoints::poll::Poll;
+use crate::endpoints::token::DeferredGrant;
 use crate::metrics::Metrics;
-use crate::protocol::errors::OAuthError;
-use crate::protocol::routes::{Endpoint, Routes};
-use crate::protocol::state::Processes;
+use crate::protocol::routes::{PublicUrls, Routes};
+use crate::records::Records;
+use crate::serve::admin::{AdminService, Readiness};
+use crate::serve::proxy::{PublicService, RequestLimits};
+use crate::serve::server::{serve, Limits};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
-use crate::upstream::{http_client, HttpClient, Upstream};
+use crate::upstream::{http_client, OpClient, Upstream};
 
-pub struct App {
-    pub config: Config,
-    pub routes: Routes,
-    pub upstream: Upstream,
-    pub processes: Processes,
-    pub metrics: Metrics,
-    /// Client for pings to RPs (separate pool from the OP's).
-    pub ping_client: HttpClient,
-    /// Wakes the ping worker when this replica schedules a ping.
-    pub ping_wakeup: Notify,
-    /// Clients' key sets for verifying their assertions locally.
-    pub client_keys: ClientKeys,
-    /// DPoP server nonces, when `DTR_DPOP_NONCE` is on.
-    pub dpop_nonces: Option<Nonces>,
+/// Everything that serves, built and wired.
+pub struct Services {
+    pub public: Arc<PublicService>,
+    pub admin: Arc<AdminService>,
+    pub pinger: Arc<Pinger>,
+    pub readiness: Arc<Readiness>,
 }
 
-impl App {
-    pub fn new(config: Config) -> Result<Arc<Self>, StoreError> {
-        let store = match &config.store {
-            StoreSettings::Embedded => Store::Memory(MemoryStore::new()),
-            StoreSettings::Redis {
-                url,
-                cluster,
-                key_prefix,
-            } => Store::Redis(RedisStore::connect(url, *cluster, key_prefix, config.upstream_timeout)?),
-        };
-        let metrics = Metrics::new();
-        let upstream = Upstream::new(
-            &config.upstream_url,
-            &config.public_url,
-            config.trusted_proxies.clone(),
-            config.upstream_timeout,
-            metrics.clone(),
-        );
-        let processes = Processes {
-            store,
-            hash_key: config.hash_key.clone(),
-            sealer: config.sealer.clone(),
-        };
-        Ok(Arc::new(Self {
-            routes: Routes::new(&config.paths),
-            upstream,
-            processes,
-            metrics,
-            ping_client: http_client(),
-            ping_wakeup: Notify::new(),
-            client_keys: ClientKeys::new(http_client(), config.jwks_cache_ttl, config.upstream_timeout),
-            dpop_nonces: config.dpop_nonce.then(|| Nonces::new(config.hash_key.clone())),
-            config,
-        }))
-    }
+/// Connects the configured store.
+pub fn connect_store(config: &Config) -> Result<Store, StoreError> {
+    Ok(match &config.store {
+        StoreSettings::Embedded => Store::Memory(MemoryStore::new()),
+        StoreSettings::Redis {
+            url,
+            cluster,
+            key_prefix,
+        } => Store::Redis(RedisStore::connect(url, *cluster, key_prefix, config.upstream_timeout)?),
+    })
+}
 
-    pub fn store(&self) -> &Store {
-        &self.processes.store
-    }
+/// The OP client for pass-through and the back channel, from the configuration.
+pub fn upstream(config: &Config, metrics: &Metrics) -> Arc<Upstream> {
+    Arc::new(Upstream::new(
+        &config.upstream_url,
+        &config.public_url,
+        config.trusted_proxies.clone(),
+        config.upstream_timeout,
+        metrics.clone(),
+    ))
+}
 
-    /// The DTR settings of a client in a realm, if it may use DTR at all.
-    pub fn client(&self, realm: &str, client_id: &str) -> Option<&ClientSettings> {
-        let mut fallback = None;
-        for client in self.config.clients.iter().filter(|c| c.client_id == client_id) {
-            match client.realm.as_deref() {
-                Some(r) if r == realm => return Some(client),
-                None => fallback = Some(client),
-                Some(_) => {}
-            }
-        }
-        fallback
-    }
+/// Builds every part from `config`, on `store`, with `op` as the OP's back channel and
+/// `upstream` for pass-through (in production the same client). Tests pass a store and an OP
+/// of their own and call the services in memory.
+pub fn compose(
+    config: &Config,
+    store: Store,
+    upstream: Arc<Upstream>,
+    op: Arc<dyn OpClient>,
+    metrics: Metrics,
+) -> Services {
+    let routes = Routes::new(&config.paths);
+    let urls = PublicUrls::new(config.public_origin(), routes.clone());
+    let records = Records::new(store.clone(), config.hash_key.clone(), config.sealer.clone());
+    let clients = Clients::new(config.clients.clone(), config.require_dpop);
+    let dpop = DpopVerifier::new(store.clone(), config.hash_key.clone(), config.dpop_nonce);
+    let verifier = ClientVerifier::new(
+        ClientKeys::new(http_client(), config.jwks_cache_ttl, config.upstream_timeout),
+        store,
+        config.hash_key.clone(),
+    );
+    let checks = Checks {
+        clients: clients.clone(),
+        verifier,
+        dpop: dpop.clone(),
+        urls: urls.clone(),
+    };
+    let ping_wakeup = Arc::new(Notify::new());
+    let readiness = Arc::new(Readiness::default());
 
-    /// Like [`Self::client`], for the token and cancellation endpoints: a client without DTR
-    /// settings is `unauthorized_client`.
-    pub fn deferred_client(&self, realm: &str, client_id: &str) -> Result<&ClientSettings, OAuthError> {
-        self.client(realm, client_id).ok_or_else(|| {
-            OAuthError::unauthorized_client("The client is not authorized to use the deferred grant type.")
-        })
+    let public = PublicService {
+        routes,
+        upstream,
+        authorize: Authorize {
+            clients: clients.clone(),
+            records: records.clone(),
+            urls: urls.clone(),
+            metrics: metrics.clone(),
+            offline_access: config.offline_access,
+            login_ttl: config.login_ttl,
+        },
+        acknowledge: Acknowledge {
+            records: records.clone(),
+            urls: urls.clone(),
+            metrics: metrics.clone(),
+            deferred_code_ttl: config.deferred_code_ttl,
+        },
+        token: DeferredGrant {
+            exchange: Exchange {
+                checks: checks.clone(),
+                records: records.clone(),
+                op: op.clone(),
+                metrics: metrics.clone(),
+                settings: ExchangeSettings {
+                    default_interval: config.default_interval,
+                    default_expires_in: config.default_expires_in,
+                    interim_id_token: config.interim_id_token,
+                    deferred_code_ttl: config.deferred_code_ttl,
+                },
+            },
+            poll: Poll {
+                checks: checks.clone(),
+                records: records.clone(),
+                op: op.clone(),
+                metrics: metrics.clone(),
+            },
+        },
+        cancel: Cancel {
+            checks,
+            records: records.clone(),
+            metrics: metrics.clone(),
+        },
+        discovery: Discovery {
+            op,
+            urls,
+            metrics: metrics.clone(),
+        },
+        dpop,
+        metrics: metrics.clone(),
+        limits: RequestLimits {
+            max_header_bytes: config.max_header_bytes,
+            max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.body_read_timeout,
+        },
+    };
+    let admin = AdminService {
+        records: records.clone(),
+        completions: Completions {
+            records: records.clone(),
+            clients: clients.clone(),
+            metrics: metrics.clone(),
+            secret: config.webhook_secret.clone(),
+            ping_wakeup: ping_wakeup.clone(),
+        },
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        body_read_timeout: config.body_read_timeout,
+    };
+    let pinger = Pinger {
+        records,
+        clients,
+        metrics,
+        http: http_client(),
+        timeout: config.ping_timeout,
+        wakeup: ping_wakeup,
+    };
+    Services {
+        public: Arc::new(public),
+        admin: Arc::new(admin),
+        pinger: Arc::new(pinger),
+        readiness,
     }
+}
 
-    pub fn issuer(&self, realm: &str) -> String {
-        self.routes.issuer(&self.config.public_origin(), realm)
-    }
+/// A running proxy.
+pub struct Running {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    readiness: Arc<Readiness>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
 
-    /// Validates the request's DPoP proof for a DTR endpoint (RFC 9449 §4.3, replay cache,
-    /// optional server nonce). `Ok(None)` when the request carries none.
-    pub async fn dpop_proof(
-        &self,
-        headers: &http::HeaderMap,
-        endpoint: Endpoint,
-        realm: &str,
-    ) -> Result<Option<ValidProof>, OAuthError> {
-        if !headers.contains_key(&crate::dpop::DPOP) {
-            return Ok(None);
-        }
-        let url = self.public_url(endpoint, realm);
-        let url = crate::dpop::normalize_htu(&url).unwrap_or(url);
-        let expected = Expected {
-            method: "POST",
-            url: &url,
-            now_seconds: crate::http::now_ms() / 1000,
-        };
-        crate::dpop::validate(
-            headers,
-            &expected,
-            self.store(),
-            &self.config.hash_key,
-            self.dpop_nonces.as_ref(),
-        )
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds the configured addresses and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let public = TcpListener::bind(config.listen)
         .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+    start_on(config, public, admin).await
+}
+
+/// Starts serving on listeners bound by the caller (tests bind port 0 first).
+pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -> Result<Running, StartError> {
+    let store = connect_store(&config)?;
+    let store_kind = store.kind();
+    let metrics = Metrics::new();
+    let upstream = upstream(&config, &metrics);
+    let services = compose(&config, store, upstream.clone(), upstream, metrics);
+    let (shutdown, watcher) = watch::channel(false);
+    let public_addr = public.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+
+    let public_service = services.public.clone();
+    let public_task = tokio::spawn(serve(
+        public,
+        Limits {
+            max_header_bytes: config.max_header_bytes,
+            header_read_timeout: config.header_read_timeout,
+        },
+        config.shutdown_grace,
+        watcher.clone(),
+        move |request, peer| {
+            let service = public_service.clone();
+            async move { service.handle(request, peer).await }
+        },
+    ));
+    let admin_service = services.admin.clone();
+    let admin_task = tokio::spawn(serve(
+        admin,
+        Limits {
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: config.header_read_timeout,
+        },
+        config.shutdown_grace,
+        watcher.clone(),
+        move |request, _peer| {
+            let service = admin_service.clone();
+            async move { service.handle(request).await }
+        },
+    ));
+    let ping_task = tokio::spawn(ping::run(services.pinger.clone(), watcher));
+    tracing::info!(%public_addr, %admin_addr, store = store_kind, "dtr-proxy serving");
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        readiness: services.readiness,
+        shutdown,
+        tasks: vec![public_task, admin_task, ping_task],
+    })
+}
+
+impl Running {
+    /// Stops taking connections and waits (up to the grace period) for those in flight.
+    pub async fn shutdown(self) {
+        self.readiness.draining.store(true, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 
-    /// Whether every deferred request of this client must carry a DPoP proof.
-    pub fn requires_dpop(&self, client: &ClientSettings) -> bool {
-        self.config.require_dpop || client.require_dpop
-    }
-
-    pub fn public_url(&self, endpoint: Endpoint, realm: &str) -> String {
-        format!("{}{}", self.config.public_origin(), self.routes.path(endpoint, realm))
+    /// Marks the replica unready (so Kubernetes stops routing to it) without stopping yet.
+    pub fn begin_draining(&self) {
+        self.readiness.draining.store(true, Ordering::Relaxed);
     }
 }

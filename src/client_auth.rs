@@ -9,15 +9,17 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::header::{HeaderMap, AUTHORIZATION};
 use percent_encoding::percent_decode_str;
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
-use crate::app::App;
-use crate::client_keys::verify_assertion;
+use serde::Deserialize;
+
+use crate::client_keys::{verify_assertion, ClientKeys};
 use crate::config::ClientSettings;
 use crate::crypto::{equal_constant_time, HashKey};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::params::Params;
-use crate::protocol::routes::Endpoint;
+use crate::records::{AuthMethod, ClientBinding};
+use crate::store::Store;
 
 pub const CLIENT_ASSERTION_TYPE_JWT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -28,37 +30,6 @@ pub const AUTH_PARAMS: [&str; 4] = [
     "client_assertion",
     "client_assertion_type",
 ];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMethod {
-    ClientSecretBasic,
-    ClientSecretPost,
-    /// `private_key_jwt` or `client_secret_jwt` (RFC 7523 assertion).
-    JwtAssertion,
-    /// A public client: no authentication, only its id.
-    None,
-}
-
-impl AuthMethod {
-    pub fn name(self) -> &'static str {
-        match self {
-            AuthMethod::ClientSecretBasic => "client_secret_basic",
-            AuthMethod::ClientSecretPost => "client_secret_post",
-            AuthMethod::JwtAssertion => "private_key_jwt",
-            AuthMethod::None => "none",
-        }
-    }
-}
-
-/// What the exchange bound to a process about the client that performed it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientBinding {
-    pub method: AuthMethod,
-    /// Keyed hash of client id and secret, for the secret-based methods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<String>,
-}
 
 /// The credentials one request presented.
 pub struct ClientCredentials {
@@ -235,37 +206,44 @@ impl ClientCredentials {
         }
         Ok(())
     }
+}
 
-    /// Authenticates these credentials without calling the OP: against what the exchange
-    /// bound to the process (`binding`; `None` at the exchange itself), and for assertions
-    /// against the client's keys (signature, `iss`, `sub`, `aud`, `exp`, single-use `jti`).
+/// Authenticates clients locally on polls and cancels, and assertions at the exchange.
+#[derive(Clone)]
+pub struct ClientVerifier {
+    keys: Arc<ClientKeys>,
+    store: Store,
+    hash_key: HashKey,
+}
+
+impl ClientVerifier {
+    pub fn new(keys: ClientKeys, store: Store, hash_key: HashKey) -> Self {
+        Self {
+            keys: Arc::new(keys),
+            store,
+            hash_key,
+        }
+    }
+
+    /// What the exchange binds to a process about the client that performed it.
+    pub fn binding(&self, credentials: &ClientCredentials) -> ClientBinding {
+        credentials.binding(&self.hash_key)
+    }
+
+    /// Checks the credentials against what the exchange bound (when given) and verifies an
+    /// assertion in full, its `aud` one of `audiences`.
     pub async fn authenticate(
         &self,
-        app: &App,
-        realm: &str,
+        credentials: &ClientCredentials,
         client: &ClientSettings,
+        audiences: &[String],
         binding: Option<&ClientBinding>,
     ) -> Result<(), OAuthError> {
         if let Some(binding) = binding {
-            self.check_binding(binding, &app.config.hash_key)?;
+            credentials.check_binding(binding, &self.hash_key)?;
         }
-        if let (AuthMethod::JwtAssertion, Some(assertion)) = (self.method, &self.assertion) {
-            // RFC 7523 §3: the audience identifies the server; the issuer and the endpoint
-            // URLs all do.
-            let audiences = [
-                app.issuer(realm),
-                app.public_url(Endpoint::Token, realm),
-                app.public_url(Endpoint::Cancellation, realm),
-            ];
-            verify_assertion(
-                &app.client_keys,
-                app.store(),
-                &app.config.hash_key,
-                client,
-                assertion,
-                &audiences,
-            )
-            .await?;
+        if let (AuthMethod::JwtAssertion, Some(assertion)) = (credentials.method, &credentials.assertion) {
+            verify_assertion(&self.keys, &self.store, &self.hash_key, client, assertion, audiences).await?;
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::config::ClientSettings;
 use crate::crypto::HashKey;
-use crate::protocol::errors::{Fault, OAuthError};
+use crate::protocol::errors::{OAuthError, Source};
 use crate::protocol::wire::error as code;
 use crate::store::Store;
 use crate::upstream::HttpClient;
@@ -202,17 +202,15 @@ pub async fn verify_assertion(
             }
         }
     } else {
-        let set = keys.keys(client, header.kid.as_deref()).await.map_err(|e| {
-            tracing::warn!(client_id = %client.client_id, error = %e, "cannot load the client's keys");
-            OAuthError {
-                fault: Fault::Upstream,
-                retry_after: Some(5),
-                ..OAuthError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    code::TEMPORARILY_UNAVAILABLE,
-                    "The client's keys cannot be loaded right now; retry later.",
-                )
-            }
+        let set = keys.keys(client, header.kid.as_deref()).await.map_err(|e| OAuthError {
+            source: Source::Op,
+            retry_after: Some(5),
+            cause: Some(std::sync::Arc::new(e)),
+            ..OAuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::TEMPORARILY_UNAVAILABLE,
+                "The client's keys cannot be loaded right now; retry later.",
+            )
         })?;
         let Some(set) = set else {
             tracing::warn!(client_id = %client.client_id, "private_key_jwt assertion, but neither jwks nor jwks_uri is configured for this client");
@@ -250,7 +248,7 @@ pub async fn verify_assertion(
         .jti
         .filter(|j| !j.is_empty() && j.len() <= 256)
         .ok_or_else(|| rejected("The client assertion needs a jti."))?;
-    let now = crate::http::now_ms() / 1000;
+    let now = crate::clock::now_ms() / 1000;
     let remember = Duration::from_secs((claims.exp + LEEWAY_SECONDS).saturating_sub(now).max(1)).min(MAX_JTI_MEMORY);
     let key = store.key(&format!(
         "jwt:{}",

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::StatusCode;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, ThumbprintHash};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -27,8 +27,7 @@ use crate::protocol::errors::OAuthError;
 use crate::protocol::wire::error as code;
 use crate::store::Store;
 
-pub static DPOP: HeaderName = HeaderName::from_static("dpop");
-pub static DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
+pub use crate::protocol::wire::{DPOP, DPOP_NONCE};
 
 /// Signature algorithms accepted for proofs: asymmetric only (never `none`, never HMAC).
 pub const ALGORITHMS: [&str; 9] = [
@@ -358,6 +357,56 @@ pub async fn validate(
     Ok(Some(ValidProof { jkt: proof.jkt }))
 }
 
+/// The DPoP checks of one deployment: the replay cache in the store and, when
+/// `DTR_DPOP_NONCE` is on, the server nonces.
+#[derive(Clone)]
+pub struct DpopVerifier {
+    store: Store,
+    hash_key: HashKey,
+    nonces: Option<Nonces>,
+}
+
+impl DpopVerifier {
+    pub fn new(store: Store, hash_key: HashKey, server_nonces: bool) -> Self {
+        let nonces = server_nonces.then(|| Nonces::new(hash_key.clone()));
+        Self {
+            store,
+            hash_key,
+            nonces,
+        }
+    }
+
+    /// Validates the request's proof for a `POST` to `url` (RFC 9449 §4.3, replay cache,
+    /// optional server nonce). `Ok(None)` when the request carries none.
+    pub async fn verify(
+        &self,
+        headers: &HeaderMap,
+        url: &str,
+        now_seconds: u64,
+    ) -> Result<Option<ValidProof>, OAuthError> {
+        if !headers.contains_key(&DPOP) {
+            return Ok(None);
+        }
+        let url = normalize_htu(url).unwrap_or_else(|| url.to_owned());
+        let expected = Expected {
+            method: "POST",
+            url: &url,
+            now_seconds,
+        };
+        validate(headers, &expected, &self.store, &self.hash_key, self.nonces.as_ref()).await
+    }
+
+    /// With server nonces on, every DTR answer carries the current nonce (RFC 9449 §8.2), so
+    /// clients never need an extra round trip to learn a new one.
+    pub fn offer_nonce(&self, headers: &mut HeaderMap, now_seconds: u64) {
+        if let Some(nonces) = &self.nonces {
+            if let Ok(value) = HeaderValue::from_str(&nonces.current(now_seconds)) {
+                headers.entry(DPOP_NONCE.clone()).or_insert(value);
+            }
+        }
+    }
+}
+
 /// The `use_dpop_nonce` error with a fresh nonce in `DPoP-Nonce`.
 pub fn use_nonce(nonces: &Nonces, now_seconds: u64) -> OAuthError {
     let mut error = OAuthError::new(
@@ -365,7 +414,7 @@ pub fn use_nonce(nonces: &Nonces, now_seconds: u64) -> OAuthError {
         code::USE_DPOP_NONCE,
         "Resend the request with a DPoP proof carrying the nonce from the DPoP-Nonce header.",
     );
-    error.dpop_nonce = HeaderValue::from_str(&nonces.current(now_seconds)).ok();
+    error.dpop_nonce = HeaderValue::from_str(&nonces.current(now_seconds)).ok().map(Box::new);
     error
 }
 

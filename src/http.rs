@@ -99,10 +99,26 @@ where
         .unwrap_or(Err(BodyError::TimedOut(timeout)))
 }
 
-/// Milliseconds since the Unix epoch: the clock of every stored timestamp.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// What the public and admin services take as a request body: hyper's `Incoming` from a
+/// socket, or a body built in memory, so tests drive the services without sockets.
+pub trait IntoBody {
+    fn into_body(self) -> Body;
+}
+
+impl IntoBody for Incoming {
+    fn into_body(self) -> Body {
+        Either::Left(self)
+    }
+}
+
+impl IntoBody for Full<Bytes> {
+    fn into_body(self) -> Body {
+        Either::Right(self)
+    }
+}
+
+impl IntoBody for Body {
+    fn into_body(self) -> Body {
+        self
+    }
 }

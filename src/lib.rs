@@ -1,23 +1,37 @@
 //! dtr-proxy: a reverse-proxy sidecar that adds the OpenID Connect Deferred Token Response
 //! flow to an unmodified code-flow OpenID Provider (Keycloak first).
+//!
+//! Layers, each depending only on those before it (`docs/architecture.md`):
+//! 1. vocabulary: [`protocol`] (wire names, parameters, errors, routes), [`clock`], [`crypto`],
+//!    [`http`], [`metrics`], [`store`], [`webhook`] (signatures), [`config`], [`upstream`];
+//! 2. protocol state and checks: [`records`], [`clients`], [`dpop`], [`client_auth`],
+//!    [`client_keys`];
+//! 3. [`endpoints`]: authorize, acknowledge, exchange, poll, cancel, discovery, completion,
+//!    ping;
+//! 4. [`serve`]: the public and admin services and their listeners;
+//! 5. composition: [`app`] (and `main`).
 
-pub mod admin;
-pub mod app;
-pub mod client_auth;
-pub mod client_keys;
+pub mod clock;
 pub mod config;
 pub mod crypto;
-pub mod dpop;
-pub mod events;
 pub mod http;
 pub mod metrics;
-pub mod ping;
 pub mod protocol;
-pub mod proxy;
-pub mod server;
 pub mod store;
 pub mod upstream;
 pub mod webhook;
 
+pub mod client_auth;
+pub mod client_keys;
+pub mod clients;
+pub mod dpop;
+pub mod records;
+
+pub mod endpoints;
+
+pub mod serve;
+
+pub mod app;
+
+pub use app::{start, start_on, Running};
 pub use config::Config;
-pub use server::{start, start_on, Running};

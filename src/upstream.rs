@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -17,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use url::Url;
 
-use crate::http::{full, read_limited, Body, FORM_URLENCODED};
+use crate::http::{empty, full, read_limited, Body, FORM_URLENCODED};
 use crate::metrics::Metrics;
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
@@ -36,6 +37,34 @@ pub enum UpstreamError {
     Failed(String),
     #[error("reply larger than {MAX_UPSTREAM_JSON} bytes")]
     TooLarge,
+    /// The OP answered, with a server error: it may or may not have processed the request.
+    #[error("answered {0}")]
+    Status(StatusCode),
+}
+
+/// The OP's back channel as the DTR endpoints use it: a form POST (the code exchange and the
+/// final refresh) and a GET of a metadata document, each read whole. A small trait, so the
+/// endpoints run in tests against an OP in memory.
+pub trait OpClient: Send + Sync {
+    /// A form POST to one of the OP's paths (its token endpoint), with the RP's `forwarded`
+    /// headers and the public host headers.
+    fn post_form<'a>(
+        &'a self,
+        path: &'a str,
+        form: String,
+        forwarded: &'a HeaderMap,
+        peer: IpAddr,
+        call: &'static str,
+    ) -> BoxFuture<'a, Result<BufferedReply, UpstreamError>>;
+
+    /// A GET of one of the OP's documents (discovery), with the RP's request headers.
+    fn get<'a>(
+        &'a self,
+        path_and_query: &'a str,
+        headers: &'a HeaderMap,
+        peer: IpAddr,
+        call: &'static str,
+    ) -> BoxFuture<'a, Result<BufferedReply, UpstreamError>>;
 }
 
 /// A pooled HTTP(S) client: HTTP/1.1 to the OP (what Keycloak speaks behind a proxy), TLS by
@@ -193,6 +222,26 @@ impl Upstream {
         self.fetch(request, call).await
     }
 
+    /// Sends a GET with the RP's headers and reads the reply whole; asks for it uncompressed,
+    /// since the caller reads it.
+    pub async fn get(
+        &self,
+        path_and_query: &str,
+        incoming: &HeaderMap,
+        peer: IpAddr,
+        call: &'static str,
+    ) -> Result<BufferedReply, UpstreamError> {
+        let mut request = Request::new(empty());
+        *request.uri_mut() = self.uri(path_and_query)?;
+        let headers = request.headers_mut();
+        for (name, value) in incoming {
+            headers.append(name.clone(), value.clone());
+        }
+        headers.remove(header::ACCEPT_ENCODING);
+        self.prepare_headers(headers, peer);
+        self.fetch(request, call).await
+    }
+
     /// Sends a request and reads the reply whole (bounded), all within the timeout.
     pub async fn fetch(&self, request: Request<Body>, call: &'static str) -> Result<BufferedReply, UpstreamError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -210,6 +259,29 @@ impl Upstream {
             headers: parts.headers,
             body,
         })
+    }
+}
+
+impl OpClient for Upstream {
+    fn post_form<'a>(
+        &'a self,
+        path: &'a str,
+        form: String,
+        forwarded: &'a HeaderMap,
+        peer: IpAddr,
+        call: &'static str,
+    ) -> BoxFuture<'a, Result<BufferedReply, UpstreamError>> {
+        Box::pin(Upstream::post_form(self, path, form, forwarded, peer, call))
+    }
+
+    fn get<'a>(
+        &'a self,
+        path_and_query: &'a str,
+        headers: &'a HeaderMap,
+        peer: IpAddr,
+        call: &'static str,
+    ) -> BoxFuture<'a, Result<BufferedReply, UpstreamError>> {
+        Box::pin(Upstream::get(self, path_and_query, headers, peer, call))
     }
 }
 
@@ -257,7 +329,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// A whole reply from the OP.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BufferedReply {
     pub status: StatusCode,
     pub headers: HeaderMap,

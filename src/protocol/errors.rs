@@ -2,70 +2,87 @@
 //! was: that one fact decides the status code, the log level and the metric label.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use serde_json::json;
 
-use super::wire::error as code;
+use super::wire::{error as code, DPOP_NONCE};
 use crate::http::{json_no_store, Body};
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
 
-/// Who caused an error.
+/// Who caused an error: it decides the status class, whether a retry can help, the log level
+/// and the metric label (Pingora's `ErrorSource`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub enum Source {
     /// The client sent something wrong (4xx, logged at debug).
     Client,
-    /// The OP failed or could not be reached (502/503, retryable).
-    Upstream,
-    /// The store failed (503, retryable).
+    /// The OP failed or could not be reached (502/503/504).
+    Op,
+    /// The store failed (503).
     Store,
-    /// A bug or misconfiguration on our side.
+    /// A bug or misconfiguration on our side (500).
     Internal,
 }
 
-impl Fault {
+impl Source {
+    /// The metric label of a request that ended with an error from this source.
     pub fn label(self) -> &'static str {
         match self {
-            Fault::Client => "client_error",
-            Fault::Upstream => "upstream_error",
-            Fault::Store => "store_error",
-            Fault::Internal => "internal_error",
+            Source::Client => "client_error",
+            Source::Op => "upstream_error",
+            Source::Store => "store_error",
+            Source::Internal => "internal_error",
         }
     }
 }
 
-#[derive(Debug, Clone)]
+/// What caused an error below the OAuth surface (a store or OP failure), kept for the log line.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An OAuth error answer. Constructors only describe; [`OAuthError::into_response`] renders,
+/// and the serving edge counts and logs each one once.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error}: {description}")]
 pub struct OAuthError {
     pub status: StatusCode,
     pub error: &'static str,
     pub description: Cow<'static, str>,
-    pub fault: Fault,
+    pub source: Source,
     /// `WWW-Authenticate` scheme when the client authenticated with the `Authorization`
     /// header (RFC 6749 §5.2: 401 with the scheme it used).
     pub www_authenticate: Option<&'static str>,
     pub retry_after: Option<u64>,
-    /// A fresh server nonce for `DPoP-Nonce` (RFC 9449 §8).
-    pub dpop_nonce: Option<HeaderValue>,
+    /// A fresh server nonce for `DPoP-Nonce` (RFC 9449 §8); boxed, as it is rare.
+    pub dpop_nonce: Option<Box<HeaderValue>>,
+    #[source]
+    pub cause: Option<Cause>,
 }
 
 impl OAuthError {
     pub fn new(status: StatusCode, error: &'static str, description: impl Into<Cow<'static, str>>) -> Self {
-        let fault = if status.is_server_error() {
-            Fault::Internal
+        let source = if status.is_server_error() {
+            Source::Internal
         } else {
-            Fault::Client
+            Source::Client
         };
         Self {
             status,
             error,
             description: description.into(),
-            fault,
+            source,
             www_authenticate: None,
             retry_after: None,
             dpop_nonce: None,
+            cause: None,
         }
+    }
+
+    /// Whether the same request may succeed later (the failure was ours or the OP's).
+    pub fn retryable(&self) -> bool {
+        matches!(self.source, Source::Op | Source::Store)
     }
 
     pub fn invalid_request(description: impl Into<Cow<'static, str>>) -> Self {
@@ -99,10 +116,10 @@ impl OAuthError {
     }
 
     pub fn store(e: StoreError) -> Self {
-        tracing::warn!(error = %e, "store call failed");
         Self {
-            fault: Fault::Store,
+            source: Source::Store,
             retry_after: Some(2),
+            cause: Some(Arc::new(e)),
             ..Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 code::TEMPORARILY_UNAVAILABLE,
@@ -111,8 +128,7 @@ impl OAuthError {
         }
     }
 
-    pub fn upstream(e: &UpstreamError) -> Self {
-        tracing::warn!(error = %e, "OP call failed");
+    pub fn upstream(e: UpstreamError) -> Self {
         let (status, description) = match e {
             UpstreamError::Timeout => (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -124,14 +140,37 @@ impl OAuthError {
             ),
         };
         Self {
-            fault: Fault::Upstream,
+            source: Source::Op,
             retry_after: Some(2),
+            cause: Some(Arc::new(e)),
             ..Self::new(status, code::TEMPORARILY_UNAVAILABLE, description)
         }
     }
 
     pub fn internal(description: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, code::SERVER_ERROR, description)
+    }
+
+    /// Keeps the failure that led here, for the log line at the edge.
+    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(cause));
+        self
+    }
+
+    /// The one log line for an error answer: client mistakes at debug, outages at warn, our
+    /// own faults at error.
+    pub fn log(&self, route: &'static str) {
+        let cause = self.cause.as_ref().map(|c| c.to_string()).unwrap_or_default();
+        match self.source {
+            Source::Client => {
+                tracing::debug!(route, error = self.error, description = %self.description, "request refused")
+            }
+            Source::Op => tracing::warn!(route, error = %cause, "OP call failed"),
+            Source::Store => tracing::warn!(route, error = %cause, "store call failed"),
+            Source::Internal => {
+                tracing::error!(route, description = %self.description, error = %cause, "internal error")
+            }
+        }
     }
 
     pub fn into_response(self) -> Response<Body> {
@@ -150,7 +189,7 @@ impl OAuthError {
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let Some(nonce) = self.dpop_nonce {
-            headers.insert(crate::dpop::DPOP_NONCE.clone(), nonce);
+            headers.insert(DPOP_NONCE.clone(), *nonce);
         }
         response
     }

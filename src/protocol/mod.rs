@@ -1,14 +1,7 @@
-//! The DTR protocol: wire names, the authorization rewrite, the acknowledgment, the deferred
-//! grant at the token endpoint, cancellation and discovery.
+//! The DTR vocabulary: wire names, request parameters, OAuth errors, and which path is which
+//! endpoint. Plain data and pure functions; every other layer builds on it.
 
-pub mod authorize;
-pub mod cancel;
-pub mod discovery;
 pub mod errors;
 pub mod params;
-pub mod redirect;
-pub mod respond;
 pub mod routes;
-pub mod state;
-pub mod token;
 pub mod wire;

@@ -97,6 +97,32 @@ impl Routes {
     }
 }
 
+/// The public URLs of the OP's endpoints, as RPs address them through the proxy.
+#[derive(Debug, Clone)]
+pub struct PublicUrls {
+    origin: String,
+    routes: Routes,
+}
+
+impl PublicUrls {
+    pub fn new(origin: String, routes: Routes) -> Self {
+        Self { origin, routes }
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// The issuer of a realm, e.g. `https://id.example.com/realms/acme`.
+    pub fn issuer(&self, realm: &str) -> String {
+        self.routes.issuer(&self.origin, realm)
+    }
+
+    pub fn endpoint(&self, endpoint: Endpoint, realm: &str) -> String {
+        format!("{}{}", self.origin, self.routes.path(endpoint, realm))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,11 @@ pub const CLIENT_NOTIFICATION_ENDPOINT: &str = "deferred_client_notification_end
 /// metadata name; this one follows its title, "Authentication Cancellation Endpoint".
 pub const CANCELLATION_ENDPOINT_METADATA: &str = "deferred_authentication_cancellation_endpoint";
 
+/// The DPoP proof header (RFC 9449 §4.1).
+pub static DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
+/// The DPoP server-nonce header (RFC 9449 §8).
+pub static DPOP_NONCE: http::HeaderName = http::HeaderName::from_static("dpop-nonce");
+
 /// Error codes the profile uses beyond RFC 6749 §5.2 (RFC 8628 §3.5, RFC 9449 §5, CIBA §11).
 pub mod error {
     pub const AUTHORIZATION_PENDING: &str = "authorization_pending";

@@ -1,21 +1,22 @@
-//! What the proxy stores, and where. Codes, handles and `deferred_auth_id`s appear only as
-//! keyed hashes in key names; the held upstream tokens are sealed. All keys of one process
-//! share the hash tag `{p:<hash>}` so multi-key scripts work on Redis Cluster.
+//! What the proxy stores, and where: the record types and [`Records`], the one repository that
+//! derives every key, seals every secret and (de)serialises every record. Codes, handles and
+//! `deferred_auth_id`s appear only as keyed hashes in key names; the held upstream tokens are
+//! sealed. All keys of one process share the hash tag `{p:<hash>}` so multi-key scripts work
+//! on Redis Cluster.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::client_auth::ClientBinding;
 use crate::crypto::{HashKey, Sealer};
 use crate::store::{Store, StoreError, StoreResult};
 
 /// Marks our `state` handles so an upstream redirect is recognised without a store lookup.
 pub const HANDLE_PREFIX: &str = "dtr1.";
 /// The due queue of pings to send.
-pub const PING_QUEUE: &str = "{q}:pings";
+const PING_QUEUE: &str = "{q}:pings";
 /// Every live process, due at its expiry: the pending gauge and expiry events.
-pub const ACTIVE_QUEUE: &str = "{q}:active";
+const ACTIVE_QUEUE: &str = "{q}:active";
 /// Records outlive their expiry this long, so a late poll hears `expired_token` rather than
 /// `invalid_grant`.
 pub const EXPIRED_GRACE: Duration = Duration::from_secs(3600);
@@ -48,11 +49,43 @@ pub struct CodeRecord {
     pub realm: String,
     pub client_id: String,
     pub redirect_uri: String,
-    /// The OP's authorization code, sealed to this record's key.
+    /// The OP's authorization code: sealed to this record's key in the store, plain once
+    /// taken ([`Records::take_code`]).
     pub upstream_code: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
     pub issued_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    /// `private_key_jwt` or `client_secret_jwt` (RFC 7523 assertion).
+    JwtAssertion,
+    /// A public client: no authentication, only its id.
+    None,
+}
+
+impl AuthMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::JwtAssertion => "private_key_jwt",
+            AuthMethod::None => "none",
+        }
+    }
+}
+
+/// What the exchange bound to a process about the client that performed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientBinding {
+    pub method: AuthMethod,
+    /// Keyed hash of client id and secret, for the secret-based methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,40 +172,41 @@ pub struct HeldSecrets {
     pub notification_token: Option<String>,
 }
 
-/// Key names. Hashes are base64url, which never contains `{`, `}` or `:`.
-pub fn authorization_key(hash: &str) -> String {
+// Key names. Hashes are base64url, which never contains `{`, `}` or `:`; only `Records` builds
+// them, so a key's derivation is written once.
+fn authorization_key(hash: &str) -> String {
     format!("auth:{hash}")
 }
 
-pub fn code_key(hash: &str) -> String {
+fn code_key(hash: &str) -> String {
     format!("code:{hash}")
 }
 
-pub fn process_key(process_hash: &str) -> String {
+fn process_key(process_hash: &str) -> String {
     format!("{{p:{process_hash}}}:rec")
 }
 
-pub fn poll_key(process_hash: &str) -> String {
+fn poll_key(process_hash: &str) -> String {
     format!("{{p:{process_hash}}}:poll")
 }
 
-pub fn process_id_key(process_id: &str) -> String {
+fn process_id_key(process_id: &str) -> String {
     format!("pid:{process_id}")
 }
 
-pub fn subject_key(hash: &str) -> String {
+fn subject_key(hash: &str) -> String {
     format!("sub:{hash}")
 }
 
-pub fn session_key(hash: &str) -> String {
+fn session_key(hash: &str) -> String {
     format!("sid:{hash}")
 }
 
-pub fn webhook_key(hash: &str) -> String {
+fn webhook_key(hash: &str) -> String {
     format!("wh:{hash}")
 }
 
-/// Result of a change function given to [`Processes::modify`].
+/// Result of a change function given to [`Records::modify`].
 pub enum Change<T> {
     /// Write the modified record, then return the value.
     Write(T),
@@ -180,14 +214,14 @@ pub enum Change<T> {
     Keep(T),
 }
 
-/// A loaded record with the bytes it was loaded from (for compare-and-set).
-pub struct Loaded {
+/// A process record as loaded, with the bytes it was loaded from (for compare-and-set).
+pub struct StoredProcess {
     pub process_hash: String,
     pub record: ProcessRecord,
     raw: Vec<u8>,
 }
 
-impl Loaded {
+impl StoredProcess {
     /// A record not tied to stored bytes (for reading its sealed secrets).
     pub fn detached(process_hash: &str, record: ProcessRecord) -> Self {
         Self {
@@ -198,24 +232,123 @@ impl Loaded {
     }
 }
 
-/// Process records over the store.
+/// A `deferred_code` taken from the store, with what it takes to put it back.
+pub struct TakenCode {
+    /// The record, its `upstream_code` opened.
+    pub record: CodeRecord,
+    key: String,
+    raw: Vec<u8>,
+}
+
+/// Why held secrets could not be read back (a sealing key rotated away, or corruption).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open sealed secrets: {0}")]
+pub struct UnsealError(String);
+
+/// The repository of everything the proxy stores.
 #[derive(Clone)]
-pub struct Processes {
-    pub store: Store,
-    pub hash_key: HashKey,
-    pub sealer: Sealer,
+pub struct Records {
+    store: Store,
+    hash_key: HashKey,
+    sealer: Sealer,
 }
 
 fn decode(raw: &[u8]) -> StoreResult<ProcessRecord> {
     serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(format!("process record: {e}")))
 }
 
-fn encode(record: &ProcessRecord) -> Vec<u8> {
+fn encode(record: &impl Serialize) -> Vec<u8> {
     // Serialising plain data with string keys cannot fail.
     serde_json::to_vec(record).unwrap_or_default()
 }
 
-impl Processes {
+impl Records {
+    pub fn new(store: Store, hash_key: HashKey, sealer: Sealer) -> Self {
+        Self {
+            store,
+            hash_key,
+            sealer,
+        }
+    }
+
+    /// The store underneath, for health checks and housekeeping.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A short keyed tag of a secret for log lines.
+    pub fn log_tag(&self, secret: &str) -> String {
+        self.hash_key.log_tag(secret)
+    }
+
+    // --- authorization requests in flight (step 1 → step 2) ---
+
+    pub async fn put_authorization(
+        &self,
+        handle: &str,
+        record: &AuthorizationRecord,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let key = self
+            .store
+            .key(&authorization_key(&self.hash_key.hash("handle", handle)));
+        self.store.put(&key, &encode(record), ttl).await
+    }
+
+    /// Takes (consumes) the authorization request behind a handle.
+    pub async fn take_authorization(&self, handle: &str) -> StoreResult<Option<AuthorizationRecord>> {
+        let key = self
+            .store
+            .key(&authorization_key(&self.hash_key.hash("handle", handle)));
+        match self.store.take(&key).await? {
+            Some(raw) => serde_json::from_slice(&raw)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("authorization record: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    // --- deferred codes (step 2 → step 3) ---
+
+    /// Stores a `deferred_code`; the OP's code in `record.upstream_code` is sealed to the key.
+    pub async fn put_code(&self, deferred_code: &str, mut record: CodeRecord, ttl: Duration) -> StoreResult<()> {
+        let key = self.code_key(deferred_code);
+        record.upstream_code = self.sealer.seal(record.upstream_code.as_bytes(), &key);
+        self.store.put(&key, &encode(&record), ttl).await
+    }
+
+    /// Takes a `deferred_code` (single use), its `upstream_code` opened.
+    pub async fn take_code(&self, deferred_code: &str) -> StoreResult<Option<TakenCode>> {
+        let key = self.code_key(deferred_code);
+        let Some(raw) = self.store.take(&key).await? else {
+            return Ok(None);
+        };
+        let mut record: CodeRecord =
+            serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(format!("deferred code record: {e}")))?;
+        let upstream_code = self
+            .sealer
+            .open(&record.upstream_code, &key)
+            .map_err(|e| StoreError::Corrupt(format!("deferred code record: {e}")))?;
+        record.upstream_code =
+            String::from_utf8(upstream_code).map_err(|_| StoreError::Corrupt("deferred code record".into()))?;
+        Ok(Some(TakenCode { record, key, raw }))
+    }
+
+    /// Puts a taken code back for the rest of its lifetime, so a retry can succeed.
+    pub async fn restore_code(&self, taken: &TakenCode, left: Duration) -> StoreResult<()> {
+        if !left.is_zero() {
+            self.store.put_new(&taken.key, &taken.raw, left).await?;
+        }
+        Ok(())
+    }
+
+    fn code_key(&self, deferred_code: &str) -> String {
+        self.store
+            .key(&code_key(&self.hash_key.hash("deferred_code", deferred_code)))
+    }
+
+    // --- processes (step 3 onwards) ---
+
     pub fn process_hash(&self, deferred_auth_id: &str) -> String {
         self.hash_key.hash("deferred_auth_id", deferred_auth_id)
     }
@@ -230,16 +363,15 @@ impl Processes {
     }
 
     pub fn seal(&self, secrets: &HeldSecrets, process_hash: &str) -> String {
-        let plain = serde_json::to_vec(secrets).unwrap_or_default();
-        self.sealer.seal(&plain, &process_key(process_hash))
+        self.sealer.seal(&encode(secrets), &process_key(process_hash))
     }
 
-    pub fn open(&self, loaded: &Loaded) -> Result<HeldSecrets, String> {
+    pub fn open(&self, process: &StoredProcess) -> Result<HeldSecrets, UnsealError> {
         let plain = self
             .sealer
-            .open(&loaded.record.sealed, &process_key(&loaded.process_hash))
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&plain).map_err(|e| e.to_string())
+            .open(&process.record.sealed, &process_key(&process.process_hash))
+            .map_err(|e| UnsealError(e.to_string()))?;
+        serde_json::from_slice(&plain).map_err(|e| UnsealError(e.to_string()))
     }
 
     /// Stores a new process and its lookup entries.
@@ -272,7 +404,7 @@ impl Processes {
     /// A process and when it was last polled by its owner, in one round trip. Nothing is
     /// written: only an authenticated poll may move the poll clock ([`Self::stamp_poll`]), so
     /// someone holding a stolen id cannot make its owner's polls look too fast.
-    pub async fn load_for_poll(&self, process_hash: &str) -> StoreResult<(Option<Loaded>, Option<u64>)> {
+    pub async fn load_for_poll(&self, process_hash: &str) -> StoreResult<(Option<StoredProcess>, Option<u64>)> {
         let store = &self.store;
         let (raw, last_poll) = store
             .get_pair(
@@ -281,15 +413,15 @@ impl Processes {
             )
             .await?;
         let last_poll = last_poll.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
-        let loaded = match raw {
-            Some(raw) => Some(Loaded {
+        let process = match raw {
+            Some(raw) => Some(StoredProcess {
                 process_hash: process_hash.to_owned(),
                 record: decode(&raw)?,
                 raw,
             }),
             None => None,
         };
-        Ok((loaded, last_poll))
+        Ok((process, last_poll))
     }
 
     /// Notes an authenticated poll at `now_ms`. The write is sent at once but not waited
@@ -305,10 +437,10 @@ impl Processes {
         });
     }
 
-    pub async fn load(&self, process_hash: &str) -> StoreResult<Option<Loaded>> {
+    pub async fn load(&self, process_hash: &str) -> StoreResult<Option<StoredProcess>> {
         let store = &self.store;
         match store.get(&store.key(&process_key(process_hash))).await? {
-            Some(raw) => Ok(Some(Loaded {
+            Some(raw) => Ok(Some(StoredProcess {
                 process_hash: process_hash.to_owned(),
                 record: decode(&raw)?,
                 raw,
@@ -322,7 +454,7 @@ impl Processes {
     pub async fn modify<T>(
         &self,
         process_hash: &str,
-        mut loaded: Option<Loaded>,
+        mut loaded: Option<StoredProcess>,
         mut change: impl FnMut(&mut ProcessRecord) -> Change<T>,
     ) -> StoreResult<Option<(T, ProcessRecord)>> {
         let key = self.store.key(&process_key(process_hash));
@@ -349,7 +481,7 @@ impl Processes {
         ))
     }
 
-    pub async fn find_by_process_id(&self, process_id: &str) -> StoreResult<Option<Loaded>> {
+    pub async fn find_by_process_id(&self, process_id: &str) -> StoreResult<Option<StoredProcess>> {
         let store = &self.store;
         let Some(hash) = store.get(&store.key(&process_id_key(process_id))).await? else {
             return Ok(None);
@@ -358,25 +490,77 @@ impl Processes {
         self.load(&hash).await
     }
 
-    pub async fn find_by_subject(&self, sub: &str) -> StoreResult<Vec<Loaded>> {
+    pub async fn find_by_subject(&self, sub: &str) -> StoreResult<Vec<StoredProcess>> {
         let key = self.store.key(&subject_key(&self.subject_hash(sub)));
         self.load_members(&key).await
     }
 
-    pub async fn find_by_session(&self, sid: &str) -> StoreResult<Vec<Loaded>> {
+    pub async fn find_by_session(&self, sid: &str) -> StoreResult<Vec<StoredProcess>> {
         let key = self.store.key(&session_key(&self.session_hash(sid)));
         self.load_members(&key).await
     }
 
-    async fn load_members(&self, index_key: &str) -> StoreResult<Vec<Loaded>> {
+    async fn load_members(&self, index_key: &str) -> StoreResult<Vec<StoredProcess>> {
         let mut found = Vec::new();
         for hash in self.store.set_members(index_key).await? {
             match self.load(&hash).await? {
-                Some(loaded) => found.push(loaded),
+                Some(process) => found.push(process),
                 // The process expired; keep the index tidy.
                 None => self.store.set_remove(index_key, &hash).await?,
             }
         }
         Ok(found)
+    }
+
+    // --- the due queues: pings to send, processes to expire ---
+
+    pub async fn schedule_ping(&self, process_hash: &str, due_ms: u64) -> StoreResult<()> {
+        self.store
+            .schedule(&self.store.key(PING_QUEUE), process_hash, due_ms)
+            .await
+    }
+
+    pub async fn unschedule_ping(&self, process_hash: &str) -> StoreResult<()> {
+        self.store.unschedule(&self.store.key(PING_QUEUE), process_hash).await
+    }
+
+    /// Pings due at `now_ms`, leased to this replica for `lease`.
+    pub async fn claim_due_pings(&self, now_ms: u64, lease: Duration, limit: usize) -> StoreResult<Vec<String>> {
+        self.store
+            .claim_due(&self.store.key(PING_QUEUE), now_ms, lease, limit)
+            .await
+    }
+
+    /// Processes whose lifetime is over at `now_ms`, leased to this replica for `lease`.
+    pub async fn claim_expired(&self, now_ms: u64, lease: Duration, limit: usize) -> StoreResult<Vec<String>> {
+        self.store
+            .claim_due(&self.store.key(ACTIVE_QUEUE), now_ms, lease, limit)
+            .await
+    }
+
+    /// Takes a finished process off the active queue (the pending gauge and expiry events).
+    pub async fn retire(&self, process_hash: &str) -> StoreResult<()> {
+        self.store.unschedule(&self.store.key(ACTIVE_QUEUE), process_hash).await
+    }
+
+    /// Live processes at `now_ms`.
+    pub async fn count_active(&self, now_ms: u64) -> StoreResult<u64> {
+        self.store.count_due_after(&self.store.key(ACTIVE_QUEUE), now_ms).await
+    }
+
+    // --- completion webhook ids (idempotency) ---
+
+    /// The answer given to an earlier delivery of this webhook id, if any.
+    pub async fn webhook_answer(&self, webhook_id: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.store.get(&self.webhook_key(webhook_id)).await
+    }
+
+    pub async fn remember_webhook(&self, webhook_id: &str, answer: &[u8], ttl: Duration) -> StoreResult<()> {
+        self.store.put(&self.webhook_key(webhook_id), answer, ttl).await
+    }
+
+    fn webhook_key(&self, webhook_id: &str) -> String {
+        self.store
+            .key(&webhook_key(&self.hash_key.hash("webhook-id", webhook_id)))
     }
 }

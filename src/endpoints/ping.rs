@@ -10,11 +10,16 @@ use http::{Method, Request, StatusCode};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::app::App;
-use crate::events::{emit, Event};
-use crate::http::{full, now_ms, APPLICATION_JSON};
-use crate::protocol::state::{Change, Status, ACTIVE_QUEUE, PING_QUEUE};
+use tokio::sync::Notify;
+
+use super::events::{emit, Event};
+use crate::clients::Clients;
+use crate::clock::now_ms;
+use crate::http::{full, APPLICATION_JSON};
+use crate::metrics::Metrics;
+use crate::records::{Change, Records, Status};
 use crate::store::{MemoryStore, Store, StoreError};
+use crate::upstream::HttpClient;
 
 const TICK: Duration = Duration::from_millis(500);
 const BATCH: usize = 32;
@@ -26,40 +31,52 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.min(20)).min(MAX_BACKOFF)
 }
 
+/// The worker behind the due queues, one per replica.
+pub struct Pinger {
+    pub records: Records,
+    pub clients: Clients,
+    pub metrics: Metrics,
+    /// Client for pings to RPs (a pool apart from the OP's).
+    pub http: HttpClient,
+    /// `DTR_PING_TIMEOUT`.
+    pub timeout: Duration,
+    /// Rung when this replica schedules a ping.
+    pub wakeup: Arc<Notify>,
+}
+
 /// Runs until `shutdown` flips: delivers due pings, expires due processes, sweeps the
 /// embedded store.
-pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(pinger: Arc<Pinger>, mut shutdown: watch::Receiver<bool>) {
     let mut sweeps = 0u32;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
-            _ = app.ping_wakeup.notified() => {}
+            _ = pinger.wakeup.notified() => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(e) = deliver_due(&app).await {
+        if let Err(e) = send_due_pings(&pinger).await {
             tracing::warn!(error = %e, "ping queue unavailable");
         }
-        if let Err(e) = expire_due(&app).await {
+        if let Err(e) = expire_due(&pinger).await {
             tracing::warn!(error = %e, "expiry queue unavailable");
         }
         sweeps = sweeps.wrapping_add(1);
         if sweeps.is_multiple_of(60) {
-            if let Store::Memory(memory) = app.store() {
+            if let Store::Memory(memory) = pinger.records.store() {
                 MemoryStore::sweep(memory);
             }
         }
     }
 }
 
-async fn deliver_due(app: &Arc<App>) -> Result<(), StoreError> {
-    let store = app.store();
-    let lease = app.config.ping_timeout + Duration::from_secs(5);
-    let due = store.claim_due(&store.key(PING_QUEUE), now_ms(), lease, BATCH).await?;
+async fn send_due_pings(pinger: &Arc<Pinger>) -> Result<(), StoreError> {
+    let lease = pinger.timeout + Duration::from_secs(5);
+    let due = pinger.records.claim_due_pings(now_ms(), lease, BATCH).await?;
     let mut deliveries = tokio::task::JoinSet::new();
     for process_hash in due {
-        let app = app.clone();
+        let pinger = pinger.clone();
         deliveries.spawn(async move {
-            if let Err(e) = deliver(&app, &process_hash).await {
+            if let Err(e) = send_ping(&pinger, &process_hash).await {
                 tracing::warn!(error = %e, "ping delivery interrupted; it will be retried");
             }
         });
@@ -74,31 +91,30 @@ enum Attempt {
     DeadLetter(String),
 }
 
-async fn deliver(app: &App, process_hash: &str) -> Result<(), StoreError> {
-    let store = app.store();
-    let queue = store.key(PING_QUEUE);
-    let Some(loaded) = app.processes.load(process_hash).await? else {
-        return store.unschedule(&queue, process_hash).await;
+async fn send_ping(pinger: &Pinger, process_hash: &str) -> Result<(), StoreError> {
+    let Some(loaded) = pinger.records.load(process_hash).await? else {
+        return pinger.records.unschedule_ping(process_hash).await;
     };
     let record = &loaded.record;
     let now = now_ms();
     // Only finished processes are announced; not after delivery, cancel or expiry.
-    let endpoint = app
-        .client(&record.realm, &record.client_id)
+    let endpoint = pinger
+        .clients
+        .find(&record.realm, &record.client_id)
         .and_then(|c| c.notification_endpoint.clone());
     let (Some(endpoint), true, true) = (
         endpoint,
         matches!(record.status, Status::Approved | Status::Denied),
         now < record.expires_at,
     ) else {
-        return store.unschedule(&queue, process_hash).await;
+        return pinger.records.unschedule_ping(process_hash).await;
     };
-    let secrets = match app.processes.open(&loaded) {
+    let secrets = match pinger.records.open(&loaded) {
         Ok(secrets) => secrets,
         Err(e) => {
             tracing::error!(process_id = %record.process_id, error = %e, "cannot open held secrets for a ping");
-            app.metrics.ping("dead_letter");
-            return store.unschedule(&queue, process_hash).await;
+            pinger.metrics.ping("dead_letter");
+            return pinger.records.unschedule_ping(process_hash).await;
         }
     };
 
@@ -123,7 +139,7 @@ async fn deliver(app: &App, process_hash: &str) -> Result<(), StoreError> {
                 }
             }
             // The client never follows redirects: the draft forbids it.
-            match tokio::time::timeout(app.config.ping_timeout, app.ping_client.request(request)).await {
+            match tokio::time::timeout(pinger.timeout, pinger.http.request(request)).await {
                 Err(_) => Attempt::Retry("timeout".into()),
                 Ok(Err(e)) => Attempt::Retry(e.to_string()),
                 Ok(Ok(response)) => match response.status() {
@@ -141,19 +157,19 @@ async fn deliver(app: &App, process_hash: &str) -> Result<(), StoreError> {
     };
     match attempt {
         Attempt::Done => {
-            app.metrics.ping("delivered");
+            pinger.metrics.ping("delivered");
             tracing::info!(process_id = %record.process_id, "ping delivered");
-            store.unschedule(&queue, process_hash).await
+            pinger.records.unschedule_ping(process_hash).await
         }
         Attempt::DeadLetter(reason) => {
-            app.metrics.ping("dead_letter");
+            pinger.metrics.ping("dead_letter");
             tracing::warn!(process_id = %record.process_id, %reason, "ping refused by the RP; not retried");
-            store.unschedule(&queue, process_hash).await
+            pinger.records.unschedule_ping(process_hash).await
         }
         Attempt::Retry(reason) => {
-            app.metrics.ping("retry");
-            let updated = app
-                .processes
+            pinger.metrics.ping("retry");
+            let updated = pinger
+                .records
                 .modify(process_hash, None, |r| {
                     r.ping_attempts += 1;
                     Change::Write(r.ping_attempts)
@@ -162,24 +178,23 @@ async fn deliver(app: &App, process_hash: &str) -> Result<(), StoreError> {
             let attempts = updated.map(|(a, _)| a).unwrap_or(1);
             let next = now_ms() + backoff(attempts.saturating_sub(1)).as_millis() as u64;
             tracing::info!(process_id = %record.process_id, %reason, attempts, "ping failed; retrying");
-            store.schedule(&queue, process_hash, next).await
+            pinger.records.schedule_ping(process_hash, next).await
         }
     }
 }
 
-async fn expire_due(app: &App) -> Result<(), StoreError> {
-    let store = app.store();
-    let queue = store.key(ACTIVE_QUEUE);
-    for process_hash in store
-        .claim_due(&queue, now_ms(), Duration::from_secs(60), BATCH)
+async fn expire_due(pinger: &Pinger) -> Result<(), StoreError> {
+    for process_hash in pinger
+        .records
+        .claim_expired(now_ms(), Duration::from_secs(60), BATCH)
         .await?
     {
-        if let Some(loaded) = app.processes.load(&process_hash).await? {
+        if let Some(loaded) = pinger.records.load(&process_hash).await? {
             if matches!(loaded.record.status, Status::Pending | Status::Approved) {
-                emit(&app.metrics, Event::Expired, &loaded.record);
+                emit(&pinger.metrics, Event::Expired, &loaded.record);
             }
         }
-        store.unschedule(&queue, &process_hash).await?;
+        pinger.records.retire(&process_hash).await?;
     }
     Ok(())
 }

@@ -6,8 +6,8 @@ use http::header::{HeaderValue, CACHE_CONTROL, LOCATION, PRAGMA, REFERRER_POLICY
 use http::{Response, StatusCode};
 use url::Url;
 
-use super::state::ResponseMode;
 use crate::http::{empty, html_no_store, Body, NO_CACHE, NO_STORE};
+use crate::records::ResponseMode;
 
 /// Sends `params` to the RP's `redirect_uri` in the requested response mode (OAuth 2.0
 /// Multiple Response Types §2.1 for query/fragment, OAuth 2.0 Form Post Response Mode).

@@ -1,4 +1,4 @@
-//! Listeners, connections and graceful shutdown.
+//! Listeners, connections and graceful shutdown: the socket side of both ports.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,124 +12,20 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
-use crate::app::App;
-use crate::config::Config;
-use crate::{admin, ping, proxy};
 
 /// Header fields accepted in one HTTP/1 request; more is answered 431.
 const MAX_HEADERS: usize = 200;
 
-#[derive(Default)]
-pub struct Readiness {
-    pub draining: AtomicBool,
-}
-
-/// A running proxy.
-pub struct Running {
-    pub public_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    pub app: Arc<App>,
-    readiness: Arc<Readiness>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("{0}")]
-    Store(#[from] crate::store::StoreError),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// Binds the configured addresses and starts serving.
-pub async fn start(config: Config) -> Result<Running, StartError> {
-    let public = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let admin = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.admin_listen,
-            source,
-        })?;
-    start_on(config, public, admin).await
-}
-
-/// Starts serving on listeners bound by the caller (tests bind port 0 first).
-pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -> Result<Running, StartError> {
-    let app = App::new(config)?;
-    let readiness = Arc::new(Readiness::default());
-    let (shutdown, watcher) = watch::channel(false);
-    let public_addr = public.local_addr()?;
-    let admin_addr = admin.local_addr()?;
-
-    let proxy_app = app.clone();
-    let public_task = tokio::spawn(serve(
-        public,
-        Limits {
-            max_header_bytes: app.config.max_header_bytes,
-            header_read_timeout: app.config.header_read_timeout,
-        },
-        app.config.shutdown_grace,
-        watcher.clone(),
-        move |request, peer| proxy::handle(proxy_app.clone(), request, peer),
-    ));
-    let admin_app = app.clone();
-    let admin_readiness = readiness.clone();
-    let admin_task = tokio::spawn(serve(
-        admin,
-        Limits {
-            max_header_bytes: 16 * 1024,
-            header_read_timeout: app.config.header_read_timeout,
-        },
-        app.config.shutdown_grace,
-        watcher.clone(),
-        move |request, _peer| admin::handle(admin_app.clone(), admin_readiness.clone(), request),
-    ));
-    let ping_task = tokio::spawn(ping::run(app.clone(), watcher));
-    tracing::info!(%public_addr, %admin_addr, store = app.store().kind(), "dtr-proxy serving");
-    Ok(Running {
-        public_addr,
-        admin_addr,
-        app,
-        readiness,
-        shutdown,
-        tasks: vec![public_task, admin_task, ping_task],
-    })
-}
-
-impl Running {
-    /// Stops taking connections and waits (up to the grace period) for those in flight.
-    pub async fn shutdown(self) {
-        self.readiness.draining.store(true, Ordering::Relaxed);
-        let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-
-    /// Marks the replica unready (so Kubernetes stops routing to it) without stopping yet.
-    pub fn begin_draining(&self) {
-        self.readiness.draining.store(true, Ordering::Relaxed);
-    }
-}
-
 /// What a connection may cost before it sends a request.
 #[derive(Clone, Copy)]
-struct Limits {
-    max_header_bytes: usize,
-    header_read_timeout: Duration,
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
 }
 
-async fn serve<F, Fut>(
+/// Serves HTTP/1 and HTTP/2 on `listener` with `handler` until `shutdown` flips, then drains
+/// for up to `grace`.
+pub async fn serve<F, Fut>(
     listener: TcpListener,
     limits: Limits,
     grace: Duration,

@@ -3,7 +3,7 @@
 //! event, for log-based pipelines) and counted.
 
 use crate::metrics::Metrics;
-use crate::protocol::state::ProcessRecord;
+use crate::records::ProcessRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {

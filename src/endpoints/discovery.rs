@@ -2,63 +2,59 @@
 //! wrote it (key order preserved).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use serde_json::{Map, Value};
 
-use super::routes::Endpoint;
-use super::wire;
-use crate::app::App;
-use crate::http::{empty, full, Body};
+use crate::http::{empty, full, plain, Body};
+use crate::metrics::Metrics;
+use crate::protocol::routes::{Endpoint, PublicUrls};
+use crate::protocol::wire;
+use crate::upstream::{strip_hop_by_hop, OpClient};
 
-pub async fn discovery(app: &App, realm: &str, parts: &Parts, peer: IpAddr) -> Response<Body> {
-    let mut request = Request::new(empty());
-    *request.method_mut() = parts.method.clone();
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    *request.uri_mut() = match app.upstream.uri(path_and_query) {
-        Ok(uri) => uri,
-        Err(_) => return crate::http::plain(StatusCode::BAD_GATEWAY, "bad upstream address\n"),
-    };
-    let headers = request.headers_mut();
-    for (name, value) in &parts.headers {
-        headers.append(name.clone(), value.clone());
+pub struct Discovery {
+    pub op: Arc<dyn OpClient>,
+    pub urls: PublicUrls,
+    pub metrics: Metrics,
+}
+
+impl Discovery {
+    pub async fn handle(&self, realm: &str, parts: &Parts, peer: IpAddr) -> Response<Body> {
+        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let reply = match self.op.get(path_and_query, &parts.headers, peer, "discovery").await {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery fetch failed");
+                let mut response = plain(StatusCode::BAD_GATEWAY, "The OpenID Provider is unavailable.\n");
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(2));
+                return response;
+            }
+        };
+        let mut response = Response::new(empty());
+        *response.status_mut() = reply.status;
+        *response.headers_mut() = reply.headers.clone();
+        strip_hop_by_hop(response.headers_mut());
+        let document = match (reply.status, serde_json::from_slice::<Map<String, Value>>(&reply.body)) {
+            (StatusCode::OK, Ok(document)) => document,
+            _ => {
+                *response.body_mut() = full(reply.body);
+                return response;
+            }
+        };
+        let cancellation = self.urls.endpoint(Endpoint::Cancellation, realm);
+        let body = serde_json::to_vec(&augment(document, &cancellation)).unwrap_or_default();
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+        response.headers_mut().remove(header::ETAG);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        *response.body_mut() = full(body);
+        self.metrics.request("discovery", "ok");
+        response
     }
-    // We must read the document; ask for it uncompressed.
-    headers.remove(header::ACCEPT_ENCODING);
-    app.upstream.prepare_headers(headers, peer);
-
-    let reply = match app.upstream.fetch(request, "discovery").await {
-        Ok(reply) => reply,
-        Err(e) => {
-            tracing::warn!(error = %e, "discovery fetch failed");
-            let mut response = crate::http::plain(StatusCode::BAD_GATEWAY, "The OpenID Provider is unavailable.\n");
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(2));
-            return response;
-        }
-    };
-    let mut response = Response::new(empty());
-    *response.status_mut() = reply.status;
-    *response.headers_mut() = reply.headers.clone();
-    crate::upstream::strip_hop_by_hop(response.headers_mut());
-    let document = match (reply.status, serde_json::from_slice::<Map<String, Value>>(&reply.body)) {
-        (StatusCode::OK, Ok(document)) => document,
-        _ => {
-            *response.body_mut() = full(reply.body);
-            return response;
-        }
-    };
-    let cancellation = app.public_url(Endpoint::Cancellation, realm);
-    let body = serde_json::to_vec(&augment(document, &cancellation)).unwrap_or_default();
-    response.headers_mut().remove(header::CONTENT_LENGTH);
-    response.headers_mut().remove(header::ETAG);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    *response.body_mut() = full(body);
-    app.metrics.request("discovery", "ok");
-    response
 }
 
 fn add_to_list(document: &mut Map<String, Value>, key: &str, values: &[&str]) {

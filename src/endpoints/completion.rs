@@ -1,0 +1,270 @@
+//! The completion webhook (step 4) on the internal port: the verification service reports an
+//! outcome for a process, signed per Standard Webhooks ([`crate::webhook`]), addressed by
+//! `process_id`, `sub` or `sid`. Idempotent by webhook id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderMap;
+use http::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::events::{emit, Event};
+use crate::clients::Clients;
+use crate::clock::now_ms;
+use crate::http::{json_no_store, Body};
+use crate::metrics::Metrics;
+use crate::records::{Change, ProcessRecord, Records, Status, StoredProcess};
+use crate::store::StoreError;
+use crate::webhook::verify;
+
+/// How long a webhook id is remembered for idempotency (beyond the tolerance window, after
+/// which a replay is refused for its timestamp anyway).
+const REMEMBER_IDS: Duration = Duration::from_secs(24 * 3600);
+/// Pings go out no sooner than this after the exchange response: the draft requires the RP to
+/// hold its `deferred_auth_id` before the ping names it.
+pub const PING_GRACE_MS: u64 = 2_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Verdict {
+    Approved,
+    Denied,
+    /// Progress only: updates the description pending polls see.
+    Pending,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Completion {
+    outcome: Verdict,
+    #[serde(default)]
+    error_description: Option<String>,
+    #[serde(default)]
+    process_id: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    sid: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    realm: Option<String>,
+}
+
+fn problem(status: StatusCode, error: &str, description: &str) -> Response<Body> {
+    json_no_store(status, &json!({ "error": error, "error_description": description }))
+}
+
+fn store_problem(e: StoreError) -> Response<Body> {
+    tracing::warn!(error = %e, "store unavailable for a completion webhook");
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "The store is unavailable; retry.",
+    );
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(5));
+    response
+}
+
+pub struct Completions {
+    pub records: Records,
+    pub clients: Clients,
+    pub metrics: Metrics,
+    /// `DTR_WEBHOOK_SECRET`, decoded; `None` refuses every completion.
+    pub secret: Option<Vec<u8>>,
+    /// Wakes this replica's ping worker when a ping is scheduled.
+    pub ping_wakeup: Arc<Notify>,
+}
+
+impl Completions {
+    /// `POST /v1/completions`.
+    pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Response<Body> {
+        let Some(secret) = self.secret.as_deref() else {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_configured",
+                "DTR_WEBHOOK_SECRET is not set.",
+            );
+        };
+        let webhook_id = match verify(secret, headers, body, now_ms() / 1000) {
+            Ok(id) => id,
+            Err(e) => {
+                self.metrics.request("completion", "bad_signature");
+                tracing::warn!(reason = %e, "completion webhook rejected");
+                return problem(StatusCode::UNAUTHORIZED, "invalid_signature", &e.to_string());
+            }
+        };
+        let completion: Completion = match serde_json::from_slice(body) {
+            Ok(completion) => completion,
+            Err(e) => {
+                self.metrics.request("completion", "bad_body");
+                return problem(StatusCode::BAD_REQUEST, "invalid_body", &e.to_string());
+            }
+        };
+        let selectors = [&completion.process_id, &completion.sub, &completion.sid]
+            .iter()
+            .filter(|s| s.is_some())
+            .count();
+        if selectors != 1 {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "Name exactly one of process_id, sub, sid.",
+            );
+        }
+        if matches!(completion.outcome, Verdict::Approved) && completion.error_description.is_some() {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "error_description goes with denied or pending.",
+            );
+        }
+
+        match self.records.webhook_answer(&webhook_id).await {
+            Ok(Some(previous)) => {
+                // Same delivery again (a sender's retry): same answer, no second effect.
+                self.metrics.request("completion", "duplicate");
+                let mut reply: serde_json::Value = serde_json::from_slice(&previous).unwrap_or_else(|_| json!({}));
+                reply["duplicate"] = json!(true);
+                return json_no_store(StatusCode::OK, &reply);
+            }
+            Ok(None) => {}
+            Err(e) => return store_problem(e),
+        }
+
+        let found = match self.find(&completion).await {
+            Ok(found) => found,
+            Err(e) => return store_problem(e),
+        };
+        if found.is_empty() {
+            self.metrics.request("completion", "not_found");
+            return problem(StatusCode::NOT_FOUND, "not_found", "No deferred process matches.");
+        }
+        let mut changed = Vec::new();
+        let mut unchanged = Vec::new();
+        for loaded in found {
+            match self.apply(&completion, loaded).await {
+                Ok((true, record)) => {
+                    changed.push(json!({"process_id": record.process_id, "status": record.status.name()}))
+                }
+                Ok((false, record)) => {
+                    unchanged.push(json!({"process_id": record.process_id, "status": record.status.name()}))
+                }
+                Err(e) => return store_problem(e),
+            }
+        }
+        let reply = json!({ "changed": changed, "unchanged": unchanged });
+        if let Err(e) = self
+            .records
+            .remember_webhook(&webhook_id, reply.to_string().as_bytes(), REMEMBER_IDS)
+            .await
+        {
+            tracing::warn!(error = %e, "could not remember a webhook id");
+        }
+        self.metrics.request("completion", "ok");
+        json_no_store(StatusCode::OK, &reply)
+    }
+
+    async fn find(&self, completion: &Completion) -> Result<Vec<StoredProcess>, StoreError> {
+        let processes = &self.records;
+        let mut found = if let Some(process_id) = &completion.process_id {
+            processes.find_by_process_id(process_id).await?.into_iter().collect()
+        } else if let Some(sub) = &completion.sub {
+            processes.find_by_subject(sub).await?
+        } else if let Some(sid) = &completion.sid {
+            processes.find_by_session(sid).await?
+        } else {
+            Vec::new()
+        };
+        found.retain(|l| {
+            completion.client_id.as_ref().is_none_or(|c| *c == l.record.client_id)
+                && completion.realm.as_ref().is_none_or(|r| *r == l.record.realm)
+        });
+        // By subject or session, a finished process is history: only open ones are addressed.
+        if completion.process_id.is_none() {
+            found.retain(|l| l.record.status.is_open());
+        }
+        Ok(found)
+    }
+
+    async fn apply(&self, completion: &Completion, loaded: StoredProcess) -> Result<(bool, ProcessRecord), StoreError> {
+        let process_hash = loaded.process_hash.clone();
+        let now = now_ms();
+        let result = self
+            .records
+            .modify(&process_hash, Some(loaded), |r| {
+                if !r.status.is_open() || now >= r.expires_at {
+                    return Change::Keep(false);
+                }
+                match completion.outcome {
+                    Verdict::Approved => r.status = Status::Approved,
+                    Verdict::Denied => r.status = Status::Denied,
+                    Verdict::Pending => {}
+                }
+                r.description = completion.error_description.clone();
+                if r.status != Status::Pending {
+                    r.completed_at = Some(now);
+                }
+                Change::Write(true)
+            })
+            .await?;
+        let Some((changed, record)) = result else {
+            return Err(StoreError::Unavailable("process vanished during the update".into()));
+        };
+        if changed && record.status != Status::Pending {
+            emit(
+                &self.metrics,
+                if record.status == Status::Approved {
+                    Event::Approved
+                } else {
+                    Event::Denied
+                },
+                &record,
+            );
+            let has_endpoint = self
+                .clients
+                .find(&record.realm, &record.client_id)
+                .is_some_and(|c| c.notification_endpoint.is_some());
+            if has_endpoint {
+                let due = now.max(record.created_at + PING_GRACE_MS);
+                self.records.schedule_ping(&process_hash, due).await?;
+                self.ping_wakeup.notify_one();
+            }
+        }
+        Ok((changed, record))
+    }
+
+    /// `GET /v1/processes/{process_id}`: what an operator may see (no secrets).
+    pub async fn process_view(&self, process_id: &str) -> Response<Body> {
+        match self.records.find_by_process_id(process_id).await {
+            Ok(Some(loaded)) => {
+                let r = &loaded.record;
+                json_no_store(
+                    StatusCode::OK,
+                    &json!({
+                        "process_id": r.process_id,
+                        "realm": r.realm,
+                        "client_id": r.client_id,
+                        "status": r.status.name(),
+                        "description": r.description,
+                        "sub": r.sub,
+                        "created_at": r.created_at / 1000,
+                        "expires_at": r.expires_at / 1000,
+                        "completed_at": r.completed_at.map(|t| t / 1000),
+                        "interval": r.interval,
+                        "dpop_bound": r.jkt.is_some(),
+                        "client_auth_method": r.client.method.name(),
+                        "ping_attempts": r.ping_attempts,
+                    }),
+                )
+            }
+            Ok(None) => problem(StatusCode::NOT_FOUND, "not_found", "No such process."),
+            Err(e) => store_problem(e),
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! Polling (step 6): the RP asks with its `deferred_auth_id` whether the tokens are ready. A
+//! pending poll costs one store round trip and no OP call; the first poll after approval
+//! obtains the final tokens from the OP, fresh, and spends the id.
+//!
+//! [`decide`] is the endpoint's decision on plain data (the record, the last poll, the clock);
+//! [`Poll::handle`] loads, checks, decides and applies.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::HeaderMap;
+use http::{Response, StatusCode};
+
+use super::back_channel::{forwarded_headers, id_token_claims, is_request_error, relay, reply_error};
+use super::checks::Checks;
+use super::events::{emit, Event};
+use crate::client_auth::{ClientCredentials, AUTH_PARAMS};
+use crate::clock::now_ms;
+use crate::http::Body;
+use crate::metrics::Metrics;
+use crate::protocol::errors::OAuthError;
+use crate::protocol::params::{encode, Params};
+use crate::protocol::routes::Endpoint;
+use crate::protocol::wire::error as code;
+use crate::records::{Change, ProcessRecord, Records, Status, StoredProcess};
+use crate::upstream::{OpClient, UpstreamError};
+
+/// `slow_down` adds this much to the interval (RFC 8628 §3.5, the draft: "at least 5 seconds").
+pub const SLOW_DOWN_STEP: u64 = 5;
+/// Consecutive too-fast polls after which the id is revoked (`invalid_request`).
+pub const MAX_STRIKES: u32 = 10;
+/// A delivery claimed this long ago by a replica that never finished is up for grabs again.
+pub const STALE_DELIVERY_MS: u64 = 60_000;
+
+/// What a poll by the process's owner gets, in the order the checks apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollDecision {
+    /// Revoked for polling too fast: `invalid_request`.
+    Revoked,
+    /// The tokens were delivered; the id is spent: `invalid_grant`.
+    Spent,
+    /// The lifetime is over: `expired_token`.
+    Expired,
+    /// Too soon after the last poll: `slow_down`, the interval grows.
+    SlowDown,
+    /// Verification still running: `authorization_pending`.
+    Pending,
+    /// Another poll is obtaining the tokens right now: `authorization_pending`.
+    InFlight,
+    /// The verification failed: `access_denied`.
+    Denied,
+    /// The RP cancelled: `access_denied`.
+    Cancelled,
+    /// Approved (or a delivery abandoned by a dead replica): obtain the final tokens.
+    Release,
+}
+
+/// The poll's decision for an owner whose request passed the client and DPoP checks.
+pub fn decide(record: &ProcessRecord, last_poll: Option<u64>, now: u64) -> PollDecision {
+    match record.status {
+        Status::Revoked => return PollDecision::Revoked,
+        Status::Delivered => return PollDecision::Spent,
+        _ => {}
+    }
+    if now >= record.expires_at {
+        return PollDecision::Expired;
+    }
+    let interval_ms = record.interval * 1000;
+    // Requests spaced exactly `interval` apart arrive with jitter; allow a little.
+    let slack = (interval_ms / 5).min(1000);
+    if last_poll.is_some_and(|last| now.saturating_sub(last) + slack < interval_ms) {
+        return PollDecision::SlowDown;
+    }
+    match record.status {
+        Status::Approved => PollDecision::Release,
+        Status::Delivering if is_stale_delivery(record, now) => PollDecision::Release,
+        Status::Delivering => PollDecision::InFlight,
+        Status::Pending => PollDecision::Pending,
+        Status::Denied => PollDecision::Denied,
+        Status::Cancelled => PollDecision::Cancelled,
+        Status::Revoked => PollDecision::Revoked,
+        Status::Delivered => PollDecision::Spent,
+    }
+}
+
+fn is_stale_delivery(record: &ProcessRecord, now: u64) -> bool {
+    record
+        .delivering_since
+        .is_some_and(|t| now.saturating_sub(t) > STALE_DELIVERY_MS)
+}
+
+fn revoked() -> OAuthError {
+    OAuthError::invalid_request("This deferred_auth_id was revoked for polling too fast.")
+}
+
+/// The answer for a decision that hands out no tokens.
+pub fn refusal(decision: PollDecision, record: &ProcessRecord) -> OAuthError {
+    match decision {
+        PollDecision::Revoked => revoked(),
+        PollDecision::Spent | PollDecision::Release => OAuthError::unknown_deferred_auth_id(),
+        PollDecision::Expired => OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            code::EXPIRED_TOKEN,
+            "The deferred_auth_id has expired; start a new authentication.",
+        ),
+        PollDecision::SlowDown => OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            code::SLOW_DOWN,
+            format!(
+                "Polling too fast; wait at least {} seconds between requests.",
+                record.interval
+            ),
+        ),
+        PollDecision::Pending => OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            code::AUTHORIZATION_PENDING,
+            record
+                .description
+                .clone()
+                .unwrap_or_else(|| "The identity verification is still in progress.".into()),
+        ),
+        PollDecision::InFlight => OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            code::AUTHORIZATION_PENDING,
+            "The tokens are being issued to a concurrent request for this deferred_auth_id.",
+        ),
+        PollDecision::Denied => OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            code::ACCESS_DENIED,
+            record
+                .description
+                .clone()
+                .unwrap_or_else(|| "The identity could not be verified.".into()),
+        ),
+        PollDecision::Cancelled => OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            code::ACCESS_DENIED,
+            "The authentication process was cancelled.",
+        ),
+    }
+}
+
+/// A `slow_down` strike on the record: the interval grows, or after [`MAX_STRIKES`] in a row
+/// the id is revoked.
+pub fn strike(record: &mut ProcessRecord, now: u64) {
+    record.strikes += 1;
+    if record.strikes >= MAX_STRIKES && record.status.is_open() {
+        record.status = Status::Revoked;
+        record.completed_at = Some(now);
+    } else {
+        record.interval += SLOW_DOWN_STEP;
+    }
+}
+
+/// What the OP's answer to the final refresh means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// The OP failed: give the claim back, let a later poll retry.
+    OpFailed(StatusCode),
+    /// The request was refused for the client's credentials or proof: the grant is intact.
+    RequestRefused,
+    /// The OP no longer honours the held grant (revoked, expired, user disabled).
+    GrantRefused,
+    Tokens,
+}
+
+pub fn refresh_outcome(status: StatusCode, error: Option<&str>) -> Refresh {
+    if status.is_server_error() {
+        Refresh::OpFailed(status)
+    } else if status.is_success() {
+        Refresh::Tokens
+    } else if is_request_error(error) {
+        Refresh::RequestRefused
+    } else {
+        Refresh::GrantRefused
+    }
+}
+
+pub struct Poll {
+    pub checks: Checks,
+    pub records: Records,
+    pub op: Arc<dyn OpClient>,
+    pub metrics: Metrics,
+}
+
+impl Poll {
+    pub async fn handle(
+        &self,
+        realm: &str,
+        headers: &HeaderMap,
+        params: &Params,
+        deferred_auth_id: &str,
+        peer: IpAddr,
+    ) -> Result<Response<Body>, OAuthError> {
+        let now = now_ms();
+        let credentials = ClientCredentials::extract(headers, params)?;
+        let client = self.checks.client(realm, &credentials)?;
+        let proof = self.checks.proof(headers, Endpoint::Token, realm, now).await?;
+        let process_hash = self.records.process_hash(deferred_auth_id);
+        let (process, last_poll) = self.records.load_for_poll(&process_hash).await?;
+        let process = process.ok_or_else(OAuthError::unknown_deferred_auth_id)?;
+        let record = &process.record;
+        self.checks
+            .owner(realm, client, &credentials, record, proof.as_ref())
+            .await?;
+        self.records.stamp_poll(&process_hash, now);
+        let decision = decide(record, last_poll, now);
+        if decision == PollDecision::SlowDown {
+            return Err(self.slow_down(process, now).await?);
+        }
+        if record.strikes > 0 {
+            self.records
+                .modify(&process.process_hash, None, |r| {
+                    r.strikes = 0;
+                    Change::Write(())
+                })
+                .await?;
+        }
+        match decision {
+            PollDecision::Release => self.release(realm, headers, params, process, peer, now).await,
+            decision => Err(refusal(decision, record)),
+        }
+    }
+
+    async fn slow_down(&self, process: StoredProcess, now: u64) -> Result<OAuthError, OAuthError> {
+        let outcome = self
+            .records
+            .modify(&process.process_hash.clone(), Some(process), |r| {
+                strike(r, now);
+                Change::Write(())
+            })
+            .await?;
+        Ok(match outcome {
+            Some((_, record)) if record.status == Status::Revoked => {
+                tracing::warn!(process_id = %record.process_id, client_id = %record.client_id, "deferred_auth_id revoked after sustained fast polling");
+                revoked()
+            }
+            Some((_, record)) => refusal(PollDecision::SlowDown, &record),
+            None => OAuthError::unknown_deferred_auth_id(),
+        })
+    }
+
+    /// Obtains the final tokens for an approved process. Exactly one concurrent poll wins the
+    /// claim; the OP is asked by refresh at this moment, so the tokens are fresh and carry the
+    /// claims of the finished verification.
+    async fn release(
+        &self,
+        realm: &str,
+        headers: &HeaderMap,
+        params: &Params,
+        process: StoredProcess,
+        peer: IpAddr,
+        now: u64,
+    ) -> Result<Response<Body>, OAuthError> {
+        let process_hash = process.process_hash.clone();
+        let claimed = self
+            .records
+            .modify(&process_hash, Some(process), |r| {
+                if decide(r, None, now) == PollDecision::Release {
+                    r.status = Status::Delivering;
+                    r.delivering_since = Some(now);
+                    Change::Write(true)
+                } else {
+                    Change::Keep(false)
+                }
+            })
+            .await?;
+        let record = match claimed {
+            Some((true, record)) => record,
+            Some((false, record)) => return Err(refusal(decide(&record, None, now), &record)),
+            None => return Err(OAuthError::unknown_deferred_auth_id()),
+        };
+        let secrets = match self
+            .records
+            .open(&StoredProcess::detached(&process_hash, record.clone()))
+        {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                tracing::error!(process_id = %record.process_id, error = %e, "cannot open held tokens (key rotated away?)");
+                self.unclaim(&process_hash).await;
+                return Err(OAuthError::internal("The held grant cannot be read.").caused_by(e));
+            }
+        };
+
+        let auth = params.iter().filter(|(name, _)| AUTH_PARAMS.contains(name));
+        let form = encode(
+            [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", secrets.refresh_token.as_str()),
+            ]
+            .into_iter()
+            .chain(auth),
+        );
+        let token_path = self.checks.urls.routes().path(Endpoint::Token, realm);
+        let reply = match self
+            .op
+            .post_form(&token_path, form, &forwarded_headers(headers), peer, "refresh")
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.unclaim(&process_hash).await;
+                return Err(OAuthError::upstream(e));
+            }
+        };
+        let error = reply_error(&reply);
+        match refresh_outcome(reply.status, error.as_deref()) {
+            Refresh::OpFailed(status) => {
+                self.unclaim(&process_hash).await;
+                Err(OAuthError::upstream(UpstreamError::Status(status)))
+            }
+            Refresh::RequestRefused => {
+                // The client's fault (credentials, DPoP): the grant is intact, let it retry.
+                self.unclaim(&process_hash).await;
+                Ok(relay(&reply))
+            }
+            Refresh::GrantRefused => {
+                let description = "The OpenID Provider no longer honours this authentication; start a new one.";
+                let finished = self
+                    .records
+                    .modify(&process_hash, None, |r| {
+                        r.status = Status::Denied;
+                        r.description = Some(description.into());
+                        r.completed_at = Some(now_ms());
+                        r.sealed.clear();
+                        Change::Write(())
+                    })
+                    .await?;
+                tracing::warn!(process_id = %record.process_id, error = error.as_deref().unwrap_or(""), "OP refused the held grant");
+                if let Some((_, record)) = finished {
+                    emit(&self.metrics, Event::Denied, &record);
+                }
+                let _ = self.records.retire(&process_hash).await;
+                Err(OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    code::ACCESS_DENIED,
+                    description,
+                ))
+            }
+            Refresh::Tokens => {
+                if let Some(expected) = &record.nonce {
+                    let claims = id_token_claims(reply.json().as_ref().and_then(|t| t.get("id_token")?.as_str()));
+                    if claims.nonce.as_deref() != Some(expected) {
+                        // Keycloak ≥ 25 drops nonce from refreshed ID tokens unless the client has the
+                        // "Nonce backwards compatible" mapper.
+                        tracing::warn!(client_id = %record.client_id, "final ID token lacks the requested nonce; enable Keycloak's \"Nonce backwards compatible\" mapper for this client");
+                    }
+                }
+                let delivered = self
+                    .records
+                    .modify(&process_hash, None, |r| {
+                        r.status = Status::Delivered;
+                        r.completed_at = Some(now_ms());
+                        r.delivering_since = None;
+                        r.sealed.clear();
+                        Change::Write(())
+                    })
+                    .await;
+                match delivered {
+                    Ok(Some((_, record))) => emit(&self.metrics, Event::Delivered, &record),
+                    Ok(None) => {}
+                    // The tokens are issued and the OP has rotated the refresh token: hand them
+                    // over even if we cannot note it; a retry would fail at the OP anyway.
+                    Err(e) => tracing::warn!(error = %e, "could not mark the process delivered"),
+                }
+                let _ = self.records.retire(&process_hash).await;
+                let _ = self.records.unschedule_ping(&process_hash).await;
+                Ok(relay(&reply))
+            }
+        }
+    }
+
+    /// Gives a claimed delivery back (the OP failed): the next poll may try again.
+    async fn unclaim(&self, process_hash: &str) {
+        let released = self
+            .records
+            .modify(process_hash, None, |r| {
+                if r.status == Status::Delivering {
+                    r.status = Status::Approved;
+                    r.delivering_since = None;
+                    Change::Write(())
+                } else {
+                    Change::Keep(())
+                }
+            })
+            .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "could not release a delivery claim; it frees itself after a minute");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{AuthMethod, ClientBinding};
+
+    const NOW: u64 = 1_000_000_000;
+
+    fn record(status: Status) -> ProcessRecord {
+        ProcessRecord {
+            process_id: "p".into(),
+            realm: "r".into(),
+            client_id: "c".into(),
+            client: ClientBinding {
+                method: AuthMethod::ClientSecretBasic,
+                fingerprint: None,
+            },
+            jkt: None,
+            status,
+            description: None,
+            interval: 5,
+            strikes: 0,
+            created_at: NOW - 60_000,
+            expires_at: NOW + 60_000,
+            completed_at: None,
+            delivering_since: None,
+            sub: None,
+            sid: None,
+            nonce: None,
+            ping_attempts: 0,
+            sealed: String::new(),
+        }
+    }
+
+    /// The order of the checks: revoked and spent ids first, then expiry, then the polling
+    /// rate, then the verification's status.
+    #[test]
+    fn a_poll_is_decided_in_the_documented_order() {
+        use PollDecision::*;
+        let fast = Some(NOW - 1_000);
+        let on_time = Some(NOW - 5_000);
+        let expired = |mut r: ProcessRecord| {
+            r.expires_at = NOW;
+            r
+        };
+        let delivering_since = |since: u64| {
+            let mut r = record(Status::Delivering);
+            r.delivering_since = Some(since);
+            r
+        };
+        let cases: Vec<(&str, ProcessRecord, Option<u64>, PollDecision)> = vec![
+            (
+                "revoked beats everything",
+                expired(record(Status::Revoked)),
+                fast,
+                Revoked,
+            ),
+            ("spent beats expiry", expired(record(Status::Delivered)), fast, Spent),
+            (
+                "expiry beats slow_down",
+                expired(record(Status::Pending)),
+                fast,
+                Expired,
+            ),
+            (
+                "expiry beats approval",
+                expired(record(Status::Approved)),
+                None,
+                Expired,
+            ),
+            ("slow_down beats approval", record(Status::Approved), fast, SlowDown),
+            ("slow_down beats denial", record(Status::Denied), fast, SlowDown),
+            ("first poll is pending", record(Status::Pending), None, Pending),
+            ("on-time poll is pending", record(Status::Pending), on_time, Pending),
+            ("approved releases", record(Status::Approved), on_time, Release),
+            ("denied", record(Status::Denied), None, Denied),
+            ("cancelled", record(Status::Cancelled), None, Cancelled),
+            ("delivery in flight", delivering_since(NOW - 1_000), None, InFlight),
+            (
+                "abandoned delivery is taken over",
+                delivering_since(NOW - STALE_DELIVERY_MS - 1),
+                None,
+                Release,
+            ),
+        ];
+        for (name, record, last_poll, expected) in cases {
+            assert_eq!(decide(&record, last_poll, NOW), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_poll_within_the_jitter_allowance_is_on_time() {
+        let r = record(Status::Pending);
+        // 5 s interval: up to 1 s early is jitter, more is too fast.
+        assert_eq!(decide(&r, Some(NOW - 4_000), NOW), PollDecision::Pending);
+        assert_eq!(decide(&r, Some(NOW - 3_999), NOW), PollDecision::SlowDown);
+    }
+
+    #[test]
+    fn refusals_carry_the_draft_error_codes() {
+        let r = record(Status::Pending);
+        let codes = [
+            (PollDecision::Revoked, code::INVALID_REQUEST),
+            (PollDecision::Spent, code::INVALID_GRANT),
+            (PollDecision::Expired, code::EXPIRED_TOKEN),
+            (PollDecision::SlowDown, code::SLOW_DOWN),
+            (PollDecision::Pending, code::AUTHORIZATION_PENDING),
+            (PollDecision::InFlight, code::AUTHORIZATION_PENDING),
+            (PollDecision::Denied, code::ACCESS_DENIED),
+            (PollDecision::Cancelled, code::ACCESS_DENIED),
+        ];
+        for (decision, expected) in codes {
+            let error = refusal(decision, &r);
+            assert_eq!(error.error, expected, "{decision:?}");
+            assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn strikes_grow_the_interval_then_revoke() {
+        let mut r = record(Status::Pending);
+        for n in 1..MAX_STRIKES {
+            strike(&mut r, NOW);
+            assert_eq!(r.interval, 5 + SLOW_DOWN_STEP * u64::from(n));
+        }
+        strike(&mut r, NOW);
+        assert_eq!(r.status, Status::Revoked);
+    }
+
+    #[test]
+    fn the_ops_refresh_answer_decides_the_release() {
+        assert_eq!(refresh_outcome(StatusCode::OK, None), Refresh::Tokens);
+        assert_eq!(
+            refresh_outcome(StatusCode::BAD_GATEWAY, None),
+            Refresh::OpFailed(StatusCode::BAD_GATEWAY)
+        );
+        assert_eq!(
+            refresh_outcome(StatusCode::UNAUTHORIZED, Some("invalid_client")),
+            Refresh::RequestRefused
+        );
+        assert_eq!(
+            refresh_outcome(StatusCode::BAD_REQUEST, Some("invalid_grant")),
+            Refresh::GrantRefused
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Serving: the public port (pass-through and the DTR endpoints), the internal admin port, and
+//! the listeners under both.
+
+pub mod admin;
+pub mod proxy;
+pub mod server;

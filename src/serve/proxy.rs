@@ -1,0 +1,331 @@
+//! The public port. DTR requests are recognised by path and parameters and handled in the
+//! protocol module (request filters); the authorization rewrite is an upstream request filter
+//! and the acknowledgment an upstream response filter. Everything else is streamed straight
+//! through to the OP over pooled connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+
+use crate::clock::now_ms;
+use crate::dpop::DpopVerifier;
+use crate::endpoints::acknowledge::{self, Acknowledge};
+use crate::endpoints::authorize::{Authorization, Authorize};
+use crate::endpoints::cancel::{self, Cancel};
+use crate::endpoints::discovery::Discovery;
+use crate::endpoints::respond::error_page;
+use crate::endpoints::token::{DeferredGrant, POLL_ROUTE};
+use crate::http::{full, media_type, plain, read_request_body, Body, BodyError, IntoBody, FORM_URLENCODED};
+use crate::metrics::Metrics;
+use crate::protocol::errors::OAuthError;
+use crate::protocol::params::Params;
+use crate::protocol::routes::{Endpoint, Routes};
+use crate::protocol::wire;
+use crate::upstream::{strip_hop_by_hop, Upstream, UpstreamError};
+
+/// What a request to the public port may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// `DTR_MAX_HEADER_BYTES`.
+    pub max_header_bytes: usize,
+    /// `DTR_MAX_BODY_BYTES`, for the small DTR bodies the proxy reads.
+    pub max_body_bytes: usize,
+    /// `DTR_BODY_READ_TIMEOUT`.
+    pub body_read_timeout: Duration,
+}
+
+/// The public port as a value: built from its endpoints and the pass-through upstream, and
+/// callable with any request body, so tests drive it without a socket.
+pub struct PublicService {
+    pub routes: Routes,
+    pub upstream: Arc<Upstream>,
+    pub authorize: Authorize,
+    pub acknowledge: Acknowledge,
+    pub token: DeferredGrant,
+    pub cancel: Cancel,
+    pub discovery: Discovery,
+    pub dpop: DpopVerifier,
+    pub metrics: Metrics,
+    pub limits: RequestLimits,
+}
+
+impl PublicService {
+    pub async fn handle<B: IntoBody>(&self, request: Request<B>, peer: SocketAddr) -> Response<Body> {
+        let request = request.map(IntoBody::into_body);
+        if header_bytes(request.headers()) > self.limits.max_header_bytes {
+            // hyper's read buffer bounds memory only roughly (it has room for a request line and
+            // a partial read on top); the configured total is the rule.
+            self.metrics.request("passthrough", "client_error");
+            return plain(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request headers too large.\n",
+            );
+        }
+        let route = self
+            .routes
+            .classify(request.uri().path())
+            .map(|(e, realm)| (e, realm.to_owned()));
+        match (route, request.method()) {
+            (Some((Endpoint::Authorization, realm)), &Method::GET | &Method::POST) => {
+                self.authorization(&realm, request, peer).await
+            }
+            (Some((Endpoint::Token, realm)), &Method::POST) => self.token_endpoint(&realm, request, peer).await,
+            (Some((Endpoint::Cancellation, realm)), &Method::POST) => self.cancellation(&realm, request).await,
+            (Some((Endpoint::Cancellation, _)), _) => {
+                let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                response
+            }
+            (Some((Endpoint::Discovery, realm)), &Method::GET) => {
+                let (parts, _) = request.into_parts();
+                self.discovery.handle(&realm, &parts, peer.ip()).await
+            }
+            _ => self.forward(request, peer).await,
+        }
+    }
+
+    /// The one place a DTR endpoint's result becomes an answer: errors are rendered, counted
+    /// and logged here, and every answer offers the current DPoP nonce.
+    fn finish(&self, route: &'static str, result: Result<Response<Body>, OAuthError>) -> Response<Body> {
+        let mut response = match result {
+            Ok(response) => {
+                self.metrics.request(route, "ok");
+                if route == POLL_ROUTE {
+                    self.metrics.poll(if response.status().is_success() {
+                        "delivered"
+                    } else {
+                        "op_refused"
+                    });
+                }
+                response
+            }
+            Err(e) => {
+                e.log(route);
+                self.metrics.request(route, e.source.label());
+                if route == POLL_ROUTE {
+                    self.metrics.poll(e.error);
+                }
+                e.into_response()
+            }
+        };
+        self.dpop.offer_nonce(response.headers_mut(), now_ms() / 1000);
+        response
+    }
+
+    /// Forwards a request to the OP and streams the answer back, turning a redirect that carries
+    /// one of our handles into the RP's acknowledgment.
+    pub async fn forward(&self, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        if parts.method == Method::CONNECT {
+            // Not a forward proxy: a tunnel request is the client's mistake, not an OP failure.
+            let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
+            response.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),
+            );
+            return response;
+        }
+        // Only origin-form (and absolute-form, whose authority is ignored) names an OP path;
+        // `OPTIONS *` and authority-form have no path to forward.
+        let Some(path_and_query) = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|p| p.starts_with('/'))
+        else {
+            return plain(StatusCode::BAD_REQUEST, "bad request target\n");
+        };
+        parts.uri = match self.upstream.uri(path_and_query) {
+            Ok(uri) => uri,
+            Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target\n"),
+        };
+        if parts.version == Version::HTTP_2 {
+            join_cookies(&mut parts.headers);
+        }
+        // Keycloak speaks HTTP/1.1 behind a proxy, whatever the client spoke to us.
+        parts.version = Version::HTTP_11;
+        self.upstream.prepare_headers(&mut parts.headers, peer.ip());
+        match self
+            .upstream
+            .send(Request::from_parts(parts, body), "passthrough")
+            .await
+        {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                if parts.status.is_redirection()
+                    && parts
+                        .headers
+                        .get(header::LOCATION)
+                        .is_some_and(acknowledge::carries_handle)
+                {
+                    return self.acknowledge.handle(parts).await;
+                }
+                Response::from_parts(parts, body.into_body())
+            }
+            Err(e) => self.upstream_failure(&e),
+        }
+    }
+
+    fn upstream_failure(&self, e: &UpstreamError) -> Response<Body> {
+        tracing::warn!(error = %e, "pass-through to the OP failed");
+        self.metrics.request("passthrough", "upstream_error");
+        let status = match e {
+            UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        let mut response = plain(
+            status,
+            "The identity provider is unavailable. Please try again shortly.\n",
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(2));
+        response
+    }
+}
+
+/// Size of the request headers as sent in HTTP/1.1 (`name: value\r\n`).
+fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 needs one (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let cookies: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect();
+    if cookies.len() < 2 {
+        return;
+    }
+    let joined = cookies.join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+impl PublicService {
+    async fn read_small_body(&self, body: Body) -> Result<Bytes, OAuthError> {
+        read_request_body(body, self.limits.max_body_bytes, self.limits.body_read_timeout)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge(limit) => OAuthError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    wire::error::INVALID_REQUEST,
+                    format!("The request body exceeds {limit} bytes."),
+                ),
+                BodyError::TimedOut(_) => OAuthError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    wire::error::INVALID_REQUEST,
+                    "The request body was not received in time.",
+                ),
+                BodyError::Read(detail) => {
+                    OAuthError::invalid_request(format!("The request body could not be read: {detail}"))
+                }
+            })
+    }
+
+    async fn authorization(&self, realm: &str, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        let is_post = parts.method == Method::POST;
+        let raw = if is_post {
+            match self.read_small_body(body).await {
+                Ok(bytes) => bytes,
+                Err(e) => return error_page(e.status, &e.description),
+            }
+        } else {
+            Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes())
+        };
+        // Only a request that can be DTR is parsed (strictly); all else reaches the OP untouched.
+        let outcome = if mentions_deferred(&raw) {
+            match Params::parse(&raw) {
+                Ok(params) => self.authorize.handle(realm, &params).await,
+                Err(e) => Authorization::Respond(error_page(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Invalid sign-in request: {e}."),
+                )),
+            }
+        } else {
+            Authorization::PassThrough
+        };
+        let body = match outcome {
+            Authorization::Respond(response) => return response,
+            Authorization::PassThrough if is_post => full(raw),
+            Authorization::PassThrough => crate::http::empty(),
+            Authorization::Forward { query } if is_post => {
+                parts.headers.insert(header::CONTENT_TYPE, FORM_URLENCODED);
+                parts.headers.remove(header::CONTENT_LENGTH);
+                full(query)
+            }
+            Authorization::Forward { query } => {
+                let uri = format!("{}?{query}", parts.uri.path());
+                match uri.parse() {
+                    Ok(uri) => parts.uri = uri,
+                    Err(_) => return error_page(StatusCode::BAD_REQUEST, "Invalid sign-in request."),
+                }
+                crate::http::empty()
+            }
+        };
+        if is_post {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.remove(header::TRANSFER_ENCODING);
+        }
+        self.forward(Request::from_parts(parts, body), peer).await
+    }
+
+    async fn token_endpoint(&self, realm: &str, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        let raw = match self.read_small_body(body).await {
+            Ok(bytes) => bytes,
+            Err(e) => return self.finish("token", Err(e)),
+        };
+        if mentions_deferred(&raw) {
+            if !media_type(&parts.headers).eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+                // RFC 6749 §3.2: the token endpoint takes form bodies only; the OP would refuse
+                // anything else too, so nothing that works is turned away here.
+                return self.finish(
+                    "token",
+                    Err(OAuthError::invalid_request(
+                        "Send the token request as application/x-www-form-urlencoded.",
+                    )),
+                );
+            }
+            match Params::parse(&raw) {
+                Ok(params) if params.get("grant_type") == Some(wire::GRANT_TYPE_DEFERRED) => {
+                    let (route, result) = self.token.handle(realm, &parts.headers, &params, peer.ip()).await;
+                    return self.finish(route, result);
+                }
+                Ok(_) => {}
+                Err(e) => return self.finish("token", Err(OAuthError::from(e))),
+            }
+        }
+        self.metrics.request("token", "passthrough");
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(raw.len()));
+        self.forward(Request::from_parts(parts, full(raw)), peer).await
+    }
+
+    async fn cancellation(&self, realm: &str, request: Request<Body>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let result = match self.read_small_body(body).await {
+            Ok(raw) => match cancel::parse_body(&parts.headers, &raw) {
+                Ok(params) => self.cancel.handle(realm, &parts.headers, &params).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        self.finish("cancel", result)
+    }
+}
+
+fn mentions_deferred(bytes: &[u8]) -> bool {
+    let needle = b"deferred";
+    bytes.windows(needle.len()).any(|w| w == needle)
+}
