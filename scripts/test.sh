@@ -11,6 +11,8 @@ echo "test: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test: cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "test: module layers"
+python3 scripts/check-layers.py
 echo "test: cargo test"
 # Most integration tests wait on poll intervals, not CPU: run them wide.
 cargo test --locked --all-targets -- --test-threads 8

@@ -239,3 +239,60 @@ impl Exchange {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: StatusCode, body: &str) -> BufferedReply {
+        BufferedReply {
+            status,
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_ops_answer_decides_what_becomes_of_the_code() {
+        let cases: Vec<(&str, BufferedReply, Redemption)> = vec![
+            (
+                "an OP failure puts the code back",
+                reply(StatusCode::BAD_GATEWAY, ""),
+                Redemption::OpFailed(StatusCode::BAD_GATEWAY),
+            ),
+            (
+                "bad credentials put the code back",
+                reply(StatusCode::UNAUTHORIZED, r#"{"error":"invalid_client"}"#),
+                Redemption::Refused { restore: true },
+            ),
+            (
+                "a refused proof puts the code back",
+                reply(StatusCode::BAD_REQUEST, r#"{"error":"invalid_dpop_proof"}"#),
+                Redemption::Refused { restore: true },
+            ),
+            (
+                "a refused code is spent",
+                reply(StatusCode::BAD_REQUEST, r#"{"error":"invalid_grant"}"#),
+                Redemption::Refused { restore: false },
+            ),
+            (
+                "no refresh token cannot be held",
+                reply(StatusCode::OK, r#"{"access_token":"a"}"#),
+                Redemption::NoRefreshToken,
+            ),
+            ("garbage", reply(StatusCode::OK, "<html>"), Redemption::Malformed),
+            (
+                "a grant",
+                reply(StatusCode::OK, r#"{"refresh_token":"r","id_token":"i"}"#),
+                Redemption::Granted {
+                    refresh_token: "r",
+                    id_token: Some("i"),
+                },
+            ),
+        ];
+        for (name, reply, expected) in cases {
+            let tokens = reply.json();
+            assert_eq!(redemption(&reply, tokens.as_ref()), expected, "{name}");
+        }
+    }
+}
