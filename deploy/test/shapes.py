@@ -196,7 +196,7 @@ def merge_keycloakx(fixture_docs, values):
     """The slots of the keycloakx StatefulSet template that deploy/sidecar/
     keycloakx-values.yaml uses (templates/statefulset.yaml of the chart)."""
     known = {"replicas", "args", "http", "proxy", "service", "terminationGracePeriodSeconds",
-             "extraEnv", "extraContainers", "extraVolumes"}
+             "enableServiceLinks", "extraEnv", "extraContainers", "extraVolumes"}
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"keycloakx merge does not model {sorted(unknown)}: extend shapes.py")
@@ -210,6 +210,8 @@ def merge_keycloakx(fixture_docs, values):
         kc["args"] = values["args"]
     if "terminationGracePeriodSeconds" in values:
         pod["terminationGracePeriodSeconds"] = values["terminationGracePeriodSeconds"]
+    if "enableServiceLinks" in values:
+        pod["enableServiceLinks"] = values["enableServiceLinks"]
     rel = values.get("http", {}).get("relativePath")
     if rel is not None:
         for e in kc["env"]:
@@ -239,7 +241,8 @@ def merge_keycloakx(fixture_docs, values):
 def merge_bitnami(fixture_docs, values):
     """The slots of the Bitnami keycloak templates (statefulset.yaml, service.yaml,
     configmap-env-vars.yaml) that deploy/sidecar/bitnami-values.yaml uses."""
-    known = {"replicaCount", "containerPorts", "terminationGracePeriodSeconds", "extraEnvVars",
+    known = {"replicaCount", "containerPorts", "terminationGracePeriodSeconds", "enableServiceLinks",
+             "extraEnvVars",
              "service", "customStartupProbe", "customLivenessProbe", "customReadinessProbe",
              "sidecars", "extraVolumes"}
     unknown = set(values) - known
@@ -259,6 +262,8 @@ def merge_bitnami(fixture_docs, values):
         cm["data"]["KEYCLOAK_HTTP_PORT"] = str(http_port)
     if "terminationGracePeriodSeconds" in values:
         pod["terminationGracePeriodSeconds"] = values["terminationGracePeriodSeconds"]
+    if "enableServiceLinks" in values:
+        pod["enableServiceLinks"] = values["enableServiceLinks"]
     kc["env"] += values.get("extraEnvVars", [])
     for key, probe in (("customStartupProbe", "startupProbe"), ("customLivenessProbe", "livenessProbe"),
                        ("customReadinessProbe", "readinessProbe")):
@@ -539,6 +544,8 @@ def run(g):
         sleep = (dtr.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0))
         drain = sleep + int(env_value(dtr, "DTR_SHUTDOWN_DELAY") or 3) + int(env_value(dtr, "DTR_SHUTDOWN_GRACE") or 25)
         check(tgps >= drain, f"{label}: terminationGracePeriodSeconds {tgps} >= dtr-proxy's drain {drain}")
+        check(pod_spec.get("enableServiceLinks", True) is False,
+              f"{label}: enableServiceLinks false (no DTR_PROXY_ADMIN_* variables from the admin Service)")
         if replicas > 1:
             check("DTR_REDIS_URL" in env_of(dtr), f"{label}: {replicas} Keycloak pods share Redis (DTR_REDIS_URL)")
         check(env_value(kc, "KC_HOSTNAME", kc_extra_env) == env_value(dtr, "DTR_PUBLIC_URL")
