@@ -196,7 +196,7 @@ def merge_keycloakx(fixture_docs, values):
     """The slots of the keycloakx StatefulSet template that deploy/sidecar/
     keycloakx-values.yaml uses (templates/statefulset.yaml of the chart)."""
     known = {"replicas", "args", "http", "proxy", "service", "terminationGracePeriodSeconds",
-             "enableServiceLinks", "extraEnv", "extraContainers", "extraVolumes"}
+             "enableServiceLinks", "lifecycleHooks", "extraEnv", "extraContainers", "extraVolumes"}
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"keycloakx merge does not model {sorted(unknown)}: extend shapes.py")
@@ -212,6 +212,8 @@ def merge_keycloakx(fixture_docs, values):
         pod["terminationGracePeriodSeconds"] = values["terminationGracePeriodSeconds"]
     if "enableServiceLinks" in values:
         pod["enableServiceLinks"] = values["enableServiceLinks"]
+    if values.get("lifecycleHooks"):
+        kc["lifecycle"] = yaml.safe_load(values["lifecycleHooks"])
     rel = values.get("http", {}).get("relativePath")
     if rel is not None:
         for e in kc["env"]:
@@ -242,7 +244,7 @@ def merge_bitnami(fixture_docs, values):
     """The slots of the Bitnami keycloak templates (statefulset.yaml, service.yaml,
     configmap-env-vars.yaml) that deploy/sidecar/bitnami-values.yaml uses."""
     known = {"replicaCount", "containerPorts", "terminationGracePeriodSeconds", "enableServiceLinks",
-             "extraEnvVars",
+             "lifecycleHooks", "extraEnvVars",
              "service", "customStartupProbe", "customLivenessProbe", "customReadinessProbe",
              "sidecars", "extraVolumes"}
     unknown = set(values) - known
@@ -264,6 +266,8 @@ def merge_bitnami(fixture_docs, values):
         pod["terminationGracePeriodSeconds"] = values["terminationGracePeriodSeconds"]
     if "enableServiceLinks" in values:
         pod["enableServiceLinks"] = values["enableServiceLinks"]
+    if values.get("lifecycleHooks"):
+        kc["lifecycle"] = copy.deepcopy(values["lifecycleHooks"])
     kc["env"] += values.get("extraEnvVars", [])
     for key, probe in (("customStartupProbe", "startupProbe"), ("customLivenessProbe", "livenessProbe"),
                        ("customReadinessProbe", "readinessProbe")):
@@ -544,6 +548,10 @@ def run(g):
         sleep = (dtr.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0))
         drain = sleep + int(env_value(dtr, "DTR_SHUTDOWN_DELAY") or 3) + int(env_value(dtr, "DTR_SHUTDOWN_GRACE") or 25)
         check(tgps >= drain, f"{label}: terminationGracePeriodSeconds {tgps} >= dtr-proxy's drain {drain}")
+        kc_sleep = kc.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+        delay = int(env_value(dtr, "DTR_SHUTDOWN_DELAY") or 3)
+        check(delay <= kc_sleep < tgps,
+              f"{label}: Keycloak's preStop sleep {kc_sleep} s covers DTR_SHUTDOWN_DELAY {delay} s, within the grace period")
         check(pod_spec.get("enableServiceLinks", True) is False,
               f"{label}: enableServiceLinks false (no DTR_PROXY_ADMIN_* variables from the admin Service)")
         if replicas > 1:
