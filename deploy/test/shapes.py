@@ -628,10 +628,27 @@ def run(g):
         if dtr is not None:
             same_as_chart(label, name, dtr, pod_spec.get("volumes") or [])
 
-    # -- refused combinations -----------------------------------------------
-    print("--- shapes the chart must refuse")
     sidecar_min = deep_merge(REQUIRED, {"mode": "sidecar", "config": {"upstreamUrl": ""},
                                         "sidecar": {"keycloakPodSelector": {"app": "keycloak"}}})
+    print("--- sidecar, embedded store, one Keycloak pod, inline secrets")
+    label = "sidecar-minimal"
+    lint(label, sidecar_min)
+    manifests = render(sidecar_min)
+    docs = load_docs(manifests)
+    validate_docs(label, docs)
+    notes = "".join(v for k, v in manifests.items() if k.endswith("NOTES.txt"))
+    check(sorted(f"{d['kind']}/{d['metadata']['name']}" for _, d in docs)
+          == ["ConfigMap/dtr-proxy", "ConfigMap/dtr-proxy-sidecar", "Secret/dtr-proxy", "Service/dtr-proxy-admin"]
+          and "exactly one Keycloak pod" in notes,
+          f"{label}: ConfigMaps, Secret and admin Service only; NOTES.txt warns about the single pod")
+    snippet = yaml.safe_load(find(docs, "ConfigMap", "dtr-proxy-sidecar")[0]["data"]["container.yaml"])[0]
+    check(env_value(snippet, "DTR_UPSTREAM_URL") == "http://127.0.0.1:8081"
+          and "DTR_REDIS_URL" not in env_of(snippet)
+          and env_of(snippet)["DTR_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "dtr-proxy",
+          f"{label}: snippet upstream on loopback 8081, no Redis, secrets from the chart's Secret")
+
+    # -- refused combinations -----------------------------------------------
+    print("--- shapes the chart must refuse")
     expect_failure("embedded store with replicaCount 2",
                    deep_merge(REQUIRED, {"replicaCount": 2}), "replicaCount is 2 but redis.enabled is false")
     expect_failure("embedded store with autoscaling",
