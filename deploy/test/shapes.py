@@ -393,6 +393,28 @@ def run(g):
             ok(f"{label}: {ident} valid (strict) for Kubernetes {', '.join(KUBE_VERSIONS)}")
         return valid
 
+    # -- every value has a schema ---------------------------------------------
+    chart_dir = os.path.join(root, "deploy", "helm", "dtr-proxy")
+    with open(os.path.join(chart_dir, "values.yaml")) as f:
+        defaults = yaml.safe_load(f)
+    with open(os.path.join(chart_dir, "values.schema.json")) as f:
+        schema = json.load(f)
+    undeclared = []
+
+    def walk(values, sch, path):
+        props = sch.get("properties")
+        if props is None:
+            return
+        for k, v in values.items():
+            if k not in props:
+                undeclared.append(".".join(path + [k]))
+            elif isinstance(v, dict):
+                walk(v, props[k], path + [k])
+
+    walk(defaults, schema, [])
+    check(not undeclared, "values.schema.json declares every key of values.yaml"
+          + (f" (missing: {', '.join(undeclared)})" if undeclared else ""))
+
     # -- example values -----------------------------------------------------
     def example(name):
         with open(os.path.join(examples_dir, name)) as f:
