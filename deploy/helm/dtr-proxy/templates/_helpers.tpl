@@ -38,6 +38,9 @@ helm.sh/chart: {{ include "dtr-proxy.chart" . }}
 {{ include "dtr-proxy.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ tpl (toYaml .) $ }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -79,21 +82,53 @@ Name of the Secret holding the secret settings.
 {{- end }}
 
 {{/*
-Effective replica count: 1 with the embedded store, replicaCount with Redis.
+Effective replica count: replicaCount when set; otherwise 2 with Redis and 1
+with the embedded store (more than one replica on the embedded store is
+refused by dtr-proxy.validate).
 */}}
 {{- define "dtr-proxy.replicas" -}}
-{{- if .Values.redis.enabled }}
+{{- if not (kindIs "invalid" .Values.replicaCount) }}
 {{- .Values.replicaCount | int }}
+{{- else if .Values.redis.enabled }}
+{{- 2 }}
 {{- else }}
 {{- 1 }}
 {{- end }}
 {{- end }}
 
 {{/*
+"true" in the sidecar shape (dtr-proxy runs inside the Keycloak pods).
+*/}}
+{{- define "dtr-proxy.sidecar" -}}
+{{- if eq .Values.mode "sidecar" }}true{{- end }}
+{{- end }}
+
+{{/*
+DTR_UPSTREAM_URL: config.upstreamUrl, or in the sidecar shape Keycloak's
+loopback listener when it is left empty.
+*/}}
+{{- define "dtr-proxy.upstreamUrl" -}}
+{{- if .Values.config.upstreamUrl }}
+{{- .Values.config.upstreamUrl }}
+{{- else if include "dtr-proxy.sidecar" . }}
+{{- printf "http://127.0.0.1:%d" (.Values.sidecar.keycloakHttpPort | int) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Port of the upstream URL (explicit, or 80/443 by scheme), for egress rules.
+*/}}
+{{- define "dtr-proxy.upstreamPort" -}}
+{{- $u := urlParse (include "dtr-proxy.upstreamUrl" .) }}
+{{- $m := regexFind ":[0-9]+$" $u.host }}
+{{- if $m }}{{ trimPrefix ":" $m }}{{ else if eq $u.scheme "https" }}443{{ else }}80{{ end }}
+{{- end }}
+
+{{/*
 "true" when a HorizontalPodAutoscaler is rendered (never with the embedded store).
 */}}
 {{- define "dtr-proxy.hpaEnabled" -}}
-{{- if and .Values.autoscaling.enabled .Values.redis.enabled }}true{{- end }}
+{{- if and .Values.autoscaling.enabled .Values.redis.enabled (not (include "dtr-proxy.sidecar" .)) }}true{{- end }}
 {{- end }}
 
 {{/*
@@ -101,7 +136,7 @@ Effective replica count: 1 with the embedded store, replicaCount with Redis.
 can run (a budget for a single replica would block node drains).
 */}}
 {{- define "dtr-proxy.pdbEnabled" -}}
-{{- if and .Values.podDisruptionBudget.enabled .Values.redis.enabled }}
+{{- if and .Values.podDisruptionBudget.enabled .Values.redis.enabled (not (include "dtr-proxy.sidecar" .)) }}
 {{- if include "dtr-proxy.hpaEnabled" . }}
 {{- if gt (.Values.autoscaling.minReplicas | int) 1 }}true{{- end }}
 {{- else if gt (include "dtr-proxy.replicas" . | int) 1 }}true
@@ -115,11 +150,16 @@ upgrade and template run fails early with a clear message.
 */}}
 {{- define "dtr-proxy.validate" -}}
 {{- $c := .Values.config }}
-{{- if not $c.upstreamUrl }}
+{{- $sidecar := include "dtr-proxy.sidecar" . }}
+{{- if not (has .Values.mode (list "gateway" "sidecar")) }}
+{{- fail (printf "mode must be \"gateway\" or \"sidecar\", got %q" (toString .Values.mode)) }}
+{{- end }}
+{{- if and (not $c.upstreamUrl) (not $sidecar) }}
 {{- fail "config.upstreamUrl is required: where Keycloak listens inside the cluster, e.g. http://keycloak-http.keycloak.svc:8080" }}
 {{- end }}
-{{- if not (regexMatch "^https?://[^/]+" $c.upstreamUrl) }}
-{{- fail (printf "config.upstreamUrl must be an http:// or https:// URL, got %q" $c.upstreamUrl) }}
+{{- $upstream := include "dtr-proxy.upstreamUrl" . }}
+{{- if not (regexMatch "^https?://[^/]+" $upstream) }}
+{{- fail (printf "config.upstreamUrl must be an http:// or https:// URL, got %q" $upstream) }}
 {{- end }}
 {{- if not $c.publicUrl }}
 {{- fail "config.publicUrl is required: the public origin of Keycloak (its KC_HOSTNAME), e.g. https://id.example.com" }}
@@ -170,8 +210,58 @@ upgrade and template run fails early with a clear message.
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
 {{- end }}
 {{- end }}
-{{- if and .Values.preStopSleepSeconds (ge (.Values.preStopSleepSeconds | int) (.Values.terminationGracePeriodSeconds | int)) }}
-{{- fail "preStopSleepSeconds must be lower than terminationGracePeriodSeconds" }}
+{{- /* Drain budget: the kubelet counts the preStop sleep against the grace
+     period, then dtr-proxy stays unready for shutdown.delaySeconds and lets
+     requests finish for shutdown.graceSeconds before it exits. */}}
+{{- $tgps := .Values.terminationGracePeriodSeconds | int }}
+{{- $preStop := .Values.preStopSleepSeconds | int }}
+{{- $delay := .Values.shutdown.delaySeconds | int }}
+{{- $grace := .Values.shutdown.graceSeconds | int }}
+{{- $need := add $preStop $delay $grace }}
+{{- if lt $tgps $need }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) is shorter than preStopSleepSeconds (%d) + shutdown.delaySeconds (%d) + shutdown.graceSeconds (%d) = %d: the kubelet would kill dtr-proxy before it has drained. Raise terminationGracePeriodSeconds to at least %d or shorten the drain.%s" $tgps $preStop $delay $grace $need $need (ternary " In the sidecar shape this is the Keycloak pod's terminationGracePeriodSeconds." "" (eq $sidecar "true"))) }}
+{{- end }}
+{{- /* The embedded store lives in one process: several replicas would each
+     hold a different part of the state. */}}
+{{- if not .Values.redis.enabled }}
+{{- if $sidecar }}
+{{- if gt (.Values.sidecar.keycloakReplicas | int) 1 }}
+{{- fail (printf "sidecar.keycloakReplicas is %d but redis.enabled is false: every Keycloak pod would run its own embedded store and a deferred process started on one pod would be unknown to the others. Enable Redis (redis.enabled=true) or run one Keycloak pod." (.Values.sidecar.keycloakReplicas | int)) }}
+{{- end }}
+{{- else }}
+{{- if gt (include "dtr-proxy.replicas" . | int) 1 }}
+{{- fail (printf "replicaCount is %d but redis.enabled is false: the embedded store lives in one pod, so more than one replica would lose deferred processes. Enable Redis (redis.enabled=true) or set replicaCount to 1." (include "dtr-proxy.replicas" . | int)) }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- fail "autoscaling.enabled requires redis.enabled: the embedded store cannot be shared by several replicas" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $sidecar }}
+{{- if not .Values.sidecar.keycloakPodSelector }}
+{{- fail "mode=sidecar requires sidecar.keycloakPodSelector: the labels of the Keycloak pods (the admin Service selects them)" }}
+{{- end }}
+{{- range $key := list "ingress" "httpRoute" "networkPolicy" "autoscaling" }}
+{{- if (index $.Values $key).enabled }}
+{{- fail (printf "%s.enabled applies to the gateway Deployment; with mode=sidecar traffic reaches dtr-proxy through Keycloak's own Service, Ingress and NetworkPolicy: configure those on the Keycloak side" $key) }}
+{{- end }}
+{{- end }}
+{{- if or .Values.extraContainers .Values.initContainers }}
+{{- fail "extraContainers and initContainers apply to the gateway Deployment; with mode=sidecar add containers through the Keycloak platform's own values" }}
+{{- end }}
+{{- if eq (.Values.containerPorts.public | int) (.Values.sidecar.keycloakHttpPort | int) }}
+{{- fail "containerPorts.public and sidecar.keycloakHttpPort must differ: dtr-proxy takes the port Keycloak's Service targets and Keycloak moves to another one" }}
+{{- end }}
+{{- range $p := list (.Values.containerPorts.public | int) (.Values.containerPorts.admin | int) }}
+{{- if eq $p ($.Values.sidecar.keycloakManagementPort | int) }}
+{{- fail (printf "dtr-proxy port %d clashes with Keycloak's management port (sidecar.keycloakManagementPort)" $p) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if .Values.httpRoute.enabled }}
+{{- if not .Values.httpRoute.parentRefs }}
+{{- fail "httpRoute.enabled requires httpRoute.parentRefs: the Gateway (and listener) the route attaches to" }}
+{{- end }}
 {{- end }}
 {{- range $i, $client := .Values.clients }}
 {{- if not (kindIs "map" $client) }}

@@ -1,0 +1,151 @@
+{{/*
+The dtr-proxy container, shared by the gateway Deployment and the sidecar
+snippet (ConfigMap <fullname>-sidecar). In the sidecar shape the ports carry
+"dtr-" names so that they cannot collide with Keycloak's, and probes that name
+the admin port are given its number instead.
+*/}}
+{{- define "dtr-proxy.container" -}}
+{{- $secretName := include "dtr-proxy.secretName" . }}
+{{- $keys := .Values.existingSecretKeys }}
+{{- $inline := not .Values.existingSecret }}
+{{- $sidecar := include "dtr-proxy.sidecar" . }}
+{{- $adminPort := .Values.containerPorts.admin | int }}
+name: {{ ternary .Values.sidecar.containerName "dtr-proxy" (eq $sidecar "true") }}
+image: {{ include "dtr-proxy.image" . | quote }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+ports:
+  {{- if not $sidecar }}
+  - name: http
+    containerPort: {{ .Values.containerPorts.public }}
+    protocol: TCP
+  - name: admin
+    containerPort: {{ .Values.containerPorts.admin }}
+    protocol: TCP
+  {{- else }}
+  {{- with .Values.sidecar.publicPortName }}
+  - name: {{ . }}
+    containerPort: {{ $.Values.containerPorts.public }}
+    protocol: TCP
+  {{- end }}
+  - name: dtr-admin
+    containerPort: {{ .Values.containerPorts.admin }}
+    protocol: TCP
+  {{- end }}
+env:
+  - name: DTR_UPSTREAM_URL
+    value: {{ include "dtr-proxy.upstreamUrl" . | quote }}
+  - name: DTR_PUBLIC_URL
+    value: {{ .Values.config.publicUrl | quote }}
+  - name: DTR_LISTEN
+    value: {{ printf "%s:%d" .Values.config.bindAddress (.Values.containerPorts.public | int) | quote }}
+  - name: DTR_ADMIN_LISTEN
+    value: {{ printf "%s:%d" .Values.config.bindAddress (.Values.containerPorts.admin | int) | quote }}
+  - name: DTR_CONFIG
+    value: {{ .Values.config.configPath | quote }}
+  - name: DTR_ALLOW_INSECURE_HTTP
+    value: {{ .Values.config.allowInsecureHttp | toString | quote }}
+  - name: DTR_LOG
+    value: {{ .Values.config.log | quote }}
+  - name: DTR_LOG_FORMAT
+    value: {{ .Values.config.logFormat | quote }}
+  - name: DTR_SHUTDOWN_DELAY
+    value: {{ .Values.shutdown.delaySeconds | int | toString | quote }}
+  - name: DTR_SHUTDOWN_GRACE
+    value: {{ .Values.shutdown.graceSeconds | int | toString | quote }}
+  {{- with .Values.config.trustedProxies }}
+  - name: DTR_TRUSTED_PROXIES
+    value: {{ join "," . | quote }}
+  {{- end }}
+  - name: DTR_WEBHOOK_SECRET
+    valueFrom:
+      secretKeyRef:
+        name: {{ $secretName }}
+        key: {{ ternary "webhook-secret" $keys.webhookSecret $inline }}
+  - name: DTR_TOKEN_KEYS
+    valueFrom:
+      secretKeyRef:
+        name: {{ $secretName }}
+        key: {{ ternary "token-keys" $keys.tokenKeys $inline }}
+  {{- if or .Values.redis.enabled (not $inline) .Values.secrets.hashKey }}
+  - name: DTR_HASH_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ $secretName }}
+        key: {{ ternary "hash-key" $keys.hashKey $inline }}
+        {{- if not .Values.redis.enabled }}
+        optional: true
+        {{- end }}
+  {{- end }}
+  {{- if .Values.redis.enabled }}
+  - name: DTR_REDIS_URL
+    valueFrom:
+      secretKeyRef:
+        name: {{ $secretName }}
+        key: {{ ternary "redis-url" $keys.redisUrl $inline }}
+  - name: DTR_REDIS_CLUSTER
+    value: {{ .Values.redis.cluster | toString | quote }}
+  {{- end }}
+  {{- with .Values.extraEnv }}
+  {{- tpl (toYaml .) $ | nindent 2 }}
+  {{- end }}
+{{- with .Values.extraEnvFrom }}
+envFrom:
+  {{- tpl (toYaml .) $ | nindent 2 }}
+{{- end }}
+{{- range $probe := list "livenessProbe" "readinessProbe" "startupProbe" }}
+{{- with (index $.Values $probe) }}
+{{- $p := deepCopy . }}
+{{- if and $sidecar $p.httpGet (eq (toString $p.httpGet.port) "admin") }}
+{{- $_ := set $p.httpGet "port" $adminPort }}
+{{- end }}
+{{ $probe }}:
+  {{- toYaml $p | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- if .Values.preStopSleepSeconds }}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ .Values.preStopSleepSeconds | int }}
+{{- end }}
+resources:
+  {{- toYaml .Values.resources | nindent 2 }}
+volumeMounts:
+  - name: {{ include "dtr-proxy.volumeName" (list . "config") }}
+    mountPath: {{ dir .Values.config.configPath }}
+    readOnly: true
+  - name: {{ include "dtr-proxy.volumeName" (list . "tmp") }}
+    mountPath: /tmp
+  {{- with .Values.extraVolumeMounts }}
+  {{- tpl (toYaml .) $ | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{/*
+Volume names: plain in the gateway pod, "dtr-proxy-" prefixed inside a
+Keycloak pod (which has volumes of its own).
+*/}}
+{{- define "dtr-proxy.volumeName" -}}
+{{- $ctx := index . 0 }}
+{{- if include "dtr-proxy.sidecar" $ctx }}{{ printf "dtr-proxy-%s" (index . 1) }}{{ else }}{{ index . 1 }}{{ end }}
+{{- end }}
+
+{{/*
+The volumes the dtr-proxy container mounts.
+*/}}
+{{- define "dtr-proxy.volumes" -}}
+- name: {{ include "dtr-proxy.volumeName" (list . "config") }}
+  configMap:
+    name: {{ include "dtr-proxy.fullname" . }}
+    items:
+      - key: config.toml
+        path: {{ base .Values.config.configPath }}
+- name: {{ include "dtr-proxy.volumeName" (list . "tmp") }}
+  emptyDir:
+    sizeLimit: 16Mi
+{{- with .Values.extraVolumes }}
+{{ tpl (toYaml .) $ }}
+{{- end }}
+{{- end }}
