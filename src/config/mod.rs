@@ -30,6 +30,11 @@ pub struct PathTemplates {
     pub authorization: String,
     pub token: String,
     pub discovery: String,
+    /// OAuth 2.0 Authorization Server Metadata (RFC 8414) below the issuer, as Keycloak serves
+    /// it; empty to leave it untouched.
+    pub oauth_metadata: String,
+    /// The same at RFC 8414 §3.1's well-known location (the issuer's path after it).
+    pub oauth_metadata_root: String,
     pub cancellation: String,
 }
 
@@ -41,6 +46,8 @@ impl Default for PathTemplates {
             authorization: "/realms/{realm}/protocol/openid-connect/auth".into(),
             token: "/realms/{realm}/protocol/openid-connect/token".into(),
             discovery: "/realms/{realm}/.well-known/openid-configuration".into(),
+            oauth_metadata: "/realms/{realm}/.well-known/oauth-authorization-server".into(),
+            oauth_metadata_root: "/.well-known/oauth-authorization-server/realms/{realm}".into(),
             cancellation: "/realms/{realm}/protocol/openid-connect/deferred/cancel".into(),
         }
     }
@@ -538,8 +545,14 @@ fn validate_paths(paths: &PathTemplates, errors: &mut Vec<String>) {
         ("DTR_PATHS__AUTHORIZATION", &paths.authorization),
         ("DTR_PATHS__TOKEN", &paths.token),
         ("DTR_PATHS__DISCOVERY", &paths.discovery),
+        ("DTR_PATHS__OAUTH_METADATA", &paths.oauth_metadata),
+        ("DTR_PATHS__OAUTH_METADATA_ROOT", &paths.oauth_metadata_root),
         ("DTR_PATHS__CANCELLATION", &paths.cancellation),
     ] {
+        let optional = matches!(name, "DTR_PATHS__OAUTH_METADATA" | "DTR_PATHS__OAUTH_METADATA_ROOT");
+        if optional && template.is_empty() {
+            continue;
+        }
         if name != "DTR_PATHS__ISSUER" && !template.starts_with('/') {
             errors.push(format!("{name}: must start with '/': {template:?}"));
         }

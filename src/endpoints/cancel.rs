@@ -6,7 +6,7 @@ use http::header::HeaderMap;
 use http::{Response, StatusCode};
 use serde_json::json;
 
-use super::checks::Checks;
+use super::checks::{owner_check, Checks};
 use super::events::{emit, Event};
 use crate::client_auth::ClientCredentials;
 use crate::clock::now_ms;
@@ -60,7 +60,6 @@ impl Cancel {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = self.checks.client(realm, &credentials)?;
-        let proof = self.checks.proof(headers, Endpoint::Cancellation, realm, now).await?;
         let deferred_auth_id = params
             .get(wire::DEFERRED_AUTH_ID)
             .ok_or_else(|| OAuthError::invalid_request("deferred_auth_id is required."))?;
@@ -69,12 +68,21 @@ impl Cancel {
         let Some(process) = self.records.load(&process_hash).await? else {
             return Ok(done());
         };
-        match self
+        let facts = self
             .checks
-            .owner(realm, client, &credentials, &process.record, proof.as_ref())
-            .await
-        {
-            Ok(()) => {}
+            .owner_facts(
+                realm,
+                client,
+                &credentials,
+                &process.record,
+                headers,
+                Endpoint::Cancellation,
+                now,
+                false,
+            )
+            .await;
+        match owner_check(&process.record, facts) {
+            Ok(_) => {}
             // Someone else's or an unknown id: nothing to do, and nothing to reveal.
             Err(e) if e.error == wire::error::INVALID_GRANT => return Ok(done()),
             Err(e) => return Err(e),

@@ -27,29 +27,54 @@ pub fn dpop_error(description: &'static str) -> OAuthError {
     OAuthError::new(StatusCode::BAD_REQUEST, code::INVALID_DPOP_PROOF, description)
 }
 
-/// Whether a process may be opened by this request, decided on data alone: the id belongs to
-/// this client (in this realm), and a DPoP-bound process gets a proof — by the bound key for
-/// public clients and wherever DPoP is required. Unknown and foreign ids answer alike.
-pub fn owner_decision(
-    record: &ProcessRecord,
-    realm: &str,
-    client_id: &str,
-    proof: Option<&ValidProof>,
-    requires_dpop: bool,
-) -> Result<(), OAuthError> {
-    if record.client_id != client_id || record.realm != realm {
+/// What the shell learnt about a request naming a process, before deciding.
+pub struct OwnerFacts<'a> {
+    pub realm: &'a str,
+    pub client_id: &'a str,
+    /// The client's authentication against what the exchange bound to the process.
+    pub authenticated: Result<(), OAuthError>,
+    /// The request's DPoP proof, validated (RFC 9449 §4.3); `Ok(None)` without one.
+    pub proof: Result<Option<ValidProof>, OAuthError>,
+    pub requires_dpop: bool,
+    /// For polls: the clock, to check the lifetime (cancels of an expired process are no-ops).
+    pub now: Option<u64>,
+}
+
+/// Whether a request may act on a process, in the draft's order (§ Token Request Validation,
+/// § Authentication Cancellation Request Validation):
+/// 2. the `deferred_auth_id` was issued to this client (`invalid_grant`) — before 1, because the
+///    proxy holds no client secrets: a secret is checked against the fingerprint the exchange
+///    bound to the process, so for someone else's id the answer must not tell whether the id
+///    exists;
+/// 1. the client is authenticated (`invalid_client`);
+/// 3. (polls) the lifetime has not elapsed (`expired_token`);
+/// 4. a process bound at the exchange gets a proof, by the bound key for public clients (and
+///    wherever DPoP is required) (`invalid_dpop_proof`);
+/// 5. the proof is valid.
+pub fn owner_check(record: &ProcessRecord, facts: OwnerFacts<'_>) -> Result<Option<ValidProof>, OAuthError> {
+    if record.client_id != facts.client_id || record.realm != facts.realm {
         return Err(OAuthError::unknown_deferred_auth_id());
     }
-    let same_key = record.client.method == AuthMethod::None || requires_dpop;
-    match (&record.jkt, proof) {
+    facts.authenticated?;
+    if facts.now.is_some_and(|now| now >= record.expires_at) {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            code::EXPIRED_TOKEN,
+            "The deferred_auth_id has expired; start a new authentication.",
+        ));
+    }
+    // An invalid proof is a present one: step 4 (a proof is there) holds, step 5 fails.
+    let proof = facts.proof?;
+    let same_key = record.client.method == AuthMethod::None || facts.requires_dpop;
+    match (&record.jkt, &proof) {
         (Some(_), None) => Err(dpop_error(
             "This deferred_auth_id is bound to a DPoP key; send a DPoP proof.",
         )),
         (Some(bound), Some(proof)) if same_key && !equal_constant_time(bound, &proof.jkt) => Err(dpop_error(
             "The DPoP proof is not signed by the key this deferred_auth_id is bound to.",
         )),
-        (None, None) if requires_dpop => Err(dpop_error("This server requires a DPoP proof.")),
-        _ => Ok(()),
+        (None, None) if facts.requires_dpop => Err(dpop_error("This server requires a DPoP proof.")),
+        _ => Ok(proof),
     }
 }
 
@@ -71,6 +96,40 @@ impl Checks {
         self.dpop.verify(headers, &url, now_ms / 1000).await
     }
 
+    /// The facts about a request that names `record`: its client authentication and its DPoP
+    /// proof, each checked (the order of the answers is [`owner_check`]'s).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn owner_facts<'a>(
+        &self,
+        realm: &'a str,
+        client: &ClientSettings,
+        credentials: &'a ClientCredentials,
+        record: &ProcessRecord,
+        headers: &HeaderMap,
+        endpoint: Endpoint,
+        now: u64,
+        check_expiry: bool,
+    ) -> OwnerFacts<'a> {
+        // Someone else's id: nothing more to learn, and no proof or assertion to spend on it.
+        let foreign = record.client_id != credentials.client_id || record.realm != realm;
+        let (authenticated, proof) = if foreign {
+            (Ok(()), Ok(None))
+        } else {
+            (
+                self.authenticate(realm, client, credentials, Some(record)).await,
+                self.proof(headers, endpoint, realm, now).await,
+            )
+        };
+        OwnerFacts {
+            realm,
+            client_id: &credentials.client_id,
+            authenticated,
+            proof,
+            requires_dpop: self.clients.requires_dpop(client),
+            now: check_expiry.then_some(now),
+        }
+    }
+
     /// Authenticates the client locally: against what the exchange bound to the process
     /// (`record`), and an assertion in full, addressed to the issuer or a DTR endpoint.
     pub async fn authenticate(
@@ -89,27 +148,198 @@ impl Checks {
             .authenticate(credentials, client, &audiences, record.map(|r| &r.client))
             .await
     }
+}
 
-    /// Checks shared by polls and cancels, in order: the id is this client's, the client
-    /// proves it is that client (no OP call), and the DPoP binding holds.
-    pub async fn owner(
-        &self,
-        realm: &str,
-        client: &ClientSettings,
-        credentials: &ClientCredentials,
-        record: &ProcessRecord,
-        proof: Option<&ValidProof>,
-    ) -> Result<(), OAuthError> {
-        if record.client_id != credentials.client_id || record.realm != realm {
-            return Err(OAuthError::unknown_deferred_auth_id());
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{ClientBinding, Status};
+
+    const NOW: u64 = 1_000_000_000;
+
+    fn record(method: AuthMethod, jkt: Option<&str>) -> ProcessRecord {
+        ProcessRecord {
+            process_id: "p".into(),
+            realm: "r".into(),
+            client_id: "c".into(),
+            client: ClientBinding {
+                method,
+                fingerprint: None,
+            },
+            jkt: jkt.map(str::to_owned),
+            status: Status::Pending,
+            description: None,
+            interval: 5,
+            strikes: 0,
+            created_at: NOW - 60_000,
+            expires_at: NOW + 60_000,
+            completed_at: None,
+            delivering_since: None,
+            sub: None,
+            sid: None,
+            nonce: None,
+            ping_attempts: 0,
+            sealed: String::new(),
         }
-        self.authenticate(realm, client, credentials, Some(record)).await?;
-        owner_decision(
-            record,
-            realm,
-            &credentials.client_id,
-            proof,
-            self.clients.requires_dpop(client),
-        )
+    }
+
+    fn bad_client() -> Result<(), OAuthError> {
+        Err(OAuthError::invalid_client("Client authentication failed.", None))
+    }
+
+    fn bad_proof() -> Result<Option<ValidProof>, OAuthError> {
+        Err(dpop_error("the DPoP proof's signature is invalid."))
+    }
+
+    fn proof(jkt: &str) -> Result<Option<ValidProof>, OAuthError> {
+        Ok(Some(ValidProof { jkt: jkt.into() }))
+    }
+
+    struct Case {
+        name: &'static str,
+        record: ProcessRecord,
+        client_id: &'static str,
+        authenticated: Result<(), OAuthError>,
+        proof: Result<Option<ValidProof>, OAuthError>,
+        requires_dpop: bool,
+        expired: bool,
+        expected: Result<(), &'static str>,
+    }
+
+    /// The draft's validation order for polls (§ Token Request Validation), one row per rule,
+    /// each row failing every later rule too, so the row proves which rule comes first.
+    #[test]
+    fn requests_naming_a_process_are_checked_in_the_drafts_order() {
+        use AuthMethod::{ClientSecretBasic as Secret, None as Public};
+        let cases = vec![
+            Case {
+                name: "2 (before 1): someone else's id, with bad credentials, expired, no proof",
+                record: record(Secret, Some("k1")),
+                client_id: "other",
+                authenticated: bad_client(),
+                proof: Ok(None),
+                requires_dpop: true,
+                expired: true,
+                expected: Err(code::INVALID_GRANT),
+            },
+            Case {
+                name: "1: bad credentials, expired, no proof for a bound process",
+                record: record(Secret, Some("k1")),
+                client_id: "c",
+                authenticated: bad_client(),
+                proof: Ok(None),
+                requires_dpop: true,
+                expired: true,
+                expected: Err(code::INVALID_CLIENT),
+            },
+            Case {
+                name: "3: expired, no proof for a bound process",
+                record: record(Secret, Some("k1")),
+                client_id: "c",
+                authenticated: Ok(()),
+                proof: Ok(None),
+                requires_dpop: false,
+                expired: true,
+                expected: Err(code::EXPIRED_TOKEN),
+            },
+            Case {
+                name: "4.1: a bound process without a proof",
+                record: record(Public, Some("k1")),
+                client_id: "c",
+                authenticated: Ok(()),
+                proof: Ok(None),
+                requires_dpop: false,
+                expired: false,
+                expected: Err(code::INVALID_DPOP_PROOF),
+            },
+            Case {
+                name: "5: an invalid proof",
+                record: record(Public, Some("k1")),
+                client_id: "c",
+                authenticated: Ok(()),
+                proof: bad_proof(),
+                requires_dpop: false,
+                expired: false,
+                expected: Err(code::INVALID_DPOP_PROOF),
+            },
+            Case {
+                name: "4.2: a public client's proof by another key",
+                record: record(Public, Some("k1")),
+                client_id: "c",
+                authenticated: Ok(()),
+                proof: proof("k2"),
+                requires_dpop: false,
+                expired: false,
+                expected: Err(code::INVALID_DPOP_PROOF),
+            },
+            Case {
+                name: "a confidential client may prove with another key of its own",
+                record: record(Secret, Some("k1")),
+                client_id: "c",
+                authenticated: Ok(()),
+                proof: proof("k2"),
+                requires_dpop: false,
+                expired: false,
+                expected: Ok(()),
+            },
+            Case {
+                name: "unless DPoP is required",
+                record: record(Secret, Some("k1")),
+                client_id: "c",
+                authenticated: Ok(()),
+                proof: proof("k2"),
+                requires_dpop: true,
+                expired: false,
+                expected: Err(code::INVALID_DPOP_PROOF),
+            },
+            Case {
+                name: "required DPoP on an unbound process",
+                record: record(Secret, None),
+                client_id: "c",
+                authenticated: Ok(()),
+                proof: Ok(None),
+                requires_dpop: true,
+                expired: false,
+                expected: Err(code::INVALID_DPOP_PROOF),
+            },
+            Case {
+                name: "the owner with the bound key",
+                record: record(Public, Some("k1")),
+                client_id: "c",
+                authenticated: Ok(()),
+                proof: proof("k1"),
+                requires_dpop: false,
+                expired: false,
+                expected: Ok(()),
+            },
+        ];
+        for case in cases {
+            let now = if case.expired { NOW + 60_000 } else { NOW };
+            let facts = OwnerFacts {
+                realm: "r",
+                client_id: case.client_id,
+                authenticated: case.authenticated,
+                proof: case.proof,
+                requires_dpop: case.requires_dpop,
+                now: Some(now),
+            };
+            let result = owner_check(&case.record, facts).map(|_| ()).map_err(|e| e.error);
+            assert_eq!(result, case.expected, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn a_cancel_of_an_expired_process_is_not_refused_for_its_age() {
+        let facts = OwnerFacts {
+            realm: "r",
+            client_id: "c",
+            authenticated: Ok(()),
+            proof: Ok(None),
+            requires_dpop: false,
+            now: None,
+        };
+        let mut expired = record(AuthMethod::ClientSecretBasic, None);
+        expired.expires_at = 0;
+        assert!(owner_check(&expired, facts).is_ok());
     }
 }

@@ -79,17 +79,17 @@ pub fn augment(mut document: Map<String, Value>, cancellation_endpoint: &str) ->
     );
     add_to_list(&mut document, "grant_types_supported", &[wire::GRANT_TYPE_DEFERRED]);
     // Proofs at the DTR endpoints are checked by the proxy and, on the calls that reach it, by
-    // the OP too: advertise what both accept.
+    // the OP too: advertise what both accept, and nothing when the OP has no DPoP (it would
+    // not bind the final tokens, whatever the proxy checked).
     let ours = crate::dpop::ALGORITHMS;
-    let both: Vec<Value> = match document.get("dpop_signing_alg_values_supported") {
-        Some(Value::Array(theirs)) => theirs
+    if let Some(Value::Array(theirs)) = document.get("dpop_signing_alg_values_supported") {
+        let both: Vec<Value> = theirs
             .iter()
             .filter(|alg| alg.as_str().is_some_and(|a| ours.contains(&a)))
             .cloned()
-            .collect(),
-        _ => ours.iter().map(|a| Value::from(*a)).collect(),
-    };
-    document.insert("dpop_signing_alg_values_supported".to_owned(), Value::Array(both));
+            .collect();
+        document.insert("dpop_signing_alg_values_supported".to_owned(), Value::Array(both));
+    }
     document.insert(
         wire::CANCELLATION_ENDPOINT_METADATA.to_owned(),
         Value::from(cancellation_endpoint),
@@ -119,7 +119,10 @@ mod tests {
         );
         assert_eq!(augmented["grant_types_supported"][1], wire::GRANT_TYPE_DEFERRED);
         assert_eq!(augmented[wire::CANCELLATION_ENDPOINT_METADATA], "https://op/cancel");
-        assert!(augmented["dpop_signing_alg_values_supported"].is_array());
+        assert!(
+            !augmented.contains_key("dpop_signing_alg_values_supported"),
+            "no DPoP advertised for an OP without DPoP"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use http::header::HeaderMap;
 use http::{Response, StatusCode};
 
 use super::back_channel::{forwarded_headers, id_token_claims, is_request_error, relay, reply_error};
-use super::checks::Checks;
+use super::checks::{owner_check, Checks};
 use super::events::{emit, Event};
 use crate::client_auth::{ClientCredentials, AUTH_PARAMS};
 use crate::clock::now_ms;
@@ -32,15 +32,13 @@ pub const MAX_STRIKES: u32 = 10;
 /// A delivery claimed this long ago by a replica that never finished is up for grabs again.
 pub const STALE_DELIVERY_MS: u64 = 60_000;
 
-/// What a poll by the process's owner gets, in the order the checks apply.
+/// What a poll by the process's owner gets once it passed [`owner_check`] (client, lifetime,
+/// DPoP): the draft's step 6 (the process completed, not cancelled) with the polling rate
+/// before it, and step 7 (no tokens issued yet) last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PollDecision {
     /// Revoked for polling too fast: `invalid_request`.
     Revoked,
-    /// The tokens were delivered; the id is spent: `invalid_grant`.
-    Spent,
-    /// The lifetime is over: `expired_token`.
-    Expired,
     /// Too soon after the last poll: `slow_down`, the interval grows.
     SlowDown,
     /// Verification still running: `authorization_pending`.
@@ -51,19 +49,16 @@ pub enum PollDecision {
     Denied,
     /// The RP cancelled: `access_denied`.
     Cancelled,
+    /// The tokens were delivered; the id is spent: `invalid_grant`.
+    Spent,
     /// Approved (or a delivery abandoned by a dead replica): obtain the final tokens.
     Release,
 }
 
-/// The poll's decision for an owner whose request passed the client and DPoP checks.
+/// The poll's decision for an owner whose request passed [`owner_check`].
 pub fn decide(record: &ProcessRecord, last_poll: Option<u64>, now: u64) -> PollDecision {
-    match record.status {
-        Status::Revoked => return PollDecision::Revoked,
-        Status::Delivered => return PollDecision::Spent,
-        _ => {}
-    }
-    if now >= record.expires_at {
-        return PollDecision::Expired;
+    if record.status == Status::Revoked {
+        return PollDecision::Revoked;
     }
     let interval_ms = record.interval * 1000;
     // Requests spaced exactly `interval` apart arrive with jitter; allow a little.
@@ -72,21 +67,36 @@ pub fn decide(record: &ProcessRecord, last_poll: Option<u64>, now: u64) -> PollD
         return PollDecision::SlowDown;
     }
     match record.status {
-        Status::Approved => PollDecision::Release,
-        Status::Delivering if is_stale_delivery(record, now) => PollDecision::Release,
-        Status::Delivering => PollDecision::InFlight,
         Status::Pending => PollDecision::Pending,
+        Status::Delivering if !is_stale_delivery(record, now) => PollDecision::InFlight,
         Status::Denied => PollDecision::Denied,
         Status::Cancelled => PollDecision::Cancelled,
-        Status::Revoked => PollDecision::Revoked,
         Status::Delivered => PollDecision::Spent,
+        Status::Approved | Status::Delivering => PollDecision::Release,
+        Status::Revoked => PollDecision::Revoked,
     }
+}
+
+/// Whether a delivery may be claimed now: approved, or claimed by a replica that never
+/// finished, and within the lifetime.
+fn claimable(record: &ProcessRecord, now: u64) -> bool {
+    let open =
+        record.status == Status::Approved || (record.status == Status::Delivering && is_stale_delivery(record, now));
+    open && now < record.expires_at
 }
 
 fn is_stale_delivery(record: &ProcessRecord, now: u64) -> bool {
     record
         .delivering_since
         .is_some_and(|t| now.saturating_sub(t) > STALE_DELIVERY_MS)
+}
+
+fn expired() -> OAuthError {
+    OAuthError::new(
+        StatusCode::BAD_REQUEST,
+        code::EXPIRED_TOKEN,
+        "The deferred_auth_id has expired; start a new authentication.",
+    )
 }
 
 fn revoked() -> OAuthError {
@@ -98,11 +108,6 @@ pub fn refusal(decision: PollDecision, record: &ProcessRecord) -> OAuthError {
     match decision {
         PollDecision::Revoked => revoked(),
         PollDecision::Spent | PollDecision::Release => OAuthError::unknown_deferred_auth_id(),
-        PollDecision::Expired => OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            code::EXPIRED_TOKEN,
-            "The deferred_auth_id has expired; start a new authentication.",
-        ),
         PollDecision::SlowDown => OAuthError::new(
             StatusCode::BAD_REQUEST,
             code::SLOW_DOWN,
@@ -195,14 +200,16 @@ impl Poll {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = self.checks.client(realm, &credentials)?;
-        let proof = self.checks.proof(headers, Endpoint::Token, realm, now).await?;
         let process_hash = self.records.process_hash(deferred_auth_id);
         let (process, last_poll) = self.records.load_for_poll(&process_hash).await?;
         let process = process.ok_or_else(OAuthError::unknown_deferred_auth_id)?;
         let record = &process.record;
-        self.checks
-            .owner(realm, client, &credentials, record, proof.as_ref())
-            .await?;
+        let facts = self
+            .checks
+            .owner_facts(realm, client, &credentials, record, headers, Endpoint::Token, now, true)
+            .await;
+        owner_check(record, facts)?;
+        // Only the authenticated owner moves the poll clock.
         self.records.stamp_poll(&process_hash, now);
         let decision = decide(record, last_poll, now);
         if decision == PollDecision::SlowDown {
@@ -256,7 +263,7 @@ impl Poll {
         let claimed = self
             .records
             .modify(&process_hash, Some(process), |r| {
-                if decide(r, None, now) == PollDecision::Release {
+                if claimable(r, now) {
                     r.status = Status::Delivering;
                     r.delivering_since = Some(now);
                     Change::Write(true)
@@ -267,6 +274,7 @@ impl Poll {
             .await?;
         let record = match claimed {
             Some((true, record)) => record,
+            Some((false, record)) if now >= record.expires_at => return Err(expired()),
             Some((false, record)) => return Err(refusal(decide(&record, None, now), &record)),
             None => return Err(OAuthError::unknown_deferred_auth_id()),
         };
@@ -423,49 +431,29 @@ mod tests {
         }
     }
 
-    /// The order of the checks: revoked and spent ids first, then expiry, then the polling
-    /// rate, then the verification's status.
+    /// After the owner checks: a revoked id first, then the polling rate, then the status,
+    /// a spent id last.
     #[test]
     fn a_poll_is_decided_in_the_documented_order() {
         use PollDecision::*;
         let fast = Some(NOW - 1_000);
         let on_time = Some(NOW - 5_000);
-        let expired = |mut r: ProcessRecord| {
-            r.expires_at = NOW;
-            r
-        };
         let delivering_since = |since: u64| {
             let mut r = record(Status::Delivering);
             r.delivering_since = Some(since);
             r
         };
         let cases: Vec<(&str, ProcessRecord, Option<u64>, PollDecision)> = vec![
-            (
-                "revoked beats everything",
-                expired(record(Status::Revoked)),
-                fast,
-                Revoked,
-            ),
-            ("spent beats expiry", expired(record(Status::Delivered)), fast, Spent),
-            (
-                "expiry beats slow_down",
-                expired(record(Status::Pending)),
-                fast,
-                Expired,
-            ),
-            (
-                "expiry beats approval",
-                expired(record(Status::Approved)),
-                None,
-                Expired,
-            ),
+            ("revoked beats the rate", record(Status::Revoked), fast, Revoked),
             ("slow_down beats approval", record(Status::Approved), fast, SlowDown),
             ("slow_down beats denial", record(Status::Denied), fast, SlowDown),
+            ("slow_down beats a spent id", record(Status::Delivered), fast, SlowDown),
             ("first poll is pending", record(Status::Pending), None, Pending),
             ("on-time poll is pending", record(Status::Pending), on_time, Pending),
             ("approved releases", record(Status::Approved), on_time, Release),
             ("denied", record(Status::Denied), None, Denied),
             ("cancelled", record(Status::Cancelled), None, Cancelled),
+            ("spent", record(Status::Delivered), on_time, Spent),
             ("delivery in flight", delivering_since(NOW - 1_000), None, InFlight),
             (
                 "abandoned delivery is taken over",
@@ -477,6 +465,14 @@ mod tests {
         for (name, record, last_poll, expected) in cases {
             assert_eq!(decide(&record, last_poll, NOW), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn an_expired_approval_cannot_be_claimed() {
+        let mut r = record(Status::Approved);
+        assert!(claimable(&r, NOW));
+        r.expires_at = NOW;
+        assert!(!claimable(&r, NOW));
     }
 
     #[test]
@@ -493,7 +489,6 @@ mod tests {
         let codes = [
             (PollDecision::Revoked, code::INVALID_REQUEST),
             (PollDecision::Spent, code::INVALID_GRANT),
-            (PollDecision::Expired, code::EXPIRED_TOKEN),
             (PollDecision::SlowDown, code::SLOW_DOWN),
             (PollDecision::Pending, code::AUTHORIZATION_PENDING),
             (PollDecision::InFlight, code::AUTHORIZATION_PENDING),

@@ -176,7 +176,7 @@ impl OAuthError {
     pub fn into_response(self) -> Response<Body> {
         let mut response = json_no_store(
             self.status,
-            &json!({ "error": self.error, "error_description": self.description }),
+            &json!({ "error": self.error, "error_description": ascii_description(&self.description) }),
         );
         let headers = response.headers_mut();
         if let Some(scheme) = self.www_authenticate {
@@ -195,8 +195,47 @@ impl OAuthError {
     }
 }
 
+/// Longest `error_description` sent, in characters.
+pub const MAX_DESCRIPTION: usize = 500;
+
+/// An `error_description` as RFC 6749 §5.2 allows it: printable ASCII without `"` and `\`
+/// (%x20-21 / %x23-5B / %x5D-7E). Texts from elsewhere (the verification service's webhook)
+/// may hold anything; quotes become `'`, backslashes `/`, other characters `?`.
+pub fn ascii_description(text: &str) -> Cow<'_, str> {
+    let allowed = |c: char| matches!(c, '\x20'..='\x21' | '\x23'..='\x5B' | '\x5D'..='\x7E');
+    if text.len() <= MAX_DESCRIPTION && text.chars().all(allowed) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .take(MAX_DESCRIPTION)
+            .map(|c| match c {
+                '"' => '\'',
+                '\\' => '/',
+                c if allowed(c) => c,
+                _ => '?',
+            })
+            .collect(),
+    )
+}
+
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {
         Self::store(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_are_ascii_safe() {
+        assert_eq!(ascii_description("Still checking."), "Still checking.");
+        assert_eq!(
+            ascii_description("Identit\u{e4}t \"gepr\u{fc}ft\"\n\\ok"),
+            "Identit?t 'gepr?ft'?/ok"
+        );
+        assert_eq!(ascii_description(&"x".repeat(600)).len(), MAX_DESCRIPTION);
     }
 }

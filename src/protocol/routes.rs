@@ -56,6 +56,8 @@ pub struct Routes {
     authorization: Template,
     token: Template,
     discovery: Template,
+    /// Where else the OP's metadata is served (RFC 8414 documents); `None` when switched off.
+    metadata: Vec<Template>,
     cancellation: Template,
 }
 
@@ -66,6 +68,11 @@ impl Routes {
             authorization: Template::compile(&paths.authorization),
             token: Template::compile(&paths.token),
             discovery: Template::compile(&paths.discovery),
+            metadata: [&paths.oauth_metadata, &paths.oauth_metadata_root]
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .map(|t| Template::compile(t))
+                .collect(),
             cancellation: Template::compile(&paths.cancellation),
         }
     }
@@ -79,6 +86,7 @@ impl Routes {
             (Endpoint::Cancellation, &self.cancellation),
         ]
         .into_iter()
+        .chain(self.metadata.iter().map(|t| (Endpoint::Discovery, t)))
         .find_map(|(endpoint, template)| template.matches(path).map(|realm| (endpoint, realm)))
     }
 
@@ -148,6 +156,16 @@ mod tests {
             routes.classify("/realms/acme/protocol/openid-connect/token/introspect"),
             None
         );
+        for metadata in [
+            "/realms/acme/.well-known/oauth-authorization-server",
+            "/.well-known/oauth-authorization-server/realms/acme",
+        ] {
+            assert_eq!(
+                routes.classify(metadata),
+                Some((Endpoint::Discovery, "acme")),
+                "{metadata}"
+            );
+        }
         assert_eq!(
             routes.issuer("https://id.example.com", "acme"),
             "https://id.example.com/realms/acme"
@@ -161,6 +179,8 @@ mod tests {
             authorization: "/authorize".into(),
             token: "/token".into(),
             discovery: "/.well-known/openid-configuration".into(),
+            oauth_metadata: "/.well-known/oauth-authorization-server".into(),
+            oauth_metadata_root: String::new(),
             cancellation: "/deferred/cancel".into(),
         });
         assert_eq!(routes.classify("/token"), Some((Endpoint::Token, "")));
