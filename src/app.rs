@@ -122,7 +122,9 @@ pub fn compose(
                     default_expires_in: config.default_expires_in,
                     interim_id_token: config.interim_id_token,
                     deferred_code_ttl: config.deferred_code_ttl,
+                    offline_access: config.offline_access,
                 },
+                nonce_verified: Default::default(),
             },
             poll: Poll {
                 checks: checks.clone(),

@@ -103,6 +103,10 @@ pub enum Status {
     Delivered,
     /// Killed for sustained polling abuse; every further request is `invalid_request`.
     Revoked,
+    /// The held grant was lost to an OP failure (the OP refused it after a call whose answer
+    /// never arrived, which may have rotated it): not the verification's outcome, so not
+    /// `access_denied`; the RP must start over.
+    Failed,
 }
 
 impl Status {
@@ -115,6 +119,7 @@ impl Status {
             Status::Delivering => "delivering",
             Status::Delivered => "delivered",
             Status::Revoked => "revoked",
+            Status::Failed => "failed",
         }
     }
 
@@ -159,6 +164,10 @@ pub struct ProcessRecord {
     pub nonce: Option<String>,
     #[serde(default)]
     pub ping_attempts: u32,
+    /// A release reached the OP and its answer was lost: the OP may have rotated the held
+    /// refresh token, so a refusal of the next attempt is no verdict on the user.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub release_in_doubt: bool,
     /// `HeldSecrets`, sealed; emptied once tokens are delivered.
     pub sealed: String,
 }

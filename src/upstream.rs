@@ -42,6 +42,14 @@ pub enum UpstreamError {
     Status(StatusCode),
 }
 
+impl UpstreamError {
+    /// Whether the OP may have received, and acted on, the request: only a failed connection
+    /// proves it did not. A code sent once must then never be sent again.
+    pub fn may_have_reached_op(&self) -> bool {
+        !matches!(self, UpstreamError::Connect(_))
+    }
+}
+
 /// The OP's back channel as the DTR endpoints use it: a form POST (the code exchange and the
 /// final refresh) and a GET of a metadata document, each read whole. A small trait, so the
 /// endpoints run in tests against an OP in memory.
@@ -167,7 +175,7 @@ impl Upstream {
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
         format!("{}{}", self.base, path_and_query)
             .parse()
-            .map_err(|e| UpstreamError::Failed(format!("bad upstream URI: {e}")))
+            .map_err(|e| UpstreamError::Connect(format!("bad upstream URI: {e}")))
     }
 
     /// Makes request headers fit for the OP: hop-by-hop headers out, and the forwarding

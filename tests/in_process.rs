@@ -44,6 +44,10 @@ struct OpCall {
 struct MemoryOp {
     calls: Mutex<Vec<OpCall>>,
     down: Mutex<bool>,
+    /// Refreshed ID tokens without `nonce`, as Keycloak ≥ 25 without the mapper.
+    drops_nonce: Mutex<bool>,
+    /// Answers the code with an online grant (no offline_access).
+    online: Mutex<bool>,
 }
 
 fn unsigned_jwt(claims: &Value) -> String {
@@ -59,22 +63,38 @@ impl MemoryOp {
 
     fn answer(&self, form: &[(String, String)]) -> BufferedReply {
         let get = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let scope = if *self.online.lock().unwrap() {
+            "openid"
+        } else {
+            "openid offline_access"
+        };
+        let rotated = get("refresh_token")
+            .and_then(|t| t.strip_prefix("offline-"))
+            .and_then(|n| n.parse::<u32>().ok());
+        let nonce = if *self.drops_nonce.lock().unwrap() {
+            json!(null)
+        } else {
+            json!("n-1")
+        };
         let (status, body) = match get("grant_type") {
             Some("authorization_code") if get("code") == Some("op-code-1") => (
                 StatusCode::OK,
                 json!({
                     "access_token": "interim-access",
                     "refresh_token": "offline-1",
+                    "refresh_expires_in": 0,
+                    "scope": scope,
                     "id_token": unsigned_jwt(&json!({"sub": "user-1", "sid": "s-1", "nonce": "n-1"})),
                     "token_type": "Bearer",
                 }),
             ),
-            Some("refresh_token") if get("refresh_token") == Some("offline-1") => (
+            Some("refresh_token") if rotated.is_some() => (
                 StatusCode::OK,
                 json!({
                     "access_token": "final-access",
-                    "refresh_token": "offline-2",
-                    "id_token": unsigned_jwt(&json!({"sub": "user-1", "nonce": "n-1", "identity_verified": true})),
+                    "refresh_token": format!("offline-{}", rotated.unwrap_or(0) + 1),
+                    "scope": scope,
+                    "id_token": unsigned_jwt(&json!({"sub": "user-1", "nonce": nonce, "identity_verified": true})),
                     "token_type": "Bearer",
                 }),
             ),
@@ -279,7 +299,11 @@ async fn a_whole_deferred_flow_runs_in_memory() {
     let deferred_auth_id = body["deferred_auth_id"].as_str().expect("deferred_auth_id").to_owned();
     assert_eq!(body["interval"], 1);
     let calls = bed.op.calls();
-    assert_eq!(calls.len(), 1, "the OP's code is redeemed once");
+    assert_eq!(
+        calls.len(),
+        2,
+        "the OP's code is redeemed once, then the nonce probed once"
+    );
     assert_eq!(calls[0].path, TOKEN_PATH);
     assert!(calls[0]
         .form
@@ -296,7 +320,7 @@ async fn a_whole_deferred_flow_runs_in_memory() {
         (status, body["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("authorization_pending"))
     );
-    assert_eq!(bed.op.calls().len(), 1, "a pending poll costs no OP call");
+    assert_eq!(bed.op.calls().len(), 2, "a pending poll costs no OP call");
 
     // The poll clock is stamped by a task the poll does not wait for; on this test's
     // single-threaded runtime it runs at the next yield.
@@ -311,7 +335,10 @@ async fn a_whole_deferred_flow_runs_in_memory() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["access_token"], "final-access");
     let refresh = bed.op.calls().pop().expect("the release");
-    assert!(refresh.form.contains(&("refresh_token".into(), "offline-1".into())));
+    assert!(
+        refresh.form.contains(&("refresh_token".into(), "offline-2".into())),
+        "the release uses the grant the probe rotated"
+    );
 
     tokio::time::sleep(Duration::from_millis(5_100)).await;
     let (_, _, body) = bed.poll(&deferred_auth_id).await;
@@ -344,4 +371,59 @@ async fn a_foreign_or_unknown_deferred_auth_id_costs_no_op_call() {
         (StatusCode::BAD_REQUEST, Some("invalid_grant"))
     );
     assert!(bed.op.calls().is_empty());
+}
+
+#[tokio::test]
+async fn an_online_grant_is_refused_at_the_exchange_naming_the_setting() {
+    let bed = bed();
+    *bed.op.online.lock().unwrap() = true;
+    let deferred_code = bed.deferred_code().await;
+    let (status, _, body) = bed.exchange(&deferred_code).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_scope");
+    assert!(
+        body["error_description"].as_str().unwrap().contains("offline_access"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_nonce_mapper_fails_the_first_exchange_loudly() {
+    let bed = bed();
+    *bed.op.drops_nonce.lock().unwrap() = true;
+    let deferred_code = bed.deferred_code().await;
+    let (status, _, body) = bed.exchange(&deferred_code).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("Nonce backwards compatible"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_final_id_token_without_the_nonce_is_never_handed_out() {
+    let bed = bed();
+    // The probe passes (the mapper is there at the exchange) ...
+    let deferred_code = bed.deferred_code().await;
+    let (_, _, body) = bed.exchange(&deferred_code).await;
+    let deferred_auth_id = body["deferred_auth_id"].as_str().expect("id").to_owned();
+    assert_eq!(bed.complete(&json!({"sub": "user-1"})).await, StatusCode::OK);
+    // ... and is gone at the release.
+    *bed.op.drops_nonce.lock().unwrap() = true;
+    let (status, _, body) = bed.poll(&deferred_auth_id).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"], "server_error");
+    // Fixed at the OP: the next poll gets the tokens, with the grant the failed release rotated.
+    *bed.op.drops_nonce.lock().unwrap() = false;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (status, _, body) = bed.poll(&deferred_auth_id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let release = bed.op.calls().pop().expect("release");
+    assert!(
+        release.form.contains(&("refresh_token".into(), "offline-3".into())),
+        "{release:?}"
+    );
 }

@@ -219,3 +219,69 @@ async fn expired_login_gets_an_error_page_never_a_redirect() {
     assert_eq!(response.status(), 400);
     assert!(response.text().await.unwrap().contains("expired"));
 }
+
+/// Keycloak treats a second redemption of a code as an attack: a code the OP may have acted
+/// on is never sent again. The RP hears a 5xx it cannot retry, then `invalid_grant`.
+#[tokio::test]
+async fn a_lost_answer_to_the_code_redemption_never_replays_the_code() {
+    let relay = Relay::start(op().port).await;
+    let proxy = start_with_upstream(Options::new(StoreKind::Redis), relay.port).await;
+    let (code, verifier) = proxy.deferred_code("dtr-client", &unique("lena")).await;
+
+    relay.set_swallow_answers(true);
+    let failed = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert!(matches!(failed.status, 502..=504), "{} {}", failed.status, failed.json);
+    assert_eq!(failed.error(), "server_error", "{}", failed.json);
+    assert!(!failed.headers.contains_key("retry-after"), "not retryable");
+
+    relay.set_swallow_answers(false);
+    let retried = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(retried.error(), "invalid_grant", "{}", retried.json);
+    assert!(
+        retried.json["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("deferred_code"),
+        "refused by the proxy, not replayed to the OP: {}",
+        retried.json
+    );
+}
+
+/// A release whose answer is lost leaves the grant in doubt (the OP may have rotated it). The
+/// next poll retries; if the OP then refuses the grant, the RP hears `invalid_grant` (start
+/// over), never a false `access_denied` for a verified user.
+#[tokio::test]
+async fn a_lost_answer_to_the_release_is_retried_and_never_turns_into_access_denied() {
+    let relay = Relay::start(op().port).await;
+    let proxy = start_with_upstream(Options::new(StoreKind::Redis), relay.port).await;
+    let user = unique("lars");
+    let (code, verifier) = proxy.deferred_code("dtr-client", &user).await;
+    let exchange = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(exchange.status, 200, "{}", exchange.json);
+    let id = exchange.json["deferred_auth_id"].as_str().unwrap().to_owned();
+    let approved = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(approved.status, 200);
+
+    wait_interval(1).await;
+    relay.set_swallow_answers(true);
+    let failed = proxy.poll(&dtr_client(), &id).await;
+    assert!(matches!(failed.status, 502..=504), "{} {}", failed.status, failed.json);
+    assert!(failed.headers.contains_key("retry-after"), "a release is retryable");
+
+    relay.set_swallow_answers(false);
+    wait_interval(1).await;
+    let retried = proxy.poll(&dtr_client(), &id).await;
+    // The test OP rotates refresh tokens (and refuses a rotated one), so the retry meets a
+    // spent grant; an OP that keeps them (Keycloak's default) hands out the tokens instead.
+    assert_eq!(
+        retried.error(),
+        "invalid_grant",
+        "a lost answer is no verdict on the user: {}",
+        retried.json
+    );
+    assert!(
+        retried.json["error_description"].as_str().unwrap_or("").contains("lost"),
+        "{}",
+        retried.json
+    );
+}

@@ -179,6 +179,7 @@ mod tests {
             sid: None,
             nonce: None,
             ping_attempts: 0,
+            release_in_doubt: false,
             sealed: String::new(),
         }
     }

@@ -22,7 +22,7 @@ use crate::protocol::errors::OAuthError;
 use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::Endpoint;
 use crate::protocol::wire::error as code;
-use crate::records::{Change, ProcessRecord, Records, Status, StoredProcess};
+use crate::records::{Change, HeldSecrets, ProcessRecord, Records, Status, StoredProcess};
 use crate::upstream::{OpClient, UpstreamError};
 
 /// `slow_down` adds this much to the interval (RFC 8628 §3.5, the draft: "at least 5 seconds").
@@ -49,6 +49,8 @@ pub enum PollDecision {
     Denied,
     /// The RP cancelled: `access_denied`.
     Cancelled,
+    /// The held grant was lost to an OP failure: `invalid_grant`, start over.
+    Failed,
     /// The tokens were delivered; the id is spent: `invalid_grant`.
     Spent,
     /// Approved (or a delivery abandoned by a dead replica): obtain the final tokens.
@@ -71,6 +73,7 @@ pub fn decide(record: &ProcessRecord, last_poll: Option<u64>, now: u64) -> PollD
         Status::Delivering if !is_stale_delivery(record, now) => PollDecision::InFlight,
         Status::Denied => PollDecision::Denied,
         Status::Cancelled => PollDecision::Cancelled,
+        Status::Failed => PollDecision::Failed,
         Status::Delivered => PollDecision::Spent,
         Status::Approved | Status::Delivering => PollDecision::Release,
         Status::Revoked => PollDecision::Revoked,
@@ -90,6 +93,8 @@ fn is_stale_delivery(record: &ProcessRecord, now: u64) -> bool {
         .delivering_since
         .is_some_and(|t| now.saturating_sub(t) > STALE_DELIVERY_MS)
 }
+
+const LOST_GRANT: &str = "The OpenID Provider lost the held grant after a failed call; start a new authentication.";
 
 fn expired() -> OAuthError {
     OAuthError::new(
@@ -142,6 +147,7 @@ pub fn refusal(decision: PollDecision, record: &ProcessRecord) -> OAuthError {
             code::ACCESS_DENIED,
             "The authentication process was cancelled.",
         ),
+        PollDecision::Failed => OAuthError::invalid_grant(LOST_GRANT),
     }
 }
 
@@ -178,6 +184,19 @@ pub fn refresh_outcome(status: StatusCode, error: Option<&str>) -> Refresh {
         Refresh::RequestRefused
     } else {
         Refresh::GrantRefused
+    }
+}
+
+/// Whether the OP's final answer carries an ID token without the authentication request's
+/// nonce.
+fn lacks_nonce(record: &ProcessRecord, reply: &crate::upstream::BufferedReply) -> bool {
+    let Some(expected) = &record.nonce else {
+        return false;
+    };
+    let tokens = reply.json();
+    match tokens.as_ref().and_then(|t| t.get("id_token")?.as_str()) {
+        Some(id_token) => id_token_claims(Some(id_token)).nonce.as_deref() != Some(expected),
+        None => false,
     }
 }
 
@@ -285,7 +304,7 @@ impl Poll {
             Ok(secrets) => secrets,
             Err(e) => {
                 tracing::error!(process_id = %record.process_id, error = %e, "cannot open held tokens (key rotated away?)");
-                self.unclaim(&process_hash).await;
+                self.unclaim(&process_hash, false).await;
                 return Err(OAuthError::internal("The held grant cannot be read.").caused_by(e));
             }
         };
@@ -307,53 +326,78 @@ impl Poll {
         {
             Ok(reply) => reply,
             Err(e) => {
-                self.unclaim(&process_hash).await;
+                // The OP may have acted on a call whose answer is lost; the next attempt knows.
+                self.unclaim(&process_hash, e.may_have_reached_op()).await;
                 return Err(OAuthError::upstream(e));
             }
         };
         let error = reply_error(&reply);
         match refresh_outcome(reply.status, error.as_deref()) {
             Refresh::OpFailed(status) => {
-                self.unclaim(&process_hash).await;
+                self.unclaim(&process_hash, true).await;
                 Err(OAuthError::upstream(UpstreamError::Status(status)))
             }
             Refresh::RequestRefused => {
                 // The client's fault (credentials, DPoP): the grant is intact, let it retry.
-                self.unclaim(&process_hash).await;
+                self.unclaim(&process_hash, false).await;
                 Ok(relay(&reply))
+            }
+            Refresh::GrantRefused if record.release_in_doubt => {
+                // Not a verdict on the user: an earlier attempt may have rotated the grant
+                // (Keycloak with "Revoke Refresh Token"), and its answer was lost.
+                self.finish(&process_hash, Status::Failed, None).await?;
+                tracing::error!(process_id = %record.process_id, error = error.as_deref().unwrap_or(""), "OP refused the held grant after a lost answer; the process failed");
+                Err(OAuthError::invalid_grant(LOST_GRANT))
             }
             Refresh::GrantRefused => {
                 let description = "The OpenID Provider no longer honours this authentication; start a new one.";
-                let finished = self
-                    .records
-                    .modify(&process_hash, None, |r| {
-                        r.status = Status::Denied;
-                        r.description = Some(description.into());
-                        r.completed_at = Some(now_ms());
-                        r.sealed.clear();
-                        Change::Write(())
-                    })
-                    .await?;
+                let finished = self.finish(&process_hash, Status::Denied, Some(description)).await?;
                 tracing::warn!(process_id = %record.process_id, error = error.as_deref().unwrap_or(""), "OP refused the held grant");
-                if let Some((_, record)) = finished {
+                if let Some(record) = finished {
                     emit(&self.metrics, Event::Denied, &record);
                 }
-                let _ = self.records.retire(&process_hash).await;
                 Err(OAuthError::new(
                     StatusCode::BAD_REQUEST,
                     code::ACCESS_DENIED,
                     description,
                 ))
             }
-            Refresh::Tokens => {
-                if let Some(expected) = &record.nonce {
-                    let claims = id_token_claims(reply.json().as_ref().and_then(|t| t.get("id_token")?.as_str()));
-                    if claims.nonce.as_deref() != Some(expected) {
-                        // Keycloak ≥ 25 drops nonce from refreshed ID tokens unless the client has the
-                        // "Nonce backwards compatible" mapper.
-                        tracing::warn!(client_id = %record.client_id, "final ID token lacks the requested nonce; enable Keycloak's \"Nonce backwards compatible\" mapper for this client");
+            Refresh::Tokens if lacks_nonce(&record, &reply) => {
+                // Never hand out a final ID token without the RP's nonce: an RP that follows
+                // OIDC Core rejects it. Keycloak ≥ 25 drops it on refresh unless the client
+                // has the "Nonce backwards compatible" mapper. Keep the (possibly rotated)
+                // grant so that a poll after the fix succeeds.
+                tracing::error!(process_id = %record.process_id, client_id = %record.client_id, "final ID token lacks the requested nonce; enable Keycloak's \"Nonce backwards compatible\" mapper (oidc-nonce-backwards-compatible-mapper) for this client");
+                let rotated = reply
+                    .json()
+                    .and_then(|t| t.get("refresh_token")?.as_str().map(str::to_owned));
+                if let Some(refresh_token) = rotated {
+                    let sealed = self.records.seal(
+                        &HeldSecrets {
+                            refresh_token,
+                            ..secrets
+                        },
+                        &process_hash,
+                    );
+                    let kept = self
+                        .records
+                        .modify(&process_hash, None, |r| {
+                            r.sealed = sealed.clone();
+                            Change::Write(())
+                        })
+                        .await;
+                    if let Err(e) = kept {
+                        tracing::warn!(error = %e, "could not keep the rotated refresh token");
                     }
                 }
+                self.unclaim(&process_hash, false).await;
+                Err(OAuthError::new(
+                    StatusCode::BAD_GATEWAY,
+                    code::SERVER_ERROR,
+                    "The OpenID Provider's final ID token lacks the authentication request's nonce; the tokens are held until its configuration is fixed. Retry later.",
+                ))
+            }
+            Refresh::Tokens => {
                 let delivered = self
                     .records
                     .modify(&process_hash, None, |r| {
@@ -378,14 +422,38 @@ impl Poll {
         }
     }
 
-    /// Gives a claimed delivery back (the OP failed): the next poll may try again.
-    async fn unclaim(&self, process_hash: &str) {
+    /// Ends a process without delivery; its held grant is dropped.
+    async fn finish(
+        &self,
+        process_hash: &str,
+        status: Status,
+        description: Option<&str>,
+    ) -> Result<Option<ProcessRecord>, OAuthError> {
+        let finished = self
+            .records
+            .modify(process_hash, None, |r| {
+                r.status = status;
+                r.description = description.map(str::to_owned);
+                r.completed_at = Some(now_ms());
+                r.delivering_since = None;
+                r.sealed.clear();
+                Change::Write(())
+            })
+            .await?;
+        let _ = self.records.retire(process_hash).await;
+        Ok(finished.map(|(_, record)| record))
+    }
+
+    /// Gives a claimed delivery back (the OP failed): the next poll may try again. `in_doubt`
+    /// when the OP may have acted on the failed call.
+    async fn unclaim(&self, process_hash: &str, in_doubt: bool) {
         let released = self
             .records
             .modify(process_hash, None, |r| {
                 if r.status == Status::Delivering {
                     r.status = Status::Approved;
                     r.delivering_since = None;
+                    r.release_in_doubt |= in_doubt;
                     Change::Write(())
                 } else {
                     Change::Keep(())
@@ -427,6 +495,7 @@ mod tests {
             sid: None,
             nonce: None,
             ping_attempts: 0,
+            release_in_doubt: false,
             sealed: String::new(),
         }
     }

@@ -44,6 +44,7 @@ pub mod error {
     pub const UNAUTHORIZED_CLIENT: &str = "unauthorized_client";
     pub const UNSUPPORTED_RESPONSE_TYPE: &str = "unsupported_response_type";
     pub const SERVER_ERROR: &str = "server_error";
+    pub const INVALID_SCOPE: &str = "invalid_scope";
     pub const TEMPORARILY_UNAVAILABLE: &str = "temporarily_unavailable";
 }
 

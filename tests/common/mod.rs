@@ -18,6 +18,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use dtr_proxy::{Config, Running};
 use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 pub const REDIRECT_URI: &str = "https://rp.example.com/cb";
@@ -823,44 +824,98 @@ pub async fn wait_interval(seconds: u64) {
     tokio::time::sleep(Duration::from_millis(seconds * 1000 + 150)).await;
 }
 
-/// A TCP relay in front of the OP that can be cut: while down it refuses new connections and
-/// drops those in flight, as an OP outage would.
+/// A TCP relay in front of the OP that can be cut: while down it refuses new connections
+/// (its port is closed, as a stopped OP's is) and drops those in flight, as an OP outage would.
 pub struct Relay {
     pub port: u16,
     down: tokio::sync::watch::Sender<bool>,
+    swallow: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
 }
 
 impl Relay {
     pub async fn start(target_port: u16) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let (down, watcher) = tokio::sync::watch::channel(false);
+        let (down, mut watcher) = tokio::sync::watch::channel(false);
+        let swallow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swallowing = swallow.clone();
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
         tokio::spawn(async move {
+            let mut listener = Some(listener);
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Some(open) = listener.as_ref() else {
+                    // Down: the port stays closed until the relay is up again.
+                    if watcher.wait_for(|down| !*down).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..100 {
+                        match TcpListener::bind(("127.0.0.1", port)).await {
+                            Ok(bound) => {
+                                listener = Some(bound);
+                                break;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                    continue;
+                };
+                let accepted = tokio::select! {
+                    accepted = open.accept() => accepted,
+                    _ = watcher.wait_for(|down| *down) => {
+                        listener = None;
+                        continue;
+                    }
+                };
+                let Ok((mut inbound, _)) = accepted else {
                     return;
                 };
-                if *watcher.borrow() {
-                    drop(inbound);
-                    continue;
-                }
-                let mut watcher = watcher.clone();
+                let mut in_flight = watcher.clone();
+                let swallowing = swallowing.clone();
+                let mut cuts = cuts.clone();
+                // Only cuts from now on concern this connection.
+                cuts.borrow_and_update();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
                         return;
                     };
+                    if swallowing.load(Ordering::Relaxed) {
+                        // The request reaches the OP; its answer never comes back.
+                        let (mut from_client, _to_client) = inbound.split();
+                        let (mut from_op, mut to_op) = outbound.split();
+                        let mut first = [0u8; 1];
+                        tokio::select! {
+                            _ = tokio::io::copy(&mut from_client, &mut to_op) => {}
+                            _ = from_op.read(&mut first) => {}
+                        }
+                        return;
+                    }
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = watcher.wait_for(|down| *down) => {}
+                        _ = in_flight.wait_for(|down| *down) => {}
+                        _ = cuts.changed() => {}
                     }
                 });
             }
         });
-        Relay { port, down }
+        Relay {
+            port,
+            down,
+            swallow,
+            cut,
+        }
     }
 
     pub fn set_down(&self, down: bool) {
         let _ = self.down.send(down);
+    }
+
+    /// While on, new connections carry requests to the OP but drop its answers: a call the OP
+    /// acts on whose answer is lost.
+    pub fn set_swallow_answers(&self, on: bool) {
+        self.swallow.store(on, Ordering::Relaxed);
+        // Pooled connections opened before were not swallowing: close them.
+        self.cut.send_modify(|n| *n += 1);
     }
 }
 
