@@ -19,7 +19,7 @@ use crate::endpoints::acknowledge::Acknowledge;
 use crate::endpoints::authorize::Authorize;
 use crate::endpoints::cancel::Cancel;
 use crate::endpoints::checks::Checks;
-use crate::endpoints::completion::Completions;
+use crate::endpoints::completion::{Completions, Verdicts};
 use crate::endpoints::discovery::Discovery;
 use crate::endpoints::exchange::{Exchange, ExchangeSettings};
 use crate::endpoints::ping::{self, Pinger};
@@ -93,6 +93,12 @@ pub fn compose(
     };
     let ping_wakeup = Arc::new(Notify::new());
     let readiness = Arc::new(Readiness::default());
+    let verdicts = Verdicts {
+        records: records.clone(),
+        clients: clients.clone(),
+        metrics: metrics.clone(),
+        ping_wakeup: ping_wakeup.clone(),
+    };
 
     let public = PublicService {
         routes,
@@ -125,6 +131,7 @@ pub fn compose(
                     offline_access: config.offline_access,
                 },
                 nonce_verified: Default::default(),
+                verdicts: verdicts.clone(),
             },
             poll: Poll {
                 checks: checks.clone(),
@@ -154,11 +161,9 @@ pub fn compose(
     let admin = AdminService {
         records: records.clone(),
         completions: Completions {
-            records: records.clone(),
-            clients: clients.clone(),
-            metrics: metrics.clone(),
+            verdicts: verdicts.clone(),
             secret: config.webhook_secret.clone(),
-            ping_wakeup: ping_wakeup.clone(),
+            hold: config.completion_hold,
         },
         metrics: metrics.clone(),
         readiness: readiness.clone(),

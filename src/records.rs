@@ -211,6 +211,10 @@ fn session_key(hash: &str) -> String {
     format!("sid:{hash}")
 }
 
+fn held_key(hash: &str) -> String {
+    format!("hold:{hash}")
+}
+
 fn webhook_key(hash: &str) -> String {
     format!("wh:{hash}")
 }
@@ -383,13 +387,12 @@ impl Records {
         serde_json::from_slice(&plain).map_err(|e| UnsealError(e.to_string()))
     }
 
-    /// Stores a new process and its lookup entries.
-    pub async fn create(&self, process_hash: &str, record: &ProcessRecord) -> StoreResult<()> {
+    /// Stores a new process and its lookup entries; returns it as stored.
+    pub async fn create(&self, process_hash: &str, record: &ProcessRecord) -> StoreResult<StoredProcess> {
         let store = &self.store;
         let ttl = Duration::from_millis(record.expires_at.saturating_sub(record.created_at)) + EXPIRED_GRACE;
-        store
-            .put(&store.key(&process_key(process_hash)), &encode(record), ttl)
-            .await?;
+        let raw = encode(record);
+        store.put(&store.key(&process_key(process_hash)), &raw, ttl).await?;
         store
             .put(
                 &store.key(&process_id_key(&record.process_id)),
@@ -407,7 +410,12 @@ impl Records {
         }
         store
             .schedule(&store.key(ACTIVE_QUEUE), process_hash, record.expires_at)
-            .await
+            .await?;
+        Ok(StoredProcess {
+            process_hash: process_hash.to_owned(),
+            record: record.clone(),
+            raw,
+        })
     }
 
     /// A process and when it was last polled by its owner, in one round trip. Nothing is
@@ -555,6 +563,39 @@ impl Records {
     /// Live processes at `now_ms`.
     pub async fn count_active(&self, now_ms: u64) -> StoreResult<u64> {
         self.store.count_due_after(&self.store.key(ACTIVE_QUEUE), now_ms).await
+    }
+
+    // --- outcomes that arrived before their process ---
+
+    fn held_outcome_key(&self, kind: &str, value: &str, client_id: Option<&str>) -> String {
+        let selector = format!("{kind}\0{value}\0{}", client_id.unwrap_or("\0any"));
+        self.store
+            .key(&held_key(&self.hash_key.hash("held-outcome", &selector)))
+    }
+
+    /// Keeps an outcome for the process of `kind` (`sub` or `sid`) = `value` of `client_id`
+    /// (`None`: any client) that the RP has not created yet; a later outcome replaces it.
+    pub async fn hold_outcome(
+        &self,
+        kind: &str,
+        value: &str,
+        client_id: Option<&str>,
+        outcome: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.store
+            .put(&self.held_outcome_key(kind, value, client_id), outcome, ttl)
+            .await
+    }
+
+    /// Takes (consumes) a held outcome.
+    pub async fn take_held_outcome(
+        &self,
+        kind: &str,
+        value: &str,
+        client_id: Option<&str>,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        self.store.take(&self.held_outcome_key(kind, value, client_id)).await
     }
 
     // --- completion webhook ids (idempotency) ---

@@ -332,7 +332,11 @@ async fn webhook_rules(store: StoreKind) {
     let other_client = proxy
         .complete(&json!({"outcome": "approved", "sub": user, "client_id": "dtr-post"}))
         .await;
-    assert_eq!(other_client.status, 404);
+    assert_eq!(
+        (other_client.status, &other_client.json["held"]),
+        (202, &json!(true)),
+        "an outcome for a client without a process yet waits for its exchange"
+    );
 
     // Progress reaches pending polls.
     let progress = proxy
@@ -461,4 +465,69 @@ async fn a_repeated_parameter_is_invalid_request() {
     assert_eq!(response.status(), 400);
     let json: serde_json::Value = response.json().await.unwrap();
     assert_eq!(json["error"], "invalid_request");
+}
+
+/// The verification may finish before the RP exchanges its code: the outcome, named for the
+/// client, waits and is applied by the exchange that creates the process.
+#[tokio::test]
+async fn an_outcome_before_the_exchange_is_held_and_applied() {
+    let proxy = start(Options::new(StoreKind::Redis)).await;
+    let user = unique("early");
+    let held = proxy
+        .complete(&json!({"outcome": "approved", "sub": user, "client_id": "dtr-client"}))
+        .await;
+    assert_eq!(held.status, 202, "{}", held.json);
+    assert_eq!(held.json["held"], true);
+    let unnamed = proxy
+        .complete(&json!({"outcome": "approved", "sub": unique("early")}))
+        .await;
+    assert_eq!(
+        unnamed.status, 404,
+        "without client_id nothing is held: {}",
+        unnamed.json
+    );
+    assert!(unnamed.json["error_description"]
+        .as_str()
+        .unwrap_or("")
+        .contains("client_id"));
+
+    let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+    let tokens = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!(tokens.status, 200, "approved at the exchange: {}", tokens.json);
+    assert!(tokens.json["access_token"].is_string());
+}
+
+/// By `sub` alone, an outcome must not approve another client's process of the same user.
+#[tokio::test]
+async fn a_subject_outcome_never_reaches_another_clients_process_unasked() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let user = unique("twin");
+    let post = Auth::Post("dtr-post", "dtr-post-secret");
+    let (basic_id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+    let (post_id, _) = proxy.start_process(&post, &user, None).await;
+
+    let ambiguous = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(ambiguous.status, 409, "{}", ambiguous.json);
+    let pending = proxy.poll(&post, &post_id).await;
+    assert_eq!(pending.error(), "authorization_pending", "nothing changed");
+
+    let named = proxy
+        .complete(&json!({"outcome": "approved", "sub": user, "client_id": "dtr-client"}))
+        .await;
+    assert_eq!(
+        named.json["changed"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        named.json
+    );
+    wait_interval(1).await;
+    assert_eq!(proxy.poll(&dtr_client(), &basic_id).await.status, 200);
+    assert_eq!(proxy.poll(&post, &post_id).await.error(), "authorization_pending");
+
+    let everyone = proxy
+        .complete(&json!({"outcome": "denied", "sub": user, "all_clients": true}))
+        .await;
+    assert_eq!(everyone.status, 200, "{}", everyone.json);
+    wait_interval(1).await;
+    assert_eq!(proxy.poll(&post, &post_id).await.error(), "access_denied");
 }

@@ -280,7 +280,10 @@ async fn a_lost_answer_to_the_release_is_retried_and_never_turns_into_access_den
         retried.json
     );
     assert!(
-        retried.json["error_description"].as_str().unwrap_or("").contains("lost"),
+        retried.json["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("lost"),
         "{}",
         retried.json
     );

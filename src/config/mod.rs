@@ -99,6 +99,7 @@ struct RawConfig {
     default_expires_in: u64,
     upstream_timeout: u64,
     ping_timeout: u64,
+    completion_hold: u64,
     max_body_bytes: usize,
     max_header_bytes: usize,
     header_read_timeout: u64,
@@ -139,6 +140,7 @@ impl Default for RawConfig {
             default_expires_in: 86_400,
             upstream_timeout: 10,
             ping_timeout: 10,
+            completion_hold: 600,
             max_body_bytes: 64 * 1024,
             max_header_bytes: 64 * 1024,
             header_read_timeout: 15,
@@ -200,6 +202,8 @@ pub struct Config {
     pub default_expires_in: u64,
     pub upstream_timeout: Duration,
     pub ping_timeout: Duration,
+    /// How long a completion waits for a process the RP has not created yet (0: never).
+    pub completion_hold: Duration,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     /// Time a client has to send a request's headers (and, on a new connection, to start one).
@@ -486,6 +490,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         default_expires_in: raw.default_expires_in,
         upstream_timeout: Duration::from_secs(raw.upstream_timeout),
         ping_timeout: Duration::from_secs(raw.ping_timeout),
+        completion_hold: Duration::from_secs(raw.completion_hold),
         max_body_bytes: raw.max_body_bytes,
         max_header_bytes: raw.max_header_bytes,
         header_read_timeout: Duration::from_secs(raw.header_read_timeout),

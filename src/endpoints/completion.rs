@@ -1,13 +1,19 @@
 //! The completion webhook (step 4) on the internal port: the verification service reports an
 //! outcome for a process, signed per Standard Webhooks ([`crate::webhook`]), addressed by
 //! `process_id`, `sub` or `sid`. Idempotent by webhook id.
+//!
+//! A verification may finish before the RP has exchanged its code (the process does not exist
+//! yet): a final outcome for a named client is then held for `DTR_COMPLETION_HOLD` and applied
+//! by the exchange that creates the process. By `sub` or `sid` alone an outcome never reaches
+//! a process of another client than the one meant: when processes of several clients match,
+//! the webhook must name `client_id` (or say `all_clients`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderMap;
 use http::{Response, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -27,9 +33,9 @@ const REMEMBER_IDS: Duration = Duration::from_secs(24 * 3600);
 /// hold its `deferred_auth_id` before the ping names it.
 pub const PING_GRACE_MS: u64 = 2_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Verdict {
+pub enum Verdict {
     Approved,
     Denied,
     /// Progress only: updates the description pending polls see.
@@ -52,6 +58,20 @@ struct Completion {
     client_id: Option<String>,
     #[serde(default)]
     realm: Option<String>,
+    /// By `sub`/`sid` without `client_id`: also when processes of several clients match.
+    #[serde(default)]
+    all_clients: bool,
+}
+
+/// An outcome waiting for its process, kept under its selector (`sub` or `sid`, and the
+/// client, or any client).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldOutcome {
+    pub outcome: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
 }
 
 fn problem(status: StatusCode, error: &str, description: &str) -> Response<Body> {
@@ -71,19 +91,109 @@ fn store_problem(e: StoreError) -> Response<Body> {
     response
 }
 
-pub struct Completions {
+/// Applies verification outcomes to processes: status, lifecycle event, ping.
+#[derive(Clone)]
+pub struct Verdicts {
     pub records: Records,
     pub clients: Clients,
     pub metrics: Metrics,
-    /// `DTR_WEBHOOK_SECRET`, decoded; `None` refuses every completion.
-    pub secret: Option<Vec<u8>>,
     /// Wakes this replica's ping worker when a ping is scheduled.
     pub ping_wakeup: Arc<Notify>,
+}
+
+impl Verdicts {
+    /// Sets an open process's outcome; `(changed, record)`.
+    pub async fn apply(
+        &self,
+        outcome: Verdict,
+        description: Option<&str>,
+        process: StoredProcess,
+    ) -> Result<(bool, ProcessRecord), StoreError> {
+        let process_hash = process.process_hash.clone();
+        let now = now_ms();
+        let result = self
+            .records
+            .modify(&process_hash, Some(process), |r| {
+                if !r.status.is_open() || now >= r.expires_at {
+                    return Change::Keep(false);
+                }
+                match outcome {
+                    Verdict::Approved => r.status = Status::Approved,
+                    Verdict::Denied => r.status = Status::Denied,
+                    Verdict::Pending => {}
+                }
+                r.description = description.map(str::to_owned);
+                if r.status != Status::Pending {
+                    r.completed_at = Some(now);
+                }
+                Change::Write(true)
+            })
+            .await?;
+        let Some((changed, record)) = result else {
+            return Err(StoreError::Unavailable("process vanished during the update".into()));
+        };
+        if changed && record.status != Status::Pending {
+            let event = if record.status == Status::Approved {
+                Event::Approved
+            } else {
+                Event::Denied
+            };
+            emit(&self.metrics, event, &record);
+            let has_endpoint = self
+                .clients
+                .find(&record.realm, &record.client_id)
+                .is_some_and(|c| c.notification_endpoint.is_some());
+            if has_endpoint {
+                let due = now.max(record.created_at + PING_GRACE_MS);
+                self.records.schedule_ping(&process_hash, due).await?;
+                self.ping_wakeup.notify_one();
+            }
+        }
+        Ok((changed, record))
+    }
+
+    /// Applies an outcome held for a process that did not exist yet, if there is one: looked
+    /// up by the new process's `sub` and `sid`, for its client first, then for any client.
+    pub async fn apply_held(&self, process: StoredProcess) -> Result<Option<ProcessRecord>, StoreError> {
+        let record = &process.record;
+        let client = record.client_id.clone();
+        let selectors = [("sub", record.sub.clone()), ("sid", record.sid.clone())];
+        for client_id in [Some(client.as_str()), None] {
+            for (kind, value) in &selectors {
+                let Some(value) = value else { continue };
+                let Some(raw) = self.records.take_held_outcome(kind, value, client_id).await? else {
+                    continue;
+                };
+                let Ok(held) = serde_json::from_slice::<HeldOutcome>(&raw) else {
+                    continue;
+                };
+                if held.realm.as_ref().is_some_and(|r| *r != record.realm) {
+                    continue;
+                }
+                let (_, record) = self
+                    .apply(held.outcome, held.error_description.as_deref(), process)
+                    .await?;
+                tracing::info!(process_id = %record.process_id, client_id = %record.client_id, "held completion applied at the exchange");
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+}
+
+pub struct Completions {
+    pub verdicts: Verdicts,
+    /// `DTR_WEBHOOK_SECRET`, decoded; `None` refuses every completion.
+    pub secret: Option<Vec<u8>>,
+    /// `DTR_COMPLETION_HOLD`: how long an outcome waits for its process.
+    pub hold: Duration,
 }
 
 impl Completions {
     /// `POST /v1/completions`.
     pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Response<Body> {
+        let metrics = &self.verdicts.metrics;
+        let records = &self.verdicts.records;
         let Some(secret) = self.secret.as_deref() else {
             return problem(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -94,7 +204,7 @@ impl Completions {
         let webhook_id = match verify(secret, headers, body, now_ms() / 1000) {
             Ok(id) => id,
             Err(e) => {
-                self.metrics.request("completion", "bad_signature");
+                metrics.request("completion", "bad_signature");
                 tracing::warn!(reason = %e, "completion webhook rejected");
                 return problem(StatusCode::UNAUTHORIZED, "invalid_signature", &e.to_string());
             }
@@ -102,7 +212,7 @@ impl Completions {
         let completion: Completion = match serde_json::from_slice(body) {
             Ok(completion) => completion,
             Err(e) => {
-                self.metrics.request("completion", "bad_body");
+                metrics.request("completion", "bad_body");
                 return problem(StatusCode::BAD_REQUEST, "invalid_body", &e.to_string());
             }
         };
@@ -125,10 +235,10 @@ impl Completions {
             );
         }
 
-        match self.records.webhook_answer(&webhook_id).await {
+        match records.webhook_answer(&webhook_id).await {
             Ok(Some(previous)) => {
                 // Same delivery again (a sender's retry): same answer, no second effect.
-                self.metrics.request("completion", "duplicate");
+                metrics.request("completion", "duplicate");
                 let mut reply: serde_json::Value = serde_json::from_slice(&previous).unwrap_or_else(|_| json!({}));
                 reply["duplicate"] = json!(true);
                 return json_no_store(StatusCode::OK, &reply);
@@ -141,14 +251,26 @@ impl Completions {
             Ok(found) => found,
             Err(e) => return store_problem(e),
         };
+        let clients: std::collections::BTreeSet<&str> = found.iter().map(|p| p.record.client_id.as_str()).collect();
+        if clients.len() > 1 && completion.client_id.is_none() && !completion.all_clients {
+            metrics.request("completion", "ambiguous");
+            return problem(
+                StatusCode::CONFLICT,
+                "ambiguous",
+                "Processes of several clients match; name client_id, or set all_clients.",
+            );
+        }
         if found.is_empty() {
-            self.metrics.request("completion", "not_found");
-            return problem(StatusCode::NOT_FOUND, "not_found", "No deferred process matches.");
+            return self.hold_or_refuse(&completion, &webhook_id).await;
         }
         let mut changed = Vec::new();
         let mut unchanged = Vec::new();
-        for loaded in found {
-            match self.apply(&completion, loaded).await {
+        for process in found {
+            match self
+                .verdicts
+                .apply(completion.outcome, completion.error_description.as_deref(), process)
+                .await
+            {
                 Ok((true, record)) => {
                     changed.push(json!({"process_id": record.process_id, "status": record.status.name()}))
                 }
@@ -159,19 +281,65 @@ impl Completions {
             }
         }
         let reply = json!({ "changed": changed, "unchanged": unchanged });
+        self.remember(&webhook_id, &reply).await;
+        metrics.request("completion", "ok");
+        json_no_store(StatusCode::OK, &reply)
+    }
+
+    /// No process matches yet. A final outcome by `sub`/`sid` for a named client (or for any
+    /// client, when asked) waits for the exchange; everything else is `404`.
+    async fn hold_or_refuse(&self, completion: &Completion, webhook_id: &str) -> Response<Body> {
+        let metrics = &self.verdicts.metrics;
+        let selector = match (&completion.sub, &completion.sid) {
+            (Some(sub), _) => Some(("sub", sub)),
+            (None, Some(sid)) => Some(("sid", sid)),
+            _ => None,
+        };
+        let holdable = completion.outcome != Verdict::Pending
+            && (completion.client_id.is_some() || completion.all_clients)
+            && !self.hold.is_zero();
+        let Some((kind, value)) = selector.filter(|_| holdable) else {
+            metrics.request("completion", "not_found");
+            let description = if selector.is_some() && completion.outcome != Verdict::Pending {
+                "No deferred process matches. Name client_id to have the outcome held until the RP's exchange."
+            } else {
+                "No deferred process matches."
+            };
+            return problem(StatusCode::NOT_FOUND, "not_found", description);
+        };
+        let held = HeldOutcome {
+            outcome: completion.outcome,
+            error_description: completion.error_description.clone(),
+            realm: completion.realm.clone(),
+        };
+        let bytes = serde_json::to_vec(&held).unwrap_or_default();
         if let Err(e) = self
+            .verdicts
             .records
-            .remember_webhook(&webhook_id, reply.to_string().as_bytes(), REMEMBER_IDS)
+            .hold_outcome(kind, value, completion.client_id.as_deref(), &bytes, self.hold)
+            .await
+        {
+            return store_problem(e);
+        }
+        let reply = json!({ "changed": [], "unchanged": [], "held": true, "hold_seconds": self.hold.as_secs() });
+        self.remember(webhook_id, &reply).await;
+        metrics.request("completion", "held");
+        json_no_store(StatusCode::ACCEPTED, &reply)
+    }
+
+    async fn remember(&self, webhook_id: &str, reply: &serde_json::Value) {
+        if let Err(e) = self
+            .verdicts
+            .records
+            .remember_webhook(webhook_id, reply.to_string().as_bytes(), REMEMBER_IDS)
             .await
         {
             tracing::warn!(error = %e, "could not remember a webhook id");
         }
-        self.metrics.request("completion", "ok");
-        json_no_store(StatusCode::OK, &reply)
     }
 
     async fn find(&self, completion: &Completion) -> Result<Vec<StoredProcess>, StoreError> {
-        let processes = &self.records;
+        let processes = &self.verdicts.records;
         let mut found = if let Some(process_id) = &completion.process_id {
             processes.find_by_process_id(process_id).await?.into_iter().collect()
         } else if let Some(sub) = &completion.sub {
@@ -192,56 +360,9 @@ impl Completions {
         Ok(found)
     }
 
-    async fn apply(&self, completion: &Completion, loaded: StoredProcess) -> Result<(bool, ProcessRecord), StoreError> {
-        let process_hash = loaded.process_hash.clone();
-        let now = now_ms();
-        let result = self
-            .records
-            .modify(&process_hash, Some(loaded), |r| {
-                if !r.status.is_open() || now >= r.expires_at {
-                    return Change::Keep(false);
-                }
-                match completion.outcome {
-                    Verdict::Approved => r.status = Status::Approved,
-                    Verdict::Denied => r.status = Status::Denied,
-                    Verdict::Pending => {}
-                }
-                r.description = completion.error_description.clone();
-                if r.status != Status::Pending {
-                    r.completed_at = Some(now);
-                }
-                Change::Write(true)
-            })
-            .await?;
-        let Some((changed, record)) = result else {
-            return Err(StoreError::Unavailable("process vanished during the update".into()));
-        };
-        if changed && record.status != Status::Pending {
-            emit(
-                &self.metrics,
-                if record.status == Status::Approved {
-                    Event::Approved
-                } else {
-                    Event::Denied
-                },
-                &record,
-            );
-            let has_endpoint = self
-                .clients
-                .find(&record.realm, &record.client_id)
-                .is_some_and(|c| c.notification_endpoint.is_some());
-            if has_endpoint {
-                let due = now.max(record.created_at + PING_GRACE_MS);
-                self.records.schedule_ping(&process_hash, due).await?;
-                self.ping_wakeup.notify_one();
-            }
-        }
-        Ok((changed, record))
-    }
-
     /// `GET /v1/processes/{process_id}`: what an operator may see (no secrets).
     pub async fn process_view(&self, process_id: &str) -> Response<Body> {
-        match self.records.find_by_process_id(process_id).await {
+        match self.verdicts.records.find_by_process_id(process_id).await {
             Ok(Some(loaded)) => {
                 let r = &loaded.record;
                 json_no_store(

@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::back_channel::{forwarded_headers, id_token_claims, is_request_error, relay, reply_error};
 use super::checks::{dpop_error, Checks};
+use super::completion::Verdicts;
 use super::events::{emit, Event};
 use crate::client_auth::ClientCredentials;
 use crate::clock::now_ms;
@@ -52,6 +53,8 @@ pub struct Exchange {
     /// Clients (by realm) whose refreshed ID tokens were seen to keep the nonce, on this
     /// replica: each is probed once ([`Exchange::probe_nonce`]).
     pub nonce_verified: Mutex<HashSet<(String, String)>>,
+    /// Outcomes that arrived before their process are applied as it is created.
+    pub verdicts: Verdicts,
 }
 
 const UNKNOWN_CODE: &str = "The deferred_code is invalid, expired, or was issued to another client.";
@@ -283,8 +286,12 @@ impl Exchange {
             release_in_doubt: false,
             sealed: self.records.seal(&secrets, &process_hash),
         };
-        self.records.create(&process_hash, &record).await?;
+        let created = self.records.create(&process_hash, &record).await?;
         emit(&self.metrics, Event::Started, &record);
+        // The verification may have finished before this exchange: its outcome was held.
+        if let Err(e) = self.verdicts.apply_held(created).await {
+            tracing::warn!(error = %e, "could not look up held completions; the verification service must resend");
+        }
 
         let mut body = json!({
             wire::DEFERRED_AUTH_ID: deferred_auth_id,
