@@ -24,6 +24,7 @@ use crate::endpoints::discovery::Discovery;
 use crate::endpoints::exchange::{Exchange, ExchangeSettings};
 use crate::endpoints::ping::{self, Pinger};
 use crate::endpoints::poll::Poll;
+use crate::endpoints::revoke::{Operator, Revoker};
 use crate::endpoints::token::DeferredGrant;
 use crate::metrics::Metrics;
 use crate::protocol::routes::{PublicUrls, Routes};
@@ -93,11 +94,18 @@ pub fn compose(
     };
     let ping_wakeup = Arc::new(Notify::new());
     let readiness = Arc::new(Readiness::default());
+    let revoker = Arc::new(Revoker {
+        op: op.clone(),
+        routes: routes.clone(),
+        metrics: metrics.clone(),
+        operator: config.keycloak_admin.clone().map(Operator::new),
+    });
     let verdicts = Verdicts {
         records: records.clone(),
         clients: clients.clone(),
         metrics: metrics.clone(),
         ping_wakeup: ping_wakeup.clone(),
+        revoker: revoker.clone(),
     };
 
     let public = PublicService {
@@ -132,18 +140,21 @@ pub fn compose(
                 },
                 nonce_verified: Default::default(),
                 verdicts: verdicts.clone(),
+                revoker: revoker.clone(),
             },
             poll: Poll {
                 checks: checks.clone(),
                 records: records.clone(),
                 op: op.clone(),
                 metrics: metrics.clone(),
+                revoker: revoker.clone(),
             },
         },
         cancel: Cancel {
             checks,
             records: records.clone(),
             metrics: metrics.clone(),
+            revoker: revoker.clone(),
         },
         discovery: Discovery {
             op,
@@ -176,6 +187,7 @@ pub fn compose(
         http: http_client(),
         timeout: config.ping_timeout,
         wakeup: ping_wakeup,
+        revoker,
     };
     Services {
         public: Arc::new(public),

@@ -73,6 +73,16 @@ pub trait OpClient: Send + Sync {
         peer: IpAddr,
         call: &'static str,
     ) -> BoxFuture<'a, Result<BufferedReply, UpstreamError>>;
+
+    /// Any other call of the proxy's own (the OP's admin API), read whole.
+    fn send_own<'a>(
+        &'a self,
+        method: Method,
+        path: &'a str,
+        headers: HeaderMap,
+        body: Bytes,
+        call: &'static str,
+    ) -> BoxFuture<'a, Result<BufferedReply, UpstreamError>>;
 }
 
 /// A pooled HTTP(S) client: HTTP/1.1 to the OP (what Keycloak speaks behind a proxy), TLS by
@@ -290,6 +300,25 @@ impl OpClient for Upstream {
         call: &'static str,
     ) -> BoxFuture<'a, Result<BufferedReply, UpstreamError>> {
         Box::pin(Upstream::get(self, path_and_query, headers, peer, call))
+    }
+
+    fn send_own<'a>(
+        &'a self,
+        method: Method,
+        path: &'a str,
+        headers: HeaderMap,
+        body: Bytes,
+        call: &'static str,
+    ) -> BoxFuture<'a, Result<BufferedReply, UpstreamError>> {
+        Box::pin(async move {
+            let mut request = Request::new(full(body));
+            *request.method_mut() = method;
+            *request.uri_mut() = self.uri(path)?;
+            *request.headers_mut() = headers;
+            // The proxy's own call: from loopback as far as the forwarding headers go.
+            self.prepare_headers(request.headers_mut(), IpAddr::from([127, 0, 0, 1]));
+            self.fetch(request, call).await
+        })
     }
 }
 

@@ -98,6 +98,7 @@ impl MemoryOp {
                     "token_type": "Bearer",
                 }),
             ),
+            None if get("token").is_some() => (StatusCode::OK, json!({})),
             _ => (StatusCode::BAD_REQUEST, json!({"error": "invalid_grant"})),
         };
         let mut headers = HeaderMap::new();
@@ -145,6 +146,40 @@ impl OpClient for MemoryOp {
     ) -> BoxFuture<'a, Result<BufferedReply, UpstreamError>> {
         Box::pin(async { Err(UpstreamError::Connect("no discovery in memory".into())) })
     }
+
+    fn send_own<'a>(
+        &'a self,
+        method: Method,
+        path: &'a str,
+        headers: HeaderMap,
+        body: Bytes,
+        _call: &'static str,
+    ) -> BoxFuture<'a, Result<BufferedReply, UpstreamError>> {
+        Box::pin(async move {
+            let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+            self.calls.lock().unwrap().push(OpCall {
+                path: format!("{method} {path}"),
+                form: form.clone(),
+                authorization: headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            });
+            let (status, body) = if method == Method::DELETE {
+                (StatusCode::NO_CONTENT, String::new())
+            } else {
+                (
+                    StatusCode::OK,
+                    json!({"access_token": "admin-token", "expires_in": 300}).to_string(),
+                )
+            };
+            Ok(BufferedReply {
+                status,
+                headers: HeaderMap::new(),
+                body: Bytes::from(body),
+            })
+        })
+    }
 }
 
 struct Bed {
@@ -153,7 +188,11 @@ struct Bed {
 }
 
 fn bed() -> Bed {
-    let env: Vec<(String, String)> = vec![
+    bed_with(&[])
+}
+
+fn bed_with(extra: &[(&str, &str)]) -> Bed {
+    let mut env: Vec<(String, String)> = vec![
         // Never dialled: everything below stays in memory.
         ("DTR_UPSTREAM_URL".into(), "http://127.0.0.1:9".into()),
         ("DTR_PUBLIC_URL".into(), PUBLIC.into()),
@@ -166,6 +205,7 @@ fn bed() -> Bed {
             json!([{"client_id": "rp", "redirect_uris": [REDIRECT_URI]}]).to_string(),
         ),
     ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let config = Config::from_env(env).unwrap_or_else(|e| panic!("{e}"));
     let metrics = Metrics::new();
     let op = Arc::new(MemoryOp::default());
@@ -269,7 +309,12 @@ impl Bed {
     }
 
     async fn complete(&self, process: &Value) -> StatusCode {
-        let body = json!({"outcome": "approved", "sub": process["sub"]}).to_string();
+        self.send_outcome(json!({"outcome": "approved", "sub": process["sub"]}))
+            .await
+    }
+
+    async fn send_outcome(&self, outcome: Value) -> StatusCode {
+        let body = outcome.to_string();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -426,4 +471,79 @@ async fn a_final_id_token_without_the_nonce_is_never_handed_out() {
         release.form.contains(&("refresh_token".into(), "offline-3".into())),
         "{release:?}"
     );
+}
+
+impl Bed {
+    async fn cancel(&self, deferred_auth_id: &str) -> StatusCode {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("deferred_auth_id", deferred_auth_id)
+            .finish();
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/realms/acme/protocol/openid-connect/deferred/cancel")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::AUTHORIZATION, basic("rp", "rp-secret"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        self.services.public.handle(request, peer()).await.status()
+    }
+
+    /// Waits (bounded) for a call the proxy makes without waiting itself.
+    async fn wait_for_call(&self, path: &str) -> OpCall {
+        for _ in 0..100 {
+            if let Some(call) = self.op.calls().into_iter().find(|c| c.path.ends_with(path)) {
+                return call;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no call to {path}: {:?}", self.op.calls());
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_gives_the_held_grant_back_with_the_rps_credentials() {
+    let bed = bed();
+    let deferred_code = bed.deferred_code().await;
+    let (_, _, body) = bed.exchange(&deferred_code).await;
+    let deferred_auth_id = body["deferred_auth_id"].as_str().expect("id").to_owned();
+    assert_eq!(bed.cancel(&deferred_auth_id).await, StatusCode::OK);
+    let revocation = bed.wait_for_call("/realms/acme/protocol/openid-connect/revoke").await;
+    assert!(
+        revocation.form.contains(&("token".into(), "offline-2".into())),
+        "{revocation:?}"
+    );
+    assert!(revocation
+        .form
+        .contains(&("token_type_hint".into(), "refresh_token".into())));
+    assert_eq!(
+        revocation.authorization.as_deref(),
+        Some(basic("rp", "rp-secret").as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_denial_ends_the_offline_session_with_the_operators_account() {
+    let bed = bed_with(&[
+        ("DTR_KEYCLOAK_ADMIN_CLIENT_ID", "dtr-proxy-admin"),
+        ("DTR_KEYCLOAK_ADMIN_CLIENT_SECRET", "admin-secret"),
+    ]);
+    let deferred_code = bed.deferred_code().await;
+    bed.exchange(&deferred_code).await;
+    let denied = bed
+        .send_outcome(json!({"outcome": "denied", "sub": "user-1", "error_description": "Document expired"}))
+        .await;
+    assert_eq!(denied, StatusCode::OK);
+    let token = bed
+        .wait_for_call("POST /realms/acme/protocol/openid-connect/token")
+        .await;
+    assert!(token.form.contains(&("grant_type".into(), "client_credentials".into())));
+    assert_eq!(
+        token.authorization.as_deref(),
+        Some(basic("dtr-proxy-admin", "admin-secret").as_str())
+    );
+    let ended = bed
+        .wait_for_call("/admin/realms/acme/sessions/s-1?isOffline=true")
+        .await;
+    assert!(ended.path.starts_with("DELETE "), "{ended:?}");
+    assert_eq!(ended.authorization.as_deref(), Some("Bearer admin-token"));
 }

@@ -30,6 +30,8 @@ pub struct PathTemplates {
     pub authorization: String,
     pub token: String,
     pub discovery: String,
+    /// The OP's token revocation endpoint (RFC 7009), where held grants are given back.
+    pub revocation: String,
     /// OAuth 2.0 Authorization Server Metadata (RFC 8414) below the issuer, as Keycloak serves
     /// it; empty to leave it untouched.
     pub oauth_metadata: String,
@@ -46,6 +48,7 @@ impl Default for PathTemplates {
             authorization: "/realms/{realm}/protocol/openid-connect/auth".into(),
             token: "/realms/{realm}/protocol/openid-connect/token".into(),
             discovery: "/realms/{realm}/.well-known/openid-configuration".into(),
+            revocation: "/realms/{realm}/protocol/openid-connect/revoke".into(),
             oauth_metadata: "/realms/{realm}/.well-known/oauth-authorization-server".into(),
             oauth_metadata_root: "/.well-known/oauth-authorization-server/realms/{realm}".into(),
             cancellation: "/realms/{realm}/protocol/openid-connect/deferred/cancel".into(),
@@ -85,6 +88,9 @@ struct RawConfig {
     redis_cluster: bool,
     redis_key_prefix: String,
     webhook_secret: Option<String>,
+    keycloak_admin_client_id: Option<String>,
+    keycloak_admin_client_secret: Option<String>,
+    keycloak_admin_realm: Option<String>,
     hash_key: Option<String>,
     token_keys: Option<String>,
     allow_insecure_http: bool,
@@ -126,6 +132,9 @@ impl Default for RawConfig {
             redis_cluster: false,
             redis_key_prefix: "dtr".into(),
             webhook_secret: None,
+            keycloak_admin_client_id: None,
+            keycloak_admin_client_secret: None,
+            keycloak_admin_realm: None,
             hash_key: None,
             token_keys: None,
             allow_insecure_http: false,
@@ -185,6 +194,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub store: StoreSettings,
     pub webhook_secret: Option<Vec<u8>>,
+    /// A Keycloak service account that may end offline sessions (optional).
+    pub keycloak_admin: Option<KeycloakAdmin>,
     pub hash_key: HashKey,
     pub sealer: Sealer,
     pub allow_insecure_http: bool,
@@ -235,6 +246,17 @@ impl fmt::Debug for Config {
             .field("clients", &self.clients.len())
             .finish_non_exhaustive()
     }
+}
+
+/// A Keycloak service account (client credentials) with the realm-management role
+/// `manage-users`, used only to end the offline sessions of processes that end without the RP
+/// at hand (a denial by webhook, an expiry).
+#[derive(Debug, Clone)]
+pub struct KeycloakAdmin {
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    /// The realm the account lives in; unset: the realm of each process.
+    pub realm: Option<String>,
 }
 
 /// Every problem found in one configuration.
@@ -402,6 +424,22 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     }
     let shared_store = matches!(store, StoreSettings::Redis { .. });
 
+    let keycloak_admin = match (
+        raw.keycloak_admin_client_id.as_deref().filter(|s| !s.is_empty()),
+        raw.keycloak_admin_client_secret.as_deref().filter(|s| !s.is_empty()),
+    ) {
+        (Some(client_id), Some(secret)) => Some(KeycloakAdmin {
+            client_id: client_id.to_owned(),
+            client_secret: ClientSecret(secret.to_owned()),
+            realm: raw.keycloak_admin_realm.clone().filter(|r| !r.is_empty()),
+        }),
+        (None, None) => None,
+        _ => {
+            errors.push("DTR_KEYCLOAK_ADMIN_CLIENT_ID and DTR_KEYCLOAK_ADMIN_CLIENT_SECRET go together".into());
+            None
+        }
+    };
+
     let webhook_secret = match raw.webhook_secret.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(secret) => match crate::webhook::decode_secret(secret) {
@@ -476,6 +514,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         admin_listen: admin_listen?,
         store,
         webhook_secret,
+        keycloak_admin,
         hash_key: hash_key?,
         sealer: sealer?,
         allow_insecure_http: raw.allow_insecure_http,
@@ -550,6 +589,7 @@ fn validate_paths(paths: &PathTemplates, errors: &mut Vec<String>) {
         ("DTR_PATHS__AUTHORIZATION", &paths.authorization),
         ("DTR_PATHS__TOKEN", &paths.token),
         ("DTR_PATHS__DISCOVERY", &paths.discovery),
+        ("DTR_PATHS__REVOCATION", &paths.revocation),
         ("DTR_PATHS__OAUTH_METADATA", &paths.oauth_metadata),
         ("DTR_PATHS__OAUTH_METADATA_ROOT", &paths.oauth_metadata_root),
         ("DTR_PATHS__CANCELLATION", &paths.cancellation),

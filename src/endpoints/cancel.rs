@@ -2,12 +2,16 @@
 //! authenticated request, whether or not the id was known (like RFC 7009 §2.2), so it is no
 //! oracle; a cancelled process answers later polls with `access_denied` and sends no ping.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use http::header::HeaderMap;
 use http::{Response, StatusCode};
 use serde_json::json;
 
 use super::checks::{owner_check, Checks};
 use super::events::{emit, Event};
+use super::revoke::Revoker;
 use crate::client_auth::ClientCredentials;
 use crate::clock::now_ms;
 use crate::http::{json_no_store, media_type, Body};
@@ -48,6 +52,7 @@ pub struct Cancel {
     pub checks: Checks,
     pub records: Records,
     pub metrics: Metrics,
+    pub revoker: Arc<Revoker>,
 }
 
 impl Cancel {
@@ -56,6 +61,7 @@ impl Cancel {
         realm: &str,
         headers: &HeaderMap,
         params: &Params,
+        peer: IpAddr,
     ) -> Result<Response<Body>, OAuthError> {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
@@ -87,6 +93,8 @@ impl Cancel {
             Err(e) if e.error == wire::error::INVALID_GRANT => return Ok(done()),
             Err(e) => return Err(e),
         }
+        // Read before the cancel drops it: the held grant, to give back.
+        let held = self.records.open(&process).ok();
         let changed = self
             .records
             .modify(&process_hash, Some(process), |r| {
@@ -101,6 +109,18 @@ impl Cancel {
             self.records.unschedule_ping(&process_hash).await?;
             self.records.retire(&process_hash).await?;
             emit(&self.metrics, Event::Cancelled, &record);
+            if let Some(held) = held {
+                let revoker = self.revoker.clone();
+                let (realm, headers, params) = (realm.to_owned(), headers.clone(), params.clone());
+                tokio::spawn(async move {
+                    if !revoker
+                        .with_client(&realm, &held.refresh_token, &headers, &params, peer)
+                        .await
+                    {
+                        revoker.as_operator(&record).await;
+                    }
+                });
+            }
         }
         Ok(done())
     }

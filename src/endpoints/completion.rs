@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::events::{emit, Event};
+use super::revoke::Revoker;
 use crate::clients::Clients;
 use crate::clock::now_ms;
 use crate::http::{json_no_store, Body};
@@ -99,6 +100,8 @@ pub struct Verdicts {
     pub metrics: Metrics,
     /// Wakes this replica's ping worker when a ping is scheduled.
     pub ping_wakeup: Arc<Notify>,
+    /// Gives a denied process's grant back at once when the operator's account allows.
+    pub revoker: Arc<Revoker>,
 }
 
 impl Verdicts {
@@ -139,6 +142,9 @@ impl Verdicts {
                 Event::Denied
             };
             emit(&self.metrics, event, &record);
+            if record.status == Status::Denied && self.revoker.has_operator() {
+                self.give_back(&process_hash, &record);
+            }
             let has_endpoint = self
                 .clients
                 .find(&record.realm, &record.client_id)
@@ -150,6 +156,26 @@ impl Verdicts {
             }
         }
         Ok((changed, record))
+    }
+
+    /// Ends a denied process's offline session with the operator's account, then drops the
+    /// grant from the record (else the RP's next poll gives it back). Not waited for.
+    fn give_back(&self, process_hash: &str, record: &ProcessRecord) {
+        let (revoker, records) = (self.revoker.clone(), self.records.clone());
+        let (process_hash, record) = (process_hash.to_owned(), record.clone());
+        tokio::spawn(async move {
+            if revoker.as_operator(&record).await {
+                let dropped = records
+                    .modify(&process_hash, None, |r| {
+                        r.sealed.clear();
+                        Change::Write(())
+                    })
+                    .await;
+                if let Err(e) = dropped {
+                    tracing::debug!(error = %e, "could not drop a revoked grant from its record");
+                }
+            }
+        });
     }
 
     /// Applies an outcome held for a process that did not exist yet, if there is one: looked

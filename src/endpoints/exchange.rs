@@ -20,6 +20,7 @@ use super::back_channel::{forwarded_headers, id_token_claims, is_request_error, 
 use super::checks::{dpop_error, Checks};
 use super::completion::Verdicts;
 use super::events::{emit, Event};
+use super::revoke::Revoker;
 use crate::client_auth::ClientCredentials;
 use crate::clock::now_ms;
 use crate::crypto::random_token;
@@ -55,6 +56,7 @@ pub struct Exchange {
     pub nonce_verified: Mutex<HashSet<(String, String)>>,
     /// Outcomes that arrived before their process are applied as it is created.
     pub verdicts: Verdicts,
+    pub revoker: Arc<Revoker>,
 }
 
 const UNKNOWN_CODE: &str = "The deferred_code is invalid, expired, or was issued to another client.";

@@ -16,4 +16,5 @@ pub mod exchange;
 pub mod ping;
 pub mod poll;
 pub mod respond;
+pub mod revoke;
 pub mod token;

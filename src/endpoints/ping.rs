@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::sync::Notify;
 
 use super::events::{emit, Event};
+use super::revoke::Revoker;
 use crate::clients::Clients;
 use crate::clock::now_ms;
 use crate::http::{full, APPLICATION_JSON};
@@ -42,6 +43,8 @@ pub struct Pinger {
     pub timeout: Duration,
     /// Rung when this replica schedules a ping.
     pub wakeup: Arc<Notify>,
+    /// Ends the offline sessions of expired processes, when the operator's account allows.
+    pub revoker: Arc<Revoker>,
 }
 
 /// Runs until `shutdown` flips: delivers due pings, expires due processes, sweeps the
@@ -192,6 +195,7 @@ async fn expire_due(pinger: &Pinger) -> Result<(), StoreError> {
         if let Some(loaded) = pinger.records.load(&process_hash).await? {
             if matches!(loaded.record.status, Status::Pending | Status::Approved) {
                 emit(&pinger.metrics, Event::Expired, &loaded.record);
+                pinger.revoker.as_operator(&loaded.record).await;
             }
         }
         pinger.records.retire(&process_hash).await?;

@@ -14,6 +14,7 @@ use http::{Response, StatusCode};
 use super::back_channel::{forwarded_headers, id_token_claims, is_request_error, relay, reply_error};
 use super::checks::{owner_check, Checks};
 use super::events::{emit, Event};
+use super::revoke::Revoker;
 use crate::client_auth::{ClientCredentials, AUTH_PARAMS};
 use crate::clock::now_ms;
 use crate::http::Body;
@@ -205,6 +206,7 @@ pub struct Poll {
     pub records: Records,
     pub op: Arc<dyn OpClient>,
     pub metrics: Metrics,
+    pub revoker: Arc<Revoker>,
 }
 
 impl Poll {
@@ -244,6 +246,11 @@ impl Poll {
         }
         match decision {
             PollDecision::Release => self.release(realm, headers, params, process, peer, now).await,
+            PollDecision::Denied if !record.sealed.is_empty() => {
+                let error = refusal(decision, record);
+                self.give_back(realm, headers, params, process, peer).await;
+                Err(error)
+            }
             decision => Err(refusal(decision, record)),
         }
     }
@@ -420,6 +427,31 @@ impl Poll {
                 Ok(relay(&reply))
             }
         }
+    }
+
+    /// A denied process still holds its grant: the RP's poll is at hand to give it back with
+    /// the RP's own authentication. Not waited for; the grant is dropped from the record.
+    async fn give_back(&self, realm: &str, headers: &HeaderMap, params: &Params, process: StoredProcess, peer: IpAddr) {
+        let Ok(held) = self.records.open(&process) else {
+            return;
+        };
+        let dropped = self
+            .records
+            .modify(&process.process_hash.clone(), Some(process), |r| {
+                r.sealed.clear();
+                Change::Write(())
+            })
+            .await;
+        if !matches!(dropped, Ok(Some(_))) {
+            return;
+        }
+        let revoker = self.revoker.clone();
+        let (realm, headers, params) = (realm.to_owned(), headers.clone(), params.clone());
+        tokio::spawn(async move {
+            revoker
+                .with_client(&realm, &held.refresh_token, &headers, &params, peer)
+                .await;
+        });
     }
 
     /// Ends a process without delivery; its held grant is dropped.

@@ -56,6 +56,7 @@ pub struct Routes {
     authorization: Template,
     token: Template,
     discovery: Template,
+    revocation: Template,
     /// Where else the OP's metadata is served (RFC 8414 documents); `None` when switched off.
     metadata: Vec<Template>,
     cancellation: Template,
@@ -68,6 +69,7 @@ impl Routes {
             authorization: Template::compile(&paths.authorization),
             token: Template::compile(&paths.token),
             discovery: Template::compile(&paths.discovery),
+            revocation: Template::compile(&paths.revocation),
             metadata: [&paths.oauth_metadata, &paths.oauth_metadata_root]
                 .into_iter()
                 .filter(|t| !t.is_empty())
@@ -97,6 +99,11 @@ impl Routes {
             Endpoint::Discovery => self.discovery.render(realm),
             Endpoint::Cancellation => self.cancellation.render(realm),
         }
+    }
+
+    /// The OP's revocation endpoint of a realm (not served by the proxy: only called).
+    pub fn revocation(&self, realm: &str) -> String {
+        self.revocation.render(realm)
     }
 
     /// The issuer of a realm, e.g. `https://id.example.com/realms/acme`.
@@ -179,6 +186,7 @@ mod tests {
             authorization: "/authorize".into(),
             token: "/token".into(),
             discovery: "/.well-known/openid-configuration".into(),
+            revocation: "/revoke".into(),
             oauth_metadata: "/.well-known/oauth-authorization-server".into(),
             oauth_metadata_root: String::new(),
             cancellation: "/deferred/cancel".into(),

@@ -74,7 +74,7 @@ impl PublicService {
                 self.authorization(&realm, request, peer).await
             }
             (Some((Endpoint::Token, realm)), &Method::POST) => self.token_endpoint(&realm, request, peer).await,
-            (Some((Endpoint::Cancellation, realm)), &Method::POST) => self.cancellation(&realm, request).await,
+            (Some((Endpoint::Cancellation, realm)), &Method::POST) => self.cancellation(&realm, request, peer).await,
             (Some((Endpoint::Cancellation, _)), _) => {
                 let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
                 response
@@ -312,11 +312,11 @@ impl PublicService {
         self.forward(Request::from_parts(parts, full(raw)), peer).await
     }
 
-    async fn cancellation(&self, realm: &str, request: Request<Body>) -> Response<Body> {
+    async fn cancellation(&self, realm: &str, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
         let (parts, body) = request.into_parts();
         let result = match self.read_small_body(body).await {
             Ok(raw) => match cancel::parse_body(&parts.headers, &raw) {
-                Ok(params) => self.cancel.handle(realm, &parts.headers, &params).await,
+                Ok(params) => self.cancel.handle(realm, &parts.headers, &params, peer.ip()).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
