@@ -441,17 +441,23 @@ impl Records {
         Ok((process, last_poll))
     }
 
-    /// Notes an authenticated poll at `now_ms`. The write is sent at once but not waited
-    /// for: the answer does not depend on it, and the store applies it before any later
-    /// request on the same connection.
-    pub fn stamp_poll(&self, process_hash: &str, now_ms: u64) {
+    /// Notes an authenticated poll at `now_ms`. The reply is not waited for (the answer does
+    /// not depend on it), but the write is handed to the store before this returns — polled
+    /// once, which queues it on the connection — so the same RP's next poll, on any replica
+    /// sharing the connection's order, finds it. In memory it is simply done.
+    pub async fn stamp_poll(&self, process_hash: &str, now_ms: u64) {
         let store = self.store.clone();
         let key = store.key(&poll_key(process_hash));
-        tokio::spawn(async move {
+        let mut stamp = Box::pin(async move {
             if let Err(e) = store.put(&key, now_ms.to_string().as_bytes(), EXPIRED_GRACE).await {
                 tracing::debug!(error = %e, "could not note a poll");
             }
         });
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(stamp.as_mut(), cx))).await;
+        if first.is_pending() {
+            tokio::spawn(stamp);
+        }
     }
 
     pub async fn load(&self, process_hash: &str) -> StoreResult<Option<StoredProcess>> {

@@ -414,7 +414,7 @@ async fn client_not_allowed_dtr_gets_an_error_page_or_a_known_redirect() {
     let mut params = proxy.auth_params("dtr-client", "s-req", "n");
     params.push(("request", "eyJhbGciOiJub25lIn0.e30."));
     let ack = proxy.login(&params, "x", None).await.ack();
-    assert_eq!(ack.get("error"), Some("invalid_request"));
+    assert_eq!(ack.get("error"), Some("request_not_supported"));
     assert_eq!(ack.get("state"), Some("s-req"));
 }
 
@@ -530,4 +530,61 @@ async fn a_subject_outcome_never_reaches_another_clients_process_unasked() {
     assert_eq!(everyone.status, 200, "{}", everyone.json);
     wait_interval(1).await;
     assert_eq!(proxy.poll(&post, &post_id).await.error(), "access_denied");
+}
+
+/// A `deferred_code` request pushed to the OP's PAR endpoint (RFC 9126) is rewritten there; the
+/// front channel then names only the `request_uri`, and the acknowledgment comes as usual.
+#[tokio::test]
+async fn a_pushed_deferred_request_is_rewritten_and_acknowledged() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let (verifier, challenge) = pkce();
+    let mut params = proxy.auth_params("dtr-client", "pushed-state", "pushed-nonce");
+    params.push(("code_challenge", &challenge));
+    params.push(("code_challenge_method", "S256"));
+    let pushed = proxy
+        .post_form(
+            &proxy.url("/protocol/openid-connect/ext/par/request"),
+            &dtr_client(),
+            &params,
+            None,
+        )
+        .await;
+    assert_eq!(pushed.status, 201, "{}", pushed.json);
+    let request_uri = pushed.json["request_uri"].as_str().expect("request_uri").to_owned();
+    assert!(request_uri.starts_with("urn:ietf:params:oauth:request_uri:"));
+
+    let ack = proxy
+        .acknowledge(
+            &[("client_id", "dtr-client"), ("request_uri", &request_uri)],
+            &unique("paula"),
+        )
+        .await;
+    assert_eq!(ack.get("state"), Some("pushed-state"), "{ack:?}");
+    assert_eq!(ack.get("code"), None);
+    let code = ack.get("deferred_code").expect("deferred_code").to_owned();
+    let exchange = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(exchange.status, 200, "{}", exchange.json);
+
+    // A pushed request for a client without DTR is refused as PAR refuses: JSON, no redirect.
+    let refused = proxy
+        .post_form(
+            &proxy.url("/protocol/openid-connect/ext/par/request"),
+            &Auth::Basic("not-dtr", "secret"),
+            &proxy.auth_params("not-dtr", "s", "n"),
+            None,
+        )
+        .await;
+    assert_eq!((refused.status, refused.error()), (400, "unauthorized_client"));
+}
+
+/// A signed request object cannot be rewritten: the refusal names PAR as the way.
+#[tokio::test]
+async fn a_signed_request_object_with_deferred_code_is_refused_precisely() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let mut params = proxy.auth_params("dtr-client", "s", "n");
+    params.push(("request", "eyJhbGciOiJSUzI1NiJ9.e30.c2ln"));
+    let answer = proxy.login(&params, &unique("rob"), None).await;
+    let location = answer.location.expect("an error redirect to the registered URI");
+    assert!(location.starts_with(REDIRECT_URI), "{location}");
+    assert!(location.contains("error=request_not_supported"), "{location}");
 }

@@ -722,7 +722,7 @@ async fn crlf_in_an_error_redirect_made_by_the_proxy_stays_inside_the_location()
         .expect("request");
     let answer = Answer::read(response).await;
     assert_one_clean_location(&answer);
-    assert_eq!(answer.ack().get("error"), Some("invalid_request"));
+    assert_eq!(answer.ack().get("error"), Some("request_not_supported"));
 }
 
 #[tokio::test]

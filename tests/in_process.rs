@@ -367,9 +367,6 @@ async fn a_whole_deferred_flow_runs_in_memory() {
     );
     assert_eq!(bed.op.calls().len(), 2, "a pending poll costs no OP call");
 
-    // The poll clock is stamped by a task the poll does not wait for; on this test's
-    // single-threaded runtime it runs at the next yield.
-    tokio::task::yield_now().await;
     let (status, _, body) = bed.poll(&deferred_auth_id).await;
     assert_eq!(body["error"], "slow_down", "{status} {body}");
 

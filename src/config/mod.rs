@@ -30,6 +30,8 @@ pub struct PathTemplates {
     pub authorization: String,
     pub token: String,
     pub discovery: String,
+    /// The OP's pushed authorization request endpoint (RFC 9126); empty to leave it untouched.
+    pub par: String,
     /// The OP's token revocation endpoint (RFC 7009), where held grants are given back.
     pub revocation: String,
     /// OAuth 2.0 Authorization Server Metadata (RFC 8414) below the issuer, as Keycloak serves
@@ -48,6 +50,7 @@ impl Default for PathTemplates {
             authorization: "/realms/{realm}/protocol/openid-connect/auth".into(),
             token: "/realms/{realm}/protocol/openid-connect/token".into(),
             discovery: "/realms/{realm}/.well-known/openid-configuration".into(),
+            par: "/realms/{realm}/protocol/openid-connect/ext/par/request".into(),
             revocation: "/realms/{realm}/protocol/openid-connect/revoke".into(),
             oauth_metadata: "/realms/{realm}/.well-known/oauth-authorization-server".into(),
             oauth_metadata_root: "/.well-known/oauth-authorization-server/realms/{realm}".into(),
@@ -589,12 +592,16 @@ fn validate_paths(paths: &PathTemplates, errors: &mut Vec<String>) {
         ("DTR_PATHS__AUTHORIZATION", &paths.authorization),
         ("DTR_PATHS__TOKEN", &paths.token),
         ("DTR_PATHS__DISCOVERY", &paths.discovery),
+        ("DTR_PATHS__PAR", &paths.par),
         ("DTR_PATHS__REVOCATION", &paths.revocation),
         ("DTR_PATHS__OAUTH_METADATA", &paths.oauth_metadata),
         ("DTR_PATHS__OAUTH_METADATA_ROOT", &paths.oauth_metadata_root),
         ("DTR_PATHS__CANCELLATION", &paths.cancellation),
     ] {
-        let optional = matches!(name, "DTR_PATHS__OAUTH_METADATA" | "DTR_PATHS__OAUTH_METADATA_ROOT");
+        let optional = matches!(
+            name,
+            "DTR_PATHS__OAUTH_METADATA" | "DTR_PATHS__OAUTH_METADATA_ROOT" | "DTR_PATHS__PAR"
+        );
         if optional && template.is_empty() {
             continue;
         }

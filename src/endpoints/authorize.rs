@@ -1,5 +1,12 @@
 //! The authorization request (step 1): a `deferred_code` request becomes a plain code-flow
-//! request to the OP, with our own `state` handle standing in for the RP's.
+//! request to the OP, with our own `state` handle standing in for the RP's — in the front
+//! channel, or pushed to the OP's PAR endpoint (RFC 9126), whose later `request_uri` the OP
+//! resolves to the rewritten request, so its redirect carries our handle as any other.
+//!
+//! A signed request object (`request`) cannot be rewritten without breaking its signature, and
+//! the proxy holds no key to sign a new one: such requests are refused with
+//! `request_not_supported`, pointing to PAR, which carries the same parameters authenticated
+//! by the client at the back channel.
 
 use std::time::Duration;
 
@@ -11,6 +18,7 @@ use crate::clock::now_ms;
 use crate::crypto::random_token;
 use crate::http::Body;
 use crate::metrics::Metrics;
+use crate::protocol::errors::OAuthError;
 use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::PublicUrls;
 use crate::protocol::wire::{self, error as code};
@@ -29,6 +37,9 @@ pub enum Authorization {
 /// Parameters the proxy sets itself on the upstream request.
 const REWRITTEN: [&str; 4] = ["response_type", "state", "response_mode", "scope"];
 
+/// The prefix of the `request_uri`s a PAR endpoint issues (RFC 9126 §2.2).
+const PAR_REQUEST_URI: &str = "urn:ietf:params:oauth:request_uri:";
+
 pub struct Authorize {
     pub clients: Clients,
     pub records: Records,
@@ -43,8 +54,18 @@ pub struct Authorize {
 /// The decision on an authorization request, before any I/O.
 pub enum Decision {
     PassThrough,
-    Respond(Response<Body>),
+    /// Forward only these parameters (a front-channel request naming a pushed request).
+    Narrow(String),
+    Refuse(Refusal),
     Rewrite(Rewrite),
+}
+
+/// Why a request is refused, and where the RP may hear it.
+pub struct Refusal {
+    pub error: &'static str,
+    pub description: &'static str,
+    /// The RP's registered redirect, when the request named one the proxy knows.
+    pub redirect: Option<(String, ResponseMode, Option<String>)>,
 }
 
 /// A `deferred_code` request made into the OP's code-flow request: the record to keep under
@@ -55,71 +76,125 @@ pub struct Rewrite {
 }
 
 impl Authorize {
+    /// A front-channel authorization request.
     pub async fn handle(&self, realm: &str, params: &Params) -> Authorization {
         let handle = format!("{HANDLE_PREFIX}{}", random_token(24));
-        let rewrite = match self.decide(realm, params, &handle, now_ms()) {
-            Decision::Rewrite(rewrite) => rewrite,
-            Decision::PassThrough => return Authorization::PassThrough,
-            Decision::Respond(response) => return Authorization::Respond(response),
-        };
+        match self.decide(realm, params, &handle, now_ms()) {
+            Decision::PassThrough => Authorization::PassThrough,
+            Decision::Narrow(query) => Authorization::Forward { query },
+            Decision::Refuse(refusal) => Authorization::Respond(self.refusal_page(realm, refusal)),
+            Decision::Rewrite(rewrite) => match self.keep(realm, &handle, &rewrite).await {
+                Ok(()) => Authorization::Forward { query: rewrite.query },
+                Err(()) => Authorization::Respond(unavailable_page()),
+            },
+        }
+    }
+
+    /// A request pushed to the OP's PAR endpoint: the rewritten form body to push instead, or
+    /// the OAuth error to answer (RFC 9126 §2.3). `Ok(None)`: push it untouched.
+    pub async fn handle_pushed(&self, realm: &str, params: &Params) -> Result<Option<String>, OAuthError> {
+        let handle = format!("{HANDLE_PREFIX}{}", random_token(24));
+        match self.decide(realm, params, &handle, now_ms()) {
+            Decision::PassThrough | Decision::Narrow(_) => Ok(None),
+            Decision::Refuse(refusal) => Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                refusal.error,
+                refusal.description,
+            )),
+            Decision::Rewrite(rewrite) => match self.keep(realm, &handle, &rewrite).await {
+                Ok(()) => Ok(Some(rewrite.query)),
+                Err(()) => Err(OAuthError::store(crate::store::StoreError::Unavailable(
+                    "cannot store the authorization request".into(),
+                ))),
+            },
+        }
+    }
+
+    async fn keep(&self, realm: &str, handle: &str, rewrite: &Rewrite) -> Result<(), ()> {
         if let Err(e) = self
             .records
-            .put_authorization(&handle, &rewrite.record, self.login_ttl)
+            .put_authorization(handle, &rewrite.record, self.login_ttl)
             .await
         {
             tracing::warn!(error = %e, "cannot store authorization request");
-            return Authorization::Respond(unavailable_page());
+            return Err(());
         }
-        tracing::debug!(client_id = %rewrite.record.client_id, realm, handle = %self.records.log_tag(&handle), "deferred authorization request");
-        Authorization::Forward { query: rewrite.query }
+        tracing::debug!(client_id = %rewrite.record.client_id, realm, handle = %self.records.log_tag(handle), "deferred authorization request");
+        Ok(())
     }
 
-    /// The decision on the request alone: pass it through, answer it, or rewrite it with
+    /// A refusal in the front channel: an error redirect to a redirect URI the proxy knows
+    /// is registered, else an error page (never a redirect to an unvalidated URI).
+    fn refusal_page(&self, realm: &str, refusal: Refusal) -> Response<Body> {
+        match refusal.redirect {
+            Some((redirect_uri, mode, state)) => {
+                let iss = self.urls.issuer(realm);
+                let mut out = vec![("error", refusal.error), ("error_description", refusal.description)];
+                if let Some(state) = state.as_deref() {
+                    out.push(("state", state));
+                }
+                out.push(("iss", iss.as_str()));
+                to_client(&redirect_uri, mode, &out)
+            }
+            None => error_page(StatusCode::BAD_REQUEST, refusal.description),
+        }
+    }
+
+    /// The decision on the request alone: pass it through, refuse it, or rewrite it with
     /// `handle` as the OP's `state`.
     pub fn decide(&self, realm: &str, params: &Params, handle: &str, now: u64) -> Decision {
         let Some(response_type) = params.get("response_type") else {
             return Decision::PassThrough;
         };
+        let refuse = |error, description| {
+            Decision::Refuse(Refusal {
+                error,
+                description,
+                redirect: None,
+            })
+        };
         match wire::is_deferred_response_type(response_type) {
             Some(false) => return Decision::PassThrough,
             Some(true) => {}
             None => {
-                return Decision::Respond(error_page(
-                    StatusCode::BAD_REQUEST,
+                return refuse(
+                    code::UNSUPPORTED_RESPONSE_TYPE,
                     "The application asked for an unsupported combination of response types.",
-                ))
+                )
             }
         }
         self.metrics.request("authorize", "deferred");
 
+        // A front-channel request naming a pushed one (RFC 9126 §4): the OP takes every
+        // parameter from what was pushed (and rewritten there); a duplicated deferred
+        // response_type would only confuse it.
+        if let (Some(client_id), Some(request_uri)) = (params.get("client_id"), params.get("request_uri")) {
+            if request_uri.starts_with(PAR_REQUEST_URI) && params.get("request").is_none() {
+                return Decision::Narrow(encode([("client_id", client_id), ("request_uri", request_uri)]));
+            }
+        }
         // Without a client and a redirect URI there is nowhere safe to send an error.
         let (Some(client_id), Some(redirect_uri)) = (params.get("client_id"), params.get("redirect_uri")) else {
-            return Decision::Respond(error_page(
-                StatusCode::BAD_REQUEST,
+            return refuse(
+                code::INVALID_REQUEST,
                 "The sign-in request is missing client_id or redirect_uri.",
-            ));
+            );
         };
         let state = params.get("state");
         let Some(client) = self.clients.find(realm, client_id) else {
             // The client's redirect URIs are unknown to us: only an error page is safe.
-            return Decision::Respond(error_page(
-                StatusCode::BAD_REQUEST,
+            return refuse(
+                code::UNAUTHORIZED_CLIENT,
                 "This application is not allowed to use deferred sign-in (unauthorized_client).",
-            ));
+            );
         };
         let known_redirect = client.redirect_uris.iter().any(|uri| uri == redirect_uri);
         let reject = |mode: ResponseMode, error: &'static str, description: &'static str| {
-            if known_redirect {
-                let iss = self.urls.issuer(realm);
-                let mut out = vec![("error", error), ("error_description", description)];
-                if let Some(state) = state {
-                    out.push(("state", state));
-                }
-                out.push(("iss", iss.as_str()));
-                Decision::Respond(to_client(redirect_uri, mode, &out))
-            } else {
-                Decision::Respond(error_page(StatusCode::BAD_REQUEST, description))
-            }
+            Decision::Refuse(Refusal {
+                error,
+                description,
+                redirect: known_redirect.then(|| (redirect_uri.to_owned(), mode, state.map(str::to_owned))),
+            })
         };
 
         let response_mode = match params.get("response_mode") {
@@ -134,13 +209,18 @@ impl Authorize {
                 )
             }
         };
-        if params.get("request").is_some() || params.get("request_uri").is_some() {
-            // Our rewrite would invalidate a signed request object, and a pushed request is
-            // already at the OP with its original response_type.
+        if params.get("request").is_some() {
             return reject(
                 response_mode,
-                code::INVALID_REQUEST,
-                "Request objects and pushed authorization requests are not supported with deferred_code.",
+                code::REQUEST_NOT_SUPPORTED,
+                "Signed request objects cannot carry deferred_code through this provider (the rewrite would break the signature); push the request (PAR) instead.",
+            );
+        }
+        if params.get("request_uri").is_some() {
+            return reject(
+                response_mode,
+                code::REQUEST_URI_NOT_SUPPORTED,
+                "A request_uri with deferred_code must name a request pushed to this provider's PAR endpoint.",
             );
         }
 

@@ -231,7 +231,7 @@ impl Poll {
             .await;
         owner_check(record, facts)?;
         // Only the authenticated owner moves the poll clock.
-        self.records.stamp_poll(&process_hash, now);
+        self.records.stamp_poll(&process_hash, now).await;
         let decision = decide(record, last_poll, now);
         if decision == PollDecision::SlowDown {
             return Err(self.slow_down(process, now).await?);

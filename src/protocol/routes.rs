@@ -6,6 +6,8 @@ use crate::config::PathTemplates;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Authorization,
+    /// The OP's PAR endpoint (RFC 9126): pushed `deferred_code` requests are rewritten there.
+    PushedAuthorization,
     Token,
     Discovery,
     Cancellation,
@@ -57,6 +59,8 @@ pub struct Routes {
     token: Template,
     discovery: Template,
     revocation: Template,
+    /// `None` when PAR requests pass through untouched.
+    par: Option<Template>,
     /// Where else the OP's metadata is served (RFC 8414 documents); `None` when switched off.
     metadata: Vec<Template>,
     cancellation: Template,
@@ -70,6 +74,7 @@ impl Routes {
             token: Template::compile(&paths.token),
             discovery: Template::compile(&paths.discovery),
             revocation: Template::compile(&paths.revocation),
+            par: (!paths.par.is_empty()).then(|| Template::compile(&paths.par)),
             metadata: [&paths.oauth_metadata, &paths.oauth_metadata_root]
                 .into_iter()
                 .filter(|t| !t.is_empty())
@@ -88,6 +93,7 @@ impl Routes {
             (Endpoint::Cancellation, &self.cancellation),
         ]
         .into_iter()
+        .chain(self.par.iter().map(|t| (Endpoint::PushedAuthorization, t)))
         .chain(self.metadata.iter().map(|t| (Endpoint::Discovery, t)))
         .find_map(|(endpoint, template)| template.matches(path).map(|realm| (endpoint, realm)))
     }
@@ -95,6 +101,10 @@ impl Routes {
     pub fn path(&self, endpoint: Endpoint, realm: &str) -> String {
         match endpoint {
             Endpoint::Authorization => self.authorization.render(realm),
+            Endpoint::PushedAuthorization => match &self.par {
+                Some(par) => par.render(realm),
+                None => String::new(),
+            },
             Endpoint::Token => self.token.render(realm),
             Endpoint::Discovery => self.discovery.render(realm),
             Endpoint::Cancellation => self.cancellation.render(realm),
@@ -163,6 +173,10 @@ mod tests {
             routes.classify("/realms/acme/protocol/openid-connect/token/introspect"),
             None
         );
+        assert_eq!(
+            routes.classify("/realms/acme/protocol/openid-connect/ext/par/request"),
+            Some((Endpoint::PushedAuthorization, "acme"))
+        );
         for metadata in [
             "/realms/acme/.well-known/oauth-authorization-server",
             "/.well-known/oauth-authorization-server/realms/acme",
@@ -187,6 +201,7 @@ mod tests {
             token: "/token".into(),
             discovery: "/.well-known/openid-configuration".into(),
             revocation: "/revoke".into(),
+            par: "/par".into(),
             oauth_metadata: "/.well-known/oauth-authorization-server".into(),
             oauth_metadata_root: String::new(),
             cancellation: "/deferred/cancel".into(),

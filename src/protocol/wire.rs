@@ -45,6 +45,8 @@ pub mod error {
     pub const UNSUPPORTED_RESPONSE_TYPE: &str = "unsupported_response_type";
     pub const SERVER_ERROR: &str = "server_error";
     pub const INVALID_SCOPE: &str = "invalid_scope";
+    pub const REQUEST_NOT_SUPPORTED: &str = "request_not_supported";
+    pub const REQUEST_URI_NOT_SUPPORTED: &str = "request_uri_not_supported";
     pub const TEMPORARILY_UNAVAILABLE: &str = "temporarily_unavailable";
 }
 

@@ -74,6 +74,9 @@ impl PublicService {
                 self.authorization(&realm, request, peer).await
             }
             (Some((Endpoint::Token, realm)), &Method::POST) => self.token_endpoint(&realm, request, peer).await,
+            (Some((Endpoint::PushedAuthorization, realm)), &Method::POST) => {
+                self.pushed_authorization(&realm, request, peer).await
+            }
             (Some((Endpoint::Cancellation, realm)), &Method::POST) => self.cancellation(&realm, request, peer).await,
             (Some((Endpoint::Cancellation, _)), _) => {
                 let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
@@ -276,6 +279,38 @@ impl PublicService {
             parts.headers.remove(header::TRANSFER_ENCODING);
         }
         self.forward(Request::from_parts(parts, body), peer).await
+    }
+
+    /// A request pushed to the OP's PAR endpoint: a `deferred_code` one is rewritten as in the
+    /// front channel (the RP's client authentication travels untouched), anything else passes.
+    async fn pushed_authorization(&self, realm: &str, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        let raw = match self.read_small_body(body).await {
+            Ok(bytes) => bytes,
+            Err(e) => return self.finish("par", Err(e)),
+        };
+        let mut forwarded = raw.clone();
+        if mentions_deferred(&raw)
+            && media_type(&parts.headers).eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        {
+            let pushed = match Params::parse(&raw) {
+                Ok(params) => self.authorize.handle_pushed(realm, &params).await,
+                Err(e) => Err(OAuthError::from(e)),
+            };
+            match pushed {
+                Ok(Some(rewritten)) => {
+                    self.metrics.request("par", "deferred");
+                    forwarded = Bytes::from(rewritten);
+                }
+                Ok(None) => {}
+                Err(e) => return self.finish("par", Err(e)),
+            }
+        }
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(forwarded.len()));
+        self.forward(Request::from_parts(parts, full(forwarded)), peer).await
     }
 
     async fn token_endpoint(&self, realm: &str, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
