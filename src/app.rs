@@ -21,6 +21,7 @@ use crate::endpoints::cancel::Cancel;
 use crate::endpoints::checks::Checks;
 use crate::endpoints::completion::{Completions, Verdicts};
 use crate::endpoints::discovery::Discovery;
+use crate::endpoints::events::{EventSink, Events};
 use crate::endpoints::exchange::{Exchange, ExchangeSettings};
 use crate::endpoints::ping::{self, Pinger};
 use crate::endpoints::poll::Poll;
@@ -100,6 +101,17 @@ pub fn compose(
         metrics: metrics.clone(),
         operator: config.keycloak_admin.clone().map(Operator::new),
     });
+    let events = Events {
+        metrics: metrics.clone(),
+        records: records.clone(),
+        sink: config.events.clone().map(|settings| {
+            Arc::new(EventSink {
+                settings,
+                http: http_client(),
+                timeout: config.ping_timeout,
+            })
+        }),
+    };
     let verdicts = Verdicts {
         records: records.clone(),
         clients: clients.clone(),
@@ -141,6 +153,7 @@ pub fn compose(
                 nonce_verified: Default::default(),
                 verdicts: verdicts.clone(),
                 revoker: revoker.clone(),
+                events: events.clone(),
             },
             poll: Poll {
                 checks: checks.clone(),
@@ -148,6 +161,7 @@ pub fn compose(
                 op: op.clone(),
                 metrics: metrics.clone(),
                 revoker: revoker.clone(),
+                events: events.clone(),
             },
         },
         cancel: Cancel {
@@ -155,6 +169,7 @@ pub fn compose(
             records: records.clone(),
             metrics: metrics.clone(),
             revoker: revoker.clone(),
+            events: events.clone(),
         },
         discovery: Discovery {
             op,
@@ -188,6 +203,7 @@ pub fn compose(
         timeout: config.ping_timeout,
         wakeup: ping_wakeup,
         revoker,
+        events,
     };
     Services {
         public: Arc::new(public),

@@ -39,6 +39,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     polls: Family<ResultLabels, Counter>,
     pings: Family<ResultLabels, Counter>,
+    event_deliveries: Family<ResultLabels, Counter>,
     events: Family<EventLabels, Counter>,
     upstream: Family<CallLabels, Histogram>,
     pending: Gauge,
@@ -59,6 +60,12 @@ impl Metrics {
         registry.register("polls", "Deferred polls by result", polls.clone());
         let pings = Family::<ResultLabels, Counter>::default();
         registry.register("pings", "Ping deliveries to RPs by result", pings.clone());
+        let event_deliveries = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "event_deliveries",
+            "Lifecycle event deliveries to the verification service by result",
+            event_deliveries.clone(),
+        );
         let events = Family::<EventLabels, Counter>::default();
         registry.register("process_events", "Process lifecycle events", events.clone());
         let upstream = Family::<CallLabels, Histogram>::new_with_constructor(|| {
@@ -80,6 +87,7 @@ impl Metrics {
             requests,
             polls,
             pings,
+            event_deliveries,
             events,
             upstream,
             pending,
@@ -96,6 +104,10 @@ impl Metrics {
 
     pub fn ping(&self, result: &'static str) {
         self.pings.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn event_delivery(&self, result: &'static str) {
+        self.event_deliveries.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn event(&self, event: &'static str) {

@@ -17,6 +17,8 @@ pub const HANDLE_PREFIX: &str = "dtr1.";
 const PING_QUEUE: &str = "{q}:pings";
 /// Every live process, due at its expiry: the pending gauge and expiry events.
 const ACTIVE_QUEUE: &str = "{q}:active";
+/// Lifecycle events to send to the verification service.
+const EVENT_QUEUE: &str = "{q}:events";
 /// Records outlive their expiry this long, so a late poll hears `expired_token` rather than
 /// `invalid_grant`.
 pub const EXPIRED_GRACE: Duration = Duration::from_secs(3600);
@@ -40,7 +42,26 @@ pub struct AuthorizationRecord {
     pub response_mode: ResponseMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+    /// What the RP asked to be verified (`acr_values`, `claims`), for the verification service.
+    #[serde(default, skip_serializing_if = "Requested::is_empty")]
+    pub requested: Requested,
     pub created_at: u64,
+}
+
+/// The parts of the authorization request that say what is to be verified.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Requested {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr_values: Option<String>,
+    /// The `claims` request parameter (OIDC Core §5.5), as the RP sent it (JSON text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<String>,
+}
+
+impl Requested {
+    pub fn is_empty(&self) -> bool {
+        self.acr_values.is_none() && self.claims.is_none()
+    }
 }
 
 /// A `deferred_code` waiting for its exchange.
@@ -54,6 +75,8 @@ pub struct CodeRecord {
     pub upstream_code: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+    #[serde(default, skip_serializing_if = "Requested::is_empty")]
+    pub requested: Requested,
     pub issued_at: u64,
 }
 
@@ -162,6 +185,8 @@ pub struct ProcessRecord {
     /// The nonce of the authorization request, to check the final ID token against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+    #[serde(default, skip_serializing_if = "Requested::is_empty")]
+    pub requested: Requested,
     #[serde(default)]
     pub ping_attempts: u32,
     /// A release reached the OP and its answer was lost: the OP may have rotated the held
@@ -209,6 +234,10 @@ fn subject_key(hash: &str) -> String {
 
 fn session_key(hash: &str) -> String {
     format!("sid:{hash}")
+}
+
+fn event_key(event_id: &str) -> String {
+    format!("evt:{event_id}")
 }
 
 fn held_key(hash: &str) -> String {
@@ -569,6 +598,43 @@ impl Records {
     /// Live processes at `now_ms`.
     pub async fn count_active(&self, now_ms: u64) -> StoreResult<u64> {
         self.store.count_due_after(&self.store.key(ACTIVE_QUEUE), now_ms).await
+    }
+
+    // --- lifecycle events on their way to the verification service ---
+
+    /// Stores an event and puts it on the due queue, due at once.
+    pub async fn enqueue_event(&self, event_id: &str, event: &[u8], keep: Duration, now_ms: u64) -> StoreResult<()> {
+        self.store
+            .put(&self.store.key(&event_key(event_id)), event, keep)
+            .await?;
+        self.schedule_event(event_id, now_ms).await
+    }
+
+    pub async fn schedule_event(&self, event_id: &str, due_ms: u64) -> StoreResult<()> {
+        self.store
+            .schedule(&self.store.key(EVENT_QUEUE), event_id, due_ms)
+            .await
+    }
+
+    /// Events due at `now_ms`, leased to this replica for `lease`.
+    pub async fn claim_due_events(&self, now_ms: u64, lease: Duration, limit: usize) -> StoreResult<Vec<String>> {
+        self.store
+            .claim_due(&self.store.key(EVENT_QUEUE), now_ms, lease, limit)
+            .await
+    }
+
+    pub async fn load_event(&self, event_id: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.store.get(&self.store.key(&event_key(event_id))).await
+    }
+
+    pub async fn replace_event(&self, event_id: &str, event: &[u8], keep: Duration) -> StoreResult<()> {
+        self.store.put(&self.store.key(&event_key(event_id)), event, keep).await
+    }
+
+    /// Done with an event (delivered or dead-lettered).
+    pub async fn drop_event(&self, event_id: &str) -> StoreResult<()> {
+        self.store.unschedule(&self.store.key(EVENT_QUEUE), event_id).await?;
+        self.store.delete(&self.store.key(&event_key(event_id))).await
     }
 
     // --- outcomes that arrived before their process ---

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -587,4 +588,105 @@ async fn a_signed_request_object_with_deferred_code_is_refused_precisely() {
     let location = answer.location.expect("an error redirect to the registered URI");
     assert!(location.starts_with(REDIRECT_URI), "{location}");
     assert!(location.contains("error=request_not_supported"), "{location}");
+}
+
+/// A receiver for lifecycle events: answers with `statuses` in turn (then 204) and keeps each
+/// delivery's headers and body.
+async fn event_receiver(statuses: Vec<u16>) -> (String, Arc<Mutex<Vec<(http::HeaderMap, bytes::Bytes)>>>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/dtr/events", listener.local_addr().expect("addr"));
+    let log: Arc<Mutex<Vec<(http::HeaderMap, bytes::Bytes)>>> = Arc::default();
+    let received = log.clone();
+    let statuses = Arc::new(Mutex::new(statuses.into_iter()));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (log, statuses) = (log.clone(), statuses.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let (log, statuses) = (log.clone(), statuses.clone());
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        log.lock().unwrap().push((parts.headers, body));
+                        let status = statuses.lock().unwrap().next().unwrap_or(204);
+                        let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, received)
+}
+
+/// The verification service hears of what it cannot know by itself: a process started (with
+/// what is to be verified), was cancelled, or got its tokens — signed with the events secret,
+/// retried until its receiver takes it.
+#[tokio::test]
+async fn lifecycle_events_reach_the_verification_service_signed_and_retried() {
+    const EVENTS_SECRET: &str = "whsec_ZXZlbnRzLXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm";
+    let (url, received) = event_receiver(vec![503]).await;
+    let proxy = start(
+        Options::new(StoreKind::Redis)
+            .env("DTR_EVENTS_URL", url)
+            .env("DTR_EVENTS_SECRET", EVENTS_SECRET),
+    )
+    .await;
+    let user = unique("eve");
+    let (cancelled_id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+    assert_eq!(proxy.cancel(&dtr_client(), &cancelled_id).await.status, 200);
+    let other = unique("evan");
+    let (id, _) = proxy.start_process(&dtr_client(), &other, None).await;
+    let approved = proxy.complete(&json!({"outcome": "approved", "sub": other})).await;
+    assert_eq!(approved.status, 200);
+    wait_interval(1).await;
+    assert_eq!(proxy.poll(&dtr_client(), &id).await.status, 200);
+
+    // started ×2, cancelled, delivered; the first attempt met a 503 and was retried.
+    let mut types = Vec::new();
+    for _ in 0..100 {
+        let log = received.lock().unwrap().clone();
+        types = log
+            .iter()
+            .filter_map(|(_, body)| serde_json::from_slice::<serde_json::Value>(body).ok())
+            .map(|event| event["type"].as_str().unwrap_or("").to_owned())
+            .collect();
+        if types.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "deferred.cancelled",
+            "deferred.delivered",
+            "deferred.started",
+            "deferred.started",
+            "deferred.started"
+        ],
+        "the started event refused with 503 came again"
+    );
+    let secret = dtr_proxy::webhook::decode_secret(EVENTS_SECRET).unwrap();
+    for (headers, body) in received.lock().unwrap().iter() {
+        dtr_proxy::webhook::verify(&secret, headers, body, now_s()).expect("signed with the events secret");
+        let event: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert!(event["data"]["process_id"].is_string());
+        assert_eq!(event["data"]["client_id"], "dtr-client");
+        assert!(
+            !String::from_utf8_lossy(body).contains(&cancelled_id),
+            "no deferred_auth_id leaves"
+        );
+    }
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("dtr_event_deliveries_total{result=\"retry\"} 1"),
+        "{metrics}"
+    );
 }

@@ -91,6 +91,9 @@ struct RawConfig {
     redis_cluster: bool,
     redis_key_prefix: String,
     webhook_secret: Option<String>,
+    events_url: Option<String>,
+    events_secret: Option<String>,
+    events_realms: StringList,
     keycloak_admin_client_id: Option<String>,
     keycloak_admin_client_secret: Option<String>,
     keycloak_admin_realm: Option<String>,
@@ -135,6 +138,9 @@ impl Default for RawConfig {
             redis_cluster: false,
             redis_key_prefix: "dtr".into(),
             webhook_secret: None,
+            events_url: None,
+            events_secret: None,
+            events_realms: StringList::Items(Vec::new()),
             keycloak_admin_client_id: None,
             keycloak_admin_client_secret: None,
             keycloak_admin_realm: None,
@@ -197,6 +203,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub store: StoreSettings,
     pub webhook_secret: Option<Vec<u8>>,
+    /// Where lifecycle events go (optional).
+    pub events: Option<EventSinkSettings>,
     /// A Keycloak service account that may end offline sessions (optional).
     pub keycloak_admin: Option<KeycloakAdmin>,
     pub hash_key: HashKey,
@@ -247,6 +255,24 @@ impl fmt::Debug for Config {
             .field("admin_listen", &self.admin_listen)
             .field("store", &self.store_kind())
             .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where lifecycle events are sent, signed per Standard Webhooks with their own secret.
+#[derive(Clone)]
+pub struct EventSinkSettings {
+    pub url: Url,
+    pub secret: Vec<u8>,
+    /// Only these realms' processes; empty: every realm.
+    pub realms: Vec<String>,
+}
+
+impl fmt::Debug for EventSinkSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventSinkSettings")
+            .field("url", &self.url.as_str())
+            .field("realms", &self.realms)
             .finish_non_exhaustive()
     }
 }
@@ -427,6 +453,47 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     }
     let shared_store = matches!(store, StoreSettings::Redis { .. });
 
+    let events = match (
+        raw.events_url.as_deref().filter(|s| !s.is_empty()),
+        raw.events_secret.as_deref().filter(|s| !s.is_empty()),
+    ) {
+        (Some(url), Some(secret)) => {
+            let url = match Url::parse(url) {
+                Ok(url) if url.scheme() == "https" || (url.scheme() == "http" && raw.allow_insecure_http) => Some(url),
+                Ok(_) => {
+                    errors.push(
+                        "DTR_EVENTS_URL: must be an https URL (http only with DTR_ALLOW_INSECURE_HTTP=true)".into(),
+                    );
+                    None
+                }
+                Err(e) => {
+                    errors.push(format!("DTR_EVENTS_URL: not a URL: {e}"));
+                    None
+                }
+            };
+            let secret = match crate::webhook::decode_secret(secret) {
+                Ok(secret) => Some(secret),
+                Err(e) => {
+                    errors.push(format!("DTR_EVENTS_SECRET: {e}"));
+                    None
+                }
+            };
+            match (url, secret) {
+                (Some(url), Some(secret)) => Some(EventSinkSettings {
+                    url,
+                    secret,
+                    realms: raw.events_realms.items().into_iter().map(str::to_owned).collect(),
+                }),
+                _ => None,
+            }
+        }
+        (None, None) => None,
+        _ => {
+            errors.push("DTR_EVENTS_URL and DTR_EVENTS_SECRET go together".into());
+            None
+        }
+    };
+
     let keycloak_admin = match (
         raw.keycloak_admin_client_id.as_deref().filter(|s| !s.is_empty()),
         raw.keycloak_admin_client_secret.as_deref().filter(|s| !s.is_empty()),
@@ -517,6 +584,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         admin_listen: admin_listen?,
         store,
         webhook_secret,
+        events,
         keycloak_admin,
         hash_key: hash_key?,
         sealer: sealer?,

@@ -146,6 +146,7 @@ impl Acknowledge {
                 redirect_uri: record.redirect_uri.clone(),
                 upstream_code: code,
                 nonce: record.nonce.clone(),
+                requested: record.requested.clone(),
                 issued_at: now_ms(),
             };
             if let Err(e) = self

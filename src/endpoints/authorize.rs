@@ -22,7 +22,7 @@ use crate::protocol::errors::OAuthError;
 use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::PublicUrls;
 use crate::protocol::wire::{self, error as code};
-use crate::records::{AuthorizationRecord, Records, ResponseMode, HANDLE_PREFIX};
+use crate::records::{AuthorizationRecord, Records, Requested, ResponseMode, HANDLE_PREFIX};
 
 /// What becomes of an authorization request.
 pub enum Authorization {
@@ -231,6 +231,10 @@ impl Authorize {
             state: state.map(str::to_owned),
             response_mode,
             nonce: params.get("nonce").map(str::to_owned),
+            requested: Requested {
+                acr_values: params.get("acr_values").map(str::to_owned),
+                claims: params.get("claims").map(str::to_owned),
+            },
             created_at: now,
         };
         let mut scope = params.get("scope").unwrap_or("openid").to_owned();

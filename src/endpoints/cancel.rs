@@ -10,7 +10,7 @@ use http::{Response, StatusCode};
 use serde_json::json;
 
 use super::checks::{owner_check, Checks};
-use super::events::{emit, Event};
+use super::events::{Event, Events};
 use super::revoke::Revoker;
 use crate::client_auth::ClientCredentials;
 use crate::clock::now_ms;
@@ -53,6 +53,7 @@ pub struct Cancel {
     pub records: Records,
     pub metrics: Metrics,
     pub revoker: Arc<Revoker>,
+    pub events: Events,
 }
 
 impl Cancel {
@@ -108,7 +109,7 @@ impl Cancel {
         if let Some((true, record)) = changed {
             self.records.unschedule_ping(&process_hash).await?;
             self.records.retire(&process_hash).await?;
-            emit(&self.metrics, Event::Cancelled, &record);
+            self.events.emit(Event::Cancelled, &record).await;
             if let Some(held) = held {
                 let revoker = self.revoker.clone();
                 let (realm, headers, params) = (realm.to_owned(), headers.clone(), params.clone());

@@ -178,6 +178,7 @@ mod tests {
             sub: None,
             sid: None,
             nonce: None,
+            requested: Default::default(),
             ping_attempts: 0,
             release_in_doubt: false,
             sealed: String::new(),

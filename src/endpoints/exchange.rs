@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 use super::back_channel::{forwarded_headers, id_token_claims, is_request_error, relay, reply_error};
 use super::checks::{dpop_error, Checks};
 use super::completion::Verdicts;
-use super::events::{emit, Event};
+use super::events::{Event, Events};
 use super::revoke::Revoker;
 use crate::client_auth::ClientCredentials;
 use crate::clock::now_ms;
@@ -57,6 +57,7 @@ pub struct Exchange {
     /// Outcomes that arrived before their process are applied as it is created.
     pub verdicts: Verdicts,
     pub revoker: Arc<Revoker>,
+    pub events: Events,
 }
 
 const UNKNOWN_CODE: &str = "The deferred_code is invalid, expired, or was issued to another client.";
@@ -284,12 +285,13 @@ impl Exchange {
             sub: claims.sub,
             sid: claims.sid,
             nonce: code_record.nonce.clone(),
+            requested: code_record.requested.clone(),
             ping_attempts: 0,
             release_in_doubt: false,
             sealed: self.records.seal(&secrets, &process_hash),
         };
         let created = self.records.create(&process_hash, &record).await?;
-        emit(&self.metrics, Event::Started, &record);
+        self.events.emit(Event::Started, &record).await;
         // The verification may have finished before this exchange: its outcome was held.
         if let Err(e) = self.verdicts.apply_held(created).await {
             tracing::warn!(error = %e, "could not look up held completions; the verification service must resend");

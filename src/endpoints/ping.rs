@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use tokio::sync::Notify;
 
-use super::events::{emit, Event};
+use super::events::{Event, Events};
 use super::revoke::Revoker;
 use crate::clients::Clients;
 use crate::clock::now_ms;
@@ -45,6 +45,8 @@ pub struct Pinger {
     pub wakeup: Arc<Notify>,
     /// Ends the offline sessions of expired processes, when the operator's account allows.
     pub revoker: Arc<Revoker>,
+    /// Lifecycle events: expiries are announced here, and queued events are sent.
+    pub events: Events,
 }
 
 /// Runs until `shutdown` flips: delivers due pings, expires due processes, sweeps the
@@ -62,6 +64,9 @@ pub async fn run(pinger: Arc<Pinger>, mut shutdown: watch::Receiver<bool>) {
         }
         if let Err(e) = expire_due(&pinger).await {
             tracing::warn!(error = %e, "expiry queue unavailable");
+        }
+        if let Err(e) = pinger.events.send_due().await {
+            tracing::warn!(error = %e, "event queue unavailable");
         }
         sweeps = sweeps.wrapping_add(1);
         if sweeps.is_multiple_of(60) {
@@ -194,7 +199,7 @@ async fn expire_due(pinger: &Pinger) -> Result<(), StoreError> {
     {
         if let Some(loaded) = pinger.records.load(&process_hash).await? {
             if matches!(loaded.record.status, Status::Pending | Status::Approved) {
-                emit(&pinger.metrics, Event::Expired, &loaded.record);
+                pinger.events.emit(Event::Expired, &loaded.record).await;
                 pinger.revoker.as_operator(&loaded.record).await;
             }
         }

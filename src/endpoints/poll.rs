@@ -13,7 +13,7 @@ use http::{Response, StatusCode};
 
 use super::back_channel::{forwarded_headers, id_token_claims, is_request_error, relay, reply_error};
 use super::checks::{owner_check, Checks};
-use super::events::{emit, Event};
+use super::events::{Event, Events};
 use super::revoke::Revoker;
 use crate::client_auth::{ClientCredentials, AUTH_PARAMS};
 use crate::clock::now_ms;
@@ -207,6 +207,7 @@ pub struct Poll {
     pub op: Arc<dyn OpClient>,
     pub metrics: Metrics,
     pub revoker: Arc<Revoker>,
+    pub events: Events,
 }
 
 impl Poll {
@@ -361,7 +362,7 @@ impl Poll {
                 let finished = self.finish(&process_hash, Status::Denied, Some(description)).await?;
                 tracing::warn!(process_id = %record.process_id, error = error.as_deref().unwrap_or(""), "OP refused the held grant");
                 if let Some(record) = finished {
-                    emit(&self.metrics, Event::Denied, &record);
+                    self.events.emit(Event::Denied, &record).await;
                 }
                 Err(OAuthError::new(
                     StatusCode::BAD_REQUEST,
@@ -416,7 +417,7 @@ impl Poll {
                     })
                     .await;
                 match delivered {
-                    Ok(Some((_, record))) => emit(&self.metrics, Event::Delivered, &record),
+                    Ok(Some((_, record))) => self.events.emit(Event::Delivered, &record).await,
                     Ok(None) => {}
                     // The tokens are issued and the OP has rotated the refresh token: hand them
                     // over even if we cannot note it; a retry would fail at the OP anyway.
@@ -526,6 +527,7 @@ mod tests {
             sub: None,
             sid: None,
             nonce: None,
+            requested: Default::default(),
             ping_attempts: 0,
             release_in_doubt: false,
             sealed: String::new(),
