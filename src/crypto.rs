@@ -83,6 +83,13 @@ pub struct Sealer {
     keys: Arc<Vec<(String, LessSafeKey)>>,
 }
 
+impl Sealer {
+    /// The ids of the keys, the sealing one first (never the keys).
+    pub fn key_ids(&self) -> Vec<&str> {
+        self.keys.iter().map(|(kid, _)| kid.as_str()).collect()
+    }
+}
+
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ids: Vec<&str> = self.keys.iter().map(|(kid, _)| kid.as_str()).collect();

@@ -5,7 +5,31 @@ use std::process::ExitCode;
 use dtr_proxy::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+const USAGE: &str = "usage: dtr-proxy [check-config | --version]
+  (no argument)  serve, configured by DTR_* environment variables and DTR_CONFIG
+  check-config   validate the configuration and print the effective settings (secrets
+                 redacted); exit 2 on errors. For init containers and CI.
+  --version      print the version
+";
+
 fn main() -> ExitCode {
+    let command = std::env::args().nth(1);
+    match command.as_deref() {
+        None | Some("serve") => {}
+        Some("check-config") => return check_config(),
+        Some("--version" | "-V") => {
+            println!("dtr-proxy {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprint!("dtr-proxy: unknown command {other:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
     let config = match Config::from_env(std::env::vars()) {
         Ok(config) => config,
         Err(errors) => {
@@ -25,6 +49,21 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(config))
+}
+
+/// `dtr-proxy check-config`: every error at once (exit 2), or the effective settings.
+fn check_config() -> ExitCode {
+    match Config::from_env(std::env::vars()) {
+        Ok(config) => {
+            let effective = config.effective();
+            println!("{}", serde_json::to_string_pretty(&effective).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprint!("dtr-proxy: {errors}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn init_logging(config: &Config) {

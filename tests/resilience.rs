@@ -127,6 +127,37 @@ fn binary_lists_every_configuration_error_and_exits_non_zero() {
     }
 }
 
+#[test]
+fn check_config_prints_the_effective_settings_or_every_error() {
+    let bad = Command::new(env!("CARGO_BIN_EXE_dtr-proxy"))
+        .arg("check-config")
+        .env_clear()
+        .env("DTR_PUBLIC_URL", "not a url")
+        .output()
+        .expect("run binary");
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("DTR_UPSTREAM_URL") && stderr.contains("DTR_PUBLIC_URL"),
+        "{stderr}"
+    );
+
+    let good = Command::new(env!("CARGO_BIN_EXE_dtr-proxy"))
+        .arg("check-config")
+        .env_clear()
+        .env("DTR_UPSTREAM_URL", "http://127.0.0.1:8081")
+        .env("DTR_PUBLIC_URL", "https://id.example.com")
+        .env("DTR_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .output()
+        .expect("run binary");
+    assert_eq!(good.status.code(), Some(0), "{}", String::from_utf8_lossy(&good.stderr));
+    let effective: serde_json::Value = serde_json::from_slice(&good.stdout).expect("JSON");
+    assert_eq!(effective["public_url"], "https://id.example.com/");
+    assert_eq!(effective["webhook_secret"], "(set)");
+    assert_eq!(effective["store"]["kind"], "embedded");
+    assert!(!String::from_utf8_lossy(&good.stdout).contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+}
+
 #[tokio::test]
 async fn binary_serves_and_stops_cleanly_on_sigterm() {
     let ports: Vec<u16> = (0..2)

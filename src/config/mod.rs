@@ -277,6 +277,19 @@ impl fmt::Debug for EventSinkSettings {
     }
 }
 
+/// A URL with its password (and a user name that may be a credential) hidden.
+fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "(unparsable)".into(),
+    }
+}
+
 /// A Keycloak service account (client credentials) with the realm-management role
 /// `manage-users`, used only to end the offline sessions of processes that end without the RP
 /// at hand (a denial by webhook, an expiry).
@@ -386,6 +399,86 @@ impl Config {
             Some(config) if errors.is_empty() => Ok(config),
             _ => Err(ConfigErrors(errors)),
         }
+    }
+
+    /// The effective settings, for `dtr-proxy check-config`: every value as it will be used,
+    /// every secret shown only as set or unset.
+    pub fn effective(&self) -> serde_json::Value {
+        use serde_json::json;
+        const SET: &str = "(set)";
+        let secs = |d: Duration| d.as_secs();
+        let store = match &self.store {
+            StoreSettings::Embedded => json!({ "kind": "embedded" }),
+            StoreSettings::Redis {
+                url,
+                cluster,
+                key_prefix,
+            } => json!({
+                "kind": "redis",
+                "url": redact_url(url),
+                "cluster": cluster,
+                "key_prefix": key_prefix,
+            }),
+        };
+        let clients: Vec<serde_json::Value> = self
+            .clients
+            .iter()
+            .map(|c| {
+                json!({
+                    "client_id": c.client_id,
+                    "realm": c.realm,
+                    "notification_endpoint": c.notification_endpoint,
+                    "interval": c.interval,
+                    "expires_in": c.expires_in,
+                    "redirect_uris": c.redirect_uris,
+                    "require_dpop": c.require_dpop,
+                    "jwks_keys": c.jwks.as_ref().map(|j| j.keys.len()),
+                    "jwks_uri": c.jwks_uri,
+                    "client_secret": c.client_secret.as_ref().map(|_| SET),
+                })
+            })
+            .collect();
+        json!({
+            "upstream_url": self.upstream_url.as_str(),
+            "public_url": self.public_url.as_str(),
+            "listen": self.listen.to_string(),
+            "admin_listen": self.admin_listen.to_string(),
+            "store": store,
+            "webhook_secret": self.webhook_secret.as_ref().map(|_| SET),
+            "hash_key": SET,
+            "token_keys": self.sealer.key_ids(),
+            "events": self.events.as_ref().map(|e| json!({
+                "url": e.url.as_str(), "realms": e.realms, "secret": SET,
+            })),
+            "keycloak_admin": self.keycloak_admin.as_ref().map(|a| json!({
+                "client_id": a.client_id, "realm": a.realm, "client_secret": SET,
+            })),
+            "allow_insecure_http": self.allow_insecure_http,
+            "offline_access": self.offline_access,
+            "interim_id_token": self.interim_id_token,
+            "require_dpop": self.require_dpop,
+            "dpop_nonce": self.dpop_nonce,
+            "jwks_cache_ttl": secs(self.jwks_cache_ttl),
+            "login_ttl": secs(self.login_ttl),
+            "deferred_code_ttl": secs(self.deferred_code_ttl),
+            "default_interval": self.default_interval,
+            "default_expires_in": self.default_expires_in,
+            "upstream_timeout": secs(self.upstream_timeout),
+            "ping_timeout": secs(self.ping_timeout),
+            "completion_hold": secs(self.completion_hold),
+            "max_body_bytes": self.max_body_bytes,
+            "max_header_bytes": self.max_header_bytes,
+            "header_read_timeout": secs(self.header_read_timeout),
+            "body_read_timeout": secs(self.body_read_timeout),
+            "trusted_proxies": self.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "shutdown_grace": secs(self.shutdown_grace),
+            "shutdown_delay": secs(self.shutdown_delay),
+            "log": self.log,
+            "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
+            "paths": self.paths,
+            "clients": clients,
+            "warnings": self.warnings,
+        })
     }
 
     pub fn store_kind(&self) -> &'static str {
@@ -688,6 +781,37 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_effective_settings_show_no_secret() {
+        let config = Config::from_env(vec![
+            ("DTR_UPSTREAM_URL", "http://kc:8080"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+            ("DTR_REDIS_URL", "redis://default:hunter2hunter2@redis:6379"),
+            ("DTR_HASH_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+            ("DTR_TOKEN_KEYS", "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+            ("DTR_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ("DTR_KEYCLOAK_ADMIN_CLIENT_ID", "dtr-admin"),
+            ("DTR_KEYCLOAK_ADMIN_CLIENT_SECRET", "admin-secret-value"),
+            (
+                "DTR_CLIENTS",
+                r#"[{"client_id":"rp","client_secret":"0123456789abcdef0123456789abcdef-x"}]"#,
+            ),
+        ])
+        .unwrap();
+        let text = config.effective().to_string();
+        for secret in [
+            "hunter2hunter2",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "admin-secret-value",
+            "0123456789abcdef",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("redis://default:***@redis:6379"), "{text}");
+        assert!(text.contains("\"upstream_url\":\"http://kc:8080/\""), "{text}");
     }
 
     #[test]
