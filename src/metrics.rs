@@ -23,6 +23,17 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    revision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
     call: &'static str,
 }
@@ -43,6 +54,17 @@ pub struct Metrics {
     events: Family<EventLabels, Counter>,
     upstream: Family<CallLabels, Histogram>,
     pending: Gauge,
+    process_durations: Family<OutcomeLabels, Histogram>,
+    process: ProcessGauges,
+}
+
+/// This OS process's own figures, read from `/proc` at each scrape (Linux; zero elsewhere).
+#[derive(Clone, Default)]
+struct ProcessGauges {
+    resident_memory_bytes: Gauge,
+    open_fds: Gauge,
+    cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    start_time_seconds: Gauge,
 }
 
 impl Default for Metrics {
@@ -76,6 +98,40 @@ impl Metrics {
             "Latency of calls to the OpenID Provider",
             upstream.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register("build_info", "The dtr-proxy build", build_info.clone());
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                revision: option_env!("DTR_BUILD_REVISION").unwrap_or("unknown"),
+            })
+            .set(1);
+        // Minutes to weeks: a verification takes hours to days.
+        let process_durations = Family::<OutcomeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(60.0, 2.0, 16))
+        });
+        registry.register(
+            "deferred_process_duration_seconds",
+            "Time from the exchange to the end of a process, by how it ended",
+            process_durations.clone(),
+        );
+        let process = ProcessGauges::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the dtr-proxy process",
+            process.resident_memory_bytes.clone(),
+        );
+        registry.register("process_open_fds", "Open file descriptors", process.open_fds.clone());
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time used by the dtr-proxy process (user + system)",
+            process.cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_start_time_seconds",
+            "Start of the dtr-proxy process, Unix seconds",
+            process.start_time_seconds.clone(),
+        );
         let pending = Gauge::default();
         registry.register(
             "pending_processes",
@@ -91,7 +147,17 @@ impl Metrics {
             events,
             upstream,
             pending,
+            process_durations,
+            process,
         }
+    }
+
+    /// A process ended (`delivered`, `denied`, `cancelled`, `expired`) `seconds` after its
+    /// exchange.
+    pub fn observe_process(&self, outcome: &'static str, seconds: f64) {
+        self.process_durations
+            .get_or_create(&OutcomeLabels { outcome })
+            .observe(seconds);
     }
 
     pub fn request(&self, route: &'static str, outcome: &'static str) {
@@ -125,10 +191,78 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        self.process.refresh();
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &registry);
         out
+    }
+}
+
+impl ProcessGauges {
+    fn refresh(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            // /proc/self/statm: sizes in pages; the second is the resident set.
+            const PAGE: i64 = 4096;
+            if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
+            {
+                self.resident_memory_bytes.set(pages * PAGE);
+            }
+            if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+                self.open_fds.set(fds.count() as i64);
+            }
+            // /proc/self/stat: fields after the command name; utime and stime are the 14th
+            // and 15th, starttime the 22nd, in clock ticks (100 per second on Linux).
+            const TICKS: f64 = 100.0;
+            if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+                let fields: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map(|(_, rest)| rest.split_whitespace().collect())
+                    .unwrap_or_default();
+                let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+                if let (Some(user), Some(system)) = (field(14), field(15)) {
+                    self.cpu_seconds.set((user + system) / TICKS);
+                }
+                let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("btime "))
+                        .and_then(|b| b.trim().parse::<f64>().ok())
+                });
+                if let (Some(start), Some(boot)) = (field(22), boot) {
+                    self.start_time_seconds.set((boot + start / TICKS) as i64);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_and_process_figures_are_exposed() {
+        let metrics = Metrics::new();
+        metrics.observe_process("delivered", 3600.0);
+        let text = metrics.render();
+        assert!(text.contains("dtr_build_info{version=\""), "{text}");
+        assert!(
+            text.contains("dtr_deferred_process_duration_seconds_count{outcome=\"delivered\"} 1"),
+            "{text}"
+        );
+        #[cfg(target_os = "linux")]
+        {
+            let rss = text
+                .lines()
+                .find_map(|l| l.strip_prefix("dtr_process_resident_memory_bytes "))
+                .and_then(|v| v.parse::<i64>().ok())
+                .expect("rss");
+            assert!(rss > 1024 * 1024, "{rss}");
+            assert!(text.contains("dtr_process_open_fds "), "{text}");
+        }
     }
 }

@@ -125,6 +125,17 @@ impl Events {
     /// store failure is logged, never the caller's failure: the process itself is intact.
     pub async fn emit(&self, event: Event, record: &ProcessRecord) {
         emit(&self.metrics, event, record);
+        let outcome = match event {
+            Event::Delivered => Some("delivered"),
+            Event::Denied => Some("denied"),
+            Event::Cancelled => Some("cancelled"),
+            Event::Expired => Some("expired"),
+            Event::Started | Event::Approved => None,
+        };
+        if let Some(outcome) = outcome {
+            let seconds = now_ms().saturating_sub(record.created_at) as f64 / 1000.0;
+            self.metrics.observe_process(outcome, seconds);
+        }
         let Some(sink) = &self.sink else { return };
         let realms = &sink.settings.realms;
         if !event.is_sent() || !(realms.is_empty() || realms.contains(&record.realm)) {
