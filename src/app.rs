@@ -30,6 +30,7 @@ use crate::endpoints::token::DeferredGrant;
 use crate::metrics::Metrics;
 use crate::protocol::routes::{PublicUrls, Routes};
 use crate::records::Records;
+use crate::serve::access::AccessLog;
 use crate::serve::admin::{AdminService, Readiness};
 use crate::serve::proxy::{PublicService, RequestLimits};
 use crate::serve::server::{serve, Limits};
@@ -38,6 +39,7 @@ use crate::upstream::{http_client, OpClient, Upstream};
 
 /// Everything that serves, built and wired.
 pub struct Services {
+    pub metrics: Metrics,
     pub public: Arc<PublicService>,
     pub admin: Arc<AdminService>,
     pub pinger: Arc<Pinger>,
@@ -206,6 +208,7 @@ pub fn compose(
         events,
     };
     Services {
+        metrics: public.metrics.clone(),
         public: Arc::new(public),
         admin: Arc::new(admin),
         pinger: Arc::new(pinger),
@@ -261,6 +264,11 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
     let admin_addr = admin.local_addr()?;
 
     let public_service = services.public.clone();
+    let access = Arc::new(AccessLog::new(
+        Routes::new(&config.paths),
+        &services.metrics,
+        config.access_log,
+    ));
     let public_task = tokio::spawn(serve(
         public,
         Limits {
@@ -270,8 +278,13 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
         config.shutdown_grace,
         watcher.clone(),
         move |request, peer| {
-            let service = public_service.clone();
-            async move { service.handle(request, peer).await }
+            let (service, access) = (public_service.clone(), access.clone());
+            async move {
+                let timing = access.begin(request.method(), request.uri().path());
+                let response = service.handle(request, peer).await;
+                access.end(timing, response.status());
+                response
+            }
         },
     ));
     let admin_service = services.admin.clone();

@@ -23,6 +23,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: &'static str,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     revision: &'static str,
@@ -55,6 +61,7 @@ pub struct Metrics {
     upstream: Family<CallLabels, Histogram>,
     pending: Gauge,
     process_durations: Family<OutcomeLabels, Histogram>,
+    http: Family<HttpLabels, Histogram>,
     process: ProcessGauges,
 }
 
@@ -115,6 +122,15 @@ impl Metrics {
             "Time from the exchange to the end of a process, by how it ended",
             process_durations.clone(),
         );
+        // From half a millisecond to past every timeout (the upstream's defaults to 10 s).
+        let http = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Requests on the public port by route and status class, pass-through included",
+            http.clone(),
+        );
         let process = ProcessGauges::default();
         registry.register(
             "process_resident_memory_bytes",
@@ -148,8 +164,14 @@ impl Metrics {
             upstream,
             pending,
             process_durations,
+            http,
             process,
         }
+    }
+
+    /// The latency histogram of one (route, status class), to keep and observe directly.
+    pub fn http_request_histogram(&self, route: &'static str, status_class: &'static str) -> Histogram {
+        self.http.get_or_create(&HttpLabels { route, status_class }).clone()
     }
 
     /// A process ended (`delivered`, `denied`, `cancelled`, `expired`) `seconds` after its

@@ -319,3 +319,84 @@ async fn a_lost_answer_to_the_release_is_retried_and_never_turns_into_access_den
         retried.json
     );
 }
+
+/// With `DTR_ACCESS_LOG`, one structured line per public request, no secret in it, and no
+/// colour codes when the output is not a terminal; every request also lands in the latency
+/// histogram by route and status class.
+#[tokio::test]
+async fn access_log_is_one_plain_line_per_request_and_requests_are_timed() {
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dtr-proxy"))
+        .env_clear()
+        .env("DTR_UPSTREAM_URL", format!("http://127.0.0.1:{}", op().port))
+        .env("DTR_PUBLIC_URL", format!("http://127.0.0.1:{}", ports[0]))
+        .env("DTR_ALLOW_INSECURE_HTTP", "true")
+        .env("DTR_LISTEN", format!("127.0.0.1:{}", ports[0]))
+        .env("DTR_ADMIN_LISTEN", format!("127.0.0.1:{}", ports[1]))
+        .env("DTR_SHUTDOWN_DELAY", "0")
+        .env("DTR_LOG", "info")
+        .env("DTR_ACCESS_LOG", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run binary");
+    let http = client();
+    let admin = format!("http://127.0.0.1:{}", ports[1]);
+    assert!(wait_until_up(&http, &admin).await, "binary did not come up");
+    let secret_query = "client_secret=do-not-log-me";
+    let response = http
+        .get(format!(
+            "http://127.0.0.1:{}/realms/none/protocol/openid-connect/certs?{secret_query}",
+            ports[0]
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let metrics = http
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let class = format!("{}xx", status / 100);
+    assert!(
+        metrics.contains(&format!(
+            "dtr_http_request_duration_seconds_count{{route=\"passthrough\",status_class=\"{class}\"}} 1"
+        )),
+        "{metrics}"
+    );
+
+    let pid = child.id().expect("pid").to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut log = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut log),
+    )
+    .await
+    .expect("stops in time")
+    .unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("dtr::access")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("route=\"passthrough\"") || lines[0].contains("route=passthrough"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains(&format!("status={status}")), "{}", lines[0]);
+    assert!(!log.contains("do-not-log-me"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no colour codes in a pipe: {log}");
+}

@@ -121,6 +121,7 @@ struct RawConfig {
     shutdown_delay: u64,
     log: String,
     log_format: String,
+    access_log: bool,
     paths: PathTemplates,
     clients: Vec<ClientSettings>,
     /// Not a setting: the path of the TOML file, accepted so `DTR_CONFIG` passes validation.
@@ -168,6 +169,7 @@ impl Default for RawConfig {
             shutdown_delay: 3,
             log: "info".into(),
             log_format: "text".into(),
+            access_log: false,
             paths: PathTemplates::default(),
             clients: Vec::new(),
             config: None,
@@ -239,6 +241,8 @@ pub struct Config {
     pub shutdown_delay: Duration,
     pub log: String,
     pub log_format: LogFormat,
+    /// One structured line per public request (`DTR_ACCESS_LOG`).
+    pub access_log: bool,
     pub paths: PathTemplates,
     pub clients: Vec<ClientSettings>,
     /// Non-fatal findings (unknown `DTR_*` variables), logged once at start.
@@ -475,6 +479,7 @@ impl Config {
             "shutdown_delay": secs(self.shutdown_delay),
             "log": self.log,
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
+            "access_log": self.access_log,
             "paths": self.paths,
             "clients": clients,
             "warnings": self.warnings,
@@ -703,6 +708,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         shutdown_delay: Duration::from_secs(raw.shutdown_delay),
         log: raw.log,
         log_format,
+        access_log: raw.access_log,
         paths: raw.paths,
         clients: raw.clients,
         warnings: Vec::new(),
