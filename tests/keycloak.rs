@@ -1,0 +1,342 @@
+//! The deferred flow against a real Keycloak (the version `scripts/keycloak.sh` fetches, the
+//! realm of `config/keycloak/dtr-realm.json`) through the real dtr-proxy binary: a browser
+//! login on Keycloak's own login page, the exchange, polls, the verification service's part
+//! (a user attribute set through the Admin REST API, then the signed completion webhook), and
+//! the final tokens fresh from Keycloak.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::keycloak::{keycloak, REALM};
+use common::*;
+use serde_json::{json, Value};
+
+const DEFERRED_GRANT: &str = "urn:openid:params:grant-type:deferred";
+
+fn audience_contains(claims: &Value, client_id: &str) -> bool {
+    match &claims["aud"] {
+        Value::String(aud) => aud == client_id,
+        Value::Array(auds) => auds.iter().any(|a| a == client_id),
+        _ => false,
+    }
+}
+
+fn scope_contains(reply: &Value, scope: &str) -> bool {
+    reply["scope"]
+        .as_str()
+        .is_some_and(|s| s.split(' ').any(|s| s == scope))
+}
+
+/// One whole deferred flow for a client kind, proving what the final tokens carry.
+async fn verified_user_gets_fresh_offline_tokens(auth: Auth) {
+    let bed = keycloak();
+    let admin = bed.admin().await;
+    let proxy = bed.proxy();
+    let client_id = auth.client_id();
+    let username = unique("user");
+    let user_id = admin.create_user(REALM, &username).await;
+    let nonce = unique("nonce");
+
+    let (ack, verifier) = proxy.keycloak_ack(client_id, &username, &nonce).await;
+    assert_eq!(ack.get("state"), Some("rp-state"));
+    assert_eq!(ack.get("iss"), Some(proxy.issuer.as_str()));
+    assert_eq!(ack.get("code"), None, "Keycloak's code never reaches the RP");
+    let code = ack.get("deferred_code").expect("deferred_code").to_owned();
+
+    let exchange = proxy.exchange(&auth, &code, &verifier, Some("notify-me")).await;
+    assert_eq!(exchange.status, 200, "{}", exchange.json);
+    let id = exchange.json["deferred_auth_id"].as_str().expect("id").to_owned();
+    let interim = jwt_claims(exchange.json["interim_id_token"].as_str().expect("interim_id_token"));
+    assert_eq!(interim["sub"], user_id.as_str());
+    assert_eq!(interim["nonce"], nonce.as_str());
+    assert_eq!(interim["iss"], proxy.issuer.as_str());
+    assert!(audience_contains(&interim, client_id), "{interim}");
+    assert!(
+        interim.get("identity_verified").is_none(),
+        "not verified yet: {interim}"
+    );
+    // The grant the proxy holds is an offline session in Keycloak.
+    assert_eq!(admin.offline_sessions(REALM, &user_id, client_id).await.len(), 1);
+
+    let pending = proxy.poll(&auth, &id).await;
+    assert_eq!(
+        (pending.status, pending.error()),
+        (400, "authorization_pending"),
+        "{}",
+        pending.json
+    );
+
+    // The verification service: the result into Keycloak first, then the webhook.
+    admin
+        .set_attributes(
+            REALM,
+            &user_id,
+            &[("identity_verified", "true"), ("verified_at", "2026-01-02T03:04:05Z")],
+        )
+        .await;
+    let completed = proxy
+        .complete(&json!({"outcome": "approved", "sub": user_id, "client_id": client_id}))
+        .await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    assert_eq!(completed.json["changed"].as_array().map(Vec::len), Some(1));
+    assert!(bed.wait_for_ping(&id, Duration::from_secs(10)).await, "no ping");
+    assert_eq!(bed.pings_for(&id)[0].0.as_deref(), Some("Bearer notify-me"));
+
+    wait_interval(1).await;
+    let tokens = proxy.poll(&auth, &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    let id_token = jwt_claims(tokens.json["id_token"].as_str().expect("id_token"));
+    let access_token = jwt_claims(tokens.json["access_token"].as_str().expect("access_token"));
+    let refresh_token = jwt_claims(tokens.json["refresh_token"].as_str().expect("refresh_token"));
+    assert_eq!(id_token["identity_verified"], true, "{id_token}");
+    assert_eq!(id_token["verified_at"], "2026-01-02T03:04:05Z");
+    assert_eq!(access_token["identity_verified"], true, "{access_token}");
+    assert_eq!(id_token["nonce"], nonce.as_str(), "the RP's nonce: {id_token}");
+    assert_eq!(id_token["iss"], proxy.issuer.as_str());
+    assert_eq!(access_token["iss"], proxy.issuer.as_str());
+    assert!(audience_contains(&id_token, client_id), "{id_token}");
+    assert_eq!(id_token["sub"], interim["sub"]);
+    assert!(id_token["iat"].as_u64() > interim["iat"].as_u64(), "fresh at release");
+    // Keycloak's offline grant: typ Offline, offline_access granted, no refresh expiry.
+    assert_eq!(refresh_token["typ"], "Offline", "{refresh_token}");
+    assert!(scope_contains(&tokens.json, "offline_access"), "{}", tokens.json);
+    assert_eq!(tokens.json["refresh_expires_in"], 0);
+
+    if let Auth::Public(_) = auth {
+        assert_eq!(tokens.json["token_type"], "DPoP", "{}", tokens.json);
+        assert_eq!(access_token["cnf"]["jkt"], default_dpop_key().jkt().as_str());
+    } else {
+        assert_eq!(tokens.json["token_type"], "Bearer", "{}", tokens.json);
+    }
+
+    wait_interval(1).await;
+    let spent = proxy.poll(&auth, &id).await;
+    assert_eq!((spent.status, spent.error()), (400, "invalid_grant"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_basic_client_gets_verified_offline_tokens() {
+    verified_user_gets_fresh_offline_tokens(Auth::Basic("dtr-client", "dtr-client-secret")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_post_client_gets_verified_offline_tokens() {
+    verified_user_gets_fresh_offline_tokens(Auth::Post("dtr-post", "dtr-post-secret")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_key_jwt_client_gets_verified_offline_tokens() {
+    verified_user_gets_fresh_offline_tokens(Auth::Jwt("dtr-jwt")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_dpop_client_gets_verified_tokens_bound_to_its_key() {
+    verified_user_gets_fresh_offline_tokens(Auth::Public("dtr-public")).await;
+}
+
+/// Logs a fresh user in for `auth`'s client and exchanges the code.
+async fn start_process(proxy: &Proxy, auth: &Auth) -> (String, String) {
+    let admin = keycloak().admin().await;
+    let username = unique("user");
+    let user_id = admin.create_user(&proxy.realm, &username).await;
+    let (ack, verifier) = proxy.keycloak_ack(auth.client_id(), &username, "n-1").await;
+    let code = ack.get("deferred_code").expect("deferred_code");
+    let exchange = proxy.exchange(auth, code, &verifier, None).await;
+    assert_eq!(exchange.status, 200, "{}", exchange.json);
+    let id = exchange.json["deferred_auth_id"].as_str().expect("id").to_owned();
+    (id, user_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_poll_error_against_keycloak() {
+    let proxy = keycloak().proxy();
+    let auth = dtr_client();
+    let (id, user_id) = start_process(&proxy, &auth).await;
+
+    let unknown = proxy.poll(&auth, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
+    assert_eq!((unknown.status, unknown.error()), (400, "invalid_grant"));
+    let wrong_secret = proxy.poll(&Auth::Basic("dtr-client", "not-the-secret"), &id).await;
+    assert_eq!((wrong_secret.status, wrong_secret.error()), (401, "invalid_client"));
+    let foreign = proxy.poll(&Auth::Post("dtr-post", "dtr-post-secret"), &id).await;
+    assert_eq!((foreign.status, foreign.error()), (400, "invalid_grant"));
+
+    wait_interval(1).await;
+    let pending = proxy.poll(&auth, &id).await;
+    assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
+    let too_fast = proxy.poll(&auth, &id).await;
+    assert_eq!((too_fast.status, too_fast.error()), (400, "slow_down"));
+
+    let denied = proxy
+        .complete(&json!({"outcome": "denied", "sub": user_id, "error_description": "Document expired"}))
+        .await;
+    assert_eq!(denied.status, 200, "{}", denied.json);
+    assert!(
+        keycloak().wait_for_ping(&id, Duration::from_secs(10)).await,
+        "denials are pinged"
+    );
+    wait_interval(6).await;
+    let refused = proxy.poll(&auth, &id).await;
+    assert_eq!((refused.status, refused.error()), (400, "access_denied"));
+    assert_eq!(refused.json["error_description"], "Document expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_process_is_denied_and_never_pinged() {
+    let proxy = keycloak().proxy();
+    let auth = Auth::Jwt("dtr-jwt");
+    let (id, user_id) = start_process(&proxy, &auth).await;
+    let cancelled = proxy.cancel(&auth, &id).await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.json);
+    // A completion after the cancel changes nothing.
+    let late = proxy.complete(&json!({"outcome": "approved", "sub": user_id})).await;
+    assert_ne!(late.json["changed"].as_array().map(Vec::len), Some(1), "{}", late.json);
+    wait_interval(1).await;
+    let refused = proxy.poll(&auth, &id).await;
+    assert_eq!(
+        (refused.status, refused.error()),
+        (400, "access_denied"),
+        "{}",
+        refused.json
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(keycloak().pings_for(&id).is_empty(), "no ping for a cancel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_is_keycloaks_with_the_dtr_additions() {
+    let bed = keycloak();
+    let proxy = bed.proxy();
+    let path = "/.well-known/openid-configuration";
+    let through: Value = proxy
+        .http
+        .get(proxy.url(path))
+        .send()
+        .await
+        .expect("discovery")
+        .json()
+        .await
+        .expect("json");
+    let own: Value = proxy
+        .http
+        .get(format!("{}/realms/{REALM}{path}", bed.direct))
+        .send()
+        .await
+        .expect("Keycloak's discovery")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(through["issuer"], proxy.issuer.as_str());
+    assert_eq!(own["issuer"], proxy.issuer.as_str(), "Keycloak's hostname is the proxy");
+    let has = |key: &str, value: &str| {
+        through[key]
+            .as_array()
+            .is_some_and(|values| values.iter().any(|v| v == value))
+    };
+    assert!(has("response_types_supported", "deferred_code"), "{through}");
+    assert!(has("response_types_supported", "deferred_code code"), "{through}");
+    assert!(has("grant_types_supported", DEFERRED_GRANT), "{through}");
+    assert_eq!(
+        through["deferred_authentication_cancellation_endpoint"],
+        proxy.url("/protocol/openid-connect/deferred/cancel")
+    );
+    // Proofs reach both the proxy and Keycloak: the algorithms both accept, in Keycloak's
+    // order (Keycloak also takes ES512, which the proxy does not verify).
+    let both: Vec<Value> = own["dpop_signing_alg_values_supported"]
+        .as_array()
+        .expect("Keycloak advertises DPoP")
+        .iter()
+        .filter(|alg| alg.as_str().is_some_and(|a| dtr_proxy::dpop::ALGORITHMS.contains(&a)))
+        .cloned()
+        .collect();
+    assert!(both.contains(&json!("ES256")));
+    assert_eq!(through["dpop_signing_alg_values_supported"], Value::Array(both));
+    for (key, value) in own.as_object().expect("object") {
+        let changed = [
+            "response_types_supported",
+            "grant_types_supported",
+            "dpop_signing_alg_values_supported",
+        ];
+        if !changed.contains(&key.as_str()) {
+            assert_eq!(&through[key], value, "{key} changed");
+        }
+    }
+}
+
+/// Keycloak's SSO session dies long before a verification finishes; the held offline grant
+/// does not. A realm from the same file with a 5 s SSO session proves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_works_after_the_sso_session_is_gone() {
+    let bed = keycloak();
+    let admin = bed.admin().await;
+    let realm = unique("sso");
+    admin
+        .create_realm_from_file(&realm, json!({"ssoSessionIdleTimeout": 5, "ssoSessionMaxLifespan": 5}))
+        .await;
+    let proxy = bed.proxy_in(&realm);
+    let auth = dtr_client();
+    let logged_in = Instant::now();
+    let (id, user_id) = start_process(&proxy, &auth).await;
+    admin
+        .set_attributes(&realm, &user_id, &[("identity_verified", "true")])
+        .await;
+
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(logged_in.elapsed())).await;
+    let (status, _, sessions) = admin
+        .send(
+            reqwest::Method::GET,
+            &format!("/{realm}/users/{user_id}/sessions"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sessions.as_array().map(Vec::len),
+        Some(0),
+        "SSO session over: {sessions}"
+    );
+
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user_id})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    let tokens = proxy.poll(&auth, &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    let id_token = jwt_claims(tokens.json["id_token"].as_str().expect("id_token"));
+    assert_eq!(id_token["identity_verified"], true, "{id_token}");
+    assert_eq!(id_token["sub"], user_id.as_str());
+}
+
+/// Keycloak takes a proof only while `iat` is within 25 s in the past and 15 s in the future
+/// (DPoPUtil: 10 s lifetime + 15 s skew), a narrower window than the proxy's. A proof that the
+/// proxy accepts but Keycloak finds stale must not cost the RP its tokens: Keycloak's refusal
+/// reaches the RP, the process stays approved, and a fresh proof gets the tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proof_too_old_for_keycloak_leaves_the_release_retryable() {
+    let bed = keycloak();
+    let proxy = bed.proxy();
+    let auth = Auth::Public("dtr-public");
+    let (id, user_id) = start_process(&proxy, &auth).await;
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user_id})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+
+    wait_interval(1).await;
+    let key = default_dpop_key();
+    let (header, mut claims) = key.parts("POST", &proxy.token_url());
+    claims["iat"] = json!(now_s() - 40);
+    let stale = key.sign(&header, &claims);
+    let form = [("grant_type", DEFERRED_GRANT), ("deferred_auth_id", id.as_str())];
+    let refused = proxy.token(&auth, &form, Some(&stale)).await;
+    // Keycloak's own answer, relayed: it reports every bad proof at the token endpoint as
+    // invalid_request (DPoPUtil.handleDPoPHeader), not RFC 9449's invalid_dpop_proof.
+    assert_eq!(
+        (refused.status, refused.error()),
+        (400, "invalid_request"),
+        "{}",
+        refused.json
+    );
+    assert_eq!(refused.json["error_description"], "DPoP proof is not active");
+
+    wait_interval(1).await;
+    let tokens = proxy.poll(&auth, &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    assert_eq!(tokens.json["token_type"], "DPoP");
+}
