@@ -340,3 +340,263 @@ async fn proof_too_old_for_keycloak_leaves_the_release_retryable() {
     assert_eq!(tokens.status, 200, "{}", tokens.json);
     assert_eq!(tokens.json["token_type"], "DPoP");
 }
+
+/// Keycloak answers `prompt=none` without a session with an error redirect carrying the
+/// proxy's handle; the RP gets the error, its own state and the public `iss`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keycloak_error_redirect_reaches_the_rp_translated() {
+    let proxy = keycloak().proxy();
+    let (_, challenge) = pkce();
+    let mut params = proxy.auth_params("dtr-client", "rp-state", "n-1");
+    params.extend([
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("prompt", "none"),
+    ]);
+    let answer = proxy.keycloak_login(&params, "nobody", "none").await;
+    let ack = answer.ack();
+    assert_eq!(ack.get("error"), Some("login_required"), "{ack:?}");
+    assert_eq!(ack.get("state"), Some("rp-state"));
+    assert_eq!(ack.get("iss"), Some(proxy.issuer.as_str()));
+    assert_eq!(ack.get("deferred_code"), None);
+}
+
+/// The acknowledgment in `form_post`, with Keycloak's session cookies kept on the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_post_acknowledgment_after_keycloak_login() {
+    let bed = keycloak();
+    let proxy = bed.proxy();
+    let username = unique("user");
+    bed.admin().await.create_user(REALM, &username).await;
+    let (verifier, challenge) = pkce();
+    let mut params = proxy.auth_params("dtr-post", "rp-state", "n-1");
+    params.extend([
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("response_mode", "form_post"),
+    ]);
+    let answer = proxy
+        .keycloak_login(&params, &username, common::keycloak::USER_PASSWORD)
+        .await;
+    let cookies: Vec<&str> = answer
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert!(
+        cookies.iter().any(|c| c.starts_with("KEYCLOAK_SESSION=")),
+        "Keycloak's SSO cookie survives the rewrite: {cookies:?}"
+    );
+    let ack = answer.ack();
+    assert_eq!(ack.mode, "form_post");
+    assert_eq!(ack.get("state"), Some("rp-state"));
+    let code = ack.get("deferred_code").expect("deferred_code");
+    let auth = Auth::Post("dtr-post", "dtr-post-secret");
+    let exchange = proxy.exchange(&auth, code, &verifier, None).await;
+    assert_eq!(exchange.status, 200, "{}", exchange.json);
+}
+
+/// PAR is allowed on the DTR clients: a plain code-flow request pushed through the proxy
+/// reaches Keycloak's endpoint untouched (client authentication included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_pushed_authorization_request_passes_through() {
+    let proxy = keycloak().proxy();
+    let (_, challenge) = pkce();
+    let form = [
+        ("response_type", "code"),
+        ("redirect_uri", REDIRECT_URI),
+        ("scope", "openid"),
+        ("state", "s"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    let url = proxy.url("/protocol/openid-connect/ext/par/request");
+    let pushed = proxy.post_form(&url, &dtr_client(), &form, None).await;
+    assert_eq!(pushed.status, 201, "{}", pushed.json);
+    assert!(pushed.json["request_uri"]
+        .as_str()
+        .is_some_and(|uri| uri.starts_with("urn:ietf:params:oauth:request_uri:")));
+}
+
+// What the proxy does not yet get right against Keycloak (issue 8, second half). Each test
+// states the behaviour wanted; the reason names what happens today.
+
+/// A fresh realm from the operators' file for a test that reconfigures a client.
+async fn own_realm(admin: &common::keycloak::Admin, changes: Value) -> String {
+    let realm = unique("cfg");
+    admin.create_realm_from_file(&realm, changes).await;
+    realm
+}
+
+/// The offline grant is never silently an online one. A client without the offline_access
+/// scope: Keycloak refuses the rewritten request (invalid_scope names the scope) and the RP
+/// gets that error, translated, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_without_offline_access_scope_is_refused_at_authorization() {
+    let bed = keycloak();
+    let admin = bed.admin().await;
+    let realm = own_realm(&admin, json!({})).await;
+    let (_, _, scopes) = admin
+        .send(reqwest::Method::GET, &format!("/{realm}/client-scopes"), None)
+        .await;
+    let offline = scopes
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == "offline_access"))
+        .and_then(|s| s["id"].as_str())
+        .expect("offline_access scope")
+        .to_owned();
+    let uuid = admin.client_uuid(&realm, "dtr-client").await;
+    let (status, _, _) = admin
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/{realm}/clients/{uuid}/optional-client-scopes/{offline}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+
+    let proxy = bed.proxy_in(&realm);
+    let username = unique("user");
+    admin.create_user(&realm, &username).await;
+    let (ack, _) = proxy.keycloak_ack("dtr-client", &username, "n-1").await;
+    assert_eq!(ack.get("error"), Some("invalid_scope"), "{ack:?}");
+    assert!(
+        ack.get("error_description")
+            .is_some_and(|d| d.contains("offline_access")),
+        "{ack:?}"
+    );
+    assert_eq!(ack.get("state"), Some("rp-state"));
+}
+
+/// A user without the offline_access role (not in default-roles-<realm>): Keycloak refuses
+/// the code (not_allowed, TokenManager's "Offline tokens not allowed for the user or client")
+/// and the RP gets that answer at the exchange, never a process on an online grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_without_offline_access_role_is_refused_at_the_exchange() {
+    let bed = keycloak();
+    let admin = bed.admin().await;
+    let realm = own_realm(&admin, json!({})).await;
+    let username = unique("user");
+    let user_id = admin.create_user(&realm, &username).await;
+    let roles_path = format!("/{realm}/users/{user_id}/role-mappings/realm");
+    let (_, _, roles) = admin.send(reqwest::Method::GET, &roles_path, None).await;
+    let (status, _, _) = admin.send(reqwest::Method::DELETE, &roles_path, Some(&roles)).await;
+    assert_eq!(status, 204, "{roles}");
+
+    let proxy = bed.proxy_in(&realm);
+    let (ack, verifier) = proxy.keycloak_ack("dtr-client", &username, "n-1").await;
+    let code = ack.get("deferred_code").expect("deferred_code");
+    let exchange = proxy.exchange(&dtr_client(), code, &verifier, None).await;
+    assert_eq!(
+        (exchange.status, exchange.error()),
+        (400, "not_allowed"),
+        "{}",
+        exchange.json
+    );
+    assert!(admin.offline_sessions(&realm, &user_id, "dtr-client").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "without the nonce backwards compatible mapper Keycloak drops nonce from the \
+            refreshed ID token and the proxy only logs a warning, then hands it out"]
+async fn final_id_token_without_the_rps_nonce_is_never_handed_out() {
+    let bed = keycloak();
+    let admin = bed.admin().await;
+    let realm = own_realm(&admin, json!({})).await;
+    let uuid = admin.client_uuid(&realm, "dtr-client").await;
+    let mappers_path = format!("/{realm}/clients/{uuid}/protocol-mappers/models");
+    let (_, _, mappers) = admin.send(reqwest::Method::GET, &mappers_path, None).await;
+    let nonce_mapper = mappers
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|m| m["protocolMapper"] == "oidc-nonce-backwards-compatible-mapper")
+        })
+        .and_then(|m| m["id"].as_str())
+        .expect("nonce mapper")
+        .to_owned();
+    let (status, _, _) = admin
+        .send(reqwest::Method::DELETE, &format!("{mappers_path}/{nonce_mapper}"), None)
+        .await;
+    assert_eq!(status, 204);
+
+    let proxy = bed.proxy_in(&realm);
+    let auth = dtr_client();
+    let username = unique("user");
+    let user_id = admin.create_user(&realm, &username).await;
+    let (ack, verifier) = proxy.keycloak_ack("dtr-client", &username, "rp-nonce").await;
+    let code = ack.get("deferred_code").expect("deferred_code");
+    let exchange = proxy.exchange(&auth, code, &verifier, None).await;
+    assert_eq!(exchange.status, 200, "{}", exchange.json);
+    let interim = jwt_claims(exchange.json["interim_id_token"].as_str().expect("interim"));
+    assert_eq!(interim["nonce"], "rp-nonce", "the code exchange keeps it");
+    let id = exchange.json["deferred_auth_id"].as_str().expect("id");
+    proxy.complete(&json!({"outcome": "approved", "sub": user_id})).await;
+    wait_interval(1).await;
+    let tokens = proxy.poll(&auth, id).await;
+    if tokens.status == 200 {
+        let id_token = jwt_claims(tokens.json["id_token"].as_str().expect("id_token"));
+        assert_eq!(id_token["nonce"], "rp-nonce", "final ID token: {id_token}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a cancelled (or denied, or expired) process leaves its offline session in Keycloak"]
+async fn held_grant_is_revoked_when_the_process_is_cancelled() {
+    let bed = keycloak();
+    let admin = bed.admin().await;
+    let proxy = bed.proxy();
+    let auth = dtr_client();
+    let (id, user_id) = start_process(&proxy, &auth).await;
+    assert_eq!(admin.offline_sessions(REALM, &user_id, "dtr-client").await.len(), 1);
+    assert_eq!(proxy.cancel(&auth, &id).await.status, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        admin.offline_sessions(REALM, &user_id, "dtr-client").await.len(),
+        0,
+        "the offline session outlives the cancelled process"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the RFC 8414 documents pass through without the DTR additions"]
+async fn rfc8414_metadata_carries_the_dtr_additions() {
+    let proxy = keycloak().proxy();
+    let mut wrong = Vec::new();
+    for url in [
+        proxy.url("/.well-known/oauth-authorization-server"),
+        format!("{}/.well-known/oauth-authorization-server/realms/{REALM}", proxy.base),
+    ] {
+        let response = proxy.http.get(&url).send().await.expect("metadata");
+        let status = response.status().as_u16();
+        let document: Value = response.json().await.unwrap_or(Value::Null);
+        let has_dtr = document["response_types_supported"]
+            .as_array()
+            .is_some_and(|types| types.iter().any(|t| t == "deferred_code"));
+        if status != 200 || !has_dtr {
+            wrong.push(format!("{url}: {status} {}", document["response_types_supported"]));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a deferred_code request pushed to Keycloak's PAR endpoint reaches Keycloak \
+            unrewritten and Keycloak refuses the response type"]
+async fn deferred_code_request_pushed_to_par_is_acknowledged() {
+    let proxy = keycloak().proxy();
+    let (_, challenge) = pkce();
+    let form = [
+        ("response_type", "deferred_code"),
+        ("redirect_uri", REDIRECT_URI),
+        ("scope", "openid"),
+        ("state", "s"),
+        ("nonce", "n"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    let url = proxy.url("/protocol/openid-connect/ext/par/request");
+    let pushed = proxy.post_form(&url, &dtr_client(), &form, None).await;
+    assert_eq!(pushed.status, 201, "{}", pushed.json);
+}
