@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::keycloak::{keycloak, REALM};
+use common::keycloak::{keycloak, REALM, SHORT_EXPIRES_IN, SHORT_REALM};
 use common::*;
 use serde_json::{json, Value};
 
@@ -417,6 +417,35 @@ async fn plain_pushed_authorization_request_passes_through() {
     assert!(pushed.json["request_uri"]
         .as_str()
         .is_some_and(|uri| uri.starts_with("urn:ietf:params:oauth:request_uri:")));
+}
+
+/// A process nobody completes expires: `expired_token`, and no ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_expires_after_its_lifetime_without_a_ping() {
+    let bed = keycloak();
+    let admin = bed.admin().await;
+    admin.create_realm_from_file(SHORT_REALM, json!({})).await;
+    let proxy = bed.proxy_in(SHORT_REALM);
+    let auth = dtr_client();
+    let (id, user_id) = start_process(&proxy, &auth).await;
+    let exchanged = Instant::now();
+    wait_interval(1).await;
+    let pending = proxy.poll(&auth, &id).await;
+    assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
+    let lifetime = Duration::from_secs(SHORT_EXPIRES_IN) + Duration::from_millis(500);
+    tokio::time::sleep(lifetime.saturating_sub(exchanged.elapsed())).await;
+    let expired = proxy.poll(&auth, &id).await;
+    assert_eq!(
+        (expired.status, expired.error()),
+        (400, "expired_token"),
+        "{}",
+        expired.json
+    );
+    // A completion after expiry finds nothing open and pings nobody.
+    let late = proxy.complete(&json!({"outcome": "approved", "sub": user_id})).await;
+    assert_ne!(late.json["changed"].as_array().map(Vec::len), Some(1), "{}", late.json);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(bed.pings_for(&id).is_empty(), "no ping for an expired process");
 }
 
 // What the proxy does not yet get right against Keycloak (issue 8, second half). Each test

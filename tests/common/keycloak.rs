@@ -19,6 +19,10 @@ use super::*;
 
 /// The realm of `config/keycloak/dtr-realm.json`.
 pub const REALM: &str = "dtr";
+/// A realm a test creates from the same file, where the proxy gives processes
+/// [`SHORT_EXPIRES_IN`] seconds.
+pub const SHORT_REALM: &str = "dtr-short";
+pub const SHORT_EXPIRES_IN: u64 = 4;
 pub const ADMIN_USER: &str = "bootstrap-admin";
 pub const ADMIN_PASSWORD: &str = "bootstrap-admin-password";
 pub const USER_PASSWORD: &str = "correct horse battery staple";
@@ -107,7 +111,7 @@ fn start_bed() -> Keycloak {
     });
     let (ping_url, pings) = receiver.recv().expect("ping receiver");
 
-    let clients: Vec<Value> = Options::new(StoreKind::Redis)
+    let mut clients: Vec<Value> = Options::new(StoreKind::Redis)
         .clients
         .into_iter()
         .map(|mut client| {
@@ -115,6 +119,12 @@ fn start_bed() -> Keycloak {
             client
         })
         .collect();
+    clients.push(json!({
+        "client_id": "dtr-client",
+        "realm": SHORT_REALM,
+        "expires_in": SHORT_EXPIRES_IN,
+        "notification_endpoint": ping_url,
+    }));
     let proxy_log = log_dir.join(format!("dtr-proxy-{}.log", std::process::id()));
     let mut proxy_env = base_env(public_port, http_port);
     proxy_env.extend([
