@@ -37,6 +37,8 @@ pub struct Keycloak {
     /// Where the proxy pings every client of the bed.
     pub pings: PingLog,
     pub log_dir: PathBuf,
+    /// The proxy's settings, for replicas a test starts beside it.
+    proxy_env: Vec<(String, String)>,
     /// Seconds from spawning Keycloak to its readiness.
     pub start_seconds: f64,
     _children: Mutex<Vec<Child>>,
@@ -141,6 +143,7 @@ fn start_bed() -> Keycloak {
         panic!("the Keycloak bed runs from integration tests");
     };
     let proxy = spawn_tied_logged(binary, &[], &proxy_env, &proxy_log);
+    let replica_env = proxy_env.clone();
 
     // `--import-realm` reads data/import; the realm file is what operators import.
     let import = kc_home.join("data/import");
@@ -187,6 +190,7 @@ fn start_bed() -> Keycloak {
         proxy_admin: format!("http://127.0.0.1:{admin_port}"),
         pings,
         log_dir,
+        proxy_env: replica_env,
         start_seconds,
         _children: Mutex::new(vec![keycloak, proxy]),
     }
@@ -225,6 +229,41 @@ impl Keycloak {
 
     pub fn proxy(&self) -> Proxy {
         self.proxy_in(REALM)
+    }
+
+    /// Another replica of the bed's proxy (same store, keys and public URL), in this test's
+    /// runtime, reaching Keycloak through `upstream_port`; RPs address it directly.
+    pub async fn replica(&self, upstream_port: u16, realm: &str) -> Proxy {
+        let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", public.local_addr().expect("addr"));
+        let mut env: Vec<(String, String)> = self
+            .proxy_env
+            .iter()
+            .filter(|(name, _)| !["DTR_UPSTREAM_URL", "DTR_UPSTREAM_TIMEOUT"].contains(&name.as_str()))
+            .cloned()
+            .collect();
+        env.push(("DTR_UPSTREAM_URL".into(), format!("http://127.0.0.1:{upstream_port}")));
+        env.push(("DTR_UPSTREAM_TIMEOUT".into(), "3".into()));
+        let config = dtr_proxy::Config::from_env(env).unwrap_or_else(|e| panic!("{e}"));
+        let running = dtr_proxy::start_on(config, public, admin).await.expect("replica start");
+        Proxy {
+            admin: format!("http://{}", running.admin_addr),
+            running: Some(running),
+            base,
+            realm: realm.to_owned(),
+            issuer: format!("{}/realms/{realm}", self.public),
+            http: client(),
+        }
+    }
+
+    /// Keycloak's HTTP port.
+    pub fn port(&self) -> u16 {
+        self.direct
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
     }
 
     /// The pings the proxy sent for one `deferred_auth_id`.
@@ -460,4 +499,53 @@ pub fn login_form_action(html: &str) -> Option<String> {
     let tag = form.split('>').next()?;
     let action = tag.split("action=\"").nth(1)?.split('"').next()?;
     Some(html_unescape(action))
+}
+
+/// A TCP relay in front of Keycloak that, while lossy, delivers requests but loses the
+/// answers: Keycloak processes the call, the caller sees the connection close.
+pub struct LossyRelay {
+    pub port: u16,
+    lossy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyRelay {
+    pub async fn start(target_port: u16) -> LossyRelay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let lossy = std::sync::Arc::new(AtomicBool::new(false));
+        let mode = lossy.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let lossy = mode.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
+                        return;
+                    };
+                    if !lossy {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                    let (mut from_caller, _to_caller) = inbound.split();
+                    let (mut from_op, mut to_op) = outbound.split();
+                    let mut answer = [0u8; 1];
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut from_caller, &mut to_op) => {}
+                        // The first byte of the answer: the OP has processed the request.
+                        _ = from_op.read(&mut answer) => {}
+                    }
+                    let _ = to_op.shutdown().await;
+                });
+            }
+        });
+        LossyRelay { port, lossy }
+    }
+
+    pub fn set_lossy(&self, lossy: bool) {
+        self.lossy.store(lossy, std::sync::atomic::Ordering::SeqCst);
+    }
 }
