@@ -673,3 +673,38 @@ async fn lost_answer_to_the_final_refresh_with_revoke_refresh_token() {
     let realm = own_realm(&admin, json!({"revokeRefreshToken": true, "refreshTokenMaxReuse": 0})).await;
     release_after_a_lost_answer(&realm).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "after a lost answer to the code exchange the proxy puts the code back and the \
+            RP's retry redeems it at Keycloak a second time"]
+async fn lost_answer_to_the_code_exchange_never_redeems_the_code_twice() {
+    let bed = keycloak();
+    let admin = bed.admin().await;
+    let realm = own_realm(&admin, json!({"eventsEnabled": true})).await;
+    let proxy = bed.proxy_in(&realm);
+    let username = unique("user");
+    admin.create_user(&realm, &username).await;
+    let (ack, verifier) = proxy.keycloak_ack("dtr-client", &username, "n-1").await;
+    let code = ack.get("deferred_code").expect("deferred_code");
+
+    let relay = common::keycloak::LossyRelay::start(bed.port()).await;
+    relay.set_lossy(true);
+    let replica = bed.replica(relay.port, &realm).await;
+    let lost = replica.exchange(&dtr_client(), code, &verifier, None).await;
+    assert!(lost.status >= 500, "{} {}", lost.status, lost.json);
+    let retry = proxy.exchange(&dtr_client(), code, &verifier, None).await;
+    let (_, _, errors) = admin
+        .send(
+            reqwest::Method::GET,
+            &format!("/{realm}/events?type=CODE_TO_TOKEN_ERROR"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        errors.as_array().map(Vec::len),
+        Some(0),
+        "the retry ({} {}) reached Keycloak: {errors}",
+        retry.status,
+        retry.json
+    );
+}
