@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::keycloak::{keycloak, REALM, SHORT_EXPIRES_IN, SHORT_REALM};
+use common::keycloak::{keycloak, LONG_INTERVAL, REALM, SHORT_EXPIRES_IN, TIMING_REALM};
 use common::*;
 use serde_json::{json, Value};
 
@@ -150,22 +150,29 @@ async fn start_process(proxy: &Proxy, auth: &Auth) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_poll_error_against_keycloak() {
-    let proxy = keycloak().proxy();
-    let auth = dtr_client();
+    let proxy = keycloak().proxy_in(TIMING_REALM);
+    let auth = Auth::Post("dtr-post", "dtr-post-secret");
     let (id, user_id) = start_process(&proxy, &auth).await;
 
     let unknown = proxy.poll(&auth, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
     assert_eq!((unknown.status, unknown.error()), (400, "invalid_grant"));
-    let wrong_secret = proxy.poll(&Auth::Basic("dtr-client", "not-the-secret"), &id).await;
-    assert_eq!((wrong_secret.status, wrong_secret.error()), (401, "invalid_client"));
-    let foreign = proxy.poll(&Auth::Post("dtr-post", "dtr-post-secret"), &id).await;
+    let wrong_secret = proxy.poll(&Auth::Post("dtr-post", "not-the-secret"), &id).await;
+    // 400, not 401: the credentials were not in an Authorization header (RFC 6749 §5.2).
+    assert_eq!((wrong_secret.status, wrong_secret.error()), (400, "invalid_client"));
+    let foreign = proxy.poll(&dtr_client(), &id).await;
     assert_eq!((foreign.status, foreign.error()), (400, "invalid_grant"));
+    assert_eq!(foreign.json["error_description"], unknown.json["error_description"]);
 
-    wait_interval(1).await;
+    wait_interval(LONG_INTERVAL).await;
     let pending = proxy.poll(&auth, &id).await;
     assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
     let too_fast = proxy.poll(&auth, &id).await;
-    assert_eq!((too_fast.status, too_fast.error()), (400, "slow_down"));
+    assert_eq!(
+        (too_fast.status, too_fast.error()),
+        (400, "slow_down"),
+        "{}",
+        too_fast.json
+    );
 
     let denied = proxy
         .complete(&json!({"outcome": "denied", "sub": user_id, "error_description": "Document expired"}))
@@ -175,7 +182,7 @@ async fn every_poll_error_against_keycloak() {
         keycloak().wait_for_ping(&id, Duration::from_secs(10)).await,
         "denials are pinged"
     );
-    wait_interval(6).await;
+    wait_interval(LONG_INTERVAL + 5).await;
     let refused = proxy.poll(&auth, &id).await;
     assert_eq!((refused.status, refused.error()), (400, "access_denied"));
     assert_eq!(refused.json["error_description"], "Document expired");
@@ -264,14 +271,14 @@ async fn discovery_is_keycloaks_with_the_dtr_additions() {
 }
 
 /// Keycloak's SSO session dies long before a verification finishes; the held offline grant
-/// does not. A realm from the same file with a 5 s SSO session proves it.
+/// does not. A realm from the same file with an 8 s SSO session proves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_works_after_the_sso_session_is_gone() {
     let bed = keycloak();
     let admin = bed.admin().await;
     let realm = unique("sso");
     admin
-        .create_realm_from_file(&realm, json!({"ssoSessionIdleTimeout": 5, "ssoSessionMaxLifespan": 5}))
+        .create_realm_from_file(&realm, json!({"ssoSessionIdleTimeout": 8, "ssoSessionMaxLifespan": 8}))
         .await;
     let proxy = bed.proxy_in(&realm);
     let auth = dtr_client();
@@ -281,7 +288,7 @@ async fn release_works_after_the_sso_session_is_gone() {
         .set_attributes(&realm, &user_id, &[("identity_verified", "true")])
         .await;
 
-    tokio::time::sleep(Duration::from_secs(7).saturating_sub(logged_in.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(logged_in.elapsed())).await;
     let (status, _, sessions) = admin
         .send(
             reqwest::Method::GET,
@@ -423,9 +430,7 @@ async fn plain_pushed_authorization_request_passes_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_expires_after_its_lifetime_without_a_ping() {
     let bed = keycloak();
-    let admin = bed.admin().await;
-    admin.create_realm_from_file(SHORT_REALM, json!({})).await;
-    let proxy = bed.proxy_in(SHORT_REALM);
+    let proxy = bed.proxy_in(TIMING_REALM);
     let auth = dtr_client();
     let (id, user_id) = start_process(&proxy, &auth).await;
     let exchanged = Instant::now();
@@ -459,7 +464,7 @@ async fn release_after_a_lost_answer(realm: &str) {
     let completed = proxy.complete(&json!({"outcome": "approved", "sub": user_id})).await;
     assert_eq!(completed.status, 200, "{}", completed.json);
 
-    let relay = common::keycloak::LossyRelay::start(bed.port()).await;
+    let relay = Relay::start(bed.port()).await;
     relay.set_lossy(true);
     let replica = bed.replica(relay.port, realm).await;
     wait_interval(1).await;
@@ -687,7 +692,7 @@ async fn lost_answer_to_the_code_exchange_never_redeems_the_code_twice() {
     let (ack, verifier) = proxy.keycloak_ack("dtr-client", &username, "n-1").await;
     let code = ack.get("deferred_code").expect("deferred_code");
 
-    let relay = common::keycloak::LossyRelay::start(bed.port()).await;
+    let relay = Relay::start(bed.port()).await;
     relay.set_lossy(true);
     let replica = bed.replica(relay.port, &realm).await;
     let lost = replica.exchange(&dtr_client(), code, &verifier, None).await;

@@ -6,10 +6,9 @@
 //! The distribution and the JDK come from `scripts/keycloak.sh` (run by
 //! `scripts/ensure-deps.sh`), which leaves their paths in `target/keycloak/env`.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -19,10 +18,12 @@ use super::*;
 
 /// The realm of `config/keycloak/dtr-realm.json`.
 pub const REALM: &str = "dtr";
-/// A realm a test creates from the same file, where the proxy gives processes
-/// [`SHORT_EXPIRES_IN`] seconds.
-pub const SHORT_REALM: &str = "dtr-short";
+/// A second import of the same realm file, where the proxy gives `dtr-client` processes of
+/// [`SHORT_EXPIRES_IN`] seconds and `dtr-post` a polling interval of [`LONG_INTERVAL`]
+/// seconds (a poll right after another is then too fast even on a loaded machine).
+pub const TIMING_REALM: &str = "dtr-timing";
 pub const SHORT_EXPIRES_IN: u64 = 4;
+pub const LONG_INTERVAL: u64 = 3;
 pub const ADMIN_USER: &str = "bootstrap-admin";
 pub const ADMIN_PASSWORD: &str = "bootstrap-admin-password";
 pub const USER_PASSWORD: &str = "correct horse battery staple";
@@ -123,8 +124,14 @@ fn start_bed() -> Keycloak {
         .collect();
     clients.push(json!({
         "client_id": "dtr-client",
-        "realm": SHORT_REALM,
+        "realm": TIMING_REALM,
         "expires_in": SHORT_EXPIRES_IN,
+        "notification_endpoint": ping_url,
+    }));
+    clients.push(json!({
+        "client_id": "dtr-post",
+        "realm": TIMING_REALM,
+        "interval": LONG_INTERVAL,
         "notification_endpoint": ping_url,
     }));
     let proxy_log = log_dir.join(format!("dtr-proxy-{}.log", std::process::id()));
@@ -142,17 +149,18 @@ fn start_bed() -> Keycloak {
     let Some(binary) = option_env!("CARGO_BIN_EXE_dtr-proxy") else {
         panic!("the Keycloak bed runs from integration tests");
     };
-    let proxy = spawn_tied_logged(binary, &[], &proxy_env, &proxy_log);
+    let proxy = spawn_tied_with(binary, &[], &proxy_env, Some(&proxy_log));
     let replica_env = proxy_env.clone();
 
     // `--import-realm` reads data/import; the realm file is what operators import.
     let import = kc_home.join("data/import");
     std::fs::create_dir_all(&import).expect("import dir");
-    std::fs::copy(
-        root.join("config/keycloak/dtr-realm.json"),
-        import.join("dtr-realm.json"),
-    )
-    .expect("copy the realm file");
+    let realm_file = root.join("config/keycloak/dtr-realm.json");
+    std::fs::copy(&realm_file, import.join("dtr-realm.json")).expect("copy the realm file");
+    let mut timing: Value =
+        serde_json::from_str(&std::fs::read_to_string(&realm_file).expect("realm file")).expect("realm json");
+    timing["realm"] = json!(TIMING_REALM);
+    std::fs::write(import.join(format!("{TIMING_REALM}-realm.json")), timing.to_string()).expect("timing realm");
     let kc_log = log_dir.join(format!("keycloak-{}.log", std::process::id()));
     let kc = kc_home.join("bin/kc.sh");
     let args = [
@@ -173,7 +181,7 @@ fn start_bed() -> Keycloak {
         ("KC_BOOTSTRAP_ADMIN_PASSWORD".to_owned(), ADMIN_PASSWORD.to_owned()),
     ];
     let started = Instant::now();
-    let keycloak = spawn_tied_logged(kc.to_str().expect("utf-8 path"), &args, &kc_env, &kc_log);
+    let keycloak = spawn_tied_with(kc.to_str().expect("utf-8 path"), &args, &kc_env, Some(&kc_log));
     wait_ready(
         "Keycloak",
         management_port,
@@ -194,24 +202,6 @@ fn start_bed() -> Keycloak {
         start_seconds,
         _children: Mutex::new(vec![keycloak, proxy]),
     }
-}
-
-/// Like `spawn_tied`, with environment variables and output into a log file.
-/// The child's stdin is /dev/null, not closed: kc.sh hands its stdin on to the JVM.
-fn spawn_tied_logged(program: &str, args: &[&str], env: &[(String, String)], log: &Path) -> Child {
-    let script = r#"prog="$1"; shift; "$prog" "$@" </dev/null & pid=$!; trap 'kill $pid 2>/dev/null' EXIT; cat >/dev/null; kill $pid 2>/dev/null; wait $pid 2>/dev/null"#;
-    let mut argv = vec!["-c", script, "tied", program];
-    argv.extend_from_slice(args);
-    let out = File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    Command::new("sh")
-        .args(&argv)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::piped())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
 }
 
 impl Keycloak {
@@ -427,56 +417,11 @@ impl Admin {
 }
 
 impl Proxy {
-    /// A browser login through the proxy and Keycloak's own login page: the authorization
-    /// request, the login form (its action taken from the page, never rebuilt), every redirect
-    /// through the proxy, until the answer meant for the RP.
+    /// A browser login through the proxy and Keycloak's own login page: the login form's
+    /// action is taken from the page, never rebuilt.
     pub async fn keycloak_login(&self, params: &[(&str, &str)], username: &str, password: &str) -> Answer {
-        let browser = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .cookie_store(true)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("browser");
-        let query = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(params)
-            .finish();
-        let mut response = browser
-            .get(format!("{}?{query}", self.url("/protocol/openid-connect/auth")))
-            .send()
-            .await
-            .expect("authorization request");
-        let mut posted = false;
-        for _ in 0..10 {
-            let answer = Answer::read(response).await;
-            match &answer.location {
-                Some(location) if location.starts_with(&self.base) => {
-                    response = browser.get(location).send().await.expect("follow");
-                    continue;
-                }
-                Some(_) => return answer,
-                None => {}
-            }
-            let Some(action) = login_form_action(&answer.html) else {
-                return answer;
-            };
-            assert!(
-                !posted,
-                "the login page came back after the password was posted:\n{}",
-                answer.html
-            );
-            assert!(
-                action.starts_with(&self.base),
-                "Keycloak's form posts to {action}, not through the proxy"
-            );
-            posted = true;
-            response = browser
-                .post(&action)
-                .form(&[("username", username), ("password", password), ("credentialId", "")])
-                .send()
-                .await
-                .expect("login form");
-        }
-        panic!("login did not finish");
+        let form = [("username", username), ("password", password), ("credentialId", "")];
+        self.browse(params, login_form_action, &form).await
     }
 
     /// Logs `username` in for `client_id` with PKCE; the acknowledgment and the verifier.
@@ -499,53 +444,4 @@ pub fn login_form_action(html: &str) -> Option<String> {
     let tag = form.split('>').next()?;
     let action = tag.split("action=\"").nth(1)?.split('"').next()?;
     Some(html_unescape(action))
-}
-
-/// A TCP relay in front of Keycloak that, while lossy, delivers requests but loses the
-/// answers: Keycloak processes the call, the caller sees the connection close.
-pub struct LossyRelay {
-    pub port: u16,
-    lossy: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl LossyRelay {
-    pub async fn start(target_port: u16) -> LossyRelay {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let lossy = std::sync::Arc::new(AtomicBool::new(false));
-        let mode = lossy.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                let lossy = mode.load(Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
-                        return;
-                    };
-                    if !lossy {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        return;
-                    }
-                    let (mut from_caller, _to_caller) = inbound.split();
-                    let (mut from_op, mut to_op) = outbound.split();
-                    let mut answer = [0u8; 1];
-                    tokio::select! {
-                        _ = tokio::io::copy(&mut from_caller, &mut to_op) => {}
-                        // The first byte of the answer: the OP has processed the request.
-                        _ = from_op.read(&mut answer) => {}
-                    }
-                    let _ = to_op.shutdown().await;
-                });
-            }
-        });
-        LossyRelay { port, lossy }
-    }
-
-    pub fn set_lossy(&self, lossy: bool) {
-        self.lossy.store(lossy, std::sync::atomic::Ordering::SeqCst);
-    }
 }

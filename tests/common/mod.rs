@@ -34,14 +34,30 @@ fn repo_root() -> PathBuf {
 /// Starts `program args…` so that it dies with this test process: a shell keeps the child's
 /// pid and kills it when its stdin (our pipe) closes, which happens however we exit.
 fn spawn_tied(program: &str, args: &[&str]) -> Child {
-    let script = r#"prog="$1"; shift; "$prog" "$@" <&- & pid=$!; trap 'kill $pid 2>/dev/null' EXIT; cat >/dev/null; kill $pid 2>/dev/null; wait $pid 2>/dev/null"#;
+    spawn_tied_with(program, args, &[], None)
+}
+
+/// [`spawn_tied`] with environment variables on top of ours and, with `log`, the child's
+/// output in that file (otherwise stdout is dropped and stderr inherited). The child's stdin
+/// is /dev/null, not closed: kc.sh hands its stdin on to the JVM.
+fn spawn_tied_with(program: &str, args: &[&str], env: &[(String, String)], log: Option<&std::path::Path>) -> Child {
+    let script = r#"prog="$1"; shift; "$prog" "$@" </dev/null & pid=$!; trap 'kill $pid 2>/dev/null' EXIT; cat >/dev/null; kill $pid 2>/dev/null; wait $pid 2>/dev/null"#;
     let mut argv = vec!["-c", script, "tied", program];
     argv.extend_from_slice(args);
+    let (stdout, stderr) = match log {
+        Some(path) => {
+            let file = std::fs::File::create(path).expect("log file");
+            let copy = file.try_clone().expect("log file");
+            (Stdio::from(file), Stdio::from(copy))
+        }
+        None => (Stdio::null(), Stdio::inherit()),
+    };
     Command::new("sh")
         .args(&argv)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
 }
@@ -340,6 +356,21 @@ impl Proxy {
     /// Walks a browser login through the proxy: authorization request, the OP's login page,
     /// the login form, every redirect, until the answer meant for the RP (or an error page).
     pub async fn login(&self, params: &[(&str, &str)], username: &str, outcome: Option<&str>) -> Answer {
+        let mut form = vec![("username", username)];
+        if let Some(outcome) = outcome {
+            form.push(("outcome", outcome));
+        }
+        self.browse(params, first_form_action, &form).await
+    }
+
+    /// The browser behind [`Self::login`]: `form_action` finds the login form's action on a
+    /// page (none: the page is the answer), `form` is what the user enters in it.
+    pub async fn browse(
+        &self,
+        params: &[(&str, &str)],
+        form_action: fn(&str) -> Option<String>,
+        form: &[(&str, &str)],
+    ) -> Answer {
         let browser = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .cookie_store(true)
@@ -364,12 +395,7 @@ impl Proxy {
                 Some(_) => return answer,
                 None => {}
             }
-            let action = answer
-                .html
-                .split("action=\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .map(str::to_owned);
+            let action = form_action(&answer.html);
             let Some(action) = action.filter(|a| !a.starts_with("https://rp.example.com")) else {
                 return answer;
             };
@@ -378,11 +404,7 @@ impl Proxy {
             } else {
                 action
             };
-            let mut form = vec![("username", username)];
-            if let Some(outcome) = outcome {
-                form.push(("outcome", outcome));
-            }
-            response = browser.post(&target).form(&form).send().await.expect("login form");
+            response = browser.post(&target).form(form).send().await.expect("login form");
         }
         panic!("login did not finish");
     }
@@ -632,6 +654,14 @@ impl Answer {
     }
 }
 
+/// The action of the first form on a page (the test OP's login page has one).
+fn first_form_action(html: &str) -> Option<String> {
+    html.split("action=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .map(str::to_owned)
+}
+
 fn html_unescape(s: &str) -> String {
     s.replace("&quot;", "\"")
         .replace("&lt;", "<")
@@ -826,10 +856,13 @@ pub async fn wait_interval(seconds: u64) {
 }
 
 /// A TCP relay in front of the OP that can be cut: while down it refuses new connections and
-/// drops those in flight, as an OP outage would.
+/// drops those in flight, as an OP outage would. While lossy it delivers each new
+/// connection's request and loses the answer: the OP processes the call, the caller sees the
+/// connection close.
 pub struct Relay {
     pub port: u16,
     down: tokio::sync::watch::Sender<bool>,
+    lossy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {
@@ -837,6 +870,8 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (down, watcher) = tokio::sync::watch::channel(false);
+        let lossy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lossy_mode = lossy.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -846,11 +881,24 @@ impl Relay {
                     drop(inbound);
                     continue;
                 }
+                let lossy = lossy_mode.load(Ordering::SeqCst);
                 let mut watcher = watcher.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
                         return;
                     };
+                    if lossy {
+                        use tokio::io::AsyncReadExt;
+                        let (mut from_caller, _) = inbound.split();
+                        let (mut from_op, mut to_op) = outbound.split();
+                        let mut first_byte = [0u8; 1];
+                        tokio::select! {
+                            _ = tokio::io::copy(&mut from_caller, &mut to_op) => {}
+                            // The answer has begun: the OP has processed the request.
+                            _ = from_op.read(&mut first_byte) => {}
+                        }
+                        return;
+                    }
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = watcher.wait_for(|down| *down) => {}
@@ -858,11 +906,16 @@ impl Relay {
                 });
             }
         });
-        Relay { port, down }
+        Relay { port, down, lossy }
     }
 
     pub fn set_down(&self, down: bool) {
         let _ = self.down.send(down);
+    }
+
+    /// Loses the answers on connections opened from now on.
+    pub fn set_lossy(&self, lossy: bool) {
+        self.lossy.store(lossy, Ordering::SeqCst);
     }
 }
 
