@@ -488,6 +488,46 @@ async fn lost_answer_to_the_final_refresh_leaves_the_release_retryable() {
     release_after_a_lost_answer(REALM).await;
 }
 
+/// A realm whose name needs percent-encoding in the path: the acknowledgment's `iss` is
+/// Keycloak's own issuer and the flow completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realm_name_with_a_space_works_end_to_end() {
+    let bed = keycloak();
+    let admin = bed.admin().await;
+    let realm = format!("{} x", unique("sp"));
+    admin.create_realm_from_file(&realm, json!({})).await;
+    let encoded: String = url::form_urlencoded::byte_serialize(realm.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20");
+    let proxy = bed.proxy_in(&encoded);
+    let discovery: Value = proxy
+        .http
+        .get(proxy.url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .expect("discovery")
+        .json()
+        .await
+        .expect("json");
+    let issuer = discovery["issuer"].as_str().expect("issuer").to_owned();
+    let auth = dtr_client();
+    let username = unique("user");
+    let user_id = admin.create_user(&encoded, &username).await;
+    let (ack, verifier) = proxy.keycloak_ack("dtr-client", &username, "n-1").await;
+    assert_eq!(ack.get("iss"), Some(issuer.as_str()), "{ack:?}");
+    let code = ack.get("deferred_code").expect("deferred_code");
+    let exchange = proxy.exchange(&auth, code, &verifier, None).await;
+    assert_eq!(exchange.status, 200, "{}", exchange.json);
+    let id = exchange.json["deferred_auth_id"].as_str().expect("id");
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user_id})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    wait_interval(1).await;
+    let tokens = proxy.poll(&auth, id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    let id_token = jwt_claims(tokens.json["id_token"].as_str().expect("id_token"));
+    assert_eq!(id_token["iss"], issuer.as_str());
+}
+
 // What the proxy does not yet get right against Keycloak (issue 8, second half). Each test
 // states the behaviour wanted; the reason names what happens today.
 
