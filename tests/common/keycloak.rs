@@ -172,6 +172,8 @@ fn start_bed() -> Keycloak {
         "--health-enabled=true".into(),
         format!("--hostname={public}"),
         "--proxy-headers=xforwarded".into(),
+        // Forwarding headers believed only from the proxy, as in production.
+        "--proxy-trusted-addresses=127.0.0.1".into(),
         "--import-realm".into(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
