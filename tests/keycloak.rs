@@ -488,6 +488,54 @@ async fn lost_answer_to_the_final_refresh_leaves_the_release_retryable() {
     release_after_a_lost_answer(REALM).await;
 }
 
+/// A confidential client may use DPoP too: the process is bound to its key at the exchange,
+/// and Keycloak binds the final access token to the key of the releasing poll's proof.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confidential_client_with_dpop_gets_a_bound_access_token() {
+    let bed = keycloak();
+    let admin = bed.admin().await;
+    let proxy = bed.proxy();
+    let auth = Auth::Jwt("dtr-jwt");
+    let key = DpopKey::generate();
+    let username = unique("user");
+    let user_id = admin.create_user(REALM, &username).await;
+    let (ack, verifier) = proxy.keycloak_ack("dtr-jwt", &username, "n-1").await;
+    let code = ack.get("deferred_code").expect("deferred_code");
+    let exchange_form = [
+        ("grant_type", DEFERRED_GRANT),
+        ("deferred_code", code),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let proof = key.proof("POST", &proxy.token_url());
+    let exchange = proxy.token(&auth, &exchange_form, Some(&proof)).await;
+    assert_eq!(exchange.status, 200, "{}", exchange.json);
+    let id = exchange.json["deferred_auth_id"].as_str().expect("id");
+    let poll_form = [("grant_type", DEFERRED_GRANT), ("deferred_auth_id", id)];
+
+    wait_interval(1).await;
+    let unproven = proxy.poll(&auth, id).await;
+    assert_eq!(
+        unproven.error(),
+        "invalid_dpop_proof",
+        "bound at the exchange: {}",
+        unproven.json
+    );
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user_id})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    wait_interval(1).await;
+    let proof = key.proof("POST", &proxy.token_url());
+    let tokens = proxy.token(&auth, &poll_form, Some(&proof)).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    assert_eq!(tokens.json["token_type"], "DPoP", "{}", tokens.json);
+    let access_token = jwt_claims(tokens.json["access_token"].as_str().expect("access_token"));
+    assert_eq!(access_token["cnf"]["jkt"], key.jkt().as_str());
+    assert_eq!(
+        access_token["identity_verified"],
+        Value::Null,
+        "never set for this user"
+    );
+}
+
 /// A realm whose name needs percent-encoding in the path: the acknowledgment's `iss` is
 /// Keycloak's own issuer and the flow completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
