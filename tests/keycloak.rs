@@ -529,11 +529,6 @@ async fn confidential_client_with_dpop_gets_a_bound_access_token() {
     assert_eq!(tokens.json["token_type"], "DPoP", "{}", tokens.json);
     let access_token = jwt_claims(tokens.json["access_token"].as_str().expect("access_token"));
     assert_eq!(access_token["cnf"]["jkt"], key.jkt().as_str());
-    assert_eq!(
-        access_token["identity_verified"],
-        Value::Null,
-        "never set for this user"
-    );
 }
 
 /// A realm whose name needs percent-encoding in the path: the acknowledgment's `iss` is
