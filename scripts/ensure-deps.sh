@@ -3,6 +3,7 @@
 # root. Idempotent: a second run does nothing but check.
 #   - redis-server (Debian package)
 #   - the test OpenID Provider's npm dependencies (tests/op, from the lockfile)
+#   - Keycloak and a JDK it supports, for the Keycloak suite (scripts/keycloak.sh)
 set -euo pipefail
 
 # Work from the repository root whatever the caller's cwd.
@@ -47,5 +48,8 @@ if [ ! -f "$marker" ] || [ tests/op/package-lock.json -nt "$marker" ]; then
 else
   say "tests/op/node_modules up to date"
 fi
+
+# --- Keycloak ---------------------------------------------------------------
+bash scripts/keycloak.sh
 
 say "done"

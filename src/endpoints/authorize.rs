@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::{Response, StatusCode};
 
 use super::respond::{error_page, to_client, unavailable_page};
+use crate::client_auth::ClientCredentials;
 use crate::clients::Clients;
 use crate::clock::now_ms;
 use crate::crypto::random_token;
@@ -92,9 +93,20 @@ impl Authorize {
 
     /// A request pushed to the OP's PAR endpoint: the rewritten form body to push instead, or
     /// the OAuth error to answer (RFC 9126 §2.3). `Ok(None)`: push it untouched.
-    pub async fn handle_pushed(&self, realm: &str, params: &Params) -> Result<Option<String>, OAuthError> {
+    pub async fn handle_pushed(
+        &self,
+        realm: &str,
+        headers: &http::HeaderMap,
+        params: &Params,
+    ) -> Result<Option<String>, OAuthError> {
         let handle = format!("{HANDLE_PREFIX}{}", random_token(24));
-        match self.decide(realm, params, &handle, now_ms()) {
+        // A pushed request names its client by its authentication (RFC 9126 §2.1): the
+        // Authorization header or an assertion, not necessarily a client_id parameter.
+        let authenticated = match params.get("client_id") {
+            Some(_) => None,
+            None => ClientCredentials::extract(headers, params).ok().map(|c| c.client_id),
+        };
+        match self.decide_for(realm, params, authenticated.as_deref(), &handle, now_ms()) {
             Decision::PassThrough | Decision::Narrow(_) => Ok(None),
             Decision::Refuse(refusal) => Err(OAuthError::new(
                 StatusCode::BAD_REQUEST,
@@ -143,6 +155,18 @@ impl Authorize {
     /// The decision on the request alone: pass it through, refuse it, or rewrite it with
     /// `handle` as the OP's `state`.
     pub fn decide(&self, realm: &str, params: &Params, handle: &str, now: u64) -> Decision {
+        self.decide_for(realm, params, None, handle, now)
+    }
+
+    /// [`Self::decide`], for a client named by its authentication rather than a parameter.
+    fn decide_for(
+        &self,
+        realm: &str,
+        params: &Params,
+        authenticated_client: Option<&str>,
+        handle: &str,
+        now: u64,
+    ) -> Decision {
         let Some(response_type) = params.get("response_type") else {
             return Decision::PassThrough;
         };
@@ -174,7 +198,8 @@ impl Authorize {
             }
         }
         // Without a client and a redirect URI there is nowhere safe to send an error.
-        let (Some(client_id), Some(redirect_uri)) = (params.get("client_id"), params.get("redirect_uri")) else {
+        let client_id = params.get("client_id").or(authenticated_client);
+        let (Some(client_id), Some(redirect_uri)) = (client_id, params.get("redirect_uri")) else {
             return refuse(
                 code::INVALID_REQUEST,
                 "The sign-in request is missing client_id or redirect_uri.",

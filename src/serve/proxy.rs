@@ -294,7 +294,7 @@ impl PublicService {
             && media_type(&parts.headers).eq_ignore_ascii_case("application/x-www-form-urlencoded")
         {
             let pushed = match Params::parse(&raw) {
-                Ok(params) => self.authorize.handle_pushed(realm, &params).await,
+                Ok(params) => self.authorize.handle_pushed(realm, &parts.headers, &params).await,
                 Err(e) => Err(OAuthError::from(e)),
             };
             match pushed {

@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
+pub mod keycloak;
+
 pub const REDIRECT_URI: &str = "https://rp.example.com/cb";
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// The `client_secret_jwt` client's secret (tests/op/server.mjs).
@@ -33,14 +35,30 @@ fn repo_root() -> PathBuf {
 /// Starts `program args…` so that it dies with this test process: a shell keeps the child's
 /// pid and kills it when its stdin (our pipe) closes, which happens however we exit.
 fn spawn_tied(program: &str, args: &[&str]) -> Child {
-    let script = r#"prog="$1"; shift; "$prog" "$@" <&- & pid=$!; trap 'kill $pid 2>/dev/null' EXIT; cat >/dev/null; kill $pid 2>/dev/null; wait $pid 2>/dev/null"#;
+    spawn_tied_with(program, args, &[], None)
+}
+
+/// [`spawn_tied`] with environment variables on top of ours and, with `log`, the child's
+/// output in that file (otherwise stdout is dropped and stderr inherited). The child's stdin
+/// is /dev/null, not closed: kc.sh hands its stdin on to the JVM.
+fn spawn_tied_with(program: &str, args: &[&str], env: &[(String, String)], log: Option<&std::path::Path>) -> Child {
+    let script = r#"prog="$1"; shift; "$prog" "$@" </dev/null & pid=$!; trap 'kill $pid 2>/dev/null' EXIT; cat >/dev/null; kill $pid 2>/dev/null; wait $pid 2>/dev/null"#;
     let mut argv = vec!["-c", script, "tied", program];
     argv.extend_from_slice(args);
+    let (stdout, stderr) = match log {
+        Some(path) => {
+            let file = std::fs::File::create(path).expect("log file");
+            let copy = file.try_clone().expect("log file");
+            (Stdio::from(file), Stdio::from(copy))
+        }
+        None => (Stdio::null(), Stdio::inherit()),
+    };
     Command::new("sh")
         .args(&argv)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
 }
@@ -339,6 +357,21 @@ impl Proxy {
     /// Walks a browser login through the proxy: authorization request, the OP's login page,
     /// the login form, every redirect, until the answer meant for the RP (or an error page).
     pub async fn login(&self, params: &[(&str, &str)], username: &str, outcome: Option<&str>) -> Answer {
+        let mut form = vec![("username", username)];
+        if let Some(outcome) = outcome {
+            form.push(("outcome", outcome));
+        }
+        self.browse(params, first_form_action, &form).await
+    }
+
+    /// The browser behind [`Self::login`]: `form_action` finds the login form's action on a
+    /// page (none: the page is the answer), `form` is what the user enters in it.
+    pub async fn browse(
+        &self,
+        params: &[(&str, &str)],
+        form_action: fn(&str) -> Option<String>,
+        form: &[(&str, &str)],
+    ) -> Answer {
         let browser = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .cookie_store(true)
@@ -363,12 +396,7 @@ impl Proxy {
                 Some(_) => return answer,
                 None => {}
             }
-            let action = answer
-                .html
-                .split("action=\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .map(str::to_owned);
+            let action = form_action(&answer.html);
             let Some(action) = action.filter(|a| !a.starts_with("https://rp.example.com")) else {
                 return answer;
             };
@@ -377,11 +405,7 @@ impl Proxy {
             } else {
                 action
             };
-            let mut form = vec![("username", username)];
-            if let Some(outcome) = outcome {
-                form.push(("outcome", outcome));
-            }
-            response = browser.post(&target).form(&form).send().await.expect("login form");
+            response = browser.post(&target).form(form).send().await.expect("login form");
         }
         panic!("login did not finish");
     }
@@ -629,6 +653,14 @@ impl Answer {
             mode: "form_post",
         }
     }
+}
+
+/// The action of the first form on a page (the test OP's login page has one).
+fn first_form_action(html: &str) -> Option<String> {
+    html.split("action=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .map(str::to_owned)
 }
 
 fn html_unescape(s: &str) -> String {
