@@ -823,3 +823,28 @@ async fn lost_answer_to_the_code_exchange_never_redeems_the_code_twice() {
         retry.json
     );
 }
+
+/// A denial by webhook has no RP request at hand: the service account (realm-management
+/// `manage-users` only) ends the held offline session through the Admin API at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_process_offline_session_is_ended_by_the_service_account() {
+    let bed = keycloak();
+    let admin = bed.admin().await;
+    let proxy = bed.proxy();
+    let auth = dtr_client();
+    let (_, user_id) = start_process(&proxy, &auth).await;
+    assert_eq!(admin.offline_sessions(REALM, &user_id, "dtr-client").await.len(), 1);
+    let denied = proxy
+        .complete(&json!({"outcome": "denied", "sub": user_id, "error_description": "Document expired"}))
+        .await;
+    assert_eq!(denied.status, 200, "{}", denied.json);
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        left = admin.offline_sessions(REALM, &user_id, "dtr-client").await.len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the denied process's offline session is still there");
+}

@@ -144,6 +144,10 @@ fn start_bed() -> Keycloak {
         ("DTR_REDIS_KEY_PREFIX".into(), unique("kc")),
         ("DTR_SHUTDOWN_DELAY".into(), "0".into()),
         ("DTR_LOG".into(), "info,dtr_proxy=debug".into()),
+        // The realm file's optional service account: ends held offline sessions on denial
+        // and expiry.
+        ("DTR_KEYCLOAK_ADMIN_CLIENT_ID".into(), "dtr-proxy-admin".into()),
+        ("DTR_KEYCLOAK_ADMIN_CLIENT_SECRET".into(), "dtr-proxy-admin-secret".into()),
     ]);
     // Set for integration tests only; the examples that share this harness never get here.
     let Some(binary) = option_env!("CARGO_BIN_EXE_dtr-proxy") else {
