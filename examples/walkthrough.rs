@@ -2,7 +2,8 @@
 //! front of a real local OpenID Provider (tests/op, laid out like Keycloak), and an RP walking
 //! one complete deferred flow, printing each step.
 //!
-//! Run it with `scripts/demo.sh` (installs what it needs and builds first).
+//! Run it with `scripts/demo.sh` (installs what it needs and builds first);
+//! `scripts/demo.sh --keycloak` walks the same flow in front of a real Keycloak.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -30,6 +31,9 @@ async fn main() {
     let binary = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "target/release/dtr-proxy".into());
+    if std::env::args().any(|a| a == "--keycloak") {
+        return keycloak_walkthrough(&binary).await;
+    }
     let free = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -176,4 +180,103 @@ async fn main() {
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     show("exit", format!("{status:?}"));
     println!("\nThe deferred flow completed end to end.");
+}
+
+/// The same flow in front of a real Keycloak (from Maven Central, `scripts/keycloak.sh`), with
+/// the realm operators import (`config/keycloak/dtr-realm.json`), dtr-proxy on the embedded
+/// store, and the verification service's two steps: the user attribute through Keycloak's
+/// Admin REST API, then the signed webhook.
+async fn keycloak_walkthrough(binary: &str) {
+    use common::keycloak::{keycloak_with, REALM};
+
+    step(
+        0,
+        "Start Keycloak (the DTR realm imported) and dtr-proxy in front of it",
+    );
+    let bed = keycloak_with(binary, false);
+    show("Keycloak ready in", format!("{:.1} s", bed.start_seconds));
+    show("Keycloak (internal)", &bed.direct);
+    show("public URL (proxy)", &bed.public);
+    let proxy = bed.proxy();
+    let admin = bed.admin().await;
+    let username = unique("alice");
+    let user_id = admin.create_user(REALM, &username).await;
+    show("user", format!("{username} (id {user_id})"));
+
+    step(
+        1,
+        "Authorization request: response_type=deferred_code, login on Keycloak's own page",
+    );
+    let (ack, verifier) = proxy.keycloak_ack("dtr-client", &username, "nonce-42").await;
+    let code = ack.get("deferred_code").expect("deferred_code").to_owned();
+    show("acknowledgment", format!("302 to {REDIRECT_URI} ({})", ack.mode));
+    show("deferred_code", short(&code));
+    show(
+        "state / iss",
+        format!(
+            "{} / {}",
+            ack.get("state").unwrap_or("-"),
+            ack.get("iss").unwrap_or("-")
+        ),
+    );
+
+    step(
+        2,
+        "Deferred code exchange: dtr-proxy redeems Keycloak's code for an offline grant",
+    );
+    let exchange = proxy
+        .exchange(&dtr_client(), &code, &verifier, Some("rp-notification-token"))
+        .await;
+    assert_eq!(exchange.status, 200, "{}", exchange.json);
+    let id = exchange.json["deferred_auth_id"].as_str().unwrap().to_owned();
+    show("deferred_auth_id", short(&id));
+    let interim = jwt_claims(exchange.json["interim_id_token"].as_str().unwrap_or("x.e30.x"));
+    show(
+        "interim_id_token",
+        format!(
+            "sub={} identity_verified={}",
+            interim["sub"], interim["identity_verified"]
+        ),
+    );
+    let pending = proxy.poll(&dtr_client(), &id).await;
+    show(&format!("poll → {}", pending.status), pending.error());
+
+    step(
+        3,
+        "The verification service: the user attribute in Keycloak, then the webhook",
+    );
+    admin
+        .set_attributes(
+            REALM,
+            &user_id,
+            &[("identity_verified", "true"), ("verified_at", "2026-11-30")],
+        )
+        .await;
+    show("Admin REST API", "identity_verified=true, verified_at=2026-11-30");
+    let completed = proxy
+        .complete(&json!({"outcome": "approved", "sub": user_id, "client_id": "dtr-client"}))
+        .await;
+    show(&format!("POST /v1/completions → {}", completed.status), &completed.json);
+    let pinged = bed.wait_for_ping(&id, Duration::from_secs(10)).await;
+    show("ping to the RP", if pinged { "delivered" } else { "not (yet) seen" });
+
+    step(4, "The RP polls and receives the final tokens, minted by Keycloak now");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tokens = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    let id_token = jwt_claims(tokens.json["id_token"].as_str().unwrap());
+    let refresh = jwt_claims(tokens.json["refresh_token"].as_str().unwrap_or("x.e30.x"));
+    show(
+        "id_token",
+        format!(
+            "sub={} nonce={} identity_verified={} verified_at={}",
+            id_token["sub"], id_token["nonce"], id_token["identity_verified"], id_token["verified_at"]
+        ),
+    );
+    show("iss", &id_token["iss"]);
+    show("refresh_token typ", &refresh["typ"]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let spent = proxy.poll(&dtr_client(), &id).await;
+    show("poll again →", format!("{} {}", spent.status, spent.error()));
+    println!("\nThe deferred flow completed end to end in front of Keycloak.");
 }

@@ -76,13 +76,25 @@ fn wait_ready(what: &str, port: u16, path: &str, within: Duration, log: &Path) {
     panic!("{what} not ready within {within:?}; its log: {}", log.display());
 }
 
-/// The shared Keycloak and the proxy in front of it.
+static KEYCLOAK: OnceLock<Keycloak> = OnceLock::new();
+
+/// The shared Keycloak and the proxy in front of it (Redis store), for integration tests.
 pub fn keycloak() -> &'static Keycloak {
-    static KEYCLOAK: OnceLock<Keycloak> = OnceLock::new();
-    KEYCLOAK.get_or_init(start_bed)
+    KEYCLOAK.get_or_init(|| {
+        // Set for integration tests only; examples use `keycloak_with`.
+        let Some(binary) = option_env!("CARGO_BIN_EXE_dtr-proxy") else {
+            panic!("the Keycloak bed runs from integration tests");
+        };
+        start_bed(binary, true)
+    })
 }
 
-fn start_bed() -> Keycloak {
+/// The same bed with a given dtr-proxy binary, on Redis or on the embedded store.
+pub fn keycloak_with(binary: &str, redis_store: bool) -> &'static Keycloak {
+    KEYCLOAK.get_or_init(|| start_bed(binary, redis_store))
+}
+
+fn start_bed(binary: &str, redis_store: bool) -> Keycloak {
     let root = repo_root();
     let env = read_env_file(&root.join("target/keycloak/env"));
     let setting = |name: &str| {
@@ -94,7 +106,7 @@ fn start_bed() -> Keycloak {
     let (kc_home, java_home) = (PathBuf::from(setting("KC_HOME")), setting("JAVA_HOME"));
     let log_dir = root.join("target/keycloak/logs");
     std::fs::create_dir_all(&log_dir).expect("log dir");
-    let redis_url = redis().url.clone();
+    let redis_url = redis_store.then(|| redis().url.clone());
 
     let (public_port, admin_port, http_port, management_port) = (free_port(), free_port(), free_port(), free_port());
     let public = format!("http://127.0.0.1:{public_port}");
@@ -140,19 +152,20 @@ fn start_bed() -> Keycloak {
         ("DTR_LISTEN".into(), format!("127.0.0.1:{public_port}")),
         ("DTR_ADMIN_LISTEN".into(), format!("127.0.0.1:{admin_port}")),
         ("DTR_CLIENTS".into(), Value::from(clients).to_string()),
-        ("DTR_REDIS_URL".into(), redis_url),
-        ("DTR_REDIS_KEY_PREFIX".into(), unique("kc")),
         ("DTR_SHUTDOWN_DELAY".into(), "0".into()),
         ("DTR_LOG".into(), "info,dtr_proxy=debug".into()),
         // The realm file's optional service account: ends held offline sessions on denial
         // and expiry.
         ("DTR_KEYCLOAK_ADMIN_CLIENT_ID".into(), "dtr-proxy-admin".into()),
-        ("DTR_KEYCLOAK_ADMIN_CLIENT_SECRET".into(), "dtr-proxy-admin-secret".into()),
+        (
+            "DTR_KEYCLOAK_ADMIN_CLIENT_SECRET".into(),
+            "dtr-proxy-admin-secret".into(),
+        ),
     ]);
-    // Set for integration tests only; the examples that share this harness never get here.
-    let Some(binary) = option_env!("CARGO_BIN_EXE_dtr-proxy") else {
-        panic!("the Keycloak bed runs from integration tests");
-    };
+    if let Some(redis_url) = redis_url {
+        proxy_env.push(("DTR_REDIS_URL".into(), redis_url));
+        proxy_env.push(("DTR_REDIS_KEY_PREFIX".into(), unique("kc")));
+    }
     let proxy = spawn_tied_with(binary, &[], &proxy_env, Some(&proxy_log));
     let replica_env = proxy_env.clone();
 
