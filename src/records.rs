@@ -197,6 +197,39 @@ pub struct ProcessRecord {
     pub sealed: String,
 }
 
+#[cfg(test)]
+impl ProcessRecord {
+    /// A pending process of client `c` in realm `r`, created a minute before `now` and living
+    /// a minute after it: what the decision tables vary.
+    pub fn sample(now: u64) -> Self {
+        Self {
+            process_id: "p".into(),
+            realm: "r".into(),
+            client_id: "c".into(),
+            client: ClientBinding {
+                method: AuthMethod::ClientSecretBasic,
+                fingerprint: None,
+            },
+            jkt: None,
+            status: Status::Pending,
+            description: None,
+            interval: 5,
+            strikes: 0,
+            created_at: now - 60_000,
+            expires_at: now + 60_000,
+            completed_at: None,
+            delivering_since: None,
+            sub: None,
+            sid: None,
+            nonce: None,
+            requested: Requested::default(),
+            ping_attempts: 0,
+            release_in_doubt: false,
+            sealed: String::new(),
+        }
+    }
+}
+
 /// Secrets a process must be able to read back.
 #[derive(Serialize, Deserialize)]
 pub struct HeldSecrets {

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::keycloak::{keycloak, LONG_INTERVAL, REALM, SHORT_EXPIRES_IN, TIMING_REALM};
+use common::keycloak::{keycloak, LONG_INTERVAL, REALM, SHORT_EXPIRES_IN, TIMING_REALM, USER_PASSWORD};
 use common::*;
 use serde_json::{json, Value};
 
@@ -382,9 +382,7 @@ async fn form_post_acknowledgment_after_keycloak_login() {
         ("code_challenge_method", "S256"),
         ("response_mode", "form_post"),
     ]);
-    let answer = proxy
-        .keycloak_login(&params, &username, common::keycloak::USER_PASSWORD)
-        .await;
+    let answer = proxy.keycloak_login(&params, &username, USER_PASSWORD).await;
     let cookies: Vec<&str> = answer
         .headers
         .get_all("set-cookie")
@@ -406,20 +404,27 @@ async fn form_post_acknowledgment_after_keycloak_login() {
 
 /// PAR is allowed on the DTR clients: a plain code-flow request pushed through the proxy
 /// reaches Keycloak's endpoint untouched (client authentication included).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_pushed_authorization_request_passes_through() {
-    let proxy = keycloak().proxy();
-    let (_, challenge) = pkce();
+/// Pushes an authorization request of `response_type` for dtr-client to Keycloak's PAR
+/// endpoint through the proxy; the answer and the PKCE verifier.
+async fn push(proxy: &Proxy, response_type: &str) -> (Reply, String) {
+    let (verifier, challenge) = pkce();
     let form = [
-        ("response_type", "code"),
+        ("response_type", response_type),
         ("redirect_uri", REDIRECT_URI),
         ("scope", "openid"),
         ("state", "s"),
+        ("nonce", "n"),
         ("code_challenge", challenge.as_str()),
         ("code_challenge_method", "S256"),
     ];
     let url = proxy.url("/protocol/openid-connect/ext/par/request");
-    let pushed = proxy.post_form(&url, &dtr_client(), &form, None).await;
+    (proxy.post_form(&url, &dtr_client(), &form, None).await, verifier)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_pushed_authorization_request_passes_through() {
+    let proxy = keycloak().proxy();
+    let (pushed, _) = push(&proxy, "code").await;
     assert_eq!(pushed.status, 201, "{}", pushed.json);
     assert!(pushed.json["request_uri"]
         .as_str()
@@ -721,15 +726,10 @@ async fn held_grant_is_revoked_when_the_process_is_cancelled() {
     let (id, user_id) = start_process(&proxy, &auth).await;
     assert_eq!(admin.offline_sessions(REALM, &user_id, "dtr-client").await.len(), 1);
     assert_eq!(proxy.cancel(&auth, &id).await.status, 200);
-    let mut left = usize::MAX;
-    for _ in 0..50 {
-        left = admin.offline_sessions(REALM, &user_id, "dtr-client").await.len();
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(left, 0, "the offline session outlives the cancelled process");
+    assert!(
+        offline_sessions_end(&admin, &user_id).await,
+        "the offline session outlives the cancelled process"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,22 +753,30 @@ async fn rfc8414_metadata_carries_the_dtr_additions() {
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
+/// A `deferred_code` request pushed to Keycloak's PAR endpoint is rewritten there; the login
+/// through `request_uri` on Keycloak's own page ends in the RP's acknowledgment, and the code
+/// is exchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_code_request_pushed_to_par_is_acknowledged() {
-    let proxy = keycloak().proxy();
-    let (_, challenge) = pkce();
-    let form = [
-        ("response_type", "deferred_code"),
-        ("redirect_uri", REDIRECT_URI),
-        ("scope", "openid"),
-        ("state", "s"),
-        ("nonce", "n"),
-        ("code_challenge", challenge.as_str()),
-        ("code_challenge_method", "S256"),
-    ];
-    let url = proxy.url("/protocol/openid-connect/ext/par/request");
-    let pushed = proxy.post_form(&url, &dtr_client(), &form, None).await;
+    let bed = keycloak();
+    let proxy = bed.proxy();
+    let username = unique("user");
+    bed.admin().await.create_user(REALM, &username).await;
+    let (pushed, verifier) = push(&proxy, "deferred_code").await;
     assert_eq!(pushed.status, 201, "{}", pushed.json);
+    let request_uri = pushed.json["request_uri"].as_str().expect("request_uri");
+    let answer = proxy
+        .keycloak_login(
+            &[("client_id", "dtr-client"), ("request_uri", request_uri)],
+            &username,
+            USER_PASSWORD,
+        )
+        .await;
+    let ack = answer.ack();
+    assert_eq!(ack.get("state"), Some("s"), "{ack:?}");
+    let code = ack.get("deferred_code").expect("deferred_code");
+    let exchange = proxy.exchange(&dtr_client(), code, &verifier, None).await;
+    assert_eq!(exchange.status, 200, "{}", exchange.json);
 }
 
 /// With "Revoke Refresh Token" the held offline token is single use: the lost release may have
@@ -838,13 +846,19 @@ async fn a_denied_process_offline_session_is_ended_by_the_service_account() {
         .complete(&json!({"outcome": "denied", "sub": user_id, "error_description": "Document expired"}))
         .await;
     assert_eq!(denied.status, 200, "{}", denied.json);
-    let mut left = usize::MAX;
+    assert!(
+        offline_sessions_end(&admin, &user_id).await,
+        "the denied process's offline session is still there"
+    );
+}
+
+/// Waits (5 s at most) until the user has no offline session of dtr-client left.
+async fn offline_sessions_end(admin: &common::keycloak::Admin, user_id: &str) -> bool {
     for _ in 0..50 {
-        left = admin.offline_sessions(REALM, &user_id, "dtr-client").await.len();
-        if left == 0 {
-            break;
+        if admin.offline_sessions(REALM, user_id, "dtr-client").await.is_empty() {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(left, 0, "the denied process's offline session is still there");
+    false
 }

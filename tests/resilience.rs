@@ -158,18 +158,17 @@ fn check_config_prints_the_effective_settings_or_every_error() {
     assert!(!String::from_utf8_lossy(&good.stdout).contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
 }
 
-#[tokio::test]
-async fn binary_serves_and_stops_cleanly_on_sigterm() {
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dtr-proxy"))
+/// The binary in front of the shared OP on two free ports, with `env` on top; its ports.
+fn spawn_binary(env: &[(&str, &str)], stdout: Stdio) -> (tokio::process::Child, [u16; 2]) {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let ports = [free(), free()];
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dtr-proxy"))
         .env_clear()
         .env("DTR_UPSTREAM_URL", format!("http://127.0.0.1:{}", op().port))
         .env("DTR_PUBLIC_URL", format!("http://127.0.0.1:{}", ports[0]))
@@ -178,11 +177,18 @@ async fn binary_serves_and_stops_cleanly_on_sigterm() {
         .env("DTR_ADMIN_LISTEN", format!("127.0.0.1:{}", ports[1]))
         .env("DTR_SHUTDOWN_DELAY", "0")
         .env("DTR_LOG", "warn")
-        .stdout(Stdio::null())
+        .envs(env.iter().copied())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("run binary");
+    (child, ports)
+}
+
+#[tokio::test]
+async fn binary_serves_and_stops_cleanly_on_sigterm() {
+    let (mut child, ports) = spawn_binary(&[], Stdio::null());
     let http = client();
     let mut healthy = false;
     for _ in 0..100 {
@@ -325,30 +331,7 @@ async fn a_lost_answer_to_the_release_is_retried_and_never_turns_into_access_den
 /// histogram by route and status class.
 #[tokio::test]
 async fn access_log_is_one_plain_line_per_request_and_requests_are_timed() {
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dtr-proxy"))
-        .env_clear()
-        .env("DTR_UPSTREAM_URL", format!("http://127.0.0.1:{}", op().port))
-        .env("DTR_PUBLIC_URL", format!("http://127.0.0.1:{}", ports[0]))
-        .env("DTR_ALLOW_INSECURE_HTTP", "true")
-        .env("DTR_LISTEN", format!("127.0.0.1:{}", ports[0]))
-        .env("DTR_ADMIN_LISTEN", format!("127.0.0.1:{}", ports[1]))
-        .env("DTR_SHUTDOWN_DELAY", "0")
-        .env("DTR_LOG", "info")
-        .env("DTR_ACCESS_LOG", "true")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run binary");
+    let (mut child, ports) = spawn_binary(&[("DTR_LOG", "info"), ("DTR_ACCESS_LOG", "true")], Stdio::piped());
     let http = client();
     let admin = format!("http://127.0.0.1:{}", ports[1]);
     assert!(wait_until_up(&http, &admin).await, "binary did not come up");

@@ -153,36 +153,14 @@ impl Checks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{ClientBinding, Status};
 
     const NOW: u64 = 1_000_000_000;
 
     fn record(method: AuthMethod, jkt: Option<&str>) -> ProcessRecord {
-        ProcessRecord {
-            process_id: "p".into(),
-            realm: "r".into(),
-            client_id: "c".into(),
-            client: ClientBinding {
-                method,
-                fingerprint: None,
-            },
-            jkt: jkt.map(str::to_owned),
-            status: Status::Pending,
-            description: None,
-            interval: 5,
-            strikes: 0,
-            created_at: NOW - 60_000,
-            expires_at: NOW + 60_000,
-            completed_at: None,
-            delivering_since: None,
-            sub: None,
-            sid: None,
-            nonce: None,
-            requested: Default::default(),
-            ping_attempts: 0,
-            release_in_doubt: false,
-            sealed: String::new(),
-        }
+        let mut record = ProcessRecord::sample(NOW);
+        record.client.method = method;
+        record.jkt = jkt.map(str::to_owned);
+        record
     }
 
     fn bad_client() -> Result<(), OAuthError> {

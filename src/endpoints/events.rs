@@ -236,7 +236,7 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{AuthMethod, ClientBinding, Requested, Status};
+    use crate::records::Requested;
 
     #[test]
     fn a_started_event_says_what_is_to_be_verified() {
@@ -244,29 +244,15 @@ mod tests {
             process_id: "p1".into(),
             realm: "acme".into(),
             client_id: "rp".into(),
-            client: ClientBinding {
-                method: AuthMethod::ClientSecretBasic,
-                fingerprint: None,
-            },
-            jkt: None,
-            status: Status::Pending,
-            description: None,
-            interval: 5,
-            strikes: 0,
-            created_at: 1_000,
-            expires_at: 86_401_000,
-            completed_at: None,
-            delivering_since: None,
             sub: Some("user-1".into()),
             sid: Some("s-1".into()),
-            nonce: None,
+            expires_at: 86_401_000,
             requested: Requested {
                 acr_values: Some("urn:example:loa:high".into()),
                 claims: Some(r#"{"id_token":{"birthdate":{"essential":true}}}"#.into()),
             },
-            ping_attempts: 0,
-            release_in_doubt: false,
             sealed: "secret".into(),
+            ..ProcessRecord::sample(61_000)
         };
         let started = payload(Event::Started, &record, 2_000);
         assert_eq!(started["type"], "deferred.started");

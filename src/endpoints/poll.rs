@@ -502,35 +502,13 @@ impl Poll {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{AuthMethod, ClientBinding};
 
     const NOW: u64 = 1_000_000_000;
 
     fn record(status: Status) -> ProcessRecord {
         ProcessRecord {
-            process_id: "p".into(),
-            realm: "r".into(),
-            client_id: "c".into(),
-            client: ClientBinding {
-                method: AuthMethod::ClientSecretBasic,
-                fingerprint: None,
-            },
-            jkt: None,
             status,
-            description: None,
-            interval: 5,
-            strikes: 0,
-            created_at: NOW - 60_000,
-            expires_at: NOW + 60_000,
-            completed_at: None,
-            delivering_since: None,
-            sub: None,
-            sid: None,
-            nonce: None,
-            requested: Default::default(),
-            ping_attempts: 0,
-            release_in_doubt: false,
-            sealed: String::new(),
+            ..ProcessRecord::sample(NOW)
         }
     }
 
