@@ -641,6 +641,14 @@ impl RedisStore {
     }
 
     pub(super) async fn get_pair(&self, key: &str, other: &str) -> StoreResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+        if matches!(self.conn, Conn::Cluster(..)) {
+            // While a slot migrates, a multi-key read whose keys are not all on one side is
+            // refused (TRYAGAIN) until the migration ends; a missing key (no poll yet) counts
+            // as not there. Two reads in parallel follow the redirections one by one. The pair
+            // need not be atomic: it is a record and the time of the last poll.
+            let (first, second) = tokio::join!(self.get(key), self.get(other));
+            return Ok((first?, second?));
+        }
         let mut values: Vec<Option<Vec<u8>>> = self.query(Repeat::Safe, redis::cmd("MGET").arg(key).arg(other)).await?;
         let second = values.pop().flatten();
         let first = values.pop().flatten();

@@ -20,6 +20,8 @@ use dtr_proxy::{Config, Running};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+pub mod faults;
+
 pub const REDIRECT_URI: &str = "https://rp.example.com/cb";
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// The `client_secret_jwt` client's secret (tests/op/server.mjs).
