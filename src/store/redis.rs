@@ -7,9 +7,10 @@
 //! through Sentinel it asks for the master again, directly it resolves the address again (a
 //! Kubernetes Service that now points at the promoted pod) — and checks with `ROLE` that it
 //! reached a master. A command the server refused without running it (`READONLY`,
-//! `MASTERDOWN`, `LOADING`, no connection) is retried within the store timeout; one that may
-//! have run is retried only if running it twice is harmless. The cluster client follows slot
-//! moves and failovers itself.
+//! `MASTERDOWN`, `LOADING`) is retried within the store timeout; one that may have run is
+//! retried only if running it twice is harmless. When no master can be reached at all, a
+//! command fails at once (connects are paced by a short backoff), so an outage costs each
+//! request a fast 503, not a wait. The cluster client follows slot moves and failovers itself.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -433,8 +434,9 @@ impl Master {
                         )
                     }
                 },
-                // Not connected: nothing ran.
-                Err(e) => (true, e),
+                // Not connected: nothing ran, but the connect has just been tried (or is in
+                // its backoff); fail fast rather than hold the request through an outage.
+                Err(e) => (false, e),
             };
             let (again, error) = outcome;
             if !again || Instant::now() + pause > deadline {
