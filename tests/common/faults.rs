@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -555,7 +556,7 @@ impl FaultRelay {
         let (t, d) = (target.clone(), delay_ms.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 if *watcher.borrow() {
@@ -563,14 +564,16 @@ impl FaultRelay {
                     continue;
                 }
                 let mut watcher = watcher.clone();
-                let (target, delay) = (t.load(Ordering::SeqCst), d.load(Ordering::SeqCst));
+                let (target, delay) = (t.load(Ordering::SeqCst), d.clone());
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(delay)).await;
-                    let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
                         return;
                     };
+                    let (mut in_read, mut in_write) = inbound.into_split();
+                    let (mut out_read, mut out_write) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = slow_copy(&mut in_read, &mut out_write, &delay) => {}
+                        _ = slow_copy(&mut out_read, &mut in_write, &delay) => {}
                         _ = watcher.wait_for(|down| *down) => {}
                     }
                 });
@@ -588,12 +591,36 @@ impl FaultRelay {
         let _ = self.down.send(down);
     }
 
+    /// Holds every chunk, both ways and on established connections too, for `delay`.
     pub fn set_delay(&self, delay: Duration) {
         self.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn point_to(&self, port: u16) {
         self.target.store(port, Ordering::SeqCst);
+    }
+}
+
+/// Copies until either side closes, holding each chunk for the relay's current delay.
+async fn slow_copy(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: &AtomicU64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let delay = delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -824,6 +851,8 @@ impl Fleet {
 pub struct ControlledReceiver {
     pub url: String,
     pub received: Arc<Mutex<HashMap<String, usize>>>,
+    /// Every request, answered or not.
+    pub attempts: Arc<AtomicUsize>,
     pub status: Arc<AtomicU16>,
     pub hang: Arc<AtomicBool>,
 }
@@ -836,17 +865,19 @@ impl ControlledReceiver {
         let received: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let status = Arc::new(AtomicU16::new(204));
         let hang = Arc::new(AtomicBool::new(false));
-        let (log, st, hg) = (received.clone(), status.clone(), hang.clone());
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let (log, st, hg, at) = (received.clone(), status.clone(), hang.clone(), attempts.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (log, st, hg) = (log.clone(), st.clone(), hg.clone());
+                let (log, st, hg, at) = (log.clone(), st.clone(), hg.clone(), at.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                        let (log, st, hg) = (log.clone(), st.clone(), hg.clone());
+                        let (log, st, hg, at) = (log.clone(), st.clone(), hg.clone(), at.clone());
                         async move {
+                            at.fetch_add(1, Ordering::SeqCst);
                             let body = request
                                 .into_body()
                                 .collect()
@@ -876,6 +907,7 @@ impl ControlledReceiver {
         ControlledReceiver {
             url,
             received,
+            attempts,
             status,
             hang,
         }
@@ -886,3 +918,25 @@ impl ControlledReceiver {
         self.received.lock().expect("log").get(id).copied().unwrap_or(0)
     }
 }
+
+/// A token-endpoint call that may fail at the transport (the replica died under it):
+/// `Err` for no answer, else (status, body).
+pub async fn try_token(proxy: &Proxy, form: &[(&str, &str)]) -> Result<(u16, Value), String> {
+    let Auth::Basic(id, secret) = dtr_client() else {
+        unreachable!("dtr-client uses Basic")
+    };
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let response = proxy
+        .http
+        .post(proxy.token_url())
+        .header("authorization", format!("Basic {credentials}"))
+        .form(form)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(|e| e.to_string())?;
+    Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
+}
+
+pub const DEFERRED: &str = "urn:openid:params:grant-type:deferred";
