@@ -16,17 +16,22 @@ fn store(topology: Topology, prefix: &str) -> Store {
     Store::Redis(RedisStore::connect(&RedisOptions::new(topology, prefix, Duration::from_secs(2))).expect("store"))
 }
 
-/// Polls until the tokens come, tolerating the 503s of a failover; at most `within`.
+/// Polls until the tokens come, tolerating the 503s of a failover; at most `within`. Waits
+/// the interval, which grows by 5 s on each slow_down, as a client does.
 async fn poll_until_released(proxy: &Proxy, id: &str, within: Duration) -> Reply {
     let deadline = Instant::now() + within;
+    let mut interval = Duration::from_millis(1500);
     loop {
         let reply = proxy.poll(&dtr_client(), id).await;
+        if reply.error() == "slow_down" {
+            interval += Duration::from_secs(5);
+        }
         let retry =
             matches!(reply.status, 503) || reply.error() == "authorization_pending" || reply.error() == "slow_down";
-        if !retry || Instant::now() > deadline {
+        if !retry || Instant::now() + interval > deadline {
             return reply;
         }
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
