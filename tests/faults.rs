@@ -690,3 +690,155 @@ async fn a_cluster_master_killed_under_three_replicas_loses_no_process() {
     })
     .await;
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_soak_leaves_no_key_without_a_ttl_and_flat_memory() {
+    // 20 s by default; five minutes with DTR_FAULTS_LONG=1.
+    let duration = if long() {
+        Duration::from_secs(300)
+    } else {
+        Duration::from_secs(20)
+    };
+    let receiver = ControlledReceiver::start().await;
+    let prefix = unique("soak");
+    let fleet = Fleet::start(
+        BINARY,
+        3,
+        json!([{
+            "client_id": "dtr-client",
+            "redirect_uris": [REDIRECT_URI],
+            "notification_endpoint": receiver.url,
+            "expires_in": 3,
+        }]),
+        &[("DTR_REDIS_URL", &redis().url), ("DTR_REDIS_KEY_PREFIX", &prefix)],
+    )
+    .await;
+    let pids: Vec<u32> = fleet
+        .replicas
+        .iter()
+        .map(|r| r.child.as_ref().and_then(|c| c.id()).expect("pid"))
+        .collect();
+    let begun = Instant::now();
+    let counts: Arc<Mutex<std::collections::BTreeMap<&'static str, usize>>> = Arc::default();
+    let warm_rss = Arc::new(Mutex::new(Vec::new()));
+    let fleet = &fleet;
+    let workers = (0..8).map(|w| {
+        let (counts, warm_rss, pids) = (counts.clone(), warm_rss.clone(), pids.clone());
+        async move {
+            let mut n = 0usize;
+            // Bounded in time and in count.
+            while begun.elapsed() < duration && n < 10_000 {
+                n += 1;
+                if w == 0 && warm_rss.lock().unwrap().is_empty() && begun.elapsed() > duration / 3 {
+                    *warm_rss.lock().unwrap() = pids.iter().map(|p| rss_kib(*p)).collect();
+                }
+                let kind = (n * 8 + w) % 5;
+                let via = (n + w) % 3;
+                let outcome: &'static str = match kind {
+                    0..=3 => {
+                        let user = unique("s");
+                        let id = started(fleet, &user, via).await;
+                        let proxy = fleet.replica((via + 1) % 3);
+                        match kind {
+                            0 => {
+                                approve(fleet, &user, via, Duration::from_secs(5)).await;
+                                wait_interval(1).await;
+                                let reply = proxy.poll(&dtr_client(), &id).await;
+                                assert_eq!(reply.status, 200, "{}", reply.json);
+                                "delivered"
+                            }
+                            1 => {
+                                let denied = proxy.complete(&json!({"outcome": "denied", "sub": user})).await;
+                                assert_eq!(denied.status, 200, "{}", denied.json);
+                                wait_interval(1).await;
+                                let reply = proxy.poll(&dtr_client(), &id).await;
+                                assert_eq!(reply.error(), "access_denied", "{}", reply.json);
+                                "denied"
+                            }
+                            2 => {
+                                assert_eq!(proxy.cancel(&dtr_client(), &id).await.status, 200);
+                                wait_interval(1).await;
+                                let reply = proxy.poll(&dtr_client(), &id).await;
+                                assert_eq!(reply.error(), "access_denied", "{}", reply.json);
+                                "cancelled"
+                            }
+                            _ => {
+                                tokio::time::sleep(Duration::from_millis(3500)).await;
+                                let reply = proxy.poll(&dtr_client(), &id).await;
+                                assert_eq!(reply.error(), "expired_token", "{}", reply.json);
+                                "expired"
+                            }
+                        }
+                    }
+                    _ => {
+                        for _ in 0..5 {
+                            let certs = fleet
+                                .replica(via)
+                                .http
+                                .get(fleet.replica(via).url("/protocol/openid-connect/certs"))
+                                .send()
+                                .await
+                                .unwrap();
+                            assert_eq!(certs.status(), 200);
+                        }
+                        "pass-through x5"
+                    }
+                };
+                *counts.lock().unwrap().entry(outcome).or_default() += 1;
+            }
+        }
+    });
+    futures_util::future::join_all(workers).await;
+    let end_rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+    let warm_rss = warm_rss.lock().unwrap().clone();
+    let counts = counts.lock().unwrap().clone();
+
+    // Every process has ended; let the expiry sweep pass, then read the whole namespace.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let port: u16 = redis().url.rsplit(':').next().unwrap().parse().unwrap();
+    let keys = cli(port, &["--scan", "--pattern", &format!("{prefix}:*")]);
+    let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+    // Finished processes are kept for their retention, webhook ids for a day.
+    assert!(!keys.is_empty(), "the scan found nothing under {prefix}");
+    let mut longest = 0i64;
+    for key in &keys {
+        let ttl: i64 = cli(port, &["TTL", key]).parse().unwrap_or(-3);
+        if key.ends_with("{q}:pings") || key.ends_with("{q}:active") {
+            // The due queues carry no TTL; with every process finished they are empty, and
+            // Redis removes an empty sorted set.
+            panic!("queue {key} still holds {} members", cli(port, &["ZCARD", key]));
+        }
+        assert!(ttl > 0, "key without a TTL: {key} ({ttl})");
+        // A process's keys (record, poll clock, indexes) go within its lifetime (3 s) plus the
+        // hour it is kept for late polls; only webhook ids are remembered for a day.
+        if !key.contains(":wh:") {
+            assert!(ttl <= 3 + 3600 + 60, "{key} outlives its process's retention: {ttl} s");
+        }
+        longest = longest.max(ttl);
+    }
+    // The longest retention is the webhook-id memory (24 h); a finished process's keys go
+    // within its lifetime plus an hour.
+    assert!(longest <= 24 * 3600 + 60, "a key outlives every retention: {longest} s");
+    for (warm, end) in warm_rss.iter().zip(&end_rss) {
+        assert!(
+            *end <= warm + warm / 2 + 16 * 1024,
+            "memory grew from {warm} KiB to {end} KiB"
+        );
+    }
+    eprintln!(
+        "soak {duration:?}: {counts:?}; {} keys left, all with a TTL (longest {longest} s); RSS KiB warm {warm_rss:?} end {end_rss:?}",
+        keys.len()
+    );
+}
