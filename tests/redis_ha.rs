@@ -231,3 +231,46 @@ async fn cluster_keeps_the_contract_and_the_flow_through_migration_and_failovers
     assert_eq!((spent.status, spent.error()), (400, "invalid_grant"), "{}", spent.json);
     contract::exercise(&cluster, "after").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_redis_and_to_sentinel_with_an_internal_ca() {
+    let tls = TlsFiles::generate();
+    let ca = std::fs::read(tls.ca()).expect("ca");
+    let master = RedisServer::start_tls(&tls);
+    let url = format!("rediss://127.0.0.1:{}", master.port);
+
+    // Without the CA the server's certificate is not trusted.
+    let untrusted = store(Topology::from_url(&url, false).unwrap(), &unique("tls"));
+    assert!(
+        untrusted.ping().await.is_err(),
+        "a certificate of an unknown CA was accepted"
+    );
+
+    let mut options = RedisOptions::new(
+        Topology::from_url(&url, false).unwrap(),
+        &unique("tls"),
+        Duration::from_secs(2),
+    );
+    options.ca_pem = Some(ca.clone());
+    let direct = Store::Redis(RedisStore::connect(&options).expect("store"));
+    contract::exercise(&direct, "tls").await;
+
+    // Through a Sentinel that speaks TLS to its clients and to the master.
+    let sentinel = RedisServer::sentinel_tls("tls-master", master.port, &tls);
+    let url = format!("rediss+sentinel://127.0.0.1:{}/tls-master", sentinel.port);
+    let mut options = RedisOptions::new(
+        Topology::from_url(&url, false).unwrap(),
+        &unique("tls"),
+        Duration::from_secs(2),
+    );
+    options.ca_pem = Some(ca);
+    let through_sentinel = Store::Redis(RedisStore::connect(&options).expect("store"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ping = through_sentinel.ping().await;
+    while ping.is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ping = through_sentinel.ping().await;
+    }
+    ping.expect("the master through a TLS Sentinel");
+    contract::exercise(&through_sentinel, "tls-sentinel").await;
+}

@@ -83,6 +83,7 @@ struct RawConfig {
     redis_sentinel_username: Option<String>,
     redis_sentinel_password: Option<String>,
     redis_timeout: u64,
+    redis_ca_file: Option<String>,
     webhook_secret: Option<String>,
     hash_key: Option<String>,
     token_keys: Option<String>,
@@ -128,6 +129,7 @@ impl Default for RawConfig {
             redis_sentinel_username: None,
             redis_sentinel_password: None,
             redis_timeout: 2,
+            redis_ca_file: None,
             webhook_secret: None,
             hash_key: None,
             token_keys: None,
@@ -394,6 +396,25 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
             {
                 errors.push("DTR_REDIS_SENTINEL_USERNAME/PASSWORD: only for a redis+sentinel:// DTR_REDIS_URL".into());
             }
+            let tls = url.to_ascii_lowercase().starts_with("rediss");
+            let ca_pem = match nonempty(&raw.redis_ca_file) {
+                None => None,
+                Some(_) if !tls => {
+                    errors.push("DTR_REDIS_CA_FILE: only for a rediss:// or rediss+sentinel:// DTR_REDIS_URL".into());
+                    None
+                }
+                Some(path) => match std::fs::read(&path) {
+                    Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+                    Ok(_) => {
+                        errors.push(format!("DTR_REDIS_CA_FILE: no PEM certificate in {path}"));
+                        None
+                    }
+                    Err(e) => {
+                        errors.push(format!("DTR_REDIS_CA_FILE: cannot read {path}: {e}"));
+                        None
+                    }
+                },
+            };
             StoreSettings::Redis(Box::new(RedisOptions {
                 topology,
                 key_prefix: raw.redis_key_prefix.clone(),
@@ -402,6 +423,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
                 password: nonempty(&raw.redis_password),
                 sentinel_username: nonempty(&raw.redis_sentinel_username),
                 sentinel_password: nonempty(&raw.redis_sentinel_password),
+                ca_pem,
             }))
         }
     };
@@ -644,8 +666,10 @@ mod tests {
             ("DTR_REDIS_SENTINEL_PASSWORD", "sentinel-pass"),
             ("DTR_REDIS_TIMEOUT", "0"),
         ]);
+        pairs.push(("DTR_REDIS_CA_FILE", "/nonexistent/ca.pem"));
         let text = Config::from_env(env(&pairs)).expect_err("invalid").to_string();
         assert!(text.contains("DTR_REDIS_SENTINEL_USERNAME/PASSWORD"), "{text}");
+        assert!(text.contains("DTR_REDIS_CA_FILE: only for a rediss://"), "{text}");
         assert!(text.contains("DTR_REDIS_TIMEOUT"), "{text}");
 
         let mut pairs = keys.to_vec();

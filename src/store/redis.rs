@@ -24,7 +24,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, Role,
-    Script, ScriptInvocation, ServerErrorKind, TlsMode,
+    Script, ScriptInvocation, ServerErrorKind, TlsCertificates, TlsMode,
 };
 use tokio::sync::{Mutex, OnceCell};
 
@@ -204,6 +204,9 @@ pub struct RedisOptions {
     /// Sentinel credentials (Sentinels often have a `requirepass` of their own).
     pub sentinel_username: Option<String>,
     pub sentinel_password: Option<String>,
+    /// PEM certificates that sign the TLS certificates of Redis and Sentinel, instead of the
+    /// system's roots (an internal CA).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisOptions {
@@ -217,6 +220,7 @@ impl RedisOptions {
             password: None,
             sentinel_username: None,
             sentinel_password: None,
+            ca_pem: None,
         }
     }
 }
@@ -465,6 +469,10 @@ impl RedisStore {
                 connecting: Mutex::new(Backoff::default()),
             }))
         };
+        let certs = || TlsCertificates {
+            client_tls: None,
+            root_cert: options.ca_pem.clone(),
+        };
         let conn = match &options.topology {
             Topology::Cluster { url } => {
                 let mut builder = ClusterClient::builder(vec![url.clone()])
@@ -475,6 +483,9 @@ impl RedisStore {
                 }
                 if let Some(password) = &options.password {
                     builder = builder.password(password);
+                }
+                if options.ca_pem.is_some() {
+                    builder = builder.certs(certs());
                 }
                 Conn::Cluster(Arc::new(builder.build().map_err(bad)?), Arc::new(OnceCell::new()))
             }
@@ -488,7 +499,12 @@ impl RedisStore {
                     settings = settings.set_password(password);
                 }
                 info = info.set_redis_settings(settings);
-                master(Source::Direct(redis::Client::open(info).map_err(bad)?))
+                let client = if options.ca_pem.is_some() {
+                    redis::Client::build_with_tls(info, certs())
+                } else {
+                    redis::Client::open(info)
+                };
+                master(Source::Direct(client.map_err(bad)?))
             }
             Topology::Sentinel(target) => {
                 let addrs = target.sentinels.iter().map(|(host, port)| {
@@ -510,6 +526,11 @@ impl RedisStore {
                     builder = builder
                         .set_client_to_redis_tls_mode(TlsMode::Secure)
                         .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+                    if options.ca_pem.is_some() {
+                        builder = builder
+                            .set_client_to_redis_certificates(certs())
+                            .set_client_to_sentinel_certificates(certs());
+                    }
                 }
                 if let Some(username) = options.username.as_ref().or(target.username.as_ref()) {
                     builder = builder.set_client_to_redis_username(username);

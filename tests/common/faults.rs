@@ -112,6 +112,98 @@ pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A test CA and a server certificate for 127.0.0.1 signed by it (openssl).
+pub struct TlsFiles {
+    pub dir: ScratchDir,
+}
+
+impl TlsFiles {
+    pub fn generate() -> TlsFiles {
+        let dir = ScratchDir::new("tls");
+        let ext = dir.path("server.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("server.ext");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (ca_key, ca, key, csr, cert) = (
+            dir.path("ca.key"),
+            dir.path("ca.pem"),
+            dir.path("server.key"),
+            dir.path("server.csr"),
+            dir.path("server.pem"),
+        );
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        run(&[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca,
+                "-days",
+                "1",
+                "-subj",
+                "/CN=dtr test CA",
+            ],
+        ]
+        .concat());
+        run(&[
+            &["req"],
+            &ec[..],
+            &["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+        ]);
+        TlsFiles { dir }
+    }
+
+    pub fn ca(&self) -> String {
+        self.dir.path("ca.pem")
+    }
+
+    /// The server-side settings, for redis-server's command line or a config file.
+    fn settings(&self, port: u16) -> Vec<(String, String)> {
+        [
+            ("port", "0".to_owned()),
+            ("tls-port", port.to_string()),
+            ("tls-cert-file", self.dir.path("server.pem")),
+            ("tls-key-file", self.dir.path("server.key")),
+            ("tls-ca-cert-file", self.ca()),
+            ("tls-auth-clients", "no".to_owned()),
+            ("tls-replication", "yes".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
 /// One redis-server (or Sentinel) on its own port and directory.
 pub struct RedisServer {
     pub port: u16,
@@ -123,7 +215,13 @@ pub struct RedisServer {
 impl RedisServer {
     /// A data node; `extra` adds or overrides settings (`--appendonly yes`, `--replicaof …`).
     pub fn start(extra: &[&str]) -> RedisServer {
-        let port = free_port();
+        let mut server = RedisServer::start_on(free_port(), extra);
+        server.launch();
+        server
+    }
+
+    /// The server's settings, not started yet.
+    fn start_on(port: u16, extra: &[&str]) -> RedisServer {
         let dir = ScratchDir::new("redis");
         let mut args: Vec<String> = [
             "--port",
@@ -141,19 +239,46 @@ impl RedisServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut server = RedisServer {
+        RedisServer {
             port,
             dir,
             args,
             process: None,
-        };
+        }
+    }
+
+    /// A data node that speaks only TLS, on `port` as usual.
+    pub fn start_tls(tls: &TlsFiles) -> RedisServer {
+        let port = free_port();
+        let mut extra = Vec::new();
+        for (name, value) in tls.settings(port) {
+            extra.push(format!("--{name}"));
+            extra.push(value);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut server = RedisServer::start_on(port, &extra);
         server.launch();
         server
     }
 
+    /// A Sentinel that speaks TLS, to its clients and to the data nodes.
+    pub fn sentinel_tls(name: &str, master: u16, tls: &TlsFiles) -> RedisServer {
+        let port = free_port();
+        let lines: Vec<String> = tls
+            .settings(port)
+            .into_iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        RedisServer::sentinel_on(port, name, master, &lines)
+    }
+
     /// A Sentinel watching `master` under `name`; `config` adds lines to its file.
     pub fn sentinel(name: &str, master: u16, config: &[&str]) -> RedisServer {
-        let port = free_port();
+        RedisServer::sentinel_on(free_port(), name, master, config)
+    }
+
+    fn sentinel_on(port: u16, name: &str, master: u16, config: &[&str]) -> RedisServer {
         let dir = ScratchDir::new("sentinel");
         let file = dir.path("sentinel.conf");
         let mut text = format!(
