@@ -148,6 +148,7 @@ async fn a_deferred_flow_survives_a_sentinel_failover_mid_process() {
         .await
         .unwrap();
     assert_eq!(ready["store"], "up", "{ready}");
+    assert_eq!(ready["store_kind"], "redis-sentinel", "{ready}");
     let user = unique("sam");
     let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
 

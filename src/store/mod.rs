@@ -44,7 +44,7 @@ impl Store {
     pub fn kind(&self) -> &'static str {
         match self {
             Store::Memory(_) => "embedded",
-            Store::Redis(_) => "redis",
+            Store::Redis(s) => s.kind(),
         }
     }
 

@@ -238,6 +238,7 @@ impl std::fmt::Debug for RedisOptions {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
+    kind: &'static str,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
 }
@@ -549,6 +550,7 @@ impl RedisStore {
         };
         Ok(Self {
             conn,
+            kind: options.topology.kind(),
             prefix: Arc::from(options.key_prefix.as_str()),
             scripts: Arc::new(Scripts {
                 replace: Script::new(REPLACE),
@@ -556,6 +558,11 @@ impl RedisStore {
                 claim_due: Script::new(CLAIM_DUE),
             }),
         })
+    }
+
+    /// `redis`, `redis-sentinel` or `redis-cluster`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
     }
 
     pub(super) fn namespaced(&self, key: &str) -> String {
