@@ -251,7 +251,11 @@ async fn a_replica_killed_at_each_step_loses_nothing() {
         // (tokens, or the refresh token already rotated by the dead replica's call) decides.
         tokio::time::sleep(Duration::from_secs(61)).await;
         let last = poll_to_the_end(fleet.replica(2), &id3, Duration::from_secs(10)).await;
-        assert!(last.status == 200 || last.error() == "invalid_grant", "{}", last.json);
+        assert!(
+            last.status == 200 || ["invalid_grant", "access_denied"].contains(&last.error()),
+            "{}",
+            last.json
+        );
     }
     fleet.restart(1).await;
 
@@ -682,13 +686,44 @@ async fn a_cluster_master_killed_under_three_replicas_loses_no_process() {
         let index = bed.nodes.iter().position(|n| n.port == victim).expect("node");
         bed.nodes[index].kill();
         assert!(
-            wait_until(Duration::from_secs(20), || !bed.masters().contains(&victim)
+            wait_until(Duration::from_secs(30), || !bed.masters().contains(&victim)
                 && bed.masters().len() == 3),
-            "no automatic failover"
+            "no automatic failover:\n{}",
+            bed.nodes
+                .iter()
+                .find(|n| n.port != victim)
+                .map(|n| n.cli(&["CLUSTER", "NODES"]))
+                .unwrap_or_default()
         );
         bed.wait_ok();
     })
     .await;
+}
+
+/// Like [`started`], but a login the OP is too busy to serve ("unavailable" page) is tried
+/// again after a second, three times at most, as a user would; `None` if it never got through.
+async fn started_by_a_patient_user(fleet: &Fleet, user: &str, via: usize) -> Option<String> {
+    let (verifier, challenge) = pkce();
+    let mut params = fleet.public.auth_params("dtr-client", "st-1", "n-1");
+    params.push(("code_challenge", &challenge));
+    params.push(("code_challenge_method", "S256"));
+    for _ in 0..3 {
+        let answer = fleet.public.login(&params, user, None).await;
+        if answer.location.is_none() && answer.status != 200 {
+            assert!(answer.status >= 500, "{} {}", answer.status, answer.html);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let ack = answer.ack();
+        let code = ack.get("deferred_code").expect("deferred_code").to_owned();
+        let exchange = fleet
+            .replica(via)
+            .exchange(&dtr_client(), &code, &verifier, Some("ping-token"))
+            .await;
+        assert_eq!(exchange.status, 200, "{}", exchange.json);
+        return Some(exchange.json["deferred_auth_id"].as_str().expect("id").to_owned());
+    }
+    None
 }
 
 /// Resident memory of a process, in KiB.
@@ -749,7 +784,10 @@ async fn a_soak_leaves_no_key_without_a_ttl_and_flat_memory() {
                 let outcome: &'static str = match kind {
                     0..=3 => {
                         let user = unique("s");
-                        let id = started(fleet, &user, via).await;
+                        let Some(id) = started_by_a_patient_user(fleet, &user, via).await else {
+                            *counts.lock().unwrap().entry("login refused, OP busy").or_default() += 1;
+                            continue;
+                        };
                         let proxy = fleet.replica((via + 1) % 3);
                         match kind {
                             0 => {
