@@ -485,6 +485,9 @@ expect_failure("Redis without a hash key",
                merge(REQUIRED, {"redis": {"enabled": True, "url": "redis://r:6379"}}), "hash key")
 expect_failure("redis.url with existingSecret",
                merge(CI_VALUES, {"redis": {"url": "redis://r:6379"}}), "existingSecret")
+expect_failure("redis.cluster with a Sentinel URL",
+               merge(REDIS_INLINE, {"redis": {"url": "redis+sentinel://:p%40ss@s-0:26379/dtr"}}),
+               "Sentinel", secret="p%40ss")
 expect_failure("redis.url with an http:// scheme",
                merge(REDIS_INLINE, {"redis": {"url": "http://r:6379"}}),
                "redis.url must start with", secret="p%40ss")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, on a fresh Debian machine where we are
 # root. Idempotent: a second run does nothing but check.
-#   - redis-server (Debian package)
+#   - redis-server (Debian package; also runs Sentinel and Cluster in the tests)
+#   - openssl (the Redis TLS test makes its own CA)
 #   - the test OpenID Provider's npm dependencies (tests/op, from the lockfile)
 #   - Keycloak and a JDK it supports, for the Keycloak suite (scripts/keycloak.sh)
 set -euo pipefail
@@ -26,6 +27,18 @@ else
   fi
   rm -f "$apt_log"
   say "redis-server installed ($(redis-server --version | cut -d' ' -f3))"
+fi
+
+# --- openssl (the Redis TLS test makes its own CA) ----------------------------
+if command -v openssl >/dev/null 2>&1; then
+  say "openssl present"
+else
+  say "installing openssl (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! { apt-get update -q && apt-get install -y -q openssl; } >/dev/null 2>&1; then
+    say "apt-get failed" >&2
+    exit 1
+  fi
 fi
 
 # --- node / npm for tests/op ------------------------------------------------

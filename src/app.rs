@@ -50,11 +50,7 @@ pub struct Services {
 pub fn connect_store(config: &Config) -> Result<Store, StoreError> {
     Ok(match &config.store {
         StoreSettings::Embedded => Store::Memory(MemoryStore::new()),
-        StoreSettings::Redis {
-            url,
-            cluster,
-            key_prefix,
-        } => Store::Redis(RedisStore::connect(url, *cluster, key_prefix, config.upstream_timeout)?),
+        StoreSettings::Redis(options) => Store::Redis(RedisStore::connect(options)?),
     })
 }
 

@@ -211,7 +211,14 @@ async fn binary_serves_and_stops_cleanly_on_sigterm() {
 #[tokio::test]
 async fn redis_store_keeps_the_same_contract_as_the_embedded_one() {
     let store = dtr_proxy::store::Store::Redis(
-        dtr_proxy::store::RedisStore::connect(&redis().url, false, &unique("c"), Duration::from_secs(2)).unwrap(),
+        dtr_proxy::store::RedisStore::connect(&dtr_proxy::store::RedisOptions::new(
+            dtr_proxy::store::Topology::Standalone {
+                url: redis().url.clone(),
+            },
+            &unique("c"),
+            Duration::from_secs(2),
+        ))
+        .unwrap(),
     );
     dtr_proxy::store::contract::exercise(&store, "contract").await;
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::crypto::{HashKey, Sealer};
+use crate::store::{RedisOptions, Topology};
 
 mod clients;
 
@@ -90,6 +91,12 @@ struct RawConfig {
     redis_url: Option<String>,
     redis_cluster: bool,
     redis_key_prefix: String,
+    redis_username: Option<String>,
+    redis_password: Option<String>,
+    redis_sentinel_username: Option<String>,
+    redis_sentinel_password: Option<String>,
+    redis_timeout: u64,
+    redis_ca_file: Option<String>,
     webhook_secret: Option<String>,
     events_url: Option<String>,
     events_secret: Option<String>,
@@ -138,6 +145,12 @@ impl Default for RawConfig {
             redis_url: None,
             redis_cluster: false,
             redis_key_prefix: "dtr".into(),
+            redis_username: None,
+            redis_password: None,
+            redis_sentinel_username: None,
+            redis_sentinel_password: None,
+            redis_timeout: 2,
+            redis_ca_file: None,
             webhook_secret: None,
             events_url: None,
             events_secret: None,
@@ -187,11 +200,8 @@ pub enum LogFormat {
 pub enum StoreSettings {
     /// In-process store: one replica only, state dies with the process.
     Embedded,
-    Redis {
-        url: String,
-        cluster: bool,
-        key_prefix: String,
-    },
+    /// Redis standalone, through Sentinel, or Cluster.
+    Redis(Box<RedisOptions>),
 }
 
 /// The validated configuration the proxy runs on.
@@ -413,16 +423,34 @@ impl Config {
         let secs = |d: Duration| d.as_secs();
         let store = match &self.store {
             StoreSettings::Embedded => json!({ "kind": "embedded" }),
-            StoreSettings::Redis {
-                url,
-                cluster,
-                key_prefix,
-            } => json!({
-                "kind": "redis",
-                "url": redact_url(url),
-                "cluster": cluster,
-                "key_prefix": key_prefix,
-            }),
+            StoreSettings::Redis(options) => {
+                let topology = match &options.topology {
+                    crate::store::Topology::Standalone { url } => {
+                        json!({ "kind": "standalone", "url": redact_url(url) })
+                    }
+                    crate::store::Topology::Cluster { url } => {
+                        json!({ "kind": "cluster", "url": redact_url(url) })
+                    }
+                    crate::store::Topology::Sentinel(target) => json!({
+                        "kind": "sentinel",
+                        "sentinels": target.sentinels.iter().map(|(h, p)| format!("{h}:{p}")).collect::<Vec<_>>(),
+                        "master": target.master,
+                        "db": target.db,
+                        "tls": target.tls,
+                        "password": target.password.as_ref().map(|_| SET),
+                    }),
+                };
+                json!({
+                    "kind": "redis",
+                    "topology": topology,
+                    "key_prefix": options.key_prefix,
+                    "timeout": secs(options.timeout),
+                    "username": options.username,
+                    "password": options.password.as_ref().map(|_| SET),
+                    "sentinel_password": options.sentinel_password.as_ref().map(|_| SET),
+                    "ca": options.ca_pem.as_ref().map(|_| SET),
+                })
+            }
         };
         let clients: Vec<serde_json::Value> = self
             .clients
@@ -487,10 +515,9 @@ impl Config {
     }
 
     pub fn store_kind(&self) -> &'static str {
-        match self.store {
+        match &self.store {
             StoreSettings::Embedded => "embedded",
-            StoreSettings::Redis { cluster: true, .. } => "redis-cluster",
-            StoreSettings::Redis { .. } => "redis",
+            StoreSettings::Redis(options) => options.topology.kind(),
         }
     }
 
@@ -529,27 +556,56 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let listen = socket_addr("DTR_LISTEN", &raw.listen, errors);
     let admin_listen = socket_addr("DTR_ADMIN_LISTEN", &raw.admin_listen, errors);
 
+    let nonempty = |value: &Option<String>| value.clone().filter(|s| !s.is_empty());
+    if raw.redis_timeout == 0 {
+        errors.push("DTR_REDIS_TIMEOUT: must be at least 1 second".into());
+    }
     let store = match raw.redis_url.as_deref().filter(|s| !s.is_empty()) {
         None => StoreSettings::Embedded,
         Some(url) => {
-            match Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
-                Ok(u) if u.scheme().ends_with("+sentinel") => {
-                    errors.push("DTR_REDIS_URL: Redis Sentinel is not supported yet; use redis:// or rediss://".into())
+            let topology = Topology::from_url(url, raw.redis_cluster).unwrap_or_else(|e| {
+                errors.push(format!("DTR_REDIS_URL: {e}"));
+                Topology::Standalone { url: url.to_owned() }
+            });
+            let sentinel = matches!(topology, Topology::Sentinel(_));
+            if !sentinel
+                && (nonempty(&raw.redis_sentinel_username).is_some()
+                    || nonempty(&raw.redis_sentinel_password).is_some())
+            {
+                errors.push("DTR_REDIS_SENTINEL_USERNAME/PASSWORD: only for a redis+sentinel:// DTR_REDIS_URL".into());
+            }
+            let tls = url.to_ascii_lowercase().starts_with("rediss");
+            let ca_pem = match nonempty(&raw.redis_ca_file) {
+                None => None,
+                Some(_) if !tls => {
+                    errors.push("DTR_REDIS_CA_FILE: only for a rediss:// or rediss+sentinel:// DTR_REDIS_URL".into());
+                    None
                 }
-                _ => errors.push("DTR_REDIS_URL: expected a redis:// or rediss:// URL".into()),
-            }
-            StoreSettings::Redis {
-                url: url.to_owned(),
-                cluster: raw.redis_cluster,
+                Some(path) => match std::fs::read(&path) {
+                    Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+                    Ok(_) => {
+                        errors.push(format!("DTR_REDIS_CA_FILE: no PEM certificate in {path}"));
+                        None
+                    }
+                    Err(e) => {
+                        errors.push(format!("DTR_REDIS_CA_FILE: cannot read {path}: {e}"));
+                        None
+                    }
+                },
+            };
+            StoreSettings::Redis(Box::new(RedisOptions {
+                topology,
                 key_prefix: raw.redis_key_prefix.clone(),
-            }
+                timeout: Duration::from_secs(raw.redis_timeout.max(1)),
+                username: nonempty(&raw.redis_username),
+                password: nonempty(&raw.redis_password),
+                sentinel_username: nonempty(&raw.redis_sentinel_username),
+                sentinel_password: nonempty(&raw.redis_sentinel_password),
+                ca_pem,
+            }))
         }
     };
-    if raw.redis_key_prefix.is_empty() || raw.redis_key_prefix.contains(['{', '}', ' ']) {
-        errors.push("DTR_REDIS_KEY_PREFIX: must be non-empty, without braces or spaces".into());
-    }
-    let shared_store = matches!(store, StoreSettings::Redis { .. });
+    let shared_store = matches!(store, StoreSettings::Redis(_));
 
     let events = match (
         raw.events_url.as_deref().filter(|s| !s.is_empty()),
@@ -855,6 +911,55 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn redis_through_sentinel_with_its_own_credentials() {
+        let keys = [
+            ("DTR_UPSTREAM_URL", "http://keycloak:8080"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+            ("DTR_HASH_KEY", "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="),
+            ("DTR_TOKEN_KEYS", "k1:CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk="),
+        ];
+        let mut pairs = keys.to_vec();
+        pairs.extend([
+            ("DTR_REDIS_URL", "redis+sentinel://s-0:26379,s-1:26379/dtr"),
+            ("DTR_REDIS_PASSWORD", "data-pass"),
+            ("DTR_REDIS_SENTINEL_PASSWORD", "sentinel-pass"),
+            ("DTR_REDIS_TIMEOUT", "3"),
+        ]);
+        let config = Config::from_env(env(&pairs)).expect("valid");
+        assert_eq!(config.store_kind(), "redis-sentinel");
+        let StoreSettings::Redis(options) = &config.store else {
+            panic!("not redis")
+        };
+        assert_eq!(options.password.as_deref(), Some("data-pass"));
+        assert_eq!(options.sentinel_password.as_deref(), Some("sentinel-pass"));
+        assert_eq!(options.timeout, Duration::from_secs(3));
+        assert!(
+            !format!("{options:?}").contains("pass"),
+            "secrets stay out of debug output"
+        );
+
+        let mut pairs = keys.to_vec();
+        pairs.extend([
+            ("DTR_REDIS_URL", "redis://redis:6379"),
+            ("DTR_REDIS_SENTINEL_PASSWORD", "sentinel-pass"),
+            ("DTR_REDIS_TIMEOUT", "0"),
+        ]);
+        pairs.push(("DTR_REDIS_CA_FILE", "/nonexistent/ca.pem"));
+        let text = Config::from_env(env(&pairs)).expect_err("invalid").to_string();
+        assert!(text.contains("DTR_REDIS_SENTINEL_USERNAME/PASSWORD"), "{text}");
+        assert!(text.contains("DTR_REDIS_CA_FILE: only for a rediss://"), "{text}");
+        assert!(text.contains("DTR_REDIS_TIMEOUT"), "{text}");
+
+        let mut pairs = keys.to_vec();
+        pairs.extend([
+            ("DTR_REDIS_URL", "redis+sentinel://s-0:26379"),
+            ("DTR_REDIS_CLUSTER", "true"),
+        ]);
+        let text = Config::from_env(env(&pairs)).expect_err("invalid").to_string();
+        assert!(text.contains("DTR_REDIS_URL: a Sentinel URL cannot"), "{text}");
     }
 
     #[test]

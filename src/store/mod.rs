@@ -8,7 +8,7 @@ mod redis;
 use std::time::Duration;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisOptions, RedisStore, SentinelTarget, Topology, SENTINEL_PORT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,7 +44,7 @@ impl Store {
     pub fn kind(&self) -> &'static str {
         match self {
             Store::Memory(_) => "embedded",
-            Store::Redis(_) => "redis",
+            Store::Redis(s) => s.kind(),
         }
     }
 

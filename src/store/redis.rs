@@ -1,15 +1,32 @@
-//! Redis store (redis-rs ConnectionManager for a standalone server, the cluster client for
-//! Redis Cluster). Every key carries a TTL; multi-key scripts only touch keys that share a
-//! `{…}` hash tag, so they run on Cluster unchanged.
+//! Redis store: one master reached directly (`redis://`, `rediss://`) or through Sentinel
+//! (`redis+sentinel://`), or a Redis Cluster. Every key carries a TTL; multi-key scripts only
+//! touch keys that share a `{…}` hash tag, so they run on Cluster unchanged.
+//!
+//! After a failover the proxy follows the new master by itself: a `READONLY` or `MASTERDOWN`
+//! reply, a broken or silent connection, drops the connection; the next command connects anew —
+//! through Sentinel it asks for the master again, directly it resolves the address again (a
+//! Kubernetes Service that now points at the promoted pod) — and checks with `ROLE` that it
+//! reached a master. A command the server refused without running it (`READONLY`,
+//! `MASTERDOWN`, `LOADING`) is retried within the store timeout; one that may have run is
+//! retried only if running it twice is harmless. When no master can be reached at all, a
+//! command fails at once (connects are paced by a short backoff), so an outage costs each
+//! request a fast 503, not a wait. The cluster client follows slot moves and failovers itself.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, Script, ScriptInvocation};
-use tokio::sync::OnceCell;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, Role,
+    Script, ScriptInvocation, ServerErrorKind, TlsCertificates, TlsMode,
+};
+use tokio::sync::{Mutex, OnceCell};
 
 use super::{StoreError, StoreResult};
 
@@ -34,9 +51,194 @@ for _, member in ipairs(due) do
 end
 return due";
 
+/// The port Sentinel listens on unless a `redis+sentinel://` URL names another.
+pub const SENTINEL_PORT: u16 = 26379;
+
+/// How the proxy reaches Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One master at a fixed address (`redis://`, `rediss://`); may be a name that moves to the
+    /// new master on failover.
+    Standalone { url: String },
+    /// A Redis Cluster, discovered from one seed node.
+    Cluster { url: String },
+    /// A master found through Sentinel.
+    Sentinel(SentinelTarget),
+}
+
+/// A `redis+sentinel://` (`rediss+sentinel://` for TLS) URL, parsed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelTarget {
+    pub sentinels: Vec<(String, u16)>,
+    pub master: String,
+    pub db: i64,
+    /// TLS to the Sentinels and to the data nodes.
+    pub tls: bool,
+    /// The data nodes' credentials from the URL.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelTarget")
+            .field("sentinels", &self.sentinels)
+            .field("master", &self.master)
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Topology {
+    /// Reads `DTR_REDIS_URL` (with `DTR_REDIS_CLUSTER`); the error says what is wrong.
+    pub fn from_url(url: &str, cluster: bool) -> Result<Self, String> {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("redis" | "rediss") => {
+                redis::Client::open(url).map_err(|e| format!("not a usable Redis URL: {e}"))?;
+                Ok(if cluster {
+                    Topology::Cluster { url: url.to_owned() }
+                } else {
+                    Topology::Standalone { url: url.to_owned() }
+                })
+            }
+            Some("redis+sentinel" | "rediss+sentinel") if cluster => {
+                Err("a Sentinel URL cannot be combined with Redis Cluster mode".into())
+            }
+            Some(scheme @ ("redis+sentinel" | "rediss+sentinel")) => {
+                let rest = &url[scheme.len() + 3..];
+                SentinelTarget::parse(rest, scheme == "rediss+sentinel").map(Topology::Sentinel)
+            }
+            _ => Err("expected a redis://, rediss://, redis+sentinel:// or rediss+sentinel:// URL".into()),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Topology::Standalone { .. } => "redis",
+            Topology::Cluster { .. } => "redis-cluster",
+            Topology::Sentinel(_) => "redis-sentinel",
+        }
+    }
+}
+
+impl SentinelTarget {
+    /// `[user[:password]@]host[:port][,host[:port]…]/master-name[/db]`
+    fn parse(rest: &str, tls: bool) -> Result<Self, String> {
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| "the credentials are not UTF-8".to_owned())
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(info) => {
+                let (user, pass) = info.split_once(':').map_or((info, None), |(u, p)| (u, Some(p)));
+                let user = Some(decode(user)?).filter(|u| !u.is_empty());
+                let pass = pass.map(decode).transpose()?.filter(|p| !p.is_empty());
+                (user, pass)
+            }
+        };
+        let mut sentinels = Vec::new();
+        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let (name, port) = match host.rsplit_once(':') {
+                Some((name, port)) if !name.ends_with(':') && !port.contains(']') => {
+                    let port = port
+                        .parse::<u16>()
+                        .map_err(|_| format!("bad Sentinel port in {host:?}"))?;
+                    (name, port)
+                }
+                _ => (host, SENTINEL_PORT),
+            };
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            if name.is_empty() {
+                return Err(format!("empty Sentinel host in {host:?}"));
+            }
+            sentinels.push((name.to_owned(), port));
+        }
+        if sentinels.is_empty() {
+            return Err("no Sentinel address (redis+sentinel://host:26379,…/master-name)".into());
+        }
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let mut segments = path.split('/').filter(|s| !s.is_empty());
+        let master = segments
+            .next()
+            .map(decode)
+            .transpose()?
+            .ok_or("no master name (redis+sentinel://host:26379/master-name)")?;
+        let db = match segments.next() {
+            None => 0,
+            Some(db) => db.parse::<i64>().map_err(|_| format!("bad database number {db:?}"))?,
+        };
+        if segments.next().is_some() {
+            return Err("expected /master-name or /master-name/db after the Sentinel addresses".into());
+        }
+        Ok(Self {
+            sentinels,
+            master,
+            db,
+            tls,
+            username,
+            password,
+        })
+    }
+}
+
+/// Everything the Redis store is built from.
+#[derive(Clone)]
+pub struct RedisOptions {
+    pub topology: Topology,
+    pub key_prefix: String,
+    /// Connect and response timeout, and the time a refused command is retried within.
+    pub timeout: Duration,
+    /// Data-node credentials; override those of the URL.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Sentinel credentials (Sentinels often have a `requirepass` of their own).
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
+    /// PEM certificates that sign the TLS certificates of Redis and Sentinel, instead of the
+    /// system's roots (an internal CA).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl RedisOptions {
+    /// Options for one URL with nothing else set.
+    pub fn new(topology: Topology, key_prefix: &str, timeout: Duration) -> Self {
+        Self {
+            topology,
+            key_prefix: key_prefix.to_owned(),
+            timeout,
+            username: None,
+            password: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            ca_pem: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("kind", &self.topology.kind())
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
+    kind: &'static str,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
 }
@@ -49,44 +251,318 @@ struct Scripts {
 
 #[derive(Clone)]
 enum Conn {
-    /// Reconnects by itself with backoff; created lazily so the proxy starts (and passes
-    /// traffic through) while Redis is still down.
-    Standalone(ConnectionManager),
+    /// One master, directly or through Sentinel; connected lazily so the proxy starts (and
+    /// passes traffic through) while Redis is still down.
+    Master(Arc<Master>),
     /// Connected on first use and kept; the cluster client follows slot moves itself.
     Cluster(Arc<ClusterClient>, Arc<OnceCell<ClusterConnection>>),
 }
 
-fn unavailable(e: redis::RedisError) -> StoreError {
+/// Where a new connection to the master comes from.
+enum Source {
+    Direct(redis::Client),
+    Sentinel(Mutex<SentinelClient>),
+}
+
+/// The connection to the current master, replaced when it fails or the master moves.
+struct Master {
+    source: Source,
+    config: AsyncConnectionConfig,
+    timeout: Duration,
+    current: RwLock<Option<(u64, MultiplexedConnection)>>,
+    generation: AtomicU64,
+    /// Held while connecting, so one caller connects and the others wait for its result.
+    connecting: Mutex<Backoff>,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    last_failure: Option<(Instant, String)>,
+}
+
+impl Backoff {
+    /// After a failed connect, new attempts wait a little (50 ms doubling to 1 s) so an outage
+    /// costs each request one fast refusal instead of one connect timeout.
+    fn wait(&self) -> Option<String> {
+        let (at, error) = self.last_failure.as_ref()?;
+        let pause = Duration::from_millis(50u64 << self.failures.min(5)).min(Duration::from_secs(1));
+        (at.elapsed() < pause).then(|| error.clone())
+    }
+}
+
+/// What a failed command means for the connection and for trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// The connection is of no more use (broken, silent, or to a node that is not the master).
+    pub drop_connection: bool,
+    /// The server refused the command without running it: trying again is always safe.
+    pub not_run: bool,
+}
+
+pub(crate) fn verdict(e: &RedisError) -> Verdict {
+    let readonly = matches!(
+        e.kind(),
+        ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+    ) || {
+        // A write refused inside a script may come back wrapped.
+        let text = e.to_string();
+        text.contains("READONLY") || text.contains("read only replica")
+    };
+    if readonly {
+        return Verdict {
+            drop_connection: true,
+            not_run: true,
+        };
+    }
+    if matches!(e.kind(), ErrorKind::Server(ServerErrorKind::BusyLoading)) {
+        return Verdict {
+            drop_connection: false,
+            not_run: true,
+        };
+    }
+    if e.is_connection_refusal() {
+        return Verdict {
+            drop_connection: true,
+            not_run: true,
+        };
+    }
+    Verdict {
+        drop_connection: e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error(),
+        not_run: false,
+    }
+}
+
+fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Whether running a command twice leaves the same state and answer as running it once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    Safe,
+    Unsafe,
+}
+
+impl Master {
+    async fn connection(&self) -> Result<(u64, MultiplexedConnection), StoreError> {
+        if let Some(current) = self.current.read().expect("lock").clone() {
+            return Ok(current);
+        }
+        let mut backoff = self.connecting.lock().await;
+        if let Some(current) = self.current.read().expect("lock").clone() {
+            return Ok(current);
+        }
+        if let Some(error) = backoff.wait() {
+            return Err(StoreError::Unavailable(format!("reconnecting to Redis: {error}")));
+        }
+        let opened = match tokio::time::timeout(self.timeout.saturating_mul(2), self.open()).await {
+            Ok(opened) => opened,
+            Err(_) => Err(format!("no master within {:?}", self.timeout.saturating_mul(2))),
+        };
+        match opened {
+            Ok(conn) => {
+                let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                *self.current.write().expect("lock") = Some((generation, conn.clone()));
+                if backoff.failures > 0 {
+                    tracing::info!(target: "dtr::store", "connected to the Redis master again");
+                }
+                *backoff = Backoff::default();
+                Ok((generation, conn))
+            }
+            Err(error) => {
+                backoff.failures = backoff.failures.saturating_add(1);
+                backoff.last_failure = Some((Instant::now(), error.clone()));
+                Err(StoreError::Unavailable(error))
+            }
+        }
+    }
+
+    /// A new connection to whichever node is master now.
+    async fn open(&self) -> Result<MultiplexedConnection, String> {
+        let client = match &self.source {
+            Source::Direct(client) => client.clone(),
+            // Sentinel names the master and the library checks it with ROLE.
+            Source::Sentinel(sentinel) => sentinel
+                .lock()
+                .await
+                .async_get_client()
+                .await
+                .map_err(|e| format!("no master from Sentinel: {e}"))?,
+        };
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+            .map_err(|e| e.to_string())?;
+        if matches!(self.source, Source::Direct(_)) {
+            // The address may still lead to a demoted master (a Service whose endpoints have
+            // not moved yet): writing there would fail, so wait for the new one.
+            match redis::cmd("ROLE").query_async::<Role>(&mut conn).await {
+                Ok(Role::Primary { .. }) => {}
+                Ok(_) => return Err("the configured Redis address is a replica, not the master".into()),
+                // ROLE may be forbidden by an ACL; the writes will tell.
+                Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(conn)
+    }
+
+    fn forget(&self, generation: u64) {
+        let mut current = self.current.write().expect("lock");
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
+        }
+    }
+
+    /// Runs one command on the master, following a failover within the store timeout.
+    async fn run<T, F, Fut>(&self, repeat: Repeat, command: F) -> StoreResult<T>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            let outcome = match self.connection().await {
+                Ok((generation, conn)) => match command(conn).await {
+                    Ok(value) => return Ok(value),
+                    Err(e) => {
+                        let verdict = verdict(&e);
+                        if verdict.drop_connection {
+                            tracing::warn!(target: "dtr::store", error = %e, "dropping the Redis connection");
+                            self.forget(generation);
+                        }
+                        (
+                            verdict.not_run || (repeat == Repeat::Safe && verdict.drop_connection),
+                            unavailable(e),
+                        )
+                    }
+                },
+                // Not connected: nothing ran, but the connect has just been tried (or is in
+                // its backoff); fail fast rather than hold the request through an outage.
+                Err(e) => (false, e),
+            };
+            let (again, error) = outcome;
+            if !again || Instant::now() + pause > deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
 impl RedisStore {
-    pub fn connect(url: &str, cluster: bool, prefix: &str, timeout: Duration) -> StoreResult<Self> {
-        let conn = if cluster {
-            let client = ClusterClient::builder(vec![url.to_owned()])
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .build()
-                .map_err(unavailable)?;
-            Conn::Cluster(Arc::new(client), Arc::new(OnceCell::new()))
-        } else {
-            let client = redis::Client::open(url).map_err(unavailable)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(2));
-            Conn::Standalone(ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?)
+    pub fn connect(options: &RedisOptions) -> StoreResult<Self> {
+        let timeout = options.timeout;
+        let bad = |e: RedisError| StoreError::Unavailable(format!("Redis settings: {e}"));
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let master = |source| {
+            Conn::Master(Arc::new(Master {
+                source,
+                config: config.clone(),
+                timeout,
+                current: RwLock::new(None),
+                generation: AtomicU64::new(0),
+                connecting: Mutex::new(Backoff::default()),
+            }))
+        };
+        let certs = || TlsCertificates {
+            client_tls: None,
+            root_cert: options.ca_pem.clone(),
+        };
+        let conn = match &options.topology {
+            Topology::Cluster { url } => {
+                let mut builder = ClusterClient::builder(vec![url.clone()])
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout);
+                if let Some(username) = &options.username {
+                    builder = builder.username(username);
+                }
+                if let Some(password) = &options.password {
+                    builder = builder.password(password);
+                }
+                if options.ca_pem.is_some() {
+                    builder = builder.certs(certs());
+                }
+                Conn::Cluster(Arc::new(builder.build().map_err(bad)?), Arc::new(OnceCell::new()))
+            }
+            Topology::Standalone { url } => {
+                let mut info = url.as_str().into_connection_info().map_err(bad)?;
+                let mut settings = info.redis_settings().clone();
+                if let Some(username) = &options.username {
+                    settings = settings.set_username(username);
+                }
+                if let Some(password) = &options.password {
+                    settings = settings.set_password(password);
+                }
+                info = info.set_redis_settings(settings);
+                let client = if options.ca_pem.is_some() {
+                    redis::Client::build_with_tls(info, certs())
+                } else {
+                    redis::Client::open(info)
+                };
+                master(Source::Direct(client.map_err(bad)?))
+            }
+            Topology::Sentinel(target) => {
+                let addrs = target.sentinels.iter().map(|(host, port)| {
+                    if target.tls {
+                        ConnectionAddr::TcpTls {
+                            host: host.clone(),
+                            port: *port,
+                            insecure: false,
+                            tls_params: None,
+                        }
+                    } else {
+                        ConnectionAddr::Tcp(host.clone(), *port)
+                    }
+                });
+                let mut builder =
+                    SentinelClientBuilder::new(addrs, &target.master, SentinelServerType::Master).map_err(bad)?;
+                builder = builder.set_client_to_redis_db(target.db);
+                if target.tls {
+                    builder = builder
+                        .set_client_to_redis_tls_mode(TlsMode::Secure)
+                        .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+                    if options.ca_pem.is_some() {
+                        builder = builder
+                            .set_client_to_redis_certificates(certs())
+                            .set_client_to_sentinel_certificates(certs());
+                    }
+                }
+                if let Some(username) = options.username.as_ref().or(target.username.as_ref()) {
+                    builder = builder.set_client_to_redis_username(username);
+                }
+                if let Some(password) = options.password.as_ref().or(target.password.as_ref()) {
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                if let Some(username) = &options.sentinel_username {
+                    builder = builder.set_client_to_sentinel_username(username);
+                }
+                if let Some(password) = &options.sentinel_password {
+                    builder = builder.set_client_to_sentinel_password(password);
+                }
+                master(Source::Sentinel(Mutex::new(builder.build().map_err(bad)?)))
+            }
         };
         Ok(Self {
             conn,
-            prefix: Arc::from(prefix),
+            kind: options.topology.kind(),
+            prefix: Arc::from(options.key_prefix.as_str()),
             scripts: Arc::new(Scripts {
                 replace: Script::new(REPLACE),
                 set_add: Script::new(SET_ADD),
                 claim_due: Script::new(CLAIM_DUE),
             }),
         })
+    }
+
+    /// `redis`, `redis-sentinel` or `redis-cluster`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
     }
 
     pub(super) fn namespaced(&self, key: &str) -> String {
@@ -104,38 +580,67 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
-    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> StoreResult<T> {
-        match &self.conn {
-            Conn::Standalone(manager) => cmd.query_async(&mut manager.clone()).await.map_err(unavailable),
-            Conn::Cluster(client, cell) => {
-                let mut conn = Self::cluster(client, cell).await?;
-                cmd.query_async(&mut conn).await.map_err(unavailable)
+    /// Boxed: the retrying future is deep, and every endpoint's future would carry it inline.
+    fn query<'a, T: FromRedisValue + Send + 'a>(
+        &'a self,
+        repeat: Repeat,
+        cmd: &'a Cmd,
+    ) -> Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>> {
+        Box::pin(async move {
+            match &self.conn {
+                Conn::Master(master) => {
+                    master
+                        .run(repeat, |mut conn| async move { cmd.query_async(&mut conn).await })
+                        .await
+                }
+                Conn::Cluster(client, cell) => {
+                    let mut conn = Self::cluster(client, cell).await?;
+                    cmd.query_async(&mut conn).await.map_err(unavailable)
+                }
             }
-        }
+        })
     }
 
-    async fn invoke<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> StoreResult<T> {
-        match &self.conn {
-            Conn::Standalone(manager) => invocation.invoke_async(&mut manager.clone()).await.map_err(unavailable),
-            Conn::Cluster(client, cell) => {
-                let mut conn = Self::cluster(client, cell).await?;
-                invocation.invoke_async(&mut conn).await.map_err(unavailable)
+    fn invoke<'a, T: FromRedisValue + Send + 'a>(
+        &'a self,
+        repeat: Repeat,
+        invocation: &'a ScriptInvocation<'a>,
+    ) -> Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>> {
+        Box::pin(async move {
+            match &self.conn {
+                Conn::Master(master) => {
+                    master
+                        .run(
+                            repeat,
+                            |mut conn| async move { invocation.invoke_async(&mut conn).await },
+                        )
+                        .await
+                }
+                Conn::Cluster(client, cell) => {
+                    let mut conn = Self::cluster(client, cell).await?;
+                    invocation.invoke_async(&mut conn).await.map_err(unavailable)
+                }
             }
-        }
+        })
     }
 
     pub(super) async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.query(redis::cmd("GET").arg(key)).await
+        self.query(Repeat::Safe, redis::cmd("GET").arg(key)).await
     }
 
     pub(super) async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<()> {
-        self.query(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_ms(ttl)))
-            .await
+        self.query(
+            Repeat::Safe,
+            redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_ms(ttl)),
+        )
+        .await
     }
 
     pub(super) async fn put_new(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<bool> {
+        // Twice would answer "exists" to the caller that stored it.
         let reply: Option<String> = self
             .query(
+                Repeat::Unsafe,
                 redis::cmd("SET")
                     .arg(key)
                     .arg(value)
@@ -148,45 +653,56 @@ impl RedisStore {
     }
 
     pub(super) async fn take(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.query(redis::cmd("GETDEL").arg(key)).await
+        // Twice would lose the value: the first answer may be the one that never arrived.
+        self.query(Repeat::Unsafe, redis::cmd("GETDEL").arg(key)).await
     }
 
     pub(super) async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.query::<i64>(redis::cmd("DEL").arg(key)).await.map(drop)
+        self.query::<i64>(Repeat::Safe, redis::cmd("DEL").arg(key))
+            .await
+            .map(drop)
     }
 
     pub(super) async fn replace(&self, key: &str, expected: &[u8], new: &[u8]) -> StoreResult<bool> {
         let replaced: i64 = self
-            .invoke(self.scripts.replace.key(key).arg(expected).arg(new))
+            .invoke(Repeat::Unsafe, self.scripts.replace.key(key).arg(expected).arg(new))
             .await?;
         Ok(replaced == 1)
     }
 
     pub(super) async fn get_pair(&self, key: &str, other: &str) -> StoreResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
-        let mut values: Vec<Option<Vec<u8>>> = self.query(redis::cmd("MGET").arg(key).arg(other)).await?;
+        if matches!(self.conn, Conn::Cluster(..)) {
+            // While a slot migrates, a multi-key read whose keys are not all on one side is
+            // refused (TRYAGAIN) until the migration ends; a missing key (no poll yet) counts
+            // as not there. Two reads in parallel follow the redirections one by one. The pair
+            // need not be atomic: it is a record and the time of the last poll.
+            let (first, second) = tokio::join!(self.get(key), self.get(other));
+            return Ok((first?, second?));
+        }
+        let mut values: Vec<Option<Vec<u8>>> = self.query(Repeat::Safe, redis::cmd("MGET").arg(key).arg(other)).await?;
         let second = values.pop().flatten();
         let first = values.pop().flatten();
         Ok((first, second))
     }
 
     pub(super) async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {
-        self.invoke::<i64>(self.scripts.set_add.key(key).arg(member).arg(ttl_ms(ttl)))
+        self.invoke::<i64>(Repeat::Safe, self.scripts.set_add.key(key).arg(member).arg(ttl_ms(ttl)))
             .await
             .map(drop)
     }
 
     pub(super) async fn set_members(&self, key: &str) -> StoreResult<Vec<String>> {
-        self.query(redis::cmd("SMEMBERS").arg(key)).await
+        self.query(Repeat::Safe, redis::cmd("SMEMBERS").arg(key)).await
     }
 
     pub(super) async fn set_remove(&self, key: &str, member: &str) -> StoreResult<()> {
-        self.query::<i64>(redis::cmd("SREM").arg(key).arg(member))
+        self.query::<i64>(Repeat::Safe, redis::cmd("SREM").arg(key).arg(member))
             .await
             .map(drop)
     }
 
     pub(super) async fn schedule(&self, queue: &str, member: &str, due_ms: u64) -> StoreResult<()> {
-        self.query::<i64>(redis::cmd("ZADD").arg(queue).arg(due_ms).arg(member))
+        self.query::<i64>(Repeat::Safe, redis::cmd("ZADD").arg(queue).arg(due_ms).arg(member))
             .await
             .map(drop)
     }
@@ -199,26 +715,113 @@ impl RedisStore {
         limit: usize,
     ) -> StoreResult<Vec<String>> {
         let until = now_ms.saturating_add(ttl_ms(lease));
-        self.invoke(self.scripts.claim_due.key(queue).arg(now_ms).arg(until).arg(limit))
-            .await
+        // Twice would hide the members leased by the first run until their lease ends.
+        self.invoke(
+            Repeat::Unsafe,
+            self.scripts.claim_due.key(queue).arg(now_ms).arg(until).arg(limit),
+        )
+        .await
     }
 
     pub(super) async fn unschedule(&self, queue: &str, member: &str) -> StoreResult<()> {
-        self.query::<i64>(redis::cmd("ZREM").arg(queue).arg(member))
+        self.query::<i64>(Repeat::Safe, redis::cmd("ZREM").arg(queue).arg(member))
             .await
             .map(drop)
     }
 
     pub(super) async fn count_due_after(&self, queue: &str, after_ms: u64) -> StoreResult<u64> {
-        self.query(redis::cmd("ZCOUNT").arg(queue).arg(format!("({after_ms}")).arg("+inf"))
-            .await
+        self.query(
+            Repeat::Safe,
+            redis::cmd("ZCOUNT").arg(queue).arg(format!("({after_ms}")).arg("+inf"),
+        )
+        .await
     }
 
     pub(super) async fn ping(&self) -> StoreResult<()> {
-        self.query::<String>(&redis::cmd("PING")).await.map(drop)
+        self.query::<String>(Repeat::Safe, &redis::cmd("PING")).await.map(drop)
     }
 }
 
 fn ttl_ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sentinel(url: &str) -> SentinelTarget {
+        match Topology::from_url(url, false) {
+            Ok(Topology::Sentinel(target)) => target,
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_the_master_and_the_data_node_credentials() {
+        let t = sentinel("redis+sentinel://s-0.redis:26380,s-1.redis,[::1]:26381/mymaster");
+        assert_eq!(
+            t.sentinels,
+            vec![
+                ("s-0.redis".to_owned(), 26380),
+                ("s-1.redis".to_owned(), SENTINEL_PORT),
+                ("::1".to_owned(), 26381)
+            ]
+        );
+        assert_eq!((t.master.as_str(), t.db, t.tls), ("mymaster", 0, false));
+        assert_eq!((t.username, t.password), (None, None));
+
+        let t = sentinel("rediss+sentinel://app:p%40ss@sentinel:26379/main/2");
+        assert_eq!((t.master.as_str(), t.db, t.tls), ("main", 2, true));
+        assert_eq!(
+            (t.username.as_deref(), t.password.as_deref()),
+            (Some("app"), Some("p@ss"))
+        );
+        let t = sentinel("redis+sentinel://:secret@sentinel/main");
+        assert_eq!((t.username, t.password.as_deref()), (None, Some("secret")));
+    }
+
+    #[test]
+    fn bad_redis_urls_say_what_is_wrong() {
+        for (url, cluster, needle) in [
+            ("redis+sentinel://sentinel:26379", false, "master name"),
+            ("redis+sentinel://sentinel:26379/", false, "master name"),
+            ("redis+sentinel:///main", false, "no Sentinel address"),
+            ("redis+sentinel://sentinel:port/main", false, "bad Sentinel port"),
+            ("redis+sentinel://sentinel/main/x", false, "bad database"),
+            ("redis+sentinel://sentinel/main", true, "Cluster"),
+            ("http://redis:6379", false, "expected a redis://"),
+            ("redis-sentinel", false, "expected a redis://"),
+        ] {
+            let error = Topology::from_url(url, cluster).expect_err(url);
+            assert!(error.contains(needle), "{url}: {error}");
+        }
+        assert_eq!(
+            Topology::from_url("redis://r:6379", true),
+            Ok(Topology::Cluster {
+                url: "redis://r:6379".into()
+            })
+        );
+        assert_eq!(
+            Topology::from_url("rediss://r:6379/1", false).map(|t| t.kind()),
+            Ok("redis")
+        );
+    }
+
+    #[test]
+    fn a_refused_or_broken_command_drops_the_connection_and_says_whether_it_ran() {
+        let server = |kind| RedisError::from((ErrorKind::Server(kind), "refused"));
+        let io = RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        let refused = RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"));
+        let both = |drop_connection, not_run| Verdict {
+            drop_connection,
+            not_run,
+        };
+        assert_eq!(verdict(&server(ServerErrorKind::ReadOnly)), both(true, true));
+        assert_eq!(verdict(&server(ServerErrorKind::MasterDown)), both(true, true));
+        assert_eq!(verdict(&server(ServerErrorKind::BusyLoading)), both(false, true));
+        assert_eq!(verdict(&refused), both(true, true));
+        assert_eq!(verdict(&io), both(true, false), "a reset request may have run");
+        assert_eq!(verdict(&server(ServerErrorKind::ResponseError)), both(false, false));
+    }
 }

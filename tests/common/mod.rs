@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
+pub mod faults;
 pub mod keycloak;
 
 pub const REDIRECT_URI: &str = "https://rp.example.com/cb";

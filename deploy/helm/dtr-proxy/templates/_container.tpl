@@ -86,6 +86,22 @@ env:
         key: {{ ternary "redis-url" $keys.redisUrl $inline }}
   - name: DTR_REDIS_CLUSTER
     value: {{ .Values.redis.cluster | toString | quote }}
+  - name: DTR_REDIS_TIMEOUT
+    value: {{ .Values.redis.timeout | toString | quote }}
+  {{- if and (not $inline) $keys.redisPassword }}
+  - name: DTR_REDIS_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ $secretName }}
+        key: {{ $keys.redisPassword }}
+  {{- end }}
+  {{- if and (not $inline) $keys.redisSentinelPassword }}
+  - name: DTR_REDIS_SENTINEL_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ $secretName }}
+        key: {{ $keys.redisSentinelPassword }}
+  {{- end }}
   {{- end }}
   {{- with .Values.extraEnv }}
   {{- tpl (toYaml .) $ | nindent 2 }}

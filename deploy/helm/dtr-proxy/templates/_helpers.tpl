@@ -201,8 +201,11 @@ upgrade and template run fails early with a clear message.
 {{- fail "redis.url is set but redis.enabled is false: set redis.enabled=true to use Redis" }}
 {{- end }}
 {{- if .Values.redis.url }}
-{{- if not (regexMatch "^(redis|rediss)://" .Values.redis.url) }}
-{{- fail "redis.url must start with redis:// or rediss://" }}
+{{- if not (regexMatch "^(redis|rediss)(\\+sentinel)?://" .Values.redis.url) }}
+{{- fail "redis.url must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://" }}
+{{- end }}
+{{- if and .Values.redis.cluster (regexMatch "^(redis|rediss)\\+sentinel://" .Values.redis.url) }}
+{{- fail "redis.cluster cannot be combined with a Sentinel URL (redis+sentinel://)" }}
 {{- end }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled .Values.redis.enabled }}
