@@ -54,6 +54,36 @@ env:
     value: {{ .Values.shutdown.delaySeconds | int | toString | quote }}
   - name: DTR_SHUTDOWN_GRACE
     value: {{ .Values.shutdown.graceSeconds | int | toString | quote }}
+  - name: DTR_ACCESS_LOG
+    value: {{ .Values.config.accessLog | toString | quote }}
+  - name: DTR_COMPLETION_HOLD
+    value: {{ .Values.config.completionHoldSeconds | int | toString | quote }}
+  {{- if .Values.events.url }}
+  - name: DTR_EVENTS_URL
+    value: {{ .Values.events.url | quote }}
+  {{- with .Values.events.realms }}
+  - name: DTR_EVENTS_REALMS
+    value: {{ join "," . | quote }}
+  {{- end }}
+  - name: DTR_EVENTS_SECRET
+    valueFrom:
+      secretKeyRef:
+        name: {{ $secretName }}
+        key: {{ ternary "events-secret" $keys.eventsSecret $inline }}
+  {{- end }}
+  {{- if .Values.keycloakAdmin.clientId }}
+  - name: DTR_KEYCLOAK_ADMIN_CLIENT_ID
+    value: {{ .Values.keycloakAdmin.clientId | quote }}
+  {{- with .Values.keycloakAdmin.realm }}
+  - name: DTR_KEYCLOAK_ADMIN_REALM
+    value: {{ . | quote }}
+  {{- end }}
+  - name: DTR_KEYCLOAK_ADMIN_CLIENT_SECRET
+    valueFrom:
+      secretKeyRef:
+        name: {{ $secretName }}
+        key: {{ ternary "keycloak-admin-secret" $keys.keycloakAdminSecret $inline }}
+  {{- end }}
   {{- with .Values.config.trustedProxies }}
   - name: DTR_TRUSTED_PROXIES
     value: {{ join "," . | quote }}
