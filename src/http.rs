@@ -87,16 +87,45 @@ where
     }
 }
 
+/// How much of a refused (too large) body is still read and dropped, and for how long, so that
+/// a client that is still sending sees the 413 rather than a connection reset (the kernel
+/// resets a connection closed with unread data; nginx's lingering close does the same).
+const DRAIN_MAX_BYTES: usize = 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Reads a client's request body whole, within `limit` bytes and `timeout`: a client that
-/// trickles or stalls its body must not hold a request (and its connection) open.
+/// trickles or stalls its body must not hold a request (and its connection) open. Over the
+/// limit, the rest is drained (bounded) before the caller answers 413.
 pub async fn read_request_body<B>(body: B, limit: usize, timeout: std::time::Duration) -> Result<Bytes, BodyError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    tokio::time::timeout(timeout, read_limited(body, limit))
-        .await
-        .unwrap_or(Err(BodyError::TimedOut(timeout)))
+    let mut body = std::pin::pin!(body);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut collected = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(BodyError::TimedOut(timeout)),
+            Ok(None) => return Ok(collected.freeze()),
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e.into().to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        if collected.len() + data.len() > limit {
+            break;
+        }
+        collected.extend_from_slice(&data);
+    }
+    let drain_until = tokio::time::Instant::now() + DRAIN_TIME.min(timeout);
+    let mut drained = 0;
+    while drained < DRAIN_MAX_BYTES {
+        match tokio::time::timeout_at(drain_until, body.frame()).await {
+            Ok(Some(Ok(frame))) => drained += frame.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
+    }
+    Err(BodyError::TooLarge(limit))
 }
 
 /// What the public and admin services take as a request body: hyper's `Incoming` from a

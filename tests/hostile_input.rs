@@ -221,6 +221,35 @@ async fn oversize_token_body_is_413_invalid_request() {
     assert_oauth_error(&reply, 413, "invalid_request");
 }
 
+/// A client that writes its whole oversized body before reading must see the 413, not a reset:
+/// the proxy reads and drops the rest (bounded) before it answers and closes.
+#[tokio::test]
+async fn a_client_writing_its_whole_oversized_body_sees_the_413() {
+    let proxy = start(small_bodies()).await;
+    let body = format!("grant_type={DEFERRED_GRANT}&x={}", "a".repeat(512 * 1024));
+    let request = format!(
+        "POST /realms/{}/protocol/openid-connect/token HTTP/1.1\r\nHost: {}\r\nContent-Type: {FORM}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        proxy.realm,
+        addr(&proxy.base),
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr(&proxy.base)).await.expect("connect");
+    // As a real client on a real network: the body goes out over a while, not in one burst.
+    for chunk in request.as_bytes().chunks(32 * 1024) {
+        stream
+            .write_all(chunk)
+            .await
+            .expect("the whole body is taken, not reset midway");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(matches!(read, Ok(Ok(_))), "the answer is readable: {read:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
 #[tokio::test]
 async fn oversize_chunked_token_body_is_413_invalid_request() {
     let proxy = start(small_bodies()).await;
