@@ -157,6 +157,8 @@ async fn a_deferred_flow_survives_a_sentinel_failover_mid_process() {
     let tokens = poll_until_released(&proxy, &id, Duration::from_secs(20)).await;
     assert_eq!(tokens.status, 200, "{}", tokens.json);
     assert!(tokens.json["access_token"].is_string());
+    // A spent id is the draft's last check, after the polling rate: wait the interval.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let spent = proxy.poll(&dtr_client(), &id).await;
     assert_eq!((spent.status, spent.error()), (400, "invalid_grant"));
 }
