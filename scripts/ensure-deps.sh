@@ -3,6 +3,7 @@
 # root. Idempotent: a second run does nothing but check.
 #   - redis-server (Debian package)
 #   - the test OpenID Provider's npm dependencies (tests/op, from the lockfile)
+#   - the TypeScript RP kit's npm dependencies (clients/js, from the lockfile)
 set -euo pipefail
 
 # Work from the repository root whatever the caller's cwd.
@@ -27,7 +28,7 @@ else
   say "redis-server installed ($(redis-server --version | cut -d' ' -f3))"
 fi
 
-# --- node / npm for tests/op ------------------------------------------------
+# --- node / npm for tests/op and clients/js ----------------------------------
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   say "node and npm are required (Node 20 or later) for tests/op" >&2
   exit 1
@@ -40,12 +41,14 @@ fi
 
 # npm writes node_modules/.package-lock.json on every install; if it is
 # missing or older than the lockfile, the installed tree is stale.
-marker=tests/op/node_modules/.package-lock.json
-if [ ! -f "$marker" ] || [ tests/op/package-lock.json -nt "$marker" ]; then
-  say "npm ci in tests/op (node $(node --version))"
-  (cd tests/op && npm ci --no-audit --no-fund --loglevel=error)
-else
-  say "tests/op/node_modules up to date"
-fi
+for dir in tests/op clients/js; do
+  marker="$dir/node_modules/.package-lock.json"
+  if [ ! -f "$marker" ] || [ "$dir/package-lock.json" -nt "$marker" ]; then
+    say "npm ci in $dir (node $(node --version))"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  else
+    say "$dir/node_modules up to date"
+  fi
+done
 
 say "done"
