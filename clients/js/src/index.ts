@@ -109,10 +109,16 @@ export type PollResult =
   | { status: 'pending'; description?: string }
   | { status: 'slow_down'; interval: number; description?: string }
   | ({ status: 'approved' } & FinalTokens)
+  /**
+   * The OP or its store is briefly unavailable (`temporarily_unavailable`, 5xx, 429): try again
+   * after `retryAfter` seconds. An approved process stays approved meanwhile.
+   */
+  | { status: 'unavailable'; retryAfter: number; httpStatus: number; description?: string }
   /** `access_denied` (denied or cancelled), `expired_token`, or `invalid_grant` (spent or unknown id). */
   | { status: 'access_denied' | 'expired_token' | 'invalid_grant'; description?: string }
 
-export type FinalResult = Exclude<PollResult, { status: 'pending' } | { status: 'slow_down' }>
+type Waiting = Extract<PollResult, { status: 'pending' | 'slow_down' | 'unavailable' }>
+export type FinalResult = Exclude<PollResult, Waiting>
 
 export interface WaitOptions {
   /** Stops waiting (rejects with the signal's reason). */
@@ -120,7 +126,7 @@ export interface WaitOptions {
   /** Gives up after this many milliseconds (`DtrError` `timeout`); default: the process's expiry. */
   maxWaitMs?: number
   /** Called after every pending poll (progress text from the verification service). */
-  onPending?: (result: Extract<PollResult, { status: 'pending' | 'slow_down' }>) => void
+  onPending?: (result: Waiting) => void
 }
 
 const FINAL_ERRORS = new Set(['access_denied', 'expired_token', 'invalid_grant'])
@@ -138,6 +144,12 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }
     signal?.addEventListener('abort', onAbort, { once: true })
   })
+}
+
+function unavailable(response: Response, interval: number, description?: string): PollResult {
+  const header = Number(response.headers.get('retry-after'))
+  const retryAfter = Number.isFinite(header) && header > 0 ? Math.min(header, 3600) : interval
+  return { status: 'unavailable', retryAfter, httpStatus: response.status, ...(description ? { description } : {}) }
 }
 
 function safeEqual(a: string, b: string): boolean {
@@ -404,6 +416,17 @@ export class DtrClient {
         if (FINAL_ERRORS.has(err.error)) {
           return { status: err.error as 'access_denied', ...(description ? { description } : {}) }
         }
+        if (err.error === 'temporarily_unavailable' || err.status >= 500 || err.status === 429) {
+          return unavailable(err.response, process.interval, description)
+        }
+      }
+      if (err instanceof oauth.OperationProcessingError && err.cause instanceof Response) {
+        const response = err.cause
+        if (response.status >= 500 || response.status === 429) return unavailable(response, process.interval)
+        const body = await response.text().catch(() => '')
+        throw new DtrError(`the token endpoint answered ${response.status}: ${body.slice(0, 200)}`, 'invalid_response', {
+          cause: err,
+        })
       }
       throw err
     }
@@ -440,6 +463,12 @@ export class DtrClient {
       const result = await this.poll(process, { signal: options.signal })
       if (result.status === 'pending' || result.status === 'slow_down') {
         options.onPending?.(result)
+        continue
+      }
+      if (result.status === 'unavailable') {
+        options.onPending?.(result)
+        const extra = result.retryAfter * 1000 - process.interval * 1000
+        if (extra > 0) await sleep(Math.min(extra, Math.max(0, deadline - Date.now())), options.signal)
         continue
       }
       return result
