@@ -317,3 +317,54 @@ describe('pings', () => {
     assert.ok(pings.pings.includes(id))
   })
 })
+
+const EXAMPLES = [
+  // The kit's example, as a public DPoP client.
+  { file: 'deferred-login.mjs', client: 'dtr-public', env: {}, tokenType: 'dpop' },
+  // The same with oauth4webapi alone (docs/rp-guide.md), as a confidential client.
+  { file: 'plain-oauth4webapi.mjs', client: 'dtr-client', env: { DTR_CLIENT_SECRET: 'dtr-client-secret' }, tokenType: 'bearer' },
+]
+
+describe('the examples', () => {
+  for (const example of EXAMPLES) test(`examples/${example.file} walks a whole deferred login`, async () => {
+    const { spawn } = await import('node:child_process')
+    const { createInterface } = await import('node:readline')
+    const username = user('example')
+    const child = spawn(process.execPath, [new URL(`../examples/${example.file}`, import.meta.url).pathname], {
+      env: {
+        PATH: process.env.PATH,
+        DTR_ISSUER: proxy.issuer,
+        DTR_CLIENT_ID: example.client,
+        DTR_REDIRECT_URI: REDIRECT_URI,
+        DTR_INSECURE: '1',
+        ...example.env,
+      },
+      stdio: ['pipe', 'pipe', 'inherit'],
+    })
+    const killer = setTimeout(() => child.kill('SIGKILL'), 40_000)
+    try {
+      const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]()
+      const next = async () => (await lines.next()).value
+      const url = await next()
+      const landed = await browserLogin(proxy.base, url, username)
+      child.stdin.write(`${landed.redirect}\n`)
+      assert.deepEqual(JSON.parse(await next()), { step: 'exchanged', sub: username, interval: 1 })
+      assert.equal(JSON.parse(await next()).step, 'pending')
+      assert.equal((await complete(proxy, { outcome: 'approved', sub: username, client_id: example.client })).status, 200)
+      let last
+      while ((last = JSON.parse(await next())).step === 'pending');
+      assert.deepEqual(last, {
+        step: 'approved',
+        sub: username,
+        email: `${username}@example.com`,
+        name: `User ${username}`,
+        token_type: example.tokenType,
+      })
+      const code = await new Promise((resolve) => (child.exitCode !== null ? resolve(child.exitCode) : child.once('exit', resolve)))
+      assert.equal(code, 0)
+    } finally {
+      clearTimeout(killer)
+      child.kill('SIGKILL')
+    }
+  })
+})
