@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The same deferred login with oauth4webapi alone, for RPs that add no dependency: what the kit
-// does, minus its checks of the ID token signatures and the interim sub, its DPoP handling and
+// does, minus its check of the interim ID token's signature, its DPoP handling, PAR, cancel and
 // its ping helpers. Same environment and output as deferred-login.mjs (a confidential client).
 
 import { createInterface } from 'node:readline'
@@ -53,6 +53,7 @@ for (const deadline = Date.now() + (exchange.expires_in ?? 86400) * 1000; Date.n
   try {
     const response = await oauth.genericTokenEndpointRequest(as, client, clientAuth, DEFERRED, { deferred_auth_id }, http)
     const tokens = await oauth.processGenericTokenEndpointResponse(as, client, response)
+    await oauth.validateApplicationLevelSignature(as, response, http) // the ID token's signature (JWKS)
     const claims = oauth.getValidatedIdTokenClaims(tokens) // iss, aud, exp, iat checked
     if (claims.nonce !== nonce || claims.sub !== interim.sub) throw new Error('not the login this process began with')
     const { sub, email, name } = claims

@@ -294,6 +294,7 @@ export class DtrClient {
     }
   }
 
+  /** The interim ID token never passes through oauth4webapi's processors: checked here. */
   async #verifyIdToken(idToken: string, nonce: string): Promise<oauth.IDToken> {
     const algs = this.client.id_token_signed_response_alg
       ? [this.client.id_token_signed_response_alg]
@@ -402,9 +403,12 @@ export class DtrClient {
           { deferred_auth_id: process.deferredAuthId },
           { ...this.#options, DPoP: dpop },
         )
-        return oauth.processGenericTokenEndpointResponse(this.as, this.client, response)
+        const tokens = await oauth.processGenericTokenEndpointResponse(this.as, this.client, response)
+        // The final ID token's signature, by oauth4webapi against the OP's JWKS.
+        if (tokens.id_token !== undefined) await oauth.validateApplicationLevelSignature(this.as, response, this.#options)
+        return tokens
       })
-      return { status: 'approved', ...(await this.#finalClaims(process, tokens)) }
+      return { status: 'approved', ...this.#finalClaims(process, tokens) }
     } catch (err) {
       if (err instanceof oauth.ResponseBodyError) {
         const description = err.error_description
@@ -432,18 +436,18 @@ export class DtrClient {
     }
   }
 
-  async #finalClaims(process: DeferredProcess, tokens: oauth.TokenEndpointResponse): Promise<FinalTokens> {
-    // iss, aud, azp, exp and iat were checked by oauth4webapi.
-    const checked = oauth.getValidatedIdTokenClaims(tokens)
-    if (!checked || typeof tokens.id_token !== 'string') throw new DtrError('the final answer has no ID token', 'invalid_response')
-    const claims = await this.#verifyIdToken(tokens.id_token, process.nonce)
+  #finalClaims(process: DeferredProcess, tokens: oauth.TokenEndpointResponse): FinalTokens {
+    // iss, aud, azp, exp and iat were checked by oauth4webapi, the signature too (poll).
+    const claims = oauth.getValidatedIdTokenClaims(tokens)
+    if (!claims) throw new DtrError('the final answer has no ID token', 'invalid_response')
+    if (claims.nonce !== process.nonce) throw new DtrError('the final ID token does not carry the nonce of the request', 'invalid_id_token')
     if (process.interimClaims && claims.sub !== process.interimClaims.sub) {
       throw new DtrError('the final ID token names another sub than the interim one', 'invalid_id_token')
     }
     if (process.dpopKeyPair && tokens.token_type !== 'dpop') {
       throw new DtrError('a DPoP process answered a token that is not DPoP-bound', 'invalid_response')
     }
-    return { tokens, claims: checked }
+    return { tokens, claims }
   }
 
   /**

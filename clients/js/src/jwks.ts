@@ -1,8 +1,7 @@
-// ID token signatures, checked against the OP's published keys (jwks_uri) with WebCrypto.
-//
-// oauth4webapi validates the claims of ID tokens from the token endpoint but, as OpenID
-// Connect Core 3.1.3.7 allows over TLS, not their signature. A deferred process spans hours
-// or days and its interim token is kept, so the kit checks every signature itself.
+// Signatures of the interim ID token, checked against the OP's published keys (jwks_uri) with
+// WebCrypto. The final ID token comes in a token response, whose signature oauth4webapi checks
+// (validateApplicationLevelSignature); the interim one comes in the exchange answer, which no
+// oauth4webapi processor reads, and is kept for as long as the process runs.
 
 import type { AuthorizationServer, JWK } from 'oauth4webapi'
 
