@@ -187,6 +187,15 @@ describe('deferred flow through the kit', () => {
     assert.equal(result.claims.sub, username)
   })
 
+  test('response_type "deferred_code code" is acknowledged as deferred', async () => {
+    const rp = await secretClient()
+    const username = user('both')
+    const { process, url } = await start(rp, username, { responseType: 'deferred_code code' })
+    assert.equal(url.searchParams.get('response_type'), 'deferred_code code')
+    assert.equal(process.interimClaims.sub, username)
+    await rp.cancel(process)
+  })
+
   test('PAR with a public DPoP client', async () => {
     const rp = await publicClient()
     const username = user('par-dpop')
