@@ -65,7 +65,7 @@ export class KeySet {
   readonly #uri: URL
   readonly #fetch: typeof fetch
 
-  constructor(as: AuthorizationServer, fetchImpl: typeof fetch = fetch) {
+  constructor(as: AuthorizationServer, fetchImpl: typeof fetch = (input, init) => fetch(input, init)) {
     if (typeof as.jwks_uri !== 'string') throw new Error('the OP publishes no jwks_uri')
     this.#uri = new URL(as.jwks_uri)
     this.#fetch = fetchImpl
