@@ -161,6 +161,18 @@ describe('deferred flow through the kit', () => {
     await rp.cancel(process)
   })
 
+  test('a public client without DPoP is refused at the exchange', async () => {
+    const rp = await DtrClient.discover(proxy.issuer, {
+      client: { client_id: 'dtr-public' },
+      redirectUri: REDIRECT_URI,
+      allowInsecureRequests: true,
+    })
+    const { url, pending } = await rp.authorizationUrl()
+    const landed = await browserLogin(proxy.base, url, user('no-dpop'))
+    const ack = await rp.acknowledgment(landed.redirect, pending)
+    await assert.rejects(rp.exchange(ack, pending), (err) => err instanceof oauth.ResponseBodyError && err.error === 'invalid_dpop_proof')
+  })
+
   test('private_key_jwt, form_post acknowledgment', async () => {
     const rp = await jwtClient()
     const username = user('jwt')
