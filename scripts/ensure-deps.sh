@@ -5,6 +5,7 @@
 #   - openssl (the Redis TLS test makes its own CA)
 #   - the test OpenID Provider's npm dependencies (tests/op, from the lockfile)
 #   - Keycloak and a JDK it supports, for the Keycloak suite (scripts/keycloak.sh)
+#   - the TypeScript RP kit's npm dependencies (clients/js, from the lockfile)
 set -euo pipefail
 
 # Work from the repository root whatever the caller's cwd.
@@ -41,7 +42,7 @@ else
   fi
 fi
 
-# --- node / npm for tests/op ------------------------------------------------
+# --- node / npm for tests/op and clients/js ----------------------------------
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   say "node and npm are required (Node 20 or later) for tests/op" >&2
   exit 1
@@ -54,13 +55,15 @@ fi
 
 # npm writes node_modules/.package-lock.json on every install; if it is
 # missing or older than the lockfile, the installed tree is stale.
-marker=tests/op/node_modules/.package-lock.json
-if [ ! -f "$marker" ] || [ tests/op/package-lock.json -nt "$marker" ]; then
-  say "npm ci in tests/op (node $(node --version))"
-  (cd tests/op && npm ci --no-audit --no-fund --loglevel=error)
-else
-  say "tests/op/node_modules up to date"
-fi
+for dir in tests/op clients/js; do
+  marker="$dir/node_modules/.package-lock.json"
+  if [ ! -f "$marker" ] || [ "$dir/package-lock.json" -nt "$marker" ]; then
+    say "npm ci in $dir (node $(node --version))"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  else
+    say "$dir/node_modules up to date"
+  fi
+done
 
 # --- Keycloak ---------------------------------------------------------------
 bash scripts/keycloak.sh

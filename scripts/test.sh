@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test, on a fresh machine: installs what the suites need (redis-server, the test OP),
 # then formatting and lints, the Rust unit and integration tests (real Redis, real OP), the
-# test OP's own self-test and the deployment checks (Helm chart, Dockerfile).
+# test OP's own self-test, the TypeScript RP kit's end-to-end tests (against the binary the cargo
+# tests built) and the deployment checks (Helm chart, Dockerfile).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,5 +19,7 @@ echo "test: cargo test"
 cargo test --locked --all-targets -- --test-threads 8
 echo "test: test OP self-test"
 node tests/op/selftest.mjs
+echo "test: TypeScript RP kit (clients/js)"
+npm test --prefix clients/js
 echo "test: deployment checks"
 bash deploy/check.sh
