@@ -337,6 +337,33 @@ async fn oversize_header_is_431() {
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
 
+/// Headers over the configured total on a request whose body is still coming: the body is
+/// drained (bounded) so the client sees the 431 instead of a reset.
+#[tokio::test]
+async fn a_client_sending_a_body_after_oversized_headers_sees_the_431() {
+    let proxy = start(Options::new(StoreKind::Embedded).env("DTR_MAX_HEADER_BYTES", "8192")).await;
+    let body = "a".repeat(512 * 1024);
+    let request = format!(
+        "POST /realms/{}/x HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        proxy.realm,
+        addr(&proxy.base),
+        "c".repeat(9 * 1024),
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr(&proxy.base)).await.expect("connect");
+    for chunk in request.as_bytes().chunks(32 * 1024) {
+        stream
+            .write_all(chunk)
+            .await
+            .expect("the whole request is taken, not reset midway");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(matches!(read, Ok(Ok(_))), "the answer is readable: {read:?}");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"));
+}
+
 #[tokio::test]
 async fn connect_and_asterisk_form_requests_are_refused_not_proxied() {
     let proxy = start(Options::new(StoreKind::Embedded)).await;

@@ -58,8 +58,10 @@ impl PublicService {
         let request = request.map(IntoBody::into_body);
         if header_bytes(request.headers()) > self.limits.max_header_bytes {
             // hyper's read buffer bounds memory only roughly (it has room for a request line and
-            // a partial read on top); the configured total is the rule.
+            // a partial read on top); the configured total is the rule. A body still on its way
+            // is read and dropped (bounded) first, so the client sees the 431, not a reset.
             self.metrics.request("passthrough", "client_error");
+            let _ = read_request_body(request.into_body(), 0, self.limits.body_read_timeout).await;
             return plain(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "Request headers too large.\n",
