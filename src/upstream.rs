@@ -3,7 +3,7 @@
 //! public URL.
 
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,12 +12,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use prometheus_client::metrics::histogram::Histogram;
+use tower_service::Service;
 use url::Url;
 
 use crate::http::{empty, full, read_limited, Body, FORM_URLENCODED};
@@ -76,6 +78,125 @@ pub fn http_client() -> HttpClient {
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
         .build(https_connector())
+}
+
+/// The connections to the OP: HTTP/1.1 with keep-alive, at most [`MAX_IDLE`] kept; one unused
+/// for [`IDLE_TIMEOUT`] is dropped when the pool next looks at it. A request goes to the most recently used connection
+/// that is ready, or to a new one; a request that a connection closed before taking it is sent
+/// again on a new connection (nothing of it reached the OP).
+///
+/// Leaner per request than the general-purpose pooled client (no per-host map, no checkout
+/// race against a connect, no task to return a connection): the pass-through path pays for it
+/// on every request.
+struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    /// Senders of open connections, busy or ready, most recently used last.
+    idle: Mutex<Vec<Pooled>>,
+}
+
+struct Pooled {
+    sender: http1::SendRequest<Body>,
+    used: Instant,
+}
+
+const MAX_IDLE: usize = 256;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// New connections tried for one request whose connection closed before taking it.
+const MAX_RETRIES: usize = 3;
+
+impl Pool {
+    fn new() -> Self {
+        Self {
+            connector: https_connector(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A ready connection from the pool, dropping closed and expired ones on the way.
+    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            let pooled = &idle[i];
+            if pooled.sender.is_closed() || (pooled.sender.is_ready() && now.duration_since(pooled.used) > IDLE_TIMEOUT)
+            {
+                idle.swap_remove(i);
+            } else if pooled.sender.is_ready() {
+                return Some(idle.swap_remove(i).sender);
+            }
+        }
+        None
+    }
+
+    /// Back into the pool as soon as a request is handed to it: the connection is ready
+    /// again once the response has been read, which `checkout` sees.
+    fn put(&self, sender: http1::SendRequest<Body>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(Pooled {
+                sender,
+                used: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self, uri: &Uri) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let io = self
+            .connector
+            .clone()
+            .call(uri.clone())
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(e.as_ref())))?;
+        let (sender, connection) = http1::handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends a request with an absolute URI (the OP's) on a pooled connection.
+    async fn send(&self, mut request: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        let uri = request.uri().clone();
+        if !request.headers().contains_key(header::HOST) {
+            if let Some(authority) = uri.authority() {
+                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                    request.headers_mut().insert(header::HOST, host);
+                }
+            }
+        }
+        // On the wire: origin-form.
+        *request.uri_mut() = match uri.path_and_query() {
+            Some(path_and_query) => Uri::from(path_and_query.clone()),
+            None => Uri::from_static("/"),
+        };
+        let mut fresh = 0;
+        for _ in 0..MAX_IDLE + MAX_RETRIES {
+            let mut sender = match self.checkout() {
+                Some(sender) => sender,
+                None => {
+                    fresh += 1;
+                    self.connect(&uri).await?
+                }
+            };
+            let response = sender.try_send_request(request);
+            self.put(sender);
+            match response.await {
+                Ok(response) => return Ok(response),
+                Err(mut e) => match e.take_message() {
+                    // Not taken by the connection (it closed first): nothing reached the OP.
+                    Some(unsent) if fresh <= MAX_RETRIES => request = unsent,
+                    _ => return Err(UpstreamError::Failed(error_chain(e.error()))),
+                },
+            }
+        }
+        Err(UpstreamError::Failed("no usable connection to the OP".into()))
+    }
 }
 
 fn https_connector() -> HttpsConnector<HttpConnector> {
@@ -149,7 +270,7 @@ pub const PASSTHROUGH: &str = "passthrough";
 
 /// The OP behind the proxy and how to address it.
 pub struct Upstream {
-    client: HttpClient,
+    pool: Pool,
     /// Scheme and authority of the OP, plus any base path (without a trailing slash).
     base: String,
     /// The OP's scheme and authority when it has no base path: a public path and query is
@@ -191,7 +312,7 @@ impl Upstream {
                 Some((parts.scheme?, parts.authority?))
             });
         Self {
-            client: http_client(),
+            pool: Pool::new(),
             base,
             origin,
             passthrough_latency: OnceLock::new(),
@@ -249,7 +370,7 @@ impl Upstream {
     /// Sends a request as is (headers already prepared) and returns the streaming response.
     pub async fn send(&self, request: Request<Body>, call: &'static str) -> Result<Response<Incoming>, UpstreamError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+        let result = tokio::time::timeout(self.timeout, self.pool.send(request)).await;
         if call == PASSTHROUGH {
             self.passthrough_latency
                 .get_or_init(|| self.metrics.upstream_histogram(PASSTHROUGH))
@@ -259,9 +380,7 @@ impl Upstream {
         }
         match result {
             Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-            Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
-            Ok(Ok(response)) => Ok(response),
+            Ok(result) => result,
         }
     }
 
