@@ -199,7 +199,14 @@ impl Pool {
     }
 }
 
+/// The connector every client shares: the system's root certificates are read and parsed
+/// once (they were read three times at start, for the OP pool, the pings and the JWKS fetches).
 fn https_connector() -> HttpsConnector<HttpConnector> {
+    static CONNECTOR: OnceLock<HttpsConnector<HttpConnector>> = OnceLock::new();
+    CONNECTOR.get_or_init(new_https_connector).clone()
+}
+
+fn new_https_connector() -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
