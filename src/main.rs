@@ -17,8 +17,13 @@ fn main() -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.worker_threads > 0 {
+    // One worker: the single-threaded scheduler, which has no work stealing and no cross-thread
+    // wake-ups to pay for on every request.
+    let mut builder = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if config.worker_threads > 1 {
         builder.worker_threads(config.worker_threads);
     }
     let runtime = match builder.enable_all().build() {
