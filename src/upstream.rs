@@ -100,6 +100,10 @@ struct Pooled {
 }
 
 const MAX_IDLE: usize = 256;
+/// Largest read buffer of one connection (hyper's default is about 400 KiB). A large asset
+/// streams through in reads of at most this much, and a response head must fit in it: room
+/// for Keycloak's largest cookie sets many times over.
+const MAX_READ_BUFFER: usize = 128 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// New connections tried for one request whose connection closed before taking it.
 const MAX_RETRIES: usize = 3;
@@ -149,7 +153,9 @@ impl Pool {
             .call(uri.clone())
             .await
             .map_err(|e| UpstreamError::Connect(error_chain(e.as_ref())))?;
-        let (sender, connection) = http1::handshake(io)
+        let (sender, connection) = http1::Builder::new()
+            .max_buf_size(MAX_READ_BUFFER)
+            .handshake(io)
             .await
             .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
         tokio::spawn(async move {
