@@ -208,6 +208,11 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// The latency histogram of one kind of call, for a caller that observes it often.
+    pub fn upstream_histogram(&self, call: &'static str) -> Histogram {
+        self.upstream.get_or_create(&CallLabels { call }).clone()
+    }
+
     pub fn set_pending(&self, pending: u64) {
         self.pending.set(pending as i64);
     }

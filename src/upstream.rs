@@ -3,19 +3,23 @@
 //! public URL.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
+use prometheus_client::metrics::histogram::Histogram;
+use tower_service::Service;
 use url::Url;
 
 use crate::http::{empty, full, read_limited, Body, FORM_URLENCODED};
@@ -88,6 +92,145 @@ pub trait OpClient: Send + Sync {
 /// A pooled HTTP(S) client: HTTP/1.1 to the OP (what Keycloak speaks behind a proxy), TLS by
 /// rustls on aws-lc-rs with the system's roots (Mozilla's when the system has none).
 pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(https_connector())
+}
+
+/// The connections to the OP: HTTP/1.1 with keep-alive, at most [`MAX_IDLE`] kept; one unused
+/// for [`IDLE_TIMEOUT`] is dropped when the pool next looks at it. A request goes to the most recently used connection
+/// that is ready, or to a new one; a request that a connection closed before taking it is sent
+/// again on a new connection (nothing of it reached the OP).
+///
+/// Leaner per request than the general-purpose pooled client (no per-host map, no checkout
+/// race against a connect, no task to return a connection): the pass-through path pays for it
+/// on every request.
+struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    /// Senders of open connections, busy or ready, most recently used last.
+    idle: Mutex<Vec<Pooled>>,
+}
+
+struct Pooled {
+    sender: http1::SendRequest<Body>,
+    used: Instant,
+}
+
+const MAX_IDLE: usize = 256;
+/// Largest read buffer of one connection (hyper's default is about 400 KiB). A large asset
+/// streams through in reads of at most this much, and a response head must fit in it: room
+/// for Keycloak's largest cookie sets many times over.
+const MAX_READ_BUFFER: usize = 128 * 1024;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// New connections tried for one request whose connection closed before taking it.
+const MAX_RETRIES: usize = 3;
+
+impl Pool {
+    fn new() -> Self {
+        Self {
+            connector: https_connector(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A ready connection from the pool, dropping closed and expired ones on the way.
+    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            let pooled = &idle[i];
+            if pooled.sender.is_closed() || (pooled.sender.is_ready() && now.duration_since(pooled.used) > IDLE_TIMEOUT)
+            {
+                idle.swap_remove(i);
+            } else if pooled.sender.is_ready() {
+                return Some(idle.swap_remove(i).sender);
+            }
+        }
+        None
+    }
+
+    /// Back into the pool as soon as a request is handed to it: the connection is ready
+    /// again once the response has been read, which `checkout` sees.
+    fn put(&self, sender: http1::SendRequest<Body>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(Pooled {
+                sender,
+                used: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self, uri: &Uri) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let io = self
+            .connector
+            .clone()
+            .call(uri.clone())
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(e.as_ref())))?;
+        let (sender, connection) = http1::Builder::new()
+            .max_buf_size(MAX_READ_BUFFER)
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends a request with an absolute URI (the OP's) on a pooled connection.
+    async fn send(&self, mut request: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        let uri = request.uri().clone();
+        if !request.headers().contains_key(header::HOST) {
+            if let Some(authority) = uri.authority() {
+                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                    request.headers_mut().insert(header::HOST, host);
+                }
+            }
+        }
+        // On the wire: origin-form.
+        *request.uri_mut() = match uri.path_and_query() {
+            Some(path_and_query) => Uri::from(path_and_query.clone()),
+            None => Uri::from_static("/"),
+        };
+        let mut fresh = 0;
+        for _ in 0..MAX_IDLE + MAX_RETRIES {
+            let mut sender = match self.checkout() {
+                Some(sender) => sender,
+                None => {
+                    fresh += 1;
+                    self.connect(&uri).await?
+                }
+            };
+            let response = sender.try_send_request(request);
+            self.put(sender);
+            match response.await {
+                Ok(response) => return Ok(response),
+                Err(mut e) => match e.take_message() {
+                    // Not taken by the connection (it closed first): nothing reached the OP.
+                    Some(unsent) if fresh <= MAX_RETRIES => request = unsent,
+                    _ => return Err(UpstreamError::Failed(error_chain(e.error()))),
+                },
+            }
+        }
+        Err(UpstreamError::Failed("no usable connection to the OP".into()))
+    }
+}
+
+/// The connector every client shares: the system's root certificates are read and parsed
+/// once (they were read three times at start, for the OP pool, the pings and the JWKS fetches).
+fn https_connector() -> HttpsConnector<HttpConnector> {
+    static CONNECTOR: OnceLock<HttpsConnector<HttpConnector>> = OnceLock::new();
+    CONNECTOR.get_or_init(new_https_connector).clone()
+}
+
+fn new_https_connector() -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -100,11 +243,7 @@ pub fn http_client() -> HttpClient {
             Err(e) => unreachable!("aws-lc-rs supports the default protocol versions: {e}"),
         },
     };
-    let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(connector)
+    builder.https_or_http().enable_http1().wrap_connector(http)
 }
 
 /// Headers that must not cross a proxy (RFC 9110 §7.6.1).
@@ -118,14 +257,27 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// Whether a header may not cross a proxy by its name alone (the fixed list; `Connection`
+/// names more).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers the Connection header names are hop-by-hop too.
+    // Most messages carry none: one pass over the names is cheaper than a lookup per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    // Headers the Connection header names are hop-by-hop too. `keep-alive`, the usual one, is
+    // in the fixed list already: no name to build for it.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| !name.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -136,14 +288,27 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Forwarding headers a client may not set: the proxy writes its own or none.
+const NOT_FORWARDED: [HeaderName; 3] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+/// The `call` label of pass-through requests.
+pub const PASSTHROUGH: &str = "passthrough";
 
 /// The OP behind the proxy and how to address it.
 pub struct Upstream {
-    client: HttpClient,
+    pool: Pool,
     /// Scheme and authority of the OP, plus any base path (without a trailing slash).
     base: String,
+    /// The OP's scheme and authority when it has no base path: a public path and query is
+    /// then forwarded as is, without building and parsing a URI string.
+    origin: Option<(Scheme, Authority)>,
+    /// The pass-through latency histogram, looked up once instead of on every request.
+    passthrough_latency: OnceLock<Histogram>,
     public_host: HeaderValue,
     public_proto: HeaderValue,
     public_port: HeaderValue,
@@ -169,9 +334,19 @@ impl Upstream {
             None => host.to_owned(),
         };
         let header = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        let origin = base
+            .parse::<Uri>()
+            .ok()
+            .filter(|uri| uri.path() == "/" && uri.query().is_none())
+            .and_then(|uri| {
+                let parts = uri.into_parts();
+                Some((parts.scheme?, parts.authority?))
+            });
         Self {
-            client: http_client(),
+            pool: Pool::new(),
             base,
+            origin,
+            passthrough_latency: OnceLock::new(),
             public_host: header(&authority),
             public_proto: header(public_url.scheme()),
             public_port: HeaderValue::from(port),
@@ -188,16 +363,34 @@ impl Upstream {
             .map_err(|e| UpstreamError::Connect(format!("bad upstream URI: {e}")))
     }
 
+    /// The OP's URI for a request's path and query (origin-form, starting with `/`).
+    pub fn forward_uri(&self, path_and_query: &PathAndQuery) -> Result<Uri, UpstreamError> {
+        let Some((scheme, authority)) = &self.origin else {
+            return self.uri(path_and_query.as_str());
+        };
+        let mut parts = uri::Parts::default();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(path_and_query.clone());
+        Uri::from_parts(parts).map_err(|e| UpstreamError::Failed(format!("bad upstream URI: {e}")))
+    }
+
     /// Makes request headers fit for the OP: hop-by-hop headers out, and the forwarding
     /// headers set by us, never taken from the client, so the OP builds its public URLs (the
     /// issuer, redirects, DPoP `htu`) from the configured public origin. Only the client chain
     /// of `X-Forwarded-For` may come from a trusted proxy.
     pub fn prepare_headers(&self, headers: &mut HeaderMap, peer: IpAddr) {
         let forwarded_for = forwarded_for(headers, peer, &self.trusted_proxies);
-        strip_hop_by_hop(headers);
-        headers.remove(header::FORWARDED);
-        headers.remove(&X_FORWARDED_PREFIX);
-        headers.remove(&X_REAL_IP);
+        // Most requests carry none of these: one pass over the names instead of a lookup each.
+        if headers
+            .keys()
+            .any(|name| is_hop_by_hop(name) || NOT_FORWARDED.contains(name))
+        {
+            strip_hop_by_hop(headers);
+            for name in &NOT_FORWARDED {
+                headers.remove(name);
+            }
+        }
         headers.insert(header::HOST, self.public_host.clone());
         headers.insert(X_FORWARDED_HOST.clone(), self.public_host.clone());
         headers.insert(X_FORWARDED_PROTO.clone(), self.public_proto.clone());
@@ -208,13 +401,17 @@ impl Upstream {
     /// Sends a request as is (headers already prepared) and returns the streaming response.
     pub async fn send(&self, request: Request<Body>, call: &'static str) -> Result<Response<Incoming>, UpstreamError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
-        self.metrics.observe_upstream(call, started.elapsed());
+        let result = tokio::time::timeout(self.timeout, self.pool.send(request)).await;
+        if call == PASSTHROUGH {
+            self.passthrough_latency
+                .get_or_init(|| self.metrics.upstream_histogram(PASSTHROUGH))
+                .observe(started.elapsed().as_secs_f64());
+        } else {
+            self.metrics.observe_upstream(call, started.elapsed());
+        }
         match result {
             Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-            Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
-            Ok(Ok(response)) => Ok(response),
+            Ok(result) => result,
         }
     }
 
@@ -335,7 +532,7 @@ fn canonical(peer: IpAddr) -> IpAddr {
 /// claim about its address is never believed.
 fn forwarded_for(incoming: &HeaderMap, peer: IpAddr, trusted_proxies: &[IpNet]) -> HeaderValue {
     let peer = canonical(peer);
-    let own = HeaderValue::from_str(&peer.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let own = ip_header(peer);
     if !trusted_proxies.iter().any(|net| net.contains(&peer)) {
         return own;
     }
@@ -352,6 +549,33 @@ fn forwarded_for(incoming: &HeaderMap, peer: IpAddr, trusted_proxies: &[IpNet]) 
     joined.extend_from_slice(b", ");
     joined.extend_from_slice(own.as_bytes());
     HeaderValue::from_bytes(&joined).unwrap_or(own)
+}
+
+/// An address as a header value; IPv4 without the formatting machinery (it is on every
+/// pass-through request).
+fn ip_header(peer: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = peer else {
+        return HeaderValue::from_str(&peer.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -389,6 +613,42 @@ mod tests {
             headers.append(&X_FORWARDED_FOR, HeaderValue::from_static(value));
         }
         headers
+    }
+
+    #[test]
+    fn addresses_are_written_as_displayed() {
+        for text in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.168.10.9",
+            "::1",
+            "fd00::1",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_header(ip), text);
+        }
+    }
+
+    #[test]
+    fn a_forwarded_uri_is_the_base_and_the_path() {
+        let metrics = Metrics::new();
+        let public: Url = "https://id.example.com".parse().unwrap();
+        let timeout = Duration::from_secs(1);
+        let pq = PathAndQuery::from_static("/realms/a/x?b=c&d");
+        for (base, expected) in [
+            ("http://kc:8080", "http://kc:8080/realms/a/x?b=c&d"),
+            ("http://kc:8080/", "http://kc:8080/realms/a/x?b=c&d"),
+            ("https://kc", "https://kc/realms/a/x?b=c&d"),
+            ("http://kc:8080/auth", "http://kc:8080/auth/realms/a/x?b=c&d"),
+            ("http://kc:8080/auth/", "http://kc:8080/auth/realms/a/x?b=c&d"),
+        ] {
+            let upstream = Upstream::new(&base.parse().unwrap(), &public, vec![], timeout, metrics.clone());
+            assert_eq!(upstream.forward_uri(&pq).unwrap().to_string(), expected, "{base}");
+            assert_eq!(upstream.uri(pq.as_str()).unwrap().to_string(), expected, "{base}");
+        }
     }
 
     #[test]

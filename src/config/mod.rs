@@ -123,6 +123,7 @@ struct RawConfig {
     max_header_bytes: usize,
     header_read_timeout: u64,
     body_read_timeout: u64,
+    worker_threads: usize,
     trusted_proxies: StringList,
     shutdown_grace: u64,
     shutdown_delay: u64,
@@ -177,6 +178,7 @@ impl Default for RawConfig {
             max_header_bytes: 64 * 1024,
             header_read_timeout: 15,
             body_read_timeout: 15,
+            worker_threads: 0,
             trusted_proxies: StringList::Items(Vec::new()),
             shutdown_grace: 25,
             shutdown_delay: 3,
@@ -244,6 +246,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Time a client has to send the body of a request the proxy reads (DTR endpoints, webhook).
     pub body_read_timeout: Duration,
+    /// Runtime worker threads (`DTR_WORKER_THREADS`); 0 = one per CPU the process may use.
+    pub worker_threads: usize,
     /// Peers whose `X-Forwarded-For` chain is kept (the ingress in front of the proxy).
     pub trusted_proxies: Vec<IpNet>,
     pub shutdown_grace: Duration,
@@ -759,6 +763,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         max_header_bytes: raw.max_header_bytes,
         header_read_timeout: Duration::from_secs(raw.header_read_timeout),
         body_read_timeout: Duration::from_secs(raw.body_read_timeout),
+        worker_threads: raw.worker_threads,
         trusted_proxies,
         shutdown_grace: Duration::from_secs(raw.shutdown_grace),
         shutdown_delay: Duration::from_secs(raw.shutdown_delay),

@@ -139,11 +139,17 @@ impl Checks {
         credentials: &ClientCredentials,
         record: Option<&ProcessRecord>,
     ) -> Result<(), OAuthError> {
-        let audiences = [
-            self.urls.issuer(realm),
-            self.urls.endpoint(Endpoint::Token, realm),
-            self.urls.endpoint(Endpoint::Cancellation, realm),
-        ];
+        // Only an assertion is checked against them: a poll with a secret or none (the most
+        // frequent request of all) builds no URL.
+        let audiences = if credentials.method == AuthMethod::JwtAssertion {
+            vec![
+                self.urls.issuer(realm),
+                self.urls.endpoint(Endpoint::Token, realm),
+                self.urls.endpoint(Endpoint::Cancellation, realm),
+            ]
+        } else {
+            Vec::new()
+        };
         self.verifier
             .authenticate(credentials, client, &audiences, record.map(|r| &r.client))
             .await

@@ -25,7 +25,7 @@ use crate::protocol::errors::OAuthError;
 use crate::protocol::params::Params;
 use crate::protocol::routes::{Endpoint, Routes};
 use crate::protocol::wire;
-use crate::upstream::{strip_hop_by_hop, Upstream, UpstreamError};
+use crate::upstream::{strip_hop_by_hop, Upstream, UpstreamError, PASSTHROUGH};
 
 /// What a request to the public port may cost.
 #[derive(Debug, Clone, Copy)]
@@ -138,15 +138,10 @@ impl PublicService {
         }
         // Only origin-form (and absolute-form, whose authority is ignored) names an OP path;
         // `OPTIONS *` and authority-form have no path to forward.
-        let Some(path_and_query) = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .filter(|p| p.starts_with('/'))
-        else {
+        let Some(path_and_query) = parts.uri.path_and_query().filter(|p| p.as_str().starts_with('/')) else {
             return plain(StatusCode::BAD_REQUEST, "bad request target\n");
         };
-        parts.uri = match self.upstream.uri(path_and_query) {
+        parts.uri = match self.upstream.forward_uri(path_and_query) {
             Ok(uri) => uri,
             Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target\n"),
         };
@@ -156,11 +151,7 @@ impl PublicService {
         // Keycloak speaks HTTP/1.1 behind a proxy, whatever the client spoke to us.
         parts.version = Version::HTTP_11;
         self.upstream.prepare_headers(&mut parts.headers, peer.ip());
-        match self
-            .upstream
-            .send(Request::from_parts(parts, body), "passthrough")
-            .await
-        {
+        match self.upstream.send(Request::from_parts(parts, body), PASSTHROUGH).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);

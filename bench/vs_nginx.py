@@ -1,0 +1,409 @@
+#!/usr/bin/env python3
+"""Pass-through, side by side: nginx `proxy_pass` and dtr-proxy in front of the same upstream.
+
+Started by bench/vs-nginx.sh (which installs wrk, oha and nginx and builds the proxy). All on
+127.0.0.1:
+
+  upstream   nginx, 1 worker, serving a ~2 KiB JWKS (JSON) and a 256 KiB theme asset
+  nginx      nginx `proxy_pass` to the upstream, 1 worker, keep-alive upstream pool
+  dtr-proxy  release build, DTR_WORKER_THREADS=1, embedded store
+
+The upstream and the proxy under test share the server CPU; the load generator runs on the
+client CPU. For each file: closed-loop throughput (wrk) direct, through nginx and through
+dtr-proxy; then open-loop latency (oha at a constant request rate, latency corrected for
+coordinated omission) at several rates, for the latency-versus-load plot.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import http.client
+
+HOST = "127.0.0.1"
+FILES = {
+    "certs": "/realms/bench/protocol/openid-connect/certs",
+    "big": "/realms/bench/resources/big.js",
+}
+
+
+def log(message):
+    print(f"==> {message}", file=sys.stderr, flush=True)
+
+
+class Procs:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.procs = []
+
+    def start(self, argv, name, env=None):
+        out = open(os.path.join(self.tmp, name + ".log"), "wb")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self):
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def wait_http(port, path, proc, what):
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited during startup")
+        try:
+            conn = http.client.HTTPConnection(HOST, port, timeout=1)
+            conn.request("GET", path)
+            if conn.getresponse().status < 300:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"{what} did not answer {path} in 20 s")
+
+
+def make_content(www):
+    certs = www + FILES["certs"]
+    big = www + FILES["big"]
+    os.makedirs(os.path.dirname(certs), exist_ok=True)
+    os.makedirs(os.path.dirname(big), exist_ok=True)
+    import base64
+    b64 = lambda n: base64.urlsafe_b64encode(os.urandom(n)).decode().rstrip("=")
+    keys = []
+    for use, alg in (("sig", "RS256"), ("enc", "RSA-OAEP")):
+        keys.append({"kid": b64(32), "kty": "RSA", "alg": alg, "use": use, "n": b64(256), "e": "AQAB",
+                     "x5c": [base64.b64encode(os.urandom(420)).decode()], "x5t": b64(20), "x5t#S256": b64(32)})
+    with open(certs, "w") as f:
+        json.dump({"keys": keys}, f, separators=(",", ":"))
+    with open(big, "wb") as f:
+        f.write(b"/* theme bundle (benchmark filler) */\n")
+        f.write((base64.b64encode(os.urandom(200000)) + b"\n")[: 256 * 1024 - 38])
+    return os.path.getsize(certs), os.path.getsize(big)
+
+
+NGINX_COMMON = """
+worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {root}/tmp;
+    proxy_temp_path {root}/tmp;
+    fastcgi_temp_path {root}/tmp;
+    uwsgi_temp_path {root}/tmp;
+    scgi_temp_path {root}/tmp;
+    types {{ application/json json; application/javascript js; }}
+{body}
+}}
+"""
+
+UPSTREAM_SERVER = """
+    sendfile on;
+    server {{
+        listen {host}:{port} backlog=4096;
+        root {www};
+        location = /realms/bench/protocol/openid-connect/certs {{ default_type application/json; }}
+        location / {{ try_files $uri =404; }}
+    }}
+"""
+
+# nginx as a reverse proxy the way one would put it in front of Keycloak: HTTP/1.1 with a
+# keep-alive pool to the upstream, the forwarding headers dtr-proxy also sets, buffering on
+# (nginx's default) with buffers large enough to hold the 256 KiB asset in memory, so nginx
+# never spills to a temporary file: its best case.
+PROXY_SERVER = """
+    upstream keycloak {{
+        server {host}:{upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen {host}:{port} backlog=4096;
+        location / {{
+            proxy_pass http://keycloak;
+            proxy_http_version 1.1;
+            proxy_buffers 32 16k;
+            proxy_set_header Connection "";
+            proxy_set_header Host {host}:{port};
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Host {host}:{port};
+            proxy_set_header X-Forwarded-Proto http;
+            proxy_set_header X-Forwarded-Port {port};
+        }}
+    }}
+"""
+
+
+def start_nginx(procs, nginx, name, body, port, cpus):
+    root = os.path.join(procs.tmp, name)
+    os.makedirs(os.path.join(root, "tmp"), exist_ok=True)
+    os.chmod(os.path.join(root, "tmp"), 0o777)
+    conf = os.path.join(root, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_COMMON.format(root=root, body=body))
+    proc = procs.start(["taskset", "-c", cpus, nginx, "-p", root, "-c", conf, "-e", os.path.join(root, "error.log")], name)
+    wait_http(port, FILES["certs"], proc, name)
+    return proc
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process and its children that are still alive (nginx workers)."""
+    total = 0
+    pids = [pid]
+    try:
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            total += int(rest[11]) + int(rest[12])
+        except OSError:
+            pass
+    return total
+
+
+def status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def wrk(url, args):
+    cmd = ["taskset", "-c", args.client_cpus, "timeout", "-k", "5", str(args.duration + 30),
+           "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "5s", "--latency", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = None
+    errors = 0
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            rps = float(parts[1])
+        if "Socket errors:" in line:
+            errors += sum(int(p.strip(",")) for p in parts[3::2])
+        if line.startswith("  Non-2xx"):
+            errors += int(parts[-1])
+    if rps is None:
+        raise SystemExit(f"cannot read wrk output:\n{out}")
+    return rps, errors
+
+
+def oha(url, rate, args):
+    cmd = ["taskset", "-c", args.client_cpus, "timeout", "-k", "5", str(args.latency_duration + 30),
+           args.oha, "--no-tui", "--output-format", "json", "-z", f"{args.latency_duration}s",
+           "-q", str(rate), "-c", str(args.connections), "--latency-correction", "--http-version=1.1", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    report = json.loads(out)
+    pct = report["latencyPercentiles"]
+    ok = sum(v for k, v in report.get("statusCodeDistribution", {}).items() if k.startswith("2"))
+    # Requests still in flight when the run ends are counted by oha as "aborted due to
+    # deadline"; they are not failures of the server.
+    errors = sum(v for k, v in report.get("errorDistribution", {}).items() if "deadline" not in k)
+    if errors:
+        log(f"oha errors against {url}: {report.get('errorDistribution')}")
+    return {
+        "rps": report["summary"]["requestsPerSec"],
+        "p50": pct["p50"] * 1000,
+        "p99": pct["p99"] * 1000,
+        "ok": ok,
+        "errors": errors,
+    }
+
+
+def svg_plot(path, series, rates, title):
+    """A small line chart, no dependencies: p50 and p99 latency (ms, log scale) against the rate."""
+    import math
+    width, height, left, right, top, bottom = 720, 420, 70, 160, 40, 50
+    values = [v for lines in series.values() for points in lines.values() for _, v in points if v > 0]
+    lo = 10 ** math.floor(math.log10(min(values)))
+    hi = 10 ** math.ceil(math.log10(max(values)))
+    xmax = max(rates) * 1.05
+    px = lambda r: left + (width - left - right) * r / xmax
+    py = lambda v: top + (height - top - bottom) * (1 - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)))
+    colors = {"direct": "#2b8a3e", "nginx": "#1c7ed6", "dtr-proxy": "#e8590c"}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{width / 2 - 60}" y="22" font-size="14" text-anchor="middle">{title}</text>']
+    decade = lo
+    while decade <= hi * 1.0001:
+        for m in (1, 2, 5):
+            v = decade * m
+            if lo <= v <= hi:
+                y = py(v)
+                out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#ddd"/>')
+                out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:g}</text>')
+        decade *= 10
+    for r in rates:
+        x = px(r)
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{height - bottom}" stroke="#eee"/>')
+        out.append(f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle">{r}</text>')
+    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle">offered load (requests/s, constant rate)</text>')
+    out.append(f'<text x="16" y="{(top + height - bottom) / 2}" transform="rotate(-90 16 {(top + height - bottom) / 2})" text-anchor="middle">latency (ms, log scale)</text>')
+    for i, (name, lines) in enumerate(series.items()):
+        color = colors.get(name, "#000")
+        for kind, points in lines.items():
+            dash = ' stroke-dasharray="5,4"' if kind == "p50" else ""
+            coords = " ".join(f"{px(r):.1f},{py(v):.1f}" for r, v in points if v > 0)
+            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{coords}"/>')
+            for r, v in points:
+                if v > 0:
+                    out.append(f'<circle cx="{px(r):.1f}" cy="{py(v):.1f}" r="3" fill="{color}"/>')
+        y = top + 20 + 20 * i
+        out.append(f'<line x1="{width - right + 15}" y1="{y}" x2="{width - right + 40}" y2="{y}" stroke="{color}" stroke-width="2"/>')
+        out.append(f'<text x="{width - right + 46}" y="{y + 4}">{name}</text>')
+    out.append(f'<text x="{width - right + 15}" y="{top + 100}">solid: p99</text>')
+    out.append(f'<text x="{width - right + 15}" y="{top + 118}">dashed: p50</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--proxy", required=True)
+    parser.add_argument("--nginx", required=True)
+    parser.add_argument("--oha", required=True)
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--latency-duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rates", default="500,1000,2000,4000,6000,8000")
+    parser.add_argument("--moderate-rate", type=int, default=1000)
+    parser.add_argument("--server-cpus", default="0")
+    parser.add_argument("--client-cpus", default="1")
+    parser.add_argument("--files", default="certs,big")
+    parser.add_argument("--plot", default="")
+    parser.add_argument("--ports", default="18180,18181,18182,18192")
+    args = parser.parse_args()
+    upstream_port, nginx_port, proxy_port, admin_port = (int(p) for p in args.ports.split(","))
+    rates = [int(r) for r in args.rates.split(",")]
+
+    tmp = tempfile.mkdtemp(prefix="dtr-vs-nginx.")
+    os.chmod(tmp, 0o755)  # nginx workers started by root run as nobody and must read www/
+    procs = Procs(tmp)
+    ok = False
+    try:
+        www = os.path.join(tmp, "www")
+        sizes = make_content(www)
+        start_nginx(procs, args.nginx, "upstream",
+                    UPSTREAM_SERVER.format(host=HOST, port=upstream_port, www=www), upstream_port, args.server_cpus)
+        nginx = start_nginx(procs, args.nginx, "nginx-proxy",
+                            PROXY_SERVER.format(host=HOST, port=nginx_port, upstream=upstream_port), nginx_port, args.server_cpus)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "DTR_UPSTREAM_URL": f"http://{HOST}:{upstream_port}",
+            "DTR_PUBLIC_URL": f"http://{HOST}:{proxy_port}",
+            "DTR_ALLOW_INSECURE_HTTP": "true",
+            "DTR_LISTEN": f"{HOST}:{proxy_port}",
+            "DTR_ADMIN_LISTEN": f"{HOST}:{admin_port}",
+            "DTR_LOG": "warn",
+            "DTR_SHUTDOWN_DELAY": "0",
+            "DTR_WORKER_THREADS": "1",
+        }
+        proxy = procs.start(["taskset", "-c", args.server_cpus, args.proxy], "dtr-proxy", env=env)
+        wait_http(admin_port, "/healthz", proxy, "dtr-proxy")
+        # Same bytes through both proxies.
+        for name in ("certs", "big"):
+            bodies = []
+            for port in (upstream_port, nginx_port, proxy_port):
+                conn = http.client.HTTPConnection(HOST, port, timeout=10)
+                conn.request("GET", FILES[name])
+                bodies.append(conn.getresponse().read())
+            if not (bodies[0] == bodies[1] == bodies[2]):
+                raise SystemExit(f"{name}: the bodies differ between direct, nginx and dtr-proxy")
+        targets = {"direct": upstream_port, "nginx": nginx_port, "dtr-proxy": proxy_port}
+        pids = {"nginx": nginx.pid, "dtr-proxy": proxy.pid}
+        hz = os.sysconf("SC_CLK_TCK")
+
+        throughput = {}
+        for name in args.files.split(","):
+            for target, port in targets.items():
+                url = f"http://{HOST}:{port}{FILES[name]}"
+                log(f"{name} via {target}: wrk -t{args.threads} -c{args.connections}, warm-up 2 s, then {args.duration} s")
+                subprocess.run(["taskset", "-c", args.client_cpus, "timeout", "20", "wrk", "-t1", f"-c{args.connections}", "-d2s", url],
+                               capture_output=True, check=True)
+                before = cpu_ticks(pids[target]) if target in pids else 0
+                rps, errors = wrk(url, args)
+                cpu = (cpu_ticks(pids[target]) - before) / hz if target in pids else 0
+                throughput[(name, target)] = (rps, errors, cpu / args.duration * 100, cpu / (rps * args.duration) * 1e6 if rps else 0)
+
+        latency = {}
+        for target, port in targets.items():
+            url = f"http://{HOST}:{port}{FILES['certs']}"
+            for rate in sorted(set(rates + [args.moderate_rate])):
+                log(f"certs via {target}: oha at {rate} requests/s for {args.latency_duration} s")
+                latency[(target, rate)] = oha(url, rate, args)
+        rss_hwm = status_kib(proxy.pid, "VmHWM")
+        rss_now = status_kib(proxy.pid, "VmRSS")
+        ok = True
+    finally:
+        procs.stop_all()
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"logs kept in {tmp}", file=sys.stderr)
+
+    cpu_model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    print()
+    print("pass-through: nginx proxy_pass vs dtr-proxy, same upstream (nginx, 1 worker, sendfile)")
+    print(f"  machine: {os.cpu_count()} CPUs ({cpu_model}), load average before: {open('/proc/loadavg').read().split()[0]}")
+    print(f"  pinning: upstream and the proxy under test on CPU {args.server_cpus}, load generator on CPU {args.client_cpus}")
+    print(f"  nginx proxy: 1 worker, keepalive 64 upstream; dtr-proxy: DTR_WORKER_THREADS=1")
+    print()
+    print(f"throughput (wrk, closed loop, {args.connections} connections, {args.duration} s)")
+    print(f"  {'file':<22} {'direct':>9} {'nginx':>9} {'dtr-proxy':>10} {'dtr/nginx':>10}   {'CPU/req nginx':>13} {'CPU/req dtr':>12}")
+    labels = {"certs": f"certs ({sizes[0]} B JSON)", "big": f"big.js ({sizes[1] // 1024} KiB)"}
+    for name in args.files.split(","):
+        d, n, p = (throughput[(name, t)] for t in ("direct", "nginx", "dtr-proxy"))
+        errors = d[1] + n[1] + p[1]
+        print(f"  {labels[name]:<22} {d[0]:9.0f} {n[0]:9.0f} {p[0]:10.0f} {p[0] / n[0]:9.2f}x   {n[3]:10.1f} us {p[3]:9.1f} us"
+              + (f"  ({errors} errors!)" if errors else ""))
+    print()
+    print(f"latency of the certs file at a constant rate (oha -q, {args.connections} connections, {args.latency_duration} s each, corrected for coordinated omission)")
+    print(f"  {'rate/s':>7}  {'direct p50/p99 ms':>18}  {'nginx p50/p99 ms':>17}  {'dtr-proxy p50/p99 ms':>21}  {'added p99: nginx':>16} {'dtr-proxy':>9}")
+    for rate in sorted(set(rates + [args.moderate_rate])):
+        d, n, p = (latency[(t, rate)] for t in ("direct", "nginx", "dtr-proxy"))
+        bad = sum(x["errors"] for x in (d, n, p))
+        print(f"  {rate:7d}  {d['p50']:8.3f} / {d['p99']:6.3f}  {n['p50']:7.3f} / {n['p99']:6.3f}  {p['p50']:10.3f} / {p['p99']:7.3f}"
+              f"  {n['p99'] - d['p99']:+15.3f} {p['p99'] - d['p99']:+9.3f}" + (f"  ({bad} errors!)" if bad else ""))
+    m = args.moderate_rate
+    added = latency[("dtr-proxy", m)]["p99"] - latency[("direct", m)]["p99"]
+    print()
+    print("summary")
+    for name in args.files.split(","):
+        n, p = throughput[(name, "nginx")], throughput[(name, "dtr-proxy")]
+        print(f"  {labels[name]:<22} throughput dtr-proxy / nginx = {p[0] / n[0]:.2f}  (target >= 1.00)")
+    print(f"  added p99 at {m}/s over direct: dtr-proxy {added:+.3f} ms, nginx {latency[('nginx', m)]['p99'] - latency[('direct', m)]['p99']:+.3f} ms  (target <= 0.300 ms)")
+    print(f"  dtr-proxy RSS: peak {rss_hwm / 1024:.1f} MiB (VmHWM), {rss_now / 1024:.1f} MiB at the end  (target <= 30 MB)")
+    if args.plot:
+        series = {t: {q: [(r, latency[(t, r)][q]) for r in rates] for q in ("p99", "p50")} for t in ("direct", "nginx", "dtr-proxy")}
+        svg_plot(args.plot, series, rates, "pass-through latency vs load (2 KiB JSON)")
+        print(f"  plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
