@@ -3,7 +3,7 @@
 //! public URL.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,18 +12,20 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 use prometheus_client::metrics::histogram::Histogram;
-use tower_service::Service;
 use url::Url;
 
 use crate::http::{empty, full, read_limited, Body, FORM_URLENCODED};
 use crate::metrics::Metrics;
+
+mod pool;
+
+pub use pool::http_client;
+use pool::Pool;
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -87,163 +89,6 @@ pub trait OpClient: Send + Sync {
         body: Bytes,
         call: &'static str,
     ) -> BoxFuture<'a, Result<BufferedReply, UpstreamError>>;
-}
-
-/// A pooled HTTP(S) client: HTTP/1.1 to the OP (what Keycloak speaks behind a proxy), TLS by
-/// rustls on aws-lc-rs with the system's roots (Mozilla's when the system has none).
-pub fn http_client() -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(https_connector())
-}
-
-/// The connections to the OP: HTTP/1.1 with keep-alive, at most [`MAX_IDLE`] kept; one unused
-/// for [`IDLE_TIMEOUT`] is dropped when the pool next looks at it. A request goes to the most recently used connection
-/// that is ready, or to a new one; a request that a connection closed before taking it is sent
-/// again on a new connection (nothing of it reached the OP).
-///
-/// Leaner per request than the general-purpose pooled client (no per-host map, no checkout
-/// race against a connect, no task to return a connection): the pass-through path pays for it
-/// on every request.
-struct Pool {
-    connector: HttpsConnector<HttpConnector>,
-    /// Senders of open connections, busy or ready, most recently used last.
-    idle: Mutex<Vec<Pooled>>,
-}
-
-struct Pooled {
-    sender: http1::SendRequest<Body>,
-    used: Instant,
-}
-
-const MAX_IDLE: usize = 256;
-/// Largest read buffer of one connection (hyper's default is about 400 KiB). A large asset
-/// streams through in reads of at most this much, and a response head must fit in it: room
-/// for Keycloak's largest cookie sets many times over.
-const MAX_READ_BUFFER: usize = 128 * 1024;
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// New connections tried for one request whose connection closed before taking it.
-const MAX_RETRIES: usize = 3;
-
-impl Pool {
-    fn new() -> Self {
-        Self {
-            connector: https_connector(),
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// A ready connection from the pool, dropping closed and expired ones on the way.
-    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            let pooled = &idle[i];
-            if pooled.sender.is_closed() || (pooled.sender.is_ready() && now.duration_since(pooled.used) > IDLE_TIMEOUT)
-            {
-                idle.swap_remove(i);
-            } else if pooled.sender.is_ready() {
-                return Some(idle.swap_remove(i).sender);
-            }
-        }
-        None
-    }
-
-    /// Back into the pool as soon as a request is handed to it: the connection is ready
-    /// again once the response has been read, which `checkout` sees.
-    fn put(&self, sender: http1::SendRequest<Body>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(Pooled {
-                sender,
-                used: Instant::now(),
-            });
-        }
-    }
-
-    async fn connect(&self, uri: &Uri) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let io = self
-            .connector
-            .clone()
-            .call(uri.clone())
-            .await
-            .map_err(|e| UpstreamError::Connect(error_chain(e.as_ref())))?;
-        let (sender, connection) = http1::Builder::new()
-            .max_buf_size(MAX_READ_BUFFER)
-            .handshake(io)
-            .await
-            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// Sends a request with an absolute URI (the OP's) on a pooled connection.
-    async fn send(&self, mut request: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        let uri = request.uri().clone();
-        if !request.headers().contains_key(header::HOST) {
-            if let Some(authority) = uri.authority() {
-                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                    request.headers_mut().insert(header::HOST, host);
-                }
-            }
-        }
-        // On the wire: origin-form.
-        *request.uri_mut() = match uri.path_and_query() {
-            Some(path_and_query) => Uri::from(path_and_query.clone()),
-            None => Uri::from_static("/"),
-        };
-        let mut fresh = 0;
-        for _ in 0..MAX_IDLE + MAX_RETRIES {
-            let mut sender = match self.checkout() {
-                Some(sender) => sender,
-                None => {
-                    fresh += 1;
-                    self.connect(&uri).await?
-                }
-            };
-            let response = sender.try_send_request(request);
-            self.put(sender);
-            match response.await {
-                Ok(response) => return Ok(response),
-                Err(mut e) => match e.take_message() {
-                    // Not taken by the connection (it closed first): nothing reached the OP.
-                    Some(unsent) if fresh <= MAX_RETRIES => request = unsent,
-                    _ => return Err(UpstreamError::Failed(error_chain(e.error()))),
-                },
-            }
-        }
-        Err(UpstreamError::Failed("no usable connection to the OP".into()))
-    }
-}
-
-/// The connector every client shares: the system's root certificates are read and parsed
-/// once (they were read three times at start, for the OP pool, the pings and the JWKS fetches).
-fn https_connector() -> HttpsConnector<HttpConnector> {
-    static CONNECTOR: OnceLock<HttpsConnector<HttpConnector>> = OnceLock::new();
-    CONNECTOR.get_or_init(new_https_connector).clone()
-}
-
-fn new_https_connector() -> HttpsConnector<HttpConnector> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
-        Ok(builder) => builder,
-        Err(_) => match HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider) {
-            Ok(builder) => builder,
-            Err(e) => unreachable!("aws-lc-rs supports the default protocol versions: {e}"),
-        },
-    };
-    builder.https_or_http().enable_http1().wrap_connector(http)
 }
 
 /// Headers that must not cross a proxy (RFC 9110 §7.6.1).

@@ -1,0 +1,121 @@
+//! The effective settings of a configuration, for `dtr-proxy check-config`.
+
+use std::time::Duration;
+
+use url::Url;
+
+use super::{Config, LogFormat, StoreSettings};
+
+impl Config {
+    /// The effective settings, for `dtr-proxy check-config`: every value as it will be used,
+    /// every secret shown only as set or unset.
+    pub fn effective(&self) -> serde_json::Value {
+        use serde_json::json;
+        const SET: &str = "(set)";
+        let secs = |d: Duration| d.as_secs();
+        let store = match &self.store {
+            StoreSettings::Embedded => json!({ "kind": "embedded" }),
+            StoreSettings::Redis(options) => {
+                let topology = match &options.topology {
+                    crate::store::Topology::Standalone { url } => {
+                        json!({ "kind": "standalone", "url": redact_url(url) })
+                    }
+                    crate::store::Topology::Cluster { url } => {
+                        json!({ "kind": "cluster", "url": redact_url(url) })
+                    }
+                    crate::store::Topology::Sentinel(target) => json!({
+                        "kind": "sentinel",
+                        "sentinels": target.sentinels.iter().map(|(h, p)| format!("{h}:{p}")).collect::<Vec<_>>(),
+                        "master": target.master,
+                        "db": target.db,
+                        "tls": target.tls,
+                        "password": target.password.as_ref().map(|_| SET),
+                    }),
+                };
+                json!({
+                    "kind": "redis",
+                    "topology": topology,
+                    "key_prefix": options.key_prefix,
+                    "timeout": secs(options.timeout),
+                    "username": options.username,
+                    "password": options.password.as_ref().map(|_| SET),
+                    "sentinel_password": options.sentinel_password.as_ref().map(|_| SET),
+                    "ca": options.ca_pem.as_ref().map(|_| SET),
+                })
+            }
+        };
+        let clients: Vec<serde_json::Value> = self
+            .clients
+            .iter()
+            .map(|c| {
+                json!({
+                    "client_id": c.client_id,
+                    "realm": c.realm,
+                    "notification_endpoint": c.notification_endpoint,
+                    "interval": c.interval,
+                    "expires_in": c.expires_in,
+                    "redirect_uris": c.redirect_uris,
+                    "require_dpop": c.require_dpop,
+                    "jwks_keys": c.jwks.as_ref().map(|j| j.keys.len()),
+                    "jwks_uri": c.jwks_uri,
+                    "client_secret": c.client_secret.as_ref().map(|_| SET),
+                })
+            })
+            .collect();
+        json!({
+            "upstream_url": self.upstream_url.as_str(),
+            "public_url": self.public_url.as_str(),
+            "listen": self.listen.to_string(),
+            "admin_listen": self.admin_listen.to_string(),
+            "store": store,
+            "webhook_secret": self.webhook_secret.as_ref().map(|_| SET),
+            "hash_key": SET,
+            "token_keys": self.sealer.key_ids(),
+            "events": self.events.as_ref().map(|e| json!({
+                "url": e.url.as_str(), "realms": e.realms, "secret": SET,
+            })),
+            "keycloak_admin": self.keycloak_admin.as_ref().map(|a| json!({
+                "client_id": a.client_id, "realm": a.realm, "client_secret": SET,
+            })),
+            "allow_insecure_http": self.allow_insecure_http,
+            "offline_access": self.offline_access,
+            "interim_id_token": self.interim_id_token,
+            "require_dpop": self.require_dpop,
+            "dpop_nonce": self.dpop_nonce,
+            "jwks_cache_ttl": secs(self.jwks_cache_ttl),
+            "login_ttl": secs(self.login_ttl),
+            "deferred_code_ttl": secs(self.deferred_code_ttl),
+            "default_interval": self.default_interval,
+            "default_expires_in": self.default_expires_in,
+            "upstream_timeout": secs(self.upstream_timeout),
+            "ping_timeout": secs(self.ping_timeout),
+            "completion_hold": secs(self.completion_hold),
+            "max_body_bytes": self.max_body_bytes,
+            "max_header_bytes": self.max_header_bytes,
+            "header_read_timeout": secs(self.header_read_timeout),
+            "body_read_timeout": secs(self.body_read_timeout),
+            "trusted_proxies": self.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "shutdown_grace": secs(self.shutdown_grace),
+            "shutdown_delay": secs(self.shutdown_delay),
+            "log": self.log,
+            "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
+            "access_log": self.access_log,
+            "paths": self.paths,
+            "clients": clients,
+            "warnings": self.warnings,
+        })
+    }
+}
+
+/// A URL with its password (and a user name that may be a credential) hidden.
+fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "(unparsable)".into(),
+    }
+}

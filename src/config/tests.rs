@@ -1,0 +1,224 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn the_effective_settings_show_no_secret() {
+    let config = Config::from_env(vec![
+        ("DTR_UPSTREAM_URL", "http://kc:8080"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ("DTR_REDIS_URL", "redis://default:hunter2hunter2@redis:6379"),
+        ("DTR_HASH_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+        ("DTR_TOKEN_KEYS", "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+        ("DTR_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("DTR_KEYCLOAK_ADMIN_CLIENT_ID", "dtr-admin"),
+        ("DTR_KEYCLOAK_ADMIN_CLIENT_SECRET", "admin-secret-value"),
+        (
+            "DTR_CLIENTS",
+            r#"[{"client_id":"rp","client_secret":"0123456789abcdef0123456789abcdef-x"}]"#,
+        ),
+    ])
+    .unwrap();
+    let text = config.effective().to_string();
+    for secret in [
+        "hunter2hunter2",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "admin-secret-value",
+        "0123456789abcdef",
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+    ] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert!(text.contains("redis://default:***@redis:6379"), "{text}");
+    assert!(text.contains("\"upstream_url\":\"http://kc:8080/\""), "{text}");
+}
+
+#[test]
+fn minimal_environment_loads_with_defaults() {
+    let config = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://keycloak:8080"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+    ]))
+    .expect("valid");
+    assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(config.admin_listen.to_string(), "0.0.0.0:9090");
+    assert_eq!(config.store_kind(), "embedded");
+    assert!(config.offline_access);
+    assert_eq!(config.default_interval, 5);
+    assert_eq!(config.public_origin(), "https://id.example.com");
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let err = Config::from_env(env(&[
+        ("DTR_PUBLIC_URL", "not a url"),
+        ("DTR_LISTEN", "nowhere"),
+        ("DTR_REDIS_URL", "redis://localhost:6379"),
+        ("DTR_DEFAULT_INTERVAL", "0"),
+    ]))
+    .expect_err("invalid");
+    let text = err.to_string();
+    for needle in [
+        "DTR_UPSTREAM_URL: required",
+        "DTR_PUBLIC_URL",
+        "DTR_LISTEN",
+        "DTR_HASH_KEY: required",
+        "DTR_TOKEN_KEYS: required",
+        "DTR_DEFAULT_INTERVAL",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn redis_through_sentinel_with_its_own_credentials() {
+    let keys = [
+        ("DTR_UPSTREAM_URL", "http://keycloak:8080"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ("DTR_HASH_KEY", "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="),
+        ("DTR_TOKEN_KEYS", "k1:CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk="),
+    ];
+    let mut pairs = keys.to_vec();
+    pairs.extend([
+        ("DTR_REDIS_URL", "redis+sentinel://s-0:26379,s-1:26379/dtr"),
+        ("DTR_REDIS_PASSWORD", "data-pass"),
+        ("DTR_REDIS_SENTINEL_PASSWORD", "sentinel-pass"),
+        ("DTR_REDIS_TIMEOUT", "3"),
+    ]);
+    let config = Config::from_env(env(&pairs)).expect("valid");
+    assert_eq!(config.store_kind(), "redis-sentinel");
+    let StoreSettings::Redis(options) = &config.store else {
+        panic!("not redis")
+    };
+    assert_eq!(options.password.as_deref(), Some("data-pass"));
+    assert_eq!(options.sentinel_password.as_deref(), Some("sentinel-pass"));
+    assert_eq!(options.timeout, Duration::from_secs(3));
+    assert!(
+        !format!("{options:?}").contains("pass"),
+        "secrets stay out of debug output"
+    );
+
+    let mut pairs = keys.to_vec();
+    pairs.extend([
+        ("DTR_REDIS_URL", "redis://redis:6379"),
+        ("DTR_REDIS_SENTINEL_PASSWORD", "sentinel-pass"),
+        ("DTR_REDIS_TIMEOUT", "0"),
+    ]);
+    pairs.push(("DTR_REDIS_CA_FILE", "/nonexistent/ca.pem"));
+    let text = Config::from_env(env(&pairs)).expect_err("invalid").to_string();
+    assert!(text.contains("DTR_REDIS_SENTINEL_USERNAME/PASSWORD"), "{text}");
+    assert!(text.contains("DTR_REDIS_CA_FILE: only for a rediss://"), "{text}");
+    assert!(text.contains("DTR_REDIS_TIMEOUT"), "{text}");
+
+    let mut pairs = keys.to_vec();
+    pairs.extend([
+        ("DTR_REDIS_URL", "redis+sentinel://s-0:26379"),
+        ("DTR_REDIS_CLUSTER", "true"),
+    ]);
+    let text = Config::from_env(env(&pairs)).expect_err("invalid").to_string();
+    assert!(text.contains("DTR_REDIS_URL: a Sentinel URL cannot"), "{text}");
+}
+
+#[test]
+fn nested_env_and_json_clients() {
+    let config = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "http://localhost:8080"),
+        ("DTR_ALLOW_INSECURE_HTTP", "true"),
+        ("DTR_PATHS__TOKEN", "/oauth/token"),
+        (
+            "DTR_CLIENTS",
+            r#"[{"client_id":"rp1","interval":2,"notification_endpoint":"http://rp/ping"}]"#,
+        ),
+    ]))
+    .expect("valid");
+    assert_eq!(config.paths.token, "/oauth/token");
+    assert_eq!(config.paths.authorization, PathTemplates::default().authorization);
+    assert_eq!(config.clients.len(), 1);
+    assert_eq!(config.clients[0].interval, Some(2));
+}
+
+#[test]
+fn plain_http_notification_endpoint_needs_the_insecure_flag() {
+    let err = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        (
+            "DTR_CLIENTS",
+            r#"[{"client_id":"rp1","notification_endpoint":"http://rp/ping"}]"#,
+        ),
+    ]))
+    .expect_err("invalid");
+    assert!(err.to_string().contains("notification_endpoint must be an https URL"));
+}
+
+#[test]
+fn timeouts_and_trusted_proxies_from_env() {
+    let config = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ("DTR_HEADER_READ_TIMEOUT", "2"),
+        ("DTR_BODY_READ_TIMEOUT", "3"),
+        ("DTR_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.0.0/16,fd00::/8,203.0.113.7"),
+    ]))
+    .expect("valid");
+    assert_eq!(config.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(config.body_read_timeout, Duration::from_secs(3));
+    let nets: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.168.0.0/16", "fd00::/8", "203.0.113.7/32"]);
+
+    let defaults = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ("DTR_TRUSTED_PROXIES", ""),
+    ]))
+    .expect("valid");
+    assert_eq!(defaults.header_read_timeout, Duration::from_secs(15));
+    assert_eq!(defaults.body_read_timeout, Duration::from_secs(15));
+    assert!(defaults.trusted_proxies.is_empty());
+}
+
+#[test]
+fn trusted_proxies_from_a_toml_array_and_every_bad_entry_reported() {
+    let dir = std::env::temp_dir().join(format!("dtr-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("trusted.toml");
+    std::fs::write(&file, "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n").expect("write");
+    let config = Config::from_env(env(&[
+        ("DTR_CONFIG", file.to_str().expect("utf-8 path")),
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+    ]))
+    .expect("valid");
+    let nets: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+    assert_eq!(nets, ["10.0.0.0/8", "::1/128"]);
+
+    let err = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ("DTR_TRUSTED_PROXIES", "10.0.0.0/33,example.com"),
+        ("DTR_BODY_READ_TIMEOUT", "0"),
+    ]))
+    .expect_err("invalid");
+    let text = err.to_string();
+    for needle in ["\"10.0.0.0/33\"", "\"example.com\"", "DTR_BODY_READ_TIMEOUT"] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn unknown_setting_is_a_warning_not_a_failure() {
+    // Kubernetes injects DTR_PROXY_PORT=tcp://… for a Service named dtr-proxy.
+    let config = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ("DTR_PROXY_PORT", "tcp://10.0.0.1:8080"),
+    ]))
+    .expect("valid");
+    assert_eq!(
+        config.warnings,
+        vec!["ignoring unknown setting DTR_PROXY_PORT".to_string()]
+    );
+}
