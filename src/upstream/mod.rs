@@ -1,6 +1,6 @@
-//! The HTTP client side: one pooled client for the OP (pass-through and the back-channel token
-//! calls) and the same kind of client for pings to RPs; the headers that make the OP see its
-//! public URL.
+//! The HTTP client side: the OP's own connection pool (pass-through and the back-channel token
+//! calls, HTTP/1.1 only), a general pooled client for pings to RPs and clients' JWKS, one TLS
+//! connector shared by all; the headers that make the OP see its public URL.
 
 use std::net::IpAddr;
 use std::sync::OnceLock;
