@@ -219,7 +219,7 @@ async fn cluster_keeps_the_contract_and_the_flow_through_migration_and_failovers
     let index = bed.nodes.iter().position(|n| n.port == owner).expect("node");
     bed.nodes[index].kill();
     assert!(
-        wait_until(Duration::from_secs(20), || ![0, owner].contains(&bed.owner(slot))),
+        wait_until(Duration::from_secs(40), || ![0, owner].contains(&bed.owner(slot))),
         "no automatic failover"
     );
     bed.wait_ok();
