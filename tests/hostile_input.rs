@@ -67,6 +67,23 @@ async fn raw_exchange(addr: &str, request: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// Writes the whole request as a real client on a real network does — over a while, not in
+/// one burst — failing if the server resets the connection midway; then reads the answer.
+async fn send_over_time(addr: &str, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    for chunk in request.chunks(32 * 1024) {
+        stream
+            .write_all(chunk)
+            .await
+            .expect("the whole request is taken, not reset midway");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(matches!(read, Ok(Ok(_))), "the answer is readable: {read:?}");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Sends `head`, then `drip` every `every` until the server closes; returns what the server
 /// said and when it closed.
 async fn trickle(addr: &str, head: &[u8], drip: &'static [u8], every: Duration) -> (String, Duration) {
@@ -234,19 +251,7 @@ async fn a_client_writing_its_whole_oversized_body_sees_the_413() {
         addr(&proxy.base),
         body.len()
     );
-    let mut stream = TcpStream::connect(addr(&proxy.base)).await.expect("connect");
-    // As a real client on a real network: the body goes out over a while, not in one burst.
-    for chunk in request.as_bytes().chunks(32 * 1024) {
-        stream
-            .write_all(chunk)
-            .await
-            .expect("the whole body is taken, not reset midway");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    assert!(matches!(read, Ok(Ok(_))), "the answer is readable: {read:?}");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = send_over_time(&addr(&proxy.base), request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
 
@@ -350,18 +355,8 @@ async fn a_client_sending_a_body_after_oversized_headers_sees_the_431() {
         "c".repeat(9 * 1024),
         body.len()
     );
-    let mut stream = TcpStream::connect(addr(&proxy.base)).await.expect("connect");
-    for chunk in request.as_bytes().chunks(32 * 1024) {
-        stream
-            .write_all(chunk)
-            .await
-            .expect("the whole request is taken, not reset midway");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    assert!(matches!(read, Ok(Ok(_))), "the answer is readable: {read:?}");
-    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"));
+    let answer = send_over_time(&addr(&proxy.base), request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"));
 }
 
 #[tokio::test]

@@ -675,55 +675,26 @@ impl FaultRelay {
     pub async fn start(target_port: u16) -> FaultRelay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let (down, mut watcher) = tokio::sync::watch::channel(false);
+        let (down, watcher) = tokio::sync::watch::channel(false);
         let target = Arc::new(AtomicU16::new(target_port));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let (t, d) = (target.clone(), delay_ms.clone());
-        tokio::spawn(async move {
-            // Down, the port is closed, as a stopped server's is: connections are refused,
-            // so a caller knows its request went nowhere.
-            let mut listener = Some(listener);
-            loop {
-                let Some(open) = listener.as_ref() else {
-                    if watcher.wait_for(|down| !*down).await.is_err() {
-                        return;
-                    }
-                    for _ in 0..100 {
-                        match TcpListener::bind(("127.0.0.1", port)).await {
-                            Ok(bound) => {
-                                listener = Some(bound);
-                                break;
-                            }
-                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                        }
-                    }
-                    continue;
-                };
-                let accepted = tokio::select! {
-                    accepted = open.accept() => accepted,
-                    _ = watcher.wait_for(|down| *down) => {
-                        listener = None;
-                        continue;
-                    }
-                };
-                let Ok((inbound, _)) = accepted else {
+        let in_flight = watcher.clone();
+        super::accept_until_down(listener, watcher, move |inbound| {
+            let mut watcher = in_flight.clone();
+            let (target, delay) = (t.load(Ordering::SeqCst), d.clone());
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
                     return;
                 };
-                let mut watcher = watcher.clone();
-                let (target, delay) = (t.load(Ordering::SeqCst), d.clone());
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
-                        return;
-                    };
-                    let (mut in_read, mut in_write) = inbound.into_split();
-                    let (mut out_read, mut out_write) = outbound.into_split();
-                    tokio::select! {
-                        _ = slow_copy(&mut in_read, &mut out_write, &delay) => {}
-                        _ = slow_copy(&mut out_read, &mut in_write, &delay) => {}
-                        _ = watcher.wait_for(|down| *down) => {}
-                    }
-                });
-            }
+                let (mut in_read, mut in_write) = inbound.into_split();
+                let (mut out_read, mut out_write) = outbound.into_split();
+                tokio::select! {
+                    _ = slow_copy(&mut in_read, &mut out_write, &delay) => {}
+                    _ = slow_copy(&mut out_read, &mut in_write, &delay) => {}
+                    _ = watcher.wait_for(|down| *down) => {}
+                }
+            });
         });
         FaultRelay {
             port,

@@ -866,70 +866,83 @@ pub struct Relay {
     cut: tokio::sync::watch::Sender<u64>,
 }
 
+/// Accepts on `listener` and hands each connection to `serve`, until the process ends. While
+/// `down` is on the port is closed — connections are refused, as a stopped server's are, so a
+/// caller knows its request went nowhere — and bound again when it turns off.
+pub fn accept_until_down<F>(listener: TcpListener, mut down: tokio::sync::watch::Receiver<bool>, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) + Send + 'static,
+{
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut listener = Some(listener);
+        loop {
+            let Some(open) = listener.as_ref() else {
+                if down.wait_for(|down| !*down).await.is_err() {
+                    return;
+                }
+                for _ in 0..100 {
+                    match TcpListener::bind(("127.0.0.1", port)).await {
+                        Ok(bound) => {
+                            listener = Some(bound);
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                continue;
+            };
+            let accepted = tokio::select! {
+                accepted = open.accept() => accepted,
+                _ = down.wait_for(|down| *down) => {
+                    listener = None;
+                    continue;
+                }
+            };
+            let Ok((stream, _)) = accepted else {
+                return;
+            };
+            serve(stream);
+        }
+    });
+}
+
 impl Relay {
     pub async fn start(target_port: u16) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let (down, mut watcher) = tokio::sync::watch::channel(false);
+        let (down, watcher) = tokio::sync::watch::channel(false);
         let swallow = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let swallowing = swallow.clone();
         let (cut, cuts) = tokio::sync::watch::channel(0u64);
-        tokio::spawn(async move {
-            let mut listener = Some(listener);
-            loop {
-                let Some(open) = listener.as_ref() else {
-                    // Down: the port stays closed until the relay is up again.
-                    if watcher.wait_for(|down| !*down).await.is_err() {
-                        return;
-                    }
-                    for _ in 0..100 {
-                        match TcpListener::bind(("127.0.0.1", port)).await {
-                            Ok(bound) => {
-                                listener = Some(bound);
-                                break;
-                            }
-                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                        }
-                    }
-                    continue;
-                };
-                let accepted = tokio::select! {
-                    accepted = open.accept() => accepted,
-                    _ = watcher.wait_for(|down| *down) => {
-                        listener = None;
-                        continue;
-                    }
-                };
-                let Ok((mut inbound, _)) = accepted else {
+        let in_flight = watcher.clone();
+        accept_until_down(listener, watcher, move |mut inbound| {
+            let mut in_flight = in_flight.clone();
+            let swallowing = swallowing.clone();
+            let mut cuts = cuts.clone();
+            // Only cuts from now on concern this connection.
+            cuts.borrow_and_update();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
                     return;
                 };
-                let mut in_flight = watcher.clone();
-                let swallowing = swallowing.clone();
-                let mut cuts = cuts.clone();
-                // Only cuts from now on concern this connection.
-                cuts.borrow_and_update();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
-                        return;
-                    };
-                    if swallowing.load(Ordering::Relaxed) {
-                        // The request reaches the OP; its answer never comes back.
-                        let (mut from_client, _to_client) = inbound.split();
-                        let (mut from_op, mut to_op) = outbound.split();
-                        let mut first = [0u8; 1];
-                        tokio::select! {
-                            _ = tokio::io::copy(&mut from_client, &mut to_op) => {}
-                            _ = from_op.read(&mut first) => {}
-                        }
-                        return;
-                    }
+                if swallowing.load(Ordering::Relaxed) {
+                    // The request reaches the OP; its answer never comes back.
+                    let (mut from_client, _to_client) = inbound.split();
+                    let (mut from_op, mut to_op) = outbound.split();
+                    let mut first = [0u8; 1];
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = in_flight.wait_for(|down| *down) => {}
-                        _ = cuts.changed() => {}
+                        _ = tokio::io::copy(&mut from_client, &mut to_op) => {}
+                        _ = from_op.read(&mut first) => {}
                     }
-                });
-            }
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = in_flight.wait_for(|down| *down) => {}
+                    _ = cuts.changed() => {}
+                }
+            });
         });
         Relay {
             port,
