@@ -3,8 +3,8 @@
 //! the OP and the receiver cut, slow or re-point the paths. Each scenario checks that every
 //! process ends in exactly one correct outcome, tokens are released at most once and every due
 //! ping is delivered. Every loop is bounded in count and time; `DTR_FAULTS_LONG=1` lengthens
-//! the outages to what the issue names (30 s Redis outage, the one-minute stale-delivery
-//! takeover), `DTR_FAULT_POLL_TRIALS` sets the number of concurrent-poll trials.
+//! the OP outage to two minutes, adds the one-minute stale-delivery takeover and a five-minute
+//! soak; `DTR_FAULT_POLL_TRIALS` sets the number of concurrent-poll trials.
 
 mod common;
 
@@ -330,11 +330,7 @@ async fn redis_restarted_with_aof_and_cut_off_for_a_while_loses_no_process() {
     }
 
     // Cut off: DTR answers 503 with Retry-After, pass-through and readiness keep working.
-    let outage = if long() {
-        Duration::from_secs(30)
-    } else {
-        Duration::from_secs(8)
-    };
+    let outage = Duration::from_secs(30);
     redis_path.set_down(true);
     let cut = Instant::now();
     let mut refusals = 0;
@@ -476,17 +472,30 @@ async fn op_down_or_slow_and_a_failing_receiver_lose_nothing() {
     }
     assert_eq!(receiver.accepted(&id1), 1, "the ping after 500s, an outage and a hang");
 
-    // The OP down during the release: a retryable error, the grant kept; then the tokens.
+    // The OP down during the release, for a while (20 s; two minutes with DTR_FAULTS_LONG=1):
+    // every poll on every replica a retryable error, the grant kept; then the tokens, once.
+    let outage = if long() {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(20)
+    };
     op_path.set_down(true);
-    let refused = fleet.replica(0).poll(&dtr_client(), &id1).await;
-    assert!(
-        matches!(refused.status, 502..=504),
-        "{} {}",
-        refused.status,
-        refused.json
-    );
-    assert!(refused.headers.contains_key("retry-after"));
+    let cut = Instant::now();
+    let mut refusals = 0;
+    while cut.elapsed() < outage {
+        let refused = fleet.replica(refusals % 3).poll(&dtr_client(), &id1).await;
+        assert!(
+            matches!(refused.status, 502..=504),
+            "{} {}",
+            refused.status,
+            refused.json
+        );
+        assert!(refused.headers.contains_key("retry-after"));
+        refusals += 1;
+        wait_interval(1).await;
+    }
     op_path.set_down(false);
+    eprintln!("OP down {outage:?} during the release: {refusals} polls refused with Retry-After");
     wait_interval(1).await;
     let tokens = poll_to_the_end(fleet.replica(1), &id1, Duration::from_secs(10)).await;
     assert_eq!(tokens.status, 200, "{}", tokens.json);
