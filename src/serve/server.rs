@@ -71,6 +71,9 @@ pub async fn serve<F, Fut>(
             requested_in_service.store(true, Ordering::Relaxed);
             async move { Ok::<_, std::convert::Infallible>(handler(request, peer).await) }
         });
+        // Wrapped so that a connection ended while its client is still sending lingers instead
+        // of answering the unread bytes with a reset (see `linger`).
+        let stream = super::linger::Linger::new(stream);
         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
