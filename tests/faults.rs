@@ -23,6 +23,17 @@ fn long() -> bool {
     std::env::var_os("DTR_FAULTS_LONG").is_some_and(|v| v != "0")
 }
 
+/// The answer while the OP is unreachable: retryable (502–504), with `Retry-After`.
+fn assert_op_unavailable(refused: &Reply) {
+    assert!(
+        matches!(refused.status, 502..=504),
+        "{} {}",
+        refused.status,
+        refused.json
+    );
+    assert!(refused.headers.contains_key("retry-after"));
+}
+
 fn clients(notification_endpoint: &str) -> Value {
     json!([{
         "client_id": "dtr-client",
@@ -425,13 +436,7 @@ async fn op_down_or_slow_and_a_failing_receiver_lose_nothing() {
         .replica(0)
         .exchange(&dtr_client(), &code, &verifier, Some("t"))
         .await;
-    assert!(
-        matches!(refused.status, 502..=504),
-        "{} {}",
-        refused.status,
-        refused.json
-    );
-    assert!(refused.headers.contains_key("retry-after"));
+    assert_op_unavailable(&refused);
     op_path.set_down(false);
     // Slow but within the timeout: it just takes longer.
     op_path.set_delay(Duration::from_millis(800));
@@ -484,13 +489,7 @@ async fn op_down_or_slow_and_a_failing_receiver_lose_nothing() {
     let mut refusals = 0;
     while cut.elapsed() < outage {
         let refused = fleet.replica(refusals % 3).poll(&dtr_client(), &id1).await;
-        assert!(
-            matches!(refused.status, 502..=504),
-            "{} {}",
-            refused.status,
-            refused.json
-        );
-        assert!(refused.headers.contains_key("retry-after"));
+        assert_op_unavailable(&refused);
         refusals += 1;
         wait_interval(1).await;
     }
@@ -691,13 +690,7 @@ async fn a_cluster_master_killed_under_three_replicas_loses_no_process() {
             *by_master.entry(bed.owner(bed.slot_of(key))).or_default() += 1;
         }
         let (&victim, _) = by_master.iter().max_by_key(|(_, n)| **n).expect("keys");
-        let victim_id = bed.id(victim);
-        let replica = bed
-            .topology()
-            .into_iter()
-            .find(|n| !n.master && n.master_id == victim_id)
-            .map(|n| n.port)
-            .expect("a replica of the victim");
+        let replica = bed.replica_of(victim);
         cli(victim, &["WAIT", "1", "2000"]);
         let index = bed.nodes.iter().position(|n| n.port == victim).expect("node");
         bed.nodes[index].kill();
