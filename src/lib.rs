@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 pub mod webhook;
 
