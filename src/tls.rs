@@ -149,6 +149,19 @@ impl ServerTls {
         })
     }
 
+    pub fn cert_file(&self) -> &Path {
+        &self.files.cert_file
+    }
+
+    pub fn key_file(&self) -> &Path {
+        &self.files.key_file
+    }
+
+    /// Whether the listener requires client certificates (mutual TLS).
+    pub fn requires_client_certificates(&self) -> bool {
+        self.client_ca.is_some()
+    }
+
     /// The rustls configuration of the listener: HTTP/2 and HTTP/1.1 by ALPN, the current
     /// certificate at every handshake.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {

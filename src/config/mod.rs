@@ -249,6 +249,8 @@ pub struct Config {
     /// The TLS client settings for the OP when `DTR_UPSTREAM_CA_FILE` adds (or, with
     /// `DTR_UPSTREAM_CA_ONLY`, sets) its trust anchors; the system's roots without.
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where `upstream_tls`'s CAs come from, and whether they alone are trusted (for display).
+    pub upstream_ca: Option<(String, bool)>,
     pub store: StoreSettings,
     pub webhook_secret: Option<Vec<u8>>,
     /// Where lifecycle events go (optional).
@@ -748,6 +750,11 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         admin_tls,
         tls_reload_interval: Duration::from_secs(raw.tls_reload_interval),
         upstream_tls,
+        upstream_ca: raw
+            .upstream_ca_file
+            .clone()
+            .filter(|s| !s.is_empty())
+            .map(|file| (file, raw.upstream_ca_only)),
         store,
         webhook_secret,
         events,
