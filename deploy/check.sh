@@ -275,8 +275,10 @@ def common_checks(label, docs, values):
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     check(ports == {"http": 8080, "admin": 9090}, f"{label}: container ports http 8080, admin 9090")
     lp, rp = c.get("livenessProbe", {}), c.get("readinessProbe", {})
-    check(lp.get("httpGet") == {"path": "/healthz", "port": "admin"}
-          and rp.get("httpGet") == {"path": "/readyz", "port": "admin"},
+    # A TLS admin port adds scheme: HTTPS (checked for ci-values.yaml).
+    plain = lambda get: {k: v for k, v in (get or {}).items() if k != "scheme"}  # noqa: E731
+    check(plain(lp.get("httpGet")) == {"path": "/healthz", "port": "admin"}
+          and plain(rp.get("httpGet")) == {"path": "/readyz", "port": "admin"},
           f"{label}: liveness /healthz and readiness /readyz on the admin port")
     sc, psc = c["securityContext"], pod["securityContext"]
     check(sc.get("runAsNonRoot") and psc.get("runAsNonRoot")
@@ -449,6 +451,27 @@ def expect_ci(docs, dep, env, notes):
               f"{label}: egress rules DNS, OP (port from config.upstreamUrl), Redis, pings, extraTo")
     check(dep["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"] == 5,
           f"{label}: preStop sleep 5 s (5 + 5 + 30 <= 40)")
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    secret_volumes = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    secret_dir = "/var/run/secrets/dtr-proxy"
+    check(env.get("DTR_TLS_CERT_FILE", {}).get("value") == f"{secret_dir}/tls/tls.crt"
+          and env.get("DTR_ADMIN_TLS_KEY_FILE", {}).get("value") == f"{secret_dir}/admin-tls/tls.key"
+          and env.get("DTR_TLS_RELOAD_INTERVAL", {}).get("value") == "60"
+          and env.get("DTR_REDIS_CLIENT_CERT_FILE", {}).get("value") == f"{secret_dir}/redis-tls/tls.crt"
+          and env.get("DTR_REDIS_CA_FILE", {}).get("value") == f"{secret_dir}/redis-tls/ca.crt"
+          and env.get("DTR_REDIS_PASSWORD_FILE", {}).get("value") == f"{secret_dir}/redis-password/password"
+          and env.get("DTR_REDIS_USERNAME", {}).get("value") == "dtr",
+          f"{label}: TLS files and the Redis password file in the environment")
+    check(secret_volumes.get("tls", {}).get("secretName") == "dtr-proxy-tls"
+          and secret_volumes.get("redis-password", {}).get("items") == [{"key": "redis-password", "path": "password"}]
+          and all(name in mounts and "subPath" not in mounts[name] and mounts[name].get("readOnly")
+                  for name in ("tls", "admin-tls", "redis-tls", "redis-password")),
+          f"{label}: certificate and password Secrets mounted whole (no subPath: renewals reach the pod)")
+    check(container["livenessProbe"]["httpGet"].get("scheme") == "HTTPS"
+          and container["readinessProbe"]["httpGet"].get("scheme") == "HTTPS"
+          and sm and sm[0]["spec"]["endpoints"][0]["scheme"] == "https",
+          f"{label}: probes and the ServiceMonitor use HTTPS on a TLS admin port")
 
 
 def expect_redis_inline(docs, dep, env, notes):
@@ -512,6 +535,14 @@ expect_failure("redis.cluster with a Sentinel URL",
 expect_failure("redis.url with an http:// scheme",
                merge(REDIS_INLINE, {"redis": {"url": "http://r:6379"}}),
                "redis.url must start with", secret="p%40ss")
+expect_failure("tls.upstreamCa with an http upstream",
+               merge(REQUIRED, {"tls": {"upstreamCa": {"secretName": "op-ca"}}}), "tls.upstreamCa")
+expect_failure("the Redis password from two Secrets",
+               merge(CI_VALUES, {"existingSecretKeys": {"redisPassword": "redis-password"}}),
+               "redis.passwordSecret")
+expect_failure("a reload interval of 0",
+               merge(REQUIRED, {"tls": {"reloadIntervalSeconds": 0}}), "reloadIntervalSeconds",
+               schema_only=True)
 expect_failure("logFormat xml", merge(REQUIRED, {"config": {"logFormat": "xml"}}), "logFormat",
                schema_only=True)
 expect_failure("a client without client_id",

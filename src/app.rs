@@ -56,13 +56,17 @@ pub fn connect_store(config: &Config) -> Result<Store, StoreError> {
 
 /// The OP client for pass-through and the back channel, from the configuration.
 pub fn upstream(config: &Config, metrics: &Metrics) -> Arc<Upstream> {
-    Arc::new(Upstream::new(
+    let upstream = Upstream::new(
         &config.upstream_url,
         &config.public_url,
         config.trusted_proxies.clone(),
         config.upstream_timeout,
         metrics.clone(),
-    ))
+    );
+    Arc::new(match &config.upstream_tls {
+        Some(tls) => upstream.with_tls(tls),
+        None => upstream,
+    })
 }
 
 /// Builds every part from `config`, on `store`, with `op` as the OP's back channel and
@@ -229,6 +233,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS settings: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// Binds the configured addresses and starts serving.
@@ -259,6 +265,20 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
 
+    let public_tls = config.tls.as_ref().map(|tls| tls.server_config()).transpose()?;
+    let admin_tls = config.admin_tls.as_ref().map(|tls| tls.server_config()).transpose()?;
+    let mut tasks = Vec::new();
+    for (listener, tls) in [("public", &config.tls), ("admin", &config.admin_tls)] {
+        if let Some(tls) = tls {
+            tasks.push(tokio::spawn(tls.clone().watch(
+                listener,
+                config.tls_reload_interval,
+                services.metrics.clone(),
+                watcher.clone(),
+            )));
+        }
+    }
+
     let public_service = services.public.clone();
     let access = Arc::new(AccessLog::new(
         Routes::new(&config.paths),
@@ -272,6 +292,7 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
             header_read_timeout: config.header_read_timeout,
         },
         config.shutdown_grace,
+        public_tls,
         watcher.clone(),
         move |request, peer| {
             let (service, access) = (public_service.clone(), access.clone());
@@ -291,6 +312,7 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
             header_read_timeout: config.header_read_timeout,
         },
         config.shutdown_grace,
+        admin_tls,
         watcher.clone(),
         move |request, _peer| {
             let service = admin_service.clone();
@@ -298,13 +320,21 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
         },
     ));
     let ping_task = tokio::spawn(ping::run(services.pinger.clone(), watcher));
-    tracing::info!(%public_addr, %admin_addr, store = store_kind, "dtr-proxy serving");
+    tasks.extend([public_task, admin_task, ping_task]);
+    tracing::info!(
+        %public_addr,
+        %admin_addr,
+        store = store_kind,
+        public_tls = config.tls.is_some(),
+        admin_tls = config.admin_tls.is_some(),
+        "dtr-proxy serving"
+    );
     Ok(Running {
         public_addr,
         admin_addr,
         readiness: services.readiness,
         shutdown,
-        tasks: vec![public_task, admin_task, ping_task],
+        tasks,
     })
 }
 

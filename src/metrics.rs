@@ -45,6 +45,12 @@ struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsReloadLabels {
+    listener: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     event: &'static str,
 }
@@ -62,6 +68,7 @@ pub struct Metrics {
     pending: Gauge,
     process_durations: Family<OutcomeLabels, Histogram>,
     http: Family<HttpLabels, Histogram>,
+    tls_reloads: Family<TlsReloadLabels, Counter>,
     process: ProcessGauges,
 }
 
@@ -104,6 +111,12 @@ impl Metrics {
             "upstream_request_duration_seconds",
             "Latency of calls to the OpenID Provider",
             upstream.clone(),
+        );
+        let tls_reloads = Family::<TlsReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Certificate files read again after a change, by listener and result (replaced, failed)",
+            tls_reloads.clone(),
         );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "The dtr-proxy build", build_info.clone());
@@ -165,6 +178,7 @@ impl Metrics {
             pending,
             process_durations,
             http,
+            tls_reloads,
             process,
         }
     }
@@ -211,6 +225,12 @@ impl Metrics {
     /// The latency histogram of one kind of call, for a caller that observes it often.
     pub fn upstream_histogram(&self, call: &'static str) -> Histogram {
         self.upstream.get_or_create(&CallLabels { call }).clone()
+    }
+
+    pub fn tls_reload(&self, listener: &'static str, result: &'static str) {
+        self.tls_reloads
+            .get_or_create(&TlsReloadLabels { listener, result })
+            .inc();
     }
 
     pub fn set_pending(&self, pending: u64) {

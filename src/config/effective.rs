@@ -41,6 +41,7 @@ impl Config {
                     "password": options.password.as_ref().map(|_| SET),
                     "sentinel_password": options.sentinel_password.as_ref().map(|_| SET),
                     "ca": options.ca_pem.as_ref().map(|_| SET),
+                    "client_certificate": options.client_certificate.as_ref().map(|_| SET),
                 })
             }
         };
@@ -67,6 +68,10 @@ impl Config {
             "public_url": self.public_url.as_str(),
             "listen": self.listen.to_string(),
             "admin_listen": self.admin_listen.to_string(),
+            "tls": self.tls.as_ref().map(server_tls),
+            "admin_tls": self.admin_tls.as_ref().map(server_tls),
+            "tls_reload_interval": secs(self.tls_reload_interval),
+            "upstream_ca": self.upstream_ca.as_ref().map(|(file, only)| json!({ "file": file, "only": only })),
             "store": store,
             "webhook_secret": self.webhook_secret.as_ref().map(|_| SET),
             "hash_key": SET,
@@ -105,6 +110,14 @@ impl Config {
             "warnings": self.warnings,
         })
     }
+}
+
+fn server_tls(tls: &crate::tls::ServerTls) -> serde_json::Value {
+    serde_json::json!({
+        "cert_file": tls.cert_file().display().to_string(),
+        "key_file": tls.key_file().display().to_string(),
+        "client_certificates": tls.requires_client_certificates(),
+    })
 }
 
 /// A URL with its password (and a user name that may be a credential) hidden.

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::providers::{Format, Serialized, Toml};
@@ -15,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::crypto::{HashKey, Sealer};
-use crate::store::{RedisOptions, Topology};
+use crate::store::{ClientCertificate, RedisOptions, Topology};
+use crate::tls::{self, ExtraRoots, KeyPairError, ServerTls, TlsFileError};
 
 mod clients;
 mod effective;
@@ -89,15 +91,26 @@ struct RawConfig {
     public_url: Option<String>,
     listen: String,
     admin_listen: String,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
+    admin_tls_cert_file: Option<String>,
+    admin_tls_key_file: Option<String>,
+    admin_tls_client_ca_file: Option<String>,
+    tls_reload_interval: u64,
+    upstream_ca_file: Option<String>,
+    upstream_ca_only: bool,
     redis_url: Option<String>,
     redis_cluster: bool,
     redis_key_prefix: String,
     redis_username: Option<String>,
     redis_password: Option<String>,
+    redis_password_file: Option<String>,
     redis_sentinel_username: Option<String>,
     redis_sentinel_password: Option<String>,
     redis_timeout: u64,
     redis_ca_file: Option<String>,
+    redis_client_cert_file: Option<String>,
+    redis_client_key_file: Option<String>,
     webhook_secret: Option<String>,
     events_url: Option<String>,
     events_secret: Option<String>,
@@ -144,15 +157,26 @@ impl Default for RawConfig {
             public_url: None,
             listen: "0.0.0.0:8080".into(),
             admin_listen: "0.0.0.0:9090".into(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            admin_tls_cert_file: None,
+            admin_tls_key_file: None,
+            admin_tls_client_ca_file: None,
+            tls_reload_interval: 30,
+            upstream_ca_file: None,
+            upstream_ca_only: false,
             redis_url: None,
             redis_cluster: false,
             redis_key_prefix: "dtr".into(),
             redis_username: None,
             redis_password: None,
+            redis_password_file: None,
             redis_sentinel_username: None,
             redis_sentinel_password: None,
             redis_timeout: 2,
             redis_ca_file: None,
+            redis_client_cert_file: None,
+            redis_client_key_file: None,
             webhook_secret: None,
             events_url: None,
             events_secret: None,
@@ -216,6 +240,17 @@ pub struct Config {
     pub public_url: Url,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// TLS on the public port (`DTR_TLS_CERT_FILE`, `DTR_TLS_KEY_FILE`); plain HTTP without.
+    pub tls: Option<ServerTls>,
+    /// TLS on the admin port, optionally requiring client certificates.
+    pub admin_tls: Option<ServerTls>,
+    /// How often the certificate files are looked at for a rotation.
+    pub tls_reload_interval: Duration,
+    /// The TLS client settings for the OP when `DTR_UPSTREAM_CA_FILE` adds (or, with
+    /// `DTR_UPSTREAM_CA_ONLY`, sets) its trust anchors; the system's roots without.
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where `upstream_tls`'s CAs come from, and whether they alone are trusted (for display).
+    pub upstream_ca: Option<(String, bool)>,
     pub store: StoreSettings,
     pub webhook_secret: Option<Vec<u8>>,
     /// Where lifecycle events go (optional).
@@ -272,6 +307,8 @@ impl fmt::Debug for Config {
             .field("public_url", &self.public_url.as_str())
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
+            .field("tls", &self.tls)
+            .field("admin_tls", &self.admin_tls)
             .field("store", &self.store_kind())
             .field("clients", &self.clients.len())
             .finish_non_exhaustive()
@@ -448,6 +485,46 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     }
     let listen = socket_addr("DTR_LISTEN", &raw.listen, errors);
     let admin_listen = socket_addr("DTR_ADMIN_LISTEN", &raw.admin_listen, errors);
+    let tls = server_tls("DTR_TLS", [&raw.tls_cert_file, &raw.tls_key_file, &None], errors);
+    let admin_tls = server_tls(
+        "DTR_ADMIN_TLS",
+        [
+            &raw.admin_tls_cert_file,
+            &raw.admin_tls_key_file,
+            &raw.admin_tls_client_ca_file,
+        ],
+        errors,
+    );
+    if raw.tls_reload_interval == 0 {
+        errors.push("DTR_TLS_RELOAD_INTERVAL: must be a positive number of seconds".into());
+    }
+    let upstream_roots = match raw.upstream_ca_file.as_deref().filter(|s| !s.is_empty()) {
+        Some(path) => match tls::read_certificates(std::path::Path::new(path)) {
+            Ok(certificates) => Some(ExtraRoots {
+                certificates,
+                only: raw.upstream_ca_only,
+            }),
+            Err(e) => {
+                errors.push(format!("DTR_UPSTREAM_CA_FILE: {e}"));
+                None
+            }
+        },
+        None => {
+            if raw.upstream_ca_only {
+                errors.push("DTR_UPSTREAM_CA_ONLY: needs DTR_UPSTREAM_CA_FILE".into());
+            }
+            None
+        }
+    };
+    if upstream_roots.is_some() && upstream_url.as_ref().is_some_and(|url| url.scheme() != "https") {
+        errors.push("DTR_UPSTREAM_CA_FILE: only for an https DTR_UPSTREAM_URL".into());
+    }
+    let upstream_tls = upstream_roots.and_then(|roots| {
+        tls::client_config(Some(&roots))
+            .map(Arc::new)
+            .map_err(|e| errors.push(format!("DTR_UPSTREAM_CA_FILE: not a usable CA certificate: {e}")))
+            .ok()
+    });
 
     let nonempty = |value: &Option<String>| value.clone().filter(|s| !s.is_empty());
     if raw.redis_timeout == 0 {
@@ -486,15 +563,55 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
                     }
                 },
             };
+            let client_certificate = match (
+                nonempty(&raw.redis_client_cert_file),
+                nonempty(&raw.redis_client_key_file),
+            ) {
+                (None, None) => None,
+                (Some(_), Some(_)) if !tls => {
+                    errors.push(
+                        "DTR_REDIS_CLIENT_CERT_FILE: only for a rediss:// or rediss+sentinel:// DTR_REDIS_URL".into(),
+                    );
+                    None
+                }
+                (Some(cert), Some(key)) => redis_client_certificate(&cert, &key, errors),
+                _ => {
+                    errors.push("DTR_REDIS_CLIENT_CERT_FILE and DTR_REDIS_CLIENT_KEY_FILE go together".into());
+                    None
+                }
+            };
+            let password = match (nonempty(&raw.redis_password), nonempty(&raw.redis_password_file)) {
+                (Some(_), Some(_)) => {
+                    errors.push("DTR_REDIS_PASSWORD and DTR_REDIS_PASSWORD_FILE: set one of them".into());
+                    None
+                }
+                (password, None) => password,
+                (None, Some(path)) => match std::fs::read_to_string(&path) {
+                    // A Secret key written by hand often ends with a newline that is not part
+                    // of the password.
+                    Ok(password) => match password.trim_end_matches(['\r', '\n']) {
+                        "" => {
+                            errors.push(format!("DTR_REDIS_PASSWORD_FILE: {path} is empty"));
+                            None
+                        }
+                        password => Some(password.to_owned()),
+                    },
+                    Err(e) => {
+                        errors.push(format!("DTR_REDIS_PASSWORD_FILE: cannot read {path}: {e}"));
+                        None
+                    }
+                },
+            };
             StoreSettings::Redis(Box::new(RedisOptions {
                 topology,
                 key_prefix: raw.redis_key_prefix.clone(),
                 timeout: Duration::from_secs(raw.redis_timeout.max(1)),
                 username: nonempty(&raw.redis_username),
-                password: nonempty(&raw.redis_password),
+                password,
                 sentinel_username: nonempty(&raw.redis_sentinel_username),
                 sentinel_password: nonempty(&raw.redis_sentinel_password),
                 ca_pem,
+                client_certificate,
             }))
         }
     };
@@ -629,6 +746,15 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         public_url: public_url?,
         listen: listen?,
         admin_listen: admin_listen?,
+        tls,
+        admin_tls,
+        tls_reload_interval: Duration::from_secs(raw.tls_reload_interval),
+        upstream_tls,
+        upstream_ca: raw
+            .upstream_ca_file
+            .clone()
+            .filter(|s| !s.is_empty())
+            .map(|file| (file, raw.upstream_ca_only)),
         store,
         webhook_secret,
         events,
@@ -678,6 +804,71 @@ fn required_url(name: &str, value: Option<&str>, errors: &mut Vec<String>) -> Op
         }
         Err(e) => {
             errors.push(format!("{name}: not a URL ({e}): {value}"));
+            None
+        }
+    }
+}
+
+/// A listener's TLS files: `[cert, key, client CA]` under `{prefix}_CERT_FILE`,
+/// `{prefix}_KEY_FILE` and `{prefix}_CLIENT_CA_FILE`, read and checked now.
+fn server_tls(
+    prefix: &str,
+    [cert, key, client_ca]: [&Option<String>; 3],
+    errors: &mut Vec<String>,
+) -> Option<ServerTls> {
+    let set = |value: &Option<String>| value.clone().filter(|s| !s.is_empty());
+    match (set(cert), set(key)) {
+        (Some(cert), Some(key)) => {
+            let client_ca = set(client_ca);
+            let loaded = ServerTls::load(
+                std::path::Path::new(&cert),
+                std::path::Path::new(&key),
+                client_ca.as_deref().map(std::path::Path::new),
+            );
+            loaded
+                .map_err(|problems| {
+                    for problem in problems {
+                        errors.push(match problem {
+                            TlsFileError::Cert(e) => format!("{prefix}_CERT_FILE: {e}"),
+                            TlsFileError::Key(e) => format!("{prefix}_KEY_FILE: {e}"),
+                            TlsFileError::ClientCa(e) => format!("{prefix}_CLIENT_CA_FILE: {e}"),
+                        });
+                    }
+                })
+                .ok()
+        }
+        (None, None) => {
+            if set(client_ca).is_some() {
+                errors.push(format!(
+                    "{prefix}_CLIENT_CA_FILE: needs {prefix}_CERT_FILE and {prefix}_KEY_FILE"
+                ));
+            }
+            None
+        }
+        _ => {
+            errors.push(format!("{prefix}_CERT_FILE and {prefix}_KEY_FILE go together"));
+            None
+        }
+    }
+}
+
+/// A Redis client certificate chain and key, read and checked to make a pair.
+fn redis_client_certificate(cert: &str, key: &str, errors: &mut Vec<String>) -> Option<ClientCertificate> {
+    let cert_pem = std::fs::read(cert)
+        .map_err(|e| errors.push(format!("DTR_REDIS_CLIENT_CERT_FILE: cannot read {cert}: {e}")))
+        .ok();
+    let key_pem = std::fs::read(key)
+        .map_err(|e| errors.push(format!("DTR_REDIS_CLIENT_KEY_FILE: cannot read {key}: {e}")))
+        .ok();
+    let (cert_pem, key_pem) = (cert_pem?, key_pem?);
+    match tls::certified_key(&cert_pem, &key_pem) {
+        Ok(_) => Some(ClientCertificate { cert_pem, key_pem }),
+        Err(KeyPairError::Cert(e)) => {
+            errors.push(format!("DTR_REDIS_CLIENT_CERT_FILE: {cert}: {e}"));
+            None
+        }
+        Err(KeyPairError::Key(e)) => {
+            errors.push(format!("DTR_REDIS_CLIENT_KEY_FILE: {key}: {e}"));
             None
         }
     }

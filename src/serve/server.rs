@@ -10,8 +10,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 /// Header fields accepted in one HTTP/1 request; more is answered 431.
 const MAX_HEADERS: usize = 200;
@@ -24,11 +26,13 @@ pub struct Limits {
 }
 
 /// Serves HTTP/1 and HTTP/2 on `listener` with `handler` until `shutdown` flips, then drains
-/// for up to `grace`.
+/// for up to `grace`. With `tls`, each connection first completes a TLS handshake (within the
+/// header read timeout), and HTTP/2 or HTTP/1.1 is chosen by ALPN.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     limits: Limits,
     grace: Duration,
+    tls: Option<Arc<ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
     handler: F,
 ) where
@@ -48,6 +52,7 @@ pub async fn serve<F, Fut>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let tls = tls.map(|config| (TlsAcceptor::from(config), Arc::new(builder.clone())));
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -63,42 +68,91 @@ pub async fn serve<F, Fut>(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let requested = Arc::new(AtomicBool::new(false));
-        let requested_in_service = requested.clone();
-        let service = service_fn(move |request| {
-            let handler = handler.clone();
-            requested_in_service.store(true, Ordering::Relaxed);
-            async move { Ok::<_, std::convert::Infallible>(handler(request, peer).await) }
-        });
         // Wrapped so that a connection ended while its client is still sending lingers instead
         // of answering the unread bytes with a reset (see `linger`).
         let stream = super::linger::Linger::new(stream);
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
+        let (service, requested) = service(handler.clone(), peer);
+        let Some((acceptor, builder)) = &tls else {
+            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            tokio::spawn(drive(graceful.watch(connection), requested, limits, peer));
+            continue;
+        };
+        let handshake = acceptor.accept(stream);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            tokio::pin!(connection);
-            // hyper's header read timeout starts once HTTP/1 is chosen; the auto builder first
-            // waits for the bytes that tell HTTP/1 from HTTP/2, without a limit. A client that
-            // connects and sends nothing (or a partial HTTP/2 preface) must not hold a
-            // connection forever.
-            let result = tokio::select! {
-                result = &mut connection => result,
-                _ = tokio::time::sleep(limits.header_read_timeout) => {
-                    if !requested.load(Ordering::Relaxed) {
-                        tracing::debug!(%peer, "no request within the header read timeout; closing");
-                        return;
-                    }
-                    connection.await
+            let stream = match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no TLS handshake within the header read timeout; closing");
+                    return;
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            drive(watcher.watch(connection), requested, limits, peer).await;
         });
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+/// The service of one connection, and whether it has seen a request yet.
+#[allow(clippy::type_complexity)] // an unnameable closure type, spelled out by its bounds
+fn service<F, Fut>(
+    handler: F,
+    peer: SocketAddr,
+) -> (
+    impl hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<crate::http::Body>,
+            Error = std::convert::Infallible,
+            Future = impl Future<Output = Result<hyper::Response<crate::http::Body>, std::convert::Infallible>> + Send,
+        > + Clone
+        + Send
+        + 'static,
+    Arc<AtomicBool>,
+)
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<crate::http::Body>> + Send + 'static,
+{
+    let requested = Arc::new(AtomicBool::new(false));
+    let requested_in_service = requested.clone();
+    let service = service_fn(move |request| {
+        let handler = handler.clone();
+        requested_in_service.store(true, Ordering::Relaxed);
+        async move { Ok::<_, std::convert::Infallible>(handler(request, peer).await) }
+    });
+    (service, requested)
+}
+
+/// Runs one connection to its end.
+async fn drive<C, E>(connection: C, requested: Arc<AtomicBool>, limits: Limits, peer: SocketAddr)
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(connection);
+    // hyper's header read timeout starts once HTTP/1 is chosen; the auto builder first
+    // waits for the bytes that tell HTTP/1 from HTTP/2, without a limit. A client that
+    // connects and sends nothing (or a partial HTTP/2 preface) must not hold a
+    // connection forever.
+    let result = tokio::select! {
+        result = &mut connection => result,
+        _ = tokio::time::sleep(limits.header_read_timeout) => {
+            if !requested.load(Ordering::Relaxed) {
+                tracing::debug!(%peer, "no request within the header read timeout; closing");
+                return;
+            }
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

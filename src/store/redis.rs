@@ -23,8 +23,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, Role,
-    Script, ScriptInvocation, ServerErrorKind, TlsCertificates, TlsMode,
+    AsyncConnectionConfig, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, IntoConnectionInfo,
+    RedisError, Role, Script, ScriptInvocation, ServerErrorKind, TlsCertificates, TlsMode,
 };
 use tokio::sync::{Mutex, OnceCell};
 
@@ -207,6 +207,16 @@ pub struct RedisOptions {
     /// PEM certificates that sign the TLS certificates of Redis and Sentinel, instead of the
     /// system's roots (an internal CA).
     pub ca_pem: Option<Vec<u8>>,
+    /// A PEM client certificate chain and its key, for servers that require one
+    /// (`tls-auth-clients yes`); presented to data nodes and Sentinels alike.
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+/// A TLS client certificate chain and its private key, both PEM.
+#[derive(Clone)]
+pub struct ClientCertificate {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
 }
 
 impl RedisOptions {
@@ -221,6 +231,7 @@ impl RedisOptions {
             sentinel_username: None,
             sentinel_password: None,
             ca_pem: None,
+            client_certificate: None,
         }
     }
 }
@@ -471,9 +482,14 @@ impl RedisStore {
             }))
         };
         let certs = || TlsCertificates {
-            client_tls: None,
+            client_tls: options.client_certificate.as_ref().map(|client| ClientTlsConfig {
+                client_cert: client.cert_pem.clone(),
+                client_key: client.key_pem.clone(),
+            }),
             root_cert: options.ca_pem.clone(),
         };
+        // Without a CA or a client certificate of its own, TLS trusts the system's roots.
+        let own_certificates = options.ca_pem.is_some() || options.client_certificate.is_some();
         let conn = match &options.topology {
             Topology::Cluster { url } => {
                 let mut builder = ClusterClient::builder(vec![url.clone()])
@@ -485,7 +501,7 @@ impl RedisStore {
                 if let Some(password) = &options.password {
                     builder = builder.password(password);
                 }
-                if options.ca_pem.is_some() {
+                if own_certificates {
                     builder = builder.certs(certs());
                 }
                 Conn::Cluster(Arc::new(builder.build().map_err(bad)?), Arc::new(OnceCell::new()))
@@ -500,7 +516,7 @@ impl RedisStore {
                     settings = settings.set_password(password);
                 }
                 info = info.set_redis_settings(settings);
-                let client = if options.ca_pem.is_some() {
+                let client = if own_certificates {
                     redis::Client::build_with_tls(info, certs())
                 } else {
                     redis::Client::open(info)
@@ -527,7 +543,7 @@ impl RedisStore {
                     builder = builder
                         .set_client_to_redis_tls_mode(TlsMode::Secure)
                         .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-                    if options.ca_pem.is_some() {
+                    if own_certificates {
                         builder = builder
                             .set_client_to_redis_certificates(certs())
                             .set_client_to_sentinel_certificates(certs());

@@ -201,6 +201,13 @@ impl Upstream {
         }
     }
 
+    /// Connects to the OP with `tls` (its trust anchors: an OP behind an internal CA), on
+    /// pass-through and the back channel alike.
+    pub fn with_tls(mut self, tls: &rustls::ClientConfig) -> Self {
+        self.pool = Pool::with_connector(pool::https_connector_with(tls.clone()));
+        self
+    }
+
     /// The OP's URI for a public path and query.
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
         format!("{}{}", self.base, path_and_query)

@@ -57,8 +57,12 @@ const MAX_RETRIES: usize = 3;
 
 impl Pool {
     pub(super) fn new() -> Self {
+        Self::with_connector(https_connector())
+    }
+
+    pub(super) fn with_connector(connector: HttpsConnector<HttpConnector>) -> Self {
         Self {
-            connector: https_connector(),
+            connector,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -159,11 +163,25 @@ pub(super) fn https_connector() -> HttpsConnector<HttpConnector> {
     CONNECTOR.get_or_init(new_https_connector).clone()
 }
 
-fn new_https_connector() -> HttpsConnector<HttpConnector> {
+/// A connector with a TLS configuration of its own (other trust anchors).
+pub(super) fn https_connector_with(tls: rustls::ClientConfig) -> HttpsConnector<HttpConnector> {
+    HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http_connector())
+}
+
+fn http_connector() -> HttpConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
+    http
+}
+
+fn new_https_connector() -> HttpsConnector<HttpConnector> {
+    let http = http_connector();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
         Ok(builder) => builder,

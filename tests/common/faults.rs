@@ -220,6 +220,17 @@ impl RedisServer {
         server
     }
 
+    /// A data node whose extra settings name its port (a TLS-only node: `--port 0
+    /// --tls-port <port>`).
+    pub fn start_with(extra: impl FnOnce(u16) -> Vec<String>) -> RedisServer {
+        let port = free_port();
+        let extra = extra(port);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut server = RedisServer::start_on(port, &extra);
+        server.launch();
+        server
+    }
+
     /// The server's settings, not started yet.
     fn start_on(port: u16, extra: &[&str]) -> RedisServer {
         let dir = ScratchDir::new("redis");

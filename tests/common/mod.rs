@@ -205,8 +205,22 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{n}x{nanos}", std::process::id())
 }
 
+/// A CA the test HTTP clients trust besides the system's (the TLS suite's own).
+pub static EXTRA_ROOT_CA: OnceLock<String> = OnceLock::new();
+
+/// The start of every test HTTP client: TLS by rustls on aws-lc-rs (installed as the process
+/// default, which reqwest needs), trusting [`EXTRA_ROOT_CA`] when one is set.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let builder = reqwest::Client::builder();
+    match EXTRA_ROOT_CA.get() {
+        Some(pem) => builder.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).expect("CA PEM")),
+        None => builder,
+    }
+}
+
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()
@@ -373,7 +387,7 @@ impl Proxy {
         form_action: fn(&str) -> Option<String>,
         form: &[(&str, &str)],
     ) -> Answer {
-        let browser = reqwest::Client::builder()
+        let browser = client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .cookie_store(true)
             .timeout(Duration::from_secs(30))

@@ -10,6 +10,7 @@ the admin port are given its number instead.
 {{- $inline := not .Values.existingSecret }}
 {{- $sidecar := include "dtr-proxy.sidecar" . }}
 {{- $adminPort := .Values.containerPorts.admin | int }}
+{{- $secretDir := "/var/run/secrets/dtr-proxy" }}
 name: {{ ternary .Values.sidecar.containerName "dtr-proxy" (eq $sidecar "true") }}
 image: {{ include "dtr-proxy.image" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -58,6 +59,28 @@ env:
     value: {{ .Values.config.accessLog | toString | quote }}
   - name: DTR_COMPLETION_HOLD
     value: {{ .Values.config.completionHoldSeconds | int | toString | quote }}
+  {{- if .Values.tls.public.secretName }}
+  - name: DTR_TLS_CERT_FILE
+    value: {{ printf "%s/tls/tls.crt" $secretDir | quote }}
+  - name: DTR_TLS_KEY_FILE
+    value: {{ printf "%s/tls/tls.key" $secretDir | quote }}
+  {{- end }}
+  {{- if .Values.tls.admin.secretName }}
+  - name: DTR_ADMIN_TLS_CERT_FILE
+    value: {{ printf "%s/admin-tls/tls.crt" $secretDir | quote }}
+  - name: DTR_ADMIN_TLS_KEY_FILE
+    value: {{ printf "%s/admin-tls/tls.key" $secretDir | quote }}
+  {{- end }}
+  {{- if or .Values.tls.public.secretName .Values.tls.admin.secretName }}
+  - name: DTR_TLS_RELOAD_INTERVAL
+    value: {{ .Values.tls.reloadIntervalSeconds | int | toString | quote }}
+  {{- end }}
+  {{- if .Values.tls.upstreamCa.secretName }}
+  - name: DTR_UPSTREAM_CA_FILE
+    value: {{ printf "%s/upstream-ca/%s" $secretDir .Values.tls.upstreamCa.key | quote }}
+  - name: DTR_UPSTREAM_CA_ONLY
+    value: {{ .Values.tls.upstreamCa.only | toString | quote }}
+  {{- end }}
   {{- if .Values.events.url }}
   - name: DTR_EVENTS_URL
     value: {{ .Values.events.url | quote }}
@@ -125,6 +148,24 @@ env:
         name: {{ $secretName }}
         key: {{ $keys.redisPassword }}
   {{- end }}
+  {{- with .Values.redis.username }}
+  - name: DTR_REDIS_USERNAME
+    value: {{ . | quote }}
+  {{- end }}
+  {{- if .Values.redis.passwordSecret.name }}
+  - name: DTR_REDIS_PASSWORD_FILE
+    value: {{ printf "%s/redis-password/password" $secretDir | quote }}
+  {{- end }}
+  {{- if .Values.redis.tls.secretName }}
+  - name: DTR_REDIS_CA_FILE
+    value: {{ printf "%s/redis-tls/%s" $secretDir .Values.redis.tls.caKey | quote }}
+  {{- if .Values.redis.tls.clientCertificate }}
+  - name: DTR_REDIS_CLIENT_CERT_FILE
+    value: {{ printf "%s/redis-tls/tls.crt" $secretDir | quote }}
+  - name: DTR_REDIS_CLIENT_KEY_FILE
+    value: {{ printf "%s/redis-tls/tls.key" $secretDir | quote }}
+  {{- end }}
+  {{- end }}
   {{- if and (not $inline) $keys.redisSentinelPassword }}
   - name: DTR_REDIS_SENTINEL_PASSWORD
     valueFrom:
@@ -143,8 +184,12 @@ envFrom:
 {{- range $probe := list "livenessProbe" "readinessProbe" "startupProbe" }}
 {{- with (index $.Values $probe) }}
 {{- $p := deepCopy . }}
-{{- if and $sidecar $p.httpGet (eq (toString $p.httpGet.port) "admin") }}
+{{- $onAdmin := and $p.httpGet (or (eq (toString $p.httpGet.port) "admin") (eq (toString $p.httpGet.port) (toString $adminPort))) }}
+{{- if and $sidecar $onAdmin }}
 {{- $_ := set $p.httpGet "port" $adminPort }}
+{{- end }}
+{{- if and $onAdmin $.Values.tls.admin.secretName }}
+{{- $_ := set $p.httpGet "scheme" "HTTPS" }}
 {{- end }}
 {{ $probe }}:
   {{- toYaml $p | nindent 2 }}
@@ -164,6 +209,11 @@ volumeMounts:
     readOnly: true
   - name: {{ include "dtr-proxy.volumeName" (list . "tmp") }}
     mountPath: /tmp
+  {{- range $volume := include "dtr-proxy.secretVolumes" . | fromYamlArray }}
+  - name: {{ include "dtr-proxy.volumeName" (list $ $volume.name) }}
+    mountPath: {{ printf "%s/%s" $secretDir $volume.name }}
+    readOnly: true
+  {{- end }}
   {{- with .Values.extraVolumeMounts }}
   {{- tpl (toYaml .) $ | nindent 2 }}
   {{- end }}
@@ -191,7 +241,42 @@ The volumes the dtr-proxy container mounts.
 - name: {{ include "dtr-proxy.volumeName" (list . "tmp") }}
   emptyDir:
     sizeLimit: 16Mi
+{{- range $volume := include "dtr-proxy.secretVolumes" . | fromYamlArray }}
+- name: {{ include "dtr-proxy.volumeName" (list $ $volume.name) }}
+  secret:
+    secretName: {{ $volume.secret }}
+    {{- with $volume.items }}
+    items:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+{{- end }}
 {{- with .Values.extraVolumes }}
 {{ tpl (toYaml .) $ }}
 {{- end }}
+{{- end }}
+
+{{/*
+The Secrets mounted for TLS and the Redis password: a list of {name, secret, items}. Whole
+volumes, never subPath: a renewed Secret reaches the pod (the proxy reloads certificates).
+*/}}
+{{- define "dtr-proxy.secretVolumes" -}}
+{{- $volumes := list }}
+{{- with .Values.tls.public.secretName }}
+{{- $volumes = append $volumes (dict "name" "tls" "secret" .) }}
+{{- end }}
+{{- with .Values.tls.admin.secretName }}
+{{- $volumes = append $volumes (dict "name" "admin-tls" "secret" .) }}
+{{- end }}
+{{- with .Values.tls.upstreamCa.secretName }}
+{{- $volumes = append $volumes (dict "name" "upstream-ca" "secret" .) }}
+{{- end }}
+{{- if .Values.redis.enabled }}
+{{- with .Values.redis.tls.secretName }}
+{{- $volumes = append $volumes (dict "name" "redis-tls" "secret" .) }}
+{{- end }}
+{{- with .Values.redis.passwordSecret.name }}
+{{- $volumes = append $volumes (dict "name" "redis-password" "secret" . "items" (list (dict "key" $.Values.redis.passwordSecret.key "path" "password"))) }}
+{{- end }}
+{{- end }}
+{{- toYaml $volumes }}
 {{- end }}

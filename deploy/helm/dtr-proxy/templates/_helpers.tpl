@@ -208,6 +208,12 @@ upgrade and template run fails early with a clear message.
 {{- fail "redis.cluster cannot be combined with a Sentinel URL (redis+sentinel://)" }}
 {{- end }}
 {{- end }}
+{{- if and .Values.redis.passwordSecret.name .Values.existingSecret .Values.existingSecretKeys.redisPassword }}
+{{- fail "redis.passwordSecret and existingSecretKeys.redisPassword both give the Redis password: keep one" }}
+{{- end }}
+{{- if and .Values.tls.upstreamCa.secretName (not (hasPrefix "https://" (include "dtr-proxy.upstreamUrl" .))) }}
+{{- fail "tls.upstreamCa is only for an https:// config.upstreamUrl" }}
+{{- end }}
 {{- if and .Values.autoscaling.enabled .Values.redis.enabled }}
 {{- if gt (.Values.autoscaling.minReplicas | int) (.Values.autoscaling.maxReplicas | int) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}

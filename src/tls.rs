@@ -1,0 +1,347 @@
+//! TLS material read from PEM files: the server side of both ports (a certificate that follows
+//! its files as they are rotated, an optional CA for client certificates) and extra trust
+//! anchors for the client side (the OP behind an internal CA). rustls on aws-lc-rs throughout.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// The one crypto provider of the process.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Every PEM certificate in `pem` (a chain or a bundle); an error when there is none or one
+/// does not parse.
+pub fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(certs)
+}
+
+/// Reads and parses a PEM certificate file, the message naming the file.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_certificates(&pem).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A PEM private key (PKCS#8, PKCS#1 or SEC1).
+pub fn parse_private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no PEM private key in it: {e}"))
+}
+
+/// A certificate chain and its private key, checked to belong together.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, KeyPairError> {
+    let chain = parse_certificates(cert_pem).map_err(KeyPairError::Cert)?;
+    let key = parse_private_key(key_pem).map_err(KeyPairError::Key)?;
+    CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| KeyPairError::Key(format!("unusable, or not the key of the certificate: {e}")))
+}
+
+/// Which half of a certificate and key pair is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPairError {
+    Cert(String),
+    Key(String),
+}
+
+impl fmt::Display for KeyPairError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyPairError::Cert(e) => write!(f, "certificate: {e}"),
+            KeyPairError::Key(e) => write!(f, "key: {e}"),
+        }
+    }
+}
+
+/// The TLS settings of one listener: where its certificate and key are read from (again
+/// whenever they change), and the CAs whose client certificates it requires, if any.
+#[derive(Clone)]
+pub struct ServerTls {
+    files: Arc<CertificateFiles>,
+    client_ca: Option<Arc<RootCertStore>>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert_file", &self.files.cert_file)
+            .field("key_file", &self.files.key_file)
+            .field("client_certificates", &self.client_ca.is_some())
+            .finish()
+    }
+}
+
+/// What went wrong with one of a listener's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsFileError {
+    Cert(String),
+    Key(String),
+    ClientCa(String),
+}
+
+impl ServerTls {
+    /// Reads and checks the certificate chain, its key and the client CAs now: a listener
+    /// never starts without a usable certificate.
+    pub fn load(cert_file: &Path, key_file: &Path, client_ca_file: Option<&Path>) -> Result<Self, Vec<TlsFileError>> {
+        let mut errors = Vec::new();
+        let cert_pem = std::fs::read(cert_file)
+            .map_err(|e| errors.push(TlsFileError::Cert(format!("cannot read {}: {e}", cert_file.display()))))
+            .ok();
+        let key_pem = std::fs::read(key_file)
+            .map_err(|e| errors.push(TlsFileError::Key(format!("cannot read {}: {e}", key_file.display()))))
+            .ok();
+        let client_ca = client_ca_file.and_then(|path| {
+            let certs = read_certificates(path)
+                .map_err(|e| errors.push(TlsFileError::ClientCa(e)))
+                .ok()?;
+            let mut roots = RootCertStore::empty();
+            for cert in certs {
+                if let Err(e) = roots.add(cert) {
+                    errors.push(TlsFileError::ClientCa(format!(
+                        "{}: not a CA certificate: {e}",
+                        path.display()
+                    )));
+                }
+            }
+            Some(Arc::new(roots))
+        });
+        let (Some(cert_pem), Some(key_pem)) = (cert_pem, key_pem) else {
+            return Err(errors);
+        };
+        let key = match certified_key(&cert_pem, &key_pem) {
+            Ok(key) => Arc::new(key),
+            Err(KeyPairError::Cert(e)) => {
+                errors.push(TlsFileError::Cert(format!("{}: {e}", cert_file.display())));
+                return Err(errors);
+            }
+            Err(KeyPairError::Key(e)) => {
+                errors.push(TlsFileError::Key(format!("{}: {e}", key_file.display())));
+                return Err(errors);
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self {
+            files: Arc::new(CertificateFiles {
+                cert_file: cert_file.to_owned(),
+                key_file: key_file.to_owned(),
+                current: RwLock::new(key),
+                seen: Mutex::new(Seen::Pair(cert_pem, key_pem)),
+            }),
+            client_ca,
+        })
+    }
+
+    pub fn cert_file(&self) -> &Path {
+        &self.files.cert_file
+    }
+
+    pub fn key_file(&self) -> &Path {
+        &self.files.key_file
+    }
+
+    /// Whether the listener requires client certificates (mutual TLS).
+    pub fn requires_client_certificates(&self) -> bool {
+        self.client_ca.is_some()
+    }
+
+    /// The rustls configuration of the listener: HTTP/2 and HTTP/1.1 by ALPN, the current
+    /// certificate at every handshake.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let builder = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+        let builder = match &self.client_ca {
+            Some(roots) => builder.with_client_cert_verifier(
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?,
+            ),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(self.files.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// Reads the files again if they changed; see [`CertificateFiles::reload`].
+    pub fn reload(&self) -> Reload {
+        self.files.reload()
+    }
+
+    /// Polls the files every `interval` until `shutdown` flips, swapping in a changed
+    /// certificate and counting each reload in `dtr_tls_reloads_total{listener,result}`.
+    pub async fn watch(
+        self,
+        listener: &'static str,
+        interval: Duration,
+        metrics: Metrics,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            // Small files, read rarely: the blocking pool keeps the workers free.
+            let this = self.clone();
+            let Ok(outcome) = tokio::task::spawn_blocking(move || this.reload()).await else {
+                continue;
+            };
+            match outcome {
+                Reload::Unchanged => {}
+                Reload::Replaced => {
+                    metrics.tls_reload(listener, "replaced");
+                    tracing::info!(
+                        listener,
+                        cert_file = %self.files.cert_file.display(),
+                        "TLS certificate reloaded"
+                    );
+                }
+                Reload::Failed(error) => {
+                    metrics.tls_reload(listener, "failed");
+                    tracing::warn!(listener, %error, "TLS certificate not reloaded; keeping the current one");
+                }
+            }
+        }
+    }
+}
+
+/// What one look at the files found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// The same contents as last time (or the same failure).
+    Unchanged,
+    /// New contents, in use from the next handshake.
+    Replaced,
+    /// New contents that do not make a usable certificate: the current one stays.
+    Failed(String),
+}
+
+/// The certificate of a listener and the files it comes from. Every handshake takes the
+/// current certificate; a reload replaces it only with a pair that parses and matches.
+pub struct CertificateFiles {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// What the last look found, so that an unchanged file (or an unchanged failure) is
+    /// neither parsed nor reported again.
+    seen: Mutex<Seen>,
+}
+
+#[derive(PartialEq, Eq)]
+enum Seen {
+    Pair(Vec<u8>, Vec<u8>),
+    Unreadable(String),
+}
+
+impl fmt::Debug for CertificateFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateFiles")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateFiles {
+    /// Reads both files (a Kubernetes Secret volume swaps them together, behind one symlink)
+    /// and, if their contents changed, replaces the certificate with them when they make a
+    /// matching pair.
+    pub fn reload(&self) -> Reload {
+        let read = std::fs::read(&self.cert_file)
+            .map_err(|e| format!("cannot read {}: {e}", self.cert_file.display()))
+            .and_then(|cert| {
+                std::fs::read(&self.key_file)
+                    .map(|key| (cert, key))
+                    .map_err(|e| format!("cannot read {}: {e}", self.key_file.display()))
+            });
+        let found = match read {
+            Ok((cert, key)) => Seen::Pair(cert, key),
+            Err(e) => Seen::Unreadable(e),
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == found {
+            return Reload::Unchanged;
+        }
+        let outcome = match &found {
+            Seen::Unreadable(e) => Reload::Failed(e.clone()),
+            Seen::Pair(cert, key) => match certified_key(cert, key) {
+                Ok(key) => {
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+                    Reload::Replaced
+                }
+                Err(KeyPairError::Cert(e)) => Reload::Failed(format!("{}: {e}", self.cert_file.display())),
+                Err(KeyPairError::Key(e)) => Reload::Failed(format!("{}: {e}", self.key_file.display())),
+            },
+        };
+        *seen = found;
+        outcome
+    }
+}
+
+impl ResolvesServerCert for CertificateFiles {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// CAs trusted for the TLS connection to the OP, besides or instead of the system's roots.
+#[derive(Debug, Clone)]
+pub struct ExtraRoots {
+    pub certificates: Vec<CertificateDer<'static>>,
+    /// Trust only these, not the system's roots.
+    pub only: bool,
+}
+
+/// The rustls client configuration for a server whose certificate chains to the system's roots
+/// (Mozilla's when the system has none) and, with `extra`, to its CAs (or to them alone).
+pub fn client_config(extra: Option<&ExtraRoots>) -> Result<ClientConfig, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    if !extra.is_some_and(|extra| extra.only) {
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if roots.is_empty() {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+    }
+    if let Some(extra) = extra {
+        for cert in &extra.certificates {
+            roots.add(cert.clone())?;
+        }
+    }
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_no_certificate_and_no_key() {
+        assert!(parse_certificates(b"hello").is_err());
+        assert!(parse_certificates(b"").is_err());
+        assert!(parse_private_key(b"hello").is_err());
+    }
+}

@@ -1,0 +1,637 @@
+//! TLS over real sockets, with certificates the test makes itself (rcgen): the public port by
+//! ALPN (HTTP/1.1 and HTTP/2), a certificate rotated on disk and picked up without a restart
+//! (and a broken one refused), client certificates on the admin port, the OP behind TLS with a
+//! private CA, and a redis-server that requires TLS client certificates and a password.
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::faults::{RedisServer, ScratchDir};
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// A test CA and the certificates it signs.
+struct Pki {
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A PEM certificate and its PEM private key.
+struct Pair {
+    cert: String,
+    key: String,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let ca = params.self_signed(&key).expect("CA certificate");
+        Pki {
+            ca_pem: ca.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for 127.0.0.1 and localhost.
+    fn server(&self, name: &str) -> Pair {
+        self.leaf(name, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    fn client(&self, name: &str) -> Pair {
+        self.leaf(name, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn leaf(&self, name: &str, usage: ExtendedKeyUsagePurpose) -> Pair {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("CA");
+        }
+        roots
+    }
+}
+
+/// The CA of the proxy's own certificates, one per test binary: the shared test clients (the
+/// RP's browser among them) trust it.
+fn proxy_pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let pki = Pki::new("dtr test CA");
+        let _ = EXTRA_ROOT_CA.set(pki.ca_pem.clone());
+        pki
+    })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn client_config(pki: &Pki, identity: Option<&Pair>, alpn: &[&str]) -> ClientConfig {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(pki.roots());
+    let mut config = match identity {
+        Some(pair) => builder
+            .with_client_auth_cert(
+                chain(&pair.cert),
+                PrivateKeyDer::from_pem_slice(pair.key.as_bytes()).expect("key"),
+            )
+            .expect("client certificate"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    config
+}
+
+fn chain(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("PEM chain")
+}
+
+/// An HTTP client that trusts the test CA and offers `alpn`.
+fn https_client(pki: &Pki, identity: Option<&Pair>, alpn: &[&str]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(client_config(pki, identity, alpn))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// The certificate a TLS handshake with `port` presents.
+async fn presented_certificate(pki: &Pki, port: u16) -> CertificateDer<'static> {
+    let connector = TlsConnector::from(Arc::new(client_config(pki, None, &["http/1.1"])));
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let server = ServerName::try_from("127.0.0.1").expect("name");
+    let tls = connector.connect(server, tcp).await.expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("certificates")[0].clone()
+}
+
+/// Cert and key files laid out as a Kubernetes Secret volume lays them out: `tls.crt` and
+/// `tls.key` point through `..data`, a symlink to the current version's directory, and a
+/// rotation swaps that one symlink.
+struct SecretVolume {
+    dir: ScratchDir,
+    version: u32,
+}
+
+impl SecretVolume {
+    fn new(pair: &Pair) -> SecretVolume {
+        let mut volume = SecretVolume {
+            dir: ScratchDir::new("secret"),
+            version: 0,
+        };
+        volume.rotate(&pair.cert, &pair.key);
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), volume.dir.path(name)).expect("symlink");
+        }
+        volume
+    }
+
+    fn rotate(&mut self, cert: &str, key: &str) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        std::fs::create_dir(self.dir.path(&version)).expect("version dir");
+        std::fs::write(self.dir.0.join(&version).join("tls.crt"), cert).expect("cert");
+        std::fs::write(self.dir.0.join(&version).join("tls.key"), key).expect("key");
+        let staged = self.dir.path("..data_tmp");
+        std::os::unix::fs::symlink(&version, &staged).expect("symlink");
+        std::fs::rename(&staged, self.dir.path("..data")).expect("swap");
+    }
+
+    fn cert(&self) -> String {
+        self.dir.path("tls.crt")
+    }
+
+    fn key(&self) -> String {
+        self.dir.path("tls.key")
+    }
+}
+
+/// A file in `dir` holding `contents`; its path.
+fn file(dir: &ScratchDir, name: &str, contents: &str) -> String {
+    let path = dir.path(name);
+    std::fs::write(&path, contents).expect("write");
+    path
+}
+
+/// Starts a proxy whose public port speaks TLS (its public URL https), in a fresh realm;
+/// `env` adds settings.
+async fn start_tls(volume: &SecretVolume, env: Vec<(String, String)>, http: reqwest::Client) -> Proxy {
+    let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = public.local_addr().expect("addr").port();
+    let base = format!("https://127.0.0.1:{port}");
+    let realm = unique("r");
+    let issuer = create_realm(&realm, &base).await;
+    let mut vars = base_env(port, op().port);
+    vars.push(("DTR_PUBLIC_URL".into(), base.clone()));
+    vars.push(("DTR_ALLOW_INSECURE_HTTP".into(), "false".into()));
+    vars.push(("DTR_TLS_CERT_FILE".into(), volume.cert()));
+    vars.push(("DTR_TLS_KEY_FILE".into(), volume.key()));
+    vars.push((
+        "DTR_CLIENTS".into(),
+        Value::from(Options::new(StoreKind::Embedded).clients).to_string(),
+    ));
+    vars.extend(env);
+    let config = dtr_proxy::Config::from_env(vars).unwrap_or_else(|e| panic!("{e}"));
+    let running = dtr_proxy::start_on(config, public, admin).await.expect("proxy start");
+    let admin = format!("http://{}", running.admin_addr);
+    Proxy {
+        running: Some(running),
+        base,
+        admin,
+        realm,
+        issuer,
+        http,
+    }
+}
+
+/// The whole deferred flow through `proxy`: acknowledgment, exchange (the OP's token endpoint
+/// on the back channel), completion, and the poll that releases fresh tokens (the back channel
+/// again).
+async fn deferred_flow(proxy: &Proxy) {
+    let user = unique("tls-user");
+    let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+    let pending = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tokens = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    assert!(tokens.json["access_token"].is_string(), "{}", tokens.json);
+}
+
+async fn metric(proxy: &Proxy, line: &str) -> Option<f64> {
+    proxy
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_port_speaks_http1_and_http2_by_alpn() {
+    let pki = proxy_pki();
+    let volume = SecretVolume::new(&pki.server("proxy"));
+    let proxy = start_tls(&volume, Vec::new(), https_client(pki, None, &["h2"])).await;
+    let discovery = format!("{}/realms/{}/.well-known/openid-configuration", proxy.base, proxy.realm);
+
+    for (alpn, version) in [
+        ("http/1.1", reqwest::Version::HTTP_11),
+        ("h2", reqwest::Version::HTTP_2),
+    ] {
+        let client = https_client(pki, None, &[alpn]);
+        let response = client.get(&discovery).send().await.expect("discovery over TLS");
+        assert_eq!(response.version(), version, "{alpn}");
+        assert_eq!(response.status(), 200, "{alpn}");
+        let document: Value = response.json().await.expect("json");
+        assert_eq!(document["issuer"], proxy.issuer.as_str(), "{alpn}");
+        assert!(
+            document["token_endpoint"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("https://"),
+            "{document}"
+        );
+    }
+
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = client().get(discovery.replace("https://", "http://")).send().await;
+    assert!(plain.is_err(), "plain HTTP answered on the TLS port: {plain:?}");
+
+    // The whole DTR flow over HTTP/2 and TLS.
+    deferred_flow(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
+    let pki = proxy_pki();
+    let first = pki.server("first");
+    let mut volume = SecretVolume::new(&first);
+    let env = vec![("DTR_TLS_RELOAD_INTERVAL".to_owned(), "1".to_owned())];
+    let proxy = start_tls(&volume, env, https_client(pki, None, &["h2"])).await;
+    let port: u16 = proxy
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    assert_eq!(presented_certificate(pki, port).await, chain(&first.cert)[0]);
+
+    // cert-manager renews: the Secret volume swaps its symlink to the new pair.
+    let second = pki.server("second");
+    volume.rotate(&second.cert, &second.key);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while presented_certificate(pki, port).await != chain(&second.cert)[0] {
+        assert!(Instant::now() < deadline, "the rotated certificate was not picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        metric(&proxy, r#"dtr_tls_reloads_total{listener="public",result="replaced"}"#).await,
+        Some(1.0)
+    );
+    let response = https_client(pki, None, &["h2"])
+        .get(format!(
+            "{}/realms/{}/.well-known/openid-configuration",
+            proxy.base, proxy.realm
+        ))
+        .send()
+        .await
+        .expect("request after the rotation");
+    assert_eq!(response.status(), 200);
+
+    // A broken certificate, then a key that is not the certificate's: both are refused,
+    // counted, and the second certificate stays.
+    let third = pki.server("third");
+    for (round, (cert, key)) in [
+        ("not a certificate", third.key.as_str()),
+        (third.cert.as_str(), second.key.as_str()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        volume.rotate(cert, key);
+        let failed = round as f64 + 1.0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric(&proxy, r#"dtr_tls_reloads_total{listener="public",result="failed"}"#).await != Some(failed) {
+            assert!(Instant::now() < deadline, "the broken pair {round} was not noticed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(presented_certificate(pki, port).await, chain(&second.cert)[0]);
+    }
+
+    // Fixed files are picked up again.
+    volume.rotate(&third.cert, &third.key);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while presented_certificate(pki, port).await != chain(&third.cert)[0] {
+        assert!(Instant::now() < deadline, "the repaired certificate was not picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_requires_a_client_certificate_from_its_ca() {
+    let pki = proxy_pki();
+    let operators = Pki::new("operators CA");
+    let volume = SecretVolume::new(&pki.server("proxy"));
+    let admin_volume = SecretVolume::new(&pki.server("admin"));
+    let dir = ScratchDir::new("admin-ca");
+    let env = vec![
+        ("DTR_ADMIN_TLS_CERT_FILE".to_owned(), admin_volume.cert()),
+        ("DTR_ADMIN_TLS_KEY_FILE".to_owned(), admin_volume.key()),
+        (
+            "DTR_ADMIN_TLS_CLIENT_CA_FILE".to_owned(),
+            file(&dir, "operators.pem", &operators.ca_pem),
+        ),
+    ];
+    let mut proxy = start_tls(&volume, env, https_client(pki, None, &["h2"])).await;
+    proxy.admin = proxy.admin.replace("http://", "https://");
+    let health = format!("{}/healthz", proxy.admin);
+
+    let anonymous = https_client(pki, None, &["h2", "http/1.1"]).get(&health).send().await;
+    assert!(
+        anonymous.is_err(),
+        "answered without a client certificate: {anonymous:?}"
+    );
+    let stranger = pki.client("stranger");
+    let foreign = https_client(pki, Some(&stranger), &["h2", "http/1.1"])
+        .get(&health)
+        .send()
+        .await;
+    assert!(foreign.is_err(), "answered a certificate of another CA: {foreign:?}");
+
+    let operator = operators.client("operator");
+    proxy.http = https_client(pki, Some(&operator), &["h2", "http/1.1"]);
+    let response = proxy.http.get(&health).send().await.expect("health over mTLS");
+    assert_eq!(response.status(), 200);
+    // The completion webhook goes through the same port.
+    deferred_flow(&proxy).await;
+}
+
+/// A TLS terminator in front of the stand-in OP: what an OP with a certificate from a private
+/// CA looks like to the proxy.
+async fn tls_relay(pair: &Pair, target: u16) -> u16 {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            chain(&pair.cert),
+            PrivateKeyDer::from_pem_slice(pair.key.as_bytes()).expect("key"),
+        )
+        .expect("server config");
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut op) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut op).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_op_is_reached_over_tls_with_a_private_ca() {
+    let pki = &Pki::new("OP CA");
+    let relay = tls_relay(&pki.server("op"), op().port).await;
+    let dir = ScratchDir::new("op-ca");
+    let ca = file(&dir, "op-ca.pem", &pki.ca_pem);
+    let upstream = format!("https://127.0.0.1:{relay}");
+
+    for only in ["false", "true"] {
+        let proxy = start(
+            Options::new(StoreKind::Embedded)
+                .env("DTR_UPSTREAM_URL", upstream.clone())
+                .env("DTR_UPSTREAM_CA_FILE", ca.clone())
+                .env("DTR_UPSTREAM_CA_ONLY", only),
+        )
+        .await;
+        // Pass-through.
+        let jwks = proxy
+            .http
+            .get(proxy.url("/protocol/openid-connect/certs"))
+            .send()
+            .await
+            .expect("jwks");
+        assert_eq!(jwks.status(), 200, "only={only}");
+        let keys: Value = jwks.json().await.expect("json");
+        assert!(keys["keys"].as_array().is_some_and(|k| !k.is_empty()), "{keys}");
+        // The back channel: the code exchange and the final refresh.
+        deferred_flow(&proxy).await;
+    }
+
+    // Without the CA the OP's certificate is not trusted: the pass-through fails as a gateway.
+    let untrusting = start(Options::new(StoreKind::Embedded).env("DTR_UPSTREAM_URL", upstream.clone())).await;
+    let refused = untrusting
+        .http
+        .get(untrusting.url("/protocol/openid-connect/certs"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), 502);
+}
+
+/// A redis-server that speaks only TLS, requires client certificates of `pki` and the user
+/// `dtr` with `password` (the default user is off).
+fn tls_redis(pki: &Pki, dir: &ScratchDir, password: &str) -> RedisServer {
+    let server = pki.server("redis");
+    let (cert, key, ca) = (
+        file(dir, "redis.crt", &server.cert),
+        file(dir, "redis.key", &server.key),
+        file(dir, "ca.crt", &pki.ca_pem),
+    );
+    RedisServer::start_with(|port| {
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "yes",
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "dtr",
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "&*",
+            "+@all",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    })
+}
+
+async fn store_state(proxy: &Proxy) -> String {
+    let ready: Value = proxy
+        .http
+        .get(format!("{}/readyz", proxy.admin))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    ready["store"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_client_certificate_and_a_password_file() {
+    let pki = &Pki::new("Redis CA");
+    let dir = ScratchDir::new("redis-tls");
+    let password = "s3cret-Pass";
+    let redis = tls_redis(pki, &dir, password);
+    let client = pki.client("dtr-proxy");
+    let settings = |with_certificate: bool, password: &str| {
+        let mut options = Options::new(StoreKind::Embedded)
+            .env("DTR_REDIS_URL", format!("rediss://127.0.0.1:{}", redis.port))
+            .env("DTR_REDIS_KEY_PREFIX", unique("tls"))
+            .env("DTR_REDIS_CA_FILE", dir.path("ca.crt"))
+            .env("DTR_REDIS_USERNAME", "dtr")
+            // As a Secret key mounted as a file: with the newline an editor leaves.
+            .env(
+                "DTR_REDIS_PASSWORD_FILE",
+                file(&dir, &unique("password"), &format!("{password}\n")),
+            );
+        if with_certificate {
+            options = options
+                .env("DTR_REDIS_CLIENT_CERT_FILE", file(&dir, "client.crt", &client.cert))
+                .env("DTR_REDIS_CLIENT_KEY_FILE", file(&dir, "client.key", &client.key));
+        }
+        options
+    };
+
+    let proxy = start(settings(true, password)).await;
+    assert_eq!(store_state(&proxy).await, "up");
+    deferred_flow(&proxy).await;
+
+    // Without the client certificate, or with the wrong password, Redis refuses the proxy.
+    for (with_certificate, password) in [(false, password), (true, "wrong")] {
+        let refused = start(settings(with_certificate, password)).await;
+        assert_ne!(
+            store_state(&refused).await,
+            "up",
+            "certificate={with_certificate} password={password}"
+        );
+    }
+}
+
+#[test]
+fn wrong_tls_files_are_reported_at_startup() {
+    let pki = proxy_pki();
+    let dir = ScratchDir::new("tls-config");
+    let one = pki.server("one");
+    let other = pki.server("other");
+    let (cert, key, other_key) = (
+        file(&dir, "one.crt", &one.cert),
+        file(&dir, "one.key", &one.key),
+        file(&dir, "other.key", &other.key),
+    );
+    let garbage = file(&dir, "garbage", "not PEM");
+    let errors = |extra: &[(&str, &str)]| -> String {
+        let mut vars = base_env(8443, 8080);
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        match dtr_proxy::Config::from_env(vars) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert_eq!(errors(&[("DTR_TLS_CERT_FILE", &cert), ("DTR_TLS_KEY_FILE", &key)]), "");
+    for (settings, expected) in [
+        (
+            vec![("DTR_TLS_CERT_FILE", cert.as_str())],
+            "DTR_TLS_CERT_FILE and DTR_TLS_KEY_FILE go together",
+        ),
+        (
+            vec![("DTR_TLS_CERT_FILE", &cert), ("DTR_TLS_KEY_FILE", &other_key)],
+            "DTR_TLS_KEY_FILE:",
+        ),
+        (
+            vec![("DTR_TLS_CERT_FILE", &garbage), ("DTR_TLS_KEY_FILE", &key)],
+            "DTR_TLS_CERT_FILE:",
+        ),
+        (
+            vec![
+                ("DTR_ADMIN_TLS_CERT_FILE", &cert),
+                ("DTR_ADMIN_TLS_KEY_FILE", "/nonexistent/key"),
+            ],
+            "DTR_ADMIN_TLS_KEY_FILE: cannot read",
+        ),
+        (
+            vec![("DTR_ADMIN_TLS_CLIENT_CA_FILE", cert.as_str())],
+            "DTR_ADMIN_TLS_CLIENT_CA_FILE: needs",
+        ),
+        (vec![("DTR_TLS_RELOAD_INTERVAL", "0")], "DTR_TLS_RELOAD_INTERVAL"),
+        (
+            vec![("DTR_UPSTREAM_CA_FILE", garbage.as_str())],
+            "DTR_UPSTREAM_CA_FILE:",
+        ),
+        (
+            vec![("DTR_UPSTREAM_CA_FILE", cert.as_str())],
+            "DTR_UPSTREAM_CA_FILE: only for an https DTR_UPSTREAM_URL",
+        ),
+        (vec![("DTR_UPSTREAM_CA_ONLY", "true")], "DTR_UPSTREAM_CA_ONLY: needs"),
+        (
+            vec![
+                ("DTR_REDIS_URL", "rediss://127.0.0.1:6380"),
+                ("DTR_REDIS_CLIENT_CERT_FILE", &cert),
+                ("DTR_REDIS_CLIENT_KEY_FILE", &other_key),
+            ],
+            "DTR_REDIS_CLIENT_KEY_FILE:",
+        ),
+        (
+            vec![
+                ("DTR_REDIS_URL", "redis://127.0.0.1:6379"),
+                ("DTR_REDIS_CLIENT_CERT_FILE", &cert),
+                ("DTR_REDIS_CLIENT_KEY_FILE", &key),
+            ],
+            "DTR_REDIS_CLIENT_CERT_FILE: only for a rediss://",
+        ),
+        (
+            vec![
+                ("DTR_REDIS_URL", "redis://127.0.0.1:6379"),
+                ("DTR_REDIS_PASSWORD", "a"),
+                ("DTR_REDIS_PASSWORD_FILE", &key),
+            ],
+            "set one of them",
+        ),
+        (
+            vec![
+                ("DTR_REDIS_URL", "redis://127.0.0.1:6379"),
+                ("DTR_REDIS_PASSWORD_FILE", "/nonexistent/password"),
+            ],
+            "DTR_REDIS_PASSWORD_FILE: cannot read",
+        ),
+    ] {
+        let found = errors(&settings);
+        assert!(
+            found.contains(expected),
+            "{settings:?}: expected {expected:?} in {found:?}"
+        );
+    }
+}
