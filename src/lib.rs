@@ -3,7 +3,8 @@
 //!
 //! Layers, each depending only on those before it (`docs/architecture.md`):
 //! 1. vocabulary: [`protocol`] (wire names, parameters, errors, routes), [`clock`], [`crypto`],
-//!    [`http`], [`metrics`], [`store`], [`webhook`] (signatures), [`config`], [`upstream`];
+//!    [`http`], [`metrics`], [`store`], [`webhook`] (signatures), [`config`], [`telemetry`]
+//!    (traces), [`upstream`];
 //! 2. protocol state and checks: [`records`], [`clients`], [`dpop`], [`client_auth`],
 //!    [`client_keys`];
 //! 3. [`endpoints`]: authorize, acknowledge, exchange, poll, cancel, discovery, completion,
@@ -18,6 +19,7 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;
 pub mod webhook;
 
