@@ -383,6 +383,7 @@ def expect_minimal(docs, dep, env, notes):
     check("embedded store" in notes and "exactly 1 replica" in notes,
           f"{label}: NOTES.txt warns about the embedded single-replica store")
     check("testing" in notes, f"{label}: NOTES.txt warns that inline secrets are for testing")
+    check(not any(k.startswith("OTEL_") for k in env), f"{label}: traces off (no OTEL_* env)")
 
 
 def expect_ci(docs, dep, env, notes):
@@ -404,6 +405,18 @@ def expect_ci(docs, dep, env, notes):
           f"{label}: extraEnv appended")
     check(env.get("DTR_TRUSTED_PROXIES", {}).get("value") == "10.0.0.0/8,fd00::/8",
           f"{label}: DTR_TRUSTED_PROXIES joined from config.trustedProxies")
+    tracing = CI_VALUES["tracing"]
+    names = [e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]]
+    check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") == tracing["endpoint"]
+          and env.get("OTEL_SERVICE_NAME", {}).get("value") == tracing["serviceName"]
+          and env.get("OTEL_TRACES_SAMPLER", {}).get("value") == tracing["sampler"]
+          and env.get("OTEL_TRACES_SAMPLER_ARG", {}).get("value") == tracing["samplerArg"],
+          f"{label}: tracing.* rendered as the OTEL_* variables")
+    check(env.get("K8S_POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name"
+          and env.get("OTEL_RESOURCE_ATTRIBUTES", {}).get("value")
+          == f"k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name={NAMESPACE},deployment.environment=ci"
+          and names.index("K8S_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES"),
+          f"{label}: OTEL_RESOURCE_ATTRIBUTES names the pod (defined before use) and namespace")
     sm = find(docs, "ServiceMonitor")
     check(len(sm) == 1 and sm[0]["spec"]["endpoints"][0]["port"] == "admin"
           and sm[0]["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "admin",
@@ -545,6 +558,11 @@ expect_failure("a reload interval of 0",
                schema_only=True)
 expect_failure("logFormat xml", merge(REQUIRED, {"config": {"logFormat": "xml"}}), "logFormat",
                schema_only=True)
+expect_failure("an unknown trace sampler",
+               merge(REQUIRED, {"tracing": {"endpoint": "http://c:4318", "sampler": "sometimes"}}),
+               "sampler", schema_only=True)
+expect_failure("a trace endpoint that is not a URL",
+               merge(REQUIRED, {"tracing": {"endpoint": "collector:4318"}}), "endpoint", schema_only=True)
 expect_failure("a client without client_id",
                merge(REQUIRED, {"clients": [{"interval": 5}]}), "client_id", schema_only=True)
 expect_failure("an unknown top-level key (typo)", merge(REQUIRED, {"replicas": 3}), "replicas",

@@ -35,7 +35,8 @@ use crate::serve::admin::{AdminService, Readiness};
 use crate::serve::proxy::{PublicService, RequestLimits};
 use crate::serve::server::{serve, Limits};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
-use crate::upstream::{http_client, OpClient, Upstream};
+use crate::telemetry::{SpanExport, Telemetry};
+use crate::upstream::{http_client, ExportClient, OpClient, Upstream};
 
 /// Everything that serves, built and wired.
 pub struct Services {
@@ -54,30 +55,45 @@ pub fn connect_store(config: &Config) -> Result<Store, StoreError> {
     })
 }
 
-/// The OP client for pass-through and the back channel, from the configuration.
-pub fn upstream(config: &Config, metrics: &Metrics) -> Arc<Upstream> {
+/// The OP client for pass-through and the back channel, from the configuration, traced with
+/// `telemetry`.
+pub fn upstream(config: &Config, metrics: &Metrics, telemetry: Telemetry) -> Arc<Upstream> {
     let upstream = Upstream::new(
         &config.upstream_url,
         &config.public_url,
         config.trusted_proxies.clone(),
         config.upstream_timeout,
         metrics.clone(),
-    );
+    )
+    .with_telemetry(telemetry);
     Arc::new(match &config.upstream_tls {
         Some(tls) => upstream.with_tls(tls),
         None => upstream,
     })
 }
 
+/// Starts the span exporter when traces are configured (`OTEL_EXPORTER_OTLP_ENDPOINT`): the
+/// tracer every part is handed, and the exporter to flush at shutdown. Off otherwise.
+pub fn telemetry(config: &Config) -> Result<(Telemetry, Option<SpanExport>), StartError> {
+    let Some(settings) = &config.traces else {
+        return Ok((Telemetry::off(), None));
+    };
+    let client = ExportClient::new(http_client(), tokio::runtime::Handle::current(), settings.timeout);
+    let (telemetry, export) = Telemetry::start(settings, Arc::new(client)).map_err(StartError::Telemetry)?;
+    tracing::info!(endpoint = %settings.endpoint, service = %settings.service_name, "exporting traces");
+    Ok((telemetry, Some(export)))
+}
+
 /// Builds every part from `config`, on `store`, with `op` as the OP's back channel and
-/// `upstream` for pass-through (in production the same client). Tests pass a store and an OP
-/// of their own and call the services in memory.
+/// `upstream` for pass-through (in production the same client), tracing with `telemetry`.
+/// Tests pass a store and an OP of their own and call the services in memory.
 pub fn compose(
     config: &Config,
     store: Store,
     upstream: Arc<Upstream>,
     op: Arc<dyn OpClient>,
     metrics: Metrics,
+    telemetry: Telemetry,
 ) -> Services {
     let routes = Routes::new(&config.paths);
     let urls = PublicUrls::new(config.public_origin(), routes.clone());
@@ -111,6 +127,7 @@ pub fn compose(
                 settings,
                 http: http_client(),
                 timeout: config.ping_timeout,
+                telemetry: telemetry.clone(),
             })
         }),
     };
@@ -156,6 +173,7 @@ pub fn compose(
                 verdicts: verdicts.clone(),
                 revoker: revoker.clone(),
                 events: events.clone(),
+                telemetry: telemetry.clone(),
             },
             poll: Poll {
                 checks: checks.clone(),
@@ -185,6 +203,7 @@ pub fn compose(
             max_body_bytes: config.max_body_bytes,
             body_read_timeout: config.body_read_timeout,
         },
+        telemetry: telemetry.clone(),
     };
     let admin = AdminService {
         records: records.clone(),
@@ -206,6 +225,7 @@ pub fn compose(
         wakeup: ping_wakeup,
         revoker,
         events,
+        telemetry,
     };
     Services {
         metrics: public.metrics.clone(),
@@ -223,6 +243,8 @@ pub struct Running {
     readiness: Arc<Readiness>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The span exporter, flushed last.
+    export: Option<SpanExport>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +257,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("TLS settings: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    Telemetry(String),
 }
 
 /// Binds the configured addresses and starts serving.
@@ -259,8 +283,9 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
     let store = connect_store(&config)?;
     let store_kind = store.kind();
     let metrics = Metrics::new();
-    let upstream = upstream(&config, &metrics);
-    let services = compose(&config, store, upstream.clone(), upstream, metrics);
+    let (telemetry, export) = telemetry(&config)?;
+    let upstream = upstream(&config, &metrics, telemetry.clone());
+    let services = compose(&config, store, upstream.clone(), upstream, metrics, telemetry);
     let (shutdown, watcher) = watch::channel(false);
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
@@ -335,6 +360,7 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
         readiness: services.readiness,
         shutdown,
         tasks,
+        export,
     })
 }
 
@@ -345,6 +371,10 @@ impl Running {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(export) = self.export {
+            // Blocks until the last batch is sent, which runs on this runtime: off its workers.
+            let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
         }
     }
 

@@ -105,6 +105,15 @@ impl Config {
             "log": self.log,
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
             "access_log": self.access_log,
+            "traces": self.traces.as_ref().map(|t| json!({
+                "endpoint": redact_url(t.endpoint.as_str()),
+                "service_name": t.service_name,
+                "sampler": format!("{:?}", t.sampler),
+                // Header values are often credentials: names only.
+                "headers": t.headers.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
+                "resource": t.resource.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+                "timeout_ms": t.timeout.as_millis() as u64,
+            })),
             "paths": self.paths,
             "clients": clients,
             "warnings": self.warnings,

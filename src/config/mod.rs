@@ -21,9 +21,11 @@ use crate::tls::{self, ExtraRoots, KeyPairError, ServerTls, TlsFileError};
 
 mod clients;
 mod effective;
+mod traces;
 
 use clients::validate_clients;
 pub use clients::{ClientSecret, ClientSettings};
+pub use traces::{RootSampler, SamplerSetting, TraceSettings};
 
 /// Path templates for the OP's endpoints. `{realm}` stands for one path segment; an OP without
 /// realms uses templates without it.
@@ -295,6 +297,8 @@ pub struct Config {
     pub access_log: bool,
     pub paths: PathTemplates,
     pub clients: Vec<ClientSettings>,
+    /// OpenTelemetry trace export (the standard `OTEL_*` variables); `None`: off.
+    pub traces: Option<TraceSettings>,
     /// Non-fatal findings (unknown `DTR_*` variables), logged once at start.
     pub warnings: Vec<String>,
 }
@@ -373,9 +377,14 @@ impl Config {
     {
         let mut errors = Vec::new();
         let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        let mut otel = std::collections::BTreeMap::new();
         let vars: Vec<(String, String)> = vars
             .into_iter()
             .filter_map(|(k, v)| {
+                if k.as_ref().starts_with("OTEL_") {
+                    otel.insert(k.as_ref().to_owned(), v.as_ref().to_owned());
+                    return None;
+                }
                 let key = k.as_ref();
                 key.strip_prefix(ENV_PREFIX)
                     .map(|rest| (rest.to_ascii_lowercase(), v.as_ref().to_owned()))
@@ -415,8 +424,10 @@ impl Config {
             let parsed = Value::from_str(value).unwrap_or_else(|_| Value::from(value.clone()));
             figment = figment.merge((path, parsed));
         }
+        let traces = traces::trace_settings(&otel, &mut errors);
         let mut config = Self::from_figment(figment, extra_clients, errors)?;
         config.warnings = warnings;
+        config.traces = traces;
         Ok(config)
     }
 
@@ -787,6 +798,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         access_log: raw.access_log,
         paths: raw.paths,
         clients: raw.clients,
+        traces: None,
         warnings: Vec::new(),
     })
 }

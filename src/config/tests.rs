@@ -222,3 +222,41 @@ fn unknown_setting_is_a_warning_not_a_failure() {
         vec!["ignoring unknown setting DTR_PROXY_PORT".to_string()]
     );
 }
+
+#[test]
+fn trace_settings_are_checked_and_shown_with_the_others() {
+    // Wrong OTEL_* settings are reported in the same round as wrong DTR_* ones.
+    let errors = Config::from_env(env(&[
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+    ]))
+    .unwrap_err();
+    assert!(errors.0.iter().any(|e| e.starts_with("DTR_UPSTREAM_URL")), "{errors}");
+    assert!(
+        errors.0.iter().any(|e| e.starts_with("OTEL_TRACES_SAMPLER")),
+        "{errors}"
+    );
+
+    let config = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://kc:8080"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cr3t-token"),
+    ]))
+    .unwrap();
+    assert!(config.warnings.is_empty(), "OTEL_* are not unknown DTR_* settings");
+    let traces = config.traces.as_ref().expect("traces on");
+    assert_eq!(traces.endpoint.as_str(), "http://collector:4318/v1/traces");
+    let text = config.effective().to_string();
+    assert!(!text.contains("s3cr3t-token"), "{text}");
+    assert!(text.contains("\"headers\":[\"authorization\"]"), "{text}");
+
+    let off = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://kc:8080"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+    ]))
+    .unwrap();
+    assert!(off.traces.is_none());
+    assert_eq!(off.effective()["traces"], serde_json::Value::Null);
+}

@@ -32,6 +32,7 @@ use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::Endpoint;
 use crate::protocol::wire::{self, error as code};
 use crate::records::{AuthMethod, HeldSecrets, ProcessRecord, Records, Status, TakenCode};
+use crate::telemetry::Telemetry;
 use crate::upstream::{BufferedReply, OpClient, UpstreamError};
 
 /// The settings the exchange applies to a new process.
@@ -58,6 +59,8 @@ pub struct Exchange {
     pub verdicts: Verdicts,
     pub revoker: Arc<Revoker>,
     pub events: Events,
+    /// Traces: a process keeps the trace of the exchange that made it.
+    pub telemetry: Telemetry,
 }
 
 const UNKNOWN_CODE: &str = "The deferred_code is invalid, expired, or was issued to another client.";
@@ -288,6 +291,7 @@ impl Exchange {
             requested: code_record.requested.clone(),
             ping_attempts: 0,
             release_in_doubt: false,
+            trace: self.telemetry.current_traceparent(),
             sealed: self.records.seal(&secrets, &process_hash),
         };
         let created = self.records.create(&process_hash, &record).await?;

@@ -20,6 +20,7 @@ use crate::http::{full, APPLICATION_JSON};
 use crate::metrics::Metrics;
 use crate::records::{Change, Records, Status};
 use crate::store::{MemoryStore, Store, StoreError};
+use crate::telemetry::{self, Telemetry};
 use crate::upstream::HttpClient;
 
 const TICK: Duration = Duration::from_millis(500);
@@ -47,6 +48,8 @@ pub struct Pinger {
     pub revoker: Arc<Revoker>,
     /// Lifecycle events: expiries are announced here, and queued events are sent.
     pub events: Events,
+    /// Traces: each ping is a client span in the trace of the exchange that made the process.
+    pub telemetry: Telemetry,
 }
 
 /// Runs until `shutdown` flips: delivers due pings, expires due processes, sweeps the
@@ -146,8 +149,25 @@ async fn send_ping(pinger: &Pinger, process_hash: &str) -> Result<(), StoreError
                     }
                 }
             }
+            let span = if pinger.telemetry.is_on() {
+                let parent = pinger.telemetry.remote(record.trace.as_deref());
+                let (method, uri) = (request.method().clone(), request.uri().clone());
+                pinger
+                    .telemetry
+                    .client("ping", &method, &uri, request.headers_mut(), parent.as_ref())
+            } else {
+                None
+            };
             // The client never follows redirects: the draft forbids it.
-            match tokio::time::timeout(pinger.timeout, pinger.http.request(request)).await {
+            let sent = tokio::time::timeout(pinger.timeout, pinger.http.request(request)).await;
+            if span.is_some() {
+                match &sent {
+                    Err(_) => telemetry::end_client(span, Err(&"timeout")),
+                    Ok(Err(e)) => telemetry::end_client(span, Err(e)),
+                    Ok(Ok(response)) => telemetry::end_client(span, Ok(response.status())),
+                }
+            }
+            match sent {
                 Err(_) => Attempt::Retry("timeout".into()),
                 Ok(Err(e)) => Attempt::Retry(e.to_string()),
                 Ok(Ok(response)) => match response.status() {
