@@ -14,8 +14,6 @@
 //! processes until their records go. No other key is kept for it.
 
 use aws_lc_rs::digest::{digest, SHA256};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use serde::Deserialize;
@@ -153,16 +151,17 @@ impl ListQuery {
     }
 }
 
-/// The opaque cursor: a position `(due, process_hash)` in the listing order.
+/// The cursor: a position `(due, process_hash)` in the listing order, `<due ms>.<hash>`.
+/// Opaque to clients; any well-formed one is a position to continue from.
 pub fn encode_cursor(due: u64, process_hash: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{due}:{process_hash}"))
+    format!("{due}.{process_hash}")
 }
 
 fn decode_cursor(cursor: &str) -> Option<(u64, String)> {
-    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
-    let (due, hash) = raw.split_once(':')?;
-    let valid = !hash.is_empty()
-        && hash.len() <= 128
+    let (due, hash) = cursor.split_once('.')?;
+    let valid = (1..=19).contains(&due.len())
+        && due.bytes().all(|b| b.is_ascii_digit())
+        && (1..=128).contains(&hash.len())
         && hash
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -186,8 +185,22 @@ struct Denial {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Extension {
-    /// Seconds added to the process's expiry.
-    extend_by: u64,
+    /// Seconds added to the process's expiry: a JSON integer (`60`, or `60.0`).
+    extend_by: serde_json::Number,
+}
+
+/// The most any one extension may ask for, whatever `DTR_OPERATOR_MAX_LIFETIME` allows.
+pub const MAX_EXTENSION: u64 = 366 * 86_400;
+
+impl Extension {
+    fn seconds(&self) -> Option<u64> {
+        let n = &self.extend_by;
+        let seconds = n.as_u64().or_else(|| {
+            let f = n.as_f64()?;
+            (f.fract() == 0.0 && f >= 0.0 && f <= MAX_EXTENSION as f64).then_some(f as u64)
+        })?;
+        (1..=MAX_EXTENSION).contains(&seconds).then_some(seconds)
+    }
 }
 
 /// A JSON body, or what is wrong with it; an empty body is `empty` where one is allowed.
@@ -535,27 +548,28 @@ impl OperatorApi {
             Ok(extension) => extension,
             Err(description) => return bad_request(&description),
         };
-        let max_seconds = self.max_lifetime_ms / 1000;
-        if extension.extend_by == 0 || extension.extend_by > max_seconds {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("extend_by must be 1 to {max_seconds} seconds."),
-            );
-        }
+        let Some(extend_by) = extension.seconds() else {
+            return bad_request(&format!("extend_by must be an integer from 1 to {MAX_EXTENSION}."));
+        };
         let process = match self.find(process_id).await {
             Ok(process) => process,
             Err(response) => return response,
         };
         let record = &process.record;
-        let expires_at = record.expires_at + extension.extend_by * 1000;
+        let expires_at = record.expires_at + extend_by * 1000;
         let limit = record.created_at + self.max_lifetime_ms;
         if expires_at > limit {
             let left = limit.saturating_sub(record.expires_at) / 1000;
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("A process lives at most {max_seconds} s from its start (DTR_OPERATOR_MAX_LIFETIME); this one may be extended by {left} s more."),
+            return json_no_store(
+                StatusCode::CONFLICT,
+                &json!({
+                    "error": "conflict",
+                    "error_description": format!(
+                        "A process lives at most {} s from its start (DTR_OPERATOR_MAX_LIFETIME); this one may be extended by {left} s more.",
+                        self.max_lifetime_ms / 1000
+                    ),
+                    "process": view(record),
+                }),
             );
         }
         let now = now_ms();
@@ -598,7 +612,11 @@ mod tests {
             "realm=a&realm=b",
             "page=2",
             "cursor=%%%",
-            "cursor=bm90LWEtY3Vyc29y",
+            "cursor=12345",
+            "cursor=.abc",
+            "cursor=12a.abc",
+            "cursor=1.a%2Fb",
+            "cursor=99999999999999999999.abc",
         ] {
             assert!(ListQuery::parse(bad).is_err(), "{bad}");
         }

@@ -22,6 +22,30 @@ const MAX_WEBHOOK_BODY: usize = 64 * 1024;
 /// Largest operator API body accepted (a denial's description, an extension).
 const MAX_OPERATOR_BODY: usize = 16 * 1024;
 
+/// Every route of the internal port, as `docs/openapi/admin.json` names them; the tests hold
+/// the document, this list and the answers of the port to one another.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/completions"),
+    ("GET", "/operator/v1/openapi.json"),
+    ("GET", "/operator/v1/processes"),
+    ("GET", "/operator/v1/processes/{process_id}"),
+    ("POST", "/operator/v1/processes/{process_id}/cancel"),
+    ("POST", "/operator/v1/processes/{process_id}/deny"),
+    ("POST", "/operator/v1/processes/{process_id}/extend"),
+];
+
+/// `405` for a known path asked with another method.
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 /// Whether this replica should receive traffic.
 #[derive(Default)]
 pub struct Readiness {
@@ -71,6 +95,8 @@ impl AdminService {
                 };
                 api.handle(&parts.method, p, query, &parts.headers, &bytes).await
             }
+            (_, "/healthz" | "/readyz" | "/metrics") => not_allowed("GET"),
+            (_, "/v1/completions") => not_allowed("POST"),
             _ => plain(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
