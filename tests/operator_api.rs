@@ -432,3 +432,120 @@ async fn extend(store: StoreKind) {
         finished.json
     );
 }
+
+/// Many processes on Redis, written straight into the store the proxy uses: pages of 100 go
+/// through all of them once, and a filter that matches few reads at most the scan budget
+/// (1000 queue entries) per request, handing back a cursor to go on from. Prints the time of
+/// each kind of request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_processes_are_paged_within_the_scan_budget() {
+    use dtr_proxy::records::{AuthMethod, ClientBinding, ProcessRecord, Records, Requested, Status};
+    const COUNT: usize = 1500;
+    let prefix = unique("bulk");
+    let proxy = start(Options::new(StoreKind::Redis).env("DTR_REDIS_KEY_PREFIX", prefix.clone())).await;
+    let mut env = base_env(1, 1);
+    env.push(("DTR_REDIS_URL".into(), redis().url.clone()));
+    env.push(("DTR_REDIS_KEY_PREFIX".into(), prefix));
+    let config = dtr_proxy::Config::from_env(env).expect("config");
+    let store = dtr_proxy::app::connect_store(&config).expect("store");
+    let records = Records::new(store, config.hash_key.clone(), config.sealer.clone());
+    let now = now_s() * 1000;
+    let written = std::time::Instant::now();
+    let mut rare = Vec::new();
+    for i in 0..COUNT {
+        // One in 150 belongs to the rare client, spread over the whole queue.
+        let client_id = if i % 150 == 7 { "bulk-rare" } else { "bulk-common" };
+        let record = ProcessRecord {
+            process_id: format!("bulk{i:05}"),
+            realm: proxy.realm.clone(),
+            client_id: client_id.into(),
+            client: ClientBinding {
+                method: AuthMethod::ClientSecretBasic,
+                fingerprint: None,
+            },
+            jkt: None,
+            status: Status::Pending,
+            description: None,
+            interval: 5,
+            strikes: 0,
+            created_at: now,
+            expires_at: now + 3_600_000 + i as u64,
+            completed_at: None,
+            delivering_since: None,
+            sub: Some(format!("bulk-user-{}", i % 500)),
+            sid: None,
+            nonce: None,
+            requested: Requested::default(),
+            ping_attempts: 0,
+            release_in_doubt: false,
+            sealed: String::new(),
+        };
+        if client_id == "bulk-rare" {
+            rare.push(record.process_id.clone());
+        }
+        records
+            .create(&records.process_hash(&format!("bulk-id-{i}")), &record)
+            .await
+            .expect("create");
+    }
+    println!("wrote {COUNT} processes in {:?}", written.elapsed());
+
+    let timed = |query: String| {
+        let proxy = &proxy;
+        async move {
+            let started = std::time::Instant::now();
+            let reply = proxy.operator(Method::GET, &query, None).await;
+            assert_eq!(reply.status, 200, "{query}: {}", reply.json);
+            (reply.json, started.elapsed())
+        }
+    };
+    let mut seen = BTreeSet::new();
+    let mut cursor = String::new();
+    let mut pages = Vec::new();
+    loop {
+        let (page, took) = timed(format!("/processes?limit=100{cursor}")).await;
+        pages.push(took);
+        for process in page["processes"].as_array().unwrap() {
+            assert!(
+                seen.insert(process["process_id"].as_str().unwrap().to_owned()),
+                "seen twice"
+            );
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), COUNT);
+    assert_eq!(pages.len(), COUNT / 100);
+    pages.sort();
+    println!(
+        "unfiltered pages of 100: median {:?}, slowest {:?}",
+        pages[pages.len() / 2],
+        pages[pages.len() - 1]
+    );
+
+    // The rare client: the first request stops at the budget with a cursor, the next one
+    // finishes the queue; together they find every one of its processes.
+    let (first, first_took) = timed("/processes?client_id=bulk-rare&limit=100".into()).await;
+    let next = first["next_cursor"]
+        .as_str()
+        .expect("a cursor after the scan budget")
+        .to_owned();
+    let found_first = first["processes"].as_array().unwrap().len();
+    assert!(found_first > 0 && found_first < rare.len(), "{found_first}");
+    let (second, second_took) = timed(format!("/processes?client_id=bulk-rare&limit=100&cursor={next}")).await;
+    assert!(second["next_cursor"].is_null());
+    let mut found: Vec<String> = [&first, &second]
+        .iter()
+        .flat_map(|page| page["processes"].as_array().unwrap().iter())
+        .map(|p| p["process_id"].as_str().unwrap().to_owned())
+        .collect();
+    found.sort();
+    assert_eq!(found, rare);
+    println!("filtered scan of 1000 queue entries: {first_took:?}; the remaining 500: {second_took:?}");
+
+    let (by_sub, sub_took) = timed("/processes?sub=bulk-user-7".into()).await;
+    assert_eq!(by_sub["processes"].as_array().unwrap().len(), 3);
+    println!("search by sub (3 processes): {sub_took:?}");
+}

@@ -436,7 +436,15 @@ impl OperatorApi {
                     found.push(view(&process.record));
                 }
                 if found.len() == query.limit {
-                    let more = !(exhausted && i + 1 == last);
+                    let more = if i + 1 < last {
+                        true
+                    } else if exhausted {
+                        false
+                    } else {
+                        // The page ends with the batch: a cursor only if the queue goes on.
+                        let after = position.as_ref().map(|(due, hash)| (*due, hash.as_str()));
+                        !records.active_page(after, 1).await?.is_empty()
+                    };
                     return Ok((found, position.filter(|_| more)));
                 }
             }
