@@ -549,3 +549,77 @@ async fn many_processes_are_paged_within_the_scan_budget() {
     assert_eq!(by_sub["processes"].as_array().unwrap().len(), 3);
     println!("search by sub (3 processes): {sub_took:?}");
 }
+
+/// The same API on a Redis Cluster (three masters with replicas): the active queue in one
+/// slot, each process in its own; list in pages, then deny, extend and cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_works_on_a_redis_cluster() {
+    let bed = common::faults::ClusterBed::start(3);
+    let proxy = start(
+        Options::new(StoreKind::Embedded)
+            .env("DTR_REDIS_URL", bed.seed_url())
+            .env("DTR_REDIS_CLUSTER", "true")
+            .env("DTR_REDIS_KEY_PREFIX", unique("op")),
+    )
+    .await;
+    let users: Vec<String> = (0..3).map(|i| unique(&format!("clustered{i}-"))).collect();
+    let mut ids = Vec::new();
+    for user in &users {
+        ids.push(proxy.start_process(&dtr_client(), user, None).await.0);
+    }
+    let first = proxy.operator(Method::GET, "/processes?limit=2", None).await;
+    assert_eq!(first.status, 200, "{}", first.json);
+    assert_eq!(first.json["processes"].as_array().unwrap().len(), 2);
+    let cursor = first.json["next_cursor"].as_str().expect("cursor").to_owned();
+    let second = proxy
+        .operator(Method::GET, &format!("/processes?limit=2&cursor={cursor}"), None)
+        .await;
+    assert_eq!(second.json["processes"].as_array().unwrap().len(), 1, "{}", second.json);
+    assert!(second.json["next_cursor"].is_null());
+
+    let mut process_ids = Vec::new();
+    for user in &users {
+        process_ids.push(
+            process_of(&proxy, user).await["process_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let denied = proxy
+        .operator(Method::POST, &format!("/processes/{}/deny", process_ids[0]), None)
+        .await;
+    assert_eq!(denied.json["status"], "denied", "{}", denied.json);
+    let extended = proxy
+        .operator(
+            Method::POST,
+            &format!("/processes/{}/extend", process_ids[1]),
+            Some(json!({"extend_by": 3600})),
+        )
+        .await;
+    assert_eq!(extended.status, 200, "{}", extended.json);
+    let cancelled = proxy
+        .operator(Method::POST, &format!("/processes/{}/cancel", process_ids[2]), None)
+        .await;
+    assert_eq!(cancelled.json["status"], "cancelled", "{}", cancelled.json);
+
+    wait_interval(1).await;
+    let polls = [
+        proxy.poll(&dtr_client(), &ids[0]).await,
+        proxy.poll(&dtr_client(), &ids[1]).await,
+        proxy.poll(&dtr_client(), &ids[2]).await,
+    ];
+    let errors: Vec<&str> = polls.iter().map(Reply::error).collect();
+    assert_eq!(errors, ["access_denied", "authorization_pending", "access_denied"]);
+    let shown = proxy.process(&process_ids[1]).await;
+    assert_eq!(
+        shown["expires_at"].as_u64().unwrap(),
+        extended.json["expires_at"].as_u64().unwrap()
+    );
+    let active = proxy.operator(Method::GET, "/processes", None).await;
+    assert_eq!(
+        active.json["processes"].as_array().unwrap().len(),
+        2,
+        "cancelled is off the queue"
+    );
+}
