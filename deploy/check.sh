@@ -374,6 +374,7 @@ def expect_minimal(docs, dep, env, notes):
         check(not find(docs, kind), f"{label}: no {kind}")
     check("DTR_REDIS_URL" not in env and "DTR_REDIS_CLUSTER" not in env,
           f"{label}: no Redis settings")
+    check("DTR_OPERATOR_TOKEN" not in env, f"{label}: no operator API unless enabled")
     secrets = find(docs, "Secret")
     check(len(secrets) == 1 and set(secrets[0]["data"]) == {"webhook-secret", "token-keys"},
           f"{label}: chart Secret with webhook-secret and token-keys")
@@ -403,6 +404,10 @@ def expect_ci(docs, dep, env, notes):
           f"{label}: redis-url key, hash key mandatory with Redis")
     check(all(n in env for n in ("DTR_DEFAULT_INTERVAL", "DTR_OFFLINE_ACCESS", "POD_NAME")),
           f"{label}: extraEnv appended")
+    check(env.get("DTR_OPERATOR_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+          == {"name": sec, "key": "operator-token"}
+          and env.get("DTR_OPERATOR_MAX_LIFETIME", {}).get("value") == "172800",
+          f"{label}: operator API token from Secret {sec}, DTR_OPERATOR_MAX_LIFETIME")
     check(env.get("DTR_TRUSTED_PROXIES", {}).get("value") == "10.0.0.0/8,fd00::/8",
           f"{label}: DTR_TRUSTED_PROXIES joined from config.trustedProxies")
     tracing = CI_VALUES["tracing"]
@@ -570,6 +575,14 @@ expect_failure("an unknown top-level key (typo)", merge(REQUIRED, {"replicas": 3
 expect_failure("webhook secret without whsec_ prefix",
                merge(REQUIRED, {"secrets": {"webhookSecret": "plain-secret-value"}}),
                "secrets.webhookSecret must look like", secret="plain-secret-value")
+expect_failure("operator API without its token",
+               merge(REQUIRED, {"operatorApi": {"enabled": True}}), "secrets.operatorToken")
+expect_failure("operator API with a short token",
+               merge(REQUIRED, {"operatorApi": {"enabled": True}, "secrets": {"operatorToken": "short-op-token"}}),
+               "secrets.operatorToken", secret="short-op-token")
+expect_failure("operator API lifetime below a minute",
+               merge(REQUIRED, {"operatorApi": {"maxLifetimeSeconds": 30}}), "maxLifetimeSeconds",
+               schema_only=True)
 expect_failure("token key that is not 32 bytes",
                merge(REQUIRED, {"secrets": {"tokenKeys": "k1:c2hvcnQ="}}), "secrets.tokenKeys")
 

@@ -23,6 +23,7 @@ use crate::endpoints::completion::{Completions, Verdicts};
 use crate::endpoints::discovery::Discovery;
 use crate::endpoints::events::{EventSink, Events};
 use crate::endpoints::exchange::{Exchange, ExchangeSettings};
+use crate::endpoints::operator::OperatorApi;
 use crate::endpoints::ping::{self, Pinger};
 use crate::endpoints::poll::Poll;
 use crate::endpoints::revoke::{Operator, Revoker};
@@ -212,6 +213,12 @@ pub fn compose(
             secret: config.webhook_secret.clone(),
             hold: config.completion_hold,
         },
+        operator: OperatorApi::new(
+            &config.operator_tokens,
+            config.operator_max_lifetime.as_millis() as u64,
+            verdicts.clone(),
+            events.clone(),
+        ),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         body_read_timeout: config.body_read_timeout,

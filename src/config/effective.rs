@@ -82,6 +82,11 @@ impl Config {
             "keycloak_admin": self.keycloak_admin.as_ref().map(|a| json!({
                 "client_id": a.client_id, "realm": a.realm, "client_secret": SET,
             })),
+            "operator_api": json!({
+                "enabled": !self.operator_tokens.0.is_empty(),
+                "tokens": self.operator_tokens.0.len(),
+                "max_lifetime": secs(self.operator_max_lifetime),
+            }),
             "allow_insecure_http": self.allow_insecure_http,
             "offline_access": self.offline_access,
             "interim_id_token": self.interim_id_token,

@@ -218,7 +218,16 @@ async fn expire_due(pinger: &Pinger) -> Result<(), StoreError> {
         .await?
     {
         if let Some(loaded) = pinger.records.load(&process_hash).await? {
-            if matches!(loaded.record.status, Status::Pending | Status::Approved) {
+            let open = matches!(loaded.record.status, Status::Pending | Status::Approved);
+            if open && loaded.record.expires_at > now_ms() {
+                // Extended by an operator since it fell due: not over yet.
+                pinger
+                    .records
+                    .keep_active(&process_hash, loaded.record.expires_at)
+                    .await?;
+                continue;
+            }
+            if open {
                 pinger.events.emit(Event::Expired, &loaded.record).await;
                 pinger.revoker.as_operator(&loaded.record).await;
             }

@@ -26,6 +26,8 @@ pub mod keycloak;
 
 pub const REDIRECT_URI: &str = "https://rp.example.com/cb";
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The operator API's bearer token in every test proxy.
+pub const OPERATOR_TOKEN: &str = "operator-token-0123456789abcdefghijklmnopqrstuvwxyz";
 /// The `client_secret_jwt` client's secret (tests/op/server.mjs).
 pub const DTR_HS_SECRET: &str = "dtr-hs-secret-0123456789abcdefghijklmnop";
 
@@ -233,6 +235,7 @@ pub fn base_env(public_port: u16, upstream_port: u16) -> Vec<(String, String)> {
         ("DTR_PUBLIC_URL".into(), format!("http://127.0.0.1:{public_port}")),
         ("DTR_ALLOW_INSECURE_HTTP".into(), "true".into()),
         ("DTR_WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into()),
+        ("DTR_OPERATOR_TOKEN".into(), OPERATOR_TOKEN.into()),
         ("DTR_DEFAULT_INTERVAL".into(), "1".into()),
         ("DTR_HASH_KEY".into(), STANDARD.encode([7u8; 32])),
         ("DTR_TOKEN_KEYS".into(), format!("k1:{}", STANDARD.encode([9u8; 32]))),
@@ -579,15 +582,33 @@ impl Proxy {
         Reply { status, headers, json }
     }
 
+    /// A process as the operator API shows it.
     pub async fn process(&self, process_id: &str) -> Value {
         self.http
-            .get(format!("{}/v1/processes/{process_id}", self.admin))
+            .get(format!("{}/operator/v1/processes/{process_id}", self.admin))
+            .bearer_auth(OPERATOR_TOKEN)
             .send()
             .await
             .expect("process view")
             .json()
             .await
             .expect("json")
+    }
+
+    /// A call to the operator API with its token: (status, JSON body).
+    pub async fn operator(&self, method: reqwest::Method, path_and_query: &str, body: Option<Value>) -> Reply {
+        let mut request = self
+            .http
+            .request(method, format!("{}/operator/v1{path_and_query}", self.admin))
+            .bearer_auth(OPERATOR_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("operator API");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let json = response.json().await.unwrap_or(Value::Null);
+        Reply { status, headers, json }
     }
 
     pub async fn metrics(&self) -> String {

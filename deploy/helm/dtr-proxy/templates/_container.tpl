@@ -129,6 +129,15 @@ env:
         name: {{ $secretName }}
         key: {{ ternary "keycloak-admin-secret" $keys.keycloakAdminSecret $inline }}
   {{- end }}
+  {{- if .Values.operatorApi.enabled }}
+  - name: DTR_OPERATOR_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ $secretName }}
+        key: {{ ternary "operator-token" $keys.operatorToken $inline }}
+  - name: DTR_OPERATOR_MAX_LIFETIME
+    value: {{ .Values.operatorApi.maxLifetimeSeconds | int | toString | quote }}
+  {{- end }}
   {{- with .Values.config.trustedProxies }}
   - name: DTR_TRUSTED_PROXIES
     value: {{ join "," . | quote }}
