@@ -21,7 +21,7 @@ mod clients;
 mod effective;
 
 use clients::validate_clients;
-pub use clients::{ClientSecret, ClientSettings};
+pub use clients::{ClientSecret, ClientSettings, Profile};
 
 /// Path templates for the OP's endpoints. `{realm}` stands for one path segment; an OP without
 /// realms uses templates without it.
@@ -102,6 +102,7 @@ struct RawConfig {
     events_url: Option<String>,
     events_secret: Option<String>,
     events_realms: StringList,
+    ietf_realms: StringList,
     keycloak_admin_client_id: Option<String>,
     keycloak_admin_client_secret: Option<String>,
     keycloak_admin_realm: Option<String>,
@@ -157,6 +158,7 @@ impl Default for RawConfig {
             events_url: None,
             events_secret: None,
             events_realms: StringList::Items(Vec::new()),
+            ietf_realms: StringList::Items(Vec::new()),
             keycloak_admin_client_id: None,
             keycloak_admin_client_secret: None,
             keycloak_admin_realm: None,
@@ -260,6 +262,9 @@ pub struct Config {
     pub access_log: bool,
     pub paths: PathTemplates,
     pub clients: Vec<ClientSettings>,
+    /// Realms whose clients speak the IETF profile unless their own `profile` says otherwise
+    /// (`DTR_IETF_REALMS`).
+    pub ietf_realms: Vec<String>,
     /// Non-fatal findings (unknown `DTR_*` variables), logged once at start.
     pub warnings: Vec<String>,
 }
@@ -661,6 +666,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         access_log: raw.access_log,
         paths: raw.paths,
         clients: raw.clients,
+        ietf_realms: raw.ietf_realms.items().into_iter().map(str::to_owned).collect(),
         warnings: Vec::new(),
     })
 }
