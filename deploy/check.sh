@@ -381,6 +381,8 @@ def expect_ci(docs, dep, env, notes):
           f"{label}: extraEnv appended")
     check(env.get("DTR_TRUSTED_PROXIES", {}).get("value") == "10.0.0.0/8,fd00::/8",
           f"{label}: DTR_TRUSTED_PROXIES joined from config.trustedProxies")
+    check(env.get("DTR_IETF_REALMS", {}).get("value") == "agents,oauth",
+          f"{label}: DTR_IETF_REALMS joined from config.ietfRealms")
     sm = find(docs, "ServiceMonitor")
     check(len(sm) == 1 and sm[0]["spec"]["endpoints"][0]["port"] == "admin"
           and sm[0]["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "admin",
@@ -495,6 +497,9 @@ expect_failure("logFormat xml", merge(REQUIRED, {"config": {"logFormat": "xml"}}
                schema_only=True)
 expect_failure("a client without client_id",
                merge(REQUIRED, {"clients": [{"interval": 5}]}), "client_id", schema_only=True)
+expect_failure("a client of an unknown profile",
+               merge(REQUIRED, {"clients": [{"client_id": "rp", "profile": "oauth2"}]}), "profile",
+               schema_only=True)
 expect_failure("an unknown top-level key (typo)", merge(REQUIRED, {"replicas": 3}), "replicas",
                schema_only=True)
 expect_failure("webhook secret without whsec_ prefix",
