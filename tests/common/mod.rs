@@ -1147,7 +1147,8 @@ impl Rp<'_> {
             Profile::OpenId => (200, ""),
             Profile::Ietf => (400, "authorization_pending"),
         };
-        if (reply.status, reply.error()) != expected || reply.headers["cache-control"] != "no-store" {
+        let no_store = reply.headers.get("cache-control").is_some_and(|v| v == "no-store");
+        if (reply.status, reply.error()) != expected || !no_store {
             return None;
         }
         reply.json[self.id_param()].as_str().map(str::to_owned)
