@@ -422,6 +422,8 @@ def expect_ci(docs, dep, env, notes):
           == f"k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name={NAMESPACE},deployment.environment=ci"
           and names.index("K8S_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES"),
           f"{label}: OTEL_RESOURCE_ATTRIBUTES names the pod (defined before use) and namespace")
+    check(env.get("DTR_IETF_REALMS", {}).get("value") == "agents,oauth",
+          f"{label}: DTR_IETF_REALMS joined from config.ietfRealms")
     sm = find(docs, "ServiceMonitor")
     check(len(sm) == 1 and sm[0]["spec"]["endpoints"][0]["port"] == "admin"
           and sm[0]["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "admin",
@@ -570,6 +572,9 @@ expect_failure("a trace endpoint that is not a URL",
                merge(REQUIRED, {"tracing": {"endpoint": "collector:4318"}}), "endpoint", schema_only=True)
 expect_failure("a client without client_id",
                merge(REQUIRED, {"clients": [{"interval": 5}]}), "client_id", schema_only=True)
+expect_failure("a client of an unknown profile",
+               merge(REQUIRED, {"clients": [{"client_id": "rp", "profile": "oauth2"}]}), "profile",
+               schema_only=True)
 expect_failure("an unknown top-level key (typo)", merge(REQUIRED, {"replicas": 3}), "replicas",
                schema_only=True)
 expect_failure("webhook secret without whsec_ prefix",

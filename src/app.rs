@@ -99,7 +99,7 @@ pub fn compose(
     let routes = Routes::new(&config.paths);
     let urls = PublicUrls::new(config.public_origin(), routes.clone());
     let records = Records::new(store.clone(), config.hash_key.clone(), config.sealer.clone());
-    let clients = Clients::new(config.clients.clone(), config.require_dpop);
+    let clients = Clients::new(config.clients.clone(), config.require_dpop, config.ietf_realms.clone());
     let dpop = DpopVerifier::new(store.clone(), config.hash_key.clone(), config.dpop_nonce);
     let verifier = ClientVerifier::new(
         ClientKeys::new(http_client(), config.jwks_cache_ttl, config.upstream_timeout),
@@ -153,6 +153,7 @@ pub fn compose(
         },
         acknowledge: Acknowledge {
             records: records.clone(),
+            clients: clients.clone(),
             urls: urls.clone(),
             metrics: metrics.clone(),
             deferred_code_ttl: config.deferred_code_ttl,
@@ -194,6 +195,7 @@ pub fn compose(
         },
         discovery: Discovery {
             op,
+            clients: clients.clone(),
             urls,
             metrics: metrics.clone(),
         },

@@ -52,6 +52,7 @@ impl Config {
                 json!({
                     "client_id": c.client_id,
                     "realm": c.realm,
+                    "profile": c.profile.map(|p| p.as_str()),
                     "notification_endpoint": c.notification_endpoint,
                     "interval": c.interval,
                     "expires_in": c.expires_in,
@@ -121,6 +122,7 @@ impl Config {
             })),
             "paths": self.paths,
             "clients": clients,
+            "ietf_realms": self.ietf_realms,
             "warnings": self.warnings,
         })
     }

@@ -24,7 +24,7 @@ mod effective;
 mod traces;
 
 use clients::validate_clients;
-pub use clients::{ClientSecret, ClientSettings};
+pub use clients::{ClientSecret, ClientSettings, Profile};
 pub use traces::{RootSampler, SamplerSetting, TraceSettings};
 
 /// Path templates for the OP's endpoints. `{realm}` stands for one path segment; an OP without
@@ -117,6 +117,7 @@ struct RawConfig {
     events_url: Option<String>,
     events_secret: Option<String>,
     events_realms: StringList,
+    ietf_realms: StringList,
     keycloak_admin_client_id: Option<String>,
     keycloak_admin_client_secret: Option<String>,
     keycloak_admin_realm: Option<String>,
@@ -186,6 +187,7 @@ impl Default for RawConfig {
             events_url: None,
             events_secret: None,
             events_realms: StringList::Items(Vec::new()),
+            ietf_realms: StringList::Items(Vec::new()),
             keycloak_admin_client_id: None,
             keycloak_admin_client_secret: None,
             keycloak_admin_realm: None,
@@ -310,6 +312,9 @@ pub struct Config {
     pub clients: Vec<ClientSettings>,
     /// OpenTelemetry trace export (the standard `OTEL_*` variables); `None`: off.
     pub traces: Option<TraceSettings>,
+    /// Realms whose clients speak the IETF profile unless their own `profile` says otherwise
+    /// (`DTR_IETF_REALMS`).
+    pub ietf_realms: Vec<String>,
     /// Non-fatal findings (unknown `DTR_*` variables), logged once at start.
     pub warnings: Vec<String>,
 }
@@ -873,6 +878,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         paths: raw.paths,
         clients: raw.clients,
         traces: None,
+        ietf_realms: raw.ietf_realms.items().into_iter().map(str::to_owned).collect(),
         warnings: Vec::new(),
     })
 }

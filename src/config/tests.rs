@@ -301,3 +301,37 @@ fn operator_tokens_from_the_setting_and_a_file_and_bad_ones_reported() {
     assert!(errors.iter().any(|e| e.starts_with("DTR_OPERATOR_MAX_LIFETIME:")));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_profile_per_client_and_per_realm() {
+    let config = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ("DTR_IETF_REALMS", "oauth, agents"),
+        (
+            "DTR_CLIENTS",
+            r#"[{"client_id":"rp1","profile":"ietf"},{"client_id":"rp2","profile":"openid"},{"client_id":"rp3"}]"#,
+        ),
+    ]))
+    .expect("valid");
+    assert_eq!(config.ietf_realms, ["oauth", "agents"]);
+    let profiles: Vec<Option<Profile>> = config.clients.iter().map(|c| c.profile).collect();
+    assert_eq!(profiles, [Some(Profile::Ietf), Some(Profile::OpenId), None]);
+    let effective = config.effective();
+    assert_eq!(effective["ietf_realms"], serde_json::json!(["oauth", "agents"]));
+    assert_eq!(effective["clients"][0]["profile"], "ietf");
+    assert_eq!(effective["clients"][2]["profile"], serde_json::Value::Null);
+}
+
+#[test]
+fn an_unknown_profile_is_reported_at_startup_with_the_other_errors() {
+    let err = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "not a url"),
+        ("DTR_CLIENTS", r#"[{"client_id":"rp1","profile":"oauth2"}]"#),
+    ]))
+    .expect_err("invalid");
+    let text = err.to_string();
+    assert!(text.contains("DTR_CLIENTS") && text.contains("oauth2"), "{text}");
+    assert!(text.contains("DTR_PUBLIC_URL"), "{text}");
+}

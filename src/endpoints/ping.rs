@@ -109,10 +109,13 @@ async fn send_ping(pinger: &Pinger, process_hash: &str) -> Result<(), StoreError
     let record = &loaded.record;
     let now = now_ms();
     // Only finished processes are announced; not after delivery, cancel or expiry.
-    let endpoint = pinger
-        .clients
-        .find(&record.realm, &record.client_id)
-        .and_then(|c| c.notification_endpoint.clone());
+    let client = pinger.clients.find(&record.realm, &record.client_id);
+    let endpoint = client.and_then(|c| c.notification_endpoint.clone());
+    // The ping names the process as the client's profile does (`deferred_auth_id` or
+    // `deferral_code`).
+    let id_param = client.map_or(crate::protocol::wire::DEFERRED_AUTH_ID, |c| {
+        pinger.clients.profile(&record.realm, c).process_param()
+    });
     let (Some(endpoint), true, true) = (
         endpoint,
         matches!(record.status, Status::Approved | Status::Denied),
@@ -129,7 +132,7 @@ async fn send_ping(pinger: &Pinger, process_hash: &str) -> Result<(), StoreError
         }
     };
 
-    let body = json!({ crate::protocol::wire::DEFERRED_AUTH_ID: secrets.deferred_auth_id }).to_string();
+    let body = json!({ id_param: secrets.deferred_auth_id }).to_string();
     let attempt = match Request::builder()
         .method(Method::POST)
         .uri(endpoint.as_str())

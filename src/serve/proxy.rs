@@ -19,7 +19,7 @@ use crate::endpoints::authorize::{Authorization, Authorize};
 use crate::endpoints::cancel::{self, Cancel};
 use crate::endpoints::discovery::Discovery;
 use crate::endpoints::respond::error_page;
-use crate::endpoints::token::{DeferredGrant, POLL_ROUTE};
+use crate::endpoints::token::{self, DeferredGrant, POLL_ROUTE};
 use crate::http::{full, media_type, plain, read_request_body, Body, BodyError, IntoBody, FORM_URLENCODED};
 use crate::metrics::Metrics;
 use crate::protocol::errors::OAuthError;
@@ -382,12 +382,13 @@ impl PublicService {
                 );
             }
             match Params::parse(&raw) {
-                Ok(params) if params.get("grant_type") == Some(wire::GRANT_TYPE_DEFERRED) => {
-                    self.note_client(&parts.headers, &params);
-                    let (route, result) = self.token.handle(realm, &parts.headers, &params, peer.ip()).await;
-                    return self.finish(route, result);
+                Ok(params) => {
+                    if let Some(step) = token::classify(&params) {
+                        self.note_client(&parts.headers, &params);
+                        let (route, result) = self.token.handle(realm, &parts.headers, &params, step, peer.ip()).await;
+                        return self.finish(route, result);
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => return self.finish("token", Err(OAuthError::from(e))),
             }
         }

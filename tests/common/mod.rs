@@ -156,6 +156,8 @@ pub struct Options {
     pub store: StoreKind,
     pub clients: Vec<Value>,
     pub env: Vec<(String, String)>,
+    /// The profile of the test realm's clients (`DTR_IETF_REALMS` names the realm for IETF).
+    pub profile: Profile,
 }
 
 impl Options {
@@ -170,7 +172,14 @@ impl Options {
                 json!({"client_id": "dtr-public"}),
             ],
             env: Vec::new(),
+            profile: Profile::OpenId,
         }
+    }
+
+    /// Every client of the test realm speaks `profile` (a realm setting, `DTR_IETF_REALMS`).
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
     }
 
     pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
@@ -262,6 +271,9 @@ pub async fn start_with_upstream(options: Options, upstream_port: u16) -> Proxy 
     if options.store == StoreKind::Redis {
         env.push(("DTR_REDIS_URL".into(), redis().url.clone()));
         env.push(("DTR_REDIS_KEY_PREFIX".into(), unique("t")));
+    }
+    if options.profile == Profile::Ietf {
+        env.push(("DTR_IETF_REALMS".into(), realm.clone()));
     }
     env.extend(options.env);
     let config = Config::from_env(env).unwrap_or_else(|e| panic!("{e}"));
@@ -554,6 +566,11 @@ impl Proxy {
             .expect("deferred_auth_id")
             .to_owned();
         (id, reply)
+    }
+
+    /// The RP side of this proxy, speaking `profile`.
+    pub fn rp(&self, profile: Profile) -> Rp<'_> {
+        Rp { proxy: self, profile }
     }
 
     /// Sends a signed completion webhook to the admin port.
@@ -1070,4 +1087,131 @@ pub async fn start_binary(
         http,
     };
     (proxy, child, log)
+}
+
+/// The two DTR profiles, as an RP speaks them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// OpenID Connect DTR 1.0: `response_type=deferred_code`, the OpenID deferred grant with
+    /// `deferred_code` and `deferred_auth_id`.
+    OpenId,
+    /// The OAuth profile: a code flow with `completion_mode=deferred`, the code exchange
+    /// answered `authorization_pending` with a `deferral_code`, polls with the IETF grant.
+    Ietf,
+}
+
+/// An RP of one profile in front of a [`Proxy`]: the same steps, in that profile's names.
+pub struct Rp<'a> {
+    pub proxy: &'a Proxy,
+    pub profile: Profile,
+}
+
+impl Rp<'_> {
+    /// The parameter naming a process (exchange answer, polls, pings, cancels).
+    pub fn id_param(&self) -> &'static str {
+        match self.profile {
+            Profile::OpenId => "deferred_auth_id",
+            Profile::Ietf => "deferral_code",
+        }
+    }
+
+    /// The acknowledgment's parameter carrying the proxy's code.
+    pub fn code_param(&self) -> &'static str {
+        match self.profile {
+            Profile::OpenId => "deferred_code",
+            Profile::Ietf => "code",
+        }
+    }
+
+    pub fn grant_type(&self) -> &'static str {
+        match self.profile {
+            Profile::OpenId => "urn:openid:params:grant-type:deferred",
+            Profile::Ietf => "urn:ietf:params:oauth:grant-type:deferred",
+        }
+    }
+
+    /// A deferred authorization request for a client, in this profile.
+    pub fn auth_params<'a>(&self, client_id: &'a str, state: &'a str, nonce: &'a str) -> Vec<(&'a str, &'a str)> {
+        let mut params = self.proxy.auth_params(client_id, state, nonce);
+        if self.profile == Profile::Ietf {
+            params[0] = ("response_type", "code");
+            params.push(("completion_mode", "deferred"));
+        }
+        params
+    }
+
+    /// Logs in with PKCE; returns the proxy's code from the acknowledgment and the verifier.
+    pub async fn deferred_code(&self, client_id: &str, username: &str) -> (String, String) {
+        let (verifier, challenge) = pkce();
+        let mut params = self.auth_params(client_id, "st-1", "n-1");
+        params.push(("code_challenge", &challenge));
+        params.push(("code_challenge_method", "S256"));
+        let ack = self.proxy.acknowledge(&params, username).await;
+        let code = ack
+            .get(self.code_param())
+            .unwrap_or_else(|| panic!("no {} in {ack:?}", self.code_param()))
+            .to_owned();
+        (code, verifier)
+    }
+
+    /// The code exchange, in this profile's shape.
+    pub async fn exchange(&self, auth: &Auth, code: &str, verifier: &str, notification_token: Option<&str>) -> Reply {
+        let mut form = match self.profile {
+            Profile::OpenId => vec![
+                ("grant_type", "urn:openid:params:grant-type:deferred"),
+                ("deferred_code", code),
+            ],
+            Profile::Ietf => vec![
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", REDIRECT_URI),
+                ("completion_mode", "deferred"),
+            ],
+        };
+        form.push(("code_verifier", verifier));
+        if let Some(token) = notification_token {
+            form.push(("deferred_notification_token", token));
+        }
+        self.proxy.token(auth, &form, None).await
+    }
+
+    /// The process named by a successful exchange: a 200 with `deferred_auth_id` (OpenID), a
+    /// 400 `authorization_pending` with `deferral_code` (IETF). `None` for anything else.
+    pub fn id_of(&self, reply: &Reply) -> Option<String> {
+        let expected = match self.profile {
+            Profile::OpenId => (200, ""),
+            Profile::Ietf => (400, "authorization_pending"),
+        };
+        let no_store = reply.headers.get("cache-control").is_some_and(|v| v == "no-store");
+        if (reply.status, reply.error()) != expected || !no_store {
+            return None;
+        }
+        reply.json[self.id_param()].as_str().map(str::to_owned)
+    }
+
+    /// Logs in, exchanges, and returns the process id with the exchange reply.
+    pub async fn start_process(
+        &self,
+        auth: &Auth,
+        username: &str,
+        notification_token: Option<&str>,
+    ) -> (String, Reply) {
+        let (code, verifier) = self.deferred_code(auth.client_id(), username).await;
+        let reply = self.exchange(auth, &code, &verifier, notification_token).await;
+        let id = self
+            .id_of(&reply)
+            .unwrap_or_else(|| panic!("exchange failed: {} {}", reply.status, reply.json));
+        (id, reply)
+    }
+
+    pub async fn poll(&self, auth: &Auth, id: &str) -> Reply {
+        self.proxy
+            .token(auth, &[("grant_type", self.grant_type()), (self.id_param(), id)], None)
+            .await
+    }
+
+    pub async fn cancel(&self, auth: &Auth, id: &str) -> Reply {
+        let url = self.proxy.url("/protocol/openid-connect/deferred/cancel");
+        self.proxy.post_form(&url, auth, &[(self.id_param(), id)], None).await
+    }
 }

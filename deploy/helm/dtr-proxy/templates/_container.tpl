@@ -142,6 +142,10 @@ env:
   - name: DTR_TRUSTED_PROXIES
     value: {{ join "," . | quote }}
   {{- end }}
+  {{- with .Values.config.ietfRealms }}
+  - name: DTR_IETF_REALMS
+    value: {{ join "," . | quote }}
+  {{- end }}
   - name: DTR_WEBHOOK_SECRET
     valueFrom:
       secretKeyRef:
