@@ -7,7 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::kit::{borrowed, event_receiver, query_pairs, read_ack, wait_for_events, EventLog, KitPings};
+use common::kit::{
+    borrowed, event_receiver, query_pairs, read_ack, rust_example, wait_for_events, EventLog, ExampleRun, KitPings,
+};
 use common::*;
 use dtr_rp::{
     Acknowledgment, Algorithm, AuthorizationOptions, ClientAuth, ClientOptions, DeferredProcess, Dpop, DpopKey,
@@ -455,4 +457,41 @@ async fn dpop_server_nonces_are_fetched_and_reused() {
         refusals.contains("use_dpop_nonce"),
         "the proxy asked for its nonce: {refusals}"
     );
+}
+
+/// The kit's command-line example (clients/rust/examples/deferred_login.rs) walks a whole
+/// deferred login as a public DPoP client, its request pushed first. (Two workers: the test
+/// blocks one reading the example's output while the in-process proxy serves it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_walks_a_whole_deferred_login() {
+    let example = rust_example();
+    let bed = bed(&[]).await;
+    let username = unique("example");
+    let mut command = std::process::Command::new(example);
+    command
+        .env("DTR_ISSUER", &bed.proxy.issuer)
+        .env("DTR_CLIENT_ID", "dtr-public")
+        .env("DTR_REDIRECT_URI", REDIRECT_URI)
+        .env("DTR_INSECURE", "1")
+        .env("DTR_PAR", "1")
+        .env_remove("DTR_CLIENT_SECRET");
+    let mut run = ExampleRun::start(command);
+    let url = url::Url::parse(&run.line()).expect("the authorization URL");
+    assert!(url.query_pairs().any(|(name, _)| name == "request_uri"), "{url}");
+    let answer = bed.proxy.login(&borrowed(&query_pairs(&url)), &username, None).await;
+    run.paste(answer.location.as_deref().expect("a redirect to the RP"));
+    assert_eq!(run.json(), json!({"step": "exchanged", "sub": username, "interval": 1}));
+    assert_eq!(run.json()["step"], "pending");
+    approve(&bed, &username, "dtr-public").await;
+    assert_eq!(
+        run.outcome(),
+        json!({
+            "step": "approved",
+            "sub": username,
+            "email": format!("{username}@example.com"),
+            "name": format!("User {username}"),
+            "token_type": "DPoP",
+        })
+    );
+    assert!(run.finish().success());
 }

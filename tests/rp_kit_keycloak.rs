@@ -1,22 +1,21 @@
 //! Both RP kits against a real Keycloak through the real dtr-proxy binary (the bed of
-//! `tests/common/keycloak.rs`): the Rust kit (`clients/rust`) in process, and the TypeScript
-//! kit (`clients/js`) through its example, a node process this test drives like a user would —
-//! it logs in on Keycloak's own login page and pastes the URL the browser came back to.
+//! `tests/common/keycloak.rs`): the Rust kit (`clients/rust`) in process, and both kits'
+//! command-line examples (the TypeScript one on node), driven as a user would: log in on
+//! Keycloak's own login page and paste the URL the browser came back to.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::keycloak::{keycloak, REALM, USER_PASSWORD};
-use common::kit::{borrowed, query_pairs, read_ack};
+use common::kit::{borrowed, query_pairs, read_ack, rust_example, ExampleRun};
 use common::*;
 use dtr_rp::{
     Acknowledgment, Algorithm, AuthorizationOptions, ClientAuth, ClientOptions, Dpop, DtrClient, PollResult,
     PrivateKeyJwt, ResponseMode,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -134,10 +133,11 @@ async fn rust_kit_private_key_jwt_with_par_and_form_post_against_keycloak() {
     rust_kit_flow("dtr-jwt", ClientAuth::PrivateKeyJwt(key), false, request).await;
 }
 
-/// The TypeScript kit's example (clients/js/examples/deferred-login.mjs) as a public DPoP
-/// client and as a confidential one, against Keycloak.
+/// Both kits' command-line examples (clients/js/examples/deferred-login.mjs,
+/// clients/rust/examples/deferred_login.rs), as a public DPoP client and as a confidential
+/// one, against Keycloak.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typescript_kit_example_against_keycloak() {
+async fn both_kits_examples_against_keycloak() {
     let js = root().join("clients/js");
     let built = Command::new("npm")
         .args(["run", "--silent", "build"])
@@ -145,82 +145,66 @@ async fn typescript_kit_example_against_keycloak() {
         .status()
         .expect("npm (run scripts/ensure-deps.sh)");
     assert!(built.success(), "the TypeScript kit did not build");
+    let rust = rust_example();
     let bed = keycloak();
     let admin = bed.admin().await;
     let proxy = bed.proxy();
 
-    for (client_id, secret, token_type) in [
-        ("dtr-public", None, "dpop"),
-        ("dtr-client", Some("dtr-client-secret"), "bearer"),
+    for (program, args) in [
+        (
+            std::path::PathBuf::from("node"),
+            vec![js.join("examples/deferred-login.mjs")],
+        ),
+        (rust.clone(), vec![]),
     ] {
-        let username = unique("tskit");
-        let user_id = admin.create_user(REALM, &username).await;
-        let mut command = Command::new("node");
-        command
-            .arg(js.join("examples/deferred-login.mjs"))
-            .env("DTR_ISSUER", &proxy.issuer)
-            .env("DTR_CLIENT_ID", client_id)
-            .env("DTR_REDIRECT_URI", REDIRECT_URI)
-            .env("DTR_INSECURE", "1")
-            .env_remove("DTR_CLIENT_SECRET")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(secret) = secret {
-            command.env("DTR_CLIENT_SECRET", secret);
+        for (client_id, secret, token_type) in [
+            ("dtr-public", None, "dpop"),
+            ("dtr-client", Some("dtr-client-secret"), "bearer"),
+        ] {
+            let what = format!("{} as {client_id}", program.display());
+            let username = unique("example");
+            let user_id = admin.create_user(REALM, &username).await;
+            let mut command = Command::new(&program);
+            command
+                .args(&args)
+                .env("DTR_ISSUER", &proxy.issuer)
+                .env("DTR_CLIENT_ID", client_id)
+                .env("DTR_REDIRECT_URI", REDIRECT_URI)
+                .env("DTR_INSECURE", "1")
+                .env_remove("DTR_CLIENT_SECRET")
+                .env_remove("DTR_PAR");
+            if let Some(secret) = secret {
+                command.env("DTR_CLIENT_SECRET", secret);
+            }
+            let mut run = ExampleRun::start(command);
+            let url = url::Url::parse(&run.line()).expect("the authorization URL");
+            let answer = proxy
+                .keycloak_login(&borrowed(&query_pairs(&url)), &username, USER_PASSWORD)
+                .await;
+            run.paste(&answer.location.clone().expect("a redirect to the RP"));
+            let exchanged = run.json();
+            assert_eq!(exchanged["step"], "exchanged", "{what}: {exchanged}");
+            assert_eq!(exchanged["sub"], user_id.as_str(), "{what}");
+            assert_eq!(run.json()["step"], "pending", "{what}");
+
+            admin
+                .set_attributes(REALM, &user_id, &[("identity_verified", "true")])
+                .await;
+            let done = proxy
+                .complete(&json!({"outcome": "approved", "sub": user_id, "client_id": client_id}))
+                .await;
+            assert_eq!(done.status, 200, "{}", done.json);
+            let last = run.outcome();
+            assert_eq!(last["step"], "approved", "{what}: {last}");
+            assert_eq!(last["sub"], user_id.as_str());
+            assert_eq!(last["email"], format!("{username}@example.com"));
+            assert_eq!(
+                last["token_type"].as_str().map(str::to_ascii_lowercase).as_deref(),
+                Some(token_type),
+                "{what}"
+            );
+            let status = run.finish();
+            assert!(status.success(), "{what} exited with {status}");
         }
-        let mut child = command.spawn().expect("node");
-        let mut stdin = child.stdin.take().expect("stdin");
-        // The example's output is read on a thread: a blocked read must not stall the runtime.
-        let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines_tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let next = || {
-            lines
-                .recv_timeout(Duration::from_secs(60))
-                .expect("a line from the TypeScript example")
-        };
-
-        let url = url::Url::parse(&next()).expect("the authorization URL");
-        let answer = proxy
-            .keycloak_login(&borrowed(&query_pairs(&url)), &username, USER_PASSWORD)
-            .await;
-        let landed = answer.location.clone().expect("a redirect to the RP");
-        writeln!(stdin, "{landed}").expect("paste the URL");
-        let exchanged: Value = serde_json::from_str(&next()).expect("json");
-        assert_eq!(exchanged["step"], "exchanged", "{exchanged}");
-        assert_eq!(exchanged["sub"], user_id.as_str());
-        let pending: Value = serde_json::from_str(&next()).expect("json");
-        assert_eq!(pending["step"], "pending", "{pending}");
-
-        admin
-            .set_attributes(REALM, &user_id, &[("identity_verified", "true")])
-            .await;
-        let done = proxy
-            .complete(&json!({"outcome": "approved", "sub": user_id, "client_id": client_id}))
-            .await;
-        assert_eq!(done.status, 200, "{}", done.json);
-        let last = loop {
-            let line: Value = serde_json::from_str(&next()).expect("json");
-            if line["step"] != "pending" {
-                break line;
-            }
-        };
-        assert_eq!(last["step"], "approved", "{last}");
-        assert_eq!(last["sub"], user_id.as_str());
-        assert_eq!(last["email"], format!("{username}@example.com"));
-        assert_eq!(
-            last["token_type"].as_str().map(str::to_ascii_lowercase).as_deref(),
-            Some(token_type)
-        );
-        drop(stdin);
-        let status = child.wait().expect("exit");
-        assert!(status.success(), "the example exited with {status}");
     }
 }

@@ -161,3 +161,97 @@ pub async fn wait_for_events(log: &EventLog, n: usize, within: Duration) -> Vec<
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A command-line example of a kit (the Rust one or the TypeScript one), driven as its user
+/// would: it prints the authorization URL, reads back the URL the browser landed on, then
+/// prints one JSON line per step.
+pub struct ExampleRun {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ExampleRun {
+    pub fn start(mut command: std::process::Command) -> Self {
+        use std::io::BufRead;
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("the example starts");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout");
+        // Read on a thread: a blocked read must not stall the test's runtime.
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, stdin, lines }
+    }
+
+    pub fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a line from the example")
+    }
+
+    pub fn json(&self) -> Value {
+        let line = self.line();
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"))
+    }
+
+    pub fn paste(&mut self, landed: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{landed}").expect("paste the URL");
+    }
+
+    /// The first step that is not `pending`.
+    pub fn outcome(&self) -> Value {
+        loop {
+            let line = self.json();
+            if line["step"] != "pending" {
+                return line;
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().expect("exit")
+    }
+}
+
+impl Drop for ExampleRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Rust kit's example binary, built if needed (`cargo test --workspace --all-targets`
+/// has built it already).
+pub fn rust_example() -> std::path::PathBuf {
+    let root = repo_root();
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "--quiet", "-p", "dtr-rp", "--example", "deferred_login"])
+        .current_dir(&root);
+    // What cargo set for this test process is not the environment of a build: build scripts
+    // that watch a variable would see it changed and rebuild.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("CARGO_") && !["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&name.as_str()) {
+            cargo.env_remove(&name);
+        }
+    }
+    let built = cargo.status().expect("cargo");
+    assert!(built.success(), "the Rust kit's example did not build");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), std::path::PathBuf::from);
+    target.join("debug/examples/deferred_login")
+}
