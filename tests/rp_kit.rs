@@ -495,3 +495,78 @@ async fn the_example_walks_a_whole_deferred_login() {
     );
     assert!(run.finish().success());
 }
+
+/// The ID token checks refuse what they should, on tokens the OP really signed: another
+/// nonce, another audience, altered claims, a key or algorithm the OP does not publish; and
+/// a final token naming another `sub` than the interim one.
+#[tokio::test]
+async fn id_tokens_are_refused_when_any_check_fails() {
+    let bed = bed(&[]).await;
+    let rp = secret_client(&bed.proxy).await;
+    let username = unique("idt");
+    let (mut process, nonce) = start_process(&bed, &rp, &username, profile()).await;
+    let interim = process.interim_id_token.clone().expect("interim ID token");
+    assert_eq!(rp.verify_id_token(&interim, &nonce).await.expect("valid").sub, username);
+
+    let refused = |result: Result<dtr_rp::IdTokenClaims, DtrError>| match result {
+        Err(DtrError::InvalidIdToken(why)) => why,
+        other => panic!("accepted: {other:?}"),
+    };
+    assert!(refused(rp.verify_id_token(&interim, "another-nonce").await).contains("nonce"));
+    // The same token at another client of the same OP.
+    let other = DtrClient::discover(
+        &bed.proxy.issuer,
+        options("dtr-post", ClientAuth::SecretBasic("dtr-post-secret".into())),
+    )
+    .await
+    .unwrap();
+    refused(other.verify_id_token(&interim, &nonce).await);
+    // Altered claims under the OP's signature.
+    let parts: Vec<&str> = interim.split('.').collect();
+    let mut claims = jwt_claims(&interim);
+    claims["sub"] = json!("someone-else");
+    use base64::Engine;
+    let forged_payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+    let altered = format!("{}.{forged_payload}.{}", parts[0], parts[2]);
+    refused(rp.verify_id_token(&altered, &nonce).await);
+    // The same claims signed by a key the OP does not publish, or with a shared secret.
+    let pem = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/op/keys/client-jwt.private.pem"
+    ))
+    .unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("dtr-test-op-rs256".into());
+    let es = jsonwebtoken::encode(
+        &header,
+        &jwt_claims(&interim),
+        &jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    refused(rp.verify_id_token(&es, &nonce).await);
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &jwt_claims(&interim),
+        &jsonwebtoken::EncodingKey::from_secret(b"dtr-client-secret"),
+    )
+    .unwrap();
+    assert!(refused(rp.verify_id_token(&hs, &nonce).await).contains("HMAC"));
+    let none = format!(
+        "{}.{}.",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+        parts[1]
+    );
+    refused(rp.verify_id_token(&none, &nonce).await);
+
+    // The final token must name the interim sub: a process whose interim sub is not the
+    // user's is refused at release.
+    if let Some(claims) = process.interim_claims.as_mut() {
+        claims.sub = "someone-else".into();
+    }
+    approve(&bed, &username, "dtr-client").await;
+    wait_interval(1).await;
+    match rp.poll(&mut process).await {
+        Err(DtrError::InvalidIdToken(why)) => assert!(why.contains("sub"), "{why}"),
+        other => panic!("accepted: {other:?}"),
+    }
+}
