@@ -6,7 +6,8 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 
 /// Why a ping is refused, with the status to answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ping refused ({status}): {reason}")]
 pub struct PingRefusal {
     pub status: StatusCode,
     pub reason: &'static str,
