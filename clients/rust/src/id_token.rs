@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::RwLock;
 
+use crate::http::Http;
 use crate::DtrError;
 
 /// Seconds of clock difference accepted on `exp` and `iat`.
@@ -48,28 +49,21 @@ impl KeySet {
         }
     }
 
-    async fn fetch(&self, http: &reqwest::Client) -> Result<JwkSet, DtrError> {
-        let response = http.get(&self.uri).send().await?;
-        if !response.status().is_success() {
+    async fn fetch(&self, http: &Http) -> Result<JwkSet, DtrError> {
+        let answer = http.get(&self.uri).await?;
+        if answer.status != 200 {
             return Err(DtrError::InvalidResponse(format!(
                 "jwks_uri answered {}",
-                response.status()
+                answer.status
             )));
         }
-        let set: JwkSet = response
-            .json()
-            .await
-            .map_err(|e| DtrError::InvalidResponse(format!("jwks_uri: {e}")))?;
+        let set: JwkSet =
+            serde_json::from_slice(&answer.body).map_err(|e| DtrError::InvalidResponse(format!("jwks_uri: {e}")))?;
         *self.keys.write().await = Some(set.clone());
         Ok(set)
     }
 
-    async fn key_for(
-        &self,
-        http: &reqwest::Client,
-        kid: Option<&str>,
-        alg: Algorithm,
-    ) -> Result<DecodingKey, DtrError> {
+    async fn key_for(&self, http: &Http, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, DtrError> {
         let pick = |set: &JwkSet| {
             let fits = |jwk: &&jsonwebtoken::jwk::Jwk| {
                 let use_ok = !matches!(
@@ -111,7 +105,7 @@ impl KeySet {
 
     pub async fn verify(
         &self,
-        http: &reqwest::Client,
+        http: &Http,
         token: &str,
         allowed_algs: &[String],
         issuer: &str,

@@ -4,19 +4,20 @@
 //! exchange, polling with the interval and `slow_down`, pings, cancellation, and the final ID
 //! token's validation (signature against the OP's JWKS, `iss`, `aud`, `exp`, `nonce`, the same
 //! `sub` as the interim token), with DPoP (RFC 9449, nonces included) and `private_key_jwt`.
-//! HTTP is reqwest's (rustls with aws-lc-rs), JOSE is jsonwebtoken's. [`events`] verifies the
+//! HTTP is hyper's client over rustls with aws-lc-rs, JOSE is jsonwebtoken's. [`events`] verifies the
 //! lifecycle events dtr-proxy sends to the verification service.
 
 pub mod events;
+mod http;
 mod id_token;
 mod keys;
 mod ping;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
+use ::http::header::{HeaderMap, CONTENT_TYPE};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use url::Url;
@@ -57,8 +58,9 @@ pub enum DtrError {
     /// The waiting loop gave up before the process ended.
     #[error("gave up waiting for the deferred process")]
     Timeout,
+    /// The request could not be sent or its answer not read (connection, TLS, timeout).
     #[error("http: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(String),
 }
 
 /// The OP's discovery document, as far as the kit reads it; everything else in `extra`.
@@ -93,9 +95,9 @@ pub struct ClientOptions {
     pub dpop: Dpop,
     /// Accept `http:` URLs (local development and tests only).
     pub allow_insecure_http: bool,
-    /// A client of one's own (proxies, timeouts); default: rustls with aws-lc-rs and the
-    /// webpki roots, no redirects, 30 s timeout.
-    pub http: Option<reqwest::Client>,
+    /// Longest wait for one answer (default 30 s). TLS: rustls with aws-lc-rs and the webpki
+    /// roots; redirects are not followed.
+    pub timeout: Duration,
 }
 
 impl ClientOptions {
@@ -106,7 +108,7 @@ impl ClientOptions {
             auth,
             dpop: Dpop::Off,
             allow_insecure_http: false,
-            http: None,
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -256,27 +258,10 @@ impl PollResult {
 pub struct DtrClient {
     metadata: ProviderMetadata,
     options: ClientOptions,
-    http: reqwest::Client,
+    http: http::Http,
     keys: id_token::KeySet,
     /// The last DPoP nonce each server (origin) gave (RFC 9449 §8).
     dpop_nonces: Mutex<HashMap<String, String>>,
-}
-
-fn default_http() -> Result<reqwest::Client, DtrError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| DtrError::Key(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()?)
 }
 
 fn check_url(url: &str, allow_http: bool) -> Result<Url, DtrError> {
@@ -340,41 +325,31 @@ impl DtrClient {
     /// Discovers the OP (`{issuer}/.well-known/openid-configuration`, which dtr-proxy augments)
     /// and checks that it names this issuer and offers `deferred_code`.
     pub async fn discover(issuer: &str, options: ClientOptions) -> Result<Self, DtrError> {
-        let http = match &options.http {
-            Some(http) => http.clone(),
-            None => default_http()?,
-        };
         let base = check_url(issuer, options.allow_insecure_http)?;
         let url = format!(
             "{}/.well-known/openid-configuration",
             base.as_str().trim_end_matches('/')
         );
-        let response = http.get(&url).send().await?;
-        if !response.status().is_success() {
+        let answer = http::Http::new(options.timeout)?.get(&url).await?;
+        if answer.status != 200 {
             return Err(DtrError::InvalidResponse(format!(
                 "discovery answered {}",
-                response.status()
+                answer.status
             )));
         }
-        let metadata: ProviderMetadata = response
-            .json()
-            .await
-            .map_err(|e| DtrError::InvalidResponse(format!("discovery: {e}")))?;
+        let metadata: ProviderMetadata =
+            serde_json::from_slice(&answer.body).map_err(|e| DtrError::InvalidResponse(format!("discovery: {e}")))?;
         if metadata.issuer != issuer {
             return Err(DtrError::InvalidResponse(format!(
                 "discovery names issuer {}, not {issuer}",
                 metadata.issuer
             )));
         }
-        Self::from_metadata(metadata, options.clone(), http)
+        Self::from_metadata(metadata, options)
     }
 
     /// From metadata already at hand.
-    pub fn from_metadata(
-        metadata: ProviderMetadata,
-        options: ClientOptions,
-        http: reqwest::Client,
-    ) -> Result<Self, DtrError> {
+    pub fn from_metadata(metadata: ProviderMetadata, options: ClientOptions) -> Result<Self, DtrError> {
         let allow = options.allow_insecure_http;
         for url in [
             Some(&metadata.authorization_endpoint),
@@ -394,6 +369,7 @@ impl DtrClient {
             ));
         }
         let keys = id_token::KeySet::new(metadata.jwks_uri.clone());
+        let http = http::Http::new(options.timeout)?;
         Ok(Self {
             metadata,
             options,
@@ -428,23 +404,22 @@ impl DtrClient {
                 .options
                 .auth
                 .apply(&self.options.client_id, &self.metadata.issuer, &mut pairs)?;
-            let mut request = self.http.post(url).form(&pairs);
+            let mut headers = Vec::new();
             if let Some(value) = authorization {
-                request = request.header(AUTHORIZATION, value);
+                headers.push(("authorization", value));
             }
             if let Some(key) = dpop {
                 let nonce = self.dpop_nonces.lock().ok().and_then(|n| n.get(&server).cloned());
-                request = request.header("dpop", key.proof("POST", url, nonce.as_deref())?);
+                headers.push(("dpop", key.proof("POST", url, nonce.as_deref())?));
             }
-            let response = request.send().await?;
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
+            let answer = self.http.post_form(url, &pairs, headers).await?;
+            let (status, headers) = (answer.status, answer.headers);
             if let Some(nonce) = headers.get("dpop-nonce").and_then(|v| v.to_str().ok()) {
                 if let Ok(mut nonces) = self.dpop_nonces.lock() {
                     nonces.insert(server.clone(), nonce.to_owned());
                 }
             }
-            let raw = response.text().await?;
+            let raw = String::from_utf8_lossy(&answer.body).into_owned();
             let body = match serde_json::from_str::<Value>(&raw) {
                 Ok(Value::Object(map)) => map,
                 _ => Map::new(),
