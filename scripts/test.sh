@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test, on a fresh machine: installs what the suites need (redis-server, the test OP),
-# then formatting and lints, the Rust unit and integration tests (real Redis, real OP; with
-# tests/api_schema.rs, the schema-driven test of the admin port by scripts/api-schema-test.sh), the
+# then formatting and lints, the Rust unit and integration tests (real Redis, real OP; the
+# workspace: the proxy and the Rust RP kit in clients/rust; with tests/api_schema.rs, the
+# schema-driven test of the admin port by scripts/api-schema-test.sh), the
 # instruction counts of the pass-through and pending-poll paths against their baseline
 # (bench/instructions.sh), the test OP's own self-test, the TypeScript RP kit's end-to-end
 # tests (against the binary the cargo tests built) and the deployment checks (Helm chart,
@@ -14,12 +15,12 @@ bash scripts/ensure-deps.sh
 echo "test: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test: cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "test: module layers"
 python3 scripts/check-layers.py
 echo "test: cargo test"
 # Most integration tests wait on poll intervals, not CPU: run them wide.
-cargo test --locked --all-targets -- --test-threads 8
+cargo test --locked --workspace --all-targets -- --test-threads 8
 echo "test: instruction counts of the hot paths (callgrind, against bench/instructions.baseline)"
 bash bench/instructions.sh
 echo "test: test OP self-test"

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 
 pub mod faults;
 pub mod keycloak;
+pub mod kit;
 
 pub const REDIRECT_URI: &str = "https://rp.example.com/cb";
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

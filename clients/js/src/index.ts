@@ -8,6 +8,14 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { KeySet, decodeJws } from './jwks.js'
 
 export { KeySet, decodeJws } from './jwks.js'
+export {
+  EventVerifier,
+  EventVerificationError,
+  DEFAULT_EVENT_TOLERANCE_SECONDS,
+  type LifecycleEvent,
+  type EventVerifierOptions,
+  type EventErrorCode,
+} from './events.js'
 export * as oauth from 'oauth4webapi'
 
 /** `grant_type` of the deferred code exchange and of every poll. */
