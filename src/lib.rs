@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod statements;
 pub mod store;
 pub mod upstream;
 pub mod webhook;

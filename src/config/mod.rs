@@ -19,9 +19,14 @@ use crate::store::{RedisOptions, Topology};
 
 mod clients;
 mod effective;
+mod federation;
 
 use clients::validate_clients;
 pub use clients::{ClientSecret, ClientSettings};
+use federation::{validate_federation, RawFederation};
+pub use federation::{
+    FederationSettings, FetchLimits, ProviderStatementSettings, Provisioning, RootKeys, TrustRoot, TrustRootSettings,
+};
 
 /// Path templates for the OP's endpoints. `{realm}` stands for one path segment; an OP without
 /// realms uses templates without it.
@@ -133,6 +138,8 @@ struct RawConfig {
     access_log: bool,
     paths: PathTemplates,
     clients: Vec<ClientSettings>,
+    #[serde(flatten)]
+    federation: RawFederation,
     /// Not a setting: the path of the TOML file, accepted so `DTR_CONFIG` passes validation.
     config: Option<String>,
 }
@@ -188,6 +195,7 @@ impl Default for RawConfig {
             access_log: false,
             paths: PathTemplates::default(),
             clients: Vec::new(),
+            federation: RawFederation::default(),
             config: None,
         }
     }
@@ -260,6 +268,8 @@ pub struct Config {
     pub access_log: bool,
     pub paths: PathTemplates,
     pub clients: Vec<ClientSettings>,
+    /// Federated clients (URL client_ids verified through trust roots); `None`: off.
+    pub federation: Option<FederationSettings>,
     /// Non-fatal findings (unknown `DTR_*` variables), logged once at start.
     pub warnings: Vec<String>,
 }
@@ -371,6 +381,14 @@ impl Config {
                 match serde_json::from_str::<Vec<ClientSettings>>(value) {
                     Ok(clients) => extra_clients.extend(clients),
                     Err(e) => errors.push(format!("DTR_CLIENTS: not a JSON array of clients: {e}")),
+                }
+                continue;
+            }
+            if key == "federation_trust_roots" || key == "federation_provider_statements" {
+                // JSON arrays of objects, like DTR_CLIENTS.
+                match serde_json::from_str::<Vec<serde_json::Value>>(value) {
+                    Ok(items) => figment = figment.merge((key.as_str(), items)),
+                    Err(e) => errors.push(format!("DTR_{}: not a JSON array: {e}", key.to_ascii_uppercase())),
                 }
                 continue;
             }
@@ -623,6 +641,15 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let trusted_proxies = networks("DTR_TRUSTED_PROXIES", &raw.trusted_proxies, errors);
     validate_paths(&raw.paths, errors);
     validate_clients(&raw.clients, raw.allow_insecure_http, errors);
+    let federation = validate_federation(
+        &raw.federation,
+        federation::Context {
+            public_origin: public_url.as_ref().map(|url| url.origin().ascii_serialization()),
+            issuer_template: &raw.paths.issuer,
+            keycloak_admin: keycloak_admin.is_some(),
+        },
+        errors,
+    );
 
     Some(Config {
         upstream_url: upstream_url?,
@@ -661,6 +688,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         access_log: raw.access_log,
         paths: raw.paths,
         clients: raw.clients,
+        federation,
         warnings: Vec::new(),
     })
 }
