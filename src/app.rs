@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::client_auth::ClientVerifier;
 use crate::client_keys::ClientKeys;
 use crate::clients::Clients;
-use crate::config::{Config, StoreSettings};
+use crate::config::{Config, Provisioning, StoreSettings};
 use crate::dpop::DpopVerifier;
 use crate::endpoints::acknowledge::Acknowledge;
 use crate::endpoints::authorize::Authorize;
@@ -23,10 +23,13 @@ use crate::endpoints::completion::{Completions, Verdicts};
 use crate::endpoints::discovery::Discovery;
 use crate::endpoints::events::{EventSink, Events};
 use crate::endpoints::exchange::{Exchange, ExchangeSettings};
+use crate::endpoints::federated::FederatedRequests;
 use crate::endpoints::ping::{self, Pinger};
 use crate::endpoints::poll::Poll;
 use crate::endpoints::revoke::{Operator, Revoker};
 use crate::endpoints::token::DeferredGrant;
+use crate::federation::provision::{EndpointProvisioner, KeycloakProvisioner, Provisioner};
+use crate::federation::Federation;
 use crate::metrics::Metrics;
 use crate::protocol::routes::{PublicUrls, Routes};
 use crate::records::Records;
@@ -44,6 +47,8 @@ pub struct Services {
     pub admin: Arc<AdminService>,
     pub pinger: Arc<Pinger>,
     pub readiness: Arc<Readiness>,
+    /// Federated clients, when configured (its expiry sweep runs beside the pings).
+    pub federation: Option<Arc<Federation>>,
 }
 
 /// Connects the configured store.
@@ -79,6 +84,25 @@ pub fn compose(
     let urls = PublicUrls::new(config.public_origin(), routes.clone());
     let records = Records::new(store.clone(), config.hash_key.clone(), config.sealer.clone());
     let clients = Clients::new(config.clients.clone(), config.require_dpop);
+    let federation = config.federation.clone().map(|settings| {
+        let provisioner: Arc<dyn Provisioner> = match &settings.provisioning {
+            Provisioning::Endpoint { url, secret } => Arc::new(EndpointProvisioner {
+                http: http_client(),
+                url: url.clone(),
+                secret: secret.clone(),
+                timeout: config.upstream_timeout,
+            }),
+            Provisioning::Keycloak(account) => {
+                Arc::new(KeycloakProvisioner::new(op.clone(), routes.clone(), account.clone()))
+            }
+        };
+        Arc::new(Federation::new(
+            settings,
+            provisioner,
+            clients.clone(),
+            config.allow_insecure_http,
+        ))
+    });
     let dpop = DpopVerifier::new(store.clone(), config.hash_key.clone(), config.dpop_nonce);
     let verifier = ClientVerifier::new(
         ClientKeys::new(http_client(), config.jwks_cache_ttl, config.upstream_timeout),
@@ -128,6 +152,11 @@ pub fn compose(
             metrics: metrics.clone(),
             offline_access: config.offline_access,
             login_ttl: config.login_ttl,
+            federated: federation.clone().map(|federation| FederatedRequests {
+                federation,
+                urls: urls.clone(),
+                offline_access: config.offline_access,
+            }),
         },
         acknowledge: Acknowledge {
             records: records.clone(),
@@ -171,9 +200,15 @@ pub fn compose(
         },
         discovery: Discovery {
             op,
-            urls,
+            urls: urls.clone(),
             metrics: metrics.clone(),
+            federation: federation.clone(),
         },
+        federated: federation.clone().map(|federation| FederatedRequests {
+            federation,
+            urls,
+            offline_access: config.offline_access,
+        }),
         dpop,
         metrics: metrics.clone(),
         limits: RequestLimits {
@@ -209,6 +244,19 @@ pub fn compose(
         admin: Arc::new(admin),
         pinger: Arc::new(pinger),
         readiness,
+        federation,
+    }
+}
+
+/// How often federated clients whose statement expired are disabled at the OP.
+const FEDERATION_SWEEP: std::time::Duration = std::time::Duration::from_secs(15);
+
+async fn sweep_federation(federation: Arc<Federation>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FEDERATION_SWEEP) => federation.sweep().await,
+            _ = shutdown.changed() => return,
+        }
     }
 }
 
@@ -297,6 +345,10 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
             async move { service.handle(request).await }
         },
     ));
+    let mut tasks = Vec::new();
+    if let Some(federation) = services.federation.clone() {
+        tasks.push(tokio::spawn(sweep_federation(federation, watcher.clone())));
+    }
     let ping_task = tokio::spawn(ping::run(services.pinger.clone(), watcher));
     tracing::info!(%public_addr, %admin_addr, store = store_kind, "dtr-proxy serving");
     Ok(Running {
@@ -304,7 +356,7 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
         admin_addr,
         readiness: services.readiness,
         shutdown,
-        tasks: vec![public_task, admin_task, ping_task],
+        tasks: [public_task, admin_task, ping_task].into_iter().chain(tasks).collect(),
     })
 }
 

@@ -26,6 +26,7 @@ pub mod client_auth;
 pub mod client_keys;
 pub mod clients;
 pub mod dpop;
+pub mod federation;
 pub mod records;
 
 pub mod endpoints;

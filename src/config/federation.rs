@@ -100,7 +100,7 @@ pub struct TrustRoot {
 #[derive(Clone)]
 pub enum Provisioning {
     /// Keycloak's Admin REST API, through the `DTR_KEYCLOAK_ADMIN_*` service account.
-    Keycloak,
+    Keycloak(super::KeycloakAdmin),
     /// A provisioning endpoint of the OP's own (`PUT <url>/<client_id>` with the client's
     /// metadata, bearer `secret`).
     Endpoint { url: Url, secret: String },
@@ -109,7 +109,7 @@ pub enum Provisioning {
 impl fmt::Debug for Provisioning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Provisioning::Keycloak => f.write_str("Keycloak"),
+            Provisioning::Keycloak(account) => write!(f, "Keycloak({})", account.client_id),
             Provisioning::Endpoint { url, .. } => write!(f, "Endpoint({url})"),
         }
     }
@@ -167,7 +167,7 @@ fn https_url(name: &str, value: &str, errors: &mut Vec<String>) -> Option<Url> {
 pub(super) struct Context<'a> {
     pub public_origin: Option<String>,
     pub issuer_template: &'a str,
-    pub keycloak_admin: bool,
+    pub keycloak_admin: Option<&'a super::KeycloakAdmin>,
 }
 
 pub(super) fn validate_federation(
@@ -244,17 +244,20 @@ pub(super) fn validate_federation(
         raw.provisioning_url.as_deref().filter(|s| !s.is_empty()),
         raw.provisioning_secret.as_deref().filter(|s| !s.is_empty()),
     ) {
-        ("keycloak", None, None) | ("", None, None) if context.keycloak_admin => Some(Provisioning::Keycloak),
         ("keycloak", None, None) | ("", None, None) => {
-            if !raw.trust_roots.is_empty() {
-                errors.push(
-                    "DTR_FEDERATION_PROVISIONING: federated clients must be provisioned into the OP: set \
+            if let Some(account) = context.keycloak_admin {
+                Some(Provisioning::Keycloak(account.clone()))
+            } else {
+                if !raw.trust_roots.is_empty() {
+                    errors.push(
+                        "DTR_FEDERATION_PROVISIONING: federated clients must be provisioned into the OP: set \
                      DTR_KEYCLOAK_ADMIN_CLIENT_ID/SECRET, or DTR_FEDERATION_PROVISIONING=endpoint with its URL \
                      and secret"
-                        .into(),
-                );
+                            .into(),
+                    );
+                }
+                None
             }
-            None
         }
         ("endpoint", Some(url), Some(secret)) => {
             let allow_http = raw.allow_private_targets;

@@ -646,7 +646,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         federation::Context {
             public_origin: public_url.as_ref().map(|url| url.origin().ascii_serialization()),
             issuer_template: &raw.paths.issuer,
-            keycloak_admin: keycloak_admin.is_some(),
+            keycloak_admin: keycloak_admin.as_ref(),
         },
         errors,
     );

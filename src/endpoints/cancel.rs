@@ -66,7 +66,7 @@ impl Cancel {
     ) -> Result<Response<Body>, OAuthError> {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
-        let client = self.checks.client(realm, &credentials)?;
+        let client = &*self.checks.client(realm, &credentials)?;
         let deferred_auth_id = params
             .get(wire::DEFERRED_AUTH_ID)
             .ok_or_else(|| OAuthError::invalid_request("deferred_auth_id is required."))?;

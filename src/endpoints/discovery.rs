@@ -9,6 +9,7 @@ use http::request::Parts;
 use http::{Response, StatusCode};
 use serde_json::{Map, Value};
 
+use crate::federation::Federation;
 use crate::http::{empty, full, plain, Body};
 use crate::metrics::Metrics;
 use crate::protocol::routes::{Endpoint, PublicUrls};
@@ -19,6 +20,8 @@ pub struct Discovery {
     pub op: Arc<dyn OpClient>,
     pub urls: PublicUrls,
     pub metrics: Metrics,
+    /// The provider's own federation statements, when configured.
+    pub federation: Option<Arc<Federation>>,
 }
 
 impl Discovery {
@@ -45,7 +48,21 @@ impl Discovery {
             }
         };
         let cancellation = self.urls.endpoint(Endpoint::Cancellation, realm);
-        let body = serde_json::to_vec(&augment(document, &cancellation)).unwrap_or_default();
+        let mut document = augment(document, &cancellation);
+        let statements = self
+            .federation
+            .as_ref()
+            .map(|f| f.provider_statements(realm))
+            .unwrap_or_default();
+        if !statements.is_empty() {
+            // Draft 03 §5.1: federation id → the provider's signed statement.
+            let map: Map<String, Value> = statements
+                .into_iter()
+                .map(|(federation, statement)| (federation.to_owned(), Value::String(statement.to_owned())))
+                .collect();
+            document.insert("metadata_statements".into(), Value::Object(map));
+        }
+        let body = serde_json::to_vec(&document).unwrap_or_default();
         response.headers_mut().remove(header::CONTENT_LENGTH);
         response.headers_mut().remove(header::ETAG);
         response
