@@ -168,6 +168,7 @@ pub(super) struct Context<'a> {
     pub public_origin: Option<String>,
     pub issuer_template: &'a str,
     pub keycloak_admin: Option<&'a super::KeycloakAdmin>,
+    pub allow_insecure_http: bool,
 }
 
 pub(super) fn validate_federation(
@@ -260,7 +261,7 @@ pub(super) fn validate_federation(
             }
         }
         ("endpoint", Some(url), Some(secret)) => {
-            let allow_http = raw.allow_private_targets;
+            let allow_http = context.allow_insecure_http;
             match Url::parse(url) {
                 Ok(url) if url.scheme() == "https" || (allow_http && url.scheme() == "http") => {
                     Some(Provisioning::Endpoint {
@@ -269,7 +270,10 @@ pub(super) fn validate_federation(
                     })
                 }
                 _ => {
-                    errors.push(format!("DTR_FEDERATION_PROVISIONING_URL: must be an https URL: {url}"));
+                    errors.push(format!(
+                        "DTR_FEDERATION_PROVISIONING_URL: must be an https URL (http only with \
+                         DTR_ALLOW_INSECURE_HTTP=true): {url}"
+                    ));
                     None
                 }
             }

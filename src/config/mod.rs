@@ -647,6 +647,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
             public_origin: public_url.as_ref().map(|url| url.origin().ascii_serialization()),
             issuer_template: &raw.paths.issuer,
             keycloak_admin: keycloak_admin.as_ref(),
+            allow_insecure_http: raw.allow_insecure_http,
         },
         errors,
     );

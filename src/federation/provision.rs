@@ -44,13 +44,23 @@ pub fn client_metadata(client: &FederatedClient, enabled: bool) -> Value {
     json!({
         "client_id": client.client_id,
         "redirect_uris": client.redirect_uris,
-        "scope": client.scopes.join(" "),
+        "scope": op_scopes(client).join(" "),
         "token_endpoint_auth_method": "private_key_jwt",
         "jwks": client.jwks,
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
         "enabled": enabled,
     })
+}
+
+/// The statement's scopes, and `offline_access`: the proxy asks for it on every deferred
+/// request (`DTR_OFFLINE_ACCESS`), as the held grant must outlive the login session.
+fn op_scopes(client: &FederatedClient) -> Vec<&str> {
+    let mut scopes: Vec<&str> = client.scopes.iter().map(String::as_str).collect();
+    if !scopes.contains(&"offline_access") {
+        scopes.push("offline_access");
+    }
+    scopes
 }
 
 /// Keycloak's Admin REST API, with the least-privilege service account of
@@ -175,12 +185,7 @@ impl KeycloakProvisioner {
     /// JWKS string (`use.jwks.string`, OIDCConfigAttributes), the statement's redirect URIs,
     /// the standard flow only, and its scopes as optional client scopes.
     fn representation(client: &FederatedClient, enabled: bool) -> Value {
-        let scopes: Vec<&str> = client
-            .scopes
-            .iter()
-            .map(String::as_str)
-            .filter(|s| *s != "openid")
-            .collect();
+        let scopes: Vec<&str> = op_scopes(client).into_iter().filter(|s| *s != "openid").collect();
         json!({
             "clientId": client.client_id,
             "name": client.client_id,
