@@ -341,7 +341,7 @@ fn levels_below<'a>(levels: &'a [String], jws: &str) -> Option<&'a String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 

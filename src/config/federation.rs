@@ -389,3 +389,110 @@ fn check_provider_statements(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::config::Config;
+    use crate::statements::tests::ec_key;
+
+    const FED: &str = "https://fed.example.org";
+
+    fn base(extra: &[(&str, String)]) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("DTR_UPSTREAM_URL", "http://kc:8080"),
+            ("DTR_PUBLIC_URL", "https://id.example.com"),
+            ("DTR_KEYCLOAK_ADMIN_CLIENT_ID", "dtr-proxy-admin"),
+            ("DTR_KEYCLOAK_ADMIN_CLIENT_SECRET", "secret"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        env
+    }
+
+    /// A root-signed discovery statement naming `issuer`, and the root's key set.
+    fn provider_statement(issuer: &str) -> (String, serde_json::Value) {
+        let (key, jwk) = ec_key("fo-1");
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("fo-1".into());
+        let now = crate::clock::now_ms() / 1000;
+        let claims = json!({"iss": FED, "sub": issuer, "iat": now, "exp": now + 3600,
+            "federation_usage": "discovery", "issuer": issuer});
+        (
+            jsonwebtoken::encode(&header, &claims, &key).unwrap(),
+            json!({"keys": [jwk]}),
+        )
+    }
+
+    fn federation_env(statement: &str, jwks: &serde_json::Value) -> Vec<(String, String)> {
+        base(&[
+            (
+                "DTR_FEDERATION_TRUST_ROOTS",
+                json!([{"id": FED, "jwks": jwks}]).to_string(),
+            ),
+            (
+                "DTR_FEDERATION_PROVIDER_STATEMENTS",
+                json!([{"realm": "dtr", "federation": FED, "statement": statement}]).to_string(),
+            ),
+        ])
+    }
+
+    #[test]
+    fn a_provider_statement_naming_our_issuer_loads() {
+        let (statement, jwks) = provider_statement("https://id.example.com/realms/dtr");
+        let config = Config::from_env(federation_env(&statement, &jwks)).unwrap();
+        let federation = config.federation.expect("federation on");
+        assert_eq!(federation.trust_roots.len(), 1);
+        assert_eq!(federation.provider_statements.len(), 1);
+        assert!(matches!(federation.provisioning, super::Provisioning::Keycloak(_)));
+    }
+
+    #[test]
+    fn a_provider_statement_for_another_issuer_stops_the_start() {
+        let (statement, jwks) = provider_statement("https://elsewhere.example.com/realms/dtr");
+        let errors = Config::from_env(federation_env(&statement, &jwks))
+            .unwrap_err()
+            .to_string();
+        assert!(errors.contains("is not ours"), "{errors}");
+    }
+
+    #[test]
+    fn a_provider_statement_that_does_not_verify_stops_the_start() {
+        let (statement, _) = provider_statement("https://id.example.com/realms/dtr");
+        let (_, other) = ec_key("fo-1");
+        let errors = Config::from_env(federation_env(&statement, &json!({"keys": [other]})))
+            .unwrap_err()
+            .to_string();
+        assert!(errors.contains("does not verify"), "{errors}");
+    }
+
+    #[test]
+    fn every_federation_problem_is_reported_at_once() {
+        let env = vec![
+            ("DTR_UPSTREAM_URL", "http://kc:8080".to_owned()),
+            ("DTR_PUBLIC_URL", "https://id.example.com".to_owned()),
+            (
+                "DTR_FEDERATION_TRUST_ROOTS",
+                json!([{"id": "http://fed.example.org", "jwks_uri": "https://fed.example.org/jwks"},
+                    {"id": FED, "jwks": {"keys": []}}, {"id": "https://both.example", "jwks_uri": "https://x", "jwks": {"keys": []}}])
+                .to_string(),
+            ),
+            ("DTR_FEDERATION_MAX_LINKS", "0".to_owned()),
+            ("DTR_FEDERATION_CA_FILE", "/nonexistent/ca.pem".to_owned()),
+        ];
+        let errors = Config::from_env(env).unwrap_err().to_string();
+        for expected in [
+            "must be an https URL",
+            "jwks needs at least one key",
+            "exactly one of jwks and jwks_uri",
+            "DTR_FEDERATION_MAX_LINKS",
+            "DTR_FEDERATION_CA_FILE",
+            "DTR_FEDERATION_PROVISIONING",
+        ] {
+            assert!(errors.contains(expected), "{expected} missing from {errors}");
+        }
+    }
+}
