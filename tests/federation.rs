@@ -635,3 +635,152 @@ async fn a_federated_client_unknown_at_the_token_endpoint_is_invalid_client() {
     );
     assert!(provisioned(&proxy, &federation.client_id).await.is_none());
 }
+
+#[tokio::test]
+async fn a_pushed_request_object_of_a_federated_client_carries_deferred_code() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let proxy = start_proxy(&federation, true).await;
+    let (verifier, challenge) = pkce();
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "deferred_code", "scope": "openid", "state": "st-par",
+            "code_challenge": challenge, "code_challenge_method": "S256"}),
+    );
+    let assertion = federation.assertion(&proxy.issuer);
+    let mut form = token_form(&assertion, &[("request", request.as_str())]);
+    form.push(("client_id", federation.client_id.as_str()));
+    let pushed = proxy
+        .http
+        .post(proxy.url("/protocol/openid-connect/ext/par/request"))
+        .form(&form)
+        .send()
+        .await
+        .expect("PAR");
+    let status = pushed.status().as_u16();
+    let pushed: Value = pushed.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 201, "{pushed}");
+    let request_uri = pushed["request_uri"].as_str().expect("request_uri");
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request_uri", request_uri),
+    ];
+    let ack = proxy.login(&params, "par-user", None).await.ack();
+    assert_eq!(ack.get("state"), Some("st-par"));
+    let code = ack.get("deferred_code").expect("deferred_code").to_owned();
+    let assertion = federation.assertion(&proxy.issuer);
+    let (status, exchanged) = post_token(
+        &proxy,
+        &token_form(
+            &assertion,
+            &[
+                ("grant_type", "urn:openid:params:grant-type:deferred"),
+                ("deferred_code", &code),
+                ("code_verifier", &verifier),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{exchanged}");
+}
+
+#[tokio::test]
+async fn a_scope_beyond_the_statement_is_invalid_scope() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({"scopes": ["openid"]}));
+    let proxy = start_proxy(&federation, true).await;
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid email"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request", request.as_str()),
+    ];
+    let answer = proxy.login(&params, "someone", None).await;
+    assert_eq!(refusal(&answer), "invalid_scope", "{answer:?}");
+    assert!(provisioned(&proxy, &federation.client_id).await.is_none());
+}
+
+#[tokio::test]
+async fn a_rotated_client_key_is_picked_up_and_provisioned_again() {
+    let mut federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let proxy = start_proxy(&federation, true).await;
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request", request.as_str()),
+    ];
+    assert!(proxy.login(&params, "someone", None).await.ack().get("code").is_some());
+
+    // The client rotates its key; its statement names the new one.
+    federation.client_key = Key::new(&format!("{}#2", federation.client_id));
+    federation.publish_valid(json!({}));
+    // Within 10 s of the last discovery an unknown kid does not make the proxy look again.
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid", "state": "st-rotated"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request", request.as_str()),
+    ];
+    let ack = proxy.login(&params, "someone", None).await.ack();
+    let code = ack.get("code").expect("code").to_owned();
+    let op_client = provisioned(&proxy, &federation.client_id).await.expect("provisioned");
+    assert_eq!(op_client["jwks"], federation.client_key.set(), "the OP has the new key");
+    let assertion = federation.assertion(&proxy.issuer);
+    let (status, tokens) = post_token(
+        &proxy,
+        &token_form(
+            &assertion,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT_URI),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+}
+
+#[tokio::test]
+async fn a_client_is_disabled_at_the_op_when_its_statement_expires() {
+    let federation = Federation::new().await;
+    let inner = federation.root_statement(now_s() + 3600);
+    let mut claims = federation.client_claims(&inner, json!({}));
+    claims["exp"] = json!(now_s() + 2);
+    federation.publish(FED, federation.org.sign(&claims));
+    let proxy = start_proxy(&federation, true).await;
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request", request.as_str()),
+    ];
+    assert!(proxy.login(&params, "someone", None).await.ack().get("code").is_some());
+    assert!(provisioned(&proxy, &federation.client_id).await.is_some());
+    // The sweep runs every 15 s.
+    let mut disabled = false;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if provisioned(&proxy, &federation.client_id).await.is_none() {
+            disabled = true;
+            break;
+        }
+    }
+    assert!(disabled, "the expired client is still enabled at the OP");
+}
