@@ -183,7 +183,7 @@ impl KeycloakProvisioner {
 
     /// Keycloak's representation: `client-jwt` authentication with the statement's keys as a
     /// JWKS string (`use.jwks.string`, OIDCConfigAttributes), the statement's redirect URIs,
-    /// the standard flow only, and its scopes as optional client scopes.
+    /// the standard flow only, its scopes as optional client scopes, and the nonce mapper.
     fn representation(client: &FederatedClient, enabled: bool) -> Value {
         let scopes: Vec<&str> = op_scopes(client).into_iter().filter(|s| *s != "openid").collect();
         json!({
@@ -200,6 +200,14 @@ impl KeycloakProvisioner {
             "serviceAccountsEnabled": false,
             "redirectUris": client.redirect_uris,
             "optionalClientScopes": scopes,
+            // Keycloak 25+ leaves `nonce` out of refreshed ID tokens, and DTR's final tokens
+            // are a refresh (docs/keycloak.md): the RP's nonce must survive it.
+            "protocolMappers": [{
+                "name": "nonce backwards compatible",
+                "protocol": "openid-connect",
+                "protocolMapper": "oidc-nonce-backwards-compatible-mapper",
+                "config": {},
+            }],
             "attributes": {
                 "use.jwks.url": "false",
                 "use.jwks.string": "true",
