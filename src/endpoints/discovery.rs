@@ -48,20 +48,12 @@ impl Discovery {
             }
         };
         let cancellation = self.urls.endpoint(Endpoint::Cancellation, realm);
-        let mut document = augment(document, &cancellation);
         let statements = self
             .federation
             .as_ref()
             .map(|f| f.provider_statements(realm))
             .unwrap_or_default();
-        if !statements.is_empty() {
-            // Draft 03 §5.1: federation id → the provider's signed statement.
-            let map: Map<String, Value> = statements
-                .into_iter()
-                .map(|(federation, statement)| (federation.to_owned(), Value::String(statement.to_owned())))
-                .collect();
-            document.insert("metadata_statements".into(), Value::Object(map));
-        }
+        let document = with_statements(augment(document, &cancellation), &statements);
         let body = serde_json::to_vec(&document).unwrap_or_default();
         response.headers_mut().remove(header::CONTENT_LENGTH);
         response.headers_mut().remove(header::ETAG);
@@ -85,6 +77,19 @@ fn add_to_list(document: &mut Map<String, Value>, key: &str, values: &[&str]) {
             }
         }
     }
+}
+
+/// The provider's own federation statements (draft 03 §5.1: federation id → signed
+/// statement), as `metadata_statements`; none: the document unchanged.
+pub fn with_statements(mut document: Map<String, Value>, statements: &[(&str, &str)]) -> Map<String, Value> {
+    if !statements.is_empty() {
+        let map: Map<String, Value> = statements
+            .iter()
+            .map(|(federation, statement)| ((*federation).to_owned(), Value::String((*statement).to_owned())))
+            .collect();
+        document.insert("metadata_statements".into(), Value::Object(map));
+    }
+    document
 }
 
 /// The DTR additions to an OP's metadata.
@@ -117,6 +122,18 @@ pub fn augment(mut document: Map<String, Value>, cancellation_endpoint: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_providers_statements_are_listed_by_federation() {
+        let document = Map::from_iter([("issuer".to_owned(), Value::from("https://id.example.com/realms/a"))]);
+        let unchanged = with_statements(document.clone(), &[]);
+        assert!(!unchanged.contains_key("metadata_statements"));
+        let listed = with_statements(document, &[("https://fed.example.org", "a.b.c")]);
+        assert_eq!(
+            listed["metadata_statements"],
+            serde_json::json!({"https://fed.example.org": "a.b.c"})
+        );
+    }
 
     #[test]
     fn adds_dtr_metadata_and_keeps_the_rest_in_order() {
