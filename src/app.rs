@@ -155,6 +155,7 @@ pub fn compose(
             federated: federation.clone().map(|federation| FederatedRequests {
                 federation,
                 urls: urls.clone(),
+                metrics: metrics.clone(),
                 offline_access: config.offline_access,
             }),
         },
@@ -207,6 +208,7 @@ pub fn compose(
         federated: federation.clone().map(|federation| FederatedRequests {
             federation,
             urls,
+            metrics: metrics.clone(),
             offline_access: config.offline_access,
         }),
         dpop,

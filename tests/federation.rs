@@ -119,6 +119,11 @@ async fn a_federated_rp_completes_a_deferred_flow_never_registered_by_hand() {
     let ack = proxy.login(&params, "fed-user", None).await.ack();
     assert_eq!(ack.get("state"), Some("st-1"));
     let code = ack.get("deferred_code").expect("deferred_code").to_owned();
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("dtr_requests_total{route=\"federation\",outcome=\"admitted\"} 1"),
+        "{metrics}"
+    );
     let op_client = provisioned(&proxy, &federation.client_id)
         .await
         .expect("provisioned at the OP");
@@ -315,6 +320,11 @@ async fn a_forged_statement_is_invalid_client() {
     federation.publish(FED, forger.sign(&federation.client_claims(&inner, json!({}))));
     let proxy = start_proxy(&federation, true).await;
     assert_unverifiable(&federation, &proxy).await;
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("dtr_requests_total{route=\"federation\",outcome=\"refused\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -13,18 +13,24 @@ use http::StatusCode;
 use super::respond::Refusal;
 use crate::client_auth::{ClientCredentials, AUTH_PARAMS};
 use crate::federation::{open_request_object, DiscoveryError, FederatedClient, Federation};
+use crate::metrics::Metrics;
 use crate::protocol::errors::OAuthError;
 use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::PublicUrls;
 use crate::protocol::wire::error as code;
 use crate::records::ResponseMode;
 
-/// The error code for a wire we cannot use.
+/// The metric route of federated client checks.
+const FEDERATION_ROUTE: &str = "federation";
+
+/// OIDC Core §6.1: a request object that does not verify.
 const INVALID_REQUEST_OBJECT: &str = "invalid_request_object";
 
 pub struct FederatedRequests {
     pub federation: Arc<Federation>,
     pub urls: PublicUrls,
+    /// `dtr_requests_total{route="federation", outcome}`: admitted, refused, unavailable.
+    pub metrics: Metrics,
     /// Added to the scopes a federated client may ask for when the proxy adds it itself
     /// (`DTR_OFFLINE_ACCESS`).
     pub offline_access: bool,
@@ -82,6 +88,19 @@ impl FederatedRequests {
     /// opened: the parameters to go on with. The client is provisioned and admitted only when
     /// everything passed.
     pub async fn authorization(&self, realm: &str, client_id: &str, outer: &Params) -> Result<Params, Refusal> {
+        let result = self.check_authorization(realm, client_id, outer).await;
+        self.metrics.request(
+            FEDERATION_ROUTE,
+            match &result {
+                Ok(_) => "admitted",
+                Err(refusal) if refusal.error == code::TEMPORARILY_UNAVAILABLE => "unavailable",
+                Err(_) => "refused",
+            },
+        );
+        result
+    }
+
+    async fn check_authorization(&self, realm: &str, client_id: &str, outer: &Params) -> Result<Params, Refusal> {
         let kid = outer.get("request").and_then(header_kid);
         let client = self.federation.client(client_id, kid.as_deref()).await.map_err(|e| {
             tracing::info!(client_id, error = %e, "federated client refused");
@@ -173,6 +192,21 @@ impl FederatedRequests {
     /// its client_id) is verified and admitted, so that its assertion is checked with the
     /// statement's keys; a key the cached statement lacks makes it look again.
     pub async fn token_request(&self, realm: &str, headers: &HeaderMap, params: &Params) -> Result<(), OAuthError> {
+        let result = self.check_token_request(realm, headers, params).await;
+        if let Err(e) = &result {
+            self.metrics.request(
+                FEDERATION_ROUTE,
+                if e.error == code::TEMPORARILY_UNAVAILABLE {
+                    "unavailable"
+                } else {
+                    "refused"
+                },
+            );
+        }
+        result
+    }
+
+    async fn check_token_request(&self, realm: &str, headers: &HeaderMap, params: &Params) -> Result<(), OAuthError> {
         let Ok(credentials) = ClientCredentials::extract(headers, params) else {
             return Ok(());
         };
