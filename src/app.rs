@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::client_auth::ClientVerifier;
 use crate::client_keys::ClientKeys;
 use crate::clients::Clients;
-use crate::config::{Config, StoreSettings};
+use crate::config::{Config, Provisioning, StoreSettings};
 use crate::dpop::DpopVerifier;
 use crate::endpoints::acknowledge::Acknowledge;
 use crate::endpoints::authorize::Authorize;
@@ -23,11 +23,14 @@ use crate::endpoints::completion::{Completions, Verdicts};
 use crate::endpoints::discovery::Discovery;
 use crate::endpoints::events::{EventSink, Events};
 use crate::endpoints::exchange::{Exchange, ExchangeSettings};
+use crate::endpoints::federated::FederatedRequests;
 use crate::endpoints::operator::OperatorApi;
 use crate::endpoints::ping::{self, Pinger};
 use crate::endpoints::poll::Poll;
 use crate::endpoints::revoke::{Operator, Revoker};
 use crate::endpoints::token::DeferredGrant;
+use crate::federation::provision::{EndpointProvisioner, KeycloakProvisioner, Provisioner};
+use crate::federation::Federation;
 use crate::metrics::Metrics;
 use crate::protocol::routes::{PublicUrls, Routes};
 use crate::records::Records;
@@ -46,6 +49,8 @@ pub struct Services {
     pub admin: Arc<AdminService>,
     pub pinger: Arc<Pinger>,
     pub readiness: Arc<Readiness>,
+    /// Federated clients, when configured (its expiry sweep runs beside the pings).
+    pub federation: Option<Arc<Federation>>,
 }
 
 /// Connects the configured store.
@@ -100,6 +105,25 @@ pub fn compose(
     let urls = PublicUrls::new(config.public_origin(), routes.clone());
     let records = Records::new(store.clone(), config.hash_key.clone(), config.sealer.clone());
     let clients = Clients::new(config.clients.clone(), config.require_dpop, config.ietf_realms.clone());
+    let federation = config.federation.clone().map(|settings| {
+        let provisioner: Arc<dyn Provisioner> = match &settings.provisioning {
+            Provisioning::Endpoint { url, secret } => Arc::new(EndpointProvisioner {
+                http: http_client(),
+                url: url.clone(),
+                secret: secret.clone(),
+                timeout: config.upstream_timeout,
+            }),
+            Provisioning::Keycloak(account) => {
+                Arc::new(KeycloakProvisioner::new(op.clone(), routes.clone(), account.clone()))
+            }
+        };
+        Arc::new(Federation::new(
+            settings,
+            provisioner,
+            clients.clone(),
+            config.allow_insecure_http,
+        ))
+    });
     let dpop = DpopVerifier::new(store.clone(), config.hash_key.clone(), config.dpop_nonce);
     let verifier = ClientVerifier::new(
         ClientKeys::new(http_client(), config.jwks_cache_ttl, config.upstream_timeout),
@@ -150,6 +174,12 @@ pub fn compose(
             metrics: metrics.clone(),
             offline_access: config.offline_access,
             login_ttl: config.login_ttl,
+            federated: federation.clone().map(|federation| FederatedRequests {
+                federation,
+                urls: urls.clone(),
+                metrics: metrics.clone(),
+                offline_access: config.offline_access,
+            }),
         },
         acknowledge: Acknowledge {
             records: records.clone(),
@@ -196,9 +226,16 @@ pub fn compose(
         discovery: Discovery {
             op,
             clients: clients.clone(),
+            urls: urls.clone(),
+            metrics: metrics.clone(),
+            federation: federation.clone(),
+        },
+        federated: federation.clone().map(|federation| FederatedRequests {
+            federation,
             urls,
             metrics: metrics.clone(),
-        },
+            offline_access: config.offline_access,
+        }),
         dpop,
         metrics: metrics.clone(),
         limits: RequestLimits {
@@ -242,6 +279,19 @@ pub fn compose(
         admin: Arc::new(admin),
         pinger: Arc::new(pinger),
         readiness,
+        federation,
+    }
+}
+
+/// How often federated clients whose statement expired are disabled at the OP.
+const FEDERATION_SWEEP: std::time::Duration = std::time::Duration::from_secs(15);
+
+async fn sweep_federation(federation: Arc<Federation>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FEDERATION_SWEEP) => federation.sweep().await,
+            _ = shutdown.changed() => return,
+        }
     }
 }
 
@@ -353,6 +403,9 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
             async move { service.handle(request).await }
         },
     ));
+    if let Some(federation) = services.federation.clone() {
+        tasks.push(tokio::spawn(sweep_federation(federation, watcher.clone())));
+    }
     let ping_task = tokio::spawn(ping::run(services.pinger.clone(), watcher));
     tasks.extend([public_task, admin_task, ping_task]);
     tracing::info!(

@@ -20,6 +20,7 @@ pub mod crypto;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod statements;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
@@ -30,6 +31,7 @@ pub mod client_auth;
 pub mod client_keys;
 pub mod clients;
 pub mod dpop;
+pub mod federation;
 pub mod records;
 
 pub mod endpoints;

@@ -64,6 +64,33 @@ impl Config {
                 })
             })
             .collect();
+        let federation = self.federation.as_ref().map(|f| {
+            let roots: Vec<serde_json::Value> = f
+                .trust_roots
+                .iter()
+                .map(|root| match &root.keys {
+                    super::RootKeys::Inline(set) => json!({ "id": root.id, "jwks_keys": set.keys.len() }),
+                    super::RootKeys::Uri(url) => json!({ "id": root.id, "jwks_uri": url.as_str() }),
+                })
+                .collect();
+            let statements: Vec<serde_json::Value> = f
+                .provider_statements
+                .iter()
+                .map(|s| json!({ "realm": s.realm, "federation": s.federation }))
+                .collect();
+            json!({
+                "trust_roots": roots,
+                "provider_statements": statements,
+                "connect_timeout": secs(f.limits.connect_timeout),
+                "fetch_timeout": secs(f.limits.total_timeout),
+                "max_bytes": f.limits.max_bytes,
+                "max_links": f.limits.max_links,
+                "host_rate": f.limits.host_rate,
+                "allow_private_targets": f.limits.allow_private_targets,
+                "ca": f.limits.ca_pem.as_ref().map(|_| SET),
+                "provisioning": format!("{:?}", f.provisioning),
+            })
+        });
         json!({
             "upstream_url": self.upstream_url.as_str(),
             "public_url": self.public_url.as_str(),
@@ -123,6 +150,7 @@ impl Config {
             "paths": self.paths,
             "clients": clients,
             "ietf_realms": self.ietf_realms,
+            "federation": federation,
             "warnings": self.warnings,
         })
     }

@@ -21,10 +21,15 @@ use crate::tls::{self, ExtraRoots, KeyPairError, ServerTls, TlsFileError};
 
 mod clients;
 mod effective;
+mod federation;
 mod traces;
 
 use clients::validate_clients;
 pub use clients::{ClientSecret, ClientSettings, Profile};
+use federation::{validate_federation, RawFederation};
+pub use federation::{
+    FederationSettings, FetchLimits, ProviderStatementSettings, Provisioning, RootKeys, TrustRoot, TrustRootSettings,
+};
 pub use traces::{RootSampler, SamplerSetting, TraceSettings};
 
 /// Path templates for the OP's endpoints. `{realm}` stands for one path segment; an OP without
@@ -152,6 +157,8 @@ struct RawConfig {
     access_log: bool,
     paths: PathTemplates,
     clients: Vec<ClientSettings>,
+    #[serde(flatten)]
+    federation: RawFederation,
     /// Not a setting: the path of the TOML file, accepted so `DTR_CONFIG` passes validation.
     config: Option<String>,
 }
@@ -222,6 +229,7 @@ impl Default for RawConfig {
             access_log: false,
             paths: PathTemplates::default(),
             clients: Vec::new(),
+            federation: RawFederation::default(),
             config: None,
         }
     }
@@ -315,6 +323,8 @@ pub struct Config {
     /// Realms whose clients speak the IETF profile unless their own `profile` says otherwise
     /// (`DTR_IETF_REALMS`).
     pub ietf_realms: Vec<String>,
+    /// Federated clients (URL client_ids verified through trust roots); `None`: off.
+    pub federation: Option<FederationSettings>,
     /// Non-fatal findings (unknown `DTR_*` variables), logged once at start.
     pub warnings: Vec<String>,
 }
@@ -489,6 +499,14 @@ impl Config {
                 match serde_json::from_str::<Vec<ClientSettings>>(value) {
                     Ok(clients) => extra_clients.extend(clients),
                     Err(e) => errors.push(format!("DTR_CLIENTS: not a JSON array of clients: {e}")),
+                }
+                continue;
+            }
+            if key == "federation_trust_roots" || key == "federation_provider_statements" {
+                // JSON arrays of objects, like DTR_CLIENTS.
+                match serde_json::from_str::<Vec<serde_json::Value>>(value) {
+                    Ok(items) => figment = figment.merge((key.as_str(), items)),
+                    Err(e) => errors.push(format!("DTR_{}: not a JSON array: {e}", key.to_ascii_uppercase())),
                 }
                 continue;
             }
@@ -828,6 +846,16 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let trusted_proxies = networks("DTR_TRUSTED_PROXIES", &raw.trusted_proxies, errors);
     validate_paths(&raw.paths, errors);
     validate_clients(&raw.clients, raw.allow_insecure_http, errors);
+    let federation = validate_federation(
+        &raw.federation,
+        federation::Context {
+            public_origin: public_url.as_ref().map(|url| url.origin().ascii_serialization()),
+            issuer_template: &raw.paths.issuer,
+            keycloak_admin: keycloak_admin.as_ref(),
+            allow_insecure_http: raw.allow_insecure_http,
+        },
+        errors,
+    );
 
     Some(Config {
         upstream_url: upstream_url?,
@@ -879,6 +907,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         clients: raw.clients,
         traces: None,
         ietf_realms: raw.ietf_realms.items().into_iter().map(str::to_owned).collect(),
+        federation,
         warnings: Vec::new(),
     })
 }

@@ -146,7 +146,7 @@ impl Acknowledge {
             let profile = self
                 .clients
                 .find(&record.realm, &record.client_id)
-                .map(|client| self.clients.profile(&record.realm, client))
+                .map(|client| self.clients.profile(&record.realm, &client))
                 .unwrap_or_default();
             let (code_param, prefix) = profile.acknowledgment_code();
             deferred_code = format!("{prefix}{}", random_token(32));

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use http::{Response, StatusCode};
 
+use super::federated::FederatedRequests;
 use super::respond::{error_page, to_client, unavailable_page};
 use crate::client_auth::ClientCredentials;
 use crate::clients::Clients;
@@ -56,6 +57,8 @@ pub struct Authorize {
     pub offline_access: bool,
     /// How long a login may take at the OP (`DTR_LOGIN_TTL`).
     pub login_ttl: Duration,
+    /// Requests of federated clients, when federation is configured.
+    pub federated: Option<FederatedRequests>,
 }
 
 /// The decision on an authorization request, before any I/O.
@@ -67,13 +70,7 @@ pub enum Decision {
     Rewrite(Rewrite),
 }
 
-/// Why a request is refused, and where the RP may hear it.
-pub struct Refusal {
-    pub error: &'static str,
-    pub description: &'static str,
-    /// The RP's registered redirect, when the request named one the proxy knows.
-    pub redirect: Option<(String, ResponseMode, Option<String>)>,
-}
+pub use super::respond::Refusal;
 
 /// A `deferred_code` request made into the OP's code-flow request: the record to keep under
 /// `handle`, and the upstream query.
@@ -86,7 +83,16 @@ impl Authorize {
     /// A front-channel authorization request.
     pub async fn handle(&self, realm: &str, params: &Params) -> Authorization {
         let handle = format!("{HANDLE_PREFIX}{}", random_token(24));
+        let opened = match self.federated(realm, params.get("client_id"), params).await {
+            Ok(opened) => opened,
+            Err(refusal) => return Authorization::Respond(self.refusal_page(realm, refusal)),
+        };
+        let params = opened.as_ref().unwrap_or(params);
         match self.decide(realm, params, &handle, now_ms()) {
+            // A federated client's request goes on as checked (its request object opened).
+            Decision::PassThrough if opened.is_some() => Authorization::Forward {
+                query: encode(params.iter()),
+            },
             Decision::PassThrough => Authorization::PassThrough,
             Decision::Narrow(query) => Authorization::Forward { query },
             Decision::Refuse(refusal) => Authorization::Respond(self.refusal_page(realm, refusal)),
@@ -112,7 +118,14 @@ impl Authorize {
             Some(_) => None,
             None => ClientCredentials::extract(headers, params).ok().map(|c| c.client_id),
         };
+        let client_id = params.get("client_id").or(authenticated.as_deref());
+        let opened = self
+            .federated(realm, client_id, params)
+            .await
+            .map_err(|refusal| OAuthError::new(StatusCode::BAD_REQUEST, refusal.error, refusal.description))?;
+        let params = opened.as_ref().unwrap_or(params);
         match self.decide_for(realm, params, authenticated.as_deref(), &handle, now_ms()) {
+            Decision::PassThrough | Decision::Narrow(_) if opened.is_some() => Ok(Some(encode(params.iter()))),
             Decision::PassThrough | Decision::Narrow(_) => Ok(None),
             Decision::Refuse(refusal) => Err(OAuthError::new(
                 StatusCode::BAD_REQUEST,
@@ -126,6 +139,26 @@ impl Authorize {
                 ))),
             },
         }
+    }
+
+    /// A federated client's request checked and opened (`None`: not a federated client's).
+    async fn federated(
+        &self,
+        realm: &str,
+        client_id: Option<&str>,
+        params: &Params,
+    ) -> Result<Option<Params>, Refusal> {
+        let (Some(federated), Some(client_id)) = (&self.federated, client_id) else {
+            return Ok(None);
+        };
+        // A front-channel request naming a pushed one: checked when it was pushed.
+        let names_pushed = params
+            .get("request_uri")
+            .is_some_and(|uri| uri.starts_with(PAR_REQUEST_URI));
+        if !federated.concerns(Some(client_id)) || (names_pushed && params.get("request").is_none()) {
+            return Ok(None);
+        }
+        federated.authorization(realm, client_id, params).await.map(Some)
     }
 
     async fn keep(&self, realm: &str, handle: &str, rewrite: &Rewrite) -> Result<(), ()> {
@@ -218,7 +251,7 @@ impl Authorize {
             // A hint, not a demand: a request the proxy will not defer is the OP's plain code
             // flow (a client of the OpenID profile, an unknown client, a malformed request).
             let client = client_id.and_then(|id| self.clients.find(realm, id));
-            if client.is_none_or(|c| self.clients.profile(realm, c) != Profile::Ietf)
+            if client.is_none_or(|c| self.clients.profile(realm, &c) != Profile::Ietf)
                 || params.get("redirect_uri").is_none()
             {
                 return Decision::PassThrough;
@@ -261,7 +294,7 @@ impl Authorize {
                 )
             }
         };
-        if self.clients.profile(realm, client) != spoken {
+        if self.clients.profile(realm, &client) != spoken {
             return reject(
                 response_mode,
                 code::UNSUPPORTED_RESPONSE_TYPE,

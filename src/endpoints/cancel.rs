@@ -66,7 +66,7 @@ impl Cancel {
     ) -> Result<Response<Body>, OAuthError> {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
-        let client = self.checks.client(realm, &credentials)?;
+        let client = &*self.checks.client(realm, &credentials)?;
         // The process is named in the client's profile: `deferred_auth_id` or `deferral_code`.
         let name = self.checks.clients.profile(realm, client).process_param();
         let deferred_auth_id = params

@@ -80,7 +80,11 @@ pub fn owner_check(record: &ProcessRecord, facts: OwnerFacts<'_>) -> Result<Opti
 
 impl Checks {
     /// The client's DTR settings; a client without them is `unauthorized_client`.
-    pub fn client(&self, realm: &str, credentials: &ClientCredentials) -> Result<&ClientSettings, OAuthError> {
+    pub fn client(
+        &self,
+        realm: &str,
+        credentials: &ClientCredentials,
+    ) -> Result<std::sync::Arc<ClientSettings>, OAuthError> {
         self.clients.deferred(realm, &credentials.client_id)
     }
 
@@ -90,7 +94,7 @@ impl Checks {
         realm: &str,
         credentials: &ClientCredentials,
         spoken: Profile,
-    ) -> Result<&ClientSettings, OAuthError> {
+    ) -> Result<std::sync::Arc<ClientSettings>, OAuthError> {
         self.clients.speaking(realm, &credentials.client_id, spoken)
     }
 

@@ -11,6 +11,7 @@ use http::{Response, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::clients::Clients;
+use crate::federation::Federation;
 use crate::http::{empty, full, plain, Body};
 use crate::metrics::Metrics;
 use crate::protocol::routes::{Endpoint, PublicUrls};
@@ -23,6 +24,8 @@ pub struct Discovery {
     pub clients: Clients,
     pub urls: PublicUrls,
     pub metrics: Metrics,
+    /// The provider's own federation statements, when configured.
+    pub federation: Option<Arc<Federation>>,
 }
 
 impl Discovery {
@@ -50,7 +53,13 @@ impl Discovery {
         };
         let cancellation = self.urls.endpoint(Endpoint::Cancellation, realm);
         let profiles = self.clients.profiles_in(realm);
-        let body = serde_json::to_vec(&augment(document, &cancellation, &profiles)).unwrap_or_default();
+        let statements = self
+            .federation
+            .as_ref()
+            .map(|f| f.provider_statements(realm))
+            .unwrap_or_default();
+        let document = with_statements(augment(document, &cancellation, &profiles), &statements);
+        let body = serde_json::to_vec(&document).unwrap_or_default();
         response.headers_mut().remove(header::CONTENT_LENGTH);
         response.headers_mut().remove(header::ETAG);
         response
@@ -73,6 +82,19 @@ fn add_to_list(document: &mut Map<String, Value>, key: &str, values: &[&str]) {
             }
         }
     }
+}
+
+/// The provider's own federation statements (draft 03 §5.1: federation id → signed
+/// statement), as `metadata_statements`; none: the document unchanged.
+pub fn with_statements(mut document: Map<String, Value>, statements: &[(&str, &str)]) -> Map<String, Value> {
+    if !statements.is_empty() {
+        let map: Map<String, Value> = statements
+            .iter()
+            .map(|(federation, statement)| ((*federation).to_owned(), Value::String((*statement).to_owned())))
+            .collect();
+        document.insert("metadata_statements".into(), Value::Object(map));
+    }
+    document
 }
 
 /// The DTR additions to an OP's metadata, for the profiles spoken in the realm.
@@ -120,6 +142,18 @@ pub fn augment(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_providers_statements_are_listed_by_federation() {
+        let document = Map::from_iter([("issuer".to_owned(), Value::from("https://id.example.com/realms/a"))]);
+        let unchanged = with_statements(document.clone(), &[]);
+        assert!(!unchanged.contains_key("metadata_statements"));
+        let listed = with_statements(document, &[("https://fed.example.org", "a.b.c")]);
+        assert_eq!(
+            listed["metadata_statements"],
+            serde_json::json!({"https://fed.example.org": "a.b.c"})
+        );
+    }
 
     #[test]
     fn adds_dtr_metadata_and_keeps_the_rest_in_order() {

@@ -184,7 +184,7 @@ impl Exchange {
     ) -> Result<Response<Body>, OAuthError> {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
-        let client = self.checks.client_speaking(realm, &credentials, profile)?;
+        let client = &*self.checks.client_speaking(realm, &credentials, profile)?;
         // 1. The client. Secrets are checked by the OP at the redemption; assertions here.
         self.checks.authenticate(realm, client, &credentials, None).await?;
         // 2, 3. The code: issued to this client, valid, unused. Taken and burnt even when

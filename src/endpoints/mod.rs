@@ -13,6 +13,7 @@ pub mod completion;
 pub mod discovery;
 pub mod events;
 pub mod exchange;
+pub mod federated;
 pub mod operator;
 pub mod ping;
 pub mod poll;

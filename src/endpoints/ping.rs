@@ -110,10 +110,10 @@ async fn send_ping(pinger: &Pinger, process_hash: &str) -> Result<(), StoreError
     let now = now_ms();
     // Only finished processes are announced; not after delivery, cancel or expiry.
     let client = pinger.clients.find(&record.realm, &record.client_id);
-    let endpoint = client.and_then(|c| c.notification_endpoint.clone());
+    let endpoint = client.as_ref().and_then(|c| c.notification_endpoint.clone());
     // The ping names the process as the client's profile does (`deferred_auth_id` or
     // `deferral_code`).
-    let id_param = client.map_or(crate::protocol::wire::DEFERRED_AUTH_ID, |c| {
+    let id_param = client.as_ref().map_or(crate::protocol::wire::DEFERRED_AUTH_ID, |c| {
         pinger.clients.profile(&record.realm, c).process_param()
     });
     let (Some(endpoint), true, true) = (

@@ -222,7 +222,7 @@ impl Poll {
     ) -> Result<Response<Body>, OAuthError> {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
-        let client = self.checks.client_speaking(realm, &credentials, profile)?;
+        let client = &*self.checks.client_speaking(realm, &credentials, profile)?;
         let process_hash = self.records.process_hash(deferred_auth_id);
         let (process, last_poll) = self.records.load_for_poll(&process_hash).await?;
         let process = process.ok_or_else(OAuthError::unknown_deferred_auth_id)?;

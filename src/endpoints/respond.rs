@@ -106,6 +106,14 @@ pub fn error_page(status: StatusCode, message: &str) -> Response<Body> {
     html_no_store(status, html)
 }
 
+/// Why an authorization request is refused, and where the RP may hear it.
+pub struct Refusal {
+    pub error: &'static str,
+    pub description: &'static str,
+    /// The RP's registered redirect, when the request named one the proxy knows.
+    pub redirect: Option<(String, crate::records::ResponseMode, Option<String>)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

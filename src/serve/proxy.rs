@@ -18,6 +18,7 @@ use crate::endpoints::acknowledge::{self, Acknowledge};
 use crate::endpoints::authorize::{Authorization, Authorize};
 use crate::endpoints::cancel::{self, Cancel};
 use crate::endpoints::discovery::Discovery;
+use crate::endpoints::federated::FederatedRequests;
 use crate::endpoints::respond::error_page;
 use crate::endpoints::token::{self, DeferredGrant, POLL_ROUTE};
 use crate::http::{full, media_type, plain, read_request_body, Body, BodyError, IntoBody, FORM_URLENCODED};
@@ -50,6 +51,8 @@ pub struct PublicService {
     pub token: DeferredGrant,
     pub cancel: Cancel,
     pub discovery: Discovery,
+    /// Federated clients at the token and cancellation endpoints, when configured.
+    pub federated: Option<FederatedRequests>,
     pub dpop: DpopVerifier,
     pub metrics: Metrics,
     pub limits: RequestLimits,
@@ -286,7 +289,7 @@ impl PublicService {
             Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes())
         };
         // Only a request that can be DTR is parsed (strictly); all else reaches the OP untouched.
-        let outcome = if mentions_deferred(&raw) {
+        let outcome = if mentions_deferred(&raw) || (self.federated.is_some() && mentions_url_client(&raw)) {
             match Params::parse(&raw) {
                 Ok(params) => {
                     self.note_client(&parts.headers, &params);
@@ -337,7 +340,8 @@ impl PublicService {
             Err(e) => return self.finish("par", Err(e)),
         };
         let mut forwarded = raw.clone();
-        if mentions_deferred(&raw)
+        let federated = self.federated.is_some() && (mentions_url_client(&raw) || mentions_assertion(&raw));
+        if (mentions_deferred(&raw) || federated)
             && media_type(&parts.headers).eq_ignore_ascii_case("application/x-www-form-urlencoded")
         {
             let pushed = match Params::parse(&raw) {
@@ -370,6 +374,19 @@ impl PublicService {
             Ok(bytes) => bytes,
             Err(e) => return self.finish("token", Err(e)),
         };
+        if let Some(federated) = &self.federated {
+            if (mentions_url_client(&raw) || mentions_assertion(&raw))
+                && media_type(&parts.headers).eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            {
+                let known = match Params::parse(&raw) {
+                    Ok(params) => federated.token_request(realm, &parts.headers, &params).await,
+                    Err(e) => Err(OAuthError::from(e)),
+                };
+                if let Err(e) = known {
+                    return self.finish("token", Err(e));
+                }
+            }
+        }
         if mentions_deferred(&raw) {
             if !media_type(&parts.headers).eq_ignore_ascii_case("application/x-www-form-urlencoded") {
                 // RFC 6749 §3.2: the token endpoint takes form bodies only; the OP would refuse
@@ -407,7 +424,13 @@ impl PublicService {
             Ok(raw) => match cancel::parse_body(&parts.headers, &raw) {
                 Ok(params) => {
                     self.note_client(&parts.headers, &params);
-                    self.cancel.handle(realm, &parts.headers, &params, peer.ip()).await
+                    match &self.federated {
+                        Some(federated) => match federated.token_request(realm, &parts.headers, &params).await {
+                            Ok(()) => self.cancel.handle(realm, &parts.headers, &params, peer.ip()).await,
+                            Err(e) => Err(e),
+                        },
+                        None => self.cancel.handle(realm, &parts.headers, &params, peer.ip()).await,
+                    }
                 }
                 Err(e) => Err(e),
             },
@@ -427,6 +450,20 @@ fn route_label(endpoint: Option<Endpoint>) -> &'static str {
         Some(Endpoint::Cancellation) => "cancel",
         Some(Endpoint::Discovery) => "discovery",
     }
+}
+
+/// A `client_id` that may be a URL (`https%3A…` form-encoded, or raw): a federated client's.
+fn mentions_url_client(bytes: &[u8]) -> bool {
+    contains(bytes, b"client_id=https")
+}
+
+/// A client assertion, whose subject may be a federated client.
+fn mentions_assertion(bytes: &[u8]) -> bool {
+    contains(bytes, b"client_assertion=")
+}
+
+fn contains(bytes: &[u8], needle: &[u8]) -> bool {
+    bytes.windows(needle.len()).any(|w| w == needle)
 }
 
 fn mentions_deferred(bytes: &[u8]) -> bool {

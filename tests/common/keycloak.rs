@@ -247,6 +247,11 @@ impl Keycloak {
     /// Another replica of the bed's proxy (same store, keys and public URL), in this test's
     /// runtime, reaching Keycloak through `upstream_port`; RPs address it directly.
     pub async fn replica(&self, upstream_port: u16, realm: &str) -> Proxy {
+        self.replica_with(upstream_port, realm, Vec::new()).await
+    }
+
+    /// [`Self::replica`] with settings of its own on top.
+    pub async fn replica_with(&self, upstream_port: u16, realm: &str, extra: Vec<(String, String)>) -> Proxy {
         let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", public.local_addr().expect("addr"));
@@ -258,6 +263,7 @@ impl Keycloak {
             .collect();
         env.push(("DTR_UPSTREAM_URL".into(), format!("http://127.0.0.1:{upstream_port}")));
         env.push(("DTR_UPSTREAM_TIMEOUT".into(), "3".into()));
+        env.extend(extra);
         let config = dtr_proxy::Config::from_env(env).unwrap_or_else(|e| panic!("{e}"));
         let running = dtr_proxy::start_on(config, public, admin).await.expect("replica start");
         Proxy {

@@ -22,6 +22,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 pub mod faults;
+pub mod federation;
 pub mod keycloak;
 pub mod kit;
 

@@ -320,7 +320,7 @@ const realms = new Map();
 const REALM_NAME = /^[A-Za-z0-9._-]{1,100}$/;
 
 function createRealm(body) {
-  const { realm, issuer, clients, ttl } = body ?? {};
+  const { realm, issuer, clients, ttl, provisioning_secret: provisioningSecret } = body ?? {};
   if (typeof realm !== 'string' || !REALM_NAME.test(realm)) {
     throw new HttpError(400, 'realm must match [A-Za-z0-9._-]{1,100}');
   }
@@ -375,7 +375,10 @@ function createRealm(body) {
     }
   }
 
-  realms.set(realm, { provider, callback: provider.callback(), issuer });
+  if (provisioningSecret !== undefined && (typeof provisioningSecret !== 'string' || provisioningSecret.length < 16)) {
+    throw new HttpError(400, 'provisioning_secret must be a string of at least 16 characters');
+  }
+  realms.set(realm, { provider, callback: provider.callback(), issuer, provisioningSecret });
   log(`realm ${realm} ready, issuer ${issuer}`);
   return { realm, issuer };
 }
@@ -535,6 +538,16 @@ async function admin(req, res, pathname) {
     }
     return sendJson(res, 201, createRealm(body));
   }
+  const provisioning = /^\/admin\/provisioning\/([^/]+)\/([^/]+)$/.exec(pathname);
+  if (provisioning && req.method === 'GET') {
+    const realm = realms.get(decodeURIComponent(provisioning[1]));
+    const metadata = realm?.provisioned?.get(decodeURIComponent(provisioning[2]));
+    if (!metadata) throw new HttpError(404, 'not provisioned');
+    return sendJson(res, 200, metadata);
+  }
+  if (provisioning && req.method === 'PUT') {
+    return provision(req, res, decodeURIComponent(provisioning[1]), decodeURIComponent(provisioning[2]));
+  }
   const m = /^\/admin\/realms\/([^/]+)$/.exec(pathname);
   if (m && req.method === 'DELETE') {
     realms.delete(decodeURIComponent(m[1]));
@@ -542,6 +555,50 @@ async function admin(req, res, pathname) {
     return undefined;
   }
   throw new HttpError(404, 'no such admin endpoint');
+}
+
+// Federated clients provisioned by the proxy (its `endpoint` provisioner): the realm's
+// client adapter holds them, so oidc-provider finds them as it finds any client it did not
+// start with. Guarded by the realm's provisioning secret (a bearer token).
+const CLIENT_FIELDS = ['client_id', 'redirect_uris', 'scope', 'token_endpoint_auth_method', 'jwks',
+  'grant_types', 'response_types'];
+
+async function provision(req, res, realmName, clientId) {
+  const realm = realms.get(realmName);
+  if (!realm) throw new HttpError(404, `realm ${realmName} not found`);
+  const presented = req.headers.authorization ?? '';
+  if (!realm.provisioningSecret || presented !== `Bearer ${realm.provisioningSecret}`) {
+    res.writeHead(401, { 'www-authenticate': 'Bearer' }).end();
+    return undefined;
+  }
+  let body;
+  try {
+    body = JSON.parse(await readBody(req));
+  } catch (err) {
+    if (err instanceof HttpError) throw err;
+    throw new HttpError(400, 'body must be JSON');
+  }
+  if (body?.client_id !== clientId) throw new HttpError(400, 'client_id must match the path');
+  const adapter = realm.provider.Client.adapter;
+  if (body.enabled === false) {
+    await adapter.destroy(clientId);
+    realm.provisioned?.delete(clientId);
+    log(`realm ${realmName}: client ${clientId} disabled`);
+    return sendJson(res, 200, { client_id: clientId, enabled: false });
+  }
+  const metadata = Object.fromEntries(CLIENT_FIELDS.filter((k) => body[k] !== undefined).map((k) => [k, body[k]]));
+  await adapter.upsert(clientId, metadata);
+  // Checked now, so a client oidc-provider would refuse is a 400 here, not at first use.
+  try {
+    await realm.provider.Client.find(clientId);
+  } catch (err) {
+    await adapter.destroy(clientId);
+    throw new HttpError(400, `invalid client metadata: ${err.error_description ?? err.message}`);
+  }
+  realm.provisioned ??= new Map();
+  realm.provisioned.set(clientId, metadata);
+  log(`realm ${realmName}: client ${clientId} provisioned`);
+  return sendJson(res, 200, { ...metadata, enabled: true });
 }
 
 async function handle(req, res) {

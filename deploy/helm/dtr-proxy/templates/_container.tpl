@@ -138,6 +138,26 @@ env:
   - name: DTR_OPERATOR_MAX_LIFETIME
     value: {{ .Values.operatorApi.maxLifetimeSeconds | int | toString | quote }}
   {{- end }}
+  {{- with .Values.federation }}
+  {{- if .trustRoots }}
+  - name: DTR_FEDERATION_TRUST_ROOTS
+    value: {{ .trustRoots | toJson | quote }}
+  {{- with .providerStatements }}
+  - name: DTR_FEDERATION_PROVIDER_STATEMENTS
+    value: {{ . | toJson | quote }}
+  {{- end }}
+  - name: DTR_FEDERATION_CONNECT_TIMEOUT
+    value: {{ .connectTimeoutSeconds | int | toString | quote }}
+  - name: DTR_FEDERATION_FETCH_TIMEOUT
+    value: {{ .fetchTimeoutSeconds | int | toString | quote }}
+  - name: DTR_FEDERATION_MAX_BYTES
+    value: {{ .maxBytes | int | toString | quote }}
+  - name: DTR_FEDERATION_MAX_LINKS
+    value: {{ .maxLinks | int | toString | quote }}
+  - name: DTR_FEDERATION_HOST_RATE
+    value: {{ .hostRate | int | toString | quote }}
+  {{- end }}
+  {{- end }}
   {{- with .Values.config.trustedProxies }}
   - name: DTR_TRUSTED_PROXIES
     value: {{ join "," . | quote }}

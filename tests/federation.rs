@@ -1,0 +1,555 @@
+//! Federated clients end to end: a test federation (a trust root, an intermediate organisation,
+//! a client host serving WebFinger and statements over HTTPS with a test CA), an RP whose
+//! client_id is a URL and which nobody registered, through dtr-proxy in front of the stand-in
+//! OP — a DTR flow and a plain code flow — and one test per refusal, each with its OAuth error
+//! and nothing provisioned.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::federation::*;
+use common::*;
+use serde_json::{json, Value};
+
+const PROVISIONING_SECRET: &str = "provisioning-secret-for-tests-0123";
+
+async fn start_proxy(federation: &Federation, allow_private_targets: bool) -> Proxy {
+    let roots = json!([{"id": FED, "jwks": federation.root.set()}]).to_string();
+    let options = Options::new(StoreKind::Embedded)
+        .env("DTR_FEDERATION_TRUST_ROOTS", roots)
+        .env(
+            "DTR_FEDERATION_ALLOW_PRIVATE_TARGETS",
+            allow_private_targets.to_string(),
+        )
+        .env("DTR_FEDERATION_CA_FILE", tls().ca_file.display().to_string())
+        .env("DTR_FEDERATION_PROVISIONING", "endpoint")
+        .env(
+            "DTR_FEDERATION_PROVISIONING_URL",
+            format!("http://127.0.0.1:{}/admin/provisioning", op().port),
+        )
+        .env("DTR_FEDERATION_PROVISIONING_SECRET", PROVISIONING_SECRET);
+    let proxy = start(options).await;
+    // The same realm again, now with its provisioning secret (creating a realm replaces it).
+    let created = client()
+        .post(format!("http://127.0.0.1:{}/admin/realms", op().port))
+        .json(&json!({"realm": proxy.realm, "issuer": proxy.issuer, "provisioning_secret": PROVISIONING_SECRET}))
+        .send()
+        .await
+        .expect("OP admin");
+    assert_eq!(created.status(), 201);
+    proxy
+}
+
+/// The OP's record of a provisioned client, if any.
+async fn provisioned(proxy: &Proxy, client_id: &str) -> Option<Value> {
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let response = client()
+        .get(format!(
+            "http://127.0.0.1:{}/admin/provisioning/{}/{}",
+            op().port,
+            encode(&proxy.realm),
+            encode(client_id)
+        ))
+        .send()
+        .await
+        .expect("OP admin");
+    match response.status().as_u16() {
+        200 => Some(response.json().await.expect("json")),
+        _ => None,
+    }
+}
+
+fn token_form<'a>(assertion: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut form = vec![
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", assertion),
+    ];
+    form.extend_from_slice(extra);
+    form
+}
+
+async fn post_token(proxy: &Proxy, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = proxy
+        .http
+        .post(proxy.token_url())
+        .form(form)
+        .send()
+        .await
+        .expect("token");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The error a refused authorization request produced: from the redirect, or the page.
+fn refusal(answer: &Answer) -> String {
+    match &answer.location {
+        Some(location) => url::Url::parse(location)
+            .expect("location")
+            .query_pairs()
+            .find(|(name, _)| name == "error")
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default(),
+        None => answer.html.clone(),
+    }
+}
+
+#[tokio::test]
+async fn a_federated_rp_completes_a_deferred_flow_never_registered_by_hand() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let proxy = start_proxy(&federation, true).await;
+    assert!(provisioned(&proxy, &federation.client_id).await.is_none());
+
+    let (verifier, challenge) = pkce();
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "deferred_code", "scope": "openid profile email", "state": "st-1",
+            "nonce": "n-1", "code_challenge": challenge, "code_challenge_method": "S256"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("response_type", "deferred_code"),
+        ("request", request.as_str()),
+    ];
+    let ack = proxy.login(&params, "fed-user", None).await.ack();
+    assert_eq!(ack.get("state"), Some("st-1"));
+    let code = ack.get("deferred_code").expect("deferred_code").to_owned();
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("dtr_requests_total{route=\"federation\",outcome=\"admitted\"} 1"),
+        "{metrics}"
+    );
+    let op_client = provisioned(&proxy, &federation.client_id)
+        .await
+        .expect("provisioned at the OP");
+    assert_eq!(op_client["redirect_uris"], json!([REDIRECT_URI]));
+    assert_eq!(op_client["token_endpoint_auth_method"], "private_key_jwt");
+    assert_eq!(op_client["jwks"], federation.client_key.set());
+
+    let assertion = federation.assertion(&proxy.issuer);
+    let (status, exchanged) = post_token(
+        &proxy,
+        &token_form(
+            &assertion,
+            &[
+                ("grant_type", "urn:openid:params:grant-type:deferred"),
+                ("deferred_code", &code),
+                ("code_verifier", &verifier),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{exchanged}");
+    let id = exchanged["deferred_auth_id"]
+        .as_str()
+        .expect("deferred_auth_id")
+        .to_owned();
+
+    let assertion = federation.assertion(&proxy.issuer);
+    let poll = [
+        ("grant_type", "urn:openid:params:grant-type:deferred"),
+        ("deferred_auth_id", id.as_str()),
+    ];
+    let (status, pending) = post_token(&proxy, &token_form(&assertion, &poll)).await;
+    assert_eq!(
+        (status, pending["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "{pending}"
+    );
+
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": "fed-user"})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let assertion = federation.assertion(&proxy.issuer);
+    let (status, tokens) = post_token(&proxy, &token_form(&assertion, &poll)).await;
+    assert_eq!(status, 200, "{tokens}");
+    let id_token = jwt_claims(tokens["id_token"].as_str().expect("id_token"));
+    assert_eq!(id_token["aud"], federation.client_id.as_str());
+    assert_eq!(id_token["sub"], "fed-user");
+}
+
+#[tokio::test]
+async fn a_federated_rp_completes_a_plain_code_flow() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let proxy = start_proxy(&federation, true).await;
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid email", "state": "st-2", "nonce": "n-2"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("response_type", "code"),
+        ("request", request.as_str()),
+    ];
+    let answer = proxy.login(&params, "plain-user", None).await;
+    let ack = answer.ack();
+    assert_eq!(ack.get("state"), Some("st-2"));
+    let code = ack.get("code").expect("code").to_owned();
+    let assertion = federation.assertion(&proxy.issuer);
+    let (status, tokens) = post_token(
+        &proxy,
+        &token_form(
+            &assertion,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT_URI),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(
+        jwt_claims(tokens["id_token"].as_str().expect("id_token"))["aud"],
+        federation.client_id.as_str()
+    );
+}
+
+#[tokio::test]
+async fn an_unsigned_request_where_signing_is_required_is_invalid_request() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let proxy = start_proxy(&federation, true).await;
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("response_type", "code"),
+        ("redirect_uri", REDIRECT_URI),
+        ("scope", "openid"),
+        ("state", "st-3"),
+    ];
+    let answer = proxy.login(&params, "someone", None).await;
+    assert_eq!(refusal(&answer), "invalid_request", "{answer:?}");
+    assert!(provisioned(&proxy, &federation.client_id).await.is_none());
+}
+
+#[tokio::test]
+async fn an_unsigned_request_passes_where_the_statement_allows_it() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({"require_signed_request_object": false}));
+    let proxy = start_proxy(&federation, true).await;
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("response_type", "code"),
+        ("redirect_uri", REDIRECT_URI),
+        ("scope", "openid"),
+        ("state", "st-4"),
+    ];
+    let ack = proxy.login(&params, "someone", None).await.ack();
+    assert!(ack.get("code").is_some(), "{ack:?}");
+}
+
+#[tokio::test]
+async fn a_request_object_signed_by_another_key_is_invalid_request_object() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let proxy = start_proxy(&federation, true).await;
+    let other = Key::new("other");
+    let request = federation.request_object(
+        &other,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("response_type", "code"),
+        ("redirect_uri", REDIRECT_URI),
+        ("request", request.as_str()),
+    ];
+    let answer = proxy.login(&params, "someone", None).await;
+    assert_eq!(refusal(&answer), "invalid_request_object", "{answer:?}");
+    assert!(provisioned(&proxy, &federation.client_id).await.is_none());
+}
+
+#[tokio::test]
+async fn a_redirect_uri_not_in_the_statement_gets_an_error_page() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let proxy = start_proxy(&federation, true).await;
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid", "redirect_uri": "https://evil.example/cb"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("response_type", "code"),
+        ("request", request.as_str()),
+    ];
+    let answer = proxy.login(&params, "someone", None).await;
+    assert_eq!((answer.status, answer.location.as_deref()), (400, None));
+    assert!(answer.html.contains("invalid_request"), "{}", answer.html);
+    assert!(provisioned(&proxy, &federation.client_id).await.is_none());
+}
+
+/// An authorization request that a statement problem must stop: an error page naming
+/// `invalid_client`, and nothing provisioned.
+async fn assert_unverifiable(federation: &Federation, proxy: &Proxy) {
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("response_type", "code"),
+        ("request", request.as_str()),
+    ];
+    let answer = proxy.login(&params, "someone", None).await;
+    assert_eq!(
+        (answer.status, answer.location.as_deref()),
+        (400, None),
+        "{}",
+        answer.html
+    );
+    assert!(answer.html.contains("invalid_client"), "{}", answer.html);
+    assert!(provisioned(proxy, &federation.client_id).await.is_none());
+}
+
+#[tokio::test]
+async fn a_forged_statement_is_invalid_client() {
+    let federation = Federation::new().await;
+    let inner = federation.root_statement(now_s() + 3600);
+    let forger = Key::new("org-1");
+    federation.publish(FED, forger.sign(&federation.client_claims(&inner, json!({}))));
+    let proxy = start_proxy(&federation, true).await;
+    assert_unverifiable(&federation, &proxy).await;
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("dtr_requests_total{route=\"federation\",outcome=\"refused\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_statement_is_invalid_client() {
+    let federation = Federation::new().await;
+    let inner = federation.root_statement(now_s() - 120);
+    federation.publish(FED, federation.org.sign(&federation.client_claims(&inner, json!({}))));
+    let proxy = start_proxy(&federation, true).await;
+    assert_unverifiable(&federation, &proxy).await;
+}
+
+#[tokio::test]
+async fn a_statement_of_an_untrusted_root_is_invalid_client() {
+    let federation = Federation::new().await;
+    // Signed by a root of its own, in a federation this provider does not trust.
+    let untrusted = Key::new("fo-1");
+    let inner = untrusted.sign(&json!({"iss": "https://other-federation.example", "sub": ORG,
+        "iat": now_s(), "exp": now_s() + 600, "signing_keys": federation.org.set()}));
+    let claims = federation.client_claims(
+        &inner,
+        json!({"metadata_statements": {"https://other-federation.example": inner}}),
+    );
+    federation.publish("https://other-federation.example", federation.org.sign(&claims));
+    let proxy = start_proxy(&federation, true).await;
+    assert_unverifiable(&federation, &proxy).await;
+
+    // The same chain presented as ours: its root key is not the configured one.
+    let forged_inner = untrusted.sign(&json!({"iss": FED, "sub": ORG, "iat": now_s(), "exp": now_s() + 600,
+        "signing_keys": federation.org.set()}));
+    federation.publish(
+        FED,
+        federation.org.sign(&federation.client_claims(&forged_inner, json!({}))),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_unverifiable(&federation, &proxy).await;
+}
+
+#[tokio::test]
+async fn a_private_target_is_refused_without_the_test_switch() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let proxy = start_proxy(&federation, false).await;
+    assert_unverifiable(&federation, &proxy).await;
+    assert_eq!(
+        federation.host.hits.load(Ordering::Relaxed),
+        0,
+        "nothing reached the private host"
+    );
+}
+
+#[tokio::test]
+async fn a_federated_client_unknown_at_the_token_endpoint_is_invalid_client() {
+    let federation = Federation::new().await;
+    let inner = federation.root_statement(now_s() + 3600);
+    federation.publish(
+        FED,
+        Key::new("org-1").sign(&federation.client_claims(&inner, json!({}))),
+    );
+    let proxy = start_proxy(&federation, true).await;
+    let assertion = federation.assertion(&proxy.issuer);
+    let (status, body) = post_token(
+        &proxy,
+        &token_form(
+            &assertion,
+            &[
+                ("grant_type", "urn:openid:params:grant-type:deferred"),
+                ("deferred_auth_id", "x"),
+            ],
+        ),
+    )
+    .await;
+    // RFC 6749 §5.2: 401 only for a client that authenticated with the Authorization header.
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_client")),
+        "{body}"
+    );
+    assert!(provisioned(&proxy, &federation.client_id).await.is_none());
+}
+
+#[tokio::test]
+async fn a_pushed_request_object_of_a_federated_client_carries_deferred_code() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let proxy = start_proxy(&federation, true).await;
+    let (verifier, challenge) = pkce();
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "deferred_code", "scope": "openid", "state": "st-par",
+            "code_challenge": challenge, "code_challenge_method": "S256"}),
+    );
+    let assertion = federation.assertion(&proxy.issuer);
+    let mut form = token_form(&assertion, &[("request", request.as_str())]);
+    form.push(("client_id", federation.client_id.as_str()));
+    let pushed = proxy
+        .http
+        .post(proxy.url("/protocol/openid-connect/ext/par/request"))
+        .form(&form)
+        .send()
+        .await
+        .expect("PAR");
+    let status = pushed.status().as_u16();
+    let pushed: Value = pushed.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 201, "{pushed}");
+    let request_uri = pushed["request_uri"].as_str().expect("request_uri");
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request_uri", request_uri),
+    ];
+    let ack = proxy.login(&params, "par-user", None).await.ack();
+    assert_eq!(ack.get("state"), Some("st-par"));
+    let code = ack.get("deferred_code").expect("deferred_code").to_owned();
+    let assertion = federation.assertion(&proxy.issuer);
+    let (status, exchanged) = post_token(
+        &proxy,
+        &token_form(
+            &assertion,
+            &[
+                ("grant_type", "urn:openid:params:grant-type:deferred"),
+                ("deferred_code", &code),
+                ("code_verifier", &verifier),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{exchanged}");
+}
+
+#[tokio::test]
+async fn a_scope_beyond_the_statement_is_invalid_scope() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({"scopes": ["openid"]}));
+    let proxy = start_proxy(&federation, true).await;
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid email"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request", request.as_str()),
+    ];
+    let answer = proxy.login(&params, "someone", None).await;
+    assert_eq!(refusal(&answer), "invalid_scope", "{answer:?}");
+    assert!(provisioned(&proxy, &federation.client_id).await.is_none());
+}
+
+#[tokio::test]
+async fn a_rotated_client_key_is_picked_up_and_provisioned_again() {
+    let mut federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let proxy = start_proxy(&federation, true).await;
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request", request.as_str()),
+    ];
+    assert!(proxy.login(&params, "someone", None).await.ack().get("code").is_some());
+
+    // The client rotates its key; its statement names the new one.
+    federation.client_key = Key::new(&format!("{}#2", federation.client_id));
+    federation.publish_valid(json!({}));
+    // Within 10 s of the last discovery an unknown kid does not make the proxy look again.
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid", "state": "st-rotated"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request", request.as_str()),
+    ];
+    let ack = proxy.login(&params, "someone", None).await.ack();
+    let code = ack.get("code").expect("code").to_owned();
+    let op_client = provisioned(&proxy, &federation.client_id).await.expect("provisioned");
+    assert_eq!(op_client["jwks"], federation.client_key.set(), "the OP has the new key");
+    let assertion = federation.assertion(&proxy.issuer);
+    let (status, tokens) = post_token(
+        &proxy,
+        &token_form(
+            &assertion,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT_URI),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+}
+
+#[tokio::test]
+async fn a_client_is_disabled_at_the_op_when_its_statement_expires() {
+    let federation = Federation::new().await;
+    let inner = federation.root_statement(now_s() + 3600);
+    let mut claims = federation.client_claims(&inner, json!({}));
+    claims["exp"] = json!(now_s() + 2);
+    federation.publish(FED, federation.org.sign(&claims));
+    let proxy = start_proxy(&federation, true).await;
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request", request.as_str()),
+    ];
+    assert!(proxy.login(&params, "someone", None).await.ack().get("code").is_some());
+    assert!(provisioned(&proxy, &federation.client_id).await.is_some());
+    // The sweep runs every 15 s.
+    let mut disabled = false;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if provisioned(&proxy, &federation.client_id).await.is_none() {
+            disabled = true;
+            break;
+        }
+    }
+    assert!(disabled, "the expired client is still enabled at the OP");
+}

@@ -1,0 +1,225 @@
+//! Federated clients against the real Keycloak: a URL client, never registered by hand, is
+//! provisioned through Keycloak's Admin REST API by the realm's service account (granted
+//! realm-management `manage-clients` here, as docs/federation.md asks of operators) and
+//! completes a plain code flow and a DTR flow.
+//!
+//! The bed's Keycloak has the bed proxy's URL as its hostname; the federated proxy is a replica
+//! of it (same store and keys), so the browser follows Keycloak's pages on the bed's origin and
+//! the RP talks to the federated replica.
+
+mod common;
+
+use common::federation::*;
+use common::keycloak::*;
+use common::*;
+use serde_json::{json, Value};
+
+/// Grants the realm's service account what provisioning needs.
+async fn grant_manage_clients(admin: &Admin, realm: &str) {
+    let (status, _, users) = admin
+        .send(
+            reqwest::Method::GET,
+            &format!("/{realm}/users?username=service-account-dtr-proxy-admin&exact=true"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{users}");
+    let user = users[0]["id"].as_str().expect("service account").to_owned();
+    let management = admin.client_uuid(realm, "realm-management").await;
+    let (status, _, role) = admin
+        .send(
+            reqwest::Method::GET,
+            &format!("/{realm}/clients/{management}/roles/manage-clients"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{role}");
+    let (status, _, body) = admin
+        .send(
+            reqwest::Method::POST,
+            &format!("/{realm}/users/{user}/role-mappings/clients/{management}"),
+            Some(&json!([role])),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+}
+
+/// A browser through the federated replica and Keycloak's pages (on the bed's origin) until
+/// the answer meant for the RP.
+async fn browse(replica: &Proxy, bed: &str, params: &[(&str, &str)], username: &str) -> Answer {
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .expect("browser");
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let mut response = browser
+        .get(format!("{}?{query}", replica.url("/protocol/openid-connect/auth")))
+        .send()
+        .await
+        .expect("authorization request");
+    for _ in 0..10 {
+        let answer = Answer::read(response).await;
+        match &answer.location {
+            Some(location) if location.starts_with(bed) || location.starts_with(&replica.base) => {
+                response = browser.get(location).send().await.expect("follow");
+                continue;
+            }
+            Some(_) => return answer,
+            None => {}
+        }
+        let Some(action) = login_form_action(&answer.html) else {
+            return answer;
+        };
+        let form = [
+            ("username", username),
+            ("password", USER_PASSWORD),
+            ("credentialId", ""),
+        ];
+        response = browser.post(&action).form(&form).send().await.expect("login form");
+    }
+    panic!("login did not finish");
+}
+
+async fn token(replica: &Proxy, federation: &Federation, form: &[(&str, &str)]) -> (u16, Value) {
+    let assertion = federation.assertion(&replica.issuer);
+    let mut form = form.to_vec();
+    form.push((
+        "client_assertion_type",
+        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+    ));
+    form.push(("client_assertion", &assertion));
+    let response = replica
+        .http
+        .post(replica.token_url())
+        .form(&form)
+        .send()
+        .await
+        .expect("token");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_federated_client_is_provisioned_into_keycloak_and_completes_both_flows() {
+    let kc = keycloak();
+    let admin = kc.admin().await;
+    let realm = unique("fed");
+    admin.create_realm_from_file(&realm, json!({})).await;
+    grant_manage_clients(&admin, &realm).await;
+    let username = unique("fed-user");
+    let user_id = admin.create_user(&realm, &username).await;
+
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let roots = json!([{"id": FED, "jwks": federation.root.set()}]).to_string();
+    let replica = kc
+        .replica_with(
+            kc.port(),
+            &realm,
+            vec![
+                ("DTR_FEDERATION_TRUST_ROOTS".into(), roots),
+                ("DTR_FEDERATION_ALLOW_PRIVATE_TARGETS".into(), "true".into()),
+                ("DTR_FEDERATION_CA_FILE".into(), tls().ca_file.display().to_string()),
+                // Keycloak's first Admin API calls after its start are slow.
+                ("DTR_UPSTREAM_TIMEOUT".into(), "30".into()),
+            ],
+        )
+        .await;
+
+    // The plain code flow.
+    let request = federation.request_object(
+        &federation.client_key,
+        &replica.issuer,
+        json!({"response_type": "code", "scope": "openid email", "state": "st-kc", "nonce": "n-kc"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("response_type", "code"),
+        ("request", request.as_str()),
+    ];
+    let ack = browse(&replica, &kc.public, &params, &username).await.ack();
+    let code = ack.get("code").unwrap_or_else(|| panic!("no code: {ack:?}")).to_owned();
+    let (status, tokens) = token(
+        &replica,
+        &federation,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT_URI),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    let id_token = jwt_claims(tokens["id_token"].as_str().expect("id_token"));
+    assert_eq!(id_token["azp"], federation.client_id.as_str());
+
+    // What Keycloak holds: the URL client, private_key_jwt with the statement's keys.
+    let (status, _, clients) = admin
+        .send(
+            reqwest::Method::GET,
+            &format!(
+                "/{realm}/clients?clientId={}",
+                form_urlencoded::byte_serialize(federation.client_id.as_bytes()).collect::<String>()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let client = &clients[0];
+    assert_eq!(client["clientAuthenticatorType"], "client-jwt");
+    assert_eq!(client["redirectUris"], json!([REDIRECT_URI]));
+    assert_eq!(client["attributes"]["use.jwks.string"], "true");
+
+    // A DTR flow.
+    let (verifier, challenge) = pkce();
+    let request = federation.request_object(
+        &federation.client_key,
+        &replica.issuer,
+        json!({"response_type": "deferred_code", "scope": "openid", "state": "st-dtr", "nonce": "n-dtr",
+            "code_challenge": challenge, "code_challenge_method": "S256"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("response_type", "deferred_code"),
+        ("request", request.as_str()),
+    ];
+    let ack = browse(&replica, &kc.public, &params, &username).await.ack();
+    let code = ack
+        .get("deferred_code")
+        .unwrap_or_else(|| panic!("no deferred_code: {ack:?}"))
+        .to_owned();
+    let (status, exchanged) = token(
+        &replica,
+        &federation,
+        &[
+            ("grant_type", "urn:openid:params:grant-type:deferred"),
+            ("deferred_code", &code),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{exchanged}");
+    let id = exchanged["deferred_auth_id"]
+        .as_str()
+        .expect("deferred_auth_id")
+        .to_owned();
+    let completed = replica.complete(&json!({"outcome": "approved", "sub": user_id})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    let poll = [
+        ("grant_type", "urn:openid:params:grant-type:deferred"),
+        ("deferred_auth_id", id.as_str()),
+    ];
+    let mut released = (0, Value::Null);
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        released = token(&replica, &federation, &poll).await;
+        if released.0 != 400 || released.1["error"] != "slow_down" {
+            break;
+        }
+    }
+    assert_eq!(released.0, 200, "{}", released.1);
+    assert!(released.1["refresh_token"].is_string() || released.1["access_token"].is_string());
+}
