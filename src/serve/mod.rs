@@ -3,5 +3,6 @@
 
 pub mod access;
 pub mod admin;
+pub mod linger;
 pub mod proxy;
 pub mod server;

@@ -651,17 +651,20 @@ impl ClusterBed {
         );
     }
 
+    /// The port of a replica of the master at `master`.
+    pub fn replica_of(&self, master: u16) -> u16 {
+        let master_id = self.id(master);
+        self.topology()
+            .into_iter()
+            .find(|n| !n.master && n.master_id == master_id)
+            .map(|n| n.port)
+            .expect("a replica of the master")
+    }
+
     /// A coordinated failover of the master of `slot` to its replica (`CLUSTER FAILOVER`):
     /// returns the new master's port.
     pub fn fail_over(&self, slot: u16) -> u16 {
-        let old = self.owner(slot);
-        let old_id = self.id(old);
-        let replica = self
-            .topology()
-            .into_iter()
-            .find(|n| !n.master && n.master_id == old_id)
-            .map(|n| n.port)
-            .expect("a replica of the slot's master");
+        let replica = self.replica_of(self.owner(slot));
         assert_eq!(cli(replica, &["CLUSTER", "FAILOVER"]), "OK");
         assert!(
             wait_until(Duration::from_secs(15), || self.owner(slot) == replica),
