@@ -374,6 +374,7 @@ def expect_minimal(docs, dep, env, notes):
         check(not find(docs, kind), f"{label}: no {kind}")
     check("DTR_REDIS_URL" not in env and "DTR_REDIS_CLUSTER" not in env,
           f"{label}: no Redis settings")
+    check("DTR_OPERATOR_TOKEN" not in env, f"{label}: no operator API unless enabled")
     secrets = find(docs, "Secret")
     check(len(secrets) == 1 and set(secrets[0]["data"]) == {"webhook-secret", "token-keys"},
           f"{label}: chart Secret with webhook-secret and token-keys")
@@ -383,6 +384,7 @@ def expect_minimal(docs, dep, env, notes):
     check("embedded store" in notes and "exactly 1 replica" in notes,
           f"{label}: NOTES.txt warns about the embedded single-replica store")
     check("testing" in notes, f"{label}: NOTES.txt warns that inline secrets are for testing")
+    check(not any(k.startswith("OTEL_") for k in env), f"{label}: traces off (no OTEL_* env)")
 
 
 def expect_ci(docs, dep, env, notes):
@@ -402,8 +404,26 @@ def expect_ci(docs, dep, env, notes):
           f"{label}: redis-url key, hash key mandatory with Redis")
     check(all(n in env for n in ("DTR_DEFAULT_INTERVAL", "DTR_OFFLINE_ACCESS", "POD_NAME")),
           f"{label}: extraEnv appended")
+    check(env.get("DTR_OPERATOR_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+          == {"name": sec, "key": "operator-token"}
+          and env.get("DTR_OPERATOR_MAX_LIFETIME", {}).get("value") == "172800",
+          f"{label}: operator API token from Secret {sec}, DTR_OPERATOR_MAX_LIFETIME")
     check(env.get("DTR_TRUSTED_PROXIES", {}).get("value") == "10.0.0.0/8,fd00::/8",
           f"{label}: DTR_TRUSTED_PROXIES joined from config.trustedProxies")
+    tracing = CI_VALUES["tracing"]
+    names = [e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]]
+    check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") == tracing["endpoint"]
+          and env.get("OTEL_SERVICE_NAME", {}).get("value") == tracing["serviceName"]
+          and env.get("OTEL_TRACES_SAMPLER", {}).get("value") == tracing["sampler"]
+          and env.get("OTEL_TRACES_SAMPLER_ARG", {}).get("value") == tracing["samplerArg"],
+          f"{label}: tracing.* rendered as the OTEL_* variables")
+    check(env.get("K8S_POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name"
+          and env.get("OTEL_RESOURCE_ATTRIBUTES", {}).get("value")
+          == f"k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name={NAMESPACE},deployment.environment=ci"
+          and names.index("K8S_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES"),
+          f"{label}: OTEL_RESOURCE_ATTRIBUTES names the pod (defined before use) and namespace")
+    check(env.get("DTR_IETF_REALMS", {}).get("value") == "agents,oauth",
+          f"{label}: DTR_IETF_REALMS joined from config.ietfRealms")
     sm = find(docs, "ServiceMonitor")
     check(len(sm) == 1 and sm[0]["spec"]["endpoints"][0]["port"] == "admin"
           and sm[0]["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "admin",
@@ -545,13 +565,29 @@ expect_failure("a reload interval of 0",
                schema_only=True)
 expect_failure("logFormat xml", merge(REQUIRED, {"config": {"logFormat": "xml"}}), "logFormat",
                schema_only=True)
+expect_failure("an unknown trace sampler",
+               merge(REQUIRED, {"tracing": {"endpoint": "http://c:4318", "sampler": "sometimes"}}),
+               "sampler", schema_only=True)
+expect_failure("a trace endpoint that is not a URL",
+               merge(REQUIRED, {"tracing": {"endpoint": "collector:4318"}}), "endpoint", schema_only=True)
 expect_failure("a client without client_id",
                merge(REQUIRED, {"clients": [{"interval": 5}]}), "client_id", schema_only=True)
+expect_failure("a client of an unknown profile",
+               merge(REQUIRED, {"clients": [{"client_id": "rp", "profile": "oauth2"}]}), "profile",
+               schema_only=True)
 expect_failure("an unknown top-level key (typo)", merge(REQUIRED, {"replicas": 3}), "replicas",
                schema_only=True)
 expect_failure("webhook secret without whsec_ prefix",
                merge(REQUIRED, {"secrets": {"webhookSecret": "plain-secret-value"}}),
                "secrets.webhookSecret must look like", secret="plain-secret-value")
+expect_failure("operator API without its token",
+               merge(REQUIRED, {"operatorApi": {"enabled": True}}), "secrets.operatorToken")
+expect_failure("operator API with a short token",
+               merge(REQUIRED, {"operatorApi": {"enabled": True}, "secrets": {"operatorToken": "short-op-token"}}),
+               "secrets.operatorToken", secret="short-op-token")
+expect_failure("operator API lifetime below a minute",
+               merge(REQUIRED, {"operatorApi": {"maxLifetimeSeconds": 30}}), "maxLifetimeSeconds",
+               schema_only=True)
 expect_failure("token key that is not 32 bytes",
                merge(REQUIRED, {"secrets": {"tokenKeys": "k1:c2hvcnQ="}}), "secrets.tokenKeys")
 

@@ -237,6 +237,7 @@ async fn seed(args: &[String]) {
                     requested: Default::default(),
                     ping_attempts: 0,
                     release_in_doubt: false,
+                    trace: None,
                     sealed: records.seal(&secrets, &process_hash),
                 };
                 records.create(&process_hash, &record).await.expect("store");

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test, on a fresh machine: installs what the suites need (redis-server, the test OP),
-# then formatting and lints, the Rust unit and integration tests (real Redis, real OP), the
+# then formatting and lints, the Rust unit and integration tests (real Redis, real OP; with
+# tests/api_schema.rs, the schema-driven test of the admin port by scripts/api-schema-test.sh), the
 # instruction counts of the pass-through and pending-poll paths against their baseline
 # (bench/instructions.sh), the test OP's own self-test, the TypeScript RP kit's end-to-end
 # tests (against the binary the cargo tests built) and the deployment checks (Helm chart,

@@ -23,6 +23,7 @@ use crate::endpoints::completion::{Completions, Verdicts};
 use crate::endpoints::discovery::Discovery;
 use crate::endpoints::events::{EventSink, Events};
 use crate::endpoints::exchange::{Exchange, ExchangeSettings};
+use crate::endpoints::operator::OperatorApi;
 use crate::endpoints::ping::{self, Pinger};
 use crate::endpoints::poll::Poll;
 use crate::endpoints::revoke::{Operator, Revoker};
@@ -35,7 +36,8 @@ use crate::serve::admin::{AdminService, Readiness};
 use crate::serve::proxy::{PublicService, RequestLimits};
 use crate::serve::server::{serve, Limits};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
-use crate::upstream::{http_client, OpClient, Upstream};
+use crate::telemetry::{SpanExport, Telemetry};
+use crate::upstream::{http_client, ExportClient, OpClient, Upstream};
 
 /// Everything that serves, built and wired.
 pub struct Services {
@@ -54,35 +56,50 @@ pub fn connect_store(config: &Config) -> Result<Store, StoreError> {
     })
 }
 
-/// The OP client for pass-through and the back channel, from the configuration.
-pub fn upstream(config: &Config, metrics: &Metrics) -> Arc<Upstream> {
+/// The OP client for pass-through and the back channel, from the configuration, traced with
+/// `telemetry`.
+pub fn upstream(config: &Config, metrics: &Metrics, telemetry: Telemetry) -> Arc<Upstream> {
     let upstream = Upstream::new(
         &config.upstream_url,
         &config.public_url,
         config.trusted_proxies.clone(),
         config.upstream_timeout,
         metrics.clone(),
-    );
+    )
+    .with_telemetry(telemetry);
     Arc::new(match &config.upstream_tls {
         Some(tls) => upstream.with_tls(tls),
         None => upstream,
     })
 }
 
+/// Starts the span exporter when traces are configured (`OTEL_EXPORTER_OTLP_ENDPOINT`): the
+/// tracer every part is handed, and the exporter to flush at shutdown. Off otherwise.
+pub fn telemetry(config: &Config) -> Result<(Telemetry, Option<SpanExport>), StartError> {
+    let Some(settings) = &config.traces else {
+        return Ok((Telemetry::off(), None));
+    };
+    let client = ExportClient::new(http_client(), tokio::runtime::Handle::current(), settings.timeout);
+    let (telemetry, export) = Telemetry::start(settings, Arc::new(client)).map_err(StartError::Telemetry)?;
+    tracing::info!(endpoint = %settings.endpoint, service = %settings.service_name, "exporting traces");
+    Ok((telemetry, Some(export)))
+}
+
 /// Builds every part from `config`, on `store`, with `op` as the OP's back channel and
-/// `upstream` for pass-through (in production the same client). Tests pass a store and an OP
-/// of their own and call the services in memory.
+/// `upstream` for pass-through (in production the same client), tracing with `telemetry`.
+/// Tests pass a store and an OP of their own and call the services in memory.
 pub fn compose(
     config: &Config,
     store: Store,
     upstream: Arc<Upstream>,
     op: Arc<dyn OpClient>,
     metrics: Metrics,
+    telemetry: Telemetry,
 ) -> Services {
     let routes = Routes::new(&config.paths);
     let urls = PublicUrls::new(config.public_origin(), routes.clone());
     let records = Records::new(store.clone(), config.hash_key.clone(), config.sealer.clone());
-    let clients = Clients::new(config.clients.clone(), config.require_dpop);
+    let clients = Clients::new(config.clients.clone(), config.require_dpop, config.ietf_realms.clone());
     let dpop = DpopVerifier::new(store.clone(), config.hash_key.clone(), config.dpop_nonce);
     let verifier = ClientVerifier::new(
         ClientKeys::new(http_client(), config.jwks_cache_ttl, config.upstream_timeout),
@@ -111,6 +128,7 @@ pub fn compose(
                 settings,
                 http: http_client(),
                 timeout: config.ping_timeout,
+                telemetry: telemetry.clone(),
             })
         }),
     };
@@ -135,6 +153,7 @@ pub fn compose(
         },
         acknowledge: Acknowledge {
             records: records.clone(),
+            clients: clients.clone(),
             urls: urls.clone(),
             metrics: metrics.clone(),
             deferred_code_ttl: config.deferred_code_ttl,
@@ -156,6 +175,7 @@ pub fn compose(
                 verdicts: verdicts.clone(),
                 revoker: revoker.clone(),
                 events: events.clone(),
+                telemetry: telemetry.clone(),
             },
             poll: Poll {
                 checks: checks.clone(),
@@ -175,6 +195,7 @@ pub fn compose(
         },
         discovery: Discovery {
             op,
+            clients: clients.clone(),
             urls,
             metrics: metrics.clone(),
         },
@@ -185,6 +206,7 @@ pub fn compose(
             max_body_bytes: config.max_body_bytes,
             body_read_timeout: config.body_read_timeout,
         },
+        telemetry: telemetry.clone(),
     };
     let admin = AdminService {
         records: records.clone(),
@@ -193,6 +215,12 @@ pub fn compose(
             secret: config.webhook_secret.clone(),
             hold: config.completion_hold,
         },
+        operator: OperatorApi::new(
+            &config.operator_tokens,
+            config.operator_max_lifetime.as_millis() as u64,
+            verdicts.clone(),
+            events.clone(),
+        ),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         body_read_timeout: config.body_read_timeout,
@@ -206,6 +234,7 @@ pub fn compose(
         wakeup: ping_wakeup,
         revoker,
         events,
+        telemetry,
     };
     Services {
         metrics: public.metrics.clone(),
@@ -223,6 +252,8 @@ pub struct Running {
     readiness: Arc<Readiness>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The span exporter, flushed last.
+    export: Option<SpanExport>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +266,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("TLS settings: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    Telemetry(String),
 }
 
 /// Binds the configured addresses and starts serving.
@@ -259,8 +292,9 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
     let store = connect_store(&config)?;
     let store_kind = store.kind();
     let metrics = Metrics::new();
-    let upstream = upstream(&config, &metrics);
-    let services = compose(&config, store, upstream.clone(), upstream, metrics);
+    let (telemetry, export) = telemetry(&config)?;
+    let upstream = upstream(&config, &metrics, telemetry.clone());
+    let services = compose(&config, store, upstream.clone(), upstream, metrics, telemetry);
     let (shutdown, watcher) = watch::channel(false);
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
@@ -335,6 +369,7 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
         readiness: services.readiness,
         shutdown,
         tasks,
+        export,
     })
 }
 
@@ -345,6 +380,10 @@ impl Running {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(export) = self.export {
+            // Blocks until the last batch is sent, which runs on this runtime: off its workers.
+            let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
         }
     }
 

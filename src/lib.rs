@@ -4,13 +4,15 @@
 //! Layers, each depending only on those before it (`docs/architecture.md`):
 //! 1. vocabulary: [`protocol`] (wire names, parameters, errors, routes), [`clock`], [`crypto`],
 //!    [`http`], [`metrics`], [`store`], [`tls`], [`webhook`] (signatures), [`config`],
-//!    [`upstream`];
+//!    [`telemetry`] (traces), [`upstream`];
 //! 2. protocol state and checks: [`records`], [`clients`], [`dpop`], [`client_auth`],
 //!    [`client_keys`];
 //! 3. [`endpoints`]: authorize, acknowledge, exchange, poll, cancel, discovery, completion,
 //!    ping;
 //! 4. [`serve`]: the public and admin services and their listeners;
 //! 5. composition: [`app`] (and `main`).
+// The effective-settings document (`config::effective`) is one large `json!` literal.
+#![recursion_limit = "256"]
 
 pub mod clock;
 pub mod config;
@@ -19,6 +21,7 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod webhook;

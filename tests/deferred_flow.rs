@@ -9,25 +9,44 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-/// Runs a test body once per store.
-macro_rules! on_both_stores {
+/// Runs a test body once per store and per profile: the OpenID profile (the default) and the
+/// OAuth (IETF) profile, the latter with the test realm set to it (`DTR_IETF_REALMS`).
+macro_rules! on_both_stores_and_profiles {
     ($($name:ident => $body:expr;)*) => {
         mod embedded {
             use super::*;
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { ($body)(StoreKind::Embedded).await }
-            )*
+            mod openid {
+                use super::*;
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { ($body)(StoreKind::Embedded, Profile::OpenId).await }
+                )*
+            }
+            mod ietf {
+                use super::*;
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { ($body)(StoreKind::Embedded, Profile::Ietf).await }
+                )*
+            }
         }
         mod redis {
             use super::*;
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { ($body)(StoreKind::Redis).await }
-            )*
+            mod openid {
+                use super::*;
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { ($body)(StoreKind::Redis, Profile::OpenId).await }
+                )*
+            }
+            mod ietf {
+                use super::*;
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { ($body)(StoreKind::Redis, Profile::Ietf).await }
+                )*
+            }
         }
     };
 }
 
-on_both_stores! {
+on_both_stores_and_profiles! {
     happy_path_delivers_fresh_tokens_once => happy_path;
     every_poll_error_is_the_drafts => poll_errors;
     deferred_code_is_single_use_and_bound_to_its_client => code_replay_and_cross_client;
@@ -38,34 +57,65 @@ on_both_stores! {
     webhook_addressing_and_progress => webhook_rules;
 }
 
-async fn happy_path(store: StoreKind) {
-    let proxy = start(Options::new(store)).await;
+async fn happy_path(store: StoreKind, profile: Profile) {
+    let proxy = start(Options::new(store).profile(profile)).await;
+    let rp = proxy.rp(profile);
     let user = unique("alice");
     let (verifier, challenge) = pkce();
-    let mut params = proxy.auth_params("dtr-client", "rp-state-1", "nonce-1");
+    let mut params = rp.auth_params("dtr-client", "rp-state-1", "nonce-1");
     params.push(("code_challenge", &challenge));
     params.push(("code_challenge_method", "S256"));
     let ack = proxy.acknowledge(&params, &user).await;
     assert_eq!(ack.mode, "query");
-    let code = ack.get("deferred_code").expect("deferred_code").to_owned();
-    assert!(code.len() >= 27 && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
-    assert_eq!(ack.get("code"), None, "an acknowledgment never carries code");
+    let code = ack.get(rp.code_param()).expect("the proxy's code").to_owned();
+    let random = code
+        .strip_prefix("deferred.")
+        .filter(|_| profile == Profile::Ietf)
+        .unwrap_or(&code);
+    assert!(
+        random.len() >= 27
+            && random
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    );
+    match profile {
+        Profile::OpenId => assert_eq!(ack.get("code"), None, "an acknowledgment never carries code"),
+        Profile::Ietf => assert_eq!(
+            ack.get("deferred_code"),
+            None,
+            "an IETF acknowledgment is a code flow's"
+        ),
+    }
     assert_eq!(ack.get("state"), Some("rp-state-1"));
     assert_eq!(ack.get("iss"), Some(proxy.issuer.as_str()));
 
-    let exchange = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
-    assert_eq!(exchange.status, 200, "{}", exchange.json);
-    assert_eq!(exchange.headers["cache-control"], "no-store");
-    let id = exchange.json["deferred_auth_id"].as_str().expect("id").to_owned();
+    let exchange = rp.exchange(&dtr_client(), &code, &verifier, None).await;
+    let id = rp
+        .id_of(&exchange)
+        .unwrap_or_else(|| panic!("{} {}", exchange.status, exchange.json));
     assert!(id.len() >= 27, "at least 160 bits");
     assert_eq!(exchange.json["interval"], 1);
     assert_eq!(exchange.json["expires_in"], 86400);
-    let interim = jwt_claims(exchange.json["interim_id_token"].as_str().expect("interim_id_token"));
-    assert_eq!(interim["sub"], user.as_str());
-    assert_eq!(interim["nonce"], "nonce-1");
-    assert_eq!(interim["iss"], proxy.issuer.as_str());
+    assert!(
+        exchange.json["access_token"].is_null(),
+        "no tokens before the verification"
+    );
+    let interim = match profile {
+        Profile::OpenId => {
+            let interim = jwt_claims(exchange.json["interim_id_token"].as_str().expect("interim_id_token"));
+            assert_eq!(interim["sub"], user.as_str());
+            assert_eq!(interim["nonce"], "nonce-1");
+            assert_eq!(interim["iss"], proxy.issuer.as_str());
+            Some(interim)
+        }
+        Profile::Ietf => {
+            assert!(exchange.json["interim_id_token"].is_null(), "{}", exchange.json);
+            assert!(exchange.json["deferred_auth_id"].is_null(), "{}", exchange.json);
+            None
+        }
+    };
 
-    let pending = proxy.poll(&dtr_client(), &id).await;
+    let pending = rp.poll(&dtr_client(), &id).await;
     assert_eq!(
         (pending.status, pending.error()),
         (400, "authorization_pending"),
@@ -86,7 +136,7 @@ async fn happy_path(store: StoreKind) {
     assert_eq!(proxy.process(&process_id).await["status"], "approved");
 
     wait_interval(1).await;
-    let tokens = proxy.poll(&dtr_client(), &id).await;
+    let tokens = rp.poll(&dtr_client(), &id).await;
     assert_eq!(tokens.status, 200, "{}", tokens.json);
     assert_eq!(tokens.headers["cache-control"], "no-store");
     for field in ["access_token", "id_token", "refresh_token", "token_type", "expires_in"] {
@@ -99,13 +149,15 @@ async fn happy_path(store: StoreKind) {
     let id_token = jwt_claims(tokens.json["id_token"].as_str().expect("id_token"));
     assert_eq!(id_token["sub"], user.as_str());
     assert_eq!(id_token["nonce"], "nonce-1");
-    assert!(
-        id_token["iat"].as_u64() >= interim["iat"].as_u64(),
-        "tokens are issued at poll time"
-    );
+    if let Some(interim) = interim {
+        assert!(
+            id_token["iat"].as_u64() >= interim["iat"].as_u64(),
+            "tokens are issued at poll time"
+        );
+    }
 
     wait_interval(1).await;
-    let spent = proxy.poll(&dtr_client(), &id).await;
+    let spent = rp.poll(&dtr_client(), &id).await;
     assert_eq!((spent.status, spent.error()), (400, "invalid_grant"));
     assert_eq!(proxy.process(&process_id).await["status"], "delivered");
 
@@ -130,24 +182,25 @@ async fn happy_path(store: StoreKind) {
     );
 }
 
-async fn poll_errors(store: StoreKind) {
-    let proxy = start(Options::new(store)).await;
+async fn poll_errors(store: StoreKind, profile: Profile) {
+    let proxy = start(Options::new(store).profile(profile)).await;
+    let rp = proxy.rp(profile);
     let user = unique("bob");
-    let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+    let (id, _) = rp.start_process(&dtr_client(), &user, None).await;
 
-    let unknown = proxy
+    let unknown = rp
         .poll(&dtr_client(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
         .await;
     assert_eq!((unknown.status, unknown.error()), (400, "invalid_grant"));
 
-    let wrong_secret = proxy.poll(&Auth::Basic("dtr-client", "not-the-secret"), &id).await;
+    let wrong_secret = rp.poll(&Auth::Basic("dtr-client", "not-the-secret"), &id).await;
     assert_eq!((wrong_secret.status, wrong_secret.error()), (401, "invalid_client"));
     assert!(wrong_secret.headers["www-authenticate"]
         .to_str()
         .unwrap()
         .starts_with("Basic"));
 
-    let foreign = proxy.poll(&Auth::Post("dtr-post", "dtr-post-secret"), &id).await;
+    let foreign = rp.poll(&Auth::Post("dtr-post", "dtr-post-secret"), &id).await;
     assert_eq!((foreign.status, foreign.error()), (400, "invalid_grant"));
     assert_eq!(
         foreign.json["error_description"], unknown.json["error_description"],
@@ -155,9 +208,9 @@ async fn poll_errors(store: StoreKind) {
     );
 
     wait_interval(1).await;
-    let pending = proxy.poll(&dtr_client(), &id).await;
+    let pending = rp.poll(&dtr_client(), &id).await;
     assert_eq!(pending.error(), "authorization_pending");
-    let too_fast = proxy.poll(&dtr_client(), &id).await;
+    let too_fast = rp.poll(&dtr_client(), &id).await;
     assert_eq!((too_fast.status, too_fast.error()), (400, "slow_down"));
     assert!(
         too_fast.json["error_description"]
@@ -173,33 +226,35 @@ async fn poll_errors(store: StoreKind) {
         .await;
     assert_eq!(denied.status, 200);
     wait_interval(6).await;
-    let refused = proxy.poll(&dtr_client(), &id).await;
+    let refused = rp.poll(&dtr_client(), &id).await;
     assert_eq!((refused.status, refused.error()), (400, "access_denied"));
     assert_eq!(refused.json["error_description"], "Document could not be verified");
 }
 
-async fn code_replay_and_cross_client(store: StoreKind) {
-    let proxy = start(Options::new(store)).await;
-    let (code, verifier) = proxy.deferred_code("dtr-client", &unique("carol")).await;
-    let first = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
-    assert_eq!(first.status, 200, "{}", first.json);
-    let replay = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+async fn code_replay_and_cross_client(store: StoreKind, profile: Profile) {
+    let proxy = start(Options::new(store).profile(profile)).await;
+    let rp = proxy.rp(profile);
+    let (code, verifier) = rp.deferred_code("dtr-client", &unique("carol")).await;
+    let first = rp.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert!(rp.id_of(&first).is_some(), "{}", first.json);
+    let replay = rp.exchange(&dtr_client(), &code, &verifier, None).await;
     assert_eq!((replay.status, replay.error()), (400, "invalid_grant"));
 
-    let (code, verifier) = proxy.deferred_code("dtr-client", &unique("carol")).await;
-    let stolen = proxy
+    let (code, verifier) = rp.deferred_code("dtr-client", &unique("carol")).await;
+    let stolen = rp
         .exchange(&Auth::Post("dtr-post", "dtr-post-secret"), &code, &verifier, None)
         .await;
     assert_eq!((stolen.status, stolen.error()), (400, "invalid_grant"));
     // Burnt by the attempt: the rightful client cannot use it afterwards either.
-    let after = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    let after = rp.exchange(&dtr_client(), &code, &verifier, None).await;
     assert_eq!(after.error(), "invalid_grant");
 }
 
-async fn concurrent_polls(store: StoreKind) {
-    let proxy = start(Options::new(store)).await;
+async fn concurrent_polls(store: StoreKind, profile: Profile) {
+    let proxy = start(Options::new(store).profile(profile)).await;
+    let rp = proxy.rp(profile);
     let user = unique("dave");
-    let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+    let (id, _) = rp.start_process(&dtr_client(), &user, None).await;
     assert_eq!(
         proxy
             .complete(&json!({"outcome": "approved", "sub": user}))
@@ -209,7 +264,7 @@ async fn concurrent_polls(store: StoreKind) {
     );
     wait_interval(1).await;
     let auth = dtr_client();
-    let polls = (0..8).map(|_| proxy.poll(&auth, &id));
+    let polls = (0..8).map(|_| rp.poll(&auth, &id));
     let replies = futures_util::future::join_all(polls).await;
     let winners = replies.iter().filter(|r| r.status == 200).count();
     assert_eq!(
@@ -227,12 +282,13 @@ async fn concurrent_polls(store: StoreKind) {
     }
 }
 
-async fn ping_retries(store: StoreKind) {
+async fn ping_retries(store: StoreKind, profile: Profile) {
     let receiver = ping_receiver(vec![503, 500, 204]).await;
     let options = Options::new(store).client(json!({"client_id": "dtr-client", "notification_endpoint": receiver.url}));
-    let proxy = start(options).await;
+    let proxy = start(options.profile(profile)).await;
+    let rp = proxy.rp(profile);
     let user = unique("erin");
-    let (id, _) = proxy.start_process(&dtr_client(), &user, Some("notify-token-1")).await;
+    let (id, _) = rp.start_process(&dtr_client(), &user, Some("notify-token-1")).await;
     assert_eq!(
         proxy
             .complete(&json!({"outcome": "approved", "sub": user}))
@@ -251,59 +307,61 @@ async fn ping_retries(store: StoreKind) {
     assert_eq!(received.len(), 3, "delivered exactly once after two failures");
     for (auth, body) in &received {
         assert_eq!(auth.as_deref(), Some("Bearer notify-token-1"));
-        assert_eq!(body, &json!({"deferred_auth_id": id}));
+        assert_eq!(body, &json!({rp.id_param(): id}));
     }
     let metrics = proxy.metrics().await;
     assert!(metrics.contains("dtr_pings_total{result=\"retry\"} 2"), "{metrics}");
     assert!(metrics.contains("dtr_pings_total{result=\"delivered\"} 1"), "{metrics}");
-    let tokens = proxy.poll(&dtr_client(), &id).await;
+    let tokens = rp.poll(&dtr_client(), &id).await;
     assert_eq!(tokens.status, 200, "{}", tokens.json);
 }
 
-async fn cancel(store: StoreKind) {
+async fn cancel(store: StoreKind, profile: Profile) {
     let receiver = ping_receiver(vec![]).await;
     let options = Options::new(store).client(json!({"client_id": "dtr-client", "notification_endpoint": receiver.url}));
-    let proxy = start(options).await;
+    let proxy = start(options.profile(profile)).await;
+    let rp = proxy.rp(profile);
     let user = unique("frank");
-    let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+    let (id, _) = rp.start_process(&dtr_client(), &user, None).await;
 
-    let cancelled = proxy.cancel(&dtr_client(), &id).await;
+    let cancelled = rp.cancel(&dtr_client(), &id).await;
     assert_eq!(cancelled.status, 200, "{}", cancelled.json);
     // Unknown and repeated cancels are 200 too.
-    assert_eq!(proxy.cancel(&dtr_client(), &id).await.status, 200);
-    assert_eq!(proxy.cancel(&dtr_client(), "unknown-id").await.status, 200);
+    assert_eq!(rp.cancel(&dtr_client(), &id).await.status, 200);
+    assert_eq!(rp.cancel(&dtr_client(), "unknown-id").await.status, 200);
     // JSON bodies are accepted (the draft's example).
     let json_cancel = proxy
         .http
         .post(proxy.url("/protocol/openid-connect/deferred/cancel"))
         .basic_auth("dtr-client", Some("dtr-client-secret"))
-        .json(&json!({"deferred_auth_id": id}))
+        .json(&json!({rp.id_param(): id}))
         .send()
         .await
         .unwrap();
     assert_eq!(json_cancel.status(), 200);
-    let wrong = proxy.cancel(&Auth::Basic("dtr-client", "wrong"), &id).await;
+    let wrong = rp.cancel(&Auth::Basic("dtr-client", "wrong"), &id).await;
     assert_eq!((wrong.status, wrong.error()), (401, "invalid_client"));
 
     let late = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
     assert_eq!(late.status, 404, "a cancelled process is no longer open: {}", late.json);
-    let poll = proxy.poll(&dtr_client(), &id).await;
+    let poll = rp.poll(&dtr_client(), &id).await;
     assert_eq!((poll.status, poll.error()), (400, "access_denied"));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(receiver.count(), 0, "no ping for a cancelled process");
 }
 
-async fn expiry(store: StoreKind) {
+async fn expiry(store: StoreKind, profile: Profile) {
     let receiver = ping_receiver(vec![]).await;
     let options = Options::new(store).client(json!({
         "client_id": "dtr-client", "expires_in": 2, "notification_endpoint": receiver.url
     }));
-    let proxy = start(options).await;
+    let proxy = start(options.profile(profile)).await;
+    let rp = proxy.rp(profile);
     let user = unique("gina");
-    let (id, exchange) = proxy.start_process(&dtr_client(), &user, None).await;
+    let (id, exchange) = rp.start_process(&dtr_client(), &user, None).await;
     assert_eq!(exchange.json["expires_in"], 2);
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    let expired = proxy.poll(&dtr_client(), &id).await;
+    let expired = rp.poll(&dtr_client(), &id).await;
     assert_eq!((expired.status, expired.error()), (400, "expired_token"));
     let late = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
     assert_eq!(late.json["changed"], json!([]), "{}", late.json);
@@ -315,10 +373,11 @@ async fn expiry(store: StoreKind) {
         .contains("dtr_process_events_total{event=\"deferred.expired\"} 1"));
 }
 
-async fn webhook_rules(store: StoreKind) {
-    let proxy = start(Options::new(store)).await;
+async fn webhook_rules(store: StoreKind, profile: Profile) {
+    let proxy = start(Options::new(store).profile(profile)).await;
+    let rp = proxy.rp(profile);
     let user = unique("hank");
-    let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+    let (id, _) = rp.start_process(&dtr_client(), &user, None).await;
     let body = json!({"outcome": "approved", "sub": user});
 
     // Forged, stale and replayed deliveries: tests/hostile_input.rs.
@@ -344,7 +403,7 @@ async fn webhook_rules(store: StoreKind) {
         .complete(&json!({"outcome": "pending", "sub": user, "error_description": "Video check: 2 of 3"}))
         .await;
     assert_eq!(progress.status, 200);
-    let pending = proxy.poll(&dtr_client(), &id).await;
+    let pending = rp.poll(&dtr_client(), &id).await;
     assert_eq!(pending.json["error_description"], "Video check: 2 of 3");
 
     let first = proxy.complete(&body).await;
@@ -689,4 +748,188 @@ async fn lifecycle_events_reach_the_verification_service_signed_and_retried() {
         metrics.contains("dtr_event_deliveries_total{result=\"retry\"} 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn one_realm_serves_clients_of_both_profiles_each_in_its_own_names() {
+    // The realm is OpenID's; one client is configured for the IETF profile on its own.
+    let options = Options::new(StoreKind::Embedded).client(json!({"client_id": "dtr-post", "profile": "ietf"}));
+    let proxy = start(options).await;
+    let (openid, ietf) = (proxy.rp(Profile::OpenId), proxy.rp(Profile::Ietf));
+    let post = Auth::Post("dtr-post", "dtr-post-secret");
+    let user = unique("olga");
+    let (openid_id, _) = openid.start_process(&dtr_client(), &user, None).await;
+    let (ietf_id, _) = ietf.start_process(&post, &user, None).await;
+
+    // Each client is held to its profile's names.
+    let crossed = openid.poll(&post, &ietf_id).await;
+    assert_eq!(
+        (crossed.status, crossed.error()),
+        (400, "unauthorized_client"),
+        "{}",
+        crossed.json
+    );
+    let crossed = ietf.poll(&dtr_client(), &openid_id).await;
+    assert_eq!(
+        (crossed.status, crossed.error()),
+        (400, "unauthorized_client"),
+        "{}",
+        crossed.json
+    );
+    let (code, verifier) = ietf.deferred_code("dtr-post", &user).await;
+    let crossed = openid.exchange(&post, &code, &verifier, None).await;
+    assert_eq!(crossed.error(), "unauthorized_client", "{}", crossed.json);
+
+    assert_eq!(ietf.poll(&post, &ietf_id).await.error(), "authorization_pending");
+    let completed = proxy
+        .complete(&json!({"outcome": "approved", "sub": user, "all_clients": true}))
+        .await;
+    assert_eq!(
+        completed.json["changed"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        completed.json
+    );
+    wait_interval(1).await;
+    for (rp, auth, id) in [(&openid, dtr_client(), &openid_id), (&ietf, post.clone(), &ietf_id)] {
+        let tokens = rp.poll(&auth, id).await;
+        assert_eq!(tokens.status, 200, "{:?}: {}", rp.profile, tokens.json);
+        assert_eq!(
+            jwt_claims(tokens.json["id_token"].as_str().unwrap())["sub"],
+            user.as_str()
+        );
+    }
+
+    // Discovery names both profiles' additions.
+    let metadata: serde_json::Value = proxy
+        .http
+        .get(proxy.url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let grant_types = metadata["grant_types_supported"].as_array().expect("grant types");
+    for grant_type in [
+        "urn:openid:params:grant-type:deferred",
+        "urn:ietf:params:oauth:grant-type:deferred",
+    ] {
+        assert!(grant_types.iter().any(|g| g == grant_type), "{metadata}");
+    }
+    assert_eq!(metadata["deferred_token_response_supported"], true);
+    assert!(metadata["response_types_supported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t == "deferred_code"));
+}
+
+#[tokio::test]
+async fn an_openid_realm_advertises_no_ietf_names() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    let metadata: serde_json::Value = proxy
+        .http
+        .get(proxy.url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        metadata.get("deferred_token_response_supported").is_none(),
+        "{metadata}"
+    );
+    assert!(!metadata["grant_types_supported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g == "urn:ietf:params:oauth:grant-type:deferred"));
+}
+
+#[tokio::test]
+async fn the_ietf_profile_refuses_what_it_does_not_define_and_passes_what_it_does_not_defer() {
+    let proxy = start(Options::new(StoreKind::Embedded).profile(Profile::Ietf)).await;
+    let rp = proxy.rp(Profile::Ietf);
+
+    // The OpenID response type is not this client's: an error redirect to its known URI.
+    let ack = proxy
+        .login(&proxy.auth_params("dtr-client", "s-oidc", "n"), "x", None)
+        .await
+        .ack();
+    assert_eq!(ack.get("error"), Some("unsupported_response_type"), "{ack:?}");
+    assert_eq!(ack.get("state"), Some("s-oidc"));
+
+    // The proxy's code without the opt-in is refused and not consumed.
+    let (code, verifier) = rp.deferred_code("dtr-client", &unique("pia")).await;
+    assert!(code.starts_with("deferred."), "{code}");
+    let without = proxy
+        .token(
+            &dtr_client(),
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT_URI),
+                ("code_verifier", &verifier),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (without.status, without.error()),
+        (400, "invalid_request"),
+        "{}",
+        without.json
+    );
+    let exchange = rp.exchange(&dtr_client(), &code, &verifier, None).await;
+    let id = rp.id_of(&exchange).unwrap_or_else(|| panic!("{}", exchange.json));
+    // A replayed code is spent.
+    let replay = rp.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!((replay.status, replay.error()), (400, "invalid_grant"));
+    // A poll without its deferral_code, and the OpenID parameter under the IETF grant.
+    let bare = proxy
+        .token(&dtr_client(), &[("grant_type", rp.grant_type())], None)
+        .await;
+    assert_eq!((bare.status, bare.error()), (400, "invalid_request"));
+    let misnamed = proxy
+        .token(
+            &dtr_client(),
+            &[("grant_type", rp.grant_type()), ("deferred_auth_id", &id)],
+            None,
+        )
+        .await;
+    assert_eq!((misnamed.status, misnamed.error()), (400, "invalid_request"));
+    // The cancellation endpoint takes the deferral_code.
+    let cancelled = rp.cancel(&dtr_client(), &id).await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.json);
+    wait_interval(1).await;
+    assert_eq!(rp.poll(&dtr_client(), &id).await.error(), "access_denied");
+
+    // Without the hint at the authorization endpoint the request is the OP's plain code flow;
+    // the opt-in at the token endpoint then gets the OP's immediate answer, which the draft
+    // allows (the server decides whether to defer).
+    let (verifier, challenge) = pkce();
+    let mut params = proxy.auth_params("dtr-client", "s-plain", "n");
+    params[0] = ("response_type", "code");
+    params.push(("code_challenge", &challenge));
+    params.push(("code_challenge_method", "S256"));
+    let ack = proxy.acknowledge(&params, &unique("quinn")).await;
+    let op_code = ack.get("code").expect("the OP's code").to_owned();
+    assert!(!op_code.starts_with("deferred."), "{op_code}");
+    let immediate = proxy
+        .token(
+            &dtr_client(),
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &op_code),
+                ("redirect_uri", REDIRECT_URI),
+                ("code_verifier", &verifier),
+                ("completion_mode", "deferred"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(immediate.status, 200, "{}", immediate.json);
+    assert!(immediate.json["access_token"].is_string(), "{}", immediate.json);
 }

@@ -21,6 +21,7 @@ use dtr_proxy::http::Body;
 use dtr_proxy::metrics::Metrics;
 use dtr_proxy::protocol::params::Params;
 use dtr_proxy::store::{MemoryStore, Store};
+use dtr_proxy::telemetry::Telemetry;
 use dtr_proxy::upstream::{BufferedReply, OpClient, UpstreamError};
 use dtr_proxy::Config;
 
@@ -212,9 +213,10 @@ fn bed_with(extra: &[(&str, &str)]) -> Bed {
     let services = compose(
         &config,
         Store::Memory(MemoryStore::new()),
-        upstream(&config, &metrics),
+        upstream(&config, &metrics, Telemetry::off()),
         op.clone(),
         metrics,
+        Telemetry::off(),
     );
     Bed { services, op }
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::keycloak::{keycloak, LONG_INTERVAL, REALM, SHORT_EXPIRES_IN, TIMING_REALM, USER_PASSWORD};
+use common::keycloak::{keycloak, IETF_REALM, LONG_INTERVAL, REALM, SHORT_EXPIRES_IN, TIMING_REALM, USER_PASSWORD};
 use common::*;
 use serde_json::{json, Value};
 
@@ -133,6 +133,80 @@ async fn private_key_jwt_client_gets_verified_offline_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_dpop_client_gets_verified_tokens_bound_to_its_key() {
     verified_user_gets_fresh_offline_tokens(Auth::Public("dtr-public")).await;
+}
+
+/// The OAuth (IETF) profile over the same engine, against Keycloak: a code flow with
+/// `completion_mode=deferred`, the exchange answered `authorization_pending` with a
+/// `deferral_code`, a ping naming it, and verified tokens by the IETF deferred grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ietf_profile_client_gets_verified_offline_tokens() {
+    let bed = keycloak();
+    let admin = bed.admin().await;
+    admin.create_realm_from_file(IETF_REALM, json!({})).await;
+    let proxy = bed.proxy_in(IETF_REALM);
+    let rp = proxy.rp(Profile::Ietf);
+    let auth = Auth::Basic("dtr-client", "dtr-client-secret");
+    let username = unique("user");
+    let user_id = admin.create_user(IETF_REALM, &username).await;
+
+    let (verifier, challenge) = pkce();
+    let mut params = rp.auth_params("dtr-client", "rp-state", "n-ietf");
+    params.push(("code_challenge", &challenge));
+    params.push(("code_challenge_method", "S256"));
+    let ack = proxy.keycloak_login(&params, &username, USER_PASSWORD).await.ack();
+    assert_eq!(ack.get("state"), Some("rp-state"));
+    assert_eq!(ack.get("deferred_code"), None);
+    let code = ack.get("code").expect("the proxy's code").to_owned();
+    assert!(
+        code.starts_with("deferred."),
+        "Keycloak's code never reaches the RP: {code}"
+    );
+
+    let exchange = rp.exchange(&auth, &code, &verifier, Some("notify-ietf")).await;
+    let id = rp
+        .id_of(&exchange)
+        .unwrap_or_else(|| panic!("{} {}", exchange.status, exchange.json));
+    assert!(exchange.json["access_token"].is_null() && exchange.json["interim_id_token"].is_null());
+    assert_eq!(
+        admin.offline_sessions(IETF_REALM, &user_id, "dtr-client").await.len(),
+        1
+    );
+    let pending = rp.poll(&auth, &id).await;
+    assert_eq!(
+        (pending.status, pending.error()),
+        (400, "authorization_pending"),
+        "{}",
+        pending.json
+    );
+
+    admin
+        .set_attributes(IETF_REALM, &user_id, &[("identity_verified", "true")])
+        .await;
+    let completed = proxy
+        .complete(&json!({"outcome": "approved", "sub": user_id, "client_id": "dtr-client"}))
+        .await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    assert!(bed.wait_for_ping(&id, Duration::from_secs(10)).await, "no ping");
+    let pings = bed.pings_for(&id);
+    assert_eq!(pings[0].0.as_deref(), Some("Bearer notify-ietf"));
+    assert_eq!(pings[0].1, json!({"deferral_code": id}));
+
+    wait_interval(1).await;
+    let tokens = rp.poll(&auth, &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    let id_token = jwt_claims(tokens.json["id_token"].as_str().expect("id_token"));
+    assert_eq!(id_token["identity_verified"], true, "{id_token}");
+    assert_eq!(id_token["nonce"], "n-ietf");
+    assert_eq!(id_token["sub"], user_id.as_str());
+    assert_eq!(id_token["iss"], proxy.issuer.as_str());
+    assert_eq!(
+        jwt_claims(tokens.json["refresh_token"].as_str().unwrap())["typ"],
+        "Offline"
+    );
+
+    wait_interval(1).await;
+    let spent = rp.poll(&auth, &id).await;
+    assert_eq!((spent.status, spent.error()), (400, "invalid_grant"));
 }
 
 /// Logs a fresh user in for `auth`'s client and exchanges the code.

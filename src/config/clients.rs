@@ -6,6 +6,33 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+/// Which DTR profile a client speaks: the wire names of its requests and answers. The engine
+/// underneath (records, polls, pings, webhooks) is the same; the names live in
+/// `protocol::wire` (see docs/profiles.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Profile {
+    /// OpenID Connect Deferred Token Response 1.0 (`deferred_code`, `deferred_auth_id`).
+    #[default]
+    #[serde(rename = "openid")]
+    OpenId,
+    /// The OAuth profile (draft-ietf-oauth-deferred-token-response): `completion_mode`,
+    /// `deferral_code`, the IETF deferred grant type.
+    #[serde(rename = "ietf")]
+    Ietf,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 2] = [Profile::OpenId, Profile::Ietf];
+
+    /// The setting's value, as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::OpenId => "openid",
+            Profile::Ietf => "ietf",
+        }
+    }
+}
+
 /// One client allowed to use DTR, as written in the TOML file or `DTR_CLIENTS` (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -14,6 +41,10 @@ pub struct ClientSettings {
     /// Restricts the entry to one realm; absent = the client id in every realm.
     #[serde(default)]
     pub realm: Option<String>,
+    /// The DTR profile this client speaks; absent: the realm's (`DTR_IETF_REALMS`), else
+    /// `openid`.
+    #[serde(default)]
+    pub profile: Option<Profile>,
     /// The RP's `deferred_client_notification_endpoint`.
     #[serde(default)]
     pub notification_endpoint: Option<String>,

@@ -52,6 +52,7 @@ impl Config {
                 json!({
                     "client_id": c.client_id,
                     "realm": c.realm,
+                    "profile": c.profile.map(|p| p.as_str()),
                     "notification_endpoint": c.notification_endpoint,
                     "interval": c.interval,
                     "expires_in": c.expires_in,
@@ -82,6 +83,11 @@ impl Config {
             "keycloak_admin": self.keycloak_admin.as_ref().map(|a| json!({
                 "client_id": a.client_id, "realm": a.realm, "client_secret": SET,
             })),
+            "operator_api": json!({
+                "enabled": !self.operator_tokens.0.is_empty(),
+                "tokens": self.operator_tokens.0.len(),
+                "max_lifetime": secs(self.operator_max_lifetime),
+            }),
             "allow_insecure_http": self.allow_insecure_http,
             "offline_access": self.offline_access,
             "interim_id_token": self.interim_id_token,
@@ -105,8 +111,18 @@ impl Config {
             "log": self.log,
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
             "access_log": self.access_log,
+            "traces": self.traces.as_ref().map(|t| json!({
+                "endpoint": redact_url(t.endpoint.as_str()),
+                "service_name": t.service_name,
+                "sampler": format!("{:?}", t.sampler),
+                // Header values are often credentials: names only.
+                "headers": t.headers.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
+                "resource": t.resource.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+                "timeout_ms": t.timeout.as_millis() as u64,
+            })),
             "paths": self.paths,
             "clients": clients,
+            "ietf_realms": self.ietf_realms,
             "warnings": self.warnings,
         })
     }

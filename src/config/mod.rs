@@ -21,9 +21,11 @@ use crate::tls::{self, ExtraRoots, KeyPairError, ServerTls, TlsFileError};
 
 mod clients;
 mod effective;
+mod traces;
 
 use clients::validate_clients;
-pub use clients::{ClientSecret, ClientSettings};
+pub use clients::{ClientSecret, ClientSettings, Profile};
+pub use traces::{RootSampler, SamplerSetting, TraceSettings};
 
 /// Path templates for the OP's endpoints. `{realm}` stands for one path segment; an OP without
 /// realms uses templates without it.
@@ -115,9 +117,13 @@ struct RawConfig {
     events_url: Option<String>,
     events_secret: Option<String>,
     events_realms: StringList,
+    ietf_realms: StringList,
     keycloak_admin_client_id: Option<String>,
     keycloak_admin_client_secret: Option<String>,
     keycloak_admin_realm: Option<String>,
+    operator_token: StringList,
+    operator_token_file: Option<String>,
+    operator_max_lifetime: u64,
     hash_key: Option<String>,
     token_keys: Option<String>,
     allow_insecure_http: bool,
@@ -181,9 +187,13 @@ impl Default for RawConfig {
             events_url: None,
             events_secret: None,
             events_realms: StringList::Items(Vec::new()),
+            ietf_realms: StringList::Items(Vec::new()),
             keycloak_admin_client_id: None,
             keycloak_admin_client_secret: None,
             keycloak_admin_realm: None,
+            operator_token: StringList::Items(Vec::new()),
+            operator_token_file: None,
+            operator_max_lifetime: 7 * 86_400,
             hash_key: None,
             token_keys: None,
             allow_insecure_http: false,
@@ -257,6 +267,11 @@ pub struct Config {
     pub events: Option<EventSinkSettings>,
     /// A Keycloak service account that may end offline sessions (optional).
     pub keycloak_admin: Option<KeycloakAdmin>,
+    /// The bearer tokens of the operator API (`DTR_OPERATOR_TOKEN`, `DTR_OPERATOR_TOKEN_FILE`);
+    /// none: the API is off.
+    pub operator_tokens: OperatorTokens,
+    /// The longest lifetime, from its start, the operator API may extend a process to.
+    pub operator_max_lifetime: Duration,
     pub hash_key: HashKey,
     pub sealer: Sealer,
     pub allow_insecure_http: bool,
@@ -295,6 +310,11 @@ pub struct Config {
     pub access_log: bool,
     pub paths: PathTemplates,
     pub clients: Vec<ClientSettings>,
+    /// OpenTelemetry trace export (the standard `OTEL_*` variables); `None`: off.
+    pub traces: Option<TraceSettings>,
+    /// Realms whose clients speak the IETF profile unless their own `profile` says otherwise
+    /// (`DTR_IETF_REALMS`).
+    pub ietf_realms: Vec<String>,
     /// Non-fatal findings (unknown `DTR_*` variables), logged once at start.
     pub warnings: Vec<String>,
 }
@@ -344,6 +364,62 @@ pub struct KeycloakAdmin {
     pub realm: Option<String>,
 }
 
+/// The operator API's bearer tokens: several while one is rotated out. Never printed.
+#[derive(Clone, Default)]
+pub struct OperatorTokens(pub Vec<String>);
+
+impl fmt::Debug for OperatorTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OperatorTokens({} set)", self.0.len())
+    }
+}
+
+/// Shortest operator token accepted: 32 characters (24 random bytes in base64).
+const MIN_OPERATOR_TOKEN: usize = 32;
+
+/// The operator tokens from the setting (comma-separated or a list) and from the file (one a
+/// line; blank lines and `#` comments skipped). Each must be an RFC 6750 `b64token` of at
+/// least [`MIN_OPERATOR_TOKEN`] characters.
+fn operator_tokens(list: &StringList, file: Option<&str>, errors: &mut Vec<String>) -> OperatorTokens {
+    let mut tokens: Vec<(String, &str)> = list
+        .items()
+        .into_iter()
+        .map(|t| (t.to_owned(), "DTR_OPERATOR_TOKEN"))
+        .collect();
+    if let Some(path) = file.filter(|p| !p.is_empty()) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let before = tokens.len();
+                tokens.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(|t| (t.to_owned(), "DTR_OPERATOR_TOKEN_FILE")),
+                );
+                if tokens.len() == before {
+                    errors.push(format!("DTR_OPERATOR_TOKEN_FILE: no token in {path}"));
+                }
+            }
+            Err(e) => errors.push(format!("DTR_OPERATOR_TOKEN_FILE: cannot read {path}: {e}")),
+        }
+    }
+    let b64token = |t: &str| {
+        let body = t.trim_end_matches('=');
+        !body.is_empty()
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+    };
+    for (token, name) in &tokens {
+        if token.len() < MIN_OPERATOR_TOKEN || !b64token(token) {
+            errors.push(format!(
+                "{name}: a token must be at least {MIN_OPERATOR_TOKEN} characters of A-Z a-z 0-9 - . _ ~ + / (e.g. openssl rand -base64 32)"
+            ));
+        }
+    }
+    OperatorTokens(tokens.into_iter().map(|(t, _)| t).collect())
+}
+
 /// Every problem found in one configuration.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -373,9 +449,14 @@ impl Config {
     {
         let mut errors = Vec::new();
         let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        let mut otel = std::collections::BTreeMap::new();
         let vars: Vec<(String, String)> = vars
             .into_iter()
             .filter_map(|(k, v)| {
+                if k.as_ref().starts_with("OTEL_") {
+                    otel.insert(k.as_ref().to_owned(), v.as_ref().to_owned());
+                    return None;
+                }
                 let key = k.as_ref();
                 key.strip_prefix(ENV_PREFIX)
                     .map(|rest| (rest.to_ascii_lowercase(), v.as_ref().to_owned()))
@@ -415,8 +496,10 @@ impl Config {
             let parsed = Value::from_str(value).unwrap_or_else(|_| Value::from(value.clone()));
             figment = figment.merge((path, parsed));
         }
+        let traces = traces::trace_settings(&otel, &mut errors);
         let mut config = Self::from_figment(figment, extra_clients, errors)?;
         config.warnings = warnings;
+        config.traces = traces;
         Ok(config)
     }
 
@@ -674,6 +757,11 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         }
     };
 
+    let operator_tokens = operator_tokens(&raw.operator_token, raw.operator_token_file.as_deref(), errors);
+    if raw.operator_max_lifetime < 60 {
+        errors.push("DTR_OPERATOR_MAX_LIFETIME: must be at least 60 seconds".into());
+    }
+
     let webhook_secret = match raw.webhook_secret.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(secret) => match crate::webhook::decode_secret(secret) {
@@ -759,6 +847,8 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         webhook_secret,
         events,
         keycloak_admin,
+        operator_tokens,
+        operator_max_lifetime: Duration::from_secs(raw.operator_max_lifetime),
         hash_key: hash_key?,
         sealer: sealer?,
         allow_insecure_http: raw.allow_insecure_http,
@@ -787,6 +877,8 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         access_log: raw.access_log,
         paths: raw.paths,
         clients: raw.clients,
+        traces: None,
+        ietf_realms: raw.ietf_realms.items().into_iter().map(str::to_owned).collect(),
         warnings: Vec::new(),
     })
 }

@@ -15,6 +15,7 @@ fn the_effective_settings_show_no_secret() {
         ("DTR_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ("DTR_KEYCLOAK_ADMIN_CLIENT_ID", "dtr-admin"),
         ("DTR_KEYCLOAK_ADMIN_CLIENT_SECRET", "admin-secret-value"),
+        ("DTR_OPERATOR_TOKEN", "op-token-0123456789abcdefghijklmnopqrstuv"),
         (
             "DTR_CLIENTS",
             r#"[{"client_id":"rp","client_secret":"0123456789abcdef0123456789abcdef-x"}]"#,
@@ -26,6 +27,7 @@ fn the_effective_settings_show_no_secret() {
         "hunter2hunter2",
         "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         "admin-secret-value",
+        "op-token-0123456789",
         "0123456789abcdef",
         "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
     ] {
@@ -221,4 +223,115 @@ fn unknown_setting_is_a_warning_not_a_failure() {
         config.warnings,
         vec!["ignoring unknown setting DTR_PROXY_PORT".to_string()]
     );
+}
+
+#[test]
+fn trace_settings_are_checked_and_shown_with_the_others() {
+    // Wrong OTEL_* settings are reported in the same round as wrong DTR_* ones.
+    let errors = Config::from_env(env(&[
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+    ]))
+    .unwrap_err();
+    assert!(errors.0.iter().any(|e| e.starts_with("DTR_UPSTREAM_URL")), "{errors}");
+    assert!(
+        errors.0.iter().any(|e| e.starts_with("OTEL_TRACES_SAMPLER")),
+        "{errors}"
+    );
+
+    let config = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://kc:8080"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cr3t-token"),
+    ]))
+    .unwrap();
+    assert!(config.warnings.is_empty(), "OTEL_* are not unknown DTR_* settings");
+    let traces = config.traces.as_ref().expect("traces on");
+    assert_eq!(traces.endpoint.as_str(), "http://collector:4318/v1/traces");
+    let text = config.effective().to_string();
+    assert!(!text.contains("s3cr3t-token"), "{text}");
+    assert!(text.contains("\"headers\":[\"authorization\"]"), "{text}");
+
+    let off = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://kc:8080"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+    ]))
+    .unwrap();
+    assert!(off.traces.is_none());
+    assert_eq!(off.effective()["traces"], serde_json::Value::Null);
+}
+
+#[test]
+fn operator_tokens_from_the_setting_and_a_file_and_bad_ones_reported() {
+    let base = [
+        ("DTR_UPSTREAM_URL", "http://kc:8080"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+    ];
+    let config = Config::from_env(env(&base)).unwrap();
+    assert!(config.operator_tokens.0.is_empty(), "off unless a token is set");
+
+    let dir = std::env::temp_dir().join(format!("dtr-operator-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokens");
+    std::fs::write(&file, "# rotated in 2026\nfile-token-0123456789abcdefghijklmnopq\n\n").unwrap();
+    let path = file.to_str().unwrap();
+    let mut pairs = base.to_vec();
+    pairs.push((
+        "DTR_OPERATOR_TOKEN",
+        "first-token-0123456789abcdefghijklmnop, second-token-0123456789abcdefghijklmn",
+    ));
+    pairs.push(("DTR_OPERATOR_TOKEN_FILE", path));
+    pairs.push(("DTR_OPERATOR_MAX_LIFETIME", "3600"));
+    let config = Config::from_env(env(&pairs)).unwrap();
+    assert_eq!(config.operator_tokens.0.len(), 3);
+    assert_eq!(config.operator_tokens.0[2], "file-token-0123456789abcdefghijklmnopq");
+    assert_eq!(config.operator_max_lifetime, Duration::from_secs(3600));
+    assert!(!format!("{:?}", config.operator_tokens).contains("token-0123"));
+
+    let mut bad = base.to_vec();
+    bad.push(("DTR_OPERATOR_TOKEN", "short"));
+    bad.push(("DTR_OPERATOR_TOKEN_FILE", "/nonexistent/dtr-operator-token"));
+    bad.push(("DTR_OPERATOR_MAX_LIFETIME", "5"));
+    let errors = Config::from_env(env(&bad)).unwrap_err().0;
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("DTR_OPERATOR_TOKEN:")));
+    assert!(errors.iter().any(|e| e.starts_with("DTR_OPERATOR_TOKEN_FILE:")));
+    assert!(errors.iter().any(|e| e.starts_with("DTR_OPERATOR_MAX_LIFETIME:")));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_profile_per_client_and_per_realm() {
+    let config = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        ("DTR_IETF_REALMS", "oauth, agents"),
+        (
+            "DTR_CLIENTS",
+            r#"[{"client_id":"rp1","profile":"ietf"},{"client_id":"rp2","profile":"openid"},{"client_id":"rp3"}]"#,
+        ),
+    ]))
+    .expect("valid");
+    assert_eq!(config.ietf_realms, ["oauth", "agents"]);
+    let profiles: Vec<Option<Profile>> = config.clients.iter().map(|c| c.profile).collect();
+    assert_eq!(profiles, [Some(Profile::Ietf), Some(Profile::OpenId), None]);
+    let effective = config.effective();
+    assert_eq!(effective["ietf_realms"], serde_json::json!(["oauth", "agents"]));
+    assert_eq!(effective["clients"][0]["profile"], "ietf");
+    assert_eq!(effective["clients"][2]["profile"], serde_json::Value::Null);
+}
+
+#[test]
+fn an_unknown_profile_is_reported_at_startup_with_the_other_errors() {
+    let err = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "not a url"),
+        ("DTR_CLIENTS", r#"[{"client_id":"rp1","profile":"oauth2"}]"#),
+    ]))
+    .expect_err("invalid");
+    let text = err.to_string();
+    assert!(text.contains("DTR_CLIENTS") && text.contains("oauth2"), "{text}");
+    assert!(text.contains("DTR_PUBLIC_URL"), "{text}");
 }

@@ -1,6 +1,8 @@
 //! The OP's redirect back (step 2): when an upstream 3xx carries one of our `state` handles,
-//! the proxy answers the user agent with the RP's acknowledgment instead: a `deferred_code`
-//! (or the OP's error), the RP's own `state`, and `iss`.
+//! the proxy answers the user agent with the RP's acknowledgment instead: the proxy's own code
+//! (or the OP's error), the RP's own `state`, and `iss`. The code is a `deferred_code` in the
+//! OpenID profile, and a `code` (prefixed, see `wire::IETF_CODE_PREFIX`) in the IETF profile,
+//! whose client redeems it at the token endpoint with `completion_mode=deferred`.
 
 use http::header::{self, HeaderValue};
 use http::response::Parts;
@@ -10,12 +12,12 @@ use url::Url;
 use std::time::Duration;
 
 use super::respond::{error_page, to_client, unavailable_page};
+use crate::clients::Clients;
 use crate::clock::now_ms;
 use crate::crypto::random_token;
 use crate::http::Body;
 use crate::metrics::Metrics;
 use crate::protocol::routes::PublicUrls;
-use crate::protocol::wire;
 use crate::records::{CodeRecord, Records, HANDLE_PREFIX};
 
 /// Cheap test on every upstream redirect: does `Location` carry one of our handles?
@@ -37,6 +39,8 @@ const REPLACED: [header::HeaderName; 6] = [
 
 pub struct Acknowledge {
     pub records: Records,
+    /// For the profile each client speaks.
+    pub clients: Clients,
     pub urls: PublicUrls,
     pub metrics: Metrics,
     /// Lifetime of a `deferred_code` (`DTR_DEFERRED_CODE_TTL`).
@@ -139,7 +143,13 @@ impl Acknowledge {
         let mut params: Vec<(&str, &str)> = Vec::with_capacity(4);
         let deferred_code;
         if let Some(code) = code {
-            deferred_code = random_token(32);
+            let profile = self
+                .clients
+                .find(&record.realm, &record.client_id)
+                .map(|client| self.clients.profile(&record.realm, client))
+                .unwrap_or_default();
+            let (code_param, prefix) = profile.acknowledgment_code();
+            deferred_code = format!("{prefix}{}", random_token(32));
             let code_record = CodeRecord {
                 realm: record.realm.clone(),
                 client_id: record.client_id.clone(),
@@ -157,7 +167,7 @@ impl Acknowledge {
                 tracing::warn!(error = %e, "cannot store deferred code");
                 return unavailable_page();
             }
-            params.push((wire::DEFERRED_CODE, &deferred_code));
+            params.push((code_param, &deferred_code));
             self.metrics.request("acknowledge", "deferred_code");
             tracing::info!(client_id = %record.client_id, realm = %record.realm, "deferred code issued");
         } else if let Some(error) = error.as_deref() {

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::protocol::errors::OAuthError;
 use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::PublicUrls;
-use crate::protocol::wire::{self, error as code};
+use crate::protocol::wire::{self, error as code, Profile};
 use crate::records::{AuthorizationRecord, Records, Requested, ResponseMode, HANDLE_PREFIX};
 
 /// What becomes of an authorization request.
@@ -36,7 +36,13 @@ pub enum Authorization {
 }
 
 /// Parameters the proxy sets itself on the upstream request.
-const REWRITTEN: [&str; 4] = ["response_type", "state", "response_mode", "scope"];
+const REWRITTEN: [&str; 5] = [
+    "response_type",
+    "state",
+    "response_mode",
+    "scope",
+    wire::COMPLETION_MODE,
+];
 
 /// The prefix of the `request_uri`s a PAR endpoint issues (RFC 9126 §2.2).
 const PAR_REQUEST_URI: &str = "urn:ietf:params:oauth:request_uri:";
@@ -177,17 +183,27 @@ impl Authorize {
                 redirect: None,
             })
         };
-        match wire::is_deferred_response_type(response_type) {
+        // The profile the request speaks: the OpenID `deferred_code` response type, or the IETF
+        // profile's advance hint, `completion_mode=deferred` on a plain code request.
+        let spoken = match wire::is_deferred_response_type(response_type) {
+            Some(true) => Profile::OpenId,
+            Some(false)
+                if response_type == wire::RESPONSE_TYPE_CODE
+                    && wire::accepts_deferred(params.get(wire::COMPLETION_MODE)) =>
+            {
+                Profile::Ietf
+            }
             Some(false) => return Decision::PassThrough,
-            Some(true) => {}
             None => {
                 return refuse(
                     code::UNSUPPORTED_RESPONSE_TYPE,
                     "The application asked for an unsupported combination of response types.",
                 )
             }
+        };
+        if spoken == Profile::OpenId {
+            self.metrics.request("authorize", "deferred");
         }
-        self.metrics.request("authorize", "deferred");
 
         // A front-channel request naming a pushed one (RFC 9126 §4): the OP takes every
         // parameter from what was pushed (and rewritten there); a duplicated deferred
@@ -197,8 +213,19 @@ impl Authorize {
                 return Decision::Narrow(encode([("client_id", client_id), ("request_uri", request_uri)]));
             }
         }
-        // Without a client and a redirect URI there is nowhere safe to send an error.
         let client_id = params.get("client_id").or(authenticated_client);
+        if spoken == Profile::Ietf {
+            // A hint, not a demand: a request the proxy will not defer is the OP's plain code
+            // flow (a client of the OpenID profile, an unknown client, a malformed request).
+            let client = client_id.and_then(|id| self.clients.find(realm, id));
+            if client.is_none_or(|c| self.clients.profile(realm, c) != Profile::Ietf)
+                || params.get("redirect_uri").is_none()
+            {
+                return Decision::PassThrough;
+            }
+            self.metrics.request("authorize", "deferred");
+        }
+        // Without a client and a redirect URI there is nowhere safe to send an error.
         let (Some(client_id), Some(redirect_uri)) = (client_id, params.get("redirect_uri")) else {
             return refuse(
                 code::INVALID_REQUEST,
@@ -234,6 +261,13 @@ impl Authorize {
                 )
             }
         };
+        if self.clients.profile(realm, client) != spoken {
+            return reject(
+                response_mode,
+                code::UNSUPPORTED_RESPONSE_TYPE,
+                "This application uses the OAuth profile of deferred sign-in: ask for response_type=code with completion_mode=deferred.",
+            );
+        }
         if params.get("request").is_some() {
             return reject(
                 response_mode,

@@ -67,9 +67,11 @@ impl Cancel {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = self.checks.client(realm, &credentials)?;
+        // The process is named in the client's profile: `deferred_auth_id` or `deferral_code`.
+        let name = self.checks.clients.profile(realm, client).process_param();
         let deferred_auth_id = params
-            .get(wire::DEFERRED_AUTH_ID)
-            .ok_or_else(|| OAuthError::invalid_request("deferred_auth_id is required."))?;
+            .get(name)
+            .ok_or_else(|| OAuthError::invalid_request(format!("{name} is required.")))?;
         let process_hash = self.records.process_hash(deferred_auth_id);
         let done = || json_no_store(StatusCode::OK, &json!({}));
         let Some(process) = self.records.load(&process_hash).await? else {

@@ -12,7 +12,7 @@ use crate::crypto::equal_constant_time;
 use crate::dpop::{DpopVerifier, ValidProof};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::routes::{Endpoint, PublicUrls};
-use crate::protocol::wire::error as code;
+use crate::protocol::wire::{error as code, Profile};
 use crate::records::{AuthMethod, ProcessRecord};
 
 #[derive(Clone)]
@@ -82,6 +82,16 @@ impl Checks {
     /// The client's DTR settings; a client without them is `unauthorized_client`.
     pub fn client(&self, realm: &str, credentials: &ClientCredentials) -> Result<&ClientSettings, OAuthError> {
         self.clients.deferred(realm, &credentials.client_id)
+    }
+
+    /// [`Self::client`], for a request in one profile's wire names: the client must speak it.
+    pub fn client_speaking(
+        &self,
+        realm: &str,
+        credentials: &ClientCredentials,
+        spoken: Profile,
+    ) -> Result<&ClientSettings, OAuthError> {
+        self.clients.speaking(realm, &credentials.client_id, spoken)
     }
 
     /// The request's DPoP proof for this endpoint, validated; `None` when it carries none.

@@ -75,11 +75,11 @@ pub struct HeldOutcome {
     pub realm: Option<String>,
 }
 
-fn problem(status: StatusCode, error: &str, description: &str) -> Response<Body> {
+pub fn problem(status: StatusCode, error: &str, description: &str) -> Response<Body> {
     json_no_store(status, &json!({ "error": error, "error_description": description }))
 }
 
-fn store_problem(e: StoreError) -> Response<Body> {
+pub fn store_problem(e: StoreError) -> Response<Body> {
     tracing::warn!(error = %e, "store unavailable for a completion webhook");
     let mut response = problem(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -384,34 +384,5 @@ impl Completions {
             found.retain(|l| l.record.status.is_open());
         }
         Ok(found)
-    }
-
-    /// `GET /v1/processes/{process_id}`: what an operator may see (no secrets).
-    pub async fn process_view(&self, process_id: &str) -> Response<Body> {
-        match self.verdicts.records.find_by_process_id(process_id).await {
-            Ok(Some(loaded)) => {
-                let r = &loaded.record;
-                json_no_store(
-                    StatusCode::OK,
-                    &json!({
-                        "process_id": r.process_id,
-                        "realm": r.realm,
-                        "client_id": r.client_id,
-                        "status": r.status.name(),
-                        "description": r.description,
-                        "sub": r.sub,
-                        "created_at": r.created_at / 1000,
-                        "expires_at": r.expires_at / 1000,
-                        "completed_at": r.completed_at.map(|t| t / 1000),
-                        "interval": r.interval,
-                        "dpop_bound": r.jkt.is_some(),
-                        "client_auth_method": r.client.method.name(),
-                        "ping_attempts": r.ping_attempts,
-                    }),
-                )
-            }
-            Ok(None) => problem(StatusCode::NOT_FOUND, "not_found", "No such process."),
-            Err(e) => store_problem(e),
-        }
     }
 }

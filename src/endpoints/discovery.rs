@@ -1,5 +1,6 @@
-//! Discovery: the OP's own metadata with the DTR additions. Everything else stays as the OP
-//! wrote it (key order preserved).
+//! Discovery: the OP's own metadata (OpenID discovery and RFC 8414 authorization server
+//! metadata alike) with the DTR additions of every profile a client of the realm speaks.
+//! Everything else stays as the OP wrote it (key order preserved).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,14 +10,17 @@ use http::request::Parts;
 use http::{Response, StatusCode};
 use serde_json::{Map, Value};
 
+use crate::clients::Clients;
 use crate::http::{empty, full, plain, Body};
 use crate::metrics::Metrics;
 use crate::protocol::routes::{Endpoint, PublicUrls};
-use crate::protocol::wire;
+use crate::protocol::wire::{self, Profile};
 use crate::upstream::{strip_hop_by_hop, OpClient};
 
 pub struct Discovery {
     pub op: Arc<dyn OpClient>,
+    /// Which profiles a realm's clients speak.
+    pub clients: Clients,
     pub urls: PublicUrls,
     pub metrics: Metrics,
 }
@@ -45,7 +49,8 @@ impl Discovery {
             }
         };
         let cancellation = self.urls.endpoint(Endpoint::Cancellation, realm);
-        let body = serde_json::to_vec(&augment(document, &cancellation)).unwrap_or_default();
+        let profiles = self.clients.profiles_in(realm);
+        let body = serde_json::to_vec(&augment(document, &cancellation, &profiles)).unwrap_or_default();
         response.headers_mut().remove(header::CONTENT_LENGTH);
         response.headers_mut().remove(header::ETAG);
         response
@@ -70,14 +75,29 @@ fn add_to_list(document: &mut Map<String, Value>, key: &str, values: &[&str]) {
     }
 }
 
-/// The DTR additions to an OP's metadata.
-pub fn augment(mut document: Map<String, Value>, cancellation_endpoint: &str) -> Map<String, Value> {
-    add_to_list(
-        &mut document,
-        "response_types_supported",
-        &[wire::RESPONSE_TYPE_DEFERRED_CODE, "deferred_code code"],
-    );
-    add_to_list(&mut document, "grant_types_supported", &[wire::GRANT_TYPE_DEFERRED]);
+/// The DTR additions to an OP's metadata, for the profiles spoken in the realm.
+///
+/// - OpenID: the `deferred_code` response types and the OpenID deferred grant type.
+/// - IETF: the IETF deferred grant type and `deferred_token_response_supported`.
+///
+/// Both: the cancellation endpoint and the DPoP algorithms both parties accept.
+pub fn augment(
+    mut document: Map<String, Value>,
+    cancellation_endpoint: &str,
+    profiles: &[Profile],
+) -> Map<String, Value> {
+    if profiles.contains(&Profile::OpenId) {
+        add_to_list(
+            &mut document,
+            "response_types_supported",
+            &[wire::RESPONSE_TYPE_DEFERRED_CODE, "deferred_code code"],
+        );
+    }
+    let grant_types: Vec<&str> = profiles.iter().map(|p| p.grant_type()).collect();
+    add_to_list(&mut document, "grant_types_supported", &grant_types);
+    if profiles.contains(&Profile::Ietf) {
+        document.insert(wire::DEFERRED_TOKEN_RESPONSE_SUPPORTED.to_owned(), Value::Bool(true));
+    }
     // Proofs at the DTR endpoints are checked by the proxy and, on the calls that reach it, by
     // the OP too: advertise what both accept, and nothing when the OP has no DPoP (it would
     // not bind the final tokens, whatever the proxy checked).
@@ -107,7 +127,7 @@ mod tests {
             r#"{"issuer":"https://op","response_types_supported":["code"],"grant_types_supported":["authorization_code"],"zzz":1}"#,
         )
         .unwrap();
-        let augmented = augment(original, "https://op/cancel");
+        let augmented = augment(original, "https://op/cancel", &[Profile::OpenId]);
         let keys: Vec<&str> = augmented.keys().map(String::as_str).collect();
         assert_eq!(
             &keys[..4],
@@ -123,13 +143,44 @@ mod tests {
             !augmented.contains_key("dpop_signing_alg_values_supported"),
             "no DPoP advertised for an OP without DPoP"
         );
+        assert!(!augmented.contains_key(wire::DEFERRED_TOKEN_RESPONSE_SUPPORTED));
+    }
+
+    #[test]
+    fn the_ietf_profile_adds_its_grant_type_and_flag() {
+        let original: Map<String, Value> = serde_json::from_str(
+            r#"{"issuer":"https://op","response_types_supported":["code"],"grant_types_supported":["authorization_code"]}"#,
+        )
+        .unwrap();
+        let ietf = augment(original.clone(), "https://op/cancel", &[Profile::Ietf]);
+        assert_eq!(ietf["response_types_supported"], serde_json::json!(["code"]));
+        assert_eq!(
+            ietf["grant_types_supported"],
+            serde_json::json!(["authorization_code", "urn:ietf:params:oauth:grant-type:deferred"])
+        );
+        assert_eq!(ietf[wire::DEFERRED_TOKEN_RESPONSE_SUPPORTED], true);
+        assert_eq!(ietf[wire::CANCELLATION_ENDPOINT_METADATA], "https://op/cancel");
+
+        let both = augment(original, "https://op/cancel", &Profile::ALL);
+        assert_eq!(
+            both["grant_types_supported"],
+            serde_json::json!([
+                "authorization_code",
+                "urn:openid:params:grant-type:deferred",
+                "urn:ietf:params:oauth:grant-type:deferred"
+            ])
+        );
+        assert_eq!(
+            both["response_types_supported"],
+            serde_json::json!(["code", "deferred_code", "deferred_code code"])
+        );
     }
 
     #[test]
     fn dpop_algorithms_are_the_ones_both_accept() {
         let original: Map<String, Value> =
             serde_json::from_str(r#"{"dpop_signing_alg_values_supported":["ES256","ES512","HS256","PS256"]}"#).unwrap();
-        let augmented = augment(original, "https://op/cancel");
+        let augmented = augment(original, "https://op/cancel", &[Profile::OpenId]);
         assert_eq!(
             augmented["dpop_signing_alg_values_supported"],
             serde_json::json!(["ES256", "PS256"])

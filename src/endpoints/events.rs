@@ -24,6 +24,7 @@ use crate::http::{full, APPLICATION_JSON};
 use crate::metrics::Metrics;
 use crate::records::{ProcessRecord, Records};
 use crate::store::StoreError;
+use crate::telemetry::{self, Telemetry};
 use crate::upstream::HttpClient;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,9 @@ struct Queued {
     created_at: u64,
     #[serde(default)]
     attempts: u32,
+    /// The process's trace (`traceparent`), continued by the delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace: Option<String>,
 }
 
 /// The payload of an event (Standard Webhooks' `type`, `timestamp`, `data`); `timestamp` in
@@ -110,6 +114,8 @@ pub struct EventSink {
     pub settings: EventSinkSettings,
     pub http: HttpClient,
     pub timeout: Duration,
+    /// Traces: each delivery is a client span in the process's trace.
+    pub telemetry: Telemetry,
 }
 
 /// The lifecycle events of processes: logged, counted, and sent where configured.
@@ -146,6 +152,7 @@ impl Events {
             body: payload(event, record, now).to_string(),
             created_at: now,
             attempts: 0,
+            trace: record.trace.clone(),
         };
         let event_id = format!("evt_{}", random_token(16));
         let bytes = serde_json::to_vec(&queued).unwrap_or_default();
@@ -205,7 +212,23 @@ impl Events {
                 headers.insert(name, value);
             }
         }
-        let retry = match tokio::time::timeout(sink.timeout, sink.http.request(request)).await {
+        let span = if sink.telemetry.is_on() {
+            let parent = sink.telemetry.remote(queued.trace.as_deref());
+            let (method, uri) = (request.method().clone(), request.uri().clone());
+            sink.telemetry
+                .client("event", &method, &uri, request.headers_mut(), parent.as_ref())
+        } else {
+            None
+        };
+        let sent = tokio::time::timeout(sink.timeout, sink.http.request(request)).await;
+        if span.is_some() {
+            match &sent {
+                Err(_) => telemetry::end_client(span, Err(&"timeout")),
+                Ok(Err(e)) => telemetry::end_client(span, Err(e)),
+                Ok(Ok(response)) => telemetry::end_client(span, Ok(response.status())),
+            }
+        }
+        let retry = match sent {
             Err(_) => true,
             Ok(Err(_)) => true,
             Ok(Ok(response)) => match response.status() {

@@ -30,8 +30,9 @@ use crate::metrics::Metrics;
 use crate::protocol::errors::{OAuthError, Source};
 use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::Endpoint;
-use crate::protocol::wire::{self, error as code};
+use crate::protocol::wire::{self, error as code, Profile};
 use crate::records::{AuthMethod, HeldSecrets, ProcessRecord, Records, Status, TakenCode};
+use crate::telemetry::Telemetry;
 use crate::upstream::{BufferedReply, OpClient, UpstreamError};
 
 /// The settings the exchange applies to a new process.
@@ -58,6 +59,8 @@ pub struct Exchange {
     pub verdicts: Verdicts,
     pub revoker: Arc<Revoker>,
     pub events: Events,
+    /// Traces: a process keeps the trace of the exchange that made it.
+    pub telemetry: Telemetry,
 }
 
 const UNKNOWN_CODE: &str = "The deferred_code is invalid, expired, or was issued to another client.";
@@ -132,6 +135,43 @@ pub fn redemption<'a>(
     }
 }
 
+/// The exchange's answer for a new process, in the client's profile.
+///
+/// - OpenID (§ Successful Deferred Code Exchange Response): 200 with `deferred_auth_id`,
+///   `expires_in`, `interval` and, when enabled, the `interim_id_token`.
+/// - IETF (the deferred response): 400 `authorization_pending` with `deferral_code`,
+///   `expires_in` and `interval`; no tokens, so no interim ID token.
+pub fn answer(
+    profile: Profile,
+    id: &str,
+    lifetime: u64,
+    interval: u64,
+    interim_id_token: Option<&str>,
+) -> Response<Body> {
+    match profile {
+        Profile::OpenId => {
+            let mut body = json!({
+                wire::DEFERRED_AUTH_ID: id,
+                "expires_in": lifetime,
+                "interval": interval,
+            });
+            if let Some(id_token) = interim_id_token {
+                body[wire::INTERIM_ID_TOKEN] = json!(id_token);
+            }
+            json_no_store(StatusCode::OK, &body)
+        }
+        Profile::Ietf => json_no_store(
+            StatusCode::BAD_REQUEST,
+            &json!({
+                "error": code::AUTHORIZATION_PENDING,
+                wire::DEFERRAL_CODE: id,
+                "expires_in": lifetime,
+                "interval": interval,
+            }),
+        ),
+    }
+}
+
 impl Exchange {
     pub async fn handle(
         &self,
@@ -139,11 +179,12 @@ impl Exchange {
         headers: &HeaderMap,
         params: &Params,
         deferred_code: &str,
+        profile: Profile,
         peer: IpAddr,
     ) -> Result<Response<Body>, OAuthError> {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
-        let client = self.checks.client(realm, &credentials)?;
+        let client = self.checks.client_speaking(realm, &credentials, profile)?;
         // 1. The client. Secrets are checked by the OP at the redemption; assertions here.
         self.checks.authenticate(realm, client, &credentials, None).await?;
         // 2, 3. The code: issued to this client, valid, unused. Taken and burnt even when
@@ -176,8 +217,10 @@ impl Exchange {
 
         let skip = [
             "grant_type",
+            "code",
             wire::DEFERRED_CODE,
             wire::DEFERRED_NOTIFICATION_TOKEN,
+            wire::COMPLETION_MODE,
             "redirect_uri",
         ];
         let form = encode(
@@ -288,6 +331,7 @@ impl Exchange {
             requested: code_record.requested.clone(),
             ping_attempts: 0,
             release_in_doubt: false,
+            trace: self.telemetry.current_traceparent(),
             sealed: self.records.seal(&secrets, &process_hash),
         };
         let created = self.records.create(&process_hash, &record).await?;
@@ -297,15 +341,13 @@ impl Exchange {
             tracing::warn!(error = %e, "could not look up held completions; the verification service must resend");
         }
 
-        let mut body = json!({
-            wire::DEFERRED_AUTH_ID: deferred_auth_id,
-            "expires_in": lifetime,
-            "interval": interval,
-        });
-        if let (true, Some(id_token)) = (self.settings.interim_id_token, id_token) {
-            body[wire::INTERIM_ID_TOKEN] = json!(id_token);
-        }
-        Ok(json_no_store(StatusCode::OK, &body))
+        Ok(answer(
+            profile,
+            &deferred_auth_id,
+            lifetime,
+            interval,
+            id_token.filter(|_| self.settings.interim_id_token),
+        ))
     }
 
     /// The request's DPoP proof, and the rules on its absence: public clients must bind the

@@ -20,6 +20,7 @@ use crate::http::{full, APPLICATION_JSON};
 use crate::metrics::Metrics;
 use crate::records::{Change, Records, Status};
 use crate::store::{MemoryStore, Store, StoreError};
+use crate::telemetry::{self, Telemetry};
 use crate::upstream::HttpClient;
 
 const TICK: Duration = Duration::from_millis(500);
@@ -47,6 +48,8 @@ pub struct Pinger {
     pub revoker: Arc<Revoker>,
     /// Lifecycle events: expiries are announced here, and queued events are sent.
     pub events: Events,
+    /// Traces: each ping is a client span in the trace of the exchange that made the process.
+    pub telemetry: Telemetry,
 }
 
 /// Runs until `shutdown` flips: delivers due pings, expires due processes, sweeps the
@@ -106,10 +109,13 @@ async fn send_ping(pinger: &Pinger, process_hash: &str) -> Result<(), StoreError
     let record = &loaded.record;
     let now = now_ms();
     // Only finished processes are announced; not after delivery, cancel or expiry.
-    let endpoint = pinger
-        .clients
-        .find(&record.realm, &record.client_id)
-        .and_then(|c| c.notification_endpoint.clone());
+    let client = pinger.clients.find(&record.realm, &record.client_id);
+    let endpoint = client.and_then(|c| c.notification_endpoint.clone());
+    // The ping names the process as the client's profile does (`deferred_auth_id` or
+    // `deferral_code`).
+    let id_param = client.map_or(crate::protocol::wire::DEFERRED_AUTH_ID, |c| {
+        pinger.clients.profile(&record.realm, c).process_param()
+    });
     let (Some(endpoint), true, true) = (
         endpoint,
         matches!(record.status, Status::Approved | Status::Denied),
@@ -126,7 +132,7 @@ async fn send_ping(pinger: &Pinger, process_hash: &str) -> Result<(), StoreError
         }
     };
 
-    let body = json!({ crate::protocol::wire::DEFERRED_AUTH_ID: secrets.deferred_auth_id }).to_string();
+    let body = json!({ id_param: secrets.deferred_auth_id }).to_string();
     let attempt = match Request::builder()
         .method(Method::POST)
         .uri(endpoint.as_str())
@@ -146,8 +152,25 @@ async fn send_ping(pinger: &Pinger, process_hash: &str) -> Result<(), StoreError
                     }
                 }
             }
+            let span = if pinger.telemetry.is_on() {
+                let parent = pinger.telemetry.remote(record.trace.as_deref());
+                let (method, uri) = (request.method().clone(), request.uri().clone());
+                pinger
+                    .telemetry
+                    .client("ping", &method, &uri, request.headers_mut(), parent.as_ref())
+            } else {
+                None
+            };
             // The client never follows redirects: the draft forbids it.
-            match tokio::time::timeout(pinger.timeout, pinger.http.request(request)).await {
+            let sent = tokio::time::timeout(pinger.timeout, pinger.http.request(request)).await;
+            if span.is_some() {
+                match &sent {
+                    Err(_) => telemetry::end_client(span, Err(&"timeout")),
+                    Ok(Err(e)) => telemetry::end_client(span, Err(e)),
+                    Ok(Ok(response)) => telemetry::end_client(span, Ok(response.status())),
+                }
+            }
+            match sent {
                 Err(_) => Attempt::Retry("timeout".into()),
                 Ok(Err(e)) => Attempt::Retry(e.to_string()),
                 Ok(Ok(response)) => match response.status() {
@@ -198,7 +221,16 @@ async fn expire_due(pinger: &Pinger) -> Result<(), StoreError> {
         .await?
     {
         if let Some(loaded) = pinger.records.load(&process_hash).await? {
-            if matches!(loaded.record.status, Status::Pending | Status::Approved) {
+            let open = matches!(loaded.record.status, Status::Pending | Status::Approved);
+            if open && loaded.record.expires_at > now_ms() {
+                // Extended by an operator since it fell due: not over yet.
+                pinger
+                    .records
+                    .keep_active(&process_hash, loaded.record.expires_at)
+                    .await?;
+                continue;
+            }
+            if open {
                 pinger.events.emit(Event::Expired, &loaded.record).await;
                 pinger.revoker.as_operator(&loaded.record).await;
             }

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::protocol::errors::OAuthError;
 use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::Endpoint;
-use crate::protocol::wire::error as code;
+use crate::protocol::wire::{error as code, Profile};
 use crate::records::{Change, HeldSecrets, ProcessRecord, Records, Status, StoredProcess};
 use crate::upstream::{OpClient, UpstreamError};
 
@@ -217,11 +217,12 @@ impl Poll {
         headers: &HeaderMap,
         params: &Params,
         deferred_auth_id: &str,
+        profile: Profile,
         peer: IpAddr,
     ) -> Result<Response<Body>, OAuthError> {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
-        let client = self.checks.client(realm, &credentials)?;
+        let client = self.checks.client_speaking(realm, &credentials, profile)?;
         let process_hash = self.records.process_hash(deferred_auth_id);
         let (process, last_poll) = self.records.load_for_poll(&process_hash).await?;
         let process = process.ok_or_else(OAuthError::unknown_deferred_auth_id)?;

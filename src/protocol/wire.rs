@@ -1,7 +1,12 @@
-//! Every name that crosses the wire in the DTR profile, in one place.
+//! Every name that crosses the wire in the DTR profiles, in one place.
 //!
-//! The IETF successor (draft-ietf-oauth-deferred-token-response) renames several of these; a
-//! second profile should be a change to this module alone.
+//! Two profiles share one engine: the OpenID profile (OpenID Connect Deferred Token Response
+//! 1.0, the default) and the OAuth profile of the IETF draft
+//! (draft-ietf-oauth-deferred-token-response). A client's [`Profile`] is passed down to the
+//! endpoints, which ask it for the names below rather than comparing strings themselves
+//! (docs/profiles.md lists every difference).
+
+pub use crate::config::Profile;
 
 /// The `response_type` token that asks for a deferred acknowledgment.
 pub const RESPONSE_TYPE_DEFERRED_CODE: &str = "deferred_code";
@@ -24,6 +29,56 @@ pub const CLIENT_NOTIFICATION_ENDPOINT: &str = "deferred_client_notification_end
 /// Discovery metadata naming the cancellation endpoint. The draft defines the endpoint but no
 /// metadata name; this one follows its title, "Authentication Cancellation Endpoint".
 pub const CANCELLATION_ENDPOINT_METADATA: &str = "deferred_authentication_cancellation_endpoint";
+
+/// The IETF profile's grant type for polling with a `deferral_code`.
+pub const GRANT_TYPE_DEFERRED_IETF: &str = "urn:ietf:params:oauth:grant-type:deferred";
+/// The IETF profile's handle on one deferred token request (the OpenID `deferred_auth_id`).
+pub const DEFERRAL_CODE: &str = "deferral_code";
+/// The IETF profile's opt-in: a space-separated list of values on the token request (and,
+/// as an advance hint, on the authorization request).
+pub const COMPLETION_MODE: &str = "completion_mode";
+/// The `completion_mode` value that accepts a deferred answer.
+pub const COMPLETION_MODE_DEFERRED: &str = "deferred";
+/// The IETF profile's authorization server metadata flag.
+pub const DEFERRED_TOKEN_RESPONSE_SUPPORTED: &str = "deferred_token_response_supported";
+/// The authorization code grant, which the IETF profile defers at the token endpoint.
+pub const GRANT_TYPE_AUTHORIZATION_CODE: &str = "authorization_code";
+/// The prefix of the authorization codes the proxy issues to IETF-profile clients (its own
+/// handle on the OP's sealed code), so the token endpoint tells them from the OP's codes
+/// without a store lookup. Opaque to the client.
+pub const IETF_CODE_PREFIX: &str = "deferred.";
+
+/// Whether a `completion_mode` value (space-separated) accepts a deferred answer.
+pub fn accepts_deferred(completion_mode: Option<&str>) -> bool {
+    completion_mode.is_some_and(|modes| modes.split(' ').any(|m| m == COMPLETION_MODE_DEFERRED))
+}
+
+/// The wire names of one profile.
+impl Profile {
+    /// The grant type of a poll (and, in the OpenID profile, of the code exchange).
+    pub fn grant_type(self) -> &'static str {
+        match self {
+            Profile::OpenId => GRANT_TYPE_DEFERRED,
+            Profile::Ietf => GRANT_TYPE_DEFERRED_IETF,
+        }
+    }
+
+    /// The parameter naming a process: in the exchange's answer, a poll, a ping, a cancel.
+    pub fn process_param(self) -> &'static str {
+        match self {
+            Profile::OpenId => DEFERRED_AUTH_ID,
+            Profile::Ietf => DEFERRAL_CODE,
+        }
+    }
+
+    /// The acknowledgment's parameter carrying the proxy's code, and the code's prefix.
+    pub fn acknowledgment_code(self) -> (&'static str, &'static str) {
+        match self {
+            Profile::OpenId => (DEFERRED_CODE, ""),
+            Profile::Ietf => (RESPONSE_TYPE_CODE, IETF_CODE_PREFIX),
+        }
+    }
+}
 
 /// The DPoP proof header (RFC 9449 §4.1).
 pub static DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
@@ -74,6 +129,25 @@ pub fn is_deferred_response_type(value: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completion_mode_is_a_space_separated_list() {
+        assert!(accepts_deferred(Some("deferred")));
+        assert!(accepts_deferred(Some("other deferred")));
+        assert!(!accepts_deferred(Some("deferred_code")));
+        assert!(!accepts_deferred(Some("")));
+        assert!(!accepts_deferred(None));
+    }
+
+    #[test]
+    fn each_profile_has_its_own_names() {
+        assert_eq!(Profile::OpenId.grant_type(), "urn:openid:params:grant-type:deferred");
+        assert_eq!(Profile::Ietf.grant_type(), "urn:ietf:params:oauth:grant-type:deferred");
+        assert_eq!(Profile::OpenId.process_param(), "deferred_auth_id");
+        assert_eq!(Profile::Ietf.process_param(), "deferral_code");
+        assert_eq!(Profile::OpenId.acknowledgment_code(), ("deferred_code", ""));
+        assert_eq!(Profile::Ietf.acknowledgment_code(), ("code", IETF_CODE_PREFIX));
+    }
 
     #[test]
     fn deferred_response_types_in_any_order() {

@@ -188,6 +188,10 @@ pub struct ProcessRecord {
     /// refresh token, so a refusal of the next attempt is no verdict on the user.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub release_in_doubt: bool,
+    /// The W3C `traceparent` of the exchange that made the process, when traces are on: its
+    /// ping and lifecycle events continue that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
     /// `HeldSecrets`, sealed; emptied once tokens are delivered.
     pub sealed: String,
 }
@@ -220,6 +224,7 @@ impl ProcessRecord {
             requested: Requested::default(),
             ping_attempts: 0,
             release_in_doubt: false,
+            trace: None,
             sealed: String::new(),
         }
     }

@@ -398,9 +398,73 @@ impl Records {
             .await
     }
 
+    /// Puts a process back on the active queue, due at its (new) expiry.
+    pub async fn keep_active(&self, process_hash: &str, expires_at: u64) -> StoreResult<()> {
+        self.store
+            .schedule(&self.store.key(ACTIVE_QUEUE), process_hash, expires_at)
+            .await
+    }
+
     /// Takes a finished process off the active queue (the pending gauge and expiry events).
     pub async fn retire(&self, process_hash: &str) -> StoreResult<()> {
         self.store.unschedule(&self.store.key(ACTIVE_QUEUE), process_hash).await
+    }
+
+    /// A page of the active queue (every process not yet finished, and denied ones their RP
+    /// has not heard of yet), in the order they fall due, after the position `after`:
+    /// `(process_hash, due)`. Nothing is leased or changed.
+    pub async fn active_page(&self, after: Option<(u64, &str)>, limit: usize) -> StoreResult<Vec<(String, u64)>> {
+        self.store.due_page(&self.store.key(ACTIVE_QUEUE), after, limit).await
+    }
+
+    /// Several processes at once (in parallel; each lives in its own slot on Cluster), in the
+    /// order given; `None` for those gone.
+    pub async fn load_many(&self, process_hashes: &[String]) -> StoreResult<Vec<Option<StoredProcess>>> {
+        futures_util::future::join_all(process_hashes.iter().map(|hash| self.load(hash)))
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Moves an open process's expiry to `expires_at` (later only): its record, its lookup
+    /// entries and its place on the active queue live on accordingly. `None` when the
+    /// process is gone; `Some(false)` when it is no longer open or already lives that long.
+    pub async fn extend(
+        &self,
+        process_hash: &str,
+        loaded: Option<StoredProcess>,
+        expires_at: u64,
+        now_ms: u64,
+    ) -> StoreResult<Option<(bool, ProcessRecord)>> {
+        let changed = self
+            .modify(process_hash, loaded, |r| {
+                let open = matches!(r.status, super::Status::Pending | super::Status::Approved);
+                if !open || now_ms >= r.expires_at || expires_at <= r.expires_at {
+                    return Change::Keep(false);
+                }
+                r.expires_at = expires_at;
+                Change::Write(true)
+            })
+            .await?;
+        let Some((true, record)) = changed else {
+            return Ok(changed);
+        };
+        let store = &self.store;
+        let ttl = Duration::from_millis(expires_at.saturating_sub(now_ms)) + EXPIRED_GRACE;
+        store.expire(&store.key(&process_key(process_hash)), ttl).await?;
+        store
+            .expire(&store.key(&process_id_key(&record.process_id)), ttl)
+            .await?;
+        if let Some(sub) = &record.sub {
+            let key = store.key(&subject_key(&self.subject_hash(sub)));
+            store.set_add(&key, process_hash, ttl).await?;
+        }
+        if let Some(sid) = &record.sid {
+            let key = store.key(&session_key(&self.session_hash(sid)));
+            store.set_add(&key, process_hash, ttl).await?;
+        }
+        self.keep_active(process_hash, expires_at).await?;
+        Ok(Some((true, record)))
     }
 
     /// Live processes at `now_ms`.

@@ -12,12 +12,39 @@ use serde_json::json;
 
 use crate::clock::now_ms;
 use crate::endpoints::completion::Completions;
+use crate::endpoints::operator::{self, OperatorApi};
 use crate::http::{json_no_store, plain, read_request_body, Body, BodyError, IntoBody};
 use crate::metrics::Metrics;
 use crate::records::Records;
 
 /// Largest webhook body accepted.
 const MAX_WEBHOOK_BODY: usize = 64 * 1024;
+/// Largest operator API body accepted (a denial's description, an extension).
+const MAX_OPERATOR_BODY: usize = 16 * 1024;
+
+/// Every route of the internal port, as `docs/openapi/admin.json` names them; the tests hold
+/// the document, this list and the answers of the port to one another.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/completions"),
+    ("GET", "/operator/v1/openapi.json"),
+    ("GET", "/operator/v1/processes"),
+    ("GET", "/operator/v1/processes/{process_id}"),
+    ("POST", "/operator/v1/processes/{process_id}/cancel"),
+    ("POST", "/operator/v1/processes/{process_id}/deny"),
+    ("POST", "/operator/v1/processes/{process_id}/extend"),
+];
+
+/// `405` for a known path asked with another method.
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
 
 /// Whether this replica should receive traffic.
 #[derive(Default)]
@@ -29,6 +56,8 @@ pub struct Readiness {
 pub struct AdminService {
     pub records: Records,
     pub completions: Completions,
+    /// The operator API; `None` (every `/operator/…` path is 404) without a token.
+    pub operator: Option<OperatorApi>,
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
     /// `DTR_BODY_READ_TIMEOUT`.
@@ -47,29 +76,43 @@ impl AdminService {
                 let (parts, body) = request.into_parts();
                 match read_request_body(body, MAX_WEBHOOK_BODY, self.body_read_timeout).await {
                     Ok(bytes) => self.completions.handle(&parts.headers, &bytes).await,
-                    Err(e) => {
-                        let status = match e {
-                            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                            BodyError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
-                            BodyError::Read(_) => StatusCode::BAD_REQUEST,
-                        };
-                        self.metrics.request("completion", "bad_body");
-                        json_no_store(
-                            status,
-                            &json!({"error": "invalid_body", "error_description": e.to_string()}),
-                        )
-                    }
+                    Err(e) => self.unreadable("completion", e),
                 }
             }
-            (&Method::GET, p) if p.starts_with("/v1/processes/") => {
-                let process_id = &p["/v1/processes/".len()..];
-                if process_id.is_empty() || process_id.contains('/') {
+            (_, p) if p == operator::PREFIX || p.starts_with(&format!("{}/", operator::PREFIX)) => {
+                let Some(api) = &self.operator else {
                     return plain(StatusCode::NOT_FOUND, "not found\n");
-                }
-                self.completions.process_view(process_id).await
+                };
+                let (parts, body) = request.into_parts();
+                let query = parts.uri.query();
+                let bytes = if parts.method == Method::GET || parts.method == Method::HEAD {
+                    Default::default()
+                } else {
+                    match read_request_body(body, MAX_OPERATOR_BODY, self.body_read_timeout).await {
+                        Ok(bytes) => bytes,
+                        Err(e) => return self.unreadable("operator", e),
+                    }
+                };
+                api.handle(&parts.method, p, query, &parts.headers, &bytes).await
             }
+            (_, "/healthz" | "/readyz" | "/metrics") => not_allowed("GET"),
+            (_, "/v1/completions") => not_allowed("POST"),
             _ => plain(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+
+    /// A request body that could not be read whole.
+    fn unreadable(&self, route: &'static str, e: BodyError) -> Response<Body> {
+        let status = match e {
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Read(_) => StatusCode::BAD_REQUEST,
+        };
+        self.metrics.request(route, "bad_body");
+        json_no_store(
+            status,
+            &json!({"error": "invalid_body", "error_description": e.to_string()}),
+        )
     }
 
     /// Ready while serving and not draining. The store's health is reported but does not make the

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 
+use crate::client_auth::ClientCredentials;
 use crate::clock::now_ms;
 use crate::dpop::DpopVerifier;
 use crate::endpoints::acknowledge::{self, Acknowledge};
@@ -18,13 +19,14 @@ use crate::endpoints::authorize::{Authorization, Authorize};
 use crate::endpoints::cancel::{self, Cancel};
 use crate::endpoints::discovery::Discovery;
 use crate::endpoints::respond::error_page;
-use crate::endpoints::token::{DeferredGrant, POLL_ROUTE};
+use crate::endpoints::token::{self, DeferredGrant, POLL_ROUTE};
 use crate::http::{full, media_type, plain, read_request_body, Body, BodyError, IntoBody, FORM_URLENCODED};
 use crate::metrics::Metrics;
 use crate::protocol::errors::OAuthError;
 use crate::protocol::params::Params;
 use crate::protocol::routes::{Endpoint, Routes};
 use crate::protocol::wire;
+use crate::telemetry::{self, FutureExt as _, KeyValue, Telemetry};
 use crate::upstream::{strip_hop_by_hop, Upstream, UpstreamError, PASSTHROUGH};
 
 /// What a request to the public port may cost.
@@ -51,11 +53,55 @@ pub struct PublicService {
     pub dpop: DpopVerifier,
     pub metrics: Metrics,
     pub limits: RequestLimits,
+    /// Traces (off unless configured): a server span per request.
+    pub telemetry: Telemetry,
 }
 
 impl PublicService {
     pub async fn handle<B: IntoBody>(&self, request: Request<B>, peer: SocketAddr) -> Response<Body> {
         let request = request.map(IntoBody::into_body);
+        if self.telemetry.is_on() {
+            // Boxed: the untraced path keeps its future as small as it was.
+            return Box::pin(self.traced(request, peer)).await;
+        }
+        self.dispatch(request, peer).await
+    }
+
+    /// [`Self::dispatch`] inside the request's server span.
+    async fn traced(&self, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+        let route = route_label(self.routes.classify(request.uri().path()).map(|(e, _)| e));
+        let Some(cx) = self
+            .telemetry
+            .server(request.headers(), request.method(), request.uri().path(), route)
+        else {
+            return self.dispatch(request, peer).await;
+        };
+        let response = self.dispatch(request, peer).with_context(cx.clone()).await;
+        telemetry::end_server(&cx, response.status());
+        response
+    }
+
+    /// The client a DTR request names (its `client_id` parameter or its client
+    /// authentication), on the request's span.
+    fn note_client(&self, headers: &http::HeaderMap, params: &Params) {
+        self.telemetry.note(|| {
+            let client_id = params
+                .get("client_id")
+                .map(str::to_owned)
+                .or_else(|| ClientCredentials::extract(headers, params).ok().map(|c| c.client_id));
+            client_id
+                .map(|id| vec![KeyValue::new("dtr.client_id", id)])
+                .unwrap_or_default()
+        });
+    }
+
+    /// What became of a DTR request, on its span.
+    fn note_outcome(&self, step: &'static str, outcome: &'static str) {
+        self.telemetry
+            .note(|| vec![KeyValue::new("dtr.step", step), KeyValue::new("dtr.outcome", outcome)]);
+    }
+
+    async fn dispatch(&self, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
         if header_bytes(request.headers()) > self.limits.max_header_bytes {
             // hyper's read buffer bounds memory only roughly (it has room for a request line and
             // a partial read on top); the configured total is the rule. A body still on its way
@@ -100,6 +146,7 @@ impl PublicService {
     fn finish(&self, route: &'static str, result: Result<Response<Body>, OAuthError>) -> Response<Body> {
         let mut response = match result {
             Ok(response) => {
+                self.note_outcome(route, "ok");
                 self.metrics.request(route, "ok");
                 if route == POLL_ROUTE {
                     self.metrics.poll(if response.status().is_success() {
@@ -112,6 +159,7 @@ impl PublicService {
             }
             Err(e) => {
                 e.log(route);
+                self.note_outcome(route, e.error);
                 self.metrics.request(route, e.source.label());
                 if route == POLL_ROUTE {
                     self.metrics.poll(e.error);
@@ -240,7 +288,10 @@ impl PublicService {
         // Only a request that can be DTR is parsed (strictly); all else reaches the OP untouched.
         let outcome = if mentions_deferred(&raw) {
             match Params::parse(&raw) {
-                Ok(params) => self.authorize.handle(realm, &params).await,
+                Ok(params) => {
+                    self.note_client(&parts.headers, &params);
+                    self.authorize.handle(realm, &params).await
+                }
                 Err(e) => Authorization::Respond(error_page(
                     StatusCode::BAD_REQUEST,
                     &format!("Invalid sign-in request: {e}."),
@@ -249,6 +300,9 @@ impl PublicService {
         } else {
             Authorization::PassThrough
         };
+        if matches!(outcome, Authorization::Forward { .. }) {
+            self.note_outcome("authorize", "deferred");
+        }
         let body = match outcome {
             Authorization::Respond(response) => return response,
             Authorization::PassThrough if is_post => full(raw),
@@ -287,11 +341,15 @@ impl PublicService {
             && media_type(&parts.headers).eq_ignore_ascii_case("application/x-www-form-urlencoded")
         {
             let pushed = match Params::parse(&raw) {
-                Ok(params) => self.authorize.handle_pushed(realm, &parts.headers, &params).await,
+                Ok(params) => {
+                    self.note_client(&parts.headers, &params);
+                    self.authorize.handle_pushed(realm, &parts.headers, &params).await
+                }
                 Err(e) => Err(OAuthError::from(e)),
             };
             match pushed {
                 Ok(Some(rewritten)) => {
+                    self.note_outcome("par", "deferred");
                     self.metrics.request("par", "deferred");
                     forwarded = Bytes::from(rewritten);
                 }
@@ -324,15 +382,18 @@ impl PublicService {
                 );
             }
             match Params::parse(&raw) {
-                Ok(params) if params.get("grant_type") == Some(wire::GRANT_TYPE_DEFERRED) => {
-                    let (route, result) = self.token.handle(realm, &parts.headers, &params, peer.ip()).await;
-                    return self.finish(route, result);
+                Ok(params) => {
+                    if let Some(step) = token::classify(&params) {
+                        self.note_client(&parts.headers, &params);
+                        let (route, result) = self.token.handle(realm, &parts.headers, &params, step, peer.ip()).await;
+                        return self.finish(route, result);
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => return self.finish("token", Err(OAuthError::from(e))),
             }
         }
         self.metrics.request("token", "passthrough");
+        self.note_outcome("token", "passthrough");
         parts.headers.remove(header::TRANSFER_ENCODING);
         parts
             .headers
@@ -344,12 +405,27 @@ impl PublicService {
         let (parts, body) = request.into_parts();
         let result = match self.read_small_body(body).await {
             Ok(raw) => match cancel::parse_body(&parts.headers, &raw) {
-                Ok(params) => self.cancel.handle(realm, &parts.headers, &params, peer.ip()).await,
+                Ok(params) => {
+                    self.note_client(&parts.headers, &params);
+                    self.cancel.handle(realm, &parts.headers, &params, peer.ip()).await
+                }
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
         self.finish("cancel", result)
+    }
+}
+
+/// The route of a request as spans name it (as the request metrics label it).
+fn route_label(endpoint: Option<Endpoint>) -> &'static str {
+    match endpoint {
+        None => "passthrough",
+        Some(Endpoint::Authorization) => "authorize",
+        Some(Endpoint::PushedAuthorization) => "par",
+        Some(Endpoint::Token) => "token",
+        Some(Endpoint::Cancellation) => "cancel",
+        Some(Endpoint::Discovery) => "discovery",
     }
 }
 

@@ -68,10 +68,10 @@ pub async fn serve<F, Fut>(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (service, requested) = service(handler.clone(), peer);
         // Wrapped so that a connection ended while its client is still sending lingers instead
         // of answering the unread bytes with a reset (see `linger`).
         let stream = super::linger::Linger::new(stream);
+        let (service, requested) = service(handler.clone(), peer);
         let Some((acceptor, builder)) = &tls else {
             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
             tokio::spawn(drive(graceful.watch(connection), requested, limits, peer));

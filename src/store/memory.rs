@@ -212,6 +212,42 @@ impl MemoryStore {
         Ok(())
     }
 
+    pub(super) async fn due_from(
+        &self,
+        queue: &str,
+        from_ms: u64,
+        offset: usize,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let inner = self.lock();
+        Ok(inner
+            .queues
+            .get(queue)
+            .map(|q| {
+                q.by_due
+                    .range((from_ms, String::new())..)
+                    .skip(offset)
+                    .take(limit)
+                    .map(|(due, member)| (member.clone(), *due))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    pub(super) async fn expire(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if let Some(entry) = live(&mut inner.values, key, now) {
+            entry.expires_at = now + ttl;
+            return Ok(true);
+        }
+        if let Some(entry) = live(&mut inner.sets, key, now) {
+            entry.expires_at = now + ttl;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     pub(super) async fn count_due_after(&self, queue: &str, after_ms: u64) -> StoreResult<u64> {
         let inner = self.lock();
         Ok(inner

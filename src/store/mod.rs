@@ -118,6 +118,39 @@ impl Store {
         dispatch!(self.unschedule(queue, member))
     }
 
+    /// Up to `limit` members of `queue` with their due times, in (due, member) order, strictly
+    /// after the position `after` (from the start without it). A read only: nothing is leased.
+    pub async fn due_page(
+        &self,
+        queue: &str,
+        after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let mut page = Vec::new();
+        let (from, mut offset) = (after.map_or(0, |(due, _)| due), 0);
+        // Members due at the cursor's own time and not after it in name order are skipped;
+        // several members can share one due time, so the skip may take more than one batch.
+        loop {
+            let batch = dispatch!(self.due_from(queue, from, offset, limit))?;
+            let full = batch.len() == limit;
+            offset += batch.len();
+            for (member, due) in batch {
+                let past = after.is_some_and(|(d, m)| due < d || (due == d && member.as_str() <= m));
+                if !past && page.len() < limit {
+                    page.push((member, due));
+                }
+            }
+            if page.len() == limit || !full {
+                return Ok(page);
+            }
+        }
+    }
+
+    /// Sets the time to live of an existing key (value or set); false when there is none.
+    pub async fn expire(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
+        dispatch!(self.expire(key, ttl))
+    }
+
     /// How many members of `queue` fall due after `after_ms`.
     pub async fn count_due_after(&self, queue: &str, after_ms: u64) -> StoreResult<u64> {
         dispatch!(self.count_due_after(queue, after_ms))
@@ -194,6 +227,19 @@ pub mod contract {
                 .len(),
             1
         );
+        let page = store.due_page(&q, None, 2).await.unwrap();
+        assert_eq!(page.len(), 2);
+        let (last, due) = page[1].clone();
+        let rest = store.due_page(&q, Some((due, &last)), 10).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert!(!page.iter().any(|(m, _)| *m == rest[0].0));
+        store.schedule(&k("ties"), "b", 7).await.unwrap();
+        store.schedule(&k("ties"), "a", 7).await.unwrap();
+        store.schedule(&k("ties"), "c", 7).await.unwrap();
+        let tied = store.due_page(&k("ties"), Some((7, "a")), 1).await.unwrap();
+        assert_eq!(tied, vec![("b".to_owned(), 7)]);
+        let tied = store.due_page(&k("ties"), Some((7, "b")), 5).await.unwrap();
+        assert_eq!(tied, vec![("c".to_owned(), 7)]);
         store.unschedule(&q, "m1").await.unwrap();
         store.unschedule(&q, "m2").await.unwrap();
         assert_eq!(
@@ -206,8 +252,12 @@ pub mod contract {
         );
 
         store.put(&k("short"), b"x", Duration::from_millis(50)).await.unwrap();
+        store.put(&k("longer"), b"x", Duration::from_millis(50)).await.unwrap();
+        assert!(store.expire(&k("longer"), ttl).await.unwrap());
+        assert!(!store.expire(&k("absent"), ttl).await.unwrap());
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert_eq!(store.get(&k("short")).await.unwrap(), None);
+        assert!(store.get(&k("longer")).await.unwrap().is_some());
         store.ping().await.unwrap();
     }
 }

@@ -745,6 +745,37 @@ impl RedisStore {
             .map(drop)
     }
 
+    pub(super) async fn due_from(
+        &self,
+        queue: &str,
+        from_ms: u64,
+        offset: usize,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let page: Vec<(String, f64)> = self
+            .query(
+                Repeat::Safe,
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(queue)
+                    .arg(from_ms)
+                    .arg("+inf")
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(offset)
+                    .arg(limit),
+            )
+            .await?;
+        // Due times are whole milliseconds, exact in a double.
+        Ok(page.into_iter().map(|(member, due)| (member, due as u64)).collect())
+    }
+
+    pub(super) async fn expire(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
+        let set: i64 = self
+            .query(Repeat::Safe, redis::cmd("PEXPIRE").arg(key).arg(ttl_ms(ttl)))
+            .await?;
+        Ok(set == 1)
+    }
+
     pub(super) async fn count_due_after(&self, queue: &str, after_ms: u64) -> StoreResult<u64> {
         self.query(
             Repeat::Safe,

@@ -21,9 +21,12 @@ use url::Url;
 
 use crate::http::{empty, full, read_limited, Body, FORM_URLENCODED};
 use crate::metrics::Metrics;
+use crate::telemetry::{self, Telemetry};
 
+mod export;
 mod pool;
 
+pub use export::ExportClient;
 pub use pool::http_client;
 use pool::Pool;
 
@@ -161,6 +164,8 @@ pub struct Upstream {
     trusted_proxies: Vec<IpNet>,
     timeout: Duration,
     metrics: Metrics,
+    /// Traces: each call is a client span whose `traceparent` the OP receives.
+    telemetry: Telemetry,
 }
 
 impl Upstream {
@@ -198,6 +203,7 @@ impl Upstream {
             trusted_proxies,
             timeout,
             metrics,
+            telemetry: Telemetry::off(),
         }
     }
 
@@ -205,6 +211,12 @@ impl Upstream {
     /// pass-through and the back channel alike.
     pub fn with_tls(mut self, tls: &rustls::ClientConfig) -> Self {
         self.pool = Pool::with_connector(pool::https_connector_with(tls.clone()));
+        self
+    }
+
+    /// Traces every call (off unless given).
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
         self
     }
 
@@ -251,9 +263,26 @@ impl Upstream {
     }
 
     /// Sends a request as is (headers already prepared) and returns the streaming response.
-    pub async fn send(&self, request: Request<Body>, call: &'static str) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(
+        &self,
+        mut request: Request<Body>,
+        call: &'static str,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let span = if self.telemetry.is_on() {
+            let (method, uri) = (request.method().clone(), request.uri().clone());
+            self.telemetry.client(call, &method, &uri, request.headers_mut(), None)
+        } else {
+            None
+        };
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.pool.send(request)).await;
+        if span.is_some() {
+            match &result {
+                Ok(Ok(response)) => telemetry::end_client(span, Ok(response.status())),
+                Ok(Err(e)) => telemetry::end_client(span, Err(e)),
+                Err(_) => telemetry::end_client(span, Err(&UpstreamError::Timeout)),
+            }
+        }
         if call == PASSTHROUGH {
             self.passthrough_latency
                 .get_or_init(|| self.metrics.upstream_histogram(PASSTHROUGH))

@@ -22,6 +22,9 @@ pub const REALM: &str = "dtr";
 /// [`SHORT_EXPIRES_IN`] seconds and `dtr-post` a polling interval of [`LONG_INTERVAL`]
 /// seconds (a poll right after another is then too fast even on a loaded machine).
 pub const TIMING_REALM: &str = "dtr-timing";
+/// A realm whose clients speak the OAuth (IETF) profile (`DTR_IETF_REALMS`); created by the
+/// test that uses it, from the operators' realm file.
+pub const IETF_REALM: &str = "dtr-oauth";
 pub const SHORT_EXPIRES_IN: u64 = 4;
 pub const LONG_INTERVAL: u64 = 3;
 pub const ADMIN_USER: &str = "bootstrap-admin";
@@ -152,6 +155,7 @@ fn start_bed(binary: &str, redis_store: bool) -> Keycloak {
         ("DTR_LISTEN".into(), format!("127.0.0.1:{public_port}")),
         ("DTR_ADMIN_LISTEN".into(), format!("127.0.0.1:{admin_port}")),
         ("DTR_CLIENTS".into(), Value::from(clients).to_string()),
+        ("DTR_IETF_REALMS".into(), IETF_REALM.into()),
         ("DTR_SHUTDOWN_DELAY".into(), "0".into()),
         ("DTR_LOG".into(), "info,dtr_proxy=debug".into()),
         // The realm file's optional service account: ends held offline sessions on denial
@@ -281,7 +285,9 @@ impl Keycloak {
             .lock()
             .expect("pings")
             .iter()
-            .filter(|(_, body)| body["deferred_auth_id"] == deferred_auth_id)
+            .filter(|(_, body)| {
+                body["deferred_auth_id"] == deferred_auth_id || body["deferral_code"] == deferred_auth_id
+            })
             .cloned()
             .collect()
     }

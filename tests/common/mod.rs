@@ -26,6 +26,8 @@ pub mod keycloak;
 
 pub const REDIRECT_URI: &str = "https://rp.example.com/cb";
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The operator API's bearer token in every test proxy.
+pub const OPERATOR_TOKEN: &str = "operator-token-0123456789abcdefghijklmnopqrstuvwxyz";
 /// The `client_secret_jwt` client's secret (tests/op/server.mjs).
 pub const DTR_HS_SECRET: &str = "dtr-hs-secret-0123456789abcdefghijklmnop";
 
@@ -154,6 +156,8 @@ pub struct Options {
     pub store: StoreKind,
     pub clients: Vec<Value>,
     pub env: Vec<(String, String)>,
+    /// The profile of the test realm's clients (`DTR_IETF_REALMS` names the realm for IETF).
+    pub profile: Profile,
 }
 
 impl Options {
@@ -168,7 +172,14 @@ impl Options {
                 json!({"client_id": "dtr-public"}),
             ],
             env: Vec::new(),
+            profile: Profile::OpenId,
         }
+    }
+
+    /// Every client of the test realm speaks `profile` (a realm setting, `DTR_IETF_REALMS`).
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
     }
 
     pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
@@ -233,6 +244,7 @@ pub fn base_env(public_port: u16, upstream_port: u16) -> Vec<(String, String)> {
         ("DTR_PUBLIC_URL".into(), format!("http://127.0.0.1:{public_port}")),
         ("DTR_ALLOW_INSECURE_HTTP".into(), "true".into()),
         ("DTR_WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into()),
+        ("DTR_OPERATOR_TOKEN".into(), OPERATOR_TOKEN.into()),
         ("DTR_DEFAULT_INTERVAL".into(), "1".into()),
         ("DTR_HASH_KEY".into(), STANDARD.encode([7u8; 32])),
         ("DTR_TOKEN_KEYS".into(), format!("k1:{}", STANDARD.encode([9u8; 32]))),
@@ -259,6 +271,9 @@ pub async fn start_with_upstream(options: Options, upstream_port: u16) -> Proxy 
     if options.store == StoreKind::Redis {
         env.push(("DTR_REDIS_URL".into(), redis().url.clone()));
         env.push(("DTR_REDIS_KEY_PREFIX".into(), unique("t")));
+    }
+    if options.profile == Profile::Ietf {
+        env.push(("DTR_IETF_REALMS".into(), realm.clone()));
     }
     env.extend(options.env);
     let config = Config::from_env(env).unwrap_or_else(|e| panic!("{e}"));
@@ -553,6 +568,11 @@ impl Proxy {
         (id, reply)
     }
 
+    /// The RP side of this proxy, speaking `profile`.
+    pub fn rp(&self, profile: Profile) -> Rp<'_> {
+        Rp { proxy: self, profile }
+    }
+
     /// Sends a signed completion webhook to the admin port.
     pub async fn complete(&self, body: &Value) -> Reply {
         self.webhook(body, &unique("msg_"), now_s(), WEBHOOK_SECRET).await
@@ -579,15 +599,33 @@ impl Proxy {
         Reply { status, headers, json }
     }
 
+    /// A process as the operator API shows it.
     pub async fn process(&self, process_id: &str) -> Value {
         self.http
-            .get(format!("{}/v1/processes/{process_id}", self.admin))
+            .get(format!("{}/operator/v1/processes/{process_id}", self.admin))
+            .bearer_auth(OPERATOR_TOKEN)
             .send()
             .await
             .expect("process view")
             .json()
             .await
             .expect("json")
+    }
+
+    /// A call to the operator API with its token: (status, JSON body).
+    pub async fn operator(&self, method: reqwest::Method, path_and_query: &str, body: Option<Value>) -> Reply {
+        let mut request = self
+            .http
+            .request(method, format!("{}/operator/v1{path_and_query}", self.admin))
+            .bearer_auth(OPERATOR_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("operator API");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let json = response.json().await.unwrap_or(Value::Null);
+        Reply { status, headers, json }
     }
 
     pub async fn metrics(&self) -> String {
@@ -1049,4 +1087,131 @@ pub async fn start_binary(
         http,
     };
     (proxy, child, log)
+}
+
+/// The two DTR profiles, as an RP speaks them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// OpenID Connect DTR 1.0: `response_type=deferred_code`, the OpenID deferred grant with
+    /// `deferred_code` and `deferred_auth_id`.
+    OpenId,
+    /// The OAuth profile: a code flow with `completion_mode=deferred`, the code exchange
+    /// answered `authorization_pending` with a `deferral_code`, polls with the IETF grant.
+    Ietf,
+}
+
+/// An RP of one profile in front of a [`Proxy`]: the same steps, in that profile's names.
+pub struct Rp<'a> {
+    pub proxy: &'a Proxy,
+    pub profile: Profile,
+}
+
+impl Rp<'_> {
+    /// The parameter naming a process (exchange answer, polls, pings, cancels).
+    pub fn id_param(&self) -> &'static str {
+        match self.profile {
+            Profile::OpenId => "deferred_auth_id",
+            Profile::Ietf => "deferral_code",
+        }
+    }
+
+    /// The acknowledgment's parameter carrying the proxy's code.
+    pub fn code_param(&self) -> &'static str {
+        match self.profile {
+            Profile::OpenId => "deferred_code",
+            Profile::Ietf => "code",
+        }
+    }
+
+    pub fn grant_type(&self) -> &'static str {
+        match self.profile {
+            Profile::OpenId => "urn:openid:params:grant-type:deferred",
+            Profile::Ietf => "urn:ietf:params:oauth:grant-type:deferred",
+        }
+    }
+
+    /// A deferred authorization request for a client, in this profile.
+    pub fn auth_params<'a>(&self, client_id: &'a str, state: &'a str, nonce: &'a str) -> Vec<(&'a str, &'a str)> {
+        let mut params = self.proxy.auth_params(client_id, state, nonce);
+        if self.profile == Profile::Ietf {
+            params[0] = ("response_type", "code");
+            params.push(("completion_mode", "deferred"));
+        }
+        params
+    }
+
+    /// Logs in with PKCE; returns the proxy's code from the acknowledgment and the verifier.
+    pub async fn deferred_code(&self, client_id: &str, username: &str) -> (String, String) {
+        let (verifier, challenge) = pkce();
+        let mut params = self.auth_params(client_id, "st-1", "n-1");
+        params.push(("code_challenge", &challenge));
+        params.push(("code_challenge_method", "S256"));
+        let ack = self.proxy.acknowledge(&params, username).await;
+        let code = ack
+            .get(self.code_param())
+            .unwrap_or_else(|| panic!("no {} in {ack:?}", self.code_param()))
+            .to_owned();
+        (code, verifier)
+    }
+
+    /// The code exchange, in this profile's shape.
+    pub async fn exchange(&self, auth: &Auth, code: &str, verifier: &str, notification_token: Option<&str>) -> Reply {
+        let mut form = match self.profile {
+            Profile::OpenId => vec![
+                ("grant_type", "urn:openid:params:grant-type:deferred"),
+                ("deferred_code", code),
+            ],
+            Profile::Ietf => vec![
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", REDIRECT_URI),
+                ("completion_mode", "deferred"),
+            ],
+        };
+        form.push(("code_verifier", verifier));
+        if let Some(token) = notification_token {
+            form.push(("deferred_notification_token", token));
+        }
+        self.proxy.token(auth, &form, None).await
+    }
+
+    /// The process named by a successful exchange: a 200 with `deferred_auth_id` (OpenID), a
+    /// 400 `authorization_pending` with `deferral_code` (IETF). `None` for anything else.
+    pub fn id_of(&self, reply: &Reply) -> Option<String> {
+        let expected = match self.profile {
+            Profile::OpenId => (200, ""),
+            Profile::Ietf => (400, "authorization_pending"),
+        };
+        let no_store = reply.headers.get("cache-control").is_some_and(|v| v == "no-store");
+        if (reply.status, reply.error()) != expected || !no_store {
+            return None;
+        }
+        reply.json[self.id_param()].as_str().map(str::to_owned)
+    }
+
+    /// Logs in, exchanges, and returns the process id with the exchange reply.
+    pub async fn start_process(
+        &self,
+        auth: &Auth,
+        username: &str,
+        notification_token: Option<&str>,
+    ) -> (String, Reply) {
+        let (code, verifier) = self.deferred_code(auth.client_id(), username).await;
+        let reply = self.exchange(auth, &code, &verifier, notification_token).await;
+        let id = self
+            .id_of(&reply)
+            .unwrap_or_else(|| panic!("exchange failed: {} {}", reply.status, reply.json));
+        (id, reply)
+    }
+
+    pub async fn poll(&self, auth: &Auth, id: &str) -> Reply {
+        self.proxy
+            .token(auth, &[("grant_type", self.grant_type()), (self.id_param(), id)], None)
+            .await
+    }
+
+    pub async fn cancel(&self, auth: &Auth, id: &str) -> Reply {
+        let url = self.proxy.url("/protocol/openid-connect/deferred/cancel");
+        self.proxy.post_form(&url, auth, &[(self.id_param(), id)], None).await
+    }
 }

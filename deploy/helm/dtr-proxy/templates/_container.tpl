@@ -81,6 +81,28 @@ env:
   - name: DTR_UPSTREAM_CA_ONLY
     value: {{ .Values.tls.upstreamCa.only | toString | quote }}
   {{- end }}
+  {{- with .Values.tracing }}
+  {{- if .endpoint }}
+  - name: OTEL_EXPORTER_OTLP_ENDPOINT
+    value: {{ .endpoint | quote }}
+  - name: OTEL_SERVICE_NAME
+    value: {{ .serviceName | quote }}
+  - name: OTEL_TRACES_SAMPLER
+    value: {{ .sampler | quote }}
+  - name: OTEL_TRACES_SAMPLER_ARG
+    value: {{ .samplerArg | toString | quote }}
+  - name: K8S_POD_NAME
+    valueFrom:
+      fieldRef:
+        fieldPath: metadata.name
+  {{- $attributes := list "k8s.pod.name=$(K8S_POD_NAME)" (printf "k8s.namespace.name=%s" $.Release.Namespace) }}
+  {{- range $key, $value := .resourceAttributes }}
+  {{- $attributes = append $attributes (printf "%s=%v" $key $value) }}
+  {{- end }}
+  - name: OTEL_RESOURCE_ATTRIBUTES
+    value: {{ join "," $attributes | quote }}
+  {{- end }}
+  {{- end }}
   {{- if .Values.events.url }}
   - name: DTR_EVENTS_URL
     value: {{ .Values.events.url | quote }}
@@ -107,8 +129,21 @@ env:
         name: {{ $secretName }}
         key: {{ ternary "keycloak-admin-secret" $keys.keycloakAdminSecret $inline }}
   {{- end }}
+  {{- if .Values.operatorApi.enabled }}
+  - name: DTR_OPERATOR_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ $secretName }}
+        key: {{ ternary "operator-token" $keys.operatorToken $inline }}
+  - name: DTR_OPERATOR_MAX_LIFETIME
+    value: {{ .Values.operatorApi.maxLifetimeSeconds | int | toString | quote }}
+  {{- end }}
   {{- with .Values.config.trustedProxies }}
   - name: DTR_TRUSTED_PROXIES
+    value: {{ join "," . | quote }}
+  {{- end }}
+  {{- with .Values.config.ietfRealms }}
+  - name: DTR_IETF_REALMS
     value: {{ join "," . | quote }}
   {{- end }}
   - name: DTR_WEBHOOK_SECRET

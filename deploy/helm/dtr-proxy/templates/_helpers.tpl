@@ -187,6 +187,9 @@ upgrade and template run fails early with a clear message.
 {{- if and $s.hashKey (not (regexMatch "^[A-Za-z0-9+/_-]{43,}={0,2}$" $s.hashKey)) }}
 {{- fail "secrets.hashKey must be base64 of 32 bytes or more" }}
 {{- end }}
+{{- if and .Values.operatorApi.enabled (not (regexMatch "^[A-Za-z0-9._~+/-]{32,}=*(,[A-Za-z0-9._~+/-]{32,}=*)*$" (toString $s.operatorToken))) }}
+{{- fail "operatorApi.enabled needs its token: set existingSecret (recommended) or secrets.operatorToken (comma-separated tokens of at least 32 characters, testing only)" }}
+{{- end }}
 {{- if and .Values.redis.enabled (not $s.hashKey) }}
 {{- fail "redis.enabled requires a hash key shared by all replicas: set existingSecret (recommended) or secrets.hashKey (testing only)" }}
 {{- end }}
