@@ -45,18 +45,26 @@ impl Pki {
 
     /// A server certificate for 127.0.0.1 and localhost.
     fn server(&self, name: &str) -> Pair {
-        self.leaf(name, ExtendedKeyUsagePurpose::ServerAuth)
+        self.leaf(name, &[ExtendedKeyUsagePurpose::ServerAuth])
     }
 
     fn client(&self, name: &str) -> Pair {
-        self.leaf(name, ExtendedKeyUsagePurpose::ClientAuth)
+        self.leaf(name, &[ExtendedKeyUsagePurpose::ClientAuth])
     }
 
-    fn leaf(&self, name: &str, usage: ExtendedKeyUsagePurpose) -> Pair {
+    /// A certificate for a server that is also a client (a Redis replica, a Sentinel).
+    fn peer(&self, name: &str) -> Pair {
+        self.leaf(
+            name,
+            &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        )
+    }
+
+    fn leaf(&self, name: &str, usages: &[ExtendedKeyUsagePurpose]) -> Pair {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages.to_vec();
         let cert = params.signed_by(&key, &self.issuer).expect("certificate");
         Pair {
             cert: cert.pem(),
@@ -450,7 +458,7 @@ async fn the_op_is_reached_over_tls_with_a_private_ca() {
 /// A redis-server that speaks only TLS, requires client certificates of `pki` and the user
 /// `dtr` with `password` (the default user is off).
 fn tls_redis(pki: &Pki, dir: &ScratchDir, password: &str) -> RedisServer {
-    let server = pki.server("redis");
+    let server = pki.peer("redis");
     let (cert, key, ca) = (
         file(dir, "redis.crt", &server.cert),
         file(dir, "redis.key", &server.key),
@@ -539,6 +547,57 @@ async fn redis_over_tls_with_a_client_certificate_and_a_password_file() {
             "certificate={with_certificate} password={password}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_through_a_tls_sentinel_with_client_certificates() {
+    let pki = &Pki::new("Redis CA");
+    let dir = ScratchDir::new("sentinel-tls");
+    let password = "s3ntinel-Pass";
+    let master = tls_redis(pki, &dir, password);
+    // The Sentinel requires client certificates too, and logs in to the master as dtr.
+    let (cert, key, ca) = (dir.path("redis.crt"), dir.path("redis.key"), dir.path("ca.crt"));
+    let sentinel = RedisServer::sentinel_with("tls-master", master.port, |port| {
+        vec![
+            "port 0".into(),
+            format!("tls-port {port}"),
+            format!("tls-cert-file {cert}"),
+            format!("tls-key-file {key}"),
+            format!("tls-ca-cert-file {ca}"),
+            "tls-auth-clients yes".into(),
+            "tls-replication yes".into(),
+            "sentinel auth-user tls-master dtr".into(),
+            format!("sentinel auth-pass tls-master {password}"),
+        ]
+    });
+    let client = pki.client("dtr-proxy");
+    let options = |with_certificate: bool| {
+        let mut options = Options::new(StoreKind::Embedded)
+            .env(
+                "DTR_REDIS_URL",
+                format!("rediss+sentinel://127.0.0.1:{}/tls-master", sentinel.port),
+            )
+            .env("DTR_REDIS_KEY_PREFIX", unique("tls"))
+            .env("DTR_REDIS_CA_FILE", ca.clone())
+            .env("DTR_REDIS_USERNAME", "dtr")
+            .env("DTR_REDIS_PASSWORD_FILE", file(&dir, "password", password));
+        if with_certificate {
+            options = options
+                .env("DTR_REDIS_CLIENT_CERT_FILE", file(&dir, "client.crt", &client.cert))
+                .env("DTR_REDIS_CLIENT_KEY_FILE", file(&dir, "client.key", &client.key));
+        }
+        options
+    };
+    let proxy = start(options(true)).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store_state(&proxy).await != "up" {
+        assert!(Instant::now() < deadline, "the master through the TLS Sentinel");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    deferred_flow(&proxy).await;
+
+    let refused = start(options(false)).await;
+    assert_ne!(store_state(&refused).await, "up", "no client certificate, yet served");
 }
 
 #[test]

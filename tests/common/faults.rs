@@ -284,6 +284,15 @@ impl RedisServer {
         RedisServer::sentinel_on(port, name, master, &lines)
     }
 
+    /// A Sentinel whose extra config lines name its port (a TLS-only Sentinel: `port 0`,
+    /// `tls-port <port>`).
+    pub fn sentinel_with(name: &str, master: u16, config: impl FnOnce(u16) -> Vec<String>) -> RedisServer {
+        let port = free_port();
+        let lines = config(port);
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        RedisServer::sentinel_on(port, name, master, &lines)
+    }
+
     /// A Sentinel watching `master` under `name`; `config` adds lines to its file.
     pub fn sentinel(name: &str, master: u16, config: &[&str]) -> RedisServer {
         RedisServer::sentinel_on(free_port(), name, master, config)
