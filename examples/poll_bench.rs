@@ -167,7 +167,7 @@ async fn seed(args: &[String]) {
     };
     let with_dpop = args.iter().any(|a| a == "--dpop");
     let config = Config::from_env(std::env::vars()).unwrap_or_else(|e| die(&e.to_string()));
-    let store = dtr_proxy::app::connect_store(&config).unwrap_or_else(|e| die(&e.to_string()));
+    let store = dtr_proxy::app::connect_store(&config, None).unwrap_or_else(|e| die(&e.to_string()));
     let records = Records::new(store, config.hash_key.clone(), config.sealer.clone());
     let token_path = config.paths.token.replace("{realm}", REALM);
     let htu = format!("{}{}", config.public_origin(), token_path);

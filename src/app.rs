@@ -53,11 +53,18 @@ pub struct Services {
     pub federation: Option<Arc<Federation>>,
 }
 
-/// Connects the configured store.
-pub fn connect_store(config: &Config) -> Result<Store, StoreError> {
+/// Connects the configured store; Redis records its commands' latency and failures in
+/// `metrics` when given.
+pub fn connect_store(config: &Config, metrics: Option<&Metrics>) -> Result<Store, StoreError> {
     Ok(match &config.store {
         StoreSettings::Embedded => Store::Memory(MemoryStore::new()),
-        StoreSettings::Redis(options) => Store::Redis(RedisStore::connect(options)?),
+        StoreSettings::Redis(options) => {
+            let store = RedisStore::connect(options)?;
+            Store::Redis(match metrics {
+                Some(metrics) => store.with_metrics(metrics.store()),
+                None => store,
+            })
+        }
     })
 }
 
@@ -339,9 +346,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
 /// Starts serving on listeners bound by the caller (tests bind port 0 first).
 pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -> Result<Running, StartError> {
-    let store = connect_store(&config)?;
-    let store_kind = store.kind();
     let metrics = Metrics::new();
+    let store = connect_store(&config, Some(&metrics))?;
+    let store_kind = store.kind();
     let (telemetry, export) = telemetry(&config)?;
     let upstream = upstream(&config, &metrics, telemetry.clone());
     let services = compose(&config, store, upstream.clone(), upstream, metrics, telemetry);

@@ -45,6 +45,28 @@ struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    command: &'static str,
+}
+
+/// The store's own figures (Redis): latency and failures by command, scripts as `eval`.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    durations: Family<CommandLabels, Histogram>,
+    errors: Family<CommandLabels, Counter>,
+}
+
+impl StoreMetrics {
+    pub fn observe(&self, command: &'static str, elapsed: Duration, failed: bool) {
+        let labels = CommandLabels { command };
+        self.durations.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        if failed {
+            self.errors.get_or_create(&labels).inc();
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TlsReloadLabels {
     listener: &'static str,
     result: &'static str,
@@ -65,6 +87,7 @@ pub struct Metrics {
     event_deliveries: Family<ResultLabels, Counter>,
     events: Family<EventLabels, Counter>,
     upstream: Family<CallLabels, Histogram>,
+    store: StoreMetrics,
     pending: Gauge,
     process_durations: Family<OutcomeLabels, Histogram>,
     http: Family<HttpLabels, Histogram>,
@@ -111,6 +134,21 @@ impl Metrics {
             "upstream_request_duration_seconds",
             "Latency of calls to the OpenID Provider",
             upstream.clone(),
+        );
+        // From a tenth of a millisecond to past the store timeout (DTR_REDIS_TIMEOUT, 2 s).
+        let store = StoreMetrics {
+            durations: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
+            errors: Family::default(),
+        };
+        registry.register(
+            "store_request_duration_seconds",
+            "Latency of store (Redis) commands, by command; scripts as eval",
+            store.durations.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Store (Redis) commands that failed (unreachable, timed out, refused), by command",
+            store.errors.clone(),
         );
         let tls_reloads = Family::<TlsReloadLabels, Counter>::default();
         registry.register(
@@ -175,6 +213,7 @@ impl Metrics {
             event_deliveries,
             events,
             upstream,
+            store,
             pending,
             process_durations,
             http,
@@ -223,6 +262,11 @@ impl Metrics {
     }
 
     /// The latency histogram of one kind of call, for a caller that observes it often.
+    /// The store's figures, for the Redis store to record into.
+    pub fn store(&self) -> StoreMetrics {
+        self.store.clone()
+    }
+
     pub fn upstream_histogram(&self, call: &'static str) -> Histogram {
         self.upstream.get_or_create(&CallLabels { call }).clone()
     }
@@ -327,6 +371,7 @@ mod tests {
         metrics.observe_upstream("token", Duration::from_millis(1));
         metrics.observe_process("delivered", 60.0);
         metrics.http_request_histogram("passthrough", "2xx").observe(0.001);
+        metrics.store().observe("GET", Duration::from_millis(1), true);
         let text = metrics.render();
         let mut exported = std::collections::BTreeSet::new();
         for line in text.lines() {

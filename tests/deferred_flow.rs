@@ -180,6 +180,17 @@ async fn happy_path(store: StoreKind, profile: Profile) {
         metrics.contains("dtr_process_events_total{event=\"deferred.started\"} 1"),
         "{metrics}"
     );
+    if store == StoreKind::Redis {
+        // Redis's own latency, by command: the flow read (GET) and ran scripts (eval).
+        for command in ["GET", "eval"] {
+            let count = metric_value(
+                &metrics,
+                &format!("dtr_store_request_duration_seconds_count{{command=\"{command}\"}}"),
+            );
+            assert!(count.is_some_and(|n| n >= 1.0), "{command}: {metrics}");
+        }
+        assert!(!metrics.contains("dtr_store_errors_total{"), "{metrics}");
+    }
 }
 
 async fn poll_errors(store: StoreKind, profile: Profile) {

@@ -447,7 +447,7 @@ async fn many_processes_are_paged_within_the_scan_budget() {
     env.push(("DTR_REDIS_URL".into(), redis().url.clone()));
     env.push(("DTR_REDIS_KEY_PREFIX".into(), prefix));
     let config = dtr_proxy::Config::from_env(env).expect("config");
-    let store = dtr_proxy::app::connect_store(&config).expect("store");
+    let store = dtr_proxy::app::connect_store(&config, None).expect("store");
     let records = Records::new(store, config.hash_key.clone(), config.sealer.clone());
     let now = now_s() * 1000;
     let written = std::time::Instant::now();

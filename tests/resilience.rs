@@ -47,6 +47,14 @@ async fn store_outage_is_503_with_retry_after_and_pass_through_keeps_working() {
     );
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_ne!(body["store"], "up");
+    // Each refused command is counted, by command.
+    let metrics = proxy.metrics().await;
+    let failed: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("dtr_store_errors_total{command="))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failed >= 2.0, "{metrics}");
 }
 
 #[tokio::test]

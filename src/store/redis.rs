@@ -29,6 +29,7 @@ use redis::{
 use tokio::sync::{Mutex, OnceCell};
 
 use super::{StoreError, StoreResult};
+use crate::metrics::StoreMetrics;
 
 const REPLACE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -252,6 +253,8 @@ pub struct RedisStore {
     kind: &'static str,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
+    /// Latency and failures by command, when the process exports metrics.
+    metrics: Option<StoreMetrics>,
 }
 
 struct Scripts {
@@ -573,6 +576,7 @@ impl RedisStore {
                 set_add: Script::new(SET_ADD),
                 claim_due: Script::new(CLAIM_DUE),
             }),
+            metrics: None,
         })
     }
 
@@ -603,17 +607,20 @@ impl RedisStore {
         cmd: &'a Cmd,
     ) -> Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>> {
         Box::pin(async move {
-            match &self.conn {
+            let started = Instant::now();
+            let result = match &self.conn {
                 Conn::Master(master) => {
                     master
                         .run(repeat, |mut conn| async move { cmd.query_async(&mut conn).await })
                         .await
                 }
-                Conn::Cluster(client, cell) => {
-                    let mut conn = Self::cluster(client, cell).await?;
-                    cmd.query_async(&mut conn).await.map_err(unavailable)
-                }
-            }
+                Conn::Cluster(client, cell) => match Self::cluster(client, cell).await {
+                    Ok(mut conn) => cmd.query_async(&mut conn).await.map_err(unavailable),
+                    Err(e) => Err(e),
+                },
+            };
+            self.observe(command_name(cmd), started, result.is_err());
+            result
         })
     }
 
@@ -623,7 +630,8 @@ impl RedisStore {
         invocation: &'a ScriptInvocation<'a>,
     ) -> Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>> {
         Box::pin(async move {
-            match &self.conn {
+            let started = Instant::now();
+            let result = match &self.conn {
                 Conn::Master(master) => {
                     master
                         .run(
@@ -632,12 +640,26 @@ impl RedisStore {
                         )
                         .await
                 }
-                Conn::Cluster(client, cell) => {
-                    let mut conn = Self::cluster(client, cell).await?;
-                    invocation.invoke_async(&mut conn).await.map_err(unavailable)
-                }
-            }
+                Conn::Cluster(client, cell) => match Self::cluster(client, cell).await {
+                    Ok(mut conn) => invocation.invoke_async(&mut conn).await.map_err(unavailable),
+                    Err(e) => Err(e),
+                },
+            };
+            self.observe("eval", started, result.is_err());
+            result
         })
+    }
+
+    /// Records into `metrics` the latency and failures of every command from now on.
+    pub fn with_metrics(mut self, metrics: StoreMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn observe(&self, command: &'static str, started: Instant, failed: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(command, started.elapsed(), failed);
+        }
     }
 
     pub(super) async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
@@ -791,6 +813,39 @@ impl RedisStore {
 
 fn ttl_ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
+}
+
+/// The command of `cmd` as a metric label: the commands this store sends, `other` for any else.
+fn command_name(cmd: &Cmd) -> &'static str {
+    const KNOWN: [&str; 20] = [
+        "GET",
+        "SET",
+        "GETDEL",
+        "DEL",
+        "MGET",
+        "PING",
+        "SMEMBERS",
+        "SREM",
+        "SADD",
+        "ZADD",
+        "ZREM",
+        "ZCOUNT",
+        "ZRANGE",
+        "ZRANGEBYSCORE",
+        "HKEYS",
+        "HDEL",
+        "HSET",
+        "PEXPIRE",
+        "EXPIRE",
+        "PTTL",
+    ];
+    let Some(redis::Arg::Simple(name)) = cmd.args_iter().next() else {
+        return "other";
+    };
+    KNOWN
+        .into_iter()
+        .find(|known| known.as_bytes().eq_ignore_ascii_case(name))
+        .unwrap_or("other")
 }
 
 #[cfg(test)]

@@ -1217,3 +1217,11 @@ impl Rp<'_> {
         self.proxy.post_form(&url, auth, &[(self.id_param(), id)], None).await
     }
 }
+
+/// The value of the sample `series` (name and labels exactly as rendered) in a metrics text.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+}
