@@ -691,7 +691,7 @@ async fn a_cluster_master_killed_under_three_replicas_loses_no_process() {
         }
         let (&victim, _) = by_master.iter().max_by_key(|(_, n)| **n).expect("keys");
         let replica = bed.replica_of(victim);
-        cli(victim, &["WAIT", "1", "2000"]);
+        wait_replicated(|| cli(victim, &["INFO", "replication"]));
         let index = bed.nodes.iter().position(|n| n.port == victim).expect("node");
         bed.nodes[index].kill();
         let promoted = || !bed.masters().contains(&victim) && bed.masters().len() == 3;

@@ -67,7 +67,7 @@ async fn the_store_follows_a_master_that_moves_behind_its_address() {
     );
     let key = store.key("moved");
     store.put(&key, b"before", Duration::from_secs(60)).await.unwrap();
-    old.cli(&["WAIT", "1", "1000"]);
+    wait_replicated(|| old.cli(&["INFO", "replication"]));
 
     // Promote the replica, demote the master; the Service still points at the old one.
     assert_eq!(new.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
@@ -215,7 +215,7 @@ async fn cluster_keeps_the_contract_and_the_flow_through_migration_and_failovers
     // An unplanned one: the master is killed (after its replica caught up); the replica takes
     // over and the spent process stays spent.
     let owner = bed.owner(slot);
-    cli(owner, &["WAIT", "1", "2000"]);
+    wait_replicated(|| cli(owner, &["INFO", "replication"]));
     let index = bed.nodes.iter().position(|n| n.port == owner).expect("node");
     bed.nodes[index].kill();
     assert!(

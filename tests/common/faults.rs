@@ -98,6 +98,32 @@ pub fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// Waits (up to 10 s) until every replica of a master has acknowledged what the master had
+/// written when called; `info` runs `INFO replication` on the master. (`WAIT` would not do: it
+/// waits only for the writes of the connection that calls it, and redis-cli's has none.)
+pub fn wait_replicated(info: impl Fn() -> String) {
+    let offsets = |text: &str| {
+        let master = text
+            .lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let replicas: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("offset="))
+            .filter_map(|l| l.split(',').find_map(|kv| kv.strip_prefix("offset="))?.parse().ok())
+            .collect();
+        (master, replicas)
+    };
+    let (Some(written), _) = offsets(&info()) else {
+        panic!("no master_repl_offset: {}", info());
+    };
+    let caught_up = wait_until(Duration::from_secs(10), || {
+        let (_, replicas) = offsets(&info());
+        !replicas.is_empty() && replicas.iter().all(|acked| *acked >= written)
+    });
+    assert!(caught_up, "the replicas did not catch up: {}", info());
+}
+
 /// Polls `check` every 50 ms for up to `within`; whether it held.
 pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
@@ -459,7 +485,7 @@ impl SentinelBed {
     /// waits for Sentinel to promote the replica. Returns the new master's port.
     pub fn kill_master_and_fail_over(&mut self) -> u16 {
         let old = self.master_port();
-        self.node_cli(old, &["WAIT", "1", "2000"]);
+        wait_replicated(|| self.node_cli(old, &["INFO", "replication"]));
         let index = self.nodes.iter().position(|n| n.port == old).expect("master");
         self.nodes[index].kill();
         let mut new = old;
