@@ -55,7 +55,31 @@ pub struct PublicService {
 
 impl PublicService {
     pub async fn handle<B: IntoBody>(&self, request: Request<B>, peer: SocketAddr) -> Response<Body> {
+        self.handle_routed(request, peer).await.1
+    }
+
+    /// [`Self::handle`], also saying which DTR endpoint the path named (`None`: pass-through),
+    /// so the access log labels the request without classifying its path a second time.
+    pub async fn handle_routed<B: IntoBody>(
+        &self,
+        request: Request<B>,
+        peer: SocketAddr,
+    ) -> (Option<Endpoint>, Response<Body>) {
         let request = request.map(IntoBody::into_body);
+        let route = self
+            .routes
+            .classify(request.uri().path())
+            .map(|(e, realm)| (e, realm.to_owned()));
+        let endpoint = route.as_ref().map(|(e, _)| *e);
+        (endpoint, self.dispatch(route, request, peer).await)
+    }
+
+    async fn dispatch(
+        &self,
+        route: Option<(Endpoint, String)>,
+        request: Request<Body>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         if header_bytes(request.headers()) > self.limits.max_header_bytes {
             // hyper's read buffer bounds memory only roughly (it has room for a request line and
             // a partial read on top); the configured total is the rule. A body still on its way
@@ -67,10 +91,6 @@ impl PublicService {
                 "Request headers too large.\n",
             );
         }
-        let route = self
-            .routes
-            .classify(request.uri().path())
-            .map(|(e, realm)| (e, realm.to_owned()));
         match (route, request.method()) {
             (Some((Endpoint::Authorization, realm)), &Method::GET | &Method::POST) => {
                 self.authorization(&realm, request, peer).await
