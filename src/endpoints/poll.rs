@@ -23,7 +23,7 @@ use crate::protocol::errors::OAuthError;
 use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::Endpoint;
 use crate::protocol::wire::error as code;
-use crate::records::{Change, HeldSecrets, ProcessRecord, Records, Status, StoredProcess};
+use crate::records::{AuthMethod, Change, HeldSecrets, ProcessRecord, Records, Status, StoredProcess};
 use crate::upstream::{OpClient, UpstreamError};
 
 /// `slow_down` adds this much to the interval (RFC 8628 §3.5, the draft: "at least 5 seconds").
@@ -223,8 +223,20 @@ impl Poll {
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = self.checks.client(realm, &credentials)?;
         let process_hash = self.records.process_hash(deferred_auth_id);
-        let (process, last_poll) = self.records.load_for_poll(&process_hash).await?;
-        let process = process.ok_or_else(OAuthError::unknown_deferred_auth_id)?;
+        // A poll with a secret presents its fingerprint, so the read can stamp the poll clock
+        // when the secret is the one bound to the process: one store command.
+        let fingerprint = match credentials.method {
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => {
+                self.checks.verifier.binding(&credentials).fingerprint
+            }
+            AuthMethod::JwtAssertion | AuthMethod::None => None,
+        };
+        let polled = self
+            .records
+            .load_for_poll(&process_hash, fingerprint.as_deref(), now)
+            .await?;
+        let (last_poll, stamped) = (polled.last_poll, polled.stamped);
+        let mut process = polled.process.ok_or_else(OAuthError::unknown_deferred_auth_id)?;
         let record = &process.record;
         let facts = self
             .checks
@@ -232,7 +244,10 @@ impl Poll {
             .await;
         owner_check(record, facts)?;
         // Only the authenticated owner moves the poll clock.
-        self.records.stamp_poll(&process_hash, now).await;
+        if !stamped {
+            self.records.stamp_poll(&mut process, now).await;
+        }
+        let record = &process.record;
         let decision = decide(record, last_poll, now);
         if decision == PollDecision::SlowDown {
             return Err(self.slow_down(process, now).await?);
