@@ -223,13 +223,16 @@ impl Poll {
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = self.checks.client(realm, &credentials)?;
         let process_hash = self.records.process_hash(deferred_auth_id);
-        // A poll with a secret presents its fingerprint, so the read can stamp the poll clock
-        // when the secret is the one bound to the process: one store command.
+        // A poll with a secret and no DPoP in play presents its fingerprint, so the read can
+        // stamp the poll clock when the secret is the one bound to the process: one store
+        // command. With a proof (or DPoP required) the clock waits until the proof is checked.
+        let dpop_in_play =
+            headers.contains_key(&crate::protocol::wire::DPOP) || self.checks.clients.requires_dpop(client);
         let fingerprint = match credentials.method {
-            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => {
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost if !dpop_in_play => {
                 self.checks.verifier.binding(&credentials).fingerprint
             }
-            AuthMethod::JwtAssertion | AuthMethod::None => None,
+            _ => None,
         };
         let polled = self
             .records
