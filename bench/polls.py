@@ -160,7 +160,7 @@ def main():
             }
             os.unlink(requests)
 
-        # Memory: every key of every process (record, poll clock, process_id, sub and sid
+        # Memory: every key of every process (record with its poll clock, process_id, sub and sid
         # indexes, its share of the active queue), after one poll each.
         redis_cli(redis_port, "FLUSHALL")
         requests = os.path.join(tmp, "polls.memory.txt")

@@ -371,11 +371,7 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
     }
 
     let public_service = services.public.clone();
-    let access = Arc::new(AccessLog::new(
-        Routes::new(&config.paths),
-        &services.metrics,
-        config.access_log,
-    ));
+    let access = Arc::new(AccessLog::new(&services.metrics, config.access_log));
     let public_task = tokio::spawn(serve(
         public,
         Limits {
@@ -388,9 +384,9 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
         move |request, peer| {
             let (service, access) = (public_service.clone(), access.clone());
             async move {
-                let timing = access.begin(request.method(), request.uri().path());
-                let response = service.handle(request, peer).await;
-                access.end(timing, response.status());
+                let timing = access.begin(request.method());
+                let (endpoint, response) = service.handle_routed(request, peer).await;
+                access.end(timing, endpoint, response.status());
                 response
             }
         },

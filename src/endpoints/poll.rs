@@ -23,7 +23,7 @@ use crate::protocol::errors::OAuthError;
 use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::Endpoint;
 use crate::protocol::wire::{error as code, Profile};
-use crate::records::{Change, HeldSecrets, ProcessRecord, Records, Status, StoredProcess};
+use crate::records::{AuthMethod, Change, HeldSecrets, ProcessRecord, Records, Status, StoredProcess};
 use crate::upstream::{OpClient, UpstreamError};
 
 /// `slow_down` adds this much to the interval (RFC 8628 §3.5, the draft: "at least 5 seconds").
@@ -224,8 +224,23 @@ impl Poll {
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = &*self.checks.client_speaking(realm, &credentials, profile)?;
         let process_hash = self.records.process_hash(deferred_auth_id);
-        let (process, last_poll) = self.records.load_for_poll(&process_hash).await?;
-        let process = process.ok_or_else(OAuthError::unknown_deferred_auth_id)?;
+        // A poll with a secret and no DPoP in play presents its fingerprint, so the read can
+        // stamp the poll clock when the secret is the one bound to the process: one store
+        // command. With a proof (or DPoP required) the clock waits until the proof is checked.
+        let dpop_in_play =
+            headers.contains_key(&crate::protocol::wire::DPOP) || self.checks.clients.requires_dpop(client);
+        let fingerprint = match credentials.method {
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost if !dpop_in_play => {
+                self.checks.verifier.binding(&credentials).fingerprint
+            }
+            _ => None,
+        };
+        let polled = self
+            .records
+            .load_for_poll(&process_hash, fingerprint.as_deref(), now)
+            .await?;
+        let (last_poll, stamped) = (polled.last_poll, polled.stamped);
+        let mut process = polled.process.ok_or_else(OAuthError::unknown_deferred_auth_id)?;
         let record = &process.record;
         let facts = self
             .checks
@@ -233,7 +248,10 @@ impl Poll {
             .await;
         owner_check(record, facts)?;
         // Only the authenticated owner moves the poll clock.
-        self.records.stamp_poll(&process_hash, now).await;
+        if !stamped {
+            self.records.stamp_poll(&mut process, now).await;
+        }
+        let record = &process.record;
         let decision = decide(record, last_poll, now);
         if decision == PollDecision::SlowDown {
             return Err(self.slow_down(process, now).await?);

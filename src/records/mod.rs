@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod encoding;
 mod repository;
 
-pub use repository::{Change, Records, StoredProcess, TakenCode, UnsealError};
+pub use repository::{Change, PolledProcess, Records, StoredProcess, TakenCode, UnsealError};
 
 /// Marks our `state` handles so an upstream redirect is recognised without a store lookup.
 pub const HANDLE_PREFIX: &str = "dtr1.";
@@ -230,11 +231,18 @@ impl ProcessRecord {
     }
 }
 
-/// Secrets a process must be able to read back.
+/// Secrets a process must be able to read back. Sealed with short names (the long ones of earlier versions are still read).
 #[derive(Serialize, Deserialize)]
 pub struct HeldSecrets {
+    #[serde(rename = "d", alias = "deferred_auth_id")]
     pub deferred_auth_id: String,
+    #[serde(rename = "r", alias = "refresh_token")]
     pub refresh_token: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "n",
+        alias = "notification_token",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub notification_token: Option<String>,
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::encoding::{self, STAMP_AT};
 use super::{AuthorizationRecord, CodeRecord, HeldSecrets, ProcessRecord, EXPIRED_GRACE};
 use crate::crypto::{HashKey, Sealer};
 use crate::store::{Store, StoreError, StoreResult};
@@ -36,11 +37,21 @@ fn process_id_key(process_id: &str) -> String {
     format!("pid:{process_id}")
 }
 
+// The `sub` and `sid` indexes: small hashes (`subh:`, `sidh:`); earlier versions wrote sets
+// (`sub:`, `sid:`), still read until their processes are gone.
 fn subject_key(hash: &str) -> String {
-    format!("sub:{hash}")
+    format!("subh:{hash}")
 }
 
 fn session_key(hash: &str) -> String {
+    format!("sidh:{hash}")
+}
+
+fn legacy_subject_key(hash: &str) -> String {
+    format!("sub:{hash}")
+}
+
+fn legacy_session_key(hash: &str) -> String {
     format!("sid:{hash}")
 }
 
@@ -95,6 +106,16 @@ pub struct TakenCode {
 #[error("cannot open sealed secrets: {0}")]
 pub struct UnsealError(String);
 
+/// A process as a poll reads it.
+pub struct PolledProcess {
+    pub process: Option<StoredProcess>,
+    /// When its owner last polled it (before this poll).
+    pub last_poll: Option<u64>,
+    /// Whether the read already moved the poll clock to this poll (the caller presented the
+    /// secret bound to the process); otherwise [`Records::stamp_poll`] does, after the checks.
+    pub stamped: bool,
+}
+
 /// The repository of everything the proxy stores.
 #[derive(Clone)]
 pub struct Records {
@@ -104,7 +125,12 @@ pub struct Records {
 }
 
 fn decode(raw: &[u8]) -> StoreResult<ProcessRecord> {
-    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(format!("process record: {e}")))
+    decode_polled(raw).map(|(record, _)| record)
+}
+
+/// A process record and, for the current format, its poll clock.
+fn decode_polled(raw: &[u8]) -> StoreResult<(ProcessRecord, Option<u64>)> {
+    encoding::decode(raw).map_err(|e| StoreError::Corrupt(format!("process record: {e}")))
 }
 
 fn encode(record: &impl Serialize) -> Vec<u8> {
@@ -228,7 +254,7 @@ impl Records {
     pub async fn create(&self, process_hash: &str, record: &ProcessRecord) -> StoreResult<StoredProcess> {
         let store = &self.store;
         let ttl = Duration::from_millis(record.expires_at.saturating_sub(record.created_at)) + EXPIRED_GRACE;
-        let raw = encode(record);
+        let raw = encoding::encode(record, None);
         store.put(&store.key(&process_key(process_hash)), &raw, ttl).await?;
         store
             .put(
@@ -239,11 +265,11 @@ impl Records {
             .await?;
         if let Some(sub) = &record.sub {
             let key = store.key(&subject_key(&self.subject_hash(sub)));
-            store.set_add(&key, process_hash, ttl).await?;
+            store.index_add(&key, process_hash, ttl).await?;
         }
         if let Some(sid) = &record.sid {
             let key = store.key(&session_key(&self.session_hash(sid)));
-            store.set_add(&key, process_hash, ttl).await?;
+            store.index_add(&key, process_hash, ttl).await?;
         }
         store
             .schedule(&store.key(ACTIVE_QUEUE), process_hash, record.expires_at)
@@ -255,45 +281,85 @@ impl Records {
         })
     }
 
-    /// A process and when it was last polled by its owner, in one round trip. Nothing is
-    /// written: only an authenticated poll may move the poll clock ([`Self::stamp_poll`]), so
-    /// someone holding a stolen id cannot make its owner's polls look too fast.
-    pub async fn load_for_poll(&self, process_hash: &str) -> StoreResult<(Option<StoredProcess>, Option<u64>)> {
+    /// A process and when it was last polled by its owner, in one store command. Only an
+    /// authenticated poll may move the poll clock, so someone holding a stolen id cannot make
+    /// its owner's polls look too fast: the read moves it to `now_ms` only when `fingerprint`
+    /// (of the secret the poll presents) is the one bound to the process, and the process is
+    /// bound to no DPoP key; otherwise [`Self::stamp_poll`] does once the checks passed. A
+    /// record of the earlier format costs a second read (its clock is a key of its own).
+    pub async fn load_for_poll(
+        &self,
+        process_hash: &str,
+        fingerprint: Option<&str>,
+        now_ms: u64,
+    ) -> StoreResult<PolledProcess> {
         let store = &self.store;
-        let (raw, last_poll) = store
-            .get_pair(
+        let guard = fingerprint.map(encoding::guard).unwrap_or_default();
+        let stamp = encoding::stamp(now_ms);
+        let read = store
+            .get_patching(
                 &store.key(&process_key(process_hash)),
-                &store.key(&poll_key(process_hash)),
+                encoding::GUARD_AT,
+                &guard,
+                STAMP_AT,
+                &stamp,
             )
             .await?;
-        let last_poll = last_poll.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
-        let process = match raw {
-            Some(raw) => Some(StoredProcess {
+        let Some((mut raw, stamped)) = read else {
+            return Ok(PolledProcess {
+                process: None,
+                last_poll: None,
+                stamped: false,
+            });
+        };
+        let (record, mut last_poll) = decode_polled(&raw)?;
+        if encoding::is_format_1(&raw) {
+            let clock = store.get(&store.key(&poll_key(process_hash))).await?;
+            last_poll = clock.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+        }
+        if stamped {
+            // The stored bytes now carry this poll: keep them for a compare-and-set.
+            raw[STAMP_AT..STAMP_AT + stamp.len()].copy_from_slice(&stamp);
+        }
+        Ok(PolledProcess {
+            process: Some(StoredProcess {
                 process_hash: process_hash.to_owned(),
-                record: decode(&raw)?,
+                record,
                 raw,
             }),
-            None => None,
-        };
-        Ok((process, last_poll))
+            last_poll,
+            stamped,
+        })
     }
 
     /// Notes an authenticated poll at `now_ms`. The reply is not waited for (the answer does
     /// not depend on it), but the write is handed to the store before this returns — polled
     /// once, which queues it on the connection — so the same RP's next poll, on any replica
     /// sharing the connection's order, finds it. In memory it is simply done.
-    pub async fn stamp_poll(&self, process_hash: &str, now_ms: u64) {
+    pub async fn stamp_poll(&self, process: &mut StoredProcess, now_ms: u64) {
         let store = self.store.clone();
-        let key = store.key(&poll_key(process_hash));
-        let mut stamp = Box::pin(async move {
-            if let Err(e) = store.put(&key, now_ms.to_string().as_bytes(), EXPIRED_GRACE).await {
+        let stamp = encoding::stamp(now_ms);
+        let legacy = encoding::is_format_1(&process.raw);
+        if !legacy && process.raw.len() >= STAMP_AT + stamp.len() {
+            process.raw[STAMP_AT..STAMP_AT + stamp.len()].copy_from_slice(&stamp);
+        }
+        let process_hash = process.process_hash.clone();
+        let mut write = Box::pin(async move {
+            let written = if legacy {
+                let key = store.key(&poll_key(&process_hash));
+                store.put(&key, now_ms.to_string().as_bytes(), EXPIRED_GRACE).await
+            } else {
+                let key = store.key(&process_key(&process_hash));
+                store.patch(&key, STAMP_AT, &stamp).await
+            };
+            if let Err(e) = written {
                 tracing::debug!(error = %e, "could not note a poll");
             }
         });
         let first =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(stamp.as_mut(), cx))).await;
+            std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(write.as_mut(), cx))).await;
         if first.is_pending() {
-            tokio::spawn(stamp);
+            tokio::spawn(write);
         }
     }
 
@@ -330,7 +396,13 @@ impl Records {
             match change(&mut record) {
                 Change::Keep(value) => return Ok(Some((value, current.record))),
                 Change::Write(value) => {
-                    if self.store.replace(&key, &current.raw, &encode(&record)).await? {
+                    // The poll clock stays as it is (a format 1 record's is a key of its own).
+                    let last_poll = encoding::clock(&current.raw);
+                    if self
+                        .store
+                        .replace(&key, &current.raw, &encoding::encode(&record, last_poll))
+                        .await?
+                    {
                         return Ok(Some((value, record)));
                     }
                 }
@@ -351,22 +423,31 @@ impl Records {
     }
 
     pub async fn find_by_subject(&self, sub: &str) -> StoreResult<Vec<StoredProcess>> {
-        let key = self.store.key(&subject_key(&self.subject_hash(sub)));
-        self.load_members(&key).await
+        let hash = self.subject_hash(sub);
+        self.load_members(&subject_key(&hash), &legacy_subject_key(&hash)).await
     }
 
     pub async fn find_by_session(&self, sid: &str) -> StoreResult<Vec<StoredProcess>> {
-        let key = self.store.key(&session_key(&self.session_hash(sid)));
-        self.load_members(&key).await
+        let hash = self.session_hash(sid);
+        self.load_members(&session_key(&hash), &legacy_session_key(&hash)).await
     }
 
-    async fn load_members(&self, index_key: &str) -> StoreResult<Vec<StoredProcess>> {
+    /// The processes of an index, and of the set an earlier version kept for it.
+    async fn load_members(&self, index: &str, legacy: &str) -> StoreResult<Vec<StoredProcess>> {
+        let (index, legacy) = (self.store.key(index), self.store.key(legacy));
+        let (members, legacy_members) = tokio::join!(self.store.index_members(&index), self.store.set_members(&legacy));
         let mut found = Vec::new();
-        for hash in self.store.set_members(index_key).await? {
+        for (hash, in_legacy) in members?
+            .into_iter()
+            .map(|h| (h, false))
+            .chain(legacy_members?.into_iter().map(|h| (h, true)))
+        {
             match self.load(&hash).await? {
-                Some(process) => found.push(process),
+                Some(process) if !found.iter().any(|p: &StoredProcess| p.process_hash == hash) => found.push(process),
+                Some(_) => {}
                 // The process expired; keep the index tidy.
-                None => self.store.set_remove(index_key, &hash).await?,
+                None if in_legacy => self.store.set_remove(&legacy, &hash).await?,
+                None => self.store.index_remove(&index, &hash).await?,
             }
         }
         Ok(found)
@@ -457,11 +538,11 @@ impl Records {
             .await?;
         if let Some(sub) = &record.sub {
             let key = store.key(&subject_key(&self.subject_hash(sub)));
-            store.set_add(&key, process_hash, ttl).await?;
+            store.index_add(&key, process_hash, ttl).await?;
         }
         if let Some(sid) = &record.sid {
             let key = store.key(&session_key(&self.session_hash(sid)));
-            store.set_add(&key, process_hash, ttl).await?;
+            store.index_add(&key, process_hash, ttl).await?;
         }
         self.keep_active(process_hash, expires_at).await?;
         Ok(Some((true, record)))

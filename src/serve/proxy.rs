@@ -62,24 +62,44 @@ pub struct PublicService {
 
 impl PublicService {
     pub async fn handle<B: IntoBody>(&self, request: Request<B>, peer: SocketAddr) -> Response<Body> {
+        self.handle_routed(request, peer).await.1
+    }
+
+    /// [`Self::handle`], also saying which DTR endpoint the path named (`None`: pass-through),
+    /// so the access log labels the request without classifying its path a second time.
+    pub async fn handle_routed<B: IntoBody>(
+        &self,
+        request: Request<B>,
+        peer: SocketAddr,
+    ) -> (Option<Endpoint>, Response<Body>) {
         let request = request.map(IntoBody::into_body);
+        let route = self
+            .routes
+            .classify(request.uri().path())
+            .map(|(e, realm)| (e, realm.to_owned()));
+        let endpoint = route.as_ref().map(|(e, _)| *e);
         if self.telemetry.is_on() {
             // Boxed: the untraced path keeps its future as small as it was.
-            return Box::pin(self.traced(request, peer)).await;
+            return (endpoint, Box::pin(self.traced(route, request, peer)).await);
         }
-        self.dispatch(request, peer).await
+        (endpoint, self.dispatch(route, request, peer).await)
     }
 
     /// [`Self::dispatch`] inside the request's server span.
-    async fn traced(&self, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
-        let route = route_label(self.routes.classify(request.uri().path()).map(|(e, _)| e));
+    async fn traced(
+        &self,
+        route: Option<(Endpoint, String)>,
+        request: Request<Body>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let label = route_label(route.as_ref().map(|(e, _)| *e));
         let Some(cx) = self
             .telemetry
-            .server(request.headers(), request.method(), request.uri().path(), route)
+            .server(request.headers(), request.method(), request.uri().path(), label)
         else {
-            return self.dispatch(request, peer).await;
+            return self.dispatch(route, request, peer).await;
         };
-        let response = self.dispatch(request, peer).with_context(cx.clone()).await;
+        let response = self.dispatch(route, request, peer).with_context(cx.clone()).await;
         telemetry::end_server(&cx, response.status());
         response
     }
@@ -104,7 +124,12 @@ impl PublicService {
             .note(|| vec![KeyValue::new("dtr.step", step), KeyValue::new("dtr.outcome", outcome)]);
     }
 
-    async fn dispatch(&self, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+    async fn dispatch(
+        &self,
+        route: Option<(Endpoint, String)>,
+        request: Request<Body>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
         if header_bytes(request.headers()) > self.limits.max_header_bytes {
             // hyper's read buffer bounds memory only roughly (it has room for a request line and
             // a partial read on top); the configured total is the rule. A body still on its way
@@ -116,10 +141,6 @@ impl PublicService {
                 "Request headers too large.\n",
             );
         }
-        let route = self
-            .routes
-            .classify(request.uri().path())
-            .map(|(e, realm)| (e, realm.to_owned()));
         match (route, request.method()) {
             (Some((Endpoint::Authorization, realm)), &Method::GET | &Method::POST) => {
                 self.authorization(&realm, request, peer).await

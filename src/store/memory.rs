@@ -52,6 +52,14 @@ fn live<'a, T>(map: &'a mut HashMap<String, Entry<T>>, key: &str, now: Instant) 
     map.get_mut(key)
 }
 
+/// Redis's SETRANGE: writes `bytes` at `at`, padding with zero bytes when the value is shorter.
+fn overwrite(value: &mut Vec<u8>, at: usize, bytes: &[u8]) {
+    if value.len() < at + bytes.len() {
+        value.resize(at + bytes.len(), 0);
+    }
+    value[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
@@ -128,6 +136,33 @@ impl MemoryStore {
         }
     }
 
+    pub(super) async fn get_patching(
+        &self,
+        key: &str,
+        guard_at: usize,
+        guard: &[u8],
+        at: usize,
+        patch: &[u8],
+    ) -> StoreResult<Option<(Vec<u8>, bool)>> {
+        let mut inner = self.lock();
+        let Some(entry) = live(&mut inner.values, key, Instant::now()) else {
+            return Ok(None);
+        };
+        let read = entry.value.clone();
+        let holds = !guard.is_empty() && read.get(guard_at..guard_at + guard.len()) == Some(guard);
+        if holds {
+            overwrite(&mut entry.value, at, patch);
+        }
+        Ok(Some((read, holds)))
+    }
+
+    pub(super) async fn patch(&self, key: &str, at: usize, bytes: &[u8]) -> StoreResult<()> {
+        if let Some(entry) = live(&mut self.lock().values, key, Instant::now()) {
+            overwrite(&mut entry.value, at, bytes);
+        }
+        Ok(())
+    }
+
     pub(super) async fn get_pair(&self, key: &str, other: &str) -> StoreResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
         let now = Instant::now();
         let mut inner = self.lock();
@@ -151,6 +186,19 @@ impl MemoryStore {
             }
         }
         Ok(())
+    }
+
+    // In memory an index is a set (its keys are named apart from the sets').
+    pub(super) async fn index_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {
+        self.set_add(key, member, ttl).await
+    }
+
+    pub(super) async fn index_members(&self, key: &str) -> StoreResult<Vec<String>> {
+        self.set_members(key).await
+    }
+
+    pub(super) async fn index_remove(&self, key: &str, member: &str) -> StoreResult<()> {
+        self.set_remove(key, member).await
     }
 
     pub(super) async fn set_members(&self, key: &str) -> StoreResult<Vec<String>> {

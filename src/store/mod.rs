@@ -84,6 +84,26 @@ impl Store {
         dispatch!(self.replace(key, expected, new))
     }
 
+    /// Reads `key` and, atomically, when `guard` is not empty and the value holds it at byte
+    /// `guard_at`, overwrites the value's bytes at `at` with `patch` (its TTL kept). Returns
+    /// the value as it was read and whether it was patched; one command on Redis.
+    pub async fn get_patching(
+        &self,
+        key: &str,
+        guard_at: usize,
+        guard: &[u8],
+        at: usize,
+        patch: &[u8],
+    ) -> StoreResult<Option<(Vec<u8>, bool)>> {
+        dispatch!(self.get_patching(key, guard_at, guard, at, patch))
+    }
+
+    /// Overwrites the bytes at `at` of an existing value (its TTL kept); a missing key stays
+    /// missing.
+    pub async fn patch(&self, key: &str, at: usize, bytes: &[u8]) -> StoreResult<()> {
+        dispatch!(self.patch(key, at, bytes))
+    }
+
     /// Reads two keys of the same hash slot in one round trip.
     pub async fn get_pair(&self, key: &str, other: &str) -> StoreResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
         dispatch!(self.get_pair(key, other))
@@ -92,6 +112,20 @@ impl Store {
     /// Adds `member` to the set at `key`; the set lives at least `ttl` from now.
     pub async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {
         dispatch!(self.set_add(key, member, ttl))
+    }
+
+    /// Adds `member` to the index at `key` (a small hash on Redis, cheaper than a set); the
+    /// index lives at least `ttl` from now.
+    pub async fn index_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {
+        dispatch!(self.index_add(key, member, ttl))
+    }
+
+    pub async fn index_members(&self, key: &str) -> StoreResult<Vec<String>> {
+        dispatch!(self.index_members(key))
+    }
+
+    pub async fn index_remove(&self, key: &str, member: &str) -> StoreResult<()> {
+        dispatch!(self.index_remove(key, member))
     }
 
     pub async fn set_members(&self, key: &str) -> StoreResult<Vec<String>> {
@@ -197,6 +231,35 @@ pub mod contract {
         let (rec, _) = store.get_pair(&k("gone"), &k("touch")).await.unwrap();
         assert_eq!(rec, None);
 
+        store.put(&k("patched"), b"v0000xy", ttl).await.unwrap();
+        let read = store.get_patching(&k("patched"), 5, b"xz", 1, b"1234").await.unwrap();
+        assert_eq!(read, Some((b"v0000xy".to_vec(), false)), "a guard that does not match");
+        let read = store.get_patching(&k("patched"), 5, b"", 1, b"1234").await.unwrap();
+        assert_eq!(read, Some((b"v0000xy".to_vec(), false)), "an empty guard never matches");
+        let read = store.get_patching(&k("patched"), 5, b"xy", 1, b"1234").await.unwrap();
+        assert_eq!(read, Some((b"v0000xy".to_vec(), true)), "read as it was before");
+        assert_eq!(
+            store.get(&k("patched")).await.unwrap().as_deref(),
+            Some(&b"v1234xy"[..])
+        );
+        let read = store.get_patching(&k("patched"), 100, b"xy", 1, b"9").await.unwrap();
+        assert_eq!(read, Some((b"v1234xy".to_vec(), false)), "a guard past the end");
+        assert_eq!(
+            store.get_patching(&k("unpatched"), 0, b"v", 1, b"1").await.unwrap(),
+            None
+        );
+        store.patch(&k("patched"), 2, b"77").await.unwrap();
+        assert_eq!(
+            store.get(&k("patched")).await.unwrap().as_deref(),
+            Some(&b"v1774xy"[..])
+        );
+        store.patch(&k("unpatched"), 0, b"x").await.unwrap();
+        assert_eq!(
+            store.get(&k("unpatched")).await.unwrap(),
+            None,
+            "a patch creates nothing"
+        );
+
         store.set_add(&k("set"), "x", ttl).await.unwrap();
         store.set_add(&k("set"), "y", ttl).await.unwrap();
         let mut members = store.set_members(&k("set")).await.unwrap();
@@ -204,6 +267,16 @@ pub mod contract {
         assert_eq!(members, vec!["x", "y"]);
         store.set_remove(&k("set"), "x").await.unwrap();
         assert_eq!(store.set_members(&k("set")).await.unwrap(), vec!["y"]);
+
+        store.index_add(&k("index"), "x", ttl).await.unwrap();
+        store.index_add(&k("index"), "y", ttl).await.unwrap();
+        store.index_add(&k("index"), "x", ttl).await.unwrap();
+        let mut members = store.index_members(&k("index")).await.unwrap();
+        members.sort();
+        assert_eq!(members, vec!["x", "y"]);
+        store.index_remove(&k("index"), "x").await.unwrap();
+        assert_eq!(store.index_members(&k("index")).await.unwrap(), vec!["y"]);
+        assert!(store.index_members(&k("no-index")).await.unwrap().is_empty());
 
         let q = k("queue");
         store.schedule(&q, "m1", 100).await.unwrap();

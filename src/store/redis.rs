@@ -45,6 +45,36 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
 end
 return 1";
 
+// A hash of one or a few entries is a listpack: about 100 bytes less per key than a set.
+const INDEX_ADD: &str = r"
+redis.call('HSET', KEYS[1], ARGV[1], '')
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1";
+
+// Reads a value and, when it holds ARGV[2] (not empty) at byte ARGV[1], overwrites its bytes
+// at ARGV[3] with ARGV[4] (SETRANGE keeps the TTL). Returns the value as read and 1 if patched.
+const GET_PATCHING: &str = r"
+local value = redis.call('GET', KEYS[1])
+if not value then
+  return false
+end
+local at = tonumber(ARGV[1])
+if #ARGV[2] > 0 and string.sub(value, at + 1, at + #ARGV[2]) == ARGV[2] then
+  redis.call('SETRANGE', KEYS[1], ARGV[3], ARGV[4])
+  return {value, 1}
+end
+return {value, 0}";
+
+// SETRANGE on a missing key would create one without a TTL: only an existing value is patched.
+const PATCH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0";
+
 const CLAIM_DUE: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 for _, member in ipairs(due) do
@@ -259,6 +289,9 @@ pub struct RedisStore {
 
 struct Scripts {
     replace: Script,
+    get_patching: Script,
+    index_add: Script,
+    patch: Script,
     set_add: Script,
     claim_due: Script,
 }
@@ -573,6 +606,9 @@ impl RedisStore {
             prefix: Arc::from(options.key_prefix.as_str()),
             scripts: Arc::new(Scripts {
                 replace: Script::new(REPLACE),
+                get_patching: Script::new(GET_PATCHING),
+                index_add: Script::new(INDEX_ADD),
+                patch: Script::new(PATCH),
                 set_add: Script::new(SET_ADD),
                 claim_due: Script::new(CLAIM_DUE),
             }),
@@ -708,6 +744,36 @@ impl RedisStore {
         Ok(replaced == 1)
     }
 
+    pub(super) async fn get_patching(
+        &self,
+        key: &str,
+        guard_at: usize,
+        guard: &[u8],
+        at: usize,
+        patch: &[u8],
+    ) -> StoreResult<Option<(Vec<u8>, bool)>> {
+        // Repeating writes the same bytes again: safe.
+        let read: Option<(Vec<u8>, i64)> = self
+            .invoke(
+                Repeat::Safe,
+                self.scripts
+                    .get_patching
+                    .key(key)
+                    .arg(guard_at)
+                    .arg(guard)
+                    .arg(at)
+                    .arg(patch),
+            )
+            .await?;
+        Ok(read.map(|(value, patched)| (value, patched == 1)))
+    }
+
+    pub(super) async fn patch(&self, key: &str, at: usize, bytes: &[u8]) -> StoreResult<()> {
+        self.invoke::<i64>(Repeat::Safe, self.scripts.patch.key(key).arg(at).arg(bytes))
+            .await
+            .map(drop)
+    }
+
     pub(super) async fn get_pair(&self, key: &str, other: &str) -> StoreResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
         if matches!(self.conn, Conn::Cluster(..)) {
             // While a slot migrates, a multi-key read whose keys are not all on one side is
@@ -725,6 +791,25 @@ impl RedisStore {
 
     pub(super) async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {
         self.invoke::<i64>(Repeat::Safe, self.scripts.set_add.key(key).arg(member).arg(ttl_ms(ttl)))
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn index_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {
+        self.invoke::<i64>(
+            Repeat::Safe,
+            self.scripts.index_add.key(key).arg(member).arg(ttl_ms(ttl)),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn index_members(&self, key: &str) -> StoreResult<Vec<String>> {
+        self.query(Repeat::Safe, redis::cmd("HKEYS").arg(key)).await
+    }
+
+    pub(super) async fn index_remove(&self, key: &str, member: &str) -> StoreResult<()> {
+        self.query::<i64>(Repeat::Safe, redis::cmd("HDEL").arg(key).arg(member))
             .await
             .map(drop)
     }

@@ -1,0 +1,391 @@
+//! How a process record is laid out in the store.
+//!
+//! **Format 2** (written by this version), binary, about a third smaller than format 1:
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 0 | `2` |
+//! | 1..14 | the last authenticated poll, ms since the epoch, 13 ASCII digits (all `0`: none) |
+//! | 14 | `1` when a poll presenting the bound secret may stamp the poll clock in the same command that reads the record (a secret-bound process without a DPoP key), else `0` |
+//! | 15 | length `L` of the bound secret's fingerprint (`0`: none) |
+//! | 16..16+L | the fingerprint (keyed hash of client id and secret) |
+//! | 2 bytes | big-endian length `J` of the body |
+//! | J bytes | the rest of the record as JSON with one-letter names ([`Body`]) |
+//! | the rest | the sealed secrets, binary: key id, `.`, nonce, ciphertext and tag (empty once delivered) |
+//!
+//! The poll clock lives in the record (bytes 1..14) and the guard (bytes 14..16+L) sits at a
+//! fixed place, so a pending poll is one store command: read the record and, if the caller
+//! presents the bound fingerprint, stamp the clock ([`crate::store::Store::get_patching`]).
+//!
+//! **Format 1** (earlier versions): the record as JSON (it starts with `{`), its poll clock in
+//! a key of its own. It is still read, so processes created before an upgrade live on.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::{AuthMethod, ClientBinding, ProcessRecord, Requested, Status};
+
+pub const FORMAT_2: u8 = 2;
+/// Where the poll clock is, and its width.
+pub const STAMP_AT: usize = 1;
+pub const STAMP_LEN: usize = 13;
+/// Where the guard (flag, length, fingerprint) starts.
+pub const GUARD_AT: usize = STAMP_AT + STAMP_LEN;
+const NO_STAMP: [u8; STAMP_LEN] = [b'0'; STAMP_LEN];
+
+/// The poll clock as stored: 13 digits.
+pub fn stamp(now_ms: u64) -> [u8; STAMP_LEN] {
+    let mut out = NO_STAMP;
+    let mut n = now_ms.min(9_999_999_999_999);
+    for slot in out.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out
+}
+
+fn read_stamp(bytes: &[u8]) -> Option<u64> {
+    let digits = bytes.get(STAMP_AT..STAMP_AT + STAMP_LEN)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    (n != 0).then_some(n)
+}
+
+/// The guard a poll presents: it matches the stored one only for a secret-bound process
+/// without a DPoP key whose fingerprint is `fingerprint`.
+pub fn guard(fingerprint: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + fingerprint.len());
+    out.push(1);
+    out.push(u8::try_from(fingerprint.len()).unwrap_or(0));
+    out.extend_from_slice(fingerprint.as_bytes());
+    out
+}
+
+/// Whether the stamp of a poll that presents the bound secret may be folded into its read.
+fn may_stamp_on_read(record: &ProcessRecord) -> bool {
+    matches!(
+        record.client.method,
+        AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
+    ) && record.client.fingerprint.is_some()
+        && record.jkt.is_none()
+}
+
+/// The rest of the record, with one-letter names.
+#[derive(Serialize, Deserialize)]
+struct Body {
+    #[serde(rename = "i")]
+    process_id: String,
+    #[serde(rename = "r")]
+    realm: String,
+    #[serde(rename = "c")]
+    client_id: String,
+    #[serde(rename = "m")]
+    method: u8,
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    jkt: Option<String>,
+    #[serde(rename = "s")]
+    status: u8,
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(rename = "v")]
+    interval: u64,
+    #[serde(rename = "x", default, skip_serializing_if = "is_zero")]
+    strikes: u32,
+    #[serde(rename = "t")]
+    created_at: u64,
+    #[serde(rename = "e")]
+    expires_at: u64,
+    #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
+    completed_at: Option<u64>,
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
+    delivering_since: Option<u64>,
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    sub: Option<String>,
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    nonce: Option<String>,
+    #[serde(rename = "q", default, skip_serializing_if = "Requested::is_empty")]
+    requested: Requested,
+    #[serde(rename = "p", default, skip_serializing_if = "is_zero")]
+    ping_attempts: u32,
+    #[serde(rename = "z", default, skip_serializing_if = "std::ops::Not::not")]
+    release_in_doubt: bool,
+    /// The exchange's W3C `traceparent`, when traces are on.
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    trace: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+const METHODS: [AuthMethod; 4] = [
+    AuthMethod::ClientSecretBasic,
+    AuthMethod::ClientSecretPost,
+    AuthMethod::JwtAssertion,
+    AuthMethod::None,
+];
+const STATUSES: [Status; 8] = [
+    Status::Pending,
+    Status::Approved,
+    Status::Denied,
+    Status::Cancelled,
+    Status::Delivering,
+    Status::Delivered,
+    Status::Revoked,
+    Status::Failed,
+];
+
+fn code_of<T: PartialEq>(all: &[T], value: &T) -> u8 {
+    all.iter().position(|v| v == value).unwrap_or(0) as u8
+}
+
+/// Format 2 bytes of `record`, its poll clock at `last_poll`.
+pub fn encode(record: &ProcessRecord, last_poll: Option<u64>) -> Vec<u8> {
+    let fingerprint = record.client.fingerprint.as_deref().unwrap_or("");
+    let fingerprint = if fingerprint.len() <= usize::from(u8::MAX) {
+        fingerprint
+    } else {
+        ""
+    };
+    let body = Body {
+        process_id: record.process_id.clone(),
+        realm: record.realm.clone(),
+        client_id: record.client_id.clone(),
+        method: code_of(&METHODS, &record.client.method),
+        jkt: record.jkt.clone(),
+        status: code_of(&STATUSES, &record.status),
+        description: record.description.clone(),
+        interval: record.interval,
+        strikes: record.strikes,
+        created_at: record.created_at,
+        expires_at: record.expires_at,
+        completed_at: record.completed_at,
+        delivering_since: record.delivering_since,
+        sub: record.sub.clone(),
+        sid: record.sid.clone(),
+        nonce: record.nonce.clone(),
+        requested: record.requested.clone(),
+        ping_attempts: record.ping_attempts,
+        release_in_doubt: record.release_in_doubt,
+        trace: record.trace.clone(),
+    };
+    // Serialising plain data with string keys cannot fail.
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let sealed = sealed_to_binary(&record.sealed);
+    let mut out = Vec::with_capacity(GUARD_AT + 4 + fingerprint.len() + body.len() + sealed.len());
+    out.push(FORMAT_2);
+    out.extend_from_slice(&last_poll.map_or(NO_STAMP, stamp));
+    out.push(u8::from(may_stamp_on_read(record) && !fingerprint.is_empty()));
+    out.push(fingerprint.len() as u8);
+    out.extend_from_slice(fingerprint.as_bytes());
+    out.extend_from_slice(&(body.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// A record in either format, with its poll clock (format 2; `None` for format 1, whose clock
+/// is a key of its own).
+pub fn decode(raw: &[u8]) -> Result<(ProcessRecord, Option<u64>), String> {
+    match raw.first() {
+        Some(&FORMAT_2) => decode_2(raw).ok_or_else(|| "malformed format 2 process record".to_owned()),
+        Some(b'{') => serde_json::from_slice(raw)
+            .map(|record| (record, None))
+            .map_err(|e| e.to_string()),
+        _ => Err("unknown process record format".to_owned()),
+    }
+}
+
+/// The poll clock of a format 2 record (`None` for format 1 or none yet).
+pub fn clock(raw: &[u8]) -> Option<u64> {
+    (raw.first() == Some(&FORMAT_2)).then(|| read_stamp(raw)).flatten()
+}
+
+/// Whether `raw` is a format 1 record (poll clock in a key of its own).
+pub fn is_format_1(raw: &[u8]) -> bool {
+    raw.first() == Some(&b'{')
+}
+
+fn decode_2(raw: &[u8]) -> Option<(ProcessRecord, Option<u64>)> {
+    let last_poll = read_stamp(raw);
+    let fingerprint_len = usize::from(*raw.get(GUARD_AT + 1)?);
+    let fingerprint_at = GUARD_AT + 2;
+    let fingerprint = std::str::from_utf8(raw.get(fingerprint_at..fingerprint_at + fingerprint_len)?).ok()?;
+    let len_at = fingerprint_at + fingerprint_len;
+    let body_len = usize::from(u16::from_be_bytes(raw.get(len_at..len_at + 2)?.try_into().ok()?));
+    let body_at = len_at + 2;
+    let body: Body = serde_json::from_slice(raw.get(body_at..body_at + body_len)?).ok()?;
+    let sealed = sealed_from_binary(&raw[body_at + body_len..])?;
+    let record = ProcessRecord {
+        process_id: body.process_id,
+        realm: body.realm,
+        client_id: body.client_id,
+        client: ClientBinding {
+            method: *METHODS.get(usize::from(body.method))?,
+            fingerprint: (!fingerprint.is_empty()).then(|| fingerprint.to_owned()),
+        },
+        jkt: body.jkt,
+        status: *STATUSES.get(usize::from(body.status))?,
+        description: body.description,
+        interval: body.interval,
+        strikes: body.strikes,
+        created_at: body.created_at,
+        expires_at: body.expires_at,
+        completed_at: body.completed_at,
+        delivering_since: body.delivering_since,
+        sub: body.sub,
+        sid: body.sid,
+        nonce: body.nonce,
+        requested: body.requested,
+        ping_attempts: body.ping_attempts,
+        release_in_doubt: body.release_in_doubt,
+        sealed,
+        trace: body.trace,
+    };
+    Some((record, last_poll))
+}
+
+/// `kid.base64url` (as `Sealer::seal` writes it) → `b` kid `.` raw bytes; anything else is
+/// kept as text behind `t`, so an unexpected form still round-trips.
+fn sealed_to_binary(sealed: &str) -> Vec<u8> {
+    if sealed.is_empty() {
+        return Vec::new();
+    }
+    if let Some((kid, encoded)) = sealed.split_once('.') {
+        if let Ok(raw) = URL_SAFE_NO_PAD.decode(encoded) {
+            let mut out = Vec::with_capacity(2 + kid.len() + raw.len());
+            out.push(b'b');
+            out.extend_from_slice(kid.as_bytes());
+            out.push(b'.');
+            out.extend_from_slice(&raw);
+            return out;
+        }
+    }
+    let mut out = Vec::with_capacity(1 + sealed.len());
+    out.push(b't');
+    out.extend_from_slice(sealed.as_bytes());
+    out
+}
+
+fn sealed_from_binary(bytes: &[u8]) -> Option<String> {
+    match bytes.split_first() {
+        None => Some(String::new()),
+        Some((b'b', rest)) => {
+            let dot = rest.iter().position(|&b| b == b'.')?;
+            let kid = std::str::from_utf8(&rest[..dot]).ok()?;
+            Some(format!("{kid}.{}", URL_SAFE_NO_PAD.encode(&rest[dot + 1..])))
+        }
+        Some((b't', rest)) => String::from_utf8(rest.to_vec()).ok(),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(now: u64) -> ProcessRecord {
+        let mut record = ProcessRecord::sample(now);
+        record.client.fingerprint = Some("f".repeat(43));
+        record.description = Some("Checking \"your\" documents…".into());
+        record.completed_at = Some(now);
+        record.delivering_since = Some(now + 1);
+        record.sub = Some("user-1".into());
+        record.sid = Some("session-1".into());
+        record.nonce = Some("n-0".into());
+        record.requested = Requested {
+            acr_values: Some("urn:acr:high".into()),
+            claims: Some("{\"id_token\":{}}".into()),
+        };
+        record.ping_attempts = 3;
+        record.strikes = 2;
+        record.release_in_doubt = true;
+        record.sealed = format!("k1.{}", URL_SAFE_NO_PAD.encode([0u8, 1, 2, b'.', 255, 46]));
+        record
+    }
+
+    #[test]
+    fn every_field_round_trips_in_format_2() {
+        let now = 1_764_000_000_000;
+        for record in [ProcessRecord::sample(now), full(now)] {
+            for method in METHODS {
+                for status in STATUSES {
+                    let mut record = record.clone();
+                    record.client.method = method;
+                    record.status = status;
+                    for last_poll in [None, Some(now - 5)] {
+                        let raw = encode(&record, last_poll);
+                        assert_eq!(raw[0], FORMAT_2);
+                        assert_eq!(decode(&raw).unwrap(), (record.clone(), last_poll));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn format_1_records_are_still_read() {
+        let record = full(1_764_000_000_000);
+        let raw = serde_json::to_vec(&record).unwrap();
+        assert!(is_format_1(&raw));
+        assert_eq!(decode(&raw).unwrap(), (record, None));
+        // As an earlier version wrote it, field names and all.
+        let written = br#"{"process_id":"p","realm":"r","client_id":"c","client":{"method":"client_secret_basic","fingerprint":"fp"},"status":"pending","interval":5,"strikes":0,"created_at":1,"expires_at":2,"sub":"s","ping_attempts":0,"sealed":"k.AAAA"}"#;
+        let (record, last_poll) = decode(written).unwrap();
+        assert_eq!(
+            (record.client.fingerprint.as_deref(), record.sealed.as_str(), last_poll),
+            (Some("fp"), "k.AAAA", None)
+        );
+    }
+
+    #[test]
+    fn unreadable_bytes_are_errors_not_panics() {
+        let raw = encode(&full(1_764_000_000_000), Some(7));
+        for cut in 0..raw.len() {
+            let _ = decode(&raw[..cut]);
+        }
+        assert!(decode(b"").is_err());
+        assert!(decode(b"\x07junk").is_err());
+        let mut bad_status = raw.clone();
+        let at = bad_status.windows(5).position(|w| w == b"\"s\":0").unwrap() + 4;
+        bad_status[at] = b'9';
+        assert!(decode(&bad_status).is_err());
+    }
+
+    #[test]
+    fn the_guard_sits_where_a_poll_looks_for_it() {
+        let now = 1_764_000_000_000;
+        let mut record = ProcessRecord::sample(now);
+        record.client.fingerprint = Some("fp-of-the-secret".into());
+        let raw = encode(&record, None);
+        let presented = guard("fp-of-the-secret");
+        assert_eq!(&raw[GUARD_AT..GUARD_AT + presented.len()], &presented[..]);
+        assert_ne!(
+            &raw[GUARD_AT..GUARD_AT + presented.len()],
+            &guard("fp-of-another-sec")[..]
+        );
+        // Bound to a DPoP key, or authenticated by an assertion: the stamp waits for the checks.
+        record.jkt = Some("thumbprint".into());
+        let raw = encode(&record, None);
+        assert_ne!(&raw[GUARD_AT..GUARD_AT + presented.len()], &presented[..]);
+        record.jkt = None;
+        record.client.method = AuthMethod::JwtAssertion;
+        let raw = encode(&record, None);
+        assert_ne!(&raw[GUARD_AT..GUARD_AT + presented.len()], &presented[..]);
+    }
+
+    #[test]
+    fn the_stamp_is_thirteen_digits() {
+        assert_eq!(&stamp(1_764_000_000_123), b"1764000000123");
+        assert_eq!(&stamp(42), b"0000000000042");
+        let mut raw = encode(&ProcessRecord::sample(1_000_000), None);
+        assert_eq!(read_stamp(&raw), None);
+        raw[STAMP_AT..STAMP_AT + STAMP_LEN].copy_from_slice(&stamp(1_764_000_000_123));
+        assert_eq!(decode(&raw).unwrap().1, Some(1_764_000_000_123));
+    }
+}
