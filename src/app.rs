@@ -268,6 +268,7 @@ pub fn compose(
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         body_read_timeout: config.body_read_timeout,
+        telemetry: telemetry.clone(),
     };
     let pinger = Pinger {
         records,

@@ -438,6 +438,15 @@ async fn a_deferred_flow_continues_the_callers_trace_to_the_op_and_the_ping() {
     let exchange_server = &find(&trace, SERVER, &exchange_parent)[0];
     assert_eq!(ping_spans[0].parent_span_id, exchange_server.span_id);
 
+    // The completion webhook on the admin port is a server span of its own.
+    let completion: Vec<&Exported> = spans
+        .iter()
+        .filter(|s| s.kind == SERVER && s.attr("dtr.route") == Some("completion"))
+        .collect();
+    assert_eq!(completion.len(), 1, "{spans:#?}");
+    assert_eq!(completion[0].name, "POST completion");
+    assert_eq!(completion[0].attr("http.response.status_code"), Some("200"));
+
     // Pass-through has its span too, and the forwarded request carries the proxy's span.
     let passthrough = find(&other_trace, SERVER, &other_parent);
     assert_eq!(passthrough.len(), 1, "{spans:#?}");

@@ -141,7 +141,7 @@ impl Config {
             "traces": self.traces.as_ref().map(|t| json!({
                 "endpoint": redact_url(t.endpoint.as_str()),
                 "service_name": t.service_name,
-                "sampler": format!("{:?}", t.sampler),
+                "sampler": t.sampler.describe(),
                 // Header values are often credentials: names only.
                 "headers": t.headers.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
                 "resource": t.resource.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),

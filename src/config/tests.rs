@@ -253,6 +253,7 @@ fn trace_settings_are_checked_and_shown_with_the_others() {
     let text = config.effective().to_string();
     assert!(!text.contains("s3cr3t-token"), "{text}");
     assert!(text.contains("\"headers\":[\"authorization\"]"), "{text}");
+    assert!(text.contains("\"sampler\":\"parentbased_always_on\""), "{text}");
 
     let off = Config::from_env(env(&[
         ("DTR_UPSTREAM_URL", "http://kc:8080"),

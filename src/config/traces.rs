@@ -40,6 +40,20 @@ pub enum RootSampler {
     Ratio(f64),
 }
 
+impl SamplerSetting {
+    /// As `OTEL_TRACES_SAMPLER[_ARG]` name it, e.g. `parentbased_traceidratio 0.25`.
+    pub fn describe(&self) -> String {
+        match self {
+            SamplerSetting::AlwaysOn => "always_on".into(),
+            SamplerSetting::AlwaysOff => "always_off".into(),
+            SamplerSetting::Ratio(r) => format!("traceidratio {r}"),
+            SamplerSetting::ParentBased(RootSampler::AlwaysOn) => "parentbased_always_on".into(),
+            SamplerSetting::ParentBased(RootSampler::AlwaysOff) => "parentbased_always_off".into(),
+            SamplerSetting::ParentBased(RootSampler::Ratio(r)) => format!("parentbased_traceidratio {r}"),
+        }
+    }
+}
+
 const DEFAULT_SERVICE_NAME: &str = "dtr-proxy";
 const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 

@@ -16,6 +16,7 @@ use crate::endpoints::operator::{self, OperatorApi};
 use crate::http::{json_no_store, plain, read_request_body, Body, BodyError, IntoBody};
 use crate::metrics::Metrics;
 use crate::records::Records;
+use crate::telemetry::{self, FutureExt as _, Telemetry};
 
 /// Largest webhook body accepted.
 const MAX_WEBHOOK_BODY: usize = 64 * 1024;
@@ -62,6 +63,8 @@ pub struct AdminService {
     pub readiness: Arc<Readiness>,
     /// `DTR_BODY_READ_TIMEOUT`.
     pub body_read_timeout: Duration,
+    /// Traces: the completion webhook is a server span (health and metrics are not traced).
+    pub telemetry: Telemetry,
 }
 
 impl AdminService {
@@ -73,10 +76,18 @@ impl AdminService {
             (&Method::GET, "/readyz") => self.ready().await,
             (&Method::GET, "/metrics") => self.metrics().await,
             (&Method::POST, "/v1/completions") => {
-                let (parts, body) = request.into_parts();
-                match read_request_body(body, MAX_WEBHOOK_BODY, self.body_read_timeout).await {
-                    Ok(bytes) => self.completions.handle(&parts.headers, &bytes).await,
-                    Err(e) => self.unreadable("completion", e),
+                // A server span in the verification service's trace: the revocations and
+                // Keycloak admin calls a verdict leads to are its children.
+                let span = self
+                    .telemetry
+                    .server(request.headers(), request.method(), &path, "completion");
+                match span {
+                    None => self.completion(request).await,
+                    Some(cx) => {
+                        let response = self.completion(request).with_context(cx.clone()).await;
+                        telemetry::end_server(&cx, response.status());
+                        response
+                    }
                 }
             }
             (_, p) if p == operator::PREFIX || p.starts_with(&format!("{}/", operator::PREFIX)) => {
@@ -113,6 +124,14 @@ impl AdminService {
             status,
             &json!({"error": "invalid_body", "error_description": e.to_string()}),
         )
+    }
+
+    async fn completion(&self, request: Request<Body>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        match read_request_body(body, MAX_WEBHOOK_BODY, self.body_read_timeout).await {
+            Ok(bytes) => self.completions.handle(&parts.headers, &bytes).await,
+            Err(e) => self.unreadable("completion", e),
+        }
     }
 
     /// Ready while serving and not draining. The store's health is reported but does not make the
