@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::{now_s, unique, REDIRECT_URI};
+use super::{client, now_s, op, unique, Proxy, REDIRECT_URI};
 
 pub const FED: &str = "https://fed.example.org";
 pub const ORG: &str = "https://org.example.com";
@@ -247,5 +247,51 @@ impl Federation {
         self.client_key
             .sign(&json!({"iss": self.client_id, "sub": self.client_id, "aud": audience,
             "exp": now_s() + 60, "iat": now_s(), "jti": unique("a")}))
+    }
+
+    /// A token request of the client: `form` with a fresh `private_key_jwt` assertion.
+    pub async fn token(&self, proxy: &Proxy, form: &[(&str, &str)]) -> (u16, Value) {
+        let assertion = self.assertion(&proxy.issuer);
+        post_form(proxy, &proxy.token_url(), &token_form(&assertion, form)).await
+    }
+}
+
+/// `extra` with a `private_key_jwt` client assertion.
+pub fn token_form<'a>(assertion: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut form = vec![
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", assertion),
+    ];
+    form.extend_from_slice(extra);
+    form
+}
+
+/// POSTs a form to the proxy: the status and the JSON answer (null if none).
+pub async fn post_form(proxy: &Proxy, url: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = proxy.http.post(url).form(form).send().await.expect("POST");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The stand-in OP's record of a client provisioned in the proxy's realm, if any (enabled
+/// or not: see `enabled`).
+pub async fn provisioned(proxy: &Proxy, client_id: &str) -> Option<Value> {
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let response = client()
+        .get(format!(
+            "http://127.0.0.1:{}/admin/provisioning/{}/{}",
+            op().port,
+            encode(&proxy.realm),
+            encode(client_id)
+        ))
+        .send()
+        .await
+        .expect("OP admin");
+    match response.status().as_u16() {
+        200 => Some(response.json().await.expect("json")),
+        _ => None,
     }
 }
