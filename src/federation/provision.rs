@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::STANDARD;
@@ -70,8 +71,17 @@ pub trait Provisioner: Send + Sync {
 /// Clients listed per Admin API (or provisioning endpoint) page.
 const PAGE: usize = 100;
 
+/// What a path segment must encode: everything but the unreserved characters (RFC 3986
+/// §2.3). Encoding those too (`-` in a client's UUID) makes Keycloak refuse the path as not
+/// normalized.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn path_segment(value: &str) -> String {
-    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(value, SEGMENT).to_string()
 }
 
 /// The OIDC client metadata (RFC 7591 names) an OP is given for a federated client.
@@ -101,6 +111,13 @@ fn op_scopes(client: &FederatedClient) -> Vec<&str> {
     scopes
 }
 
+/// An Admin API refusal, with the start of what Keycloak said (its `error`/`errorMessage`).
+fn admin_api_error(reply: &crate::upstream::BufferedReply) -> ProvisionError {
+    let said = String::from_utf8_lossy(&reply.body);
+    let said: String = said.chars().take(200).collect();
+    ProvisionError(format!("the Admin API answered {}: {said}", reply.status))
+}
+
 /// Keycloak client attributes that mark a client as the proxy's (searched with the Admin
 /// API's `q=` query), name its trust root and its statement's expiry.
 const OWNER_ATTRIBUTE: &str = "dtr.owner";
@@ -114,6 +131,8 @@ pub struct KeycloakProvisioner {
     routes: Routes,
     account: KeycloakAdmin,
     token: Mutex<Option<(String, u64)>>,
+    /// Whether the `q=` attribute search is accepted (until Keycloak refuses it once).
+    searchable: AtomicBool,
 }
 
 impl KeycloakProvisioner {
@@ -123,6 +142,7 @@ impl KeycloakProvisioner {
             routes,
             account,
             token: Mutex::new(None),
+            searchable: AtomicBool::new(true),
         }
     }
 
@@ -297,7 +317,7 @@ impl Provisioner for KeycloakProvisioner {
             if reply.status.is_success() {
                 Ok(())
             } else {
-                Err(ProvisionError(format!("the Admin API answered {}", reply.status)))
+                Err(admin_api_error(&reply))
             }
         })
     }
@@ -316,41 +336,90 @@ impl Provisioner for KeycloakProvisioner {
                 return Ok(false);
             };
             let path = format!("/admin/realms/{}/clients/{}", path_segment(realm), path_segment(id));
-            let reply = self
-                .call(realm, Method::PUT, &path, Some(&json!({ "enabled": false })))
-                .await?;
+            // The whole representation just read, disabled: Keycloak refuses a partial one.
+            let mut disabled = found.clone();
+            disabled["enabled"] = Value::Bool(false);
+            let reply = self.call(realm, Method::PUT, &path, Some(&disabled)).await?;
             if reply.status.is_success() {
                 Ok(true)
             } else {
-                Err(ProvisionError(format!("the Admin API answered {}", reply.status)))
+                Err(admin_api_error(&reply))
             }
         })
     }
 
     fn owned<'a>(&'a self, realm: &'a str) -> BoxFuture<'a, Result<Vec<Owned>, ProvisionError>> {
         Box::pin(async move {
-            let mut owned = Vec::new();
-            let query = path_segment(&format!("{OWNER_ATTRIBUTE}:{OWNER}"));
-            for page in 0.. {
-                let path = format!(
-                    "/admin/realms/{}/clients?q={query}&first={}&max={PAGE}",
-                    path_segment(realm),
-                    page * PAGE
-                );
-                let reply = self.call(realm, Method::GET, &path, None).await?;
-                if !reply.status.is_success() {
-                    return Err(ProvisionError(format!("searching clients answered {}", reply.status)));
-                }
-                let found: Vec<Value> = serde_json::from_slice(&reply.body)
-                    .map_err(|e| ProvisionError(format!("the client search is not a JSON list: {e}")))?;
-                // The search is the filter; the marker is checked again here all the same.
-                owned.extend(found.iter().filter_map(Self::owned_of));
-                if found.len() < PAGE {
-                    break;
+            if self.searchable.load(Ordering::Relaxed) {
+                let query = format!("q={}", path_segment(&format!("{OWNER_ATTRIBUTE}:{OWNER}")));
+                match self.list(realm, &query).await {
+                    Err(ListError::Refused) => {
+                        // Keycloak searches only the client attributes it is told to
+                        // (the jpa client provider's searchableAttributes); without
+                        // dtr.owner among them it answers 400: list every client instead.
+                        tracing::info!(
+                            realm,
+                            "Keycloak does not search the dtr.owner attribute; listing every client instead"
+                        );
+                        self.searchable.store(false, Ordering::Relaxed);
+                    }
+                    other => return other.map_err(ListError::into_provision),
                 }
             }
-            Ok(owned)
+            self.list(realm, "briefRepresentation=false")
+                .await
+                .map_err(ListError::into_provision)
         })
+    }
+}
+
+enum ListError {
+    /// A 400: the query is not accepted.
+    Refused,
+    Failed(ProvisionError),
+}
+
+impl ListError {
+    fn into_provision(self) -> ProvisionError {
+        match self {
+            ListError::Refused => ProvisionError("the client search was refused".into()),
+            ListError::Failed(e) => e,
+        }
+    }
+}
+
+impl KeycloakProvisioner {
+    /// Every client of `realm` that `query` selects, page by page, that the proxy owns.
+    async fn list(&self, realm: &str, query: &str) -> Result<Vec<Owned>, ListError> {
+        let mut owned = Vec::new();
+        for page in 0.. {
+            let path = format!(
+                "/admin/realms/{}/clients?{query}&first={}&max={PAGE}",
+                path_segment(realm),
+                page * PAGE
+            );
+            let reply = self
+                .call(realm, Method::GET, &path, None)
+                .await
+                .map_err(ListError::Failed)?;
+            if reply.status == StatusCode::BAD_REQUEST {
+                return Err(ListError::Refused);
+            }
+            if !reply.status.is_success() {
+                return Err(ListError::Failed(ProvisionError(format!(
+                    "listing clients answered {}",
+                    reply.status
+                ))));
+            }
+            let found: Vec<Value> = serde_json::from_slice(&reply.body)
+                .map_err(|e| ListError::Failed(ProvisionError(format!("the client list is not a JSON list: {e}"))))?;
+            // Whatever the query, the mark is checked here: only owned clients are listed.
+            owned.extend(found.iter().filter_map(Self::owned_of));
+            if found.len() < PAGE {
+                break;
+            }
+        }
+        Ok(owned)
     }
 }
 
@@ -487,5 +556,23 @@ impl Provisioner for EndpointProvisioner {
             }
             Ok(owned)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_keep_unreserved_characters() {
+        assert_eq!(
+            path_segment("3f2c-41d0_a.b~c"),
+            "3f2c-41d0_a.b~c",
+            "a client's UUID stays as it is"
+        );
+        assert_eq!(
+            path_segment("https://sp.example.com/app?x"),
+            "https%3A%2F%2Fsp.example.com%2Fapp%3Fx"
+        );
     }
 }
