@@ -674,3 +674,54 @@ async fn a_client_whose_statement_expired_while_no_replica_ran_is_disabled_at_th
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_client_whose_keys_are_at_a_signed_jwks_uri_completes_a_code_flow() {
+    let federation = Federation::new().await;
+    let client_signing = Key::new("sp-sign-1");
+    federation.publish_with_signed_jwks(&client_signing, &client_signing);
+    let proxy = start_proxy(&federation, true).await;
+    provision_by_a_login(&federation, &proxy).await;
+    let op_client = provisioned(&proxy, &federation.client_id).await.expect("provisioned");
+    assert_eq!(
+        op_client["jwks"],
+        federation.client_key.set(),
+        "the keys of the signed JWKS reach the OP"
+    );
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid", "state": "st-sj"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request", request.as_str()),
+    ];
+    let ack = proxy.login(&params, "someone", None).await.ack();
+    let code = ack.get("code").expect("code").to_owned();
+    let (status, tokens) = federation
+        .token(
+            &proxy,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT_URI),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+}
+
+#[tokio::test]
+async fn a_forged_signed_jwks_is_invalid_client() {
+    let federation = Federation::new().await;
+    let client_signing = Key::new("sp-sign-1");
+    // Signed by a key that names the certified kid but is not it.
+    let forger = Key::new("sp-sign-1");
+    federation.publish_with_signed_jwks(&client_signing, &forger);
+    let proxy = start_proxy(&federation, true).await;
+    assert_unverifiable(&federation, &proxy).await;
+    // The chain itself verified: the refusal is the signed JWKS's (WebFinger, the statement
+    // and the document were fetched).
+    assert!(federation.host.hits.load(Ordering::Relaxed) >= 3);
+}

@@ -23,7 +23,8 @@ use crate::protocol::params::{encode, Params};
 use crate::statements::{ChainVerifier, NestedStatements, Usage};
 pub use discovery::DiscoveryError;
 use discovery::{
-    check_client, client_id_url, collect_levels, fetch_jwks, fetch_statement, select_links, webfinger_url,
+    check_client, client_id_url, collect_levels, fetch_jwks, fetch_statement, resolve_signed_jwks, select_links,
+    webfinger_url,
 };
 use fetch::Fetcher;
 use provision::{Owned, ProvisionError, Provisioner};
@@ -268,10 +269,11 @@ impl Federation {
             .and_then(|jws| jsonwebtoken::decode_header(jws).ok())
             .and_then(|header| header.kid);
         let keys = self.root_keys(federation, innermost_kid.as_deref()).await?;
-        let verified = self
+        let mut verified = self
             .verifier
             .verify(&levels, federation, &keys, Usage::Registration, now)
             .map_err(|e| DiscoveryError::Statement(federation.to_owned(), e))?;
+        resolve_signed_jwks(&self.fetcher, federation, &mut verified, now).await?;
         check_client(
             client_id,
             federation,

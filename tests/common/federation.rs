@@ -234,6 +234,24 @@ impl Federation {
         self.publish(FED, self.org.sign(&self.client_claims(&inner, extra)));
     }
 
+    /// Publishes a statement without inline `jwks` whose client keys are at `signed_jwks_uri`:
+    /// the statement certifies `certified` as the client's signing key, and the document there
+    /// is the client's JWK Set signed by `signer` (naming `certified`'s kid).
+    pub fn publish_with_signed_jwks(&self, certified: &Key, signer: &Key) {
+        let document = signer.sign_as(
+            &certified.kid,
+            &json!({"keys": [self.client_key.jwk], "iat": now_s(), "exp": now_s() + 600}),
+        );
+        self.host.put("/jwks.jose", "application/jose", document);
+        let inner = self.root_statement(now_s() + 3600);
+        let mut claims = self.client_claims(
+            &inner,
+            json!({"signing_keys": certified.set(), "signed_jwks_uri": self.host.url("/jwks.jose")}),
+        );
+        claims.as_object_mut().expect("claims").remove("jwks");
+        self.publish(FED, self.org.sign(&claims));
+    }
+
     pub fn request_object(&self, key: &Key, issuer: &str, params: Value) -> String {
         let mut claims = json!({"iss": self.client_id, "aud": issuer, "exp": now_s() + 300, "iat": now_s(),
             "jti": unique("ro"), "client_id": self.client_id, "redirect_uri": REDIRECT_URI});
