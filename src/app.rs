@@ -129,6 +129,7 @@ pub fn compose(
             provisioner,
             clients.clone(),
             config.allow_insecure_http,
+            metrics.clone(),
         ))
     });
     let dpop = DpopVerifier::new(store.clone(), config.hash_key.clone(), config.dpop_nonce);
@@ -303,6 +304,25 @@ async fn sweep_federation(federation: Arc<Federation>, mut shutdown: watch::Rece
     }
 }
 
+/// Reconciles the OP's federated clients with the trust roots: at once, then every
+/// `DTR_FEDERATION_RECONCILE_INTERVAL`.
+async fn reconcile_federation(
+    federation: Arc<Federation>,
+    interval: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = federation.reconcile() => {}
+            _ = shutdown.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// A running proxy.
 pub struct Running {
     pub public_addr: SocketAddr,
@@ -408,7 +428,13 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
         },
     ));
     if let Some(federation) = services.federation.clone() {
-        tasks.push(tokio::spawn(sweep_federation(federation, watcher.clone())));
+        tasks.push(tokio::spawn(sweep_federation(federation.clone(), watcher.clone())));
+        let interval = federation.reconcile_interval();
+        tasks.push(tokio::spawn(reconcile_federation(
+            federation,
+            interval,
+            watcher.clone(),
+        )));
     }
     let ping_task = tokio::spawn(ping::run(services.pinger.clone(), watcher));
     tasks.extend([public_task, admin_task, ping_task]);

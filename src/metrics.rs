@@ -73,6 +73,11 @@ struct TlsReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     event: &'static str,
 }
@@ -92,6 +97,8 @@ pub struct Metrics {
     process_durations: Family<OutcomeLabels, Histogram>,
     http: Family<HttpLabels, Histogram>,
     tls_reloads: Family<TlsReloadLabels, Counter>,
+    federation_disabled: Family<ReasonLabels, Counter>,
+    federation_reconciles: Family<ResultLabels, Counter>,
     process: ProcessGauges,
 }
 
@@ -127,6 +134,18 @@ impl Metrics {
         );
         let events = Family::<EventLabels, Counter>::default();
         registry.register("process_events", "Process lifecycle events", events.clone());
+        let federation_disabled = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "federation_clients_disabled",
+            "Federated clients disabled at the OP, by reason (statement_expired, trust_root_removed)",
+            federation_disabled.clone(),
+        );
+        let federation_reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "federation_reconciles",
+            "Reconciliations of the OP's federated clients per realm, by result",
+            federation_reconciles.clone(),
+        );
         let upstream = Family::<CallLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
@@ -218,6 +237,8 @@ impl Metrics {
             process_durations,
             http,
             tls_reloads,
+            federation_disabled,
+            federation_reconciles,
             process,
         }
     }
@@ -249,6 +270,14 @@ impl Metrics {
 
     pub fn event_delivery(&self, result: &'static str) {
         self.event_deliveries.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn federation_disabled(&self, reason: &'static str) {
+        self.federation_disabled.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn federation_reconcile(&self, result: &'static str) {
+        self.federation_reconciles.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn event(&self, event: &'static str) {

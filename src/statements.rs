@@ -136,6 +136,9 @@ pub struct Verified {
     pub subject: Option<String>,
     /// The earliest `exp` of the chain (seconds): nothing of it is trusted after that.
     pub expires_at: u64,
+    /// The `signing_keys` the outermost level certifies for its subject (the client): the
+    /// keys a `signed_jwks_uri` document must be signed with.
+    pub signing_keys: Option<JwkSet>,
 }
 
 /// Verifies chains of metadata statements. Behind a trait so that another resolution model
@@ -210,6 +213,59 @@ fn verify_level(jws: &str, keys: &JwkSet, now: u64) -> Result<Map<String, Value>
         return Err(StatementError::Chain("signing_keys_uri is not supported".into()));
     }
     Ok(payload)
+}
+
+/// Verifies the document a `signed_jwks_uri` serves: a JWS whose payload is the entity's
+/// OIDC JWK Set, signed with one of the `signing_keys` its statement certified (chosen by the
+/// header `kid`; asymmetric algorithms only). An `exp` is optional; when present it must not
+/// have passed, and it is returned to bound the keys' lifetime.
+pub fn verify_signed_jwks(jws: &str, keys: &JwkSet, now: u64) -> Result<(JwkSet, Option<u64>), StatementError> {
+    let header = jsonwebtoken::decode_header(jws).map_err(|e| StatementError::Malformed(e.to_string()))?;
+    if !asymmetric(header.alg) {
+        return Err(StatementError::Signature(format!(
+            "algorithm {:?} is not allowed",
+            header.alg
+        )));
+    }
+    let kid = header
+        .kid
+        .as_deref()
+        .ok_or_else(|| StatementError::Signature("the signed JWKS names no kid".into()))?;
+    let jwk = keys
+        .find(kid)
+        .ok_or_else(|| StatementError::Signature(format!("no certified signing key has kid {kid:?}")))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| StatementError::Signature(e.to_string()))?;
+    let mut validation = Validation::new(header.alg);
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let payload = jsonwebtoken::decode::<Map<String, Value>>(jws, &key, &validation)
+        .map_err(|e| StatementError::Signature(e.to_string()))?
+        .claims;
+    let exp = match payload.get("exp").map(Value::as_u64) {
+        None => None,
+        Some(Some(exp)) if exp + LEEWAY_SECONDS > now => Some(exp),
+        Some(Some(_)) => return Err(StatementError::Expired),
+        Some(None) => return Err(StatementError::Malformed("exp must be a number".into())),
+    };
+    if let Some(Some(iat)) = payload.get("iat").map(Value::as_u64) {
+        if iat > now + LEEWAY_SECONDS {
+            return Err(StatementError::NotYetValid);
+        }
+    }
+    let keys = payload
+        .get("keys")
+        .cloned()
+        .ok_or_else(|| StatementError::Malformed("the signed JWKS has no keys".into()))?;
+    let jwks: JwkSet = serde_json::from_value(json_object("keys", keys))
+        .map_err(|e| StatementError::Malformed(format!("the signed JWKS is not a JWK Set: {e}")))?;
+    Ok((jwks, exp))
+}
+
+fn json_object(name: &str, value: Value) -> Value {
+    let mut map = Map::new();
+    map.insert(name.to_owned(), value);
+    Value::Object(map)
 }
 
 /// The `signing_keys` a level certifies for the level above it (a JWK Set, or the same as a
@@ -330,6 +386,7 @@ impl ChainVerifier for NestedStatements {
             metadata: merged,
             subject: string_claim(&below, "sub").map(str::to_owned),
             expires_at,
+            signing_keys: signing_keys(&below)?,
         })
     }
 }
@@ -562,5 +619,57 @@ pub(crate) mod tests {
             NestedStatements::default().verify(&[outer, inner], FED, &fed.root_keys(), Usage::Registration, NOW),
             Err(StatementError::Chain(_))
         ));
+    }
+
+    #[test]
+    fn a_signed_jwks_verifies_only_with_a_certified_key() {
+        let (signer, signer_jwk) = ec_key("sp-sign");
+        let certified: JwkSet = serde_json::from_value(json!({"keys": [signer_jwk]})).unwrap();
+        let (_, client_jwk) = ec_key("sp-1");
+        let document = json!({"keys": [client_jwk], "iat": NOW, "exp": NOW + 60});
+        let (jwks, exp) = verify_signed_jwks(&sign(&signer, "sp-sign", &document), &certified, NOW).unwrap();
+        assert_eq!(jwks.keys.len(), 1);
+        assert!(jwks.find("sp-1").is_some());
+        assert_eq!(exp, Some(NOW + 60));
+        let (forger, _) = ec_key("sp-sign");
+        assert!(matches!(
+            verify_signed_jwks(&sign(&forger, "sp-sign", &document), &certified, NOW),
+            Err(StatementError::Signature(_))
+        ));
+        assert!(matches!(
+            verify_signed_jwks(&sign(&signer, "other", &document), &certified, NOW),
+            Err(StatementError::Signature(_))
+        ));
+        let stale = json!({"keys": [client_jwk], "exp": NOW - 100});
+        assert_eq!(
+            verify_signed_jwks(&sign(&signer, "sp-sign", &stale), &certified, NOW),
+            Err(StatementError::Expired)
+        );
+        assert!(matches!(
+            verify_signed_jwks(&sign(&signer, "sp-sign", &json!({"iss": "x"})), &certified, NOW),
+            Err(StatementError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_outermost_level_hands_over_the_keys_it_certifies_for_its_subject() {
+        let fed = Federation::new();
+        let inner = fed.inner(NOW + 3600);
+        let (_, client_signing) = ec_key("sp-sign");
+        let outer = sign(
+            &fed.org.0,
+            "org-1",
+            &json!({"iss": "https://org.example.com", "sub": "https://sp.example.com/app",
+            "iat": NOW - 5, "exp": NOW + 600, "signing_keys": {"keys": [client_signing]},
+            "signed_jwks_uri": "https://sp.example.com/jwks.jose", "metadata_statements": {FED: inner.clone()}}),
+        );
+        let verified = NestedStatements::default()
+            .verify(&[outer, inner], FED, &fed.root_keys(), Usage::Registration, NOW)
+            .unwrap();
+        assert!(verified.signing_keys.unwrap().find("sp-sign").is_some());
+        assert_eq!(
+            verified.metadata["signed_jwks_uri"], "https://sp.example.com/jwks.jose",
+            "merged (compared by the subset rule like any claim)"
+        );
     }
 }

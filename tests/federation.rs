@@ -15,13 +15,20 @@ use serde_json::{json, Value};
 const PROVISIONING_SECRET: &str = "provisioning-secret-for-tests-0123";
 
 async fn start_proxy(federation: &Federation, allow_private_targets: bool) -> Proxy {
-    let roots = json!([{"id": FED, "jwks": federation.root.set()}]).to_string();
-    let options = Options::new(StoreKind::Embedded)
-        .env("DTR_FEDERATION_TRUST_ROOTS", roots)
-        .env(
-            "DTR_FEDERATION_ALLOW_PRIVATE_TARGETS",
-            allow_private_targets.to_string(),
-        )
+    let roots = json!([{"id": FED, "jwks": federation.root.set()}]);
+    let options = Options::new(StoreKind::Embedded).env(
+        "DTR_FEDERATION_ALLOW_PRIVATE_TARGETS",
+        allow_private_targets.to_string(),
+    );
+    start_proxy_with(options, roots).await
+}
+
+/// A proxy with `roots` as its trust roots, provisioning into the stand-in OP; in a fresh
+/// realm (given its provisioning secret), or in the realm of the proxy `options` succeed.
+async fn start_proxy_with(options: Options, roots: Value) -> Proxy {
+    let fresh = options.succeeds.is_none();
+    let options = options
+        .env("DTR_FEDERATION_TRUST_ROOTS", roots.to_string())
         .env("DTR_FEDERATION_CA_FILE", tls().ca_file.display().to_string())
         .env("DTR_FEDERATION_PROVISIONING", "endpoint")
         .env(
@@ -30,58 +37,17 @@ async fn start_proxy(federation: &Federation, allow_private_targets: bool) -> Pr
         )
         .env("DTR_FEDERATION_PROVISIONING_SECRET", PROVISIONING_SECRET);
     let proxy = start(options).await;
-    // The same realm again, now with its provisioning secret (creating a realm replaces it).
-    let created = client()
-        .post(format!("http://127.0.0.1:{}/admin/realms", op().port))
-        .json(&json!({"realm": proxy.realm, "issuer": proxy.issuer, "provisioning_secret": PROVISIONING_SECRET}))
-        .send()
-        .await
-        .expect("OP admin");
-    assert_eq!(created.status(), 201);
-    proxy
-}
-
-/// The OP's record of a provisioned client, if any.
-async fn provisioned(proxy: &Proxy, client_id: &str) -> Option<Value> {
-    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let response = client()
-        .get(format!(
-            "http://127.0.0.1:{}/admin/provisioning/{}/{}",
-            op().port,
-            encode(&proxy.realm),
-            encode(client_id)
-        ))
-        .send()
-        .await
-        .expect("OP admin");
-    match response.status().as_u16() {
-        200 => Some(response.json().await.expect("json")),
-        _ => None,
+    if fresh {
+        // The same realm again, now with its provisioning secret (creating a realm replaces it).
+        let created = client()
+            .post(format!("http://127.0.0.1:{}/admin/realms", op().port))
+            .json(&json!({"realm": proxy.realm, "issuer": proxy.issuer, "provisioning_secret": PROVISIONING_SECRET}))
+            .send()
+            .await
+            .expect("OP admin");
+        assert_eq!(created.status(), 201);
     }
-}
-
-fn token_form<'a>(assertion: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut form = vec![
-        (
-            "client_assertion_type",
-            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        ),
-        ("client_assertion", assertion),
-    ];
-    form.extend_from_slice(extra);
-    form
-}
-
-async fn post_token(proxy: &Proxy, form: &[(&str, &str)]) -> (u16, Value) {
-    let response = proxy
-        .http
-        .post(proxy.token_url())
-        .form(form)
-        .send()
-        .await
-        .expect("token");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    proxy
 }
 
 /// The error a refused authorization request produced: from the redirect, or the page.
@@ -132,8 +98,9 @@ async fn a_federated_rp_completes_a_deferred_flow_never_registered_by_hand() {
     assert_eq!(op_client["jwks"], federation.client_key.set());
 
     let assertion = federation.assertion(&proxy.issuer);
-    let (status, exchanged) = post_token(
+    let (status, exchanged) = post_form(
         &proxy,
+        &proxy.token_url(),
         &token_form(
             &assertion,
             &[
@@ -155,7 +122,7 @@ async fn a_federated_rp_completes_a_deferred_flow_never_registered_by_hand() {
         ("grant_type", "urn:openid:params:grant-type:deferred"),
         ("deferred_auth_id", id.as_str()),
     ];
-    let (status, pending) = post_token(&proxy, &token_form(&assertion, &poll)).await;
+    let (status, pending) = post_form(&proxy, &proxy.token_url(), &token_form(&assertion, &poll)).await;
     assert_eq!(
         (status, pending["error"].as_str()),
         (400, Some("authorization_pending")),
@@ -166,7 +133,7 @@ async fn a_federated_rp_completes_a_deferred_flow_never_registered_by_hand() {
     assert_eq!(completed.status, 200, "{}", completed.json);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let assertion = federation.assertion(&proxy.issuer);
-    let (status, tokens) = post_token(&proxy, &token_form(&assertion, &poll)).await;
+    let (status, tokens) = post_form(&proxy, &proxy.token_url(), &token_form(&assertion, &poll)).await;
     assert_eq!(status, 200, "{tokens}");
     let id_token = jwt_claims(tokens["id_token"].as_str().expect("id_token"));
     assert_eq!(id_token["aud"], federation.client_id.as_str());
@@ -193,8 +160,9 @@ async fn a_federated_rp_completes_a_plain_code_flow() {
     assert_eq!(ack.get("state"), Some("st-2"));
     let code = ack.get("code").expect("code").to_owned();
     let assertion = federation.assertion(&proxy.issuer);
-    let (status, tokens) = post_token(
+    let (status, tokens) = post_form(
         &proxy,
+        &proxy.token_url(),
         &token_form(
             &assertion,
             &[
@@ -385,8 +353,9 @@ async fn a_federated_client_unknown_at_the_token_endpoint_is_invalid_client() {
     );
     let proxy = start_proxy(&federation, true).await;
     let assertion = federation.assertion(&proxy.issuer);
-    let (status, body) = post_token(
+    let (status, body) = post_form(
         &proxy,
+        &proxy.token_url(),
         &token_form(
             &assertion,
             &[
@@ -439,8 +408,9 @@ async fn a_pushed_request_object_of_a_federated_client_carries_deferred_code() {
     assert_eq!(ack.get("state"), Some("st-par"));
     let code = ack.get("deferred_code").expect("deferred_code").to_owned();
     let assertion = federation.assertion(&proxy.issuer);
-    let (status, exchanged) = post_token(
+    let (status, exchanged) = post_form(
         &proxy,
+        &proxy.token_url(),
         &token_form(
             &assertion,
             &[
@@ -508,8 +478,9 @@ async fn a_rotated_client_key_is_picked_up_and_provisioned_again() {
     let op_client = provisioned(&proxy, &federation.client_id).await.expect("provisioned");
     assert_eq!(op_client["jwks"], federation.client_key.set(), "the OP has the new key");
     let assertion = federation.assertion(&proxy.issuer);
-    let (status, tokens) = post_token(
+    let (status, tokens) = post_form(
         &proxy,
+        &proxy.token_url(),
         &token_form(
             &assertion,
             &[
@@ -543,13 +514,214 @@ async fn a_client_is_disabled_at_the_op_when_its_statement_expires() {
     assert!(proxy.login(&params, "someone", None).await.ack().get("code").is_some());
     assert!(provisioned(&proxy, &federation.client_id).await.is_some());
     // The sweep runs every 15 s.
-    let mut disabled = false;
-    for _ in 0..40 {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        if provisioned(&proxy, &federation.client_id).await.is_none() {
-            disabled = true;
-            break;
+    assert!(
+        disabled_within(&proxy, &federation.client_id, 20).await,
+        "the expired client is still enabled at the OP"
+    );
+}
+
+/// Whether the stand-in OP holds the client disabled within `seconds`.
+async fn disabled_within(proxy: &Proxy, client_id: &str, seconds: u64) -> bool {
+    for _ in 0..seconds * 4 {
+        if provisioned(proxy, client_id)
+            .await
+            .is_some_and(|c| c["enabled"] == false)
+        {
+            return true;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    assert!(disabled, "the expired client is still enabled at the OP");
+    false
+}
+
+/// Logs in with a signed plain code request, so that the client is provisioned.
+async fn provision_by_a_login(federation: &Federation, proxy: &Proxy) {
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request", request.as_str()),
+    ];
+    let ack = proxy.login(&params, "someone", None).await.ack();
+    assert!(ack.get("code").is_some(), "{ack:?}");
+    let op_client = provisioned(proxy, &federation.client_id).await.expect("provisioned");
+    assert_eq!(op_client["enabled"], true);
+    assert_eq!(op_client["dtr_owner"], "dtr-proxy");
+    assert_eq!(op_client["dtr_federation"], FED);
+}
+
+/// Provisions a client at the stand-in OP as someone other than the proxy would.
+async fn provision_by_hand(proxy: &Proxy, client_id: &str) {
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let response = client()
+        .put(format!(
+            "http://127.0.0.1:{}/admin/provisioning/{}/{}",
+            op().port,
+            encode(&proxy.realm),
+            encode(client_id)
+        ))
+        .bearer_auth(PROVISIONING_SECRET)
+        .json(&json!({"client_id": client_id, "redirect_uris": [REDIRECT_URI],
+            "token_endpoint_auth_method": "none", "grant_types": ["authorization_code"],
+            "response_types": ["code"]}))
+        .send()
+        .await
+        .expect("OP admin");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_client_whose_trust_root_is_removed_is_disabled_at_the_op_after_a_restart() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let mut proxy = start_proxy(&federation, true).await;
+    provision_by_a_login(&federation, &proxy).await;
+    let foreign = "https://not-ours.example/app";
+    provision_by_hand(&proxy, foreign).await;
+
+    // Restarted without the trust root (the last one: provisioning stays configured).
+    proxy.running.take().expect("in process").shutdown().await;
+    let options = Options::new(StoreKind::Embedded)
+        .env("DTR_FEDERATION_ALLOW_PRIVATE_TARGETS", "true")
+        .env("DTR_FEDERATION_REALMS", proxy.realm.clone())
+        .succeeding(&proxy);
+    let restarted = start_proxy_with(options, json!([])).await;
+    assert!(
+        disabled_within(&restarted, &federation.client_id, 10).await,
+        "the client of the removed trust root is still enabled at the OP"
+    );
+    let metrics = restarted.metrics().await;
+    assert!(
+        metrics.contains("dtr_federation_clients_disabled_total{reason=\"trust_root_removed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dtr_federation_reconciles_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    let untouched = provisioned(&restarted, foreign).await.expect("the foreign client");
+    assert_eq!(
+        untouched["enabled"], true,
+        "a client the proxy does not own is left alone"
+    );
+
+    // And the proxy refuses the client at its door.
+    let request = federation.request_object(
+        &federation.client_key,
+        &restarted.issuer,
+        json!({"response_type": "code", "scope": "openid"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request", request.as_str()),
+    ];
+    let answer = restarted.login(&params, "someone", None).await;
+    assert_eq!(
+        (answer.status, answer.location.as_deref()),
+        (400, None),
+        "{}",
+        answer.html
+    );
+    assert!(answer.html.contains("invalid_client"), "{}", answer.html);
+    let (status, body) = federation
+        .token(
+            &restarted,
+            &[
+                ("grant_type", "urn:openid:params:grant-type:deferred"),
+                ("deferred_auth_id", "x"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_client")),
+        "{body}"
+    );
+    assert_eq!(
+        provisioned(&restarted, &federation.client_id).await.expect("record")["enabled"],
+        false,
+        "still disabled"
+    );
+}
+
+#[tokio::test]
+async fn a_client_whose_statement_expired_while_no_replica_ran_is_disabled_at_the_start() {
+    let federation = Federation::new().await;
+    let inner = federation.root_statement(now_s() + 3600);
+    let mut claims = federation.client_claims(&inner, json!({}));
+    claims["exp"] = json!(now_s() + 3);
+    federation.publish(FED, federation.org.sign(&claims));
+    let mut proxy = start_proxy(&federation, true).await;
+    provision_by_a_login(&federation, &proxy).await;
+    proxy.running.take().expect("in process").shutdown().await;
+
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let options = Options::new(StoreKind::Embedded)
+        .env("DTR_FEDERATION_ALLOW_PRIVATE_TARGETS", "true")
+        .env("DTR_FEDERATION_REALMS", proxy.realm.clone())
+        .succeeding(&proxy);
+    let restarted = start_proxy_with(options, json!([{"id": FED, "jwks": federation.root.set()}])).await;
+    assert!(
+        disabled_within(&restarted, &federation.client_id, 10).await,
+        "the expired client is still enabled at the OP"
+    );
+    let metrics = restarted.metrics().await;
+    assert!(
+        metrics.contains("dtr_federation_clients_disabled_total{reason=\"statement_expired\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_whose_keys_are_at_a_signed_jwks_uri_completes_a_code_flow() {
+    let federation = Federation::new().await;
+    let client_signing = Key::new("sp-sign-1");
+    federation.publish_with_signed_jwks(&client_signing, &client_signing);
+    let proxy = start_proxy(&federation, true).await;
+    provision_by_a_login(&federation, &proxy).await;
+    let op_client = provisioned(&proxy, &federation.client_id).await.expect("provisioned");
+    assert_eq!(
+        op_client["jwks"],
+        federation.client_key.set(),
+        "the keys of the signed JWKS reach the OP"
+    );
+    let request = federation.request_object(
+        &federation.client_key,
+        &proxy.issuer,
+        json!({"response_type": "code", "scope": "openid", "state": "st-sj"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("request", request.as_str()),
+    ];
+    let ack = proxy.login(&params, "someone", None).await.ack();
+    let code = ack.get("code").expect("code").to_owned();
+    let (status, tokens) = federation
+        .token(
+            &proxy,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT_URI),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+}
+
+#[tokio::test]
+async fn a_forged_signed_jwks_is_invalid_client() {
+    let federation = Federation::new().await;
+    let client_signing = Key::new("sp-sign-1");
+    // Signed by a key that names the certified kid but is not it.
+    let forger = Key::new("sp-sign-1");
+    federation.publish_with_signed_jwks(&client_signing, &forger);
+    let proxy = start_proxy(&federation, true).await;
+    assert_unverifiable(&federation, &proxy).await;
+    // The chain itself verified: the refusal is the signed JWKS's (WebFinger, the statement
+    // and the document were fetched).
+    assert!(federation.host.hits.load(Ordering::Relaxed) >= 3);
 }

@@ -47,59 +47,12 @@ async fn grant_manage_clients(admin: &Admin, realm: &str) {
 /// A browser through the federated replica and Keycloak's pages (on the bed's origin) until
 /// the answer meant for the RP.
 async fn browse(replica: &Proxy, bed: &str, params: &[(&str, &str)], username: &str) -> Answer {
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .expect("browser");
-    let query = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params)
-        .finish();
-    let mut response = browser
-        .get(format!("{}?{query}", replica.url("/protocol/openid-connect/auth")))
-        .send()
-        .await
-        .expect("authorization request");
-    for _ in 0..10 {
-        let answer = Answer::read(response).await;
-        match &answer.location {
-            Some(location) if location.starts_with(bed) || location.starts_with(&replica.base) => {
-                response = browser.get(location).send().await.expect("follow");
-                continue;
-            }
-            Some(_) => return answer,
-            None => {}
-        }
-        let Some(action) = login_form_action(&answer.html) else {
-            return answer;
-        };
-        let form = [
-            ("username", username),
-            ("password", USER_PASSWORD),
-            ("credentialId", ""),
-        ];
-        response = browser.post(&action).form(&form).send().await.expect("login form");
-    }
-    panic!("login did not finish");
-}
-
-async fn token(replica: &Proxy, federation: &Federation, form: &[(&str, &str)]) -> (u16, Value) {
-    let assertion = federation.assertion(&replica.issuer);
-    let mut form = form.to_vec();
-    form.push((
-        "client_assertion_type",
-        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-    ));
-    form.push(("client_assertion", &assertion));
-    let response = replica
-        .http
-        .post(replica.token_url())
-        .form(&form)
-        .send()
-        .await
-        .expect("token");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let form = [
+        ("username", username),
+        ("password", USER_PASSWORD),
+        ("credentialId", ""),
+    ];
+    replica.browse_via(params, &[bed], login_form_action, &form).await
 }
 
 #[tokio::test]
@@ -142,16 +95,16 @@ async fn a_federated_client_is_provisioned_into_keycloak_and_completes_both_flow
     ];
     let ack = browse(&replica, &kc.public, &params, &username).await.ack();
     let code = ack.get("code").unwrap_or_else(|| panic!("no code: {ack:?}")).to_owned();
-    let (status, tokens) = token(
-        &replica,
-        &federation,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT_URI),
-        ],
-    )
-    .await;
+    let (status, tokens) = federation
+        .token(
+            &replica,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT_URI),
+            ],
+        )
+        .await;
     assert_eq!(status, 200, "{tokens}");
     let id_token = jwt_claims(tokens["id_token"].as_str().expect("id_token"));
     assert_eq!(id_token["azp"], federation.client_id.as_str());
@@ -191,16 +144,16 @@ async fn a_federated_client_is_provisioned_into_keycloak_and_completes_both_flow
         .get("deferred_code")
         .unwrap_or_else(|| panic!("no deferred_code: {ack:?}"))
         .to_owned();
-    let (status, exchanged) = token(
-        &replica,
-        &federation,
-        &[
-            ("grant_type", "urn:openid:params:grant-type:deferred"),
-            ("deferred_code", &code),
-            ("code_verifier", &verifier),
-        ],
-    )
-    .await;
+    let (status, exchanged) = federation
+        .token(
+            &replica,
+            &[
+                ("grant_type", "urn:openid:params:grant-type:deferred"),
+                ("deferred_code", &code),
+                ("code_verifier", &verifier),
+            ],
+        )
+        .await;
     assert_eq!(status, 200, "{exchanged}");
     let id = exchanged["deferred_auth_id"]
         .as_str()
@@ -215,11 +168,122 @@ async fn a_federated_client_is_provisioned_into_keycloak_and_completes_both_flow
     let mut released = (0, Value::Null);
     for _ in 0..20 {
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        released = token(&replica, &federation, &poll).await;
+        released = federation.token(&replica, &poll).await;
         if released.0 != 400 || released.1["error"] != "slow_down" {
             break;
         }
     }
     assert_eq!(released.0, 200, "{}", released.1);
     assert!(released.1["refresh_token"].is_string() || released.1["access_token"].is_string());
+}
+
+/// The Admin API's representation of the client whose `clientId` is `client_id`.
+async fn keycloak_client(admin: &Admin, realm: &str, client_id: &str) -> Value {
+    let (status, _, clients) = admin
+        .send(
+            reqwest::Method::GET,
+            &format!(
+                "/{realm}/clients?clientId={}",
+                form_urlencoded::byte_serialize(client_id.as_bytes()).collect::<String>()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{clients}");
+    clients[0].clone()
+}
+
+#[tokio::test]
+async fn a_client_whose_trust_root_is_removed_is_disabled_in_keycloak_after_a_restart() {
+    let kc = keycloak();
+    let admin = kc.admin().await;
+    let realm = unique("fed");
+    admin.create_realm_from_file(&realm, json!({})).await;
+    grant_manage_clients(&admin, &realm).await;
+    let username = unique("fed-user");
+    admin.create_user(&realm, &username).await;
+
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let fetching = vec![
+        ("DTR_FEDERATION_ALLOW_PRIVATE_TARGETS".into(), "true".into()),
+        ("DTR_FEDERATION_CA_FILE".into(), tls().ca_file.display().to_string()),
+        ("DTR_UPSTREAM_TIMEOUT".into(), "30".into()),
+    ];
+    let mut settings = fetching.clone();
+    settings.push((
+        "DTR_FEDERATION_TRUST_ROOTS".into(),
+        json!([{"id": FED, "jwks": federation.root.set()}]).to_string(),
+    ));
+    let mut replica = kc.replica_with(kc.port(), &realm, settings).await;
+    let request = federation.request_object(
+        &federation.client_key,
+        &replica.issuer,
+        json!({"response_type": "code", "scope": "openid", "state": "st-rm"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("response_type", "code"),
+        ("request", request.as_str()),
+    ];
+    let ack = browse(&replica, &kc.public, &params, &username).await.ack();
+    assert!(ack.get("code").is_some(), "{ack:?}");
+    let client = keycloak_client(&admin, &realm, &federation.client_id).await;
+    assert_eq!(client["enabled"], true);
+    assert_eq!(client["attributes"]["dtr.owner"], "dtr-proxy");
+    assert_eq!(client["attributes"]["dtr.federation"], FED);
+    assert!(client["attributes"]["dtr.expires_at"]
+        .as_str()
+        .is_some_and(|s| s.parse::<u64>().is_ok()));
+
+    // Restarted without the trust root (the last one: provisioning set explicitly).
+    replica.running.take().expect("in process").shutdown().await;
+    let mut settings = fetching;
+    settings.extend([
+        ("DTR_FEDERATION_PROVISIONING".into(), "keycloak".into()),
+        ("DTR_FEDERATION_REALMS".into(), realm.clone()),
+    ]);
+    let restarted = kc.replica_with(kc.port(), &realm, settings).await;
+    let mut disabled = false;
+    for _ in 0..60 {
+        if keycloak_client(&admin, &realm, &federation.client_id).await["enabled"] == false {
+            disabled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(
+        disabled,
+        "the client of the removed trust root is still enabled in Keycloak"
+    );
+    let metrics = restarted.metrics().await;
+    assert!(
+        metrics.contains("dtr_federation_clients_disabled_total{reason=\"trust_root_removed\"} 1"),
+        "{metrics}"
+    );
+    let untouched = keycloak_client(&admin, &realm, "dtr-client").await;
+    assert_eq!(
+        untouched["enabled"], true,
+        "a client the proxy does not own is left alone"
+    );
+
+    // The proxy refuses the client at its door.
+    let request = federation.request_object(
+        &federation.client_key,
+        &restarted.issuer,
+        json!({"response_type": "code", "scope": "openid"}),
+    );
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("response_type", "code"),
+        ("request", request.as_str()),
+    ];
+    let answer = browse(&restarted, &kc.public, &params, &username).await;
+    assert_eq!(
+        (answer.status, answer.location.as_deref()),
+        (400, None),
+        "{}",
+        answer.html
+    );
+    assert!(answer.html.contains("invalid_client"), "{}", answer.html);
 }

@@ -62,6 +62,10 @@ pub(super) struct RawFederation {
     pub provisioning_url: Option<String>,
     #[serde(rename = "federation_provisioning_secret")]
     pub provisioning_secret: Option<String>,
+    #[serde(rename = "federation_realms")]
+    pub realms: super::StringList,
+    #[serde(rename = "federation_reconcile_interval")]
+    pub reconcile_interval: u64,
 }
 
 impl Default for RawFederation {
@@ -79,6 +83,8 @@ impl Default for RawFederation {
             provisioning: String::new(),
             provisioning_url: None,
             provisioning_secret: None,
+            realms: super::StringList::Items(Vec::new()),
+            reconcile_interval: 300,
         }
     }
 }
@@ -141,6 +147,11 @@ pub struct FederationSettings {
     pub provider_statements: Vec<ProviderStatementSettings>,
     pub limits: FetchLimits,
     pub provisioning: Provisioning,
+    /// The realms whose provisioned clients are reconciled (besides those of provider
+    /// statements and those a client was admitted to since the start).
+    pub realms: Vec<String>,
+    /// How often the OP's record of provisioned clients is reconciled with the trust roots.
+    pub reconcile_interval: Duration,
 }
 
 impl FederationSettings {
@@ -220,6 +231,7 @@ pub(super) fn validate_federation(
         ("DTR_FEDERATION_MAX_LINKS", raw.max_links as u64, 1),
         ("DTR_FEDERATION_HOST_RATE", u64::from(raw.host_rate), 1),
         ("DTR_FEDERATION_MAX_BYTES", raw.max_bytes as u64, 1024),
+        ("DTR_FEDERATION_RECONCILE_INTERVAL", raw.reconcile_interval, 10),
     ] {
         if value < least {
             errors.push(format!("{setting}: must be at least {least}"));
@@ -249,7 +261,7 @@ pub(super) fn validate_federation(
             if let Some(account) = context.keycloak_admin {
                 Some(Provisioning::Keycloak(account.clone()))
             } else {
-                if !raw.trust_roots.is_empty() {
+                if !raw.trust_roots.is_empty() || !raw.provisioning.is_empty() {
                     errors.push(
                         "DTR_FEDERATION_PROVISIONING: federated clients must be provisioned into the OP: set \
                      DTR_KEYCLOAK_ADMIN_CLIENT_ID/SECRET, or DTR_FEDERATION_PROVISIONING=endpoint with its URL \
@@ -306,7 +318,12 @@ pub(super) fn validate_federation(
             errors
                 .push("DTR_FEDERATION_PROVIDER_STATEMENTS: needs the federation in DTR_FEDERATION_TRUST_ROOTS".into());
         }
-        return None;
+        // Without trust roots, an explicit DTR_FEDERATION_PROVISIONING keeps the
+        // reconciliation running: it disables every client provisioned under the roots
+        // that were removed. Otherwise federation is off.
+        if raw.provisioning.is_empty() {
+            return None;
+        }
     }
     Some(FederationSettings {
         trust_roots,
@@ -321,6 +338,8 @@ pub(super) fn validate_federation(
             ca_pem,
         },
         provisioning: provisioning?,
+        realms: raw.realms.items().into_iter().map(str::to_owned).collect(),
+        reconcile_interval: Duration::from_secs(raw.reconcile_interval.max(10)),
     })
 }
 
@@ -494,5 +513,33 @@ mod tests {
         ] {
             assert!(errors.contains(expected), "{expected} missing from {errors}");
         }
+    }
+
+    #[test]
+    fn without_trust_roots_an_explicit_provisioning_keeps_reconciling() {
+        let off = Config::from_env(base(&[])).unwrap();
+        assert!(off.federation.is_none(), "no roots, no explicit provisioning: off");
+        let retired = Config::from_env(base(&[
+            ("DTR_FEDERATION_PROVISIONING", "keycloak".into()),
+            ("DTR_FEDERATION_REALMS", "customers, staff".into()),
+            ("DTR_FEDERATION_RECONCILE_INTERVAL", "60".into()),
+        ]))
+        .unwrap()
+        .federation
+        .expect("reconciling without roots");
+        assert!(retired.trust_roots.is_empty());
+        assert_eq!(retired.realms, vec!["customers", "staff"]);
+        assert_eq!(retired.reconcile_interval, std::time::Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_too_short_reconcile_interval_is_reported() {
+        let errors = Config::from_env(base(&[
+            ("DTR_FEDERATION_PROVISIONING", "keycloak".into()),
+            ("DTR_FEDERATION_RECONCILE_INTERVAL", "1".into()),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(errors.contains("DTR_FEDERATION_RECONCILE_INTERVAL"), "{errors}");
     }
 }

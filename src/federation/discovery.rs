@@ -10,7 +10,9 @@ use url::Url;
 
 use super::fetch::{FetchError, Fetcher};
 use super::FederatedClient;
-use crate::statements::{inner_of, Inner, StatementError, FEDERATION_PROPERTY, PROVIDER_REL};
+use crate::statements::{
+    inner_of, verify_signed_jwks, Inner, StatementError, Verified, FEDERATION_PROPERTY, PROVIDER_REL,
+};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DiscoveryError {
@@ -169,6 +171,49 @@ pub async fn fetch_jwks(fetcher: &Fetcher, url: &Url) -> Result<JwkSet, Discover
         .await
         .map_err(|e| DiscoveryError::RootKeys(e.to_string()))?;
     serde_json::from_slice(&body).map_err(|e| DiscoveryError::RootKeys(format!("not a JWK Set: {e}")))
+}
+
+/// Media types a `signed_jwks_uri` document may be served as.
+const SIGNED_JWKS_TYPES: [&str; 3] = ["application/jose", "application/jwt", "application/jwk-set+jwt"];
+
+/// A verified chain whose client publishes its keys at `signed_jwks_uri` (and not inline in
+/// `jwks`, which is used when both are given): the document is fetched under the same rules
+/// as every other fetch, verified with the `signing_keys` the client's statement certified,
+/// and its keys put in the metadata as `jwks`; an `exp` of the document bounds the client's
+/// lifetime.
+pub async fn resolve_signed_jwks(
+    fetcher: &Fetcher,
+    federation: &str,
+    verified: &mut Verified,
+    now: u64,
+) -> Result<(), DiscoveryError> {
+    if verified.metadata.contains_key("jwks") {
+        return Ok(());
+    }
+    let Some(uri) = verified.metadata.get("signed_jwks_uri") else {
+        return Ok(());
+    };
+    let url = uri
+        .as_str()
+        .and_then(|uri| Url::parse(uri).ok())
+        .ok_or_else(|| DiscoveryError::Unusable("signed_jwks_uri must be a URL".into()))?;
+    let keys = verified.signing_keys.as_ref().ok_or_else(|| {
+        DiscoveryError::Unusable("signed_jwks_uri needs signing_keys in the client's statement".into())
+    })?;
+    let body = fetcher
+        .get(&url, "application/jose, application/jwt", &SIGNED_JWKS_TYPES)
+        .await?;
+    let jws = std::str::from_utf8(&body)
+        .map_err(|_| DiscoveryError::Statement(federation.into(), StatementError::Malformed("not text".into())))?
+        .trim();
+    let (jwks, exp) =
+        verify_signed_jwks(jws, keys, now).map_err(|e| DiscoveryError::Statement(federation.into(), e))?;
+    let jwks = serde_json::to_value(jwks).map_err(|e| DiscoveryError::Unusable(e.to_string()))?;
+    verified.metadata.insert("jwks".into(), jwks);
+    if let Some(exp) = exp {
+        verified.expires_at = verified.expires_at.min(exp);
+    }
+    Ok(())
 }
 
 fn strings(metadata: &Map<String, Value>, name: &str) -> Option<Vec<String>> {

@@ -3,7 +3,7 @@
 //! trust root, and — once a request of it passes its checks — provisioned into the OP and
 //! admitted to the client registry until its statement expires. See `docs/federation.md`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,14 +18,16 @@ pub mod provision;
 use crate::clients::Clients;
 use crate::clock::now_ms;
 use crate::config::{ClientSettings, FederationSettings, RootKeys};
+use crate::metrics::Metrics;
 use crate::protocol::params::{encode, Params};
 use crate::statements::{ChainVerifier, NestedStatements, Usage};
 pub use discovery::DiscoveryError;
 use discovery::{
-    check_client, client_id_url, collect_levels, fetch_jwks, fetch_statement, select_links, webfinger_url,
+    check_client, client_id_url, collect_levels, fetch_jwks, fetch_statement, resolve_signed_jwks, select_links,
+    webfinger_url,
 };
 use fetch::Fetcher;
-use provision::{ProvisionError, Provisioner};
+use provision::{Owned, ProvisionError, Provisioner};
 
 /// A client as its verified statement describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +106,42 @@ pub struct Federation {
     root_keys: Mutex<HashMap<String, (Arc<JwkSet>, Instant)>>,
     /// What was last provisioned per (realm, client_id), and until when.
     provisioned: Mutex<HashMap<RealmClient, (Arc<FederatedClient>, u64)>>,
+    /// The realms reconciled: the configured ones, and every realm a client was admitted to.
+    realms: Mutex<BTreeSet<String>>,
+    metrics: Metrics,
+}
+
+/// Why a client the proxy provisioned is disabled at the OP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retirement {
+    /// Its trust root is no longer configured.
+    TrustRootRemoved,
+    /// Its statement's chain has expired.
+    StatementExpired,
+}
+
+impl Retirement {
+    pub fn label(self) -> &'static str {
+        match self {
+            Retirement::TrustRootRemoved => "trust_root_removed",
+            Retirement::StatementExpired => "statement_expired",
+        }
+    }
+}
+
+/// Whether a client the OP records as the proxy's must be disabled now: enabled, and its trust
+/// root not among `roots` or its statement expired at `now` (seconds). A disabled client is
+/// left as it is, so that replicas reconciling at once do the work once.
+pub fn retirement(client: &Owned, roots: &[&str], now: u64) -> Option<Retirement> {
+    if !client.enabled {
+        None
+    } else if !roots.contains(&client.federation.as_str()) {
+        Some(Retirement::TrustRootRemoved)
+    } else if client.expires_at <= now {
+        Some(Retirement::StatementExpired)
+    } else {
+        None
+    }
 }
 
 impl Federation {
@@ -112,8 +150,17 @@ impl Federation {
         provisioner: Arc<dyn Provisioner>,
         clients: Clients,
         allow_http_notification: bool,
+        metrics: Metrics,
     ) -> Self {
+        let realms = settings
+            .realms
+            .iter()
+            .cloned()
+            .chain(settings.provider_statements.iter().map(|s| s.realm.clone()))
+            .collect();
         Self {
+            realms: Mutex::new(realms),
+            metrics,
             fetcher: Fetcher::new(settings.limits.clone()),
             settings,
             verifier: Arc::new(NestedStatements::default()),
@@ -124,6 +171,11 @@ impl Federation {
             root_keys: Mutex::default(),
             provisioned: Mutex::default(),
         }
+    }
+
+    /// How often [`Self::reconcile`] runs.
+    pub fn reconcile_interval(&self) -> Duration {
+        self.settings.reconcile_interval
     }
 
     /// Whether a client_id is one to discover: an https URL the configuration does not name.
@@ -171,6 +223,10 @@ impl Federation {
 
     async fn discover(&self, client_id: &str, now: u64) -> Result<FederatedClient, DiscoveryError> {
         let url = client_id_url(client_id)?;
+        if self.settings.trust_roots.is_empty() {
+            // Every trust root was removed: only the reconciliation is left to do.
+            return Err(DiscoveryError::NoTrustedLink);
+        }
         let limits = self.fetcher.limits();
         let jrd = self
             .fetcher
@@ -213,10 +269,11 @@ impl Federation {
             .and_then(|jws| jsonwebtoken::decode_header(jws).ok())
             .and_then(|header| header.kid);
         let keys = self.root_keys(federation, innermost_kid.as_deref()).await?;
-        let verified = self
+        let mut verified = self
             .verifier
             .verify(&levels, federation, &keys, Usage::Registration, now)
             .map_err(|e| DiscoveryError::Statement(federation.to_owned(), e))?;
+        resolve_signed_jwks(&self.fetcher, federation, &mut verified, now).await?;
         check_client(
             client_id,
             federation,
@@ -254,6 +311,12 @@ impl Federation {
     /// changed) and admits it to the registry for `realm`.
     pub async fn admit(&self, realm: &str, client: &Arc<FederatedClient>) -> Result<(), ProvisionError> {
         let key = (realm.to_owned(), client.client_id.clone());
+        if !self.realms.lock().unwrap_or_else(|e| e.into_inner()).contains(realm) {
+            self.realms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(realm.to_owned());
+        }
         let current = self
             .provisioned
             .lock()
@@ -276,29 +339,109 @@ impl Federation {
     /// periodically.
     pub async fn sweep(&self) {
         let now = now_ms() / 1000;
-        let expired: Vec<RealmClient> = {
+        let expired: Vec<(String, Owned)> = {
             let provisioned = self.provisioned.lock().unwrap_or_else(|e| e.into_inner());
             provisioned
                 .iter()
                 .filter(|(_, (_, until))| *until <= now)
-                .map(|(key, _)| key.clone())
+                .map(|((realm, _), (client, _))| (realm.clone(), Owned::of(client)))
                 .collect()
         };
-        for (realm, client_id) in expired {
-            self.clients.remove_federated(&realm, &client_id);
+        for (realm, client) in expired {
+            self.clients.remove_federated(&realm, &client.client_id);
             self.discovered
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&client_id);
-            match self.provisioner.disable(&realm, &client_id).await {
-                Ok(()) => {
-                    tracing::info!(client_id, realm, "federated client disabled: its statement expired");
-                    self.provisioned
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&(realm, client_id));
+                .remove(&client.client_id);
+            match self.provisioner.disable(&realm, &client).await {
+                Ok(disabled) => {
+                    if disabled {
+                        self.metrics.federation_disabled(Retirement::StatementExpired.label());
+                        tracing::info!(client_id = %client.client_id, realm, "federated client disabled: its statement expired");
+                    }
+                    self.forget(&realm, &client.client_id);
                 }
-                Err(e) => tracing::warn!(client_id, realm, error = %e, "cannot disable an expired federated client"),
+                // Still known as provisioned: tried again at the next sweep.
+                Err(e) => {
+                    tracing::warn!(client_id = %client.client_id, realm, error = %e, "cannot disable an expired federated client")
+                }
+            }
+        }
+    }
+
+    /// Forgets a client on this replica: not admitted, not cached, not known as provisioned.
+    fn forget(&self, realm: &str, client_id: &str) {
+        self.clients.remove_federated(realm, client_id);
+        self.discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(client_id);
+        self.provisioned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(realm.to_owned(), client_id.to_owned()));
+    }
+
+    /// Makes the OP's record agree with the configuration, in every known realm: each client
+    /// the proxy provisioned (it lists only those carrying its marker) whose trust root is no
+    /// longer configured, or whose statement has expired, is disabled. Run at startup and
+    /// every `DTR_FEDERATION_RECONCILE_INTERVAL`, by every replica: a client already disabled
+    /// is left alone, and a disable applies only to the record that was listed.
+    ///
+    /// A client the OP holds disabled is also forgotten here, so that a replica that still
+    /// believes it provisioned provisions it again at its next verified request.
+    pub async fn reconcile(&self) {
+        let realms: Vec<String> = self
+            .realms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let roots: Vec<&str> = self.settings.trust_roots.iter().map(|r| r.id.as_str()).collect();
+        for realm in realms {
+            let owned = match self.provisioner.owned(&realm).await {
+                Ok(owned) => owned,
+                Err(e) => {
+                    self.metrics.federation_reconcile("failed");
+                    tracing::warn!(realm, error = %e, "cannot list the federated clients at the OP");
+                    continue;
+                }
+            };
+            self.metrics.federation_reconcile("ok");
+            let now = now_ms() / 1000;
+            for client in owned {
+                if !client.enabled {
+                    self.forget(&realm, &client.client_id);
+                    continue;
+                }
+                let Some(reason) = retirement(&client, &roots, now) else {
+                    continue;
+                };
+                self.forget(&realm, &client.client_id);
+                match self.provisioner.disable(&realm, &client).await {
+                    Ok(true) => {
+                        self.metrics.federation_disabled(reason.label());
+                        tracing::info!(
+                            client_id = %client.client_id,
+                            realm,
+                            federation = %client.federation,
+                            reason = reason.label(),
+                            "federated client disabled at the OP"
+                        );
+                    }
+                    Ok(false) => tracing::debug!(
+                        client_id = %client.client_id,
+                        realm,
+                        "federated client changed or disabled meanwhile; left as it is"
+                    ),
+                    Err(e) => tracing::warn!(
+                        client_id = %client.client_id,
+                        realm,
+                        error = %e,
+                        "cannot disable a federated client; tried again at the next reconciliation"
+                    ),
+                }
             }
         }
     }
@@ -399,4 +542,45 @@ pub fn open_request_object(
     }
     Params::parse(encode(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))).as_bytes())
         .map_err(|_| RequestObjectError("The request object's parameters are malformed."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(federation: &str, expires_at: u64, enabled: bool) -> Owned {
+        Owned {
+            client_id: "https://sp.example.com/app".into(),
+            federation: federation.into(),
+            expires_at,
+            enabled,
+        }
+    }
+
+    #[test]
+    fn a_provisioned_client_is_retired_for_its_root_or_its_expiry_and_only_once() {
+        let roots = ["https://fed.example.org"];
+        let cases = [
+            (owned(roots[0], 1_000, true), None),
+            (owned(roots[0], 999, true), Some(Retirement::StatementExpired)),
+            (owned(roots[0], 500, true), Some(Retirement::StatementExpired)),
+            (
+                owned("https://gone.example", 5_000, true),
+                Some(Retirement::TrustRootRemoved),
+            ),
+            // A marked client without a readable expiry counts as expired.
+            (owned(roots[0], 0, true), Some(Retirement::StatementExpired)),
+            // Already disabled (by another replica): nothing to do.
+            (owned("https://gone.example", 5_000, false), None),
+            (owned(roots[0], 500, false), None),
+        ];
+        for (client, expected) in cases {
+            assert_eq!(retirement(&client, &roots, 999), expected, "{client:?}");
+        }
+        assert_eq!(
+            retirement(&owned(roots[0], 5_000, true), &[], 999),
+            Some(Retirement::TrustRootRemoved),
+            "the last root removed"
+        );
+    }
 }

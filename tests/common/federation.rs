@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::{now_s, unique, REDIRECT_URI};
+use super::{client, now_s, op, unique, Proxy, REDIRECT_URI};
 
 pub const FED: &str = "https://fed.example.org";
 pub const ORG: &str = "https://org.example.com";
@@ -234,6 +234,24 @@ impl Federation {
         self.publish(FED, self.org.sign(&self.client_claims(&inner, extra)));
     }
 
+    /// Publishes a statement without inline `jwks` whose client keys are at `signed_jwks_uri`:
+    /// the statement certifies `certified` as the client's signing key, and the document there
+    /// is the client's JWK Set signed by `signer` (naming `certified`'s kid).
+    pub fn publish_with_signed_jwks(&self, certified: &Key, signer: &Key) {
+        let document = signer.sign_as(
+            &certified.kid,
+            &json!({"keys": [self.client_key.jwk], "iat": now_s(), "exp": now_s() + 600}),
+        );
+        self.host.put("/jwks.jose", "application/jose", document);
+        let inner = self.root_statement(now_s() + 3600);
+        let mut claims = self.client_claims(
+            &inner,
+            json!({"signing_keys": certified.set(), "signed_jwks_uri": self.host.url("/jwks.jose")}),
+        );
+        claims.as_object_mut().expect("claims").remove("jwks");
+        self.publish(FED, self.org.sign(&claims));
+    }
+
     pub fn request_object(&self, key: &Key, issuer: &str, params: Value) -> String {
         let mut claims = json!({"iss": self.client_id, "aud": issuer, "exp": now_s() + 300, "iat": now_s(),
             "jti": unique("ro"), "client_id": self.client_id, "redirect_uri": REDIRECT_URI});
@@ -247,5 +265,51 @@ impl Federation {
         self.client_key
             .sign(&json!({"iss": self.client_id, "sub": self.client_id, "aud": audience,
             "exp": now_s() + 60, "iat": now_s(), "jti": unique("a")}))
+    }
+
+    /// A token request of the client: `form` with a fresh `private_key_jwt` assertion.
+    pub async fn token(&self, proxy: &Proxy, form: &[(&str, &str)]) -> (u16, Value) {
+        let assertion = self.assertion(&proxy.issuer);
+        post_form(proxy, &proxy.token_url(), &token_form(&assertion, form)).await
+    }
+}
+
+/// `extra` with a `private_key_jwt` client assertion.
+pub fn token_form<'a>(assertion: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut form = vec![
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", assertion),
+    ];
+    form.extend_from_slice(extra);
+    form
+}
+
+/// POSTs a form to the proxy: the status and the JSON answer (null if none).
+pub async fn post_form(proxy: &Proxy, url: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = proxy.http.post(url).form(form).send().await.expect("POST");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The stand-in OP's record of a client provisioned in the proxy's realm, if any (enabled
+/// or not: see `enabled`).
+pub async fn provisioned(proxy: &Proxy, client_id: &str) -> Option<Value> {
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let response = client()
+        .get(format!(
+            "http://127.0.0.1:{}/admin/provisioning/{}/{}",
+            op().port,
+            encode(&proxy.realm),
+            encode(client_id)
+        ))
+        .send()
+        .await
+        .expect("OP admin");
+    match response.status().as_u16() {
+        200 => Some(response.json().await.expect("json")),
+        _ => None,
     }
 }

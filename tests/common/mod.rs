@@ -160,6 +160,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// The profile of the test realm's clients (`DTR_IETF_REALMS` names the realm for IETF).
     pub profile: Profile,
+    /// Another proxy's realm and public port, to start in its place (a restart); its realm at
+    /// the OP is kept.
+    pub succeeds: Option<(String, u16)>,
 }
 
 impl Options {
@@ -175,7 +178,18 @@ impl Options {
             ],
             env: Vec::new(),
             profile: Profile::OpenId,
+            succeeds: None,
         }
+    }
+
+    /// Starts in the place of `proxy` (stopped before): same realm, same public URL.
+    pub fn succeeding(mut self, proxy: &Proxy) -> Self {
+        let port = url::Url::parse(&proxy.base)
+            .ok()
+            .and_then(|url| url.port())
+            .expect("the proxy's port");
+        self.succeeds = Some((proxy.realm.clone(), port));
+        self
     }
 
     /// Every client of the test realm speaks `profile` (a realm setting, `DTR_IETF_REALMS`).
@@ -260,12 +274,22 @@ pub async fn start(options: Options) -> Proxy {
 
 /// Like [`start`], with the proxy's upstream at another port (a relay in front of the OP).
 pub async fn start_with_upstream(options: Options, upstream_port: u16) -> Proxy {
-    let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let public_port = options.succeeds.as_ref().map_or(0, |(_, port)| *port);
+    let public = TcpListener::bind(("127.0.0.1", public_port)).await.expect("bind");
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = public.local_addr().expect("addr").port();
     let base = format!("http://127.0.0.1:{port}");
-    let realm = unique("r");
-    let issuer = create_realm(&realm, &base).await;
+    let (realm, issuer) = match options.succeeds.clone() {
+        Some((realm, _)) => {
+            let issuer = format!("{base}/realms/{realm}");
+            (realm, issuer)
+        }
+        None => {
+            let realm = unique("r");
+            let issuer = create_realm(&realm, &base).await;
+            (realm, issuer)
+        }
+    };
     let http = client();
 
     let mut env = base_env(port, upstream_port);
@@ -404,6 +428,18 @@ impl Proxy {
         form_action: fn(&str) -> Option<String>,
         form: &[(&str, &str)],
     ) -> Answer {
+        self.browse_via(params, &[], form_action, form).await
+    }
+
+    /// [`Self::browse`], following redirects to `origins` too (the OP's own pages when they
+    /// are served on another origin than this proxy's).
+    pub async fn browse_via(
+        &self,
+        params: &[(&str, &str)],
+        origins: &[&str],
+        form_action: fn(&str) -> Option<String>,
+        form: &[(&str, &str)],
+    ) -> Answer {
         let browser = client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .cookie_store(true)
@@ -421,7 +457,9 @@ impl Proxy {
         for _ in 0..10 {
             let answer = Answer::read(response).await;
             match &answer.location {
-                Some(location) if location.starts_with(&self.base) => {
+                Some(location)
+                    if location.starts_with(&self.base) || origins.iter().any(|o| location.starts_with(o)) =>
+                {
                     response = browser.get(location).send().await.expect("follow");
                     continue;
                 }

@@ -548,6 +548,10 @@ async function admin(req, res, pathname) {
   if (provisioning && req.method === 'PUT') {
     return provision(req, res, decodeURIComponent(provisioning[1]), decodeURIComponent(provisioning[2]));
   }
+  const listing = /^\/admin\/provisioning\/([^/]+)$/.exec(pathname);
+  if (listing && req.method === 'GET') {
+    return listProvisioned(req, res, decodeURIComponent(listing[1]));
+  }
   const m = /^\/admin\/realms\/([^/]+)$/.exec(pathname);
   if (m && req.method === 'DELETE') {
     realms.delete(decodeURIComponent(m[1]));
@@ -563,7 +567,11 @@ async function admin(req, res, pathname) {
 const CLIENT_FIELDS = ['client_id', 'redirect_uris', 'scope', 'token_endpoint_auth_method', 'jwks',
   'grant_types', 'response_types'];
 
-async function provision(req, res, realmName, clientId) {
+// What the proxy marks its clients with (its owner, the trust root, the statement's expiry),
+// kept beside the client so the proxy can list and reconcile what it provisioned.
+const OWNER_FIELDS = ['dtr_owner', 'dtr_federation', 'dtr_expires_at'];
+
+function provisioningRealm(req, res, realmName) {
   const realm = realms.get(realmName);
   if (!realm) throw new HttpError(404, `realm ${realmName} not found`);
   const presented = req.headers.authorization ?? '';
@@ -571,6 +579,12 @@ async function provision(req, res, realmName, clientId) {
     res.writeHead(401, { 'www-authenticate': 'Bearer' }).end();
     return undefined;
   }
+  return realm;
+}
+
+async function provision(req, res, realmName, clientId) {
+  const realm = provisioningRealm(req, res, realmName);
+  if (!realm) return undefined;
   let body;
   try {
     body = JSON.parse(await readBody(req));
@@ -581,8 +595,16 @@ async function provision(req, res, realmName, clientId) {
   if (body?.client_id !== clientId) throw new HttpError(400, 'client_id must match the path');
   const adapter = realm.provider.Client.adapter;
   if (body.enabled === false) {
+    // Conditional: only the record the caller listed (same trust root and expiry) is
+    // disabled, so a client refreshed meanwhile by another replica stays enabled.
+    const record = realm.provisioned?.get(clientId);
+    if (!record) throw new HttpError(404, 'not provisioned');
+    const stale = OWNER_FIELDS.some((k) => body[k] !== undefined && body[k] !== record[k]);
+    if (record.enabled === false || stale) {
+      return sendJson(res, 409, { error: 'conflict', error_description: 'the client is not as listed' });
+    }
     await adapter.destroy(clientId);
-    realm.provisioned?.delete(clientId);
+    realm.provisioned.set(clientId, { ...record, enabled: false });
     log(`realm ${realmName}: client ${clientId} disabled`);
     return sendJson(res, 200, { client_id: clientId, enabled: false });
   }
@@ -595,10 +617,22 @@ async function provision(req, res, realmName, clientId) {
     await adapter.destroy(clientId);
     throw new HttpError(400, `invalid client metadata: ${err.error_description ?? err.message}`);
   }
+  const owner = Object.fromEntries(OWNER_FIELDS.filter((k) => body[k] !== undefined).map((k) => [k, body[k]]));
   realm.provisioned ??= new Map();
-  realm.provisioned.set(clientId, metadata);
+  realm.provisioned.set(clientId, { ...metadata, ...owner, enabled: true });
   log(`realm ${realmName}: client ${clientId} provisioned`);
   return sendJson(res, 200, { ...metadata, enabled: true });
+}
+
+// The clients provisioned in a realm, enabled or not, paged by `first` and `max`.
+function listProvisioned(req, res, realmName) {
+  const realm = provisioningRealm(req, res, realmName);
+  if (!realm) return undefined;
+  const { searchParams } = new URL(req.url, 'http://op.invalid');
+  const first = Math.max(0, Number.parseInt(searchParams.get('first') ?? '0', 10) || 0);
+  const max = Math.min(1000, Math.max(1, Number.parseInt(searchParams.get('max') ?? '100', 10) || 100));
+  const clients = [...(realm.provisioned?.values() ?? [])].slice(first, first + max);
+  return sendJson(res, 200, { clients });
 }
 
 async function handle(req, res) {

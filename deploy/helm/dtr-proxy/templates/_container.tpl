@@ -139,9 +139,14 @@ env:
     value: {{ .Values.operatorApi.maxLifetimeSeconds | int | toString | quote }}
   {{- end }}
   {{- with .Values.federation }}
+  {{- if or .trustRoots .reconcileWithoutTrustRoots }}
   {{- if .trustRoots }}
   - name: DTR_FEDERATION_TRUST_ROOTS
     value: {{ .trustRoots | toJson | quote }}
+  {{- else }}
+  - name: DTR_FEDERATION_PROVISIONING
+    value: "keycloak"
+  {{- end }}
   {{- with .providerStatements }}
   - name: DTR_FEDERATION_PROVIDER_STATEMENTS
     value: {{ . | toJson | quote }}
@@ -156,6 +161,12 @@ env:
     value: {{ .maxLinks | int | toString | quote }}
   - name: DTR_FEDERATION_HOST_RATE
     value: {{ .hostRate | int | toString | quote }}
+  {{- with .realms }}
+  - name: DTR_FEDERATION_REALMS
+    value: {{ join "," . | quote }}
+  {{- end }}
+  - name: DTR_FEDERATION_RECONCILE_INTERVAL
+    value: {{ .reconcileIntervalSeconds | int | toString | quote }}
   {{- end }}
   {{- end }}
   {{- with .Values.config.trustedProxies }}
