@@ -172,8 +172,10 @@ fn asymmetric(alg: Algorithm) -> bool {
     !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
-/// Verifies one level with `keys`, choosing the key by the header's `kid`.
-fn verify_level(jws: &str, keys: &JwkSet, now: u64) -> Result<Map<String, Value>, StatementError> {
+/// Checks a JWS's signature with `keys`, choosing the key by the header's `kid` (asymmetric
+/// algorithms only), and returns its payload. Time claims are the caller's to check, against
+/// its own clock; `what` and `whose` name the document and the keys in errors.
+fn signed_payload(jws: &str, keys: &JwkSet, what: &str, whose: &str) -> Result<Map<String, Value>, StatementError> {
     let header = jsonwebtoken::decode_header(jws).map_err(|e| StatementError::Malformed(e.to_string()))?;
     if !asymmetric(header.alg) {
         return Err(StatementError::Signature(format!(
@@ -184,19 +186,23 @@ fn verify_level(jws: &str, keys: &JwkSet, now: u64) -> Result<Map<String, Value>
     let kid = header
         .kid
         .as_deref()
-        .ok_or_else(|| StatementError::Signature("the header names no kid".into()))?;
+        .ok_or_else(|| StatementError::Signature(format!("{what} names no kid")))?;
     let jwk = keys
         .find(kid)
-        .ok_or_else(|| StatementError::Signature(format!("no trusted key has kid {kid:?}")))?;
+        .ok_or_else(|| StatementError::Signature(format!("no {whose} key has kid {kid:?}")))?;
     let key = DecodingKey::from_jwk(jwk).map_err(|e| StatementError::Signature(e.to_string()))?;
     let mut validation = Validation::new(header.alg);
-    // Expiry is checked below against the caller's clock, not the system's.
     validation.validate_exp = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let payload = jsonwebtoken::decode::<Map<String, Value>>(jws, &key, &validation)
+    Ok(jsonwebtoken::decode::<Map<String, Value>>(jws, &key, &validation)
         .map_err(|e| StatementError::Signature(e.to_string()))?
-        .claims;
+        .claims)
+}
+
+/// Verifies one level with `keys`, choosing the key by the header's `kid`.
+fn verify_level(jws: &str, keys: &JwkSet, now: u64) -> Result<Map<String, Value>, StatementError> {
+    let payload = signed_payload(jws, keys, "the header", "trusted")?;
     let exp = payload
         .get("exp")
         .and_then(Value::as_u64)
@@ -220,28 +226,7 @@ fn verify_level(jws: &str, keys: &JwkSet, now: u64) -> Result<Map<String, Value>
 /// header `kid`; asymmetric algorithms only). An `exp` is optional; when present it must not
 /// have passed, and it is returned to bound the keys' lifetime.
 pub fn verify_signed_jwks(jws: &str, keys: &JwkSet, now: u64) -> Result<(JwkSet, Option<u64>), StatementError> {
-    let header = jsonwebtoken::decode_header(jws).map_err(|e| StatementError::Malformed(e.to_string()))?;
-    if !asymmetric(header.alg) {
-        return Err(StatementError::Signature(format!(
-            "algorithm {:?} is not allowed",
-            header.alg
-        )));
-    }
-    let kid = header
-        .kid
-        .as_deref()
-        .ok_or_else(|| StatementError::Signature("the signed JWKS names no kid".into()))?;
-    let jwk = keys
-        .find(kid)
-        .ok_or_else(|| StatementError::Signature(format!("no certified signing key has kid {kid:?}")))?;
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| StatementError::Signature(e.to_string()))?;
-    let mut validation = Validation::new(header.alg);
-    validation.validate_exp = false;
-    validation.validate_aud = false;
-    validation.required_spec_claims.clear();
-    let payload = jsonwebtoken::decode::<Map<String, Value>>(jws, &key, &validation)
-        .map_err(|e| StatementError::Signature(e.to_string()))?
-        .claims;
+    let payload = signed_payload(jws, keys, "the signed JWKS", "certified signing")?;
     let exp = match payload.get("exp").map(Value::as_u64) {
         None => None,
         Some(Some(exp)) if exp + LEEWAY_SECONDS > now => Some(exp),

@@ -311,11 +311,11 @@ impl Federation {
     /// changed) and admits it to the registry for `realm`.
     pub async fn admit(&self, realm: &str, client: &Arc<FederatedClient>) -> Result<(), ProvisionError> {
         let key = (realm.to_owned(), client.client_id.clone());
-        if !self.realms.lock().unwrap_or_else(|e| e.into_inner()).contains(realm) {
-            self.realms
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(realm.to_owned());
+        {
+            let mut realms = self.realms.lock().unwrap_or_else(|e| e.into_inner());
+            if !realms.contains(realm) {
+                realms.insert(realm.to_owned());
+            }
         }
         let current = self
             .provisioned
