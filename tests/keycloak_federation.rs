@@ -55,15 +55,33 @@ async fn browse(replica: &Proxy, bed: &str, params: &[(&str, &str)], username: &
     replica.browse_via(params, &[bed], login_form_action, &form).await
 }
 
+/// A fresh realm whose service account may provision clients, with one user:
+/// `(realm, username, user id)`.
+async fn federated_realm(admin: &Admin) -> (String, String, String) {
+    let realm = unique("fed");
+    admin.create_realm_from_file(&realm, json!({})).await;
+    grant_manage_clients(admin, &realm).await;
+    let username = unique("fed-user");
+    let user_id = admin.create_user(&realm, &username).await;
+    (realm, username, user_id)
+}
+
+/// The settings that let a replica fetch from the test federation's hosts (on loopback,
+/// under the test CA) and wait for Keycloak's slow first Admin API calls.
+fn fetching_settings() -> Vec<(String, String)> {
+    vec![
+        ("DTR_FEDERATION_ALLOW_PRIVATE_TARGETS".into(), "true".into()),
+        ("DTR_FEDERATION_CA_FILE".into(), tls().ca_file.display().to_string()),
+        // Keycloak's first Admin API calls after its start are slow.
+        ("DTR_UPSTREAM_TIMEOUT".into(), "30".into()),
+    ]
+}
+
 #[tokio::test]
 async fn a_federated_client_is_provisioned_into_keycloak_and_completes_both_flows() {
     let kc = keycloak();
     let admin = kc.admin().await;
-    let realm = unique("fed");
-    admin.create_realm_from_file(&realm, json!({})).await;
-    grant_manage_clients(&admin, &realm).await;
-    let username = unique("fed-user");
-    let user_id = admin.create_user(&realm, &username).await;
+    let (realm, username, user_id) = federated_realm(&admin).await;
 
     let federation = Federation::new().await;
     federation.publish_valid(json!({}));
@@ -72,13 +90,10 @@ async fn a_federated_client_is_provisioned_into_keycloak_and_completes_both_flow
         .replica_with(
             kc.port(),
             &realm,
-            vec![
-                ("DTR_FEDERATION_TRUST_ROOTS".into(), roots),
-                ("DTR_FEDERATION_ALLOW_PRIVATE_TARGETS".into(), "true".into()),
-                ("DTR_FEDERATION_CA_FILE".into(), tls().ca_file.display().to_string()),
-                // Keycloak's first Admin API calls after its start are slow.
-                ("DTR_UPSTREAM_TIMEOUT".into(), "30".into()),
-            ],
+            [("DTR_FEDERATION_TRUST_ROOTS".into(), roots)]
+                .into_iter()
+                .chain(fetching_settings())
+                .collect(),
         )
         .await;
 
@@ -197,20 +212,11 @@ async fn keycloak_client(admin: &Admin, realm: &str, client_id: &str) -> Value {
 async fn a_client_whose_trust_root_is_removed_is_disabled_in_keycloak_after_a_restart() {
     let kc = keycloak();
     let admin = kc.admin().await;
-    let realm = unique("fed");
-    admin.create_realm_from_file(&realm, json!({})).await;
-    grant_manage_clients(&admin, &realm).await;
-    let username = unique("fed-user");
-    admin.create_user(&realm, &username).await;
+    let (realm, username, _) = federated_realm(&admin).await;
 
     let federation = Federation::new().await;
     federation.publish_valid(json!({}));
-    let fetching = vec![
-        ("DTR_FEDERATION_ALLOW_PRIVATE_TARGETS".into(), "true".into()),
-        ("DTR_FEDERATION_CA_FILE".into(), tls().ca_file.display().to_string()),
-        ("DTR_UPSTREAM_TIMEOUT".into(), "30".into()),
-    ];
-    let mut settings = fetching.clone();
+    let mut settings = fetching_settings();
     settings.push((
         "DTR_FEDERATION_TRUST_ROOTS".into(),
         json!([{"id": FED, "jwks": federation.root.set()}]).to_string(),
@@ -238,7 +244,7 @@ async fn a_client_whose_trust_root_is_removed_is_disabled_in_keycloak_after_a_re
 
     // Restarted without the trust root (the last one: provisioning set explicitly).
     replica.running.take().expect("in process").shutdown().await;
-    let mut settings = fetching;
+    let mut settings = fetching_settings();
     settings.extend([
         ("DTR_FEDERATION_PROVISIONING".into(), "keycloak".into()),
         ("DTR_FEDERATION_REALMS".into(), realm.clone()),
