@@ -135,21 +135,28 @@ impl PublicService {
             // a partial read on top); the configured total is the rule. A body still on its way
             // is read and dropped (bounded) first, so the client sees the 431, not a reset.
             self.metrics.request("passthrough", "client_error");
-            let _ = read_request_body(request.into_body(), 0, self.limits.body_read_timeout).await;
+            let _ = Box::pin(read_request_body(request.into_body(), 0, self.limits.body_read_timeout)).await;
             return plain(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "Request headers too large.\n",
             );
         }
         match (route, request.method()) {
+            // The DTR endpoints' futures are boxed: each is much larger than the pass-through's,
+            // and unboxed they would make every request's future (moved on every poll set-up)
+            // as large as the largest of them. One allocation per DTR request.
             (Some((Endpoint::Authorization, realm)), &Method::GET | &Method::POST) => {
-                self.authorization(&realm, request, peer).await
+                Box::pin(self.authorization(&realm, request, peer)).await
             }
-            (Some((Endpoint::Token, realm)), &Method::POST) => self.token_endpoint(&realm, request, peer).await,
+            (Some((Endpoint::Token, realm)), &Method::POST) => {
+                Box::pin(self.token_endpoint(&realm, request, peer)).await
+            }
             (Some((Endpoint::PushedAuthorization, realm)), &Method::POST) => {
-                self.pushed_authorization(&realm, request, peer).await
+                Box::pin(self.pushed_authorization(&realm, request, peer)).await
             }
-            (Some((Endpoint::Cancellation, realm)), &Method::POST) => self.cancellation(&realm, request, peer).await,
+            (Some((Endpoint::Cancellation, realm)), &Method::POST) => {
+                Box::pin(self.cancellation(&realm, request, peer)).await
+            }
             (Some((Endpoint::Cancellation, _)), _) => {
                 let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
                 response
@@ -159,7 +166,7 @@ impl PublicService {
             }
             (Some((Endpoint::Discovery, realm)), &Method::GET) => {
                 let (parts, _) = request.into_parts();
-                self.discovery.handle(&realm, &parts, peer.ip()).await
+                Box::pin(self.discovery.handle(&realm, &parts, peer.ip())).await
             }
             _ => self.forward(request, peer).await,
         }
@@ -233,7 +240,7 @@ impl PublicService {
                         .get(header::LOCATION)
                         .is_some_and(acknowledge::carries_handle)
                 {
-                    return self.acknowledge.handle(parts).await;
+                    return Box::pin(self.acknowledge.handle(parts)).await;
                 }
                 Response::from_parts(parts, body.into_body())
             }

@@ -111,24 +111,43 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
+/// Which of [`HOP_BY_HOP`] a message carries, one bit each, in one pass over its names.
+fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
+    headers
+        .keys()
+        .fold(0, |present, name| match HOP_BY_HOP.iter().position(|hop| hop == name) {
+            Some(i) => present | 1 << i,
+            None => present,
+        })
+}
+
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than a lookup per name.
-    if !headers.keys().any(is_hop_by_hop) {
+    // Most requests carry none; most responses only `Connection: keep-alive`. Only the names
+    // present are removed (a removal hashes its name).
+    let present = hop_by_hop_present(headers);
+    if present == 0 {
         return;
     }
     // Headers the Connection header names are hop-by-hop too. `keep-alive`, the usual one, is
     // in the fixed list already: no name to build for it.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|name| !name.eq_ignore_ascii_case("keep-alive"))
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|name| !name.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & 1 << i != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -530,6 +549,41 @@ mod tests {
             assert_eq!(upstream.forward_uri(&pq).unwrap().to_string(), expected, "{base}");
             assert_eq!(upstream.uri(pq.as_str()).unwrap().to_string(), expected, "{base}");
         }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        headers.insert(
+            HeaderName::from_static("keep-alive"),
+            HeaderValue::from_static("timeout=5"),
+        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::CONTENT_TYPE));
+
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, HeaderValue::from_static("close, X-Secret"));
+        headers.append(header::CONNECTION, HeaderValue::from_static("te"));
+        headers.insert(HeaderName::from_static("x-secret"), HeaderValue::from_static("1"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(
+            HeaderName::from_static("proxy-connection"),
+            HeaderValue::from_static("x"),
+        );
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert(header::TRAILER, HeaderValue::from_static("x"));
+        headers.insert(header::ETAG, HeaderValue::from_static("\"1\""));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), [header::ETAG]);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ETAG, HeaderValue::from_static("\"1\""));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
     }
 
     #[test]

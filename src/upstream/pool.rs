@@ -138,7 +138,9 @@ impl Pool {
                 Some(sender) => sender,
                 None => {
                     fresh += 1;
-                    self.connect(&uri).await?
+                    // Boxed: connecting (TCP, TLS, the handshake) is rare, and its state would
+                    // otherwise make every request's future as large as itself.
+                    Box::pin(self.connect(&uri)).await?
                 }
             };
             let response = sender.try_send_request(request);
