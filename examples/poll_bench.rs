@@ -9,12 +9,15 @@
 //! fresh proof by the key the process is bound to. Proofs and assertions are signed here,
 //! before any load, so the load generator spends nothing on them.
 //!
+//! With `--ids FILE` it also writes `process_id\tdeferred_auth_id` per process, for the
+//! completion webhooks of `bench/events.sh` (`examples/events_bench.rs`).
+//!
 //! `load` sends every request of such a file once, over a fixed number of keep-alive
 //! connections (closed loop), and prints throughput and latency; every answer must be
 //! `authorization_pending`.
 //!
 //! ```text
-//! poll_bench seed --count N --auth basic|jwt [--dpop] --out FILE
+//! poll_bench seed --count N --auth basic|jwt [--dpop] --out FILE [--ids FILE]
 //! poll_bench load --url http://127.0.0.1:PORT --file FILE --concurrency C [--skip K] [--take M]
 //! ```
 
@@ -200,11 +203,19 @@ async fn seed(args: &[String]) {
 
     let started = Instant::now();
     let ids: Vec<String> = (0..count).map(|_| random_token(32)).collect();
+    let process_ids: Vec<String> = (0..count).map(|_| random_token(16)).collect();
     let next = Arc::new(AtomicUsize::new(0));
     let ids = Arc::new(ids);
+    let process_ids = Arc::new(process_ids);
     let mut tasks = Vec::new();
     for _ in 0..32 {
-        let (records, ids, next, binding) = (records.clone(), ids.clone(), next.clone(), binding.clone());
+        let (records, ids, process_ids, next, binding) = (
+            records.clone(),
+            ids.clone(),
+            process_ids.clone(),
+            next.clone(),
+            binding.clone(),
+        );
         let jkt = dpop.as_ref().map(|k| k.jkt.clone());
         tasks.push(tokio::spawn(async move {
             loop {
@@ -218,7 +229,7 @@ async fn seed(args: &[String]) {
                     notification_token: None,
                 };
                 let record = ProcessRecord {
-                    process_id: random_token(16),
+                    process_id: process_ids[i].clone(),
                     realm: REALM.to_owned(),
                     client_id: CLIENT_ID.to_owned(),
                     client: binding.clone(),
@@ -248,6 +259,14 @@ async fn seed(args: &[String]) {
         task.await.expect("seeding task");
     }
     let seeded = started.elapsed();
+    if let Some(path) = arg(args, "--ids") {
+        let lines: String = process_ids
+            .iter()
+            .zip(ids.iter())
+            .map(|(process_id, id)| format!("{process_id}\t{id}\n"))
+            .collect();
+        std::fs::write(&path, lines).unwrap_or_else(|e| die(&format!("{path}: {e}")));
+    }
 
     // One poll request per process: DPoP proof, Authorization, form body.
     let mut lines = String::with_capacity(count * 1200);

@@ -162,13 +162,15 @@ impl Events {
         }
     }
 
-    /// Sends the events due now (called by every replica's worker).
-    pub async fn send_due(&self) -> Result<(), StoreError> {
+    /// Sends the events due now, at most one claim of them (called by every replica's
+    /// worker); whether the claim was full (more may be due).
+    pub async fn send_due(&self) -> Result<bool, StoreError> {
         let Some(sink) = &self.sink else {
-            return Ok(());
+            return Ok(false);
         };
         let lease = sink.timeout + Duration::from_secs(5);
         let due = self.records.claim_due_events(now_ms(), lease, BATCH).await?;
+        let full = due.len() == BATCH;
         let mut sends = tokio::task::JoinSet::new();
         for event_id in due {
             let (events, sink) = (self.clone(), sink.clone());
@@ -179,7 +181,7 @@ impl Events {
             });
         }
         while sends.join_next().await.is_some() {}
-        Ok(())
+        Ok(full)
     }
 
     async fn send_one(&self, sink: &EventSink, event_id: &str) -> Result<(), StoreError> {
@@ -247,7 +249,8 @@ impl Events {
         }
         self.metrics.event_delivery("retry");
         queued.attempts += 1;
-        let backoff = Duration::from_secs(1u64 << queued.attempts.min(20)).min(MAX_BACKOFF);
+        // 1 s, 2 s, 4 s … as documented (the first retry one second after the first attempt).
+        let backoff = Duration::from_secs(1u64 << queued.attempts.saturating_sub(1).min(20)).min(MAX_BACKOFF);
         let bytes = serde_json::to_vec(&queued).unwrap_or_default();
         self.records.replace_event(event_id, &bytes, EVENT_LIFETIME).await?;
         self.records

@@ -62,14 +62,25 @@ pub async fn run(pinger: Arc<Pinger>, mut shutdown: watch::Receiver<bool>) {
             _ = pinger.wakeup.notified() => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(e) = send_due_pings(&pinger).await {
-            tracing::warn!(error = %e, "ping queue unavailable");
-        }
-        if let Err(e) = expire_due(&pinger).await {
-            tracing::warn!(error = %e, "expiry queue unavailable");
-        }
-        if let Err(e) = pinger.events.send_due().await {
-            tracing::warn!(error = %e, "event queue unavailable");
+        // A full claim means more may be due: claim again at once, until every queue is
+        // drained (a backlog, or a burst of completions, is not held to one claim per tick).
+        loop {
+            let mut more = false;
+            match send_due_pings(&pinger).await {
+                Ok(claimed) => more |= claimed == BATCH,
+                Err(e) => tracing::warn!(error = %e, "ping queue unavailable"),
+            }
+            match expire_due(&pinger).await {
+                Ok(claimed) => more |= claimed == BATCH,
+                Err(e) => tracing::warn!(error = %e, "expiry queue unavailable"),
+            }
+            match pinger.events.send_due().await {
+                Ok(full) => more |= full,
+                Err(e) => tracing::warn!(error = %e, "event queue unavailable"),
+            }
+            if !more || shutdown.has_changed().unwrap_or(true) {
+                break;
+            }
         }
         sweeps = sweeps.wrapping_add(1);
         if sweeps.is_multiple_of(60) {
@@ -80,9 +91,11 @@ pub async fn run(pinger: Arc<Pinger>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-async fn send_due_pings(pinger: &Arc<Pinger>) -> Result<(), StoreError> {
+/// Claims the pings due now (at most [`BATCH`]) and sends them; how many were claimed.
+async fn send_due_pings(pinger: &Arc<Pinger>) -> Result<usize, StoreError> {
     let lease = pinger.timeout + Duration::from_secs(5);
     let due = pinger.records.claim_due_pings(now_ms(), lease, BATCH).await?;
+    let claimed = due.len();
     let mut deliveries = tokio::task::JoinSet::new();
     for process_hash in due {
         let pinger = pinger.clone();
@@ -93,7 +106,7 @@ async fn send_due_pings(pinger: &Arc<Pinger>) -> Result<(), StoreError> {
         });
     }
     while deliveries.join_next().await.is_some() {}
-    Ok(())
+    Ok(claimed)
 }
 
 enum Attempt {
@@ -214,12 +227,15 @@ async fn send_ping(pinger: &Pinger, process_hash: &str) -> Result<(), StoreError
     }
 }
 
-async fn expire_due(pinger: &Pinger) -> Result<(), StoreError> {
-    for process_hash in pinger
+/// Claims the processes whose lifetime is over (at most [`BATCH`]) and ends them; how many
+/// were claimed.
+async fn expire_due(pinger: &Pinger) -> Result<usize, StoreError> {
+    let due = pinger
         .records
         .claim_expired(now_ms(), Duration::from_secs(60), BATCH)
-        .await?
-    {
+        .await?;
+    let claimed = due.len();
+    for process_hash in due {
         if let Some(loaded) = pinger.records.load(&process_hash).await? {
             let open = matches!(loaded.record.status, Status::Pending | Status::Approved);
             if open && loaded.record.expires_at > now_ms() {
@@ -237,7 +253,7 @@ async fn expire_due(pinger: &Pinger) -> Result<(), StoreError> {
         }
         pinger.records.retire(&process_hash).await?;
     }
-    Ok(())
+    Ok(claimed)
 }
 
 #[cfg(test)]
