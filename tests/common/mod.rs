@@ -386,6 +386,10 @@ impl Proxy {
         self.url("/protocol/openid-connect/token")
     }
 
+    pub fn revocation_url(&self) -> String {
+        self.url("/protocol/openid-connect/revoke")
+    }
+
     /// Walks a browser login through the proxy: authorization request, the OP's login page,
     /// the login form, every redirect, until the answer meant for the RP (or an error page).
     pub async fn login(&self, params: &[(&str, &str)], username: &str, outcome: Option<&str>) -> Answer {
@@ -1091,6 +1095,9 @@ pub async fn start_binary(
     (proxy, child, log)
 }
 
+/// The token type of a deferral code at the revocation endpoint (IETF §8.1).
+pub const DEFERRAL_CODE_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:deferral-code";
+
 /// The two DTR profiles, as an RP speaks them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -1172,9 +1179,17 @@ impl Rp<'_> {
         };
         form.push(("code_verifier", verifier));
         if let Some(token) = notification_token {
-            form.push(("deferred_notification_token", token));
+            form.push((self.notification_token_param(), token));
         }
         self.proxy.token(auth, &form, None).await
+    }
+
+    /// The exchange's parameter carrying the bearer token for pings.
+    pub fn notification_token_param(&self) -> &'static str {
+        match self.profile {
+            Profile::OpenId => "deferred_notification_token",
+            Profile::Ietf => "client_notification_token",
+        }
     }
 
     /// The process named by a successful exchange: a 200 with `deferred_auth_id` (OpenID), a
@@ -1212,9 +1227,21 @@ impl Rp<'_> {
             .await
     }
 
+    /// Cancels a process: at the cancellation endpoint (OpenID), or by revoking the deferral
+    /// code at the revocation endpoint (IETF §8.1).
     pub async fn cancel(&self, auth: &Auth, id: &str) -> Reply {
-        let url = self.proxy.url("/protocol/openid-connect/deferred/cancel");
-        self.proxy.post_form(&url, auth, &[(self.id_param(), id)], None).await
+        match self.profile {
+            Profile::OpenId => {
+                let url = self.proxy.url("/protocol/openid-connect/deferred/cancel");
+                self.proxy.post_form(&url, auth, &[(self.id_param(), id)], None).await
+            }
+            Profile::Ietf => {
+                let form = [("token", id), ("token_type_hint", DEFERRAL_CODE_TOKEN_TYPE)];
+                self.proxy
+                    .post_form(&self.proxy.revocation_url(), auth, &form, None)
+                    .await
+            }
+        }
     }
 }
 
