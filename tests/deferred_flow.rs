@@ -12,37 +12,24 @@ use serde_json::json;
 /// Runs a test body once per store and per profile: the OpenID profile (the default) and the
 /// OAuth (IETF) profile, the latter with the test realm set to it (`DTR_IETF_REALMS`).
 macro_rules! on_both_stores_and_profiles {
+    (@store $module:ident, $store:expr, $($name:ident => $body:expr;)*) => {
+        mod $module {
+            use super::*;
+            on_both_stores_and_profiles!(@profile openid, $store, Profile::OpenId, $($name => $body;)*);
+            on_both_stores_and_profiles!(@profile ietf, $store, Profile::Ietf, $($name => $body;)*);
+        }
+    };
+    (@profile $module:ident, $store:expr, $profile:expr, $($name:ident => $body:expr;)*) => {
+        mod $module {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { ($body)($store, $profile).await }
+            )*
+        }
+    };
     ($($name:ident => $body:expr;)*) => {
-        mod embedded {
-            use super::*;
-            mod openid {
-                use super::*;
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { ($body)(StoreKind::Embedded, Profile::OpenId).await }
-                )*
-            }
-            mod ietf {
-                use super::*;
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { ($body)(StoreKind::Embedded, Profile::Ietf).await }
-                )*
-            }
-        }
-        mod redis {
-            use super::*;
-            mod openid {
-                use super::*;
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { ($body)(StoreKind::Redis, Profile::OpenId).await }
-                )*
-            }
-            mod ietf {
-                use super::*;
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { ($body)(StoreKind::Redis, Profile::Ietf).await }
-                )*
-            }
-        }
+        on_both_stores_and_profiles!(@store embedded, StoreKind::Embedded, $($name => $body;)*);
+        on_both_stores_and_profiles!(@store redis, StoreKind::Redis, $($name => $body;)*);
     };
 }
 
