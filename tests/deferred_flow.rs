@@ -12,37 +12,24 @@ use serde_json::json;
 /// Runs a test body once per store and per profile: the OpenID profile (the default) and the
 /// OAuth (IETF) profile, the latter with the test realm set to it (`DTR_IETF_REALMS`).
 macro_rules! on_both_stores_and_profiles {
+    (@store $module:ident, $store:expr, $($name:ident => $body:expr;)*) => {
+        mod $module {
+            use super::*;
+            on_both_stores_and_profiles!(@profile openid, $store, Profile::OpenId, $($name => $body;)*);
+            on_both_stores_and_profiles!(@profile ietf, $store, Profile::Ietf, $($name => $body;)*);
+        }
+    };
+    (@profile $module:ident, $store:expr, $profile:expr, $($name:ident => $body:expr;)*) => {
+        mod $module {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { ($body)($store, $profile).await }
+            )*
+        }
+    };
     ($($name:ident => $body:expr;)*) => {
-        mod embedded {
-            use super::*;
-            mod openid {
-                use super::*;
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { ($body)(StoreKind::Embedded, Profile::OpenId).await }
-                )*
-            }
-            mod ietf {
-                use super::*;
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { ($body)(StoreKind::Embedded, Profile::Ietf).await }
-                )*
-            }
-        }
-        mod redis {
-            use super::*;
-            mod openid {
-                use super::*;
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { ($body)(StoreKind::Redis, Profile::OpenId).await }
-                )*
-            }
-            mod ietf {
-                use super::*;
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { ($body)(StoreKind::Redis, Profile::Ietf).await }
-                )*
-            }
-        }
+        on_both_stores_and_profiles!(@store embedded, StoreKind::Embedded, $($name => $body;)*);
+        on_both_stores_and_profiles!(@store redis, StoreKind::Redis, $($name => $body;)*);
     };
 }
 
@@ -159,6 +146,11 @@ async fn happy_path(store: StoreKind, profile: Profile) {
     wait_interval(1).await;
     let spent = rp.poll(&dtr_client(), &id).await;
     assert_eq!((spent.status, spent.error()), (400, "invalid_grant"));
+    if profile == Profile::Ietf {
+        // IETF §6.6: to the client it was issued to, a redeemed code says so.
+        let description = spent.json["error_description"].as_str().unwrap_or_default();
+        assert!(description.contains("already redeemed"), "{}", spent.json);
+    }
     assert_eq!(proxy.process(&process_id).await["status"], "delivered");
 
     // The delivered refresh token is the RP's own: a plain refresh through the proxy works.
@@ -340,16 +332,18 @@ async fn cancel(store: StoreKind, profile: Profile) {
     // Unknown and repeated cancels are 200 too.
     assert_eq!(rp.cancel(&dtr_client(), &id).await.status, 200);
     assert_eq!(rp.cancel(&dtr_client(), "unknown-id").await.status, 200);
-    // JSON bodies are accepted (the draft's example).
-    let json_cancel = proxy
-        .http
-        .post(proxy.url("/protocol/openid-connect/deferred/cancel"))
-        .basic_auth("dtr-client", Some("dtr-client-secret"))
-        .json(&json!({rp.id_param(): id}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json_cancel.status(), 200);
+    if profile == Profile::OpenId {
+        // JSON bodies are accepted (the draft's example).
+        let json_cancel = proxy
+            .http
+            .post(proxy.url("/protocol/openid-connect/deferred/cancel"))
+            .basic_auth("dtr-client", Some("dtr-client-secret"))
+            .json(&json!({rp.id_param(): id}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(json_cancel.status(), 200);
+    }
     let wrong = rp.cancel(&Auth::Basic("dtr-client", "wrong"), &id).await;
     assert_eq!((wrong.status, wrong.error()), (401, "invalid_client"));
 
@@ -911,9 +905,28 @@ async fn the_ietf_profile_refuses_what_it_does_not_define_and_passes_what_it_doe
         )
         .await;
     assert_eq!((misnamed.status, misnamed.error()), (400, "invalid_request"));
-    // The cancellation endpoint takes the deferral_code.
-    let cancelled = rp.cancel(&dtr_client(), &id).await;
-    assert_eq!(cancelled.status, 200, "{}", cancelled.json);
+    // The OpenID profile's cancellation endpoint is not this client's (IETF §8: revocation).
+    let openid_cancel = proxy
+        .post_form(
+            &proxy.url("/protocol/openid-connect/deferred/cancel"),
+            &dtr_client(),
+            &[("deferral_code", &id)],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (openid_cancel.status, openid_cancel.error()),
+        (400, "invalid_request"),
+        "{}",
+        openid_cancel.json
+    );
+    wait_interval(1).await;
+    assert_eq!(rp.poll(&dtr_client(), &id).await.error(), "authorization_pending");
+    // Revoked without a token_type_hint (RFC 7009 §2.1: the hint is optional).
+    let revoked = proxy
+        .post_form(&proxy.revocation_url(), &dtr_client(), &[("token", &id)], None)
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.json);
     wait_interval(1).await;
     assert_eq!(rp.poll(&dtr_client(), &id).await.error(), "access_denied");
 
@@ -943,4 +956,131 @@ async fn the_ietf_profile_refuses_what_it_does_not_define_and_passes_what_it_doe
         .await;
     assert_eq!(immediate.status, 200, "{}", immediate.json);
     assert!(immediate.json["access_token"].is_string(), "{}", immediate.json);
+
+    // The OP's own tokens are revoked by the OP: the request passes through, hint or none.
+    let refresh_token = immediate.json["refresh_token"].as_str().expect("refresh token");
+    let revoked = proxy
+        .post_form(
+            &proxy.revocation_url(),
+            &dtr_client(),
+            &[("token", refresh_token), ("token_type_hint", "refresh_token")],
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.json);
+    let refreshed = proxy
+        .token(
+            &dtr_client(),
+            &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)],
+            None,
+        )
+        .await;
+    assert_eq!(
+        refreshed.error(),
+        "invalid_grant",
+        "revoked at the OP: {}",
+        refreshed.json
+    );
+
+    // Discovery: the draft's flag, the deferral code at the revocation endpoint, and no
+    // OpenID cancellation endpoint.
+    let metadata: serde_json::Value = proxy
+        .http
+        .get(proxy.url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["deferred_token_response_supported"], true);
+    assert!(metadata["revocation_endpoint_token_type_values_supported"]
+        .as_array()
+        .is_some_and(|types| types.iter().any(|t| t == DEFERRAL_CODE_TOKEN_TYPE)));
+    assert!(
+        metadata.get("deferred_authentication_cancellation_endpoint").is_none(),
+        "{metadata}"
+    );
+}
+
+/// IETF §11.1: a deferral code bound to a DPoP key at the exchange is polled and revoked with
+/// proofs by that key only — a confidential client's too (the OpenID profile binds public
+/// clients only). §7.1: the callback carries the client_notification_token as a Bearer.
+#[tokio::test]
+async fn an_ietf_deferral_code_is_bound_to_the_exchanges_dpop_key_whatever_the_client() {
+    let receiver = ping_receiver(vec![]).await;
+    let options = Options::new(StoreKind::Embedded)
+        .client(json!({"client_id": "dtr-client", "notification_endpoint": receiver.url}));
+    let proxy = start(options.profile(Profile::Ietf)).await;
+    let rp = proxy.rp(Profile::Ietf);
+    let (key, thief) = (DpopKey::generate(), DpopKey::generate());
+    let user = unique("tove");
+    let (code, verifier) = rp.deferred_code("dtr-client", &user).await;
+    let token_url = proxy.token_url();
+    let exchange = proxy
+        .token(
+            &dtr_client(),
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT_URI),
+                ("code_verifier", &verifier),
+                ("completion_mode", "deferred"),
+                ("client_notification_token", "callback-token-of-tove"),
+                // The OpenID name is not the IETF profile's: ignored.
+                ("deferred_notification_token", "not-this-one"),
+            ],
+            Some(&key.proof("POST", &token_url)),
+        )
+        .await;
+    let id = rp.id_of(&exchange).unwrap_or_else(|| panic!("{}", exchange.json));
+    let poll = |proof: String| ietf_poll(&proxy, &id, proof);
+    let stolen = poll(thief.proof("POST", &token_url)).await;
+    assert_eq!(
+        (stolen.status, stolen.error()),
+        (400, "invalid_dpop_proof"),
+        "{}",
+        stolen.json
+    );
+    let unproven = rp.poll(&dtr_client(), &id).await;
+    assert_eq!(unproven.error(), "invalid_dpop_proof", "{}", unproven.json);
+    let pending = poll(key.proof("POST", &token_url)).await;
+    assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
+
+    // The revocation request is held to the key too; a refused one changes nothing.
+    let revocation_url = proxy.revocation_url();
+    let form = [("token", id.as_str()), ("token_type_hint", DEFERRAL_CODE_TOKEN_TYPE)];
+    let forged = proxy
+        .post_form(
+            &revocation_url,
+            &dtr_client(),
+            &form,
+            Some(&thief.proof("POST", &revocation_url)),
+        )
+        .await;
+    assert_eq!(forged.error(), "invalid_dpop_proof", "{}", forged.json);
+
+    assert_eq!(
+        proxy
+            .complete(&json!({"outcome": "approved", "sub": user}))
+            .await
+            .status,
+        200
+    );
+    assert!(receiver.wait_for(1, Duration::from_secs(10)).await, "no callback");
+    let (auth, body) = receiver.received.lock().unwrap()[0].clone();
+    assert_eq!(auth.as_deref(), Some("Bearer callback-token-of-tove"));
+    assert_eq!(body, json!({"deferral_code": id}));
+    wait_interval(1).await;
+    let tokens = poll(key.proof("POST", &token_url)).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    assert_eq!(tokens.json["token_type"], "DPoP", "{}", tokens.json);
+}
+
+async fn ietf_poll(proxy: &Proxy, deferral_code: &str, proof: String) -> Reply {
+    let form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:deferred"),
+        ("deferral_code", deferral_code),
+    ];
+    proxy.token(&dtr_client(), &form, Some(&proof)).await
 }

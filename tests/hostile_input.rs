@@ -14,7 +14,7 @@ use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const DEFERRED_GRANT: &str = "urn%3Aopenid%3Aparams%3Agrant-type%3Adeferred";
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -164,62 +164,54 @@ struct ScriptedOp {
 }
 
 async fn scripted_op(description: &'static str) -> ScriptedOp {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
     let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
     let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        log.lock().expect("log").push(request.headers().clone());
-                        let query: Vec<(String, String)> = request
-                            .uri()
-                            .query()
-                            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-                            .unwrap_or_default();
-                        let get = |name: &str| query.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-                        let mut response = hyper::Response::new(Full::new(Bytes::new()));
-                        match (get("state"), get("redirect_uri")) {
-                            (Some(state), Some(redirect_uri)) if state.starts_with("dtr1.") => {
-                                let mut location = url::Url::parse(&redirect_uri).expect("redirect_uri");
-                                location
-                                    .query_pairs_mut()
-                                    .append_pair("error", "access_denied")
-                                    .append_pair("error_description", description)
-                                    .append_pair("state", &state);
-                                *response.status_mut() = hyper::StatusCode::FOUND;
-                                response
-                                    .headers_mut()
-                                    .insert("location", location.as_str().parse().expect("location"));
-                            }
-                            _ => {
-                                let mut headers = serde_json::Map::new();
-                                for name in request.headers().keys() {
-                                    let values: Vec<Value> = request
-                                        .headers()
-                                        .get_all(name)
-                                        .iter()
-                                        .map(|v| json!(String::from_utf8_lossy(v.as_bytes())))
-                                        .collect();
-                                    headers.insert(name.to_string(), Value::Array(values));
-                                }
-                                *response.body_mut() = Full::new(Bytes::from(Value::Object(headers).to_string()));
-                            }
-                        }
-                        Ok::<_, Infallible>(response)
+    let addr = serve_http(move |request: hyper::Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            log.lock().expect("log").push(request.headers().clone());
+            let query: Vec<(String, String)> = request
+                .uri()
+                .query()
+                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default();
+            let get = |name: &str| query.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+            let mut response = hyper::Response::new(Full::new(Bytes::new()));
+            match (get("state"), get("redirect_uri")) {
+                (Some(state), Some(redirect_uri)) if state.starts_with("dtr1.") => {
+                    let mut location = url::Url::parse(&redirect_uri).expect("redirect_uri");
+                    location
+                        .query_pairs_mut()
+                        .append_pair("error", "access_denied")
+                        .append_pair("error_description", description)
+                        .append_pair("state", &state);
+                    *response.status_mut() = hyper::StatusCode::FOUND;
+                    response
+                        .headers_mut()
+                        .insert("location", location.as_str().parse().expect("location"));
+                }
+                _ => {
+                    let mut headers = serde_json::Map::new();
+                    for name in request.headers().keys() {
+                        let values: Vec<Value> = request
+                            .headers()
+                            .get_all(name)
+                            .iter()
+                            .map(|v| json!(String::from_utf8_lossy(v.as_bytes())))
+                            .collect();
+                        headers.insert(name.to_string(), Value::Array(values));
                     }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+                    *response.body_mut() = Full::new(Bytes::from(Value::Object(headers).to_string()));
+                }
+            }
+            response
         }
-    });
-    ScriptedOp { port, seen }
+    })
+    .await;
+    ScriptedOp {
+        port: addr.port(),
+        seen,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::keycloak::{keycloak, IETF_REALM, LONG_INTERVAL, REALM, SHORT_EXPIRES_IN, TIMING_REALM, USER_PASSWORD};
+use common::keycloak::{keycloak, LONG_INTERVAL, REALM, SHORT_EXPIRES_IN, TIMING_REALM, USER_PASSWORD};
 use common::*;
 use serde_json::{json, Value};
 
@@ -28,38 +28,66 @@ fn scope_contains(reply: &Value, scope: &str) -> bool {
         .is_some_and(|s| s.split(' ').any(|s| s == scope))
 }
 
-/// One whole deferred flow for a client kind, proving what the final tokens carry.
-async fn verified_user_gets_fresh_offline_tokens(auth: Auth) {
+/// One whole deferred flow for a client kind in a profile, proving what the final tokens
+/// carry. The IETF profile runs in its own realm (every client there speaks it): a code flow
+/// with `completion_mode=deferred`, the exchange answered `authorization_pending` with a
+/// `deferral_code`, a ping naming it, and the tokens by the IETF deferred grant.
+async fn verified_user_gets_fresh_offline_tokens(profile: Profile, auth: Auth) {
     let bed = keycloak();
     let admin = bed.admin().await;
-    let proxy = bed.proxy();
+    let realm = match profile {
+        Profile::OpenId => REALM,
+        Profile::Ietf => admin.ietf_realm().await,
+    };
+    let proxy = bed.proxy_in(realm);
+    let rp = proxy.rp(profile);
     let client_id = auth.client_id();
     let username = unique("user");
-    let user_id = admin.create_user(REALM, &username).await;
+    let user_id = admin.create_user(realm, &username).await;
     let nonce = unique("nonce");
 
-    let (ack, verifier) = proxy.keycloak_ack(client_id, &username, &nonce).await;
+    let (ack, verifier) = rp.keycloak_ack(client_id, &username, &nonce).await;
     assert_eq!(ack.get("state"), Some("rp-state"));
     assert_eq!(ack.get("iss"), Some(proxy.issuer.as_str()));
-    assert_eq!(ack.get("code"), None, "Keycloak's code never reaches the RP");
-    let code = ack.get("deferred_code").expect("deferred_code").to_owned();
+    let code = ack.get(rp.code_param()).expect("the proxy's code").to_owned();
+    match profile {
+        Profile::OpenId => assert_eq!(ack.get("code"), None, "Keycloak's code never reaches the RP"),
+        Profile::Ietf => {
+            assert_eq!(ack.get("deferred_code"), None);
+            assert!(
+                code.starts_with("deferred."),
+                "Keycloak's code never reaches the RP: {code}"
+            );
+        }
+    }
 
-    let exchange = proxy.exchange(&auth, &code, &verifier, Some("notify-me")).await;
-    assert_eq!(exchange.status, 200, "{}", exchange.json);
-    let id = exchange.json["deferred_auth_id"].as_str().expect("id").to_owned();
-    let interim = jwt_claims(exchange.json["interim_id_token"].as_str().expect("interim_id_token"));
-    assert_eq!(interim["sub"], user_id.as_str());
-    assert_eq!(interim["nonce"], nonce.as_str());
-    assert_eq!(interim["iss"], proxy.issuer.as_str());
-    assert!(audience_contains(&interim, client_id), "{interim}");
-    assert!(
-        interim.get("identity_verified").is_none(),
-        "not verified yet: {interim}"
-    );
+    let exchange = rp.exchange(&auth, &code, &verifier, Some("notify-me")).await;
+    let id = rp
+        .id_of(&exchange)
+        .unwrap_or_else(|| panic!("{} {}", exchange.status, exchange.json));
+    assert!(exchange.json["access_token"].is_null(), "{}", exchange.json);
+    let interim = match profile {
+        Profile::OpenId => {
+            let interim = jwt_claims(exchange.json["interim_id_token"].as_str().expect("interim_id_token"));
+            assert_eq!(interim["sub"], user_id.as_str());
+            assert_eq!(interim["nonce"], nonce.as_str());
+            assert_eq!(interim["iss"], proxy.issuer.as_str());
+            assert!(audience_contains(&interim, client_id), "{interim}");
+            assert!(
+                interim.get("identity_verified").is_none(),
+                "not verified yet: {interim}"
+            );
+            Some(interim)
+        }
+        Profile::Ietf => {
+            assert!(exchange.json["interim_id_token"].is_null(), "{}", exchange.json);
+            None
+        }
+    };
     // The grant the proxy holds is an offline session in Keycloak.
-    assert_eq!(admin.offline_sessions(REALM, &user_id, client_id).await.len(), 1);
+    assert_eq!(admin.offline_sessions(realm, &user_id, client_id).await.len(), 1);
 
-    let pending = proxy.poll(&auth, &id).await;
+    let pending = rp.poll(&auth, &id).await;
     assert_eq!(
         (pending.status, pending.error()),
         (400, "authorization_pending"),
@@ -70,7 +98,7 @@ async fn verified_user_gets_fresh_offline_tokens(auth: Auth) {
     // The verification service: the result into Keycloak first, then the webhook.
     admin
         .set_attributes(
-            REALM,
+            realm,
             &user_id,
             &[("identity_verified", "true"), ("verified_at", "2026-01-02T03:04:05Z")],
         )
@@ -81,10 +109,12 @@ async fn verified_user_gets_fresh_offline_tokens(auth: Auth) {
     assert_eq!(completed.status, 200, "{}", completed.json);
     assert_eq!(completed.json["changed"].as_array().map(Vec::len), Some(1));
     assert!(bed.wait_for_ping(&id, Duration::from_secs(10)).await, "no ping");
-    assert_eq!(bed.pings_for(&id)[0].0.as_deref(), Some("Bearer notify-me"));
+    let pings = bed.pings_for(&id);
+    assert_eq!(pings[0].0.as_deref(), Some("Bearer notify-me"));
+    assert_eq!(pings[0].1, json!({rp.id_param(): id}));
 
     wait_interval(1).await;
-    let tokens = proxy.poll(&auth, &id).await;
+    let tokens = rp.poll(&auth, &id).await;
     assert_eq!(tokens.status, 200, "{}", tokens.json);
     let id_token = jwt_claims(tokens.json["id_token"].as_str().expect("id_token"));
     let access_token = jwt_claims(tokens.json["access_token"].as_str().expect("access_token"));
@@ -93,11 +123,13 @@ async fn verified_user_gets_fresh_offline_tokens(auth: Auth) {
     assert_eq!(id_token["verified_at"], "2026-01-02T03:04:05Z");
     assert_eq!(access_token["identity_verified"], true, "{access_token}");
     assert_eq!(id_token["nonce"], nonce.as_str(), "the RP's nonce: {id_token}");
+    assert_eq!(id_token["sub"], user_id.as_str());
     assert_eq!(id_token["iss"], proxy.issuer.as_str());
     assert_eq!(access_token["iss"], proxy.issuer.as_str());
     assert!(audience_contains(&id_token, client_id), "{id_token}");
-    assert_eq!(id_token["sub"], interim["sub"]);
-    assert!(id_token["iat"].as_u64() > interim["iat"].as_u64(), "fresh at release");
+    if let Some(interim) = interim {
+        assert!(id_token["iat"].as_u64() > interim["iat"].as_u64(), "fresh at release");
+    }
     // Keycloak's offline grant: typ Offline, offline_access granted, no refresh expiry.
     assert_eq!(refresh_token["typ"], "Offline", "{refresh_token}");
     assert!(scope_contains(&tokens.json, "offline_access"), "{}", tokens.json);
@@ -111,102 +143,74 @@ async fn verified_user_gets_fresh_offline_tokens(auth: Auth) {
     }
 
     wait_interval(1).await;
-    let spent = proxy.poll(&auth, &id).await;
+    let spent = rp.poll(&auth, &id).await;
     assert_eq!((spent.status, spent.error()), (400, "invalid_grant"));
+
+    // The revocation endpoint, which the IETF profile cancels at, still takes Keycloak's own
+    // tokens to Keycloak: the delivered offline grant is revoked there.
+    let refresh_token = tokens.json["refresh_token"].as_str().expect("refresh_token");
+    let form = [("token", refresh_token), ("token_type_hint", "refresh_token")];
+    let revoked = proxy.post_form(&proxy.revocation_url(), &auth, &form, None).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.json);
+    assert!(
+        admin.offline_sessions(realm, &user_id, client_id).await.is_empty(),
+        "revoked at Keycloak"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_secret_basic_client_gets_verified_offline_tokens() {
-    verified_user_gets_fresh_offline_tokens(Auth::Basic("dtr-client", "dtr-client-secret")).await;
+    verified_user_gets_fresh_offline_tokens(Profile::OpenId, dtr_client()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_secret_post_client_gets_verified_offline_tokens() {
-    verified_user_gets_fresh_offline_tokens(Auth::Post("dtr-post", "dtr-post-secret")).await;
+    verified_user_gets_fresh_offline_tokens(Profile::OpenId, Auth::Post("dtr-post", "dtr-post-secret")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_key_jwt_client_gets_verified_offline_tokens() {
-    verified_user_gets_fresh_offline_tokens(Auth::Jwt("dtr-jwt")).await;
+    verified_user_gets_fresh_offline_tokens(Profile::OpenId, Auth::Jwt("dtr-jwt")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_dpop_client_gets_verified_tokens_bound_to_its_key() {
-    verified_user_gets_fresh_offline_tokens(Auth::Public("dtr-public")).await;
+    verified_user_gets_fresh_offline_tokens(Profile::OpenId, Auth::Public("dtr-public")).await;
 }
 
-/// The OAuth (IETF) profile over the same engine, against Keycloak: a code flow with
-/// `completion_mode=deferred`, the exchange answered `authorization_pending` with a
-/// `deferral_code`, a ping naming it, and verified tokens by the IETF deferred grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ietf_profile_client_gets_verified_offline_tokens() {
+    verified_user_gets_fresh_offline_tokens(Profile::Ietf, dtr_client()).await;
+}
+
+/// IETF §8: a deferral code is cancelled by revoking it at Keycloak's revocation endpoint,
+/// which the proxy answers itself; the held offline session is given back to Keycloak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ietf_deferral_code_revoked_at_the_revocation_endpoint_cancels_the_process() {
     let bed = keycloak();
     let admin = bed.admin().await;
-    admin.create_realm_from_file(IETF_REALM, json!({})).await;
-    let proxy = bed.proxy_in(IETF_REALM);
+    let realm = admin.ietf_realm().await;
+    let proxy = bed.proxy_in(realm);
     let rp = proxy.rp(Profile::Ietf);
-    let auth = Auth::Basic("dtr-client", "dtr-client-secret");
     let username = unique("user");
-    let user_id = admin.create_user(IETF_REALM, &username).await;
-
-    let (verifier, challenge) = pkce();
-    let mut params = rp.auth_params("dtr-client", "rp-state", "n-ietf");
-    params.push(("code_challenge", &challenge));
-    params.push(("code_challenge_method", "S256"));
-    let ack = proxy.keycloak_login(&params, &username, USER_PASSWORD).await.ack();
-    assert_eq!(ack.get("state"), Some("rp-state"));
-    assert_eq!(ack.get("deferred_code"), None);
+    let user_id = admin.create_user(realm, &username).await;
+    let (ack, verifier) = rp.keycloak_ack("dtr-client", &username, "n-revoke").await;
     let code = ack.get("code").expect("the proxy's code").to_owned();
-    assert!(
-        code.starts_with("deferred."),
-        "Keycloak's code never reaches the RP: {code}"
-    );
+    let exchange = rp.exchange(&dtr_client(), &code, &verifier, None).await;
+    let id = rp.id_of(&exchange).unwrap_or_else(|| panic!("{}", exchange.json));
+    assert_eq!(admin.offline_sessions(realm, &user_id, "dtr-client").await.len(), 1);
 
-    let exchange = rp.exchange(&auth, &code, &verifier, Some("notify-ietf")).await;
-    let id = rp
-        .id_of(&exchange)
-        .unwrap_or_else(|| panic!("{} {}", exchange.status, exchange.json));
-    assert!(exchange.json["access_token"].is_null() && exchange.json["interim_id_token"].is_null());
-    assert_eq!(
-        admin.offline_sessions(IETF_REALM, &user_id, "dtr-client").await.len(),
-        1
-    );
-    let pending = rp.poll(&auth, &id).await;
-    assert_eq!(
-        (pending.status, pending.error()),
-        (400, "authorization_pending"),
-        "{}",
-        pending.json
-    );
-
-    admin
-        .set_attributes(IETF_REALM, &user_id, &[("identity_verified", "true")])
-        .await;
-    let completed = proxy
-        .complete(&json!({"outcome": "approved", "sub": user_id, "client_id": "dtr-client"}))
-        .await;
-    assert_eq!(completed.status, 200, "{}", completed.json);
-    assert!(bed.wait_for_ping(&id, Duration::from_secs(10)).await, "no ping");
-    let pings = bed.pings_for(&id);
-    assert_eq!(pings[0].0.as_deref(), Some("Bearer notify-ietf"));
-    assert_eq!(pings[0].1, json!({"deferral_code": id}));
-
+    let cancelled = rp.cancel(&dtr_client(), &id).await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.json);
     wait_interval(1).await;
-    let tokens = rp.poll(&auth, &id).await;
-    assert_eq!(tokens.status, 200, "{}", tokens.json);
-    let id_token = jwt_claims(tokens.json["id_token"].as_str().expect("id_token"));
-    assert_eq!(id_token["identity_verified"], true, "{id_token}");
-    assert_eq!(id_token["nonce"], "n-ietf");
-    assert_eq!(id_token["sub"], user_id.as_str());
-    assert_eq!(id_token["iss"], proxy.issuer.as_str());
-    assert_eq!(
-        jwt_claims(tokens.json["refresh_token"].as_str().unwrap())["typ"],
-        "Offline"
-    );
-
-    wait_interval(1).await;
-    let spent = rp.poll(&auth, &id).await;
-    assert_eq!((spent.status, spent.error()), (400, "invalid_grant"));
+    let poll = rp.poll(&dtr_client(), &id).await;
+    assert_eq!((poll.status, poll.error()), (400, "access_denied"), "{}", poll.json);
+    // The held grant goes back with the client's own authentication, in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !admin.offline_sessions(realm, &user_id, "dtr-client").await.is_empty() {
+        assert!(Instant::now() < deadline, "the held offline session was not given back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Logs a fresh user in for `auth`'s client and exchanges the code.

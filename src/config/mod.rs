@@ -43,7 +43,8 @@ pub struct PathTemplates {
     pub discovery: String,
     /// The OP's pushed authorization request endpoint (RFC 9126); empty to leave it untouched.
     pub par: String,
-    /// The OP's token revocation endpoint (RFC 7009), where held grants are given back.
+    /// The OP's token revocation endpoint (RFC 7009), where held grants are given back and
+    /// where IETF-profile clients revoke deferral codes (the proxy reads requests there).
     pub revocation: String,
     /// OAuth 2.0 Authorization Server Metadata (RFC 8414) below the issuer, as Keycloak serves
     /// it; empty to leave it untouched.

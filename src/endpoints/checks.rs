@@ -23,7 +23,7 @@ pub struct Checks {
     pub urls: PublicUrls,
 }
 
-pub fn dpop_error(description: &'static str) -> OAuthError {
+pub fn dpop_error(description: impl Into<std::borrow::Cow<'static, str>>) -> OAuthError {
     OAuthError::new(StatusCode::BAD_REQUEST, code::INVALID_DPOP_PROOF, description)
 }
 
@@ -36,6 +36,8 @@ pub struct OwnerFacts<'a> {
     /// The request's DPoP proof, validated (RFC 9449 §4.3); `Ok(None)` without one.
     pub proof: Result<Option<ValidProof>, OAuthError>,
     pub requires_dpop: bool,
+    /// The profile the request speaks: its names in the answers, and its binding rule.
+    pub profile: Profile,
     /// For polls: the clock, to check the lifetime (cancels of an expired process are no-ops).
     pub now: Option<u64>,
 }
@@ -49,30 +51,33 @@ pub struct OwnerFacts<'a> {
 /// 1. the client is authenticated (`invalid_client`);
 /// 3. (polls) the lifetime has not elapsed (`expired_token`);
 /// 4. a process bound at the exchange gets a proof, by the bound key for public clients (and
-///    wherever DPoP is required) (`invalid_dpop_proof`);
+///    wherever DPoP is required) (`invalid_dpop_proof`). In the IETF profile the bound key
+///    signs every later request whatever the client (IETF §11.1: "MUST carry a DPoP proof
+///    signed by the same key"); the OpenID profile binds public clients only (OID §5.3, §8.2);
 /// 5. the proof is valid.
 pub fn owner_check(record: &ProcessRecord, facts: OwnerFacts<'_>) -> Result<Option<ValidProof>, OAuthError> {
+    let name = facts.profile.process_param();
     if record.client_id != facts.client_id || record.realm != facts.realm {
-        return Err(OAuthError::unknown_deferred_auth_id());
+        return Err(OAuthError::unknown_process(facts.profile));
     }
     facts.authenticated?;
     if facts.now.is_some_and(|now| now >= record.expires_at) {
         return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             code::EXPIRED_TOKEN,
-            "The deferred_auth_id has expired; start a new authentication.",
+            format!("The {name} has expired; start again."),
         ));
     }
     // An invalid proof is a present one: step 4 (a proof is there) holds, step 5 fails.
     let proof = facts.proof?;
-    let same_key = record.client.method == AuthMethod::None || facts.requires_dpop;
+    let same_key = record.client.method == AuthMethod::None || facts.requires_dpop || facts.profile == Profile::Ietf;
     match (&record.jkt, &proof) {
-        (Some(_), None) => Err(dpop_error(
-            "This deferred_auth_id is bound to a DPoP key; send a DPoP proof.",
-        )),
-        (Some(bound), Some(proof)) if same_key && !equal_constant_time(bound, &proof.jkt) => Err(dpop_error(
-            "The DPoP proof is not signed by the key this deferred_auth_id is bound to.",
-        )),
+        (Some(_), None) => Err(dpop_error(format!(
+            "This {name} is bound to a DPoP key; send a DPoP proof."
+        ))),
+        (Some(bound), Some(proof)) if same_key && !equal_constant_time(bound, &proof.jkt) => Err(dpop_error(format!(
+            "The DPoP proof is not signed by the key this {name} is bound to."
+        ))),
         (None, None) if facts.requires_dpop => Err(dpop_error("This server requires a DPoP proof.")),
         _ => Ok(proof),
     }
@@ -121,6 +126,7 @@ impl Checks {
         record: &ProcessRecord,
         headers: &HeaderMap,
         endpoint: Endpoint,
+        profile: Profile,
         now: u64,
         check_expiry: bool,
     ) -> OwnerFacts<'a> {
@@ -140,6 +146,7 @@ impl Checks {
             authenticated,
             proof,
             requires_dpop: self.clients.requires_dpop(client),
+            profile,
             now: check_expiry.then_some(now),
         }
     }
@@ -160,6 +167,7 @@ impl Checks {
                 self.urls.issuer(realm),
                 self.urls.endpoint(Endpoint::Token, realm),
                 self.urls.endpoint(Endpoint::Cancellation, realm),
+                self.urls.endpoint(Endpoint::Revocation, realm),
             ]
         } else {
             Vec::new()
@@ -321,6 +329,7 @@ mod tests {
                 authenticated: case.authenticated,
                 proof: case.proof,
                 requires_dpop: case.requires_dpop,
+                profile: Profile::OpenId,
                 now: Some(now),
             };
             let result = owner_check(&case.record, facts).map(|_| ()).map_err(|e| e.error);
@@ -336,10 +345,36 @@ mod tests {
             authenticated: Ok(()),
             proof: Ok(None),
             requires_dpop: false,
+            profile: Profile::OpenId,
             now: None,
         };
         let mut expired = record(AuthMethod::ClientSecretBasic, None);
         expired.expires_at = 0;
         assert!(owner_check(&expired, facts).is_ok());
+    }
+
+    /// IETF §11.1: once a deferral code is bound to a DPoP key, every poll and revocation is
+    /// signed by that key, a confidential client's too; its answers name the `deferral_code`.
+    #[test]
+    fn the_ietf_profile_holds_every_client_to_the_bound_key() {
+        let facts = |proof| OwnerFacts {
+            realm: "r",
+            client_id: "c",
+            authenticated: Ok(()),
+            proof,
+            requires_dpop: false,
+            profile: Profile::Ietf,
+            now: Some(NOW),
+        };
+        let confidential = record(AuthMethod::ClientSecretBasic, Some("k1"));
+        let refused = owner_check(&confidential, facts(proof("k2"))).map(|_| ()).unwrap_err();
+        assert_eq!(refused.error, code::INVALID_DPOP_PROOF);
+        assert!(refused.description.contains("deferral_code"), "{}", refused.description);
+        assert!(owner_check(&confidential, facts(proof("k1"))).is_ok());
+        let mut foreign = confidential.clone();
+        foreign.client_id = "other".into();
+        let unknown = owner_check(&foreign, facts(proof("k1"))).map(|_| ()).unwrap_err();
+        assert_eq!(unknown.error, code::INVALID_GRANT);
+        assert!(unknown.description.contains("deferral_code"), "{}", unknown.description);
     }
 }

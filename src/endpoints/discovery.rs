@@ -99,10 +99,15 @@ pub fn with_statements(mut document: Map<String, Value>, statements: &[(&str, &s
 
 /// The DTR additions to an OP's metadata, for the profiles spoken in the realm.
 ///
-/// - OpenID: the `deferred_code` response types and the OpenID deferred grant type.
-/// - IETF: the IETF deferred grant type and `deferred_token_response_supported`.
+/// - OpenID (OID §3.1): the `deferred_code` response types, the OpenID deferred grant type,
+///   and the cancellation endpoint (OID §9 names no metadata; ours).
+/// - IETF: `deferred_token_response_supported` (§5.1), the IETF deferred grant type (§13.4;
+///   RFC 8414 `grant_types_supported`), and, where the OP has a revocation endpoint, the
+///   deferral code's token type in `revocation_endpoint_token_type_values_supported` (§8.4).
+///   An OP that lists no such types is taken to accept RFC 7009's two hints, which the proxy
+///   passes on to it.
 ///
-/// Both: the cancellation endpoint and the DPoP algorithms both parties accept.
+/// Both: the DPoP algorithms both parties accept.
 pub fn augment(
     mut document: Map<String, Value>,
     cancellation_endpoint: &str,
@@ -119,6 +124,20 @@ pub fn augment(
     add_to_list(&mut document, "grant_types_supported", &grant_types);
     if profiles.contains(&Profile::Ietf) {
         document.insert(wire::DEFERRED_TOKEN_RESPONSE_SUPPORTED.to_owned(), Value::Bool(true));
+        if document.contains_key("revocation_endpoint") {
+            if !document.contains_key(wire::REVOCATION_TOKEN_TYPES_METADATA) {
+                add_to_list(
+                    &mut document,
+                    wire::REVOCATION_TOKEN_TYPES_METADATA,
+                    &["access_token", "refresh_token"],
+                );
+            }
+            add_to_list(
+                &mut document,
+                wire::REVOCATION_TOKEN_TYPES_METADATA,
+                &[wire::TOKEN_TYPE_DEFERRAL_CODE],
+            );
+        }
     }
     // Proofs at the DTR endpoints are checked by the proxy and, on the calls that reach it, by
     // the OP too: advertise what both accept, and nothing when the OP has no DPoP (it would
@@ -132,10 +151,12 @@ pub fn augment(
             .collect();
         document.insert("dpop_signing_alg_values_supported".to_owned(), Value::Array(both));
     }
-    document.insert(
-        wire::CANCELLATION_ENDPOINT_METADATA.to_owned(),
-        Value::from(cancellation_endpoint),
-    );
+    if profiles.contains(&Profile::OpenId) {
+        document.insert(
+            wire::CANCELLATION_ENDPOINT_METADATA.to_owned(),
+            Value::from(cancellation_endpoint),
+        );
+    }
     document
 }
 
@@ -188,12 +209,19 @@ mod tests {
         .unwrap();
         let ietf = augment(original.clone(), "https://op/cancel", &[Profile::Ietf]);
         assert_eq!(ietf["response_types_supported"], serde_json::json!(["code"]));
+        assert!(
+            !ietf.contains_key(wire::REVOCATION_TOKEN_TYPES_METADATA),
+            "no revocation endpoint, no token types"
+        );
         assert_eq!(
             ietf["grant_types_supported"],
             serde_json::json!(["authorization_code", "urn:ietf:params:oauth:grant-type:deferred"])
         );
         assert_eq!(ietf[wire::DEFERRED_TOKEN_RESPONSE_SUPPORTED], true);
-        assert_eq!(ietf[wire::CANCELLATION_ENDPOINT_METADATA], "https://op/cancel");
+        assert!(
+            !ietf.contains_key(wire::CANCELLATION_ENDPOINT_METADATA),
+            "an IETF client cancels at the revocation endpoint"
+        );
 
         let both = augment(original, "https://op/cancel", &Profile::ALL);
         assert_eq!(
@@ -208,6 +236,33 @@ mod tests {
             both["response_types_supported"],
             serde_json::json!(["code", "deferred_code", "deferred_code code"])
         );
+    }
+
+    #[test]
+    fn the_ietf_profile_lists_the_deferral_code_at_the_revocation_endpoint() {
+        let original: Map<String, Value> =
+            serde_json::from_str(r#"{"issuer":"https://op","revocation_endpoint":"https://op/revoke"}"#).unwrap();
+        let ietf = augment(original.clone(), "https://op/cancel", &[Profile::Ietf]);
+        assert_eq!(
+            ietf[wire::REVOCATION_TOKEN_TYPES_METADATA],
+            serde_json::json!([
+                "access_token",
+                "refresh_token",
+                "urn:ietf:params:oauth:token-type:deferral-code"
+            ])
+        );
+        let mut listed = original.clone();
+        listed.insert(
+            wire::REVOCATION_TOKEN_TYPES_METADATA.into(),
+            serde_json::json!(["refresh_token"]),
+        );
+        let ietf = augment(listed, "https://op/cancel", &[Profile::Ietf]);
+        assert_eq!(
+            ietf[wire::REVOCATION_TOKEN_TYPES_METADATA],
+            serde_json::json!(["refresh_token", "urn:ietf:params:oauth:token-type:deferral-code"])
+        );
+        let openid = augment(original, "https://op/cancel", &[Profile::OpenId]);
+        assert!(!openid.contains_key(wire::REVOCATION_TOKEN_TYPES_METADATA));
     }
 
     #[test]

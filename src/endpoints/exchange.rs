@@ -220,6 +220,7 @@ impl Exchange {
             "code",
             wire::DEFERRED_CODE,
             wire::DEFERRED_NOTIFICATION_TOKEN,
+            wire::CLIENT_NOTIFICATION_TOKEN,
             wire::COMPLETION_MODE,
             "redirect_uri",
         ];
@@ -308,7 +309,9 @@ impl Exchange {
         let secrets = HeldSecrets {
             deferred_auth_id: deferred_auth_id.clone(),
             refresh_token,
-            notification_token: params.get(wire::DEFERRED_NOTIFICATION_TOKEN).map(str::to_owned),
+            // The profile's own name only (IETF §6.3: `client_notification_token`); the
+            // other profile's is an unrecognised parameter, ignored (RFC 6749 §3.2).
+            notification_token: params.get(profile.notification_token_param()).map(str::to_owned),
         };
         let now = now_ms();
         let record = ProcessRecord {

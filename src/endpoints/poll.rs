@@ -220,6 +220,20 @@ impl Poll {
         profile: Profile,
         peer: IpAddr,
     ) -> Result<Response<Body>, OAuthError> {
+        self.answer(realm, headers, params, deferred_auth_id, profile, peer)
+            .await
+            .map_err(|e| e.named_for(profile))
+    }
+
+    async fn answer(
+        &self,
+        realm: &str,
+        headers: &HeaderMap,
+        params: &Params,
+        deferred_auth_id: &str,
+        profile: Profile,
+        peer: IpAddr,
+    ) -> Result<Response<Body>, OAuthError> {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = &*self.checks.client_speaking(realm, &credentials, profile)?;
@@ -244,7 +258,17 @@ impl Poll {
         let record = &process.record;
         let facts = self
             .checks
-            .owner_facts(realm, client, &credentials, record, headers, Endpoint::Token, now, true)
+            .owner_facts(
+                realm,
+                client,
+                &credentials,
+                record,
+                headers,
+                Endpoint::Token,
+                profile,
+                now,
+                true,
+            )
             .await;
         owner_check(record, facts)?;
         // Only the authenticated owner moves the poll clock.
@@ -271,6 +295,9 @@ impl Poll {
                 self.give_back(realm, headers, params, process, peer).await;
                 Err(error)
             }
+            // IETF §6.6: the client the code was issued to learns it was redeemed (the
+            // OpenID profile keeps one answer for spent and unknown ids).
+            PollDecision::Spent if profile == Profile::Ietf => Err(OAuthError::redeemed_deferral_code()),
             decision => Err(refusal(decision, record)),
         }
     }

@@ -8,7 +8,7 @@ use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use serde_json::json;
 
-use super::wire::{error as code, DPOP_NONCE};
+use super::wire::{error as code, Profile, DEFERRED_AUTH_ID, DPOP_NONCE};
 use crate::http::{json_no_store, Body};
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
@@ -97,6 +97,32 @@ impl OAuthError {
     /// oracle for which ids exist.
     pub fn unknown_deferred_auth_id() -> Self {
         Self::invalid_grant("The deferred_auth_id is invalid, was already used, or was issued to another client.")
+    }
+
+    /// [`Self::unknown_deferred_auth_id`] in a profile's names: one answer for an unknown,
+    /// foreign or (OpenID) spent id, so it is no oracle (IETF §6.6: unknown and foreign alike).
+    pub fn unknown_process(profile: Profile) -> Self {
+        match profile {
+            Profile::OpenId => Self::unknown_deferred_auth_id(),
+            Profile::Ietf => {
+                Self::invalid_grant("The deferral_code is invalid, was already used, or was issued to another client.")
+            }
+        }
+    }
+
+    /// The description in a profile's names: the poll and cancel answers are written with the
+    /// OpenID `deferred_auth_id`; an IETF client reads `deferral_code` instead.
+    pub fn named_for(mut self, profile: Profile) -> Self {
+        let name = profile.process_param();
+        if name != DEFERRED_AUTH_ID && self.description.contains(DEFERRED_AUTH_ID) {
+            self.description = Cow::Owned(self.description.replace(DEFERRED_AUTH_ID, name));
+        }
+        self
+    }
+
+    /// IETF §6.6: to the client it was issued to, a redeemed deferral code says so.
+    pub fn redeemed_deferral_code() -> Self {
+        Self::invalid_grant("This deferral_code was already redeemed; its tokens were delivered.")
     }
 
     pub fn invalid_client(description: impl Into<Cow<'static, str>>, via_header: Option<&'static str>) -> Self {

@@ -11,6 +11,9 @@ pub enum Endpoint {
     Token,
     Discovery,
     Cancellation,
+    /// The OP's revocation endpoint (RFC 7009), where an IETF-profile client revokes a
+    /// deferral code (IETF §8); every other revocation passes through.
+    Revocation,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +94,7 @@ impl Routes {
             (Endpoint::Authorization, &self.authorization),
             (Endpoint::Discovery, &self.discovery),
             (Endpoint::Cancellation, &self.cancellation),
+            (Endpoint::Revocation, &self.revocation),
         ]
         .into_iter()
         .chain(self.par.iter().map(|t| (Endpoint::PushedAuthorization, t)))
@@ -108,10 +112,11 @@ impl Routes {
             Endpoint::Token => self.token.render(realm),
             Endpoint::Discovery => self.discovery.render(realm),
             Endpoint::Cancellation => self.cancellation.render(realm),
+            Endpoint::Revocation => self.revocation.render(realm),
         }
     }
 
-    /// The OP's revocation endpoint of a realm (not served by the proxy: only called).
+    /// The OP's revocation endpoint of a realm, where the proxy gives held grants back.
     pub fn revocation(&self, realm: &str) -> String {
         self.revocation.render(realm)
     }
@@ -172,6 +177,10 @@ mod tests {
         assert_eq!(
             routes.classify("/realms/acme/protocol/openid-connect/token/introspect"),
             None
+        );
+        assert_eq!(
+            routes.classify("/realms/acme/protocol/openid-connect/revoke"),
+            Some((Endpoint::Revocation, "acme"))
         );
         assert_eq!(
             routes.classify("/realms/acme/protocol/openid-connect/ext/par/request"),

@@ -2,7 +2,7 @@
 //!
 //! Two profiles share one engine: the OpenID profile (OpenID Connect Deferred Token Response
 //! 1.0, the default) and the OAuth profile of the IETF draft
-//! (draft-ietf-oauth-deferred-token-response). A client's [`Profile`] is passed down to the
+//! (draft-ietf-oauth-deferred-token-response; § numbers below are that draft's). A client's [`Profile`] is passed down to the
 //! endpoints, which ask it for the names below rather than comparing strings themselves
 //! (docs/profiles.md lists every difference).
 
@@ -39,8 +39,17 @@ pub const DEFERRAL_CODE: &str = "deferral_code";
 pub const COMPLETION_MODE: &str = "completion_mode";
 /// The `completion_mode` value that accepts a deferred answer.
 pub const COMPLETION_MODE_DEFERRED: &str = "deferred";
-/// The IETF profile's authorization server metadata flag.
+/// The IETF profile's authorization server metadata flag (§5.1, §13.5).
 pub const DEFERRED_TOKEN_RESPONSE_SUPPORTED: &str = "deferred_token_response_supported";
+/// The IETF profile's bearer token for callbacks, sent by the client on the token request
+/// that opts in (§6.3); the OpenID profile's `deferred_notification_token`.
+pub const CLIENT_NOTIFICATION_TOKEN: &str = "client_notification_token";
+/// The token type of a deferral code at the revocation endpoint (`token_type_hint`), where
+/// the IETF profile cancels (§8.1, §13.6).
+pub const TOKEN_TYPE_DEFERRAL_CODE: &str = "urn:ietf:params:oauth:token-type:deferral-code";
+/// Authorization server metadata listing the token types the revocation endpoint takes
+/// (§8.4, §13.5).
+pub const REVOCATION_TOKEN_TYPES_METADATA: &str = "revocation_endpoint_token_type_values_supported";
 /// The authorization code grant, which the IETF profile defers at the token endpoint.
 pub const GRANT_TYPE_AUTHORIZATION_CODE: &str = "authorization_code";
 /// The prefix of the authorization codes the proxy issues to IETF-profile clients (its own
@@ -68,6 +77,14 @@ impl Profile {
         match self {
             Profile::OpenId => DEFERRED_AUTH_ID,
             Profile::Ietf => DEFERRAL_CODE,
+        }
+    }
+
+    /// The exchange's parameter carrying the client's bearer token for pings (callbacks).
+    pub fn notification_token_param(self) -> &'static str {
+        match self {
+            Profile::OpenId => DEFERRED_NOTIFICATION_TOKEN,
+            Profile::Ietf => CLIENT_NOTIFICATION_TOKEN,
         }
     }
 
@@ -145,6 +162,11 @@ mod tests {
         assert_eq!(Profile::Ietf.grant_type(), "urn:ietf:params:oauth:grant-type:deferred");
         assert_eq!(Profile::OpenId.process_param(), "deferred_auth_id");
         assert_eq!(Profile::Ietf.process_param(), "deferral_code");
+        assert_eq!(
+            Profile::OpenId.notification_token_param(),
+            "deferred_notification_token"
+        );
+        assert_eq!(Profile::Ietf.notification_token_param(), "client_notification_token");
         assert_eq!(Profile::OpenId.acknowledgment_code(), ("deferred_code", ""));
         assert_eq!(Profile::Ietf.acknowledgment_code(), ("code", IETF_CODE_PREFIX));
     }

@@ -12,7 +12,15 @@ use crate::metrics::Metrics;
 use crate::protocol::routes::Endpoint;
 
 /// The routes of the public port, as labelled.
-const ROUTES: [&str; 6] = ["passthrough", "authorize", "par", "token", "cancel", "discovery"];
+const ROUTES: [&str; 7] = [
+    "passthrough",
+    "authorize",
+    "par",
+    "token",
+    "cancel",
+    "discovery",
+    "revocation",
+];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub struct AccessLog {
@@ -41,6 +49,7 @@ impl AccessLog {
             Some(Endpoint::Token) => 3,
             Some(Endpoint::Cancellation) => 4,
             Some(Endpoint::Discovery) => 5,
+            Some(Endpoint::Revocation) => 6,
         }
     }
 

@@ -157,6 +157,9 @@ impl PublicService {
             (Some((Endpoint::Cancellation, realm)), &Method::POST) => {
                 Box::pin(self.cancellation(&realm, request, peer)).await
             }
+            (Some((Endpoint::Revocation, realm)), &Method::POST) => {
+                Box::pin(self.revocation(&realm, request, peer)).await
+            }
             (Some((Endpoint::Cancellation, _)), _) => {
                 let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
                 response
@@ -466,6 +469,43 @@ impl PublicService {
         };
         self.finish("cancel", result)
     }
+
+    /// The revocation endpoint: a deferral code of an IETF-profile client is cancelled here
+    /// (IETF §8); every other revocation reaches the OP with its body as sent.
+    async fn revocation(&self, realm: &str, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        let raw = match self.read_small_body(body).await {
+            Ok(bytes) => bytes,
+            Err(e) => return self.finish("revocation", Err(e)),
+        };
+        if media_type(&parts.headers).eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            // A form the proxy cannot parse is the OP's to refuse.
+            if let Ok(params) = Params::parse(&raw) {
+                // A federated client is known once its request is (as at the token endpoint).
+                if let Some(federated) = &self.federated {
+                    if mentions_url_client(&raw) || mentions_assertion(&raw) {
+                        if let Err(e) = federated.token_request(realm, &parts.headers, &params).await {
+                            return self.finish("revocation", Err(e));
+                        }
+                    }
+                }
+                let revoked = match self.cancel.revoke(realm, &parts.headers, &params, peer.ip()).await {
+                    Ok(None) => None,
+                    Ok(Some(response)) => Some(Ok(response)),
+                    Err(e) => Some(Err(e)),
+                };
+                if let Some(result) = revoked {
+                    self.note_client(&parts.headers, &params);
+                    return self.finish("revocation", result);
+                }
+            }
+        }
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(raw.len()));
+        self.forward(Request::from_parts(parts, full(raw)), peer).await
+    }
 }
 
 /// The route of a request as spans name it (as the request metrics label it).
@@ -476,6 +516,7 @@ fn route_label(endpoint: Option<Endpoint>) -> &'static str {
         Some(Endpoint::PushedAuthorization) => "par",
         Some(Endpoint::Token) => "token",
         Some(Endpoint::Cancellation) => "cancel",
+        Some(Endpoint::Revocation) => "revocation",
         Some(Endpoint::Discovery) => "discovery",
     }
 }

@@ -260,21 +260,8 @@ impl RedisServer {
     /// The server's settings, not started yet.
     fn start_on(port: u16, extra: &[&str]) -> RedisServer {
         let dir = ScratchDir::new("redis");
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &dir.path(""),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = redis_server_args(port);
+        args.extend(["--dir".to_owned(), dir.path("")]);
         args.extend(extra.iter().map(|s| s.to_string()));
         RedisServer {
             port,
@@ -1026,50 +1013,35 @@ pub struct ControlledReceiver {
 impl ControlledReceiver {
     pub async fn start() -> ControlledReceiver {
         use http_body_util::BodyExt;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}/dtr/ping", listener.local_addr().expect("addr"));
         let received: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let status = Arc::new(AtomicU16::new(204));
         let hang = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(AtomicUsize::new(0));
         let (log, st, hg, at) = (received.clone(), status.clone(), hang.clone(), attempts.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (log, st, hg, at) = (log.clone(), st.clone(), hg.clone(), at.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                        let (log, st, hg, at) = (log.clone(), st.clone(), hg.clone(), at.clone());
-                        async move {
-                            at.fetch_add(1, Ordering::SeqCst);
-                            let body = request
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            if hg.load(Ordering::SeqCst) {
-                                tokio::time::sleep(Duration::from_secs(3600)).await;
-                            }
-                            let status = st.load(Ordering::SeqCst);
-                            if status < 300 {
-                                let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                                let id = json["deferred_auth_id"].as_str().unwrap_or_default().to_owned();
-                                *log.lock().expect("log").entry(id).or_default() += 1;
-                            }
-                            let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
-                            *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
+        let addr = serve_http(move |request: hyper::Request<hyper::body::Incoming>| {
+            let (log, st, hg, at) = (log.clone(), st.clone(), hg.clone(), at.clone());
+            async move {
+                at.fetch_add(1, Ordering::SeqCst);
+                let body = request
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                if hg.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                let status = st.load(Ordering::SeqCst);
+                if status < 300 {
+                    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let id = json["deferred_auth_id"].as_str().unwrap_or_default().to_owned();
+                    *log.lock().expect("log").entry(id).or_default() += 1;
+                }
+                empty_response(status)
             }
-        });
+        })
+        .await;
+        let url = format!("http://{addr}/dtr/ping");
         ControlledReceiver {
             url,
             received,

@@ -23,7 +23,7 @@ pub const REALM: &str = "dtr";
 /// seconds (a poll right after another is then too fast even on a loaded machine).
 pub const TIMING_REALM: &str = "dtr-timing";
 /// A realm whose clients speak the OAuth (IETF) profile (`DTR_IETF_REALMS`); created by the
-/// test that uses it, from the operators' realm file.
+/// first test that uses it ([`Admin::ietf_realm`]), from the operators' realm file.
 pub const IETF_REALM: &str = "dtr-oauth";
 pub const SHORT_EXPIRES_IN: u64 = 4;
 pub const LONG_INTERVAL: u64 = 3;
@@ -383,6 +383,15 @@ impl Admin {
         assert_eq!(status, 201, "realm creation: {body}");
     }
 
+    /// [`IETF_REALM`], imported from the operators' realm file by the first test that needs it.
+    pub async fn ietf_realm(&self) -> &'static str {
+        static CREATED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        CREATED
+            .get_or_init(|| self.create_realm_from_file(IETF_REALM, json!({})))
+            .await;
+        IETF_REALM
+    }
+
     /// A fresh user with everything the default user profile requires, so no required action
     /// interrupts the login. Returns the user's id (the `sub` of its tokens).
     pub async fn create_user(&self, realm: &str, username: &str) -> String {
@@ -457,11 +466,19 @@ impl Proxy {
 
     /// Logs `username` in for `client_id` with PKCE; the acknowledgment and the verifier.
     pub async fn keycloak_ack(&self, client_id: &str, username: &str, nonce: &str) -> (Ack, String) {
+        self.rp(Profile::OpenId).keycloak_ack(client_id, username, nonce).await
+    }
+}
+
+impl Rp<'_> {
+    /// A deferred authorization request in this profile, with PKCE and state `rp-state`,
+    /// logged in on Keycloak's own page; the acknowledgment and the PKCE verifier.
+    pub async fn keycloak_ack(&self, client_id: &str, username: &str, nonce: &str) -> (Ack, String) {
         let (verifier, challenge) = pkce();
         let mut params = self.auth_params(client_id, "rp-state", nonce);
         params.push(("code_challenge", &challenge));
         params.push(("code_challenge_method", "S256"));
-        let answer = self.keycloak_login(&params, username, USER_PASSWORD).await;
+        let answer = self.proxy.keycloak_login(&params, username, USER_PASSWORD).await;
         (answer.ack(), verifier)
     }
 }

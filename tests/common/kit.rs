@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use dtr_rp::{Acknowledgment, DtrClient, DtrError, Pending};
 use http_body_util::BodyExt;
-use tokio::net::TcpListener;
 
 use super::*;
 
@@ -48,45 +47,30 @@ pub struct KitPings {
 
 impl KitPings {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let pings = KitPings {
-            url: format!("http://{}/dtr/ping", listener.local_addr().expect("addr")),
-            ..Default::default()
-        };
+        let mut pings = KitPings::default();
         let shared = pings.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                        let shared = shared.clone();
-                        async move {
-                            let (parts, body) = request.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let tokens = shared.tokens.lock().expect("tokens").clone();
-                            let status = match dtr_rp::verify_ping(&parts.method, &parts.headers, &body, |id| {
-                                tokens.get(id).cloned()
-                            }) {
-                                Ok(id) => {
-                                    shared.accepted.lock().expect("accepted").push(id);
-                                    204
-                                }
-                                Err(refusal) => {
-                                    shared.refused.lock().expect("refused").push(refusal.status.as_u16());
-                                    refusal.status.as_u16()
-                                }
-                            };
-                            let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
-                            *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
-                            Ok::<_, std::convert::Infallible>(response)
+        let addr = serve_http(move |request: hyper::Request<hyper::body::Incoming>| {
+            let shared = shared.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let tokens = shared.tokens.lock().expect("tokens").clone();
+                let status =
+                    match dtr_rp::verify_ping(&parts.method, &parts.headers, &body, |id| tokens.get(id).cloned()) {
+                        Ok(id) => {
+                            shared.accepted.lock().expect("accepted").push(id);
+                            204
                         }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
+                        Err(refusal) => {
+                            shared.refused.lock().expect("refused").push(refusal.status.as_u16());
+                            refusal.status.as_u16()
+                        }
+                    };
+                empty_response(status)
             }
-        });
+        })
+        .await;
+        pings.url = format!("http://{addr}/dtr/ping");
         pings
     }
 
@@ -122,32 +106,19 @@ pub type EventLog = Arc<Mutex<Vec<(http::HeaderMap, bytes::Bytes)>>>;
 
 /// The verification service's event receiver: keeps every delivery, answers 204.
 pub async fn event_receiver() -> (String, EventLog) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/dtr-events", listener.local_addr().expect("addr"));
     let log: EventLog = Arc::default();
     let received = log.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        let (parts, body) = request.into_parts();
-                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        log.lock().expect("events").push((parts.headers, body));
-                        let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
-                        *response.status_mut() = hyper::StatusCode::NO_CONTENT;
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+    let addr = serve_http(move |request: hyper::Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            log.lock().expect("events").push((parts.headers, body));
+            empty_response(204)
         }
-    });
-    (url, received)
+    })
+    .await;
+    (format!("http://{addr}/dtr-events"), received)
 }
 
 /// Waits until `n` deliveries arrived (or `within` passed); returns them.

@@ -7,7 +7,7 @@
 #![allow(clippy::zombie_processes)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener as StdListener;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -75,6 +75,24 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// The arguments of a throwaway redis-server on `port`: loopback only, nothing persisted.
+pub fn redis_server_args(port: u16) -> Vec<String> {
+    let port = port.to_string();
+    [
+        "--port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 pub struct Redis {
     pub url: String,
     _child: Mutex<Child>,
@@ -85,19 +103,9 @@ pub fn redis() -> &'static Redis {
     static REDIS: OnceLock<Redis> = OnceLock::new();
     REDIS.get_or_init(|| {
         let port = free_port();
-        let child = spawn_tied(
-            "redis-server",
-            &[
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-        );
+        let args = redis_server_args(port);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = spawn_tied("redis-server", &args);
         let url = format!("redis://127.0.0.1:{port}");
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -408,6 +416,10 @@ impl Proxy {
 
     pub fn token_url(&self) -> String {
         self.url("/protocol/openid-connect/token")
+    }
+
+    pub fn revocation_url(&self) -> String {
+        self.url("/protocol/openid-connect/revoke")
     }
 
     /// Walks a browser login through the proxy: authorization request, the OP's login page,
@@ -880,43 +892,23 @@ pub struct PingReceiver {
     pub received: PingLog,
 }
 
-pub async fn ping_receiver(statuses: Vec<u16>) -> PingReceiver {
-    use http_body_util::BodyExt;
+/// Serves `handle` over HTTP/1.1 on a fresh loopback port, one task per connection, for as
+/// long as the process runs; returns the address. The stand-in for every small HTTP peer a
+/// test needs (ping receivers, scripted upstreams).
+pub async fn serve_http<H, F>(handle: H) -> SocketAddr
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/dtr/ping", listener.local_addr().expect("addr"));
-    let received: PingLog = Arc::default();
-    let log = received.clone();
-    let statuses = Arc::new(Mutex::new(statuses.into_iter()));
+    let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let log = log.clone();
-            let statuses = statuses.clone();
+        while let Ok((stream, _)) = listener.accept().await {
+            let handle = handle.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let log = log.clone();
-                    let statuses = statuses.clone();
-                    async move {
-                        let auth = request
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        let body = request
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        log.lock().expect("log").push((auth, json));
-                        let status = statuses.lock().expect("statuses").next().unwrap_or(204);
-                        let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
-                        *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
+                let service = hyper::service::service_fn(move |request| {
+                    let answer = handle(request);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -924,7 +916,45 @@ pub async fn ping_receiver(statuses: Vec<u16>) -> PingReceiver {
             });
         }
     });
-    PingReceiver { url, received }
+    addr
+}
+
+/// An empty answer with `status`.
+pub fn empty_response(status: u16) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+    response
+}
+
+pub async fn ping_receiver(statuses: Vec<u16>) -> PingReceiver {
+    use http_body_util::BodyExt;
+    let received: PingLog = Arc::default();
+    let log = received.clone();
+    let statuses = Arc::new(Mutex::new(statuses.into_iter()));
+    let addr = serve_http(move |request: hyper::Request<hyper::body::Incoming>| {
+        let (log, statuses) = (log.clone(), statuses.clone());
+        async move {
+            let auth = request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            log.lock().expect("log").push((auth, json));
+            empty_response(statuses.lock().expect("statuses").next().unwrap_or(204))
+        }
+    })
+    .await;
+    PingReceiver {
+        url: format!("http://{addr}/dtr/ping"),
+        received,
+    }
 }
 
 impl PingReceiver {
@@ -1129,6 +1159,9 @@ pub async fn start_binary(
     (proxy, child, log)
 }
 
+/// The token type of a deferral code at the revocation endpoint (IETF §8.1).
+pub const DEFERRAL_CODE_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:deferral-code";
+
 /// The two DTR profiles, as an RP speaks them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -1210,9 +1243,17 @@ impl Rp<'_> {
         };
         form.push(("code_verifier", verifier));
         if let Some(token) = notification_token {
-            form.push(("deferred_notification_token", token));
+            form.push((self.notification_token_param(), token));
         }
         self.proxy.token(auth, &form, None).await
+    }
+
+    /// The exchange's parameter carrying the bearer token for pings.
+    pub fn notification_token_param(&self) -> &'static str {
+        match self.profile {
+            Profile::OpenId => "deferred_notification_token",
+            Profile::Ietf => "client_notification_token",
+        }
     }
 
     /// The process named by a successful exchange: a 200 with `deferred_auth_id` (OpenID), a
@@ -1250,9 +1291,21 @@ impl Rp<'_> {
             .await
     }
 
+    /// Cancels a process: at the cancellation endpoint (OpenID), or by revoking the deferral
+    /// code at the revocation endpoint (IETF §8.1).
     pub async fn cancel(&self, auth: &Auth, id: &str) -> Reply {
-        let url = self.proxy.url("/protocol/openid-connect/deferred/cancel");
-        self.proxy.post_form(&url, auth, &[(self.id_param(), id)], None).await
+        match self.profile {
+            Profile::OpenId => {
+                let url = self.proxy.url("/protocol/openid-connect/deferred/cancel");
+                self.proxy.post_form(&url, auth, &[(self.id_param(), id)], None).await
+            }
+            Profile::Ietf => {
+                let form = [("token", id), ("token_type_hint", DEFERRAL_CODE_TOKEN_TYPE)];
+                self.proxy
+                    .post_form(&self.proxy.revocation_url(), auth, &form, None)
+                    .await
+            }
+        }
     }
 }
 
