@@ -81,7 +81,8 @@ export const PROFILES: Readonly<Record<Profile, ProfileNames>> = {
 }
 
 function namesOf(profile: Profile | undefined): ProfileNames {
-  const names = PROFILES[profile ?? 'openid']
+  const name = profile ?? 'openid'
+  const names = Object.hasOwn(PROFILES, name) ? PROFILES[name] : undefined
   if (!names) throw new DtrError(`unknown DTR profile ${String(profile)}`, 'invalid_request')
   return names
 }
