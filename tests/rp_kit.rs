@@ -1,7 +1,9 @@
 //! The Rust RP kit (`clients/rust`, crate `dtr-rp`) end to end over real sockets: dtr-proxy in
 //! front of the stand-in OP (tests/op), Redis, a browser login, the verification service's
 //! signed completion webhook, the RP's notification endpoint served with the kit's ping check,
-//! and the lifecycle events checked with the kit's event verifier.
+//! and the lifecycle events checked with the kit's event verifier. Every step runs in both DTR
+//! profiles: the OpenID one, and the IETF one in a realm of `DTR_IETF_REALMS` (the tests named
+//! `ietf_…`).
 
 mod common;
 
@@ -13,7 +15,7 @@ use common::kit::{
 use common::*;
 use dtr_rp::{
     Acknowledgment, Algorithm, AuthorizationOptions, ClientAuth, ClientOptions, DeferredProcess, Dpop, DpopKey,
-    DtrClient, DtrError, EventError, EventVerifier, PollResult, PrivateKeyJwt, ResponseMode,
+    DtrClient, DtrError, EventError, EventVerifier, PollResult, PrivateKeyJwt, Profile, ResponseMode,
 };
 use serde_json::{json, Value};
 
@@ -23,17 +25,29 @@ struct Bed {
     proxy: Proxy,
     pings: KitPings,
     events: EventLog,
+    /// The profile of the realm's clients, and so of the kit's.
+    profile: Profile,
 }
 
 async fn bed(extra_env: &[(&str, &str)]) -> Bed {
-    let pings = KitPings::start().await;
+    bed_in(Profile::OpenId, extra_env).await
+}
+
+/// A proxy whose realm speaks `profile` (IETF: the realm in `DTR_IETF_REALMS`), with the RP's
+/// notification endpoint reading that profile's pings.
+async fn bed_in(profile: Profile, extra_env: &[(&str, &str)]) -> Bed {
+    let pings = KitPings::start_in(profile).await;
     let (events_url, events) = event_receiver().await;
     let mut options = Options::new(StoreKind::Redis)
         .client(json!({"client_id": "dtr-client", "redirect_uris": [REDIRECT_URI], "notification_endpoint": pings.url}))
         .client(json!({"client_id": "dtr-public", "require_dpop": true, "notification_endpoint": pings.url}))
         .client(json!({"client_id": "dtr-jwt", "jwks": {"keys": [client_jwk()]}, "notification_endpoint": pings.url}))
         .env("DTR_EVENTS_URL", events_url)
-        .env("DTR_EVENTS_SECRET", EVENTS_SECRET);
+        .env("DTR_EVENTS_SECRET", EVENTS_SECRET)
+        .profile(match profile {
+            Profile::OpenId => common::Profile::OpenId,
+            Profile::Ietf => common::Profile::Ietf,
+        });
     for (name, value) in extra_env {
         options = options.env(name, *value);
     }
@@ -41,6 +55,7 @@ async fn bed(extra_env: &[(&str, &str)]) -> Bed {
         proxy: start(options).await,
         pings,
         events,
+        profile,
     }
 }
 
@@ -50,22 +65,29 @@ fn options(client_id: &str, auth: ClientAuth) -> ClientOptions {
     options
 }
 
-async fn secret_client(proxy: &Proxy) -> DtrClient {
-    DtrClient::discover(
-        &proxy.issuer,
+/// A client of the bed's realm, in the bed's profile.
+async fn discover(bed: &Bed, mut options: ClientOptions) -> DtrClient {
+    options.profile = bed.profile;
+    DtrClient::discover(&bed.proxy.issuer, options)
+        .await
+        .expect("discovery")
+}
+
+async fn secret_client(bed: &Bed) -> DtrClient {
+    discover(
+        bed,
         options("dtr-client", ClientAuth::SecretBasic("dtr-client-secret".into())),
     )
     .await
-    .expect("discovery")
 }
 
-async fn public_client(proxy: &Proxy) -> DtrClient {
+async fn public_client(bed: &Bed) -> DtrClient {
     let mut options = options("dtr-public", ClientAuth::None);
     options.dpop = Dpop::PerProcess;
-    DtrClient::discover(&proxy.issuer, options).await.expect("discovery")
+    discover(bed, options).await
 }
 
-async fn jwt_client(proxy: &Proxy) -> DtrClient {
+async fn jwt_client(bed: &Bed) -> DtrClient {
     let pem = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/op/keys/client-jwt.private.pem"
@@ -73,9 +95,7 @@ async fn jwt_client(proxy: &Proxy) -> DtrClient {
     .expect("key");
     let kid = client_jwk()["kid"].as_str().map(str::to_owned);
     let key = PrivateKeyJwt::from_pem(&pem, Algorithm::ES256, kid).expect("client key");
-    DtrClient::discover(&proxy.issuer, options("dtr-jwt", ClientAuth::PrivateKeyJwt(key)))
-        .await
-        .expect("discovery")
+    discover(bed, options("dtr-jwt", ClientAuth::PrivateKeyJwt(key))).await
 }
 
 /// Authorization URL, browser login, acknowledgment, exchange: a running process whose ping
@@ -132,7 +152,7 @@ async fn verified_events(bed: &Bed, n: usize) -> Vec<(String, Value)> {
 #[tokio::test]
 async fn client_secret_basic_whole_flow_with_ping_and_lifecycle_events() {
     let bed = bed(&[]).await;
-    let rp = secret_client(&bed.proxy).await;
+    let rp = secret_client(&bed).await;
     assert_eq!(
         rp.cancellation_endpoint(),
         Some(format!("{}/protocol/openid-connect/deferred/cancel", bed.proxy.issuer).as_str())
@@ -201,7 +221,7 @@ async fn client_secret_basic_whole_flow_with_ping_and_lifecycle_events() {
 #[tokio::test]
 async fn public_client_with_dpop_gets_dpop_bound_tokens() {
     let bed = bed(&[]).await;
-    let rp = public_client(&bed.proxy).await;
+    let rp = public_client(&bed).await;
     let username = unique("dpop");
     let auth = AuthorizationOptions {
         response_mode: Some(ResponseMode::Fragment),
@@ -234,7 +254,7 @@ async fn public_client_with_dpop_gets_dpop_bound_tokens() {
 #[tokio::test]
 async fn private_key_jwt_with_par_and_form_post() {
     let bed = bed(&[]).await;
-    let rp = jwt_client(&bed.proxy).await;
+    let rp = jwt_client(&bed).await;
     let username = unique("jwt");
     let (url, pending) = rp
         .authorization_url(&AuthorizationOptions {
@@ -269,7 +289,7 @@ async fn private_key_jwt_with_par_and_form_post() {
 #[tokio::test]
 async fn cancel_denial_and_their_events() {
     let bed = bed(&[]).await;
-    for rp in [secret_client(&bed.proxy).await, public_client(&bed.proxy).await] {
+    for rp in [secret_client(&bed).await, public_client(&bed).await] {
         let (mut process, _) = start_process(&bed, &rp, &unique("cancel"), profile()).await;
         assert!(matches!(
             rp.poll(&mut process).await.unwrap(),
@@ -282,7 +302,7 @@ async fn cancel_denial_and_their_events() {
         ));
     }
 
-    let rp = secret_client(&bed.proxy).await;
+    let rp = secret_client(&bed).await;
     let username = unique("deny");
     let (mut process, _) = start_process(&bed, &rp, &username, profile()).await;
     let done = bed
@@ -327,7 +347,7 @@ async fn cancel_denial_and_their_events() {
 #[tokio::test]
 async fn slow_down_grows_the_interval_and_the_kit_keeps_it() {
     let bed = bed(&[]).await;
-    let rp = secret_client(&bed.proxy).await;
+    let rp = secret_client(&bed).await;
     let username = unique("slow");
     let (mut process, _) = start_process(&bed, &rp, &username, profile()).await;
     assert!(matches!(
@@ -371,7 +391,7 @@ async fn slow_down_grows_the_interval_and_the_kit_keeps_it() {
 #[tokio::test]
 async fn acknowledgments_and_pings_are_checked() {
     let bed = bed(&[]).await;
-    let rp = secret_client(&bed.proxy).await;
+    let rp = secret_client(&bed).await;
     assert!(rp.metadata().authorization_response_iss_parameter_supported);
     let issuer = bed.proxy.issuer.clone();
     let (_, pending) = rp.authorization_url(&profile()).await.unwrap();
@@ -434,11 +454,11 @@ async fn acknowledgments_and_pings_are_checked() {
 #[tokio::test]
 async fn dpop_server_nonces_are_fetched_and_reused() {
     let bed = bed(&[("DTR_DPOP_NONCE", "true")]).await;
-    let rp = secret_client(&bed.proxy).await;
+    let rp = secret_client(&bed).await;
     let (mut process, _) = start_process(&bed, &rp, &unique("nonce"), profile()).await;
     process.dpop_key = Some(DpopKey::generate().unwrap());
     // A client that has not seen the proxy's nonce yet.
-    let fresh = secret_client(&bed.proxy).await;
+    let fresh = secret_client(&bed).await;
     assert!(matches!(
         fresh.poll(&mut process).await.expect("retried with the nonce"),
         PollResult::Pending { .. }
@@ -502,7 +522,7 @@ async fn the_example_walks_a_whole_deferred_login() {
 #[tokio::test]
 async fn id_tokens_are_refused_when_any_check_fails() {
     let bed = bed(&[]).await;
-    let rp = secret_client(&bed.proxy).await;
+    let rp = secret_client(&bed).await;
     let username = unique("idt");
     let (mut process, nonce) = start_process(&bed, &rp, &username, profile()).await;
     let interim = process.interim_id_token.clone().expect("interim ID token");
@@ -569,4 +589,257 @@ async fn id_tokens_are_refused_when_any_check_fails() {
         Err(DtrError::InvalidIdToken(why)) => assert!(why.contains("sub"), "{why}"),
         other => panic!("accepted: {other:?}"),
     }
+}
+
+/// The IETF profile, the whole flow with the kit: discovery's flag and revocation endpoint,
+/// the code flow with `completion_mode=deferred`, the `code` acknowledgment, the
+/// `authorization_code` exchange answered `authorization_pending` with a `deferral_code`, a
+/// pending poll with the IETF grant, the verification service's webhook, the callback naming
+/// the `deferral_code` with the `client_notification_token`, the final tokens checked, and a
+/// spent code.
+#[tokio::test]
+async fn ietf_profile_whole_flow_with_callback() {
+    let bed = bed_in(Profile::Ietf, &[]).await;
+    let rp = secret_client(&bed).await;
+    assert_eq!(rp.profile(), Profile::Ietf);
+    let metadata = rp.metadata();
+    assert_eq!(metadata.extra["deferred_token_response_supported"], true);
+    assert_eq!(
+        metadata.revocation_endpoint.as_deref(),
+        Some(bed.proxy.revocation_url().as_str())
+    );
+    assert!(metadata
+        .revocation_endpoint_token_type_values_supported
+        .iter()
+        .any(|t| t == dtr_rp::DEFERRAL_CODE_TOKEN_TYPE));
+    // The OpenID profile is not offered in this realm: a client of that profile is refused.
+    let openid = DtrClient::discover(
+        &bed.proxy.issuer,
+        options("dtr-client", ClientAuth::SecretBasic("dtr-client-secret".into())),
+    )
+    .await;
+    assert!(matches!(openid, Err(DtrError::Unsupported(_))), "{:?}", openid.err());
+
+    let username = unique("ietf");
+    let (url, pending) = rp.authorization_url(&profile()).await.expect("authorization URL");
+    let query = query_pairs(&url);
+    let param = |name: &str| query.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    assert_eq!(param("response_type"), Some("code"));
+    assert_eq!(param("completion_mode"), Some("deferred"));
+    let answer = bed.proxy.login(&borrowed(&query), &username, None).await;
+    let location = answer.location.clone().expect("a redirect to the RP");
+    assert!(!location.contains("deferred_code="), "{location}");
+    let ack = read_ack(&rp, &answer, &pending).expect("acknowledgment");
+    let Acknowledgment::Deferred { deferred_code, .. } = &ack else {
+        panic!("{ack:?}");
+    };
+    assert!(location.contains(&format!("code={deferred_code}")), "{location}");
+
+    let mut process = rp.exchange(&ack, &pending, None).await.expect("exchange");
+    assert!(process.deferred_auth_id.len() >= 22, "a deferral_code");
+    assert_eq!(process.interval, 1);
+    assert!(process.expires_at.is_some_and(|e| e > Instant::now()));
+    assert!(
+        process.interim_id_token.is_none(),
+        "the IETF profile has no interim ID token"
+    );
+    let token = process.notification_token.clone().expect("a client_notification_token");
+    bed.pings.bind(&process.deferred_auth_id, &token);
+    // The code is spent by the exchange.
+    match rp.exchange(&ack, &pending, None).await {
+        Err(DtrError::OAuth { error, .. }) => assert_eq!(error, "invalid_grant"),
+        other => panic!("a second exchange: {other:?}"),
+    }
+
+    assert!(matches!(
+        rp.poll(&mut process).await.expect("poll"),
+        PollResult::Pending { .. }
+    ));
+    approve(&bed, &username, "dtr-client").await;
+    assert!(
+        bed.pings
+            .wait_for(&process.deferred_auth_id, Duration::from_secs(15))
+            .await,
+        "the callback named the deferral_code, with the client_notification_token"
+    );
+    let PollResult::Approved(tokens) = rp.poll(&mut process).await.expect("poll") else {
+        panic!("not approved");
+    };
+    assert_eq!(tokens.claims.sub, username);
+    assert_eq!(tokens.claims.nonce.as_deref(), Some(pending.nonce.as_str()));
+    assert_eq!(tokens.claims.iss, bed.proxy.issuer);
+    assert_eq!(tokens.claims.aud, json!("dtr-client"));
+    assert!(tokens.token_type().is_some_and(|t| t.eq_ignore_ascii_case("bearer")));
+    assert!(tokens.access_token().is_some());
+    // IETF §6.6: to the client it was issued to, a redeemed code says so.
+    match rp.poll(&mut process).await.expect("poll") {
+        PollResult::InvalidGrant { description } => {
+            assert!(description.unwrap_or_default().contains("already redeemed"))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let kinds: Vec<String> = verified_events(&bed, 2)
+        .await
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .collect();
+    assert_eq!(kinds, ["deferred.started", "deferred.delivered"]);
+}
+
+/// The IETF profile with DPoP and `private_key_jwt`: a public client's fragment
+/// acknowledgment and DPoP-bound tokens; a confidential client whose process is bound to its
+/// DPoP key (IETF §11.1, whatever the client), so a poll or a revocation by another key is
+/// refused; a pushed request with a `form_post` acknowledgment.
+#[tokio::test]
+async fn ietf_profile_with_dpop_par_and_private_key_jwt() {
+    let bed = bed_in(Profile::Ietf, &[]).await;
+
+    let rp = public_client(&bed).await;
+    let username = unique("ietf-dpop");
+    let auth = AuthorizationOptions {
+        response_mode: Some(ResponseMode::Fragment),
+        ..profile()
+    };
+    let (mut process, _) = start_process(&bed, &rp, &username, auth).await;
+    assert!(process.dpop_key.is_some());
+    approve(&bed, &username, "dtr-public").await;
+    assert!(
+        bed.pings
+            .wait_for(&process.deferred_auth_id, Duration::from_secs(15))
+            .await
+    );
+    let result = rp
+        .wait_for_tokens(&mut process, Some(Duration::from_secs(20)), |_| {})
+        .await
+        .expect("wait");
+    let PollResult::Approved(tokens) = result else {
+        panic!("not approved: {result:?}");
+    };
+    assert_eq!(tokens.claims.sub, username);
+    assert!(tokens.token_type().is_some_and(|t| t.eq_ignore_ascii_case("dpop")));
+
+    // A confidential client that presented DPoP at the exchange is held to that key.
+    let mut with_dpop = options("dtr-client", ClientAuth::SecretBasic("dtr-client-secret".into()));
+    with_dpop.dpop = Dpop::PerProcess;
+    let rp = discover(&bed, with_dpop).await;
+    let (mut process, _) = start_process(&bed, &rp, &unique("ietf-bound"), profile()).await;
+    let mut stolen = process.clone();
+    stolen.dpop_key = Some(DpopKey::generate().unwrap());
+    match rp.poll(&mut stolen).await {
+        Err(DtrError::OAuth { error, .. }) => assert_eq!(error, "invalid_dpop_proof"),
+        other => panic!("a poll with another key: {other:?}"),
+    }
+    match rp.cancel(&stolen).await {
+        Err(DtrError::OAuth { error, .. }) => assert_eq!(error, "invalid_dpop_proof"),
+        other => panic!("a revocation with another key: {other:?}"),
+    }
+    assert!(matches!(
+        rp.poll(&mut process).await.unwrap(),
+        PollResult::Pending { .. }
+    ));
+    rp.cancel(&process).await.expect("revocation with the bound key");
+    assert!(matches!(
+        rp.poll(&mut process).await.unwrap(),
+        PollResult::AccessDenied { .. }
+    ));
+
+    let rp = jwt_client(&bed).await;
+    let username = unique("ietf-jwt");
+    let (url, pending) = rp
+        .authorization_url(&AuthorizationOptions {
+            par: true,
+            response_mode: Some(ResponseMode::FormPost),
+            ..profile()
+        })
+        .await
+        .expect("pushed request");
+    let names: Vec<String> = query_pairs(&url).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["client_id", "request_uri"]);
+    let answer = bed.proxy.login(&borrowed(&query_pairs(&url)), &username, None).await;
+    assert!(answer.location.is_none(), "a form_post page");
+    let ack = read_ack(&rp, &answer, &pending).expect("form_post acknowledgment");
+    let mut process = rp.exchange(&ack, &pending, None).await.expect("exchange");
+    approve(&bed, &username, "dtr-jwt").await;
+    let result = rp
+        .wait_for_tokens(&mut process, Some(Duration::from_secs(20)), |_| {})
+        .await
+        .expect("wait");
+    let PollResult::Approved(tokens) = result else {
+        panic!("not approved: {result:?}");
+    };
+    assert_eq!(tokens.claims.sub, username);
+    assert_eq!(tokens.claims.aud, json!("dtr-jwt"));
+}
+
+/// The IETF profile cancels by revoking the deferral code (IETF §8, RFC 7009): later polls
+/// are `access_denied` and no callback is sent; `slow_down` grows the interval as in the
+/// OpenID profile; the acknowledgment is the code flow's `code`.
+#[tokio::test]
+async fn ietf_profile_cancel_by_revocation_slow_down_and_acknowledgment_checks() {
+    let bed = bed_in(Profile::Ietf, &[]).await;
+    for rp in [secret_client(&bed).await, public_client(&bed).await] {
+        let (mut process, _) = start_process(&bed, &rp, &unique("ietf-cancel"), profile()).await;
+        assert!(matches!(
+            rp.poll(&mut process).await.unwrap(),
+            PollResult::Pending { .. }
+        ));
+        rp.cancel(&process).await.expect("revocation");
+        assert!(matches!(
+            rp.poll(&mut process).await.unwrap(),
+            PollResult::AccessDenied { .. }
+        ));
+        assert!(
+            !bed.pings
+                .wait_for(&process.deferred_auth_id, Duration::from_millis(2500))
+                .await,
+            "no callback after a cancellation"
+        );
+    }
+
+    let rp = secret_client(&bed).await;
+    let (mut process, _) = start_process(&bed, &rp, &unique("ietf-slow"), profile()).await;
+    assert!(matches!(
+        rp.poll(&mut process).await.unwrap(),
+        PollResult::Pending { .. }
+    ));
+    process.last_poll = None;
+    match rp.poll(&mut process).await.unwrap() {
+        PollResult::SlowDown { interval, .. } => assert_eq!(interval, 6),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(process.interval, 6);
+    rp.cancel(&process).await.expect("revocation");
+
+    // `deferred_code code` is the OpenID profile's.
+    let with_code = AuthorizationOptions {
+        with_code: true,
+        ..profile()
+    };
+    assert!(matches!(
+        rp.authorization_url(&with_code).await,
+        Err(DtrError::Unsupported(_))
+    ));
+    let (_, pending) = rp.authorization_url(&profile()).await.unwrap();
+    let issuer = bed.proxy.issuer.clone();
+    let ack = |params: &[(&str, &str)]| {
+        let params = params
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    v.replace("$state", &pending.state).replace("$iss", &issuer),
+                )
+            })
+            .collect();
+        rp.acknowledgment(params, &pending)
+    };
+    assert!(matches!(
+        ack(&[("code", "c1"), ("state", "$state"), ("iss", "$iss")]),
+        Ok(Acknowledgment::Deferred { deferred_code, .. }) if deferred_code == "c1"
+    ));
+    let refused = |result: Result<Acknowledgment, DtrError>| result.unwrap_err().to_string();
+    assert!(refused(ack(&[("code", "c1"), ("state", "other"), ("iss", "$iss")])).contains("state"));
+    assert!(refused(ack(&[("code", "c1"), ("state", "$state")])).contains("iss"));
+    assert!(refused(ack(&[("deferred_code", "c1"), ("state", "$state"), ("iss", "$iss")])).contains("no code"));
 }

@@ -35,8 +35,8 @@ pub fn read_ack(rp: &DtrClient, answer: &Answer, pending: &Pending) -> Result<Ac
     }
 }
 
-/// The RP's notification endpoint: each ping is checked by `dtr_rp::verify_ping` against the
-/// token bound to its id.
+/// The RP's notification endpoint: each ping is checked by `dtr_rp::verify_ping_in`, in the
+/// profile it was started for, against the token bound to its id.
 #[derive(Clone, Default)]
 pub struct KitPings {
     pub url: String,
@@ -47,6 +47,12 @@ pub struct KitPings {
 
 impl KitPings {
     pub async fn start() -> Self {
+        Self::start_in(dtr_rp::Profile::OpenId).await
+    }
+
+    /// The endpoint of an RP speaking `profile`: OpenID pings name `deferred_auth_id`, IETF
+    /// callbacks `deferral_code`.
+    pub async fn start_in(profile: dtr_rp::Profile) -> Self {
         let mut pings = KitPings::default();
         let shared = pings.clone();
         let addr = serve_http(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -55,17 +61,18 @@ impl KitPings {
                 let (parts, body) = request.into_parts();
                 let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                 let tokens = shared.tokens.lock().expect("tokens").clone();
-                let status =
-                    match dtr_rp::verify_ping(&parts.method, &parts.headers, &body, |id| tokens.get(id).cloned()) {
-                        Ok(id) => {
-                            shared.accepted.lock().expect("accepted").push(id);
-                            204
-                        }
-                        Err(refusal) => {
-                            shared.refused.lock().expect("refused").push(refusal.status.as_u16());
-                            refusal.status.as_u16()
-                        }
-                    };
+                let status = match dtr_rp::verify_ping_in(profile, &parts.method, &parts.headers, &body, |id| {
+                    tokens.get(id).cloned()
+                }) {
+                    Ok(id) => {
+                        shared.accepted.lock().expect("accepted").push(id);
+                        204
+                    }
+                    Err(refusal) => {
+                        shared.refused.lock().expect("refused").push(refusal.status.as_u16());
+                        refusal.status.as_u16()
+                    }
+                };
                 empty_response(status)
             }
         })

@@ -8,8 +8,9 @@
 // It prints the URL to open in a browser (first line of stdout), then reads from stdin the URL
 // the browser was sent back to (the acknowledgment), exchanges the deferred code, and polls
 // until the verification is done, printing one JSON line per step. Without DTR_CLIENT_SECRET
-// the client is public and uses DPoP. DTR_PAR=1 pushes the request first; DTR_INSECURE=1
-// allows http URLs (local tests only).
+// the client is public and uses DPoP. DTR_PAR=1 pushes the request first; DTR_PROFILE=ietf
+// speaks the IETF profile (draft-ietf-oauth-deferred-token-response) instead of the OpenID
+// one; DTR_INSECURE=1 allows http URLs (local tests only).
 
 import { createInterface } from 'node:readline'
 import { DtrClient, oauth } from '@dtr-proxy/rp-kit'
@@ -25,6 +26,7 @@ const env = (name, fallback) => {
 
 const secret = process.env.DTR_CLIENT_SECRET
 const rp = await DtrClient.discover(env('DTR_ISSUER'), {
+  profile: env('DTR_PROFILE', 'openid'),
   client: { client_id: env('DTR_CLIENT_ID') },
   clientAuth: secret ? oauth.ClientSecretBasic(secret) : oauth.None(),
   dpop: !secret,
@@ -46,7 +48,8 @@ lines.close()
 const ack = await rp.acknowledgment(landed.trim(), pending)
 if (ack.type !== 'deferred') throw new Error('the OP answered at once with a code')
 
-// 3. The deferred_auth_id, and who the user says they are (not verified yet).
+// 3. The deferred_auth_id (IETF: deferral_code), and who the user says they are (not verified
+// yet; the IETF profile has no interim ID token).
 const deferred = await rp.exchange(ack, pending)
 console.log(JSON.stringify({ step: 'exchanged', sub: deferred.interimClaims?.sub, interval: deferred.interval }))
 

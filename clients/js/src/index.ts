@@ -1,6 +1,8 @@
-// A relying-party kit for the OpenID Connect Deferred Token Response (DTR) flow, built on
-// oauth4webapi: discovery, PKCE, PAR, client authentication, DPoP, token requests and ID token
-// claim checks are oauth4webapi's; this module adds what DTR needs on top of them.
+// A relying-party kit for the Deferred Token Response (DTR) flow, built on oauth4webapi:
+// discovery, PKCE, PAR, client authentication, DPoP, token requests and ID token claim checks
+// are oauth4webapi's; this module adds what DTR needs on top of them, in both DTR profiles
+// (OpenID Connect DTR 1.0, the default, and the OAuth working group's
+// draft-ietf-oauth-deferred-token-response), chosen by the `profile` option.
 
 import * as oauth from 'oauth4webapi'
 import { timingSafeEqual } from 'node:crypto'
@@ -18,10 +20,72 @@ export {
 } from './events.js'
 export * as oauth from 'oauth4webapi'
 
-/** `grant_type` of the deferred code exchange and of every poll. */
+/** `grant_type` of the OpenID profile's deferred code exchange and of its polls. */
 export const DEFERRED_GRANT = 'urn:openid:params:grant-type:deferred'
-/** Discovery metadata naming the cancellation endpoint. */
+/** `grant_type` of the IETF profile's polls (draft-ietf-oauth-deferred-token-response §6.5). */
+export const DEFERRED_GRANT_IETF = 'urn:ietf:params:oauth:grant-type:deferred'
+/** The `token_type_hint` of a deferral code at the revocation endpoint (IETF §8.1). */
+export const DEFERRAL_CODE_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:deferral-code'
+/** Discovery metadata naming the cancellation endpoint (OpenID profile). */
 export const CANCELLATION_ENDPOINT = 'deferred_authentication_cancellation_endpoint'
+/** The IETF profile's authorization server metadata flag (IETF §5.1). */
+export const DEFERRED_TOKEN_RESPONSE_SUPPORTED = 'deferred_token_response_supported'
+
+/**
+ * The DTR profile a client speaks: `openid` (OpenID Connect DTR 1.0, the default) or `ietf`
+ * (the OAuth working group's draft-ietf-oauth-deferred-token-response). At dtr-proxy, the
+ * client's `profile` setting or its realm's (`DTR_IETF_REALMS`).
+ */
+export type Profile = 'openid' | 'ietf'
+
+/** The names each step puts on the wire, per profile. */
+export interface ProfileNames {
+  /** The authorization request's `response_type` values; the first is the default. */
+  responseTypes: readonly string[]
+  /** `completion_mode` on the authorization request (advance hint) and the code exchange. */
+  completionMode?: 'deferred'
+  /** The acknowledgment's parameter carrying the code to exchange. */
+  acknowledgmentCode: 'deferred_code' | 'code'
+  /** The code exchange's `grant_type`. */
+  exchangeGrant: string
+  /** What a deferred exchange answers: OpenID `200`; IETF `400 authorization_pending`. */
+  exchangeAnswer: { status: number; error?: string }
+  /** The exchange's parameter carrying the bearer token for pings (callbacks). */
+  notificationTokenParam: 'deferred_notification_token' | 'client_notification_token'
+  /** A poll's `grant_type`. */
+  pollGrant: string
+  /** The parameter naming a process: the exchange's answer, polls, pings. */
+  processParam: 'deferred_auth_id' | 'deferral_code'
+}
+
+export const PROFILES: Readonly<Record<Profile, ProfileNames>> = {
+  openid: {
+    responseTypes: ['deferred_code', 'deferred_code code'],
+    acknowledgmentCode: 'deferred_code',
+    exchangeGrant: DEFERRED_GRANT,
+    exchangeAnswer: { status: 200 },
+    notificationTokenParam: 'deferred_notification_token',
+    pollGrant: DEFERRED_GRANT,
+    processParam: 'deferred_auth_id',
+  },
+  ietf: {
+    responseTypes: ['code'],
+    completionMode: 'deferred',
+    acknowledgmentCode: 'code',
+    exchangeGrant: 'authorization_code',
+    exchangeAnswer: { status: 400, error: 'authorization_pending' },
+    notificationTokenParam: 'client_notification_token',
+    pollGrant: DEFERRED_GRANT_IETF,
+    processParam: 'deferral_code',
+  },
+}
+
+function namesOf(profile: Profile | undefined): ProfileNames {
+  const name = profile ?? 'openid'
+  const names = Object.hasOwn(PROFILES, name) ? PROFILES[name] : undefined
+  if (!names) throw new DtrError(`unknown DTR profile ${String(profile)}`, 'invalid_request')
+  return names
+}
 
 /** An error of the deferred flow that is not an OAuth error answer of the OP. */
 export class DtrError extends Error {
@@ -42,6 +106,8 @@ export interface DtrClientOptions {
   clientAuth?: oauth.ClientAuth
   /** The registered redirect URI the acknowledgment comes back to. */
   redirectUri: string
+  /** The DTR profile the client speaks: `openid` (default) or `ietf`. */
+  profile?: Profile
   /**
    * Sender-constrain the process with DPoP. `true`: a fresh ES256 key pair for every
    * authorization (the draft asks for one key per process); or a key pair to use.
@@ -73,8 +139,8 @@ export interface AuthorizationRequest {
 export interface AuthorizationOptions {
   /** Default `openid`. */
   scope?: string
-  /** `deferred_code` (default) or `deferred_code code`. */
-  responseType?: 'deferred_code' | 'deferred_code code'
+  /** OpenID profile: `deferred_code` (default) or `deferred_code code`. IETF: `code` only. */
+  responseType?: 'deferred_code' | 'deferred_code code' | 'code'
   /** `query` (default at the OP), `fragment` or `form_post`. */
   responseMode?: 'query' | 'fragment' | 'form_post'
   /** Push the request first (RFC 9126): the URL then carries only `client_id` and `request_uri`. */
@@ -85,12 +151,14 @@ export interface AuthorizationOptions {
 
 /** A validated acknowledgment. */
 export type Acknowledgment =
+  /** `deferredCode`: the code to exchange, the `deferred_code` (OpenID) or the `code` (IETF). */
   | { type: 'deferred'; deferredCode: string; parameters: URLSearchParams }
-  /** Only for `deferred_code code`: the OP answered at once; continue with the code flow. */
+  /** Only for the OpenID `deferred_code code`: the OP answered at once; continue with the code flow. */
   | { type: 'code'; parameters: URLSearchParams }
 
 /** A running deferred process: what the RP keeps after the exchange. */
 export interface DeferredProcess {
+  /** The process's handle: the `deferred_auth_id` (OpenID), or the `deferral_code` (IETF). */
   deferredAuthId: string
   /** Epoch milliseconds after which the process is over (`expires_in`), if the OP said. */
   expiresAt?: number
@@ -171,6 +239,8 @@ export class DtrClient {
   readonly as: oauth.AuthorizationServer
   readonly client: oauth.Client
   readonly redirectUri: string
+  readonly profile: Profile
+  readonly #names: ProfileNames
   readonly #auth: oauth.ClientAuth
   readonly #dpop: boolean | oauth.CryptoKeyPair
   readonly #options: { [oauth.allowInsecureRequests]?: boolean; [oauth.customFetch]?: typeof fetch }
@@ -180,6 +250,8 @@ export class DtrClient {
     this.as = as
     this.client = options.client
     this.redirectUri = options.redirectUri
+    this.#names = namesOf(options.profile)
+    this.profile = options.profile ?? 'openid'
     this.#auth = options.clientAuth ?? oauth.None()
     this.#dpop = options.dpop ?? false
     this.#options = {}
@@ -188,7 +260,11 @@ export class DtrClient {
     this.#keys = new KeySet(as, options.fetch)
   }
 
-  /** Discovers the OP (its `/.well-known/openid-configuration`, which dtr-proxy augments). */
+  /**
+   * Discovers the OP (its `/.well-known/openid-configuration`, which dtr-proxy augments) and
+   * checks that it offers the client's profile: `deferred_code` among its response types
+   * (OpenID), or `deferred_token_response_supported` (IETF).
+   */
   static async discover(issuer: URL | string, options: DtrClientOptions): Promise<DtrClient> {
     const url = new URL(issuer)
     const requestOptions: oauth.DiscoveryRequestOptions = {}
@@ -196,9 +272,15 @@ export class DtrClient {
     if (options.fetch) requestOptions[oauth.customFetch] = options.fetch
     const response = await oauth.discoveryRequest(url, { ...requestOptions, algorithm: 'oidc' })
     const as = await oauth.processDiscoveryResponse(url, response)
-    const types = as.response_types_supported
-    if (Array.isArray(types) && !types.includes('deferred_code')) {
-      throw new DtrError('the OP does not offer response_type deferred_code', 'unsupported')
+    if ((options.profile ?? 'openid') === 'ietf') {
+      if (as[DEFERRED_TOKEN_RESPONSE_SUPPORTED] !== true) {
+        throw new DtrError(`the OP does not announce ${DEFERRED_TOKEN_RESPONSE_SUPPORTED}`, 'unsupported')
+      }
+    } else {
+      const types = as.response_types_supported
+      if (Array.isArray(types) && !types.includes('deferred_code')) {
+        throw new DtrError('the OP does not offer response_type deferred_code', 'unsupported')
+      }
     }
     return new DtrClient(as, options)
   }
@@ -213,7 +295,11 @@ export class DtrClient {
     return keyPair ? oauth.DPoP(this.client, keyPair) : undefined
   }
 
-  /** Builds the deferred authorization request (PKCE S256, state, nonce), pushed first if asked. */
+  /**
+   * Builds the deferred authorization request (PKCE S256, state, nonce), pushed first if asked:
+   * `response_type=deferred_code` (OpenID), or `response_type=code` with
+   * `completion_mode=deferred` (IETF).
+   */
   async authorizationUrl(options: AuthorizationOptions = {}): Promise<AuthorizationRequest> {
     if (typeof this.as.authorization_endpoint !== 'string') {
       throw new DtrError('the OP has no authorization_endpoint', 'unsupported')
@@ -225,16 +311,21 @@ export class DtrClient {
     }
     if (this.#dpop === true) pending.dpopKeyPair = await oauth.generateKeyPair('ES256')
     else if (this.#dpop) pending.dpopKeyPair = this.#dpop
+    const responseType = options.responseType ?? this.#names.responseTypes[0]
+    if (!this.#names.responseTypes.includes(responseType as string)) {
+      throw new DtrError(`response_type ${responseType} is not the ${this.profile} profile's`, 'unsupported')
+    }
     const params = new URLSearchParams({
       client_id: this.client.client_id,
       redirect_uri: this.redirectUri,
-      response_type: options.responseType ?? 'deferred_code',
+      response_type: responseType as string,
       scope: options.scope ?? 'openid',
       state: pending.state,
       nonce: pending.nonce,
       code_challenge: await oauth.calculatePKCECodeChallenge(pending.codeVerifier),
       code_challenge_method: 'S256',
     })
+    if (this.#names.completionMode) params.set('completion_mode', this.#names.completionMode)
     if (options.responseMode) params.set('response_mode', options.responseMode)
     for (const [name, value] of Object.entries(options.parameters ?? {})) params.set(name, value)
 
@@ -256,7 +347,8 @@ export class DtrClient {
 
   /**
    * Reads and validates the acknowledgment: `iss` (RFC 9207) and `state` by oauth4webapi, then
-   * `deferred_code` present and never together with `code`. `input` is the URL the browser
+   * the profile's code present: `deferred_code`, never together with `code` (OpenID), or
+   * `code` (IETF). `input` is the URL the browser
    * came back to (query or fragment), the `form_post` request, or its parameters.
    * An error answer throws oauth4webapi's `AuthorizationResponseError`.
    */
@@ -282,13 +374,16 @@ export class DtrClient {
       }
     }
     const checked = oauth.validateAuthResponse(this.as, this.client, parameters, pending.state)
-    const deferredCode = checked.get('deferred_code')
-    const code = checked.get('code')
+    const name = this.#names.acknowledgmentCode
+    const deferredCode = checked.get(name)
+    // In the OpenID profile a `code` is the OP's immediate answer; in the IETF one it is the
+    // acknowledgment itself.
+    const code = name === 'code' ? null : checked.get('code')
     if (deferredCode && code) {
-      throw new DtrError('the response carries both code and deferred_code', 'invalid_response')
+      throw new DtrError(`the response carries both code and ${name}`, 'invalid_response')
     }
     if (code) return { type: 'code', parameters: checked }
-    if (!deferredCode) throw new DtrError('the acknowledgment has no deferred_code', 'invalid_response')
+    if (!deferredCode) throw new DtrError(`the acknowledgment has no ${name}`, 'invalid_response')
     return { type: 'deferred', deferredCode, parameters: checked }
   }
 
@@ -326,9 +421,13 @@ export class DtrClient {
   }
 
   /**
-   * Exchanges the `deferred_code` for a `deferred_auth_id`. The answer has no access token, which
-   * oauth4webapi's token-response processors refuse; the kit reads it itself and lets
-   * oauth4webapi read error answers (thrown as `ResponseBodyError`, `WWWAuthenticateChallengeError`).
+   * Exchanges the acknowledgment's code for a process. OpenID: the deferred grant with
+   * `deferred_code` and `deferred_notification_token`, answered `200` with `deferred_auth_id`.
+   * IETF: the `authorization_code` grant with `completion_mode=deferred` and
+   * `client_notification_token`, answered `400 authorization_pending` with `deferral_code`.
+   * Neither answer has an access token, which oauth4webapi's token-response processors refuse;
+   * the kit reads it itself and lets oauth4webapi read error answers (thrown as
+   * `ResponseBodyError`, `WWWAuthenticateChallengeError`).
    * `notificationToken`: a bearer token for pings (default: a fresh random one; `false`: none).
    */
   async exchange(
@@ -340,33 +439,41 @@ export class DtrClient {
     if (!deferredCode) throw new DtrError('not a deferred acknowledgment', 'invalid_request')
     const notificationToken =
       options.notificationToken === false ? undefined : (options.notificationToken ?? oauth.generateRandomState())
+    const names = this.#names
     const params = new URLSearchParams({
-      deferred_code: deferredCode,
+      [names.acknowledgmentCode]: deferredCode,
       redirect_uri: this.redirectUri,
       code_verifier: pending.codeVerifier,
     })
-    if (notificationToken) params.set('deferred_notification_token', notificationToken)
+    if (names.completionMode) params.set('completion_mode', names.completionMode)
+    if (notificationToken) params.set(names.notificationTokenParam, notificationToken)
     const dpop = this.#dpopHandle(pending.dpopKeyPair)
-    const response = await this.#withDpopRetry(dpop, async () => {
-      const response = await oauth.genericTokenEndpointRequest(this.as, this.client, this.#auth, DEFERRED_GRANT, params, {
+    const expected = names.exchangeAnswer
+    const body = await this.#withDpopRetry(dpop, async () => {
+      const response = await oauth.genericTokenEndpointRequest(this.as, this.client, this.#auth, names.exchangeGrant, params, {
         ...this.#options,
         DPoP: dpop,
       })
-      if (response.status !== 200) {
-        // Throws the OAuth error the OP answered.
-        await oauth.processGenericTokenEndpointResponse(this.as, this.client, response)
-        throw new DtrError(`the deferred code exchange answered ${response.status}`, 'invalid_response')
+      if (response.status === expected.status) {
+        let body: Record<string, unknown>
+        try {
+          body = (await response.clone().json()) as Record<string, unknown>
+        } catch (cause) {
+          throw new DtrError('the deferred code exchange did not answer JSON', 'invalid_response', { cause })
+        }
+        if (expected.error === undefined || body.error === expected.error) return body
       }
-      return response
+      // Throws the OAuth error the OP answered.
+      const tokens = await oauth.processGenericTokenEndpointResponse(this.as, this.client, response)
+      if (tokens.access_token !== undefined) {
+        throw new DtrError('the exchange answered tokens, not a deferred process', 'invalid_response')
+      }
+      throw new DtrError(`the deferred code exchange answered ${response.status}`, 'invalid_response')
     })
-    let body: Record<string, unknown>
-    try {
-      body = (await response.json()) as Record<string, unknown>
-    } catch (cause) {
-      throw new DtrError('the deferred code exchange did not answer JSON', 'invalid_response', { cause })
+    const id = body[names.processParam]
+    if (typeof id !== 'string' || id === '') {
+      throw new DtrError(`no ${names.processParam} in the exchange answer`, 'invalid_response')
     }
-    const id = body.deferred_auth_id
-    if (typeof id !== 'string' || id === '') throw new DtrError('no deferred_auth_id in the exchange answer', 'invalid_response')
     if (body.access_token !== undefined) {
       throw new DtrError('the exchange answered tokens, not a deferred process', 'invalid_response')
     }
@@ -407,8 +514,8 @@ export class DtrClient {
           this.as,
           this.client,
           this.#auth,
-          DEFERRED_GRANT,
-          { deferred_auth_id: process.deferredAuthId },
+          this.#names.pollGrant,
+          { [this.#names.processParam]: process.deferredAuthId },
           { ...this.#options, DPoP: dpop },
         )
         const tokens = await oauth.processGenericTokenEndpointResponse(this.as, this.client, response)
@@ -488,26 +595,38 @@ export class DtrClient {
   }
 
   /**
-   * Cancels the process at the OP's cancellation endpoint (from discovery). Always 200 at the
-   * OP, whatever the state; a later poll answers `access_denied`. The request is sent with the
+   * Cancels the process. OpenID: at the OP's cancellation endpoint (from discovery), with
+   * `deferred_auth_id`. IETF (§8, RFC 7009): by revoking the deferral code at the revocation
+   * endpoint, `token=<deferral_code>` with the deferral code's `token_type_hint` when the OP
+   * lists it (`revocation_endpoint_token_type_values_supported`). Always 200 at the OP,
+   * whatever the state; a later poll answers `access_denied`. The request is sent with the
    * client's authentication and DPoP proof through oauth4webapi's authenticated POST.
    */
   async cancel(process: DeferredProcess): Promise<void> {
-    const endpoint = this.cancellationEndpoint
-    if (!endpoint) throw new DtrError(`the OP publishes no ${CANCELLATION_ENDPOINT}`, 'unsupported')
+    let endpoint: string | undefined
+    const form = new URLSearchParams()
+    if (this.profile === 'ietf') {
+      endpoint = this.as.revocation_endpoint
+      if (!endpoint) throw new DtrError('the OP publishes no revocation_endpoint', 'unsupported')
+      form.set('token', process.deferredAuthId)
+      const hints = this.as.revocation_endpoint_token_type_values_supported
+      if (Array.isArray(hints) && hints.includes(DEFERRAL_CODE_TOKEN_TYPE)) form.set('token_type_hint', DEFERRAL_CODE_TOKEN_TYPE)
+    } else {
+      endpoint = this.cancellationEndpoint
+      if (!endpoint) throw new DtrError(`the OP publishes no ${CANCELLATION_ENDPOINT}`, 'unsupported')
+      form.set('deferred_auth_id', process.deferredAuthId)
+    }
     // oauth4webapi's pushed-authorization call is its generic "authenticated form POST with
-    // DPoP to an endpoint from metadata": pointed at the cancellation endpoint it sends
-    // client_id, deferred_auth_id, the client authentication and a proof for that URL.
+    // DPoP to an endpoint from metadata" (its revocation call takes no DPoP proof): pointed at
+    // the cancellation or revocation endpoint it sends client_id, the form, the client
+    // authentication and a proof for that URL.
     const target: oauth.AuthorizationServer = { ...this.as, pushed_authorization_request_endpoint: endpoint }
     const dpop = this.#dpopHandle(process.dpopKeyPair)
     await this.#withDpopRetry(dpop, async () => {
-      const response = await oauth.pushedAuthorizationRequest(
-        target,
-        this.client,
-        this.#auth,
-        { deferred_auth_id: process.deferredAuthId },
-        { ...this.#options, DPoP: dpop },
-      )
+      const response = await oauth.pushedAuthorizationRequest(target, this.client, this.#auth, form, {
+        ...this.#options,
+        DPoP: dpop,
+      })
       // 200 with an empty or JSON body; an OAuth error answer throws.
       return oauth.processRevocationResponse(response)
     })
@@ -522,14 +641,18 @@ export type PingCheck =
   | { ok: false; status: 400 | 401 | 405 | 415; error: string }
 
 /**
- * Checks a ping: POST, JSON `{"deferred_auth_id": …}`, and `Authorization: Bearer <token>` equal
- * (constant time) to the `deferred_notification_token` the RP bound to that id. `tokenFor`
- * looks that token up (the draft: bind the token to the id against mix-up).
+ * Checks a ping: POST, JSON `{"deferred_auth_id": …}` (OpenID) or `{"deferral_code": …}` (the
+ * IETF callback, `profile: 'ietf'`), and `Authorization: Bearer <token>` equal (constant time)
+ * to the notification token (`deferred_notification_token`, `client_notification_token`) the
+ * RP bound to that id. `tokenFor` looks that token up (both drafts: bind the token to the id
+ * against mix-up). `deferredAuthId` in the answer is the id of either profile.
  */
 export async function verifyPing(
   request: { method: string; headers: Headers | Record<string, string | string[] | undefined>; body: string },
   tokenFor: (deferredAuthId: string) => string | undefined | Promise<string | undefined>,
+  options: { profile?: Profile } = {},
 ): Promise<PingCheck> {
+  const name = namesOf(options.profile).processParam
   const header = (name: string): string | undefined => {
     const h = request.headers
     if (h instanceof Headers) return h.get(name) ?? undefined
@@ -545,8 +668,8 @@ export async function verifyPing(
   } catch {
     return { ok: false, status: 400, error: 'invalid JSON' }
   }
-  const id = (body as { deferred_auth_id?: unknown } | null)?.deferred_auth_id
-  if (typeof id !== 'string' || id === '') return { ok: false, status: 400, error: 'no deferred_auth_id' }
+  const id = (body as Record<string, unknown> | null)?.[name]
+  if (typeof id !== 'string' || id === '') return { ok: false, status: 400, error: `no ${name}` }
   const auth = header('authorization') ?? ''
   const match = /^Bearer ([^\s]+)$/i.exec(auth.trim())
   const expected = await tokenFor(id)
@@ -559,10 +682,12 @@ export async function verifyPing(
 /**
  * A `node:http` request handler for the notification endpoint: answers 204 to a valid ping and
  * calls `onPing` (poll then), 401/400/405/415 otherwise. Bodies over 16 KiB are refused.
+ * `profile: 'ietf'` reads the IETF callback (`deferral_code`).
  */
 export function pingHandler(
   tokenFor: (deferredAuthId: string) => string | undefined | Promise<string | undefined>,
   onPing: (deferredAuthId: string) => void,
+  options: { profile?: Profile } = {},
 ): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
     const chunks: Buffer[] = []
@@ -579,6 +704,7 @@ export function pingHandler(
       verifyPing(
         { method: req.method ?? '', headers: req.headers, body: Buffer.concat(chunks).toString('utf8') },
         tokenFor,
+        options,
       ).then(
         (check) => {
           if (check.ok) {

@@ -93,8 +93,11 @@ export async function createRealm(opPort, realm, publicBase) {
   return issuer
 }
 
-/** Starts the proxy binary in front of the OP in a fresh realm; resolves once /healthz answers. */
-export async function startProxy(op, { clients, env = {} }) {
+/**
+ * Starts the proxy binary in front of the OP in a fresh realm; resolves once /healthz answers.
+ * `profile: 'ietf'`: every client of the realm speaks the IETF profile (`DTR_IETF_REALMS`).
+ */
+export async function startProxy(op, { clients, env = {}, profile = 'openid' }) {
   const [publicPort, adminPort] = [await freePort(), await freePort()]
   const base = `http://127.0.0.1:${publicPort}`
   const realm = `js${process.pid}x${randomBytes(4).toString('hex')}`
@@ -115,6 +118,7 @@ export async function startProxy(op, { clients, env = {} }) {
       DTR_CLIENTS: JSON.stringify(clients),
       DTR_SHUTDOWN_DELAY: '0',
       DTR_SHUTDOWN_GRACE: '2',
+      ...(profile === 'ietf' ? { DTR_IETF_REALMS: realm } : {}),
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -261,11 +265,11 @@ export async function complete(proxy, payload, { secret = WEBHOOK_SECRET } = {})
 }
 
 /**
- * The RP's notification endpoint, served by the kit's `pingHandler`. `tokens` maps each
- * deferred_auth_id to its notification token; `pings` records what was accepted, `refused`
- * what was not.
+ * The RP's notification endpoint, served by the kit's `pingHandler` for `profile`'s pings.
+ * `tokens` maps each deferred_auth_id (deferral_code) to its notification token; `pings`
+ * records what was accepted, `refused` what was not.
  */
-export async function startPingReceiver() {
+export async function startPingReceiver({ profile = 'openid' } = {}) {
   const tokens = new Map()
   const pings = []
   const waiters = []
@@ -275,6 +279,7 @@ export async function startPingReceiver() {
       pings.push(id)
       for (const w of waiters.splice(0)) w()
     },
+    { profile },
   )
   let refused = 0
   const server = createServer((req, res) => {

@@ -1,6 +1,7 @@
-// What docs/rp-guide.md says of openid-client 6, proven against the proxy: its generic grant
-// cannot take the deferred code exchange (the answer has no access_token), but it can poll, and
-// the kit's exchange hands over to it.
+// What docs/rp-guide.md says of openid-client 6, proven against the proxy: in the OpenID
+// profile its generic grant cannot take the deferred code exchange (the answer has no
+// access_token), but it can poll, and the kit's exchange hands over to it; in the IETF profile
+// its own calls walk the whole flow (the deferred answer is an OAuth error it throws).
 
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
@@ -11,13 +12,16 @@ import { REDIRECT_URI, browserLogin, complete, startOp, startProxy } from './har
 const DEFERRED = 'urn:openid:params:grant-type:deferred'
 let op
 let proxy
+let ietf
 
 before(async () => {
   op = await startOp()
   proxy = await startProxy(op, { clients: [{ client_id: 'dtr-client', redirect_uris: [REDIRECT_URI] }] })
+  ietf = await startProxy(op, { profile: 'ietf', clients: [{ client_id: 'dtr-client', redirect_uris: [REDIRECT_URI] }] })
 })
 
 after(async () => {
+  await ietf?.stop()
   await proxy?.stop()
   await op?.stop()
 })
@@ -68,4 +72,69 @@ test('openid-client 6: the exchange is refused by its generic grant, polls work'
   const tokens = await client.genericGrantRequest(config, DEFERRED, { deferred_auth_id: process.deferredAuthId })
   assert.equal(tokens.claims().sub, username)
   assert.equal(tokens.claims().nonce, second.pending.nonce)
+})
+
+test('openid-client 6 alone walks the IETF profile: code grant, deferral_code, polls, revocation', async () => {
+  const config = await client.discovery(
+    new URL(ietf.issuer),
+    'dtr-client',
+    undefined,
+    client.ClientSecretBasic('dtr-client-secret'),
+    { execute: [client.allowInsecureRequests] },
+  )
+  assert.equal(config.serverMetadata().deferred_token_response_supported, true)
+  const IETF_DEFERRED = 'urn:ietf:params:oauth:grant-type:deferred'
+
+  // The authorization request with the advance hint; the code grant with completion_mode,
+  // answered 400 authorization_pending with the deferral_code (thrown by openid-client).
+  const login = async (username) => {
+    const codeVerifier = client.randomPKCECodeVerifier()
+    const checks = { pkceCodeVerifier: codeVerifier, expectedState: client.randomState(), expectedNonce: client.randomNonce() }
+    const url = client.buildAuthorizationUrl(config, {
+      redirect_uri: REDIRECT_URI,
+      scope: 'openid profile',
+      code_challenge: await client.calculatePKCECodeChallenge(codeVerifier),
+      code_challenge_method: 'S256',
+      state: checks.expectedState,
+      nonce: checks.expectedNonce,
+      completion_mode: 'deferred',
+    })
+    const landed = await browserLogin(ietf.base, url, username)
+    let deferred
+    await assert.rejects(
+      client.authorizationCodeGrant(config, new URL(landed.redirect), checks, {
+        completion_mode: 'deferred',
+        client_notification_token: 'a-callback-token',
+      }),
+      (err) => {
+        deferred = err.cause
+        return err instanceof client.ResponseBodyError && err.error === 'authorization_pending'
+      },
+    )
+    assert.equal(typeof deferred.deferral_code, 'string')
+    assert.equal(deferred.interval, 1)
+    return { deferralCode: deferred.deferral_code, nonce: checks.expectedNonce }
+  }
+
+  const username = `oc-ietf-${Date.now()}`
+  const { deferralCode, nonce } = await login(username)
+  await assert.rejects(
+    client.genericGrantRequest(config, IETF_DEFERRED, { deferral_code: deferralCode }),
+    (err) => err instanceof client.ResponseBodyError && err.error === 'authorization_pending',
+  )
+  assert.equal((await complete(ietf, { outcome: 'approved', sub: username, client_id: 'dtr-client' })).status, 200)
+  await new Promise((resolve) => setTimeout(resolve, 1_200))
+  const tokens = await client.genericGrantRequest(config, IETF_DEFERRED, { deferral_code: deferralCode })
+  assert.equal(tokens.claims().sub, username)
+  assert.equal(tokens.claims().nonce, nonce)
+
+  // Cancellation: openid-client's revocation with the deferral code's token type.
+  const cancelled = await login(`oc-ietf-cancel-${Date.now()}`)
+  await client.tokenRevocation(config, cancelled.deferralCode, {
+    token_type_hint: 'urn:ietf:params:oauth:token-type:deferral-code',
+  })
+  await assert.rejects(
+    client.genericGrantRequest(config, IETF_DEFERRED, { deferral_code: cancelled.deferralCode }),
+    (err) => err instanceof client.ResponseBodyError && err.error === 'access_denied',
+  )
 })

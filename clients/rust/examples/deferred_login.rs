@@ -10,11 +10,12 @@
 //! the browser was sent back to (the acknowledgment), exchanges the deferred code, and polls
 //! until the verification is done, printing one JSON line per step. Without
 //! `DTR_CLIENT_SECRET` the client is public and uses DPoP. `DTR_PAR=1` pushes the request
-//! first; `DTR_INSECURE=1` allows http URLs (local tests only).
+//! first; `DTR_PROFILE=ietf` speaks the IETF profile (draft-ietf-oauth-deferred-token-response)
+//! instead of the OpenID one; `DTR_INSECURE=1` allows http URLs (local tests only).
 
 use std::process::ExitCode;
 
-use dtr_rp::{AuthorizationOptions, ClientAuth, ClientOptions, Dpop, DtrClient, PollResult};
+use dtr_rp::{AuthorizationOptions, ClientAuth, ClientOptions, Dpop, DtrClient, PollResult, Profile};
 use serde_json::json;
 
 fn setting(name: &str) -> Result<String, String> {
@@ -35,6 +36,11 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         options.dpop = Dpop::PerProcess;
     }
     options.allow_insecure_http = std::env::var("DTR_INSECURE").as_deref() == Ok("1");
+    options.profile = match std::env::var("DTR_PROFILE").as_deref() {
+        Err(_) | Ok("openid") => Profile::OpenId,
+        Ok("ietf") => Profile::Ietf,
+        Ok(other) => return Err(format!("DTR_PROFILE={other}: openid or ietf").into()),
+    };
     let rp = DtrClient::discover(&setting("DTR_ISSUER")?, options).await?;
 
     // 1. Send the user to the OP.
@@ -55,7 +61,8 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
     .await??;
     let ack = rp.acknowledgment_from_url(landed.trim(), &pending)?;
 
-    // 3. The deferred_auth_id, and who the user says they are (not verified yet).
+    // 3. The deferred_auth_id (IETF: deferral_code), and who the user says they are (not
+    // verified yet; the IETF profile has no interim ID token).
     let mut process = rp.exchange(&ack, &pending, None).await?;
     let sub = process.interim_claims.as_ref().map(|c| c.sub.clone());
     println!(

@@ -1,4 +1,6 @@
-//! A relying-party kit for the OpenID Connect Deferred Token Response (DTR) flow: discovery,
+//! A relying-party kit for the Deferred Token Response (DTR) flow, in both of its profiles
+//! (OpenID Connect DTR 1.0, the default, and the OAuth working group's
+//! `draft-ietf-oauth-deferred-token-response`, chosen by [`ClientOptions::profile`]): discovery,
 //! the deferred authorization request (also pushed, RFC 9126) with PKCE, the acknowledgment
 //! (query, fragment or `form_post`) with its `state` and `iss` checks, the `deferred_code`
 //! exchange, polling with the interval and `slow_down`, pings, cancellation, and the final ID
@@ -12,6 +14,7 @@ mod http;
 mod id_token;
 mod keys;
 mod ping;
+mod profile;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,10 +29,12 @@ pub use events::{EventError, EventVerifier, LifecycleEvent};
 pub use id_token::IdTokenClaims;
 pub use jsonwebtoken::Algorithm;
 pub use keys::{pkce_challenge, random_text, ClientAuth, DpopKey, PrivateKeyJwt};
-pub use ping::{verify_ping, PingRefusal};
+pub use ping::{verify_ping, verify_ping_in, PingRefusal};
+pub use profile::{
+    Profile, COMPLETION_MODE, DEFERRAL_CODE_TOKEN_TYPE, DEFERRED_GRANT, DEFERRED_GRANT_IETF,
+    DEFERRED_TOKEN_RESPONSE_SUPPORTED,
+};
 
-/// `grant_type` of the deferred code exchange and of every poll.
-pub const DEFERRED_GRANT: &str = "urn:openid:params:grant-type:deferred";
 /// Discovery metadata naming the cancellation endpoint.
 pub const CANCELLATION_ENDPOINT: &str = "deferred_authentication_cancellation_endpoint";
 
@@ -74,6 +79,12 @@ pub struct ProviderMetadata {
     pub pushed_authorization_request_endpoint: Option<String>,
     #[serde(default)]
     pub deferred_authentication_cancellation_endpoint: Option<String>,
+    /// Where the IETF profile cancels (RFC 7009).
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
+    /// The `token_type_hint` values the revocation endpoint takes (IETF §8.4).
+    #[serde(default)]
+    pub revocation_endpoint_token_type_values_supported: Vec<String>,
     #[serde(default)]
     pub response_types_supported: Vec<String>,
     #[serde(default)]
@@ -91,6 +102,8 @@ pub struct ClientOptions {
     /// The registered redirect URI the acknowledgment comes back to.
     pub redirect_uri: String,
     pub auth: ClientAuth,
+    /// The DTR profile the client speaks (default: OpenID).
+    pub profile: Profile,
     /// Sender-constrain processes with DPoP (public clients need it at dtr-proxy).
     pub dpop: Dpop,
     /// Accept `http:` URLs (local development and tests only).
@@ -106,6 +119,7 @@ impl ClientOptions {
             client_id: client_id.into(),
             redirect_uri: redirect_uri.into(),
             auth,
+            profile: Profile::OpenId,
             dpop: Dpop::Off,
             allow_insecure_http: false,
             timeout: Duration::from_secs(30),
@@ -136,7 +150,7 @@ pub enum ResponseMode {
 pub struct AuthorizationOptions {
     /// Default `openid`.
     pub scope: String,
-    /// `deferred_code code` instead of `deferred_code`.
+    /// `deferred_code code` instead of `deferred_code` (OpenID profile only).
     pub with_code: bool,
     /// Default: the OP's default (query).
     pub response_mode: Option<ResponseMode>,
@@ -171,16 +185,19 @@ pub struct Pending {
 #[derive(Clone, Debug)]
 pub enum Acknowledgment {
     Deferred {
+        /// The code to exchange: the `deferred_code` (OpenID), or the `code` (IETF).
         deferred_code: String,
         parameters: Vec<(String, String)>,
     },
-    /// Only for `deferred_code code`: the OP answered at once; continue with the code flow.
+    /// Only for the OpenID `deferred_code code`: the OP answered at once; continue with the
+    /// code flow.
     Code { parameters: Vec<(String, String)> },
 }
 
 /// A running deferred process: what the RP keeps after the exchange.
 #[derive(Clone, Debug)]
 pub struct DeferredProcess {
+    /// The process's handle: the `deferred_auth_id` (OpenID), or the `deferral_code` (IETF).
     pub deferred_auth_id: String,
     /// When the process is over (`expires_in`), if the OP said.
     pub expires_at: Option<Instant>,
@@ -323,7 +340,8 @@ impl Reply {
 
 impl DtrClient {
     /// Discovers the OP (`{issuer}/.well-known/openid-configuration`, which dtr-proxy augments)
-    /// and checks that it names this issuer and offers `deferred_code`.
+    /// and checks that it names this issuer and offers the client's profile (`deferred_code`,
+    /// or `deferred_token_response_supported`).
     pub async fn discover(issuer: &str, options: ClientOptions) -> Result<Self, DtrError> {
         let base = check_url(issuer, options.allow_insecure_http)?;
         let url = format!(
@@ -357,16 +375,22 @@ impl DtrClient {
             Some(&metadata.jwks_uri),
             metadata.pushed_authorization_request_endpoint.as_ref(),
             metadata.deferred_authentication_cancellation_endpoint.as_ref(),
+            metadata.revocation_endpoint.as_ref(),
         ]
         .into_iter()
         .flatten()
         {
             check_url(url, allow)?;
         }
-        if !metadata.response_types_supported.iter().any(|t| t == "deferred_code") {
-            return Err(DtrError::Unsupported(
-                "the OP does not offer response_type deferred_code".into(),
-            ));
+        let offered = match options.profile {
+            Profile::OpenId => metadata.response_types_supported.iter().any(|t| t == "deferred_code"),
+            Profile::Ietf => metadata.extra.get(DEFERRED_TOKEN_RESPONSE_SUPPORTED) == Some(&Value::Bool(true)),
+        };
+        if !offered {
+            return Err(DtrError::Unsupported(match options.profile {
+                Profile::OpenId => "the OP does not offer response_type deferred_code".into(),
+                Profile::Ietf => format!("the OP does not announce {DEFERRED_TOKEN_RESPONSE_SUPPORTED}"),
+            }));
         }
         let keys = id_token::KeySet::new(metadata.jwks_uri.clone());
         let http = http::Http::new(options.timeout)?;
@@ -385,6 +409,23 @@ impl DtrClient {
 
     pub fn client_id(&self) -> &str {
         &self.options.client_id
+    }
+
+    /// The DTR profile this client speaks.
+    pub fn profile(&self) -> Profile {
+        self.options.profile
+    }
+
+    /// Checks a ping (callback) for this client's processes, in its profile's names
+    /// ([`verify_ping_in`]).
+    pub fn verify_ping(
+        &self,
+        method: &::http::Method,
+        headers: &HeaderMap,
+        body: &[u8],
+        token_for: impl FnOnce(&str) -> Option<String>,
+    ) -> Result<String, PingRefusal> {
+        verify_ping_in(self.options.profile, method, headers, body, token_for)
     }
 
     /// The cancellation endpoint from discovery, if the OP has one.
@@ -458,11 +499,10 @@ impl DtrClient {
             },
         };
         let challenge = pkce_challenge(&pending.code_verifier);
-        let response_type = if options.with_code {
-            "deferred_code code"
-        } else {
-            "deferred_code"
-        };
+        let profile = self.options.profile;
+        let response_type = profile.response_type(options.with_code).ok_or_else(|| {
+            DtrError::Unsupported("`deferred_code code` is the OpenID profile's response type".into())
+        })?;
         let mut params: Vec<(&str, &str)> = vec![
             ("client_id", &self.options.client_id),
             ("redirect_uri", &self.options.redirect_uri),
@@ -473,6 +513,9 @@ impl DtrClient {
             ("code_challenge", &challenge),
             ("code_challenge_method", "S256"),
         ];
+        if let Some(hint) = profile.completion_mode() {
+            params.push((COMPLETION_MODE, hint));
+        }
         if let Some(mode) = options.response_mode {
             params.push((
                 "response_mode",
@@ -544,7 +587,8 @@ impl DtrClient {
 
     /// Validates acknowledgment parameters: an error answer becomes [`DtrError::OAuth`];
     /// `iss` (RFC 9207) must name this OP (and be present if the OP says it sends it); `state`
-    /// must be the request's; `deferred_code` present and never with `code`.
+    /// must be the request's; the profile's code present: `deferred_code`, never with `code`
+    /// (OpenID), or `code` (IETF).
     pub fn acknowledgment(
         &self,
         parameters: Vec<(String, String)>,
@@ -581,24 +625,31 @@ impl DtrClient {
                 description: get("error_description")?.map(str::to_owned),
             });
         }
-        match (get("deferred_code")?, get("code")?) {
-            (Some(_), Some(_)) => Err(DtrError::InvalidResponse(
-                "the response carries both code and deferred_code".into(),
-            )),
+        let name = self.options.profile.acknowledgment_code();
+        // In the OpenID profile a `code` is the OP's immediate answer; in the IETF one it is
+        // the acknowledgment itself.
+        let immediate = match self.options.profile {
+            Profile::OpenId => get("code")?,
+            Profile::Ietf => None,
+        };
+        match (get(name)?, immediate) {
+            (Some(_), Some(_)) => Err(DtrError::InvalidResponse(format!(
+                "the response carries both code and {name}"
+            ))),
             (Some(code), None) if !code.is_empty() => Ok(Acknowledgment::Deferred {
                 deferred_code: code.to_owned(),
                 parameters,
             }),
             (None, Some(_)) => Ok(Acknowledgment::Code { parameters }),
-            _ => Err(DtrError::InvalidResponse(
-                "the acknowledgment has no deferred_code".into(),
-            )),
+            _ => Err(DtrError::InvalidResponse(format!("the acknowledgment has no {name}"))),
         }
     }
 
-    /// Exchanges the `deferred_code` for a `deferred_auth_id`, with a fresh
-    /// `deferred_notification_token` for pings (or `notification_token`). Checks the interim ID
-    /// token if the OP sent one.
+    /// Exchanges the acknowledgment's code for a process, with a fresh bearer token for pings
+    /// (or `notification_token`). OpenID: the deferred grant with `deferred_code` and
+    /// `deferred_notification_token`, answered `200` with `deferred_auth_id` (and an interim ID
+    /// token, checked). IETF: the `authorization_code` grant with `completion_mode=deferred` and
+    /// `client_notification_token`, answered `400 authorization_pending` with `deferral_code`.
     pub async fn exchange(
         &self,
         ack: &Acknowledgment,
@@ -608,28 +659,33 @@ impl DtrClient {
         let Acknowledgment::Deferred { deferred_code, .. } = ack else {
             return Err(DtrError::InvalidResponse("not a deferred acknowledgment".into()));
         };
+        let profile = self.options.profile;
         let token = notification_token.unwrap_or_else(|| random_text(24));
-        let form = [
-            ("grant_type", DEFERRED_GRANT),
-            ("deferred_code", deferred_code.as_str()),
+        let mut form = vec![
+            ("grant_type", profile.exchange_grant()),
+            (profile.acknowledgment_code(), deferred_code.as_str()),
             ("redirect_uri", self.options.redirect_uri.as_str()),
             ("code_verifier", pending.code_verifier.as_str()),
-            ("deferred_notification_token", token.as_str()),
+            (profile.notification_token_param(), token.as_str()),
         ];
+        if let Some(mode) = profile.completion_mode() {
+            form.push((COMPLETION_MODE, mode));
+        }
         let reply = self
             .post(&self.metadata.token_endpoint, &form, pending.dpop_key.as_ref())
             .await?;
-        if reply.status != 200 {
-            return Err(reply.oauth_error());
-        }
-        let id = text(&reply.body, "deferred_auth_id")
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| DtrError::InvalidResponse("no deferred_auth_id in the exchange answer".into()))?;
         if reply.body.contains_key("access_token") {
             return Err(DtrError::InvalidResponse(
                 "the exchange answered tokens, not a deferred process".into(),
             ));
         }
+        if (reply.status, reply.error()) != profile.exchange_answer() {
+            return Err(reply.oauth_error());
+        }
+        let name = profile.process_param();
+        let id = text(&reply.body, name)
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| DtrError::InvalidResponse(format!("no {name} in the exchange answer")))?;
         let positive = |name: &str| reply.body.get(name).and_then(Value::as_u64).filter(|v| *v > 0);
         let mut process = DeferredProcess {
             deferred_auth_id: id,
@@ -674,9 +730,10 @@ impl DtrClient {
             tokio::time::sleep_until(due.into()).await;
         }
         process.last_poll = Some(Instant::now());
+        let profile = self.options.profile;
         let form = [
-            ("grant_type", DEFERRED_GRANT),
-            ("deferred_auth_id", process.deferred_auth_id.as_str()),
+            ("grant_type", profile.poll_grant()),
+            (profile.process_param(), process.deferred_auth_id.as_str()),
         ];
         let reply = self
             .post(&self.metadata.token_endpoint, &form, process.dpop_key.as_ref())
@@ -772,20 +829,36 @@ impl DtrClient {
         }
     }
 
-    /// Cancels the process at the OP's cancellation endpoint, with the client's
-    /// authentication and DPoP proof. A later poll answers `access_denied`.
+    /// Cancels the process, with the client's authentication and DPoP proof: at the OP's
+    /// cancellation endpoint (OpenID), or by revoking the deferral code at its revocation
+    /// endpoint (IETF §8, RFC 7009) with the deferral code's `token_type_hint` when the OP
+    /// lists it. A later poll answers `access_denied`.
     pub async fn cancel(&self, process: &DeferredProcess) -> Result<(), DtrError> {
-        let endpoint = self
-            .cancellation_endpoint()
-            .ok_or_else(|| DtrError::Unsupported(format!("the OP publishes no {CANCELLATION_ENDPOINT}")))?
-            .to_owned();
-        let reply = self
-            .post(
-                &endpoint,
-                &[("deferred_auth_id", process.deferred_auth_id.as_str())],
-                process.dpop_key.as_ref(),
-            )
-            .await?;
+        let id = process.deferred_auth_id.as_str();
+        let (endpoint, form) = match self.options.profile {
+            Profile::OpenId => (
+                self.cancellation_endpoint()
+                    .ok_or_else(|| DtrError::Unsupported(format!("the OP publishes no {CANCELLATION_ENDPOINT}")))?,
+                vec![("deferred_auth_id", id)],
+            ),
+            Profile::Ietf => {
+                let endpoint = self.metadata.revocation_endpoint.as_deref();
+                let hinted = self
+                    .metadata
+                    .revocation_endpoint_token_type_values_supported
+                    .iter()
+                    .any(|t| t == DEFERRAL_CODE_TOKEN_TYPE);
+                let mut form = vec![("token", id)];
+                if hinted {
+                    form.push(("token_type_hint", DEFERRAL_CODE_TOKEN_TYPE));
+                }
+                (
+                    endpoint.ok_or_else(|| DtrError::Unsupported("the OP publishes no revocation_endpoint".into()))?,
+                    form,
+                )
+            }
+        };
+        let reply = self.post(endpoint, &form, process.dpop_key.as_ref()).await?;
         if reply.status == 200 || reply.status == 204 {
             Ok(())
         } else {
