@@ -42,6 +42,7 @@ on_both_stores_and_profiles! {
     cancelled_process_is_denied_and_never_pinged => cancel;
     process_expires_after_its_configured_lifetime => expiry;
     webhook_addressing_and_progress => webhook_rules;
+    an_interaction_need_reaches_polls_until_cleared => interaction;
 }
 
 async fn happy_path(store: StoreKind, profile: Profile) {
@@ -422,6 +423,122 @@ async fn webhook_rules(store: StoreKind, profile: Profile) {
     assert_eq!(again.status, 200);
     assert_eq!(again.json["unchanged"][0]["status"], "approved");
     assert_eq!(proxy.process(&process_id).await["status"], "approved");
+}
+
+/// The count of `dtr_polls_total{result}` on the admin port.
+async fn polls_counted(proxy: &Proxy, result: &str) -> u64 {
+    let metrics = proxy.metrics().await;
+    let line = format!("dtr_polls_total{{result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+/// The verification service needs the end-user again (a video-ident slot): a progress update
+/// names where. An IETF client's polls answer `interaction_required` with `interaction_uri`
+/// (IETF §6.4, §6.6), an OpenID client's `authorization_pending` with the URL in the progress
+/// text (OID §10, §14.4). The answer comes from the record the poll reads; a progress update
+/// without the URL clears it, the outcome too, and asking for an interaction pings no one
+/// (both drafts ping on resolution only).
+async fn interaction(store: StoreKind, profile: Profile) {
+    let receiver = ping_receiver(vec![204]).await;
+    let options = Options::new(store).client(json!({"client_id": "dtr-client", "notification_endpoint": receiver.url}));
+    let proxy = start(options.profile(profile)).await;
+    let rp = proxy.rp(profile);
+    let user = unique("iris");
+    let (id, _) = rp.start_process(&dtr_client(), &user, Some("notify-token-2")).await;
+    let uri = "https://idv.example/appointments/book?ticket=Zm9vYmFy&lang=de";
+    let waiting_label = match profile {
+        Profile::Ietf => "interaction_required",
+        Profile::OpenId => "authorization_pending",
+    };
+    let counted_before = polls_counted(&proxy, waiting_label).await;
+
+    let asked = proxy
+        .complete(&json!({"outcome": "pending", "sub": user, "error_description": "step=video_ident", "interaction_uri": uri}))
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.json);
+    assert_eq!(asked.json["changed"][0]["status"], "pending");
+    let process_id = asked.json["changed"][0]["process_id"].as_str().unwrap().to_owned();
+    let view = proxy.process(&process_id).await;
+    assert_eq!(view["interaction_required"], true, "{view}");
+    assert!(
+        !view.to_string().contains("idv.example"),
+        "the URL stays sealed: {view}"
+    );
+
+    let waiting = rp.poll(&dtr_client(), &id).await;
+    assert_eq!(waiting.status, 400, "{}", waiting.json);
+    assert_eq!(waiting.headers["cache-control"], "no-store");
+    let expected = match profile {
+        Profile::Ietf => json!({
+            "error": "interaction_required",
+            "error_description": "step=video_ident",
+            "interaction_uri": uri,
+        }),
+        Profile::OpenId => json!({
+            "error": "authorization_pending",
+            "error_description": format!("step=video_ident; interaction_uri={uri}"),
+        }),
+    };
+    assert_eq!(waiting.json, expected, "nor deferral_code nor interval is repeated");
+    assert_eq!(polls_counted(&proxy, waiting_label).await, counted_before + 1);
+
+    // A later progress update without the URL clears it.
+    let progressed = proxy
+        .complete(&json!({"outcome": "pending", "sub": user, "error_description": "step=review"}))
+        .await;
+    assert_eq!(progressed.status, 200, "{}", progressed.json);
+    assert_eq!(proxy.process(&process_id).await["interaction_required"], false);
+    wait_interval(1).await;
+    let pending = rp.poll(&dtr_client(), &id).await;
+    assert_eq!(
+        pending.json,
+        json!({"error": "authorization_pending", "error_description": "step=review"})
+    );
+
+    // Asked again (IETF §6.6: either direction), without a progress text this time.
+    let again = "https://idv.example/upload/page-2";
+    assert_eq!(
+        proxy
+            .complete(&json!({"outcome": "pending", "process_id": process_id, "interaction_uri": again}))
+            .await
+            .status,
+        200
+    );
+    wait_interval(1).await;
+    let waiting = rp.poll(&dtr_client(), &id).await;
+    match profile {
+        Profile::Ietf => {
+            assert_eq!(waiting.error(), "interaction_required");
+            assert_eq!(waiting.json["interaction_uri"], again);
+        }
+        Profile::OpenId => {
+            assert_eq!(waiting.error(), "authorization_pending");
+            assert!(waiting.json["interaction_uri"].is_null(), "{}", waiting.json);
+            let description = waiting.json["error_description"].as_str().unwrap();
+            assert!(
+                description.ends_with(&format!("; interaction_uri={again}")),
+                "{description}"
+            );
+        }
+    }
+    // Well past the ping grace: asking for an interaction pinged no one.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(receiver.count(), 0, "no ping before the outcome");
+
+    // The outcome clears it; its ping goes out as always.
+    let approved = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(approved.status, 200, "{}", approved.json);
+    assert_eq!(proxy.process(&process_id).await["interaction_required"], false);
+    assert!(
+        receiver.wait_for(1, Duration::from_secs(10)).await,
+        "the outcome's ping"
+    );
+    let tokens = rp.poll(&dtr_client(), &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    assert!(tokens.json["interaction_uri"].is_null());
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use serde_json::json;
 
-use super::wire::{error as code, Profile, DEFERRED_AUTH_ID, DPOP_NONCE};
+use super::wire::{error as code, Profile, DEFERRED_AUTH_ID, DPOP_NONCE, INTERACTION_URI};
 use crate::http::{json_no_store, Body};
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
@@ -57,6 +57,9 @@ pub struct OAuthError {
     pub retry_after: Option<u64>,
     /// A fresh server nonce for `DPoP-Nonce` (RFC 9449 §8); boxed, as it is rare.
     pub dpop_nonce: Option<Box<HeaderValue>>,
+    /// The IETF profile's `interaction_uri` member of an `interaction_required` answer
+    /// (IETF §6.4, §6.6).
+    pub interaction_uri: Option<Box<str>>,
     #[source]
     pub cause: Option<Cause>,
 }
@@ -76,6 +79,7 @@ impl OAuthError {
             www_authenticate: None,
             retry_after: None,
             dpop_nonce: None,
+            interaction_uri: None,
             cause: None,
         }
     }
@@ -118,6 +122,16 @@ impl OAuthError {
             self.description = Cow::Owned(self.description.replace(DEFERRED_AUTH_ID, name));
         }
         self
+    }
+
+    /// IETF §6.6: the process is pending and cannot go on until someone acts at
+    /// `interaction_uri` (an absolute https URL without a fragment, IETF §6.4). Still 400, the
+    /// client keeps polling at its interval; `deferral_code` and `interval` are not repeated.
+    pub fn interaction_required(interaction_uri: &str, description: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            interaction_uri: Some(interaction_uri.into()),
+            ..Self::new(StatusCode::BAD_REQUEST, code::INTERACTION_REQUIRED, description)
+        }
     }
 
     /// IETF §6.6: to the client it was issued to, a redeemed deferral code says so.
@@ -200,10 +214,11 @@ impl OAuthError {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let mut response = json_no_store(
-            self.status,
-            &json!({ "error": self.error, "error_description": ascii_description(&self.description) }),
-        );
+        let mut body = json!({ "error": self.error, "error_description": ascii_description(&self.description) });
+        if let Some(uri) = &self.interaction_uri {
+            body[INTERACTION_URI] = json!(uri);
+        }
+        let mut response = json_no_store(self.status, &body);
         let headers = response.headers_mut();
         if let Some(scheme) = self.www_authenticate {
             let value = format!("{scheme} error=\"{}\"", self.error);
