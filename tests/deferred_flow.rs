@@ -1201,3 +1201,37 @@ async fn ietf_poll(proxy: &Proxy, deferral_code: &str, proof: String) -> Reply {
     ];
     proxy.token(&dtr_client(), &form, Some(&proof)).await
 }
+
+/// IETF §5.2: a hint the server does not use leaves the request as it would be without DTR.
+/// A configured client's request object is the OP's to verify, and the proxy cannot rewrite
+/// what it signs: with a request object (in it or beside it) `completion_mode=deferred` is not
+/// used, and the request reaches the OP untouched rather than being refused by the proxy.
+#[tokio::test]
+async fn an_ietf_hint_with_a_request_object_the_op_verifies_reaches_the_op_untouched() {
+    let proxy = start(Options::new(StoreKind::Embedded).profile(Profile::Ietf)).await;
+    let rp = proxy.rp(Profile::Ietf);
+    let claims = json!({"iss": "dtr-client", "aud": proxy.issuer, "client_id": "dtr-client",
+        "response_type": "code", "redirect_uri": REDIRECT_URI, "scope": "openid",
+        "state": "s-jar", "completion_mode": "deferred", "exp": now_s() + 300});
+    let request = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"dtr-client-secret"),
+    )
+    .unwrap();
+    let mut params = rp.auth_params("dtr-client", "s-jar", "n");
+    params.push(("request", &request));
+    let answer = proxy.login(&params, &unique("jar"), None).await;
+    // The stand-in OP does not take request objects: its own refusal (a 303, without the
+    // proxy's description) reaches the RP. The proxy's refusals are 302s that explain.
+    assert_eq!(answer.status, 303, "the OP's redirect: {answer:?}");
+    let ack = answer.ack();
+    assert_eq!(ack.get("error"), Some("request_not_supported"), "{ack:?}");
+    assert_eq!(ack.get("error_description"), None, "not the proxy's refusal: {ack:?}");
+    assert_eq!(ack.get("state"), Some("s-jar"));
+    let metrics = proxy.metrics().await;
+    assert!(
+        !metrics.contains("dtr_requests_total{route=\"authorize\",outcome=\"deferred\"}"),
+        "not deferred: {metrics}"
+    );
+}

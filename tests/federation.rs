@@ -748,7 +748,10 @@ async fn completion_mode_inside_a_federated_clients_request_object_defers_its_gr
     // Refused before anything is deferred: an unsigned object, and one naming another client.
     let mut claims = json!({"iss": federation.client_id, "aud": proxy.issuer, "exp": now_s() + 300,
         "client_id": federation.client_id, "redirect_uri": REDIRECT_URI});
-    claims.as_object_mut().unwrap().extend(inner.as_object().unwrap().clone());
+    claims
+        .as_object_mut()
+        .unwrap()
+        .extend(inner.as_object().unwrap().clone());
     let unsigned = format!(
         "eyJhbGciOiJub25lIn0.{}.",
         base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims.to_string())
@@ -797,12 +800,19 @@ async fn completion_mode_inside_a_federated_clients_request_object_defers_its_gr
         ("deferral_code", deferral_code.as_str()),
     ];
     let (status, pending) = federation.token(&proxy, &poll).await;
-    assert_eq!((status, pending["error"].as_str()), (400, Some("authorization_pending")), "{pending}");
+    assert_eq!(
+        (status, pending["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "{pending}"
+    );
 
     let completed = proxy.complete(&json!({"outcome": "approved", "sub": "jar-user"})).await;
     assert_eq!(completed.status, 200, "{}", completed.json);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (status, tokens) = federation.token(&proxy, &poll).await;
     assert_eq!(status, 200, "{tokens}");
-    assert_eq!(jwt_claims(tokens["id_token"].as_str().expect("id_token"))["nonce"], "n-jar");
+    assert_eq!(
+        jwt_claims(tokens["id_token"].as_str().expect("id_token"))["nonce"],
+        "n-jar"
+    );
 }
