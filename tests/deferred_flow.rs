@@ -1235,3 +1235,49 @@ async fn an_ietf_hint_with_a_request_object_the_op_verifies_reaches_the_op_untou
         "not deferred: {metrics}"
     );
 }
+
+/// The store commands a poll costs, read from Redis itself (`MONITOR`): a poll of a process
+/// waiting on an interaction reads its `interaction_uri` from the record it loads anyway, so
+/// it is one command, as a plain pending poll is.
+#[tokio::test]
+async fn a_poll_waiting_on_an_interaction_is_one_store_command() {
+    let prefix = unique("mon");
+    let options = Options::new(StoreKind::Redis)
+        .profile(Profile::Ietf)
+        .env("DTR_REDIS_KEY_PREFIX", prefix.clone());
+    let proxy = start(options).await;
+    let rp = proxy.rp(Profile::Ietf);
+    let user = unique("mona");
+    let (id, _) = rp.start_process(&dtr_client(), &user, None).await;
+    let asked = proxy
+        .complete(&json!({"outcome": "pending", "sub": user, "interaction_uri": "https://idv.example/slot"}))
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.json);
+
+    // A first poll loads the read script into Redis's cache (a NOSCRIPT retry, once per
+    // server); then the commands on this proxy's process keys while one poll runs.
+    assert_eq!(rp.poll(&dtr_client(), &id).await.error(), "interaction_required");
+    wait_interval(1).await;
+    let log = std::env::temp_dir().join(format!("{prefix}.monitor"));
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-u", &redis().url, "monitor"])
+        .stdout(std::fs::File::create(&log).expect("monitor log"))
+        .spawn()
+        .expect("redis-cli (scripts/ensure-deps.sh)");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = rp.poll(&dtr_client(), &id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    monitor.kill().expect("stop the monitor");
+    let _ = monitor.wait();
+    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(waiting.error(), "interaction_required", "{}", waiting.json);
+    assert_eq!(waiting.json["interaction_uri"], "https://idv.example/slot");
+    // What the script does inside Redis is logged as `[0 lua]`: the same round trip.
+    let round_trips: Vec<&str> = seen
+        .lines()
+        .filter(|line| line.contains(&prefix) && line.contains("{p:") && !line.contains(" lua] "))
+        .collect();
+    assert_eq!(round_trips.len(), 1, "{seen}");
+    assert!(round_trips[0].contains("\"EVALSHA\""), "{seen}");
+}
