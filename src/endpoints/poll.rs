@@ -691,11 +691,11 @@ mod tests {
             (ietf.status, ietf.error),
             (StatusCode::BAD_REQUEST, code::INTERACTION_REQUIRED)
         );
-        assert_eq!(ietf.interaction_uri.as_deref(), Some(uri));
+        assert_eq!(ietf.interaction_uri(), Some(uri));
         assert_eq!(ietf.description, "step=video_ident");
         let openid = interaction_answer(uri, Some("step=video_ident"), Profile::OpenId);
         assert_eq!(
-            (openid.error, openid.interaction_uri.as_deref()),
+            (openid.error, openid.interaction_uri()),
             (code::AUTHORIZATION_PENDING, None)
         );
         assert_eq!(openid.description, format!("step=video_ident; interaction_uri={uri}"));

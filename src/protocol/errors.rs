@@ -55,13 +55,21 @@ pub struct OAuthError {
     /// header (RFC 6749 §5.2: 401 with the scheme it used).
     pub www_authenticate: Option<&'static str>,
     pub retry_after: Option<u64>,
-    /// A fresh server nonce for `DPoP-Nonce` (RFC 9449 §8); boxed, as it is rare.
-    pub dpop_nonce: Option<Box<HeaderValue>>,
-    /// The IETF profile's `interaction_uri` member of an `interaction_required` answer
-    /// (IETF §6.4, §6.6).
-    pub interaction_uri: Option<Box<str>>,
+    /// What only some answers carry; boxed, as it is rare (an error travels through every
+    /// endpoint's future, whose size each request pays for in moves).
+    pub extra: Option<Box<Extra>>,
     #[source]
     pub cause: Option<Cause>,
+}
+
+/// The rare part of an error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extra {
+    /// A fresh server nonce for `DPoP-Nonce` (RFC 9449 §8).
+    DpopNonce(HeaderValue),
+    /// The IETF profile's `interaction_uri` member of an `interaction_required` answer
+    /// (IETF §6.4, §6.6).
+    InteractionUri(String),
 }
 
 impl OAuthError {
@@ -78,8 +86,7 @@ impl OAuthError {
             source,
             www_authenticate: None,
             retry_after: None,
-            dpop_nonce: None,
-            interaction_uri: None,
+            extra: None,
             cause: None,
         }
     }
@@ -129,8 +136,16 @@ impl OAuthError {
     /// client keeps polling at its interval; `deferral_code` and `interval` are not repeated.
     pub fn interaction_required(interaction_uri: &str, description: impl Into<Cow<'static, str>>) -> Self {
         Self {
-            interaction_uri: Some(interaction_uri.into()),
+            extra: Some(Box::new(Extra::InteractionUri(interaction_uri.to_owned()))),
             ..Self::new(StatusCode::BAD_REQUEST, code::INTERACTION_REQUIRED, description)
+        }
+    }
+
+    /// The `interaction_uri` an `interaction_required` answer carries.
+    pub fn interaction_uri(&self) -> Option<&str> {
+        match self.extra.as_deref() {
+            Some(Extra::InteractionUri(uri)) => Some(uri),
+            _ => None,
         }
     }
 
@@ -215,7 +230,7 @@ impl OAuthError {
 
     pub fn into_response(self) -> Response<Body> {
         let mut body = json!({ "error": self.error, "error_description": ascii_description(&self.description) });
-        if let Some(uri) = &self.interaction_uri {
+        if let Some(uri) = self.interaction_uri() {
             body[INTERACTION_URI] = json!(uri);
         }
         let mut response = json_no_store(self.status, &body);
@@ -229,8 +244,8 @@ impl OAuthError {
         if let Some(seconds) = self.retry_after {
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if let Some(nonce) = self.dpop_nonce {
-            headers.insert(DPOP_NONCE.clone(), *nonce);
+        if let Some(Extra::DpopNonce(nonce)) = self.extra.map(|extra| *extra) {
+            headers.insert(DPOP_NONCE.clone(), nonce);
         }
         response
     }
