@@ -236,6 +236,7 @@ async fn seed(args: &[String]) {
                     jkt: jkt.clone(),
                     status: Status::Pending,
                     description: None,
+                    interaction: None,
                     interval,
                     strikes: 0,
                     created_at: now,

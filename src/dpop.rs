@@ -23,7 +23,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::crypto::{equal_constant_time, HashKey};
-use crate::protocol::errors::OAuthError;
+use crate::protocol::errors::{Extra, OAuthError};
 use crate::protocol::wire::error as code;
 use crate::store::Store;
 
@@ -414,7 +414,9 @@ pub fn use_nonce(nonces: &Nonces, now_seconds: u64) -> OAuthError {
         code::USE_DPOP_NONCE,
         "Resend the request with a DPoP proof carrying the nonce from the DPoP-Nonce header.",
     );
-    error.dpop_nonce = HeaderValue::from_str(&nonces.current(now_seconds)).ok().map(Box::new);
+    error.extra = HeaderValue::from_str(&nonces.current(now_seconds))
+        .ok()
+        .map(|nonce| Box::new(Extra::DpopNonce(nonce)));
     error
 }
 

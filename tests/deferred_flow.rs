@@ -42,6 +42,7 @@ on_both_stores_and_profiles! {
     cancelled_process_is_denied_and_never_pinged => cancel;
     process_expires_after_its_configured_lifetime => expiry;
     webhook_addressing_and_progress => webhook_rules;
+    an_interaction_need_reaches_polls_until_cleared => interaction;
 }
 
 async fn happy_path(store: StoreKind, profile: Profile) {
@@ -422,6 +423,122 @@ async fn webhook_rules(store: StoreKind, profile: Profile) {
     assert_eq!(again.status, 200);
     assert_eq!(again.json["unchanged"][0]["status"], "approved");
     assert_eq!(proxy.process(&process_id).await["status"], "approved");
+}
+
+/// The count of `dtr_polls_total{result}` on the admin port.
+async fn polls_counted(proxy: &Proxy, result: &str) -> u64 {
+    let metrics = proxy.metrics().await;
+    let line = format!("dtr_polls_total{{result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+/// The verification service needs the end-user again (a video-ident slot): a progress update
+/// names where. An IETF client's polls answer `interaction_required` with `interaction_uri`
+/// (IETF §6.4, §6.6), an OpenID client's `authorization_pending` with the URL in the progress
+/// text (OID §10, §14.4). The answer comes from the record the poll reads; a progress update
+/// without the URL clears it, the outcome too, and asking for an interaction pings no one
+/// (both drafts ping on resolution only).
+async fn interaction(store: StoreKind, profile: Profile) {
+    let receiver = ping_receiver(vec![204]).await;
+    let options = Options::new(store).client(json!({"client_id": "dtr-client", "notification_endpoint": receiver.url}));
+    let proxy = start(options.profile(profile)).await;
+    let rp = proxy.rp(profile);
+    let user = unique("iris");
+    let (id, _) = rp.start_process(&dtr_client(), &user, Some("notify-token-2")).await;
+    let uri = "https://idv.example/appointments/book?ticket=Zm9vYmFy&lang=de";
+    let waiting_label = match profile {
+        Profile::Ietf => "interaction_required",
+        Profile::OpenId => "authorization_pending",
+    };
+    let counted_before = polls_counted(&proxy, waiting_label).await;
+
+    let asked = proxy
+        .complete(&json!({"outcome": "pending", "sub": user, "error_description": "step=video_ident", "interaction_uri": uri}))
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.json);
+    assert_eq!(asked.json["changed"][0]["status"], "pending");
+    let process_id = asked.json["changed"][0]["process_id"].as_str().unwrap().to_owned();
+    let view = proxy.process(&process_id).await;
+    assert_eq!(view["interaction_required"], true, "{view}");
+    assert!(
+        !view.to_string().contains("idv.example"),
+        "the URL stays sealed: {view}"
+    );
+
+    let waiting = rp.poll(&dtr_client(), &id).await;
+    assert_eq!(waiting.status, 400, "{}", waiting.json);
+    assert_eq!(waiting.headers["cache-control"], "no-store");
+    let expected = match profile {
+        Profile::Ietf => json!({
+            "error": "interaction_required",
+            "error_description": "step=video_ident",
+            "interaction_uri": uri,
+        }),
+        Profile::OpenId => json!({
+            "error": "authorization_pending",
+            "error_description": format!("step=video_ident; interaction_uri={uri}"),
+        }),
+    };
+    assert_eq!(waiting.json, expected, "nor deferral_code nor interval is repeated");
+    assert_eq!(polls_counted(&proxy, waiting_label).await, counted_before + 1);
+
+    // A later progress update without the URL clears it.
+    let progressed = proxy
+        .complete(&json!({"outcome": "pending", "sub": user, "error_description": "step=review"}))
+        .await;
+    assert_eq!(progressed.status, 200, "{}", progressed.json);
+    assert_eq!(proxy.process(&process_id).await["interaction_required"], false);
+    wait_interval(1).await;
+    let pending = rp.poll(&dtr_client(), &id).await;
+    assert_eq!(
+        pending.json,
+        json!({"error": "authorization_pending", "error_description": "step=review"})
+    );
+
+    // Asked again (IETF §6.6: either direction), without a progress text this time.
+    let again = "https://idv.example/upload/page-2";
+    assert_eq!(
+        proxy
+            .complete(&json!({"outcome": "pending", "process_id": process_id, "interaction_uri": again}))
+            .await
+            .status,
+        200
+    );
+    wait_interval(1).await;
+    let waiting = rp.poll(&dtr_client(), &id).await;
+    match profile {
+        Profile::Ietf => {
+            assert_eq!(waiting.error(), "interaction_required");
+            assert_eq!(waiting.json["interaction_uri"], again);
+        }
+        Profile::OpenId => {
+            assert_eq!(waiting.error(), "authorization_pending");
+            assert!(waiting.json["interaction_uri"].is_null(), "{}", waiting.json);
+            let description = waiting.json["error_description"].as_str().unwrap();
+            assert!(
+                description.ends_with(&format!("; interaction_uri={again}")),
+                "{description}"
+            );
+        }
+    }
+    // Well past the ping grace: asking for an interaction pinged no one.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(receiver.count(), 0, "no ping before the outcome");
+
+    // The outcome clears it; its ping goes out as always.
+    let approved = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(approved.status, 200, "{}", approved.json);
+    assert_eq!(proxy.process(&process_id).await["interaction_required"], false);
+    assert!(
+        receiver.wait_for(1, Duration::from_secs(10)).await,
+        "the outcome's ping"
+    );
+    let tokens = rp.poll(&dtr_client(), &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    assert!(tokens.json["interaction_uri"].is_null());
 }
 
 #[tokio::test]
@@ -1083,4 +1200,84 @@ async fn ietf_poll(proxy: &Proxy, deferral_code: &str, proof: String) -> Reply {
         ("deferral_code", deferral_code),
     ];
     proxy.token(&dtr_client(), &form, Some(&proof)).await
+}
+
+/// IETF §5.2: a hint the server does not use leaves the request as it would be without DTR.
+/// A configured client's request object is the OP's to verify, and the proxy cannot rewrite
+/// what it signs: with a request object (in it or beside it) `completion_mode=deferred` is not
+/// used, and the request reaches the OP untouched rather than being refused by the proxy.
+#[tokio::test]
+async fn an_ietf_hint_with_a_request_object_the_op_verifies_reaches_the_op_untouched() {
+    let proxy = start(Options::new(StoreKind::Embedded).profile(Profile::Ietf)).await;
+    let rp = proxy.rp(Profile::Ietf);
+    let claims = json!({"iss": "dtr-client", "aud": proxy.issuer, "client_id": "dtr-client",
+        "response_type": "code", "redirect_uri": REDIRECT_URI, "scope": "openid",
+        "state": "s-jar", "completion_mode": "deferred", "exp": now_s() + 300});
+    let request = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"dtr-client-secret"),
+    )
+    .unwrap();
+    let mut params = rp.auth_params("dtr-client", "s-jar", "n");
+    params.push(("request", &request));
+    let answer = proxy.login(&params, &unique("jar"), None).await;
+    // The stand-in OP does not take request objects: its own refusal (a 303, without the
+    // proxy's description) reaches the RP. The proxy's refusals are 302s that explain.
+    assert_eq!(answer.status, 303, "the OP's redirect: {answer:?}");
+    let ack = answer.ack();
+    assert_eq!(ack.get("error"), Some("request_not_supported"), "{ack:?}");
+    assert_eq!(ack.get("error_description"), None, "not the proxy's refusal: {ack:?}");
+    assert_eq!(ack.get("state"), Some("s-jar"));
+    let metrics = proxy.metrics().await;
+    assert!(
+        !metrics.contains("dtr_requests_total{route=\"authorize\",outcome=\"deferred\"}"),
+        "not deferred: {metrics}"
+    );
+}
+
+/// The store commands a poll costs, read from Redis itself (`MONITOR`): a poll of a process
+/// waiting on an interaction reads its `interaction_uri` from the record it loads anyway, so
+/// it is one command, as a plain pending poll is.
+#[tokio::test]
+async fn a_poll_waiting_on_an_interaction_is_one_store_command() {
+    let prefix = unique("mon");
+    let options = Options::new(StoreKind::Redis)
+        .profile(Profile::Ietf)
+        .env("DTR_REDIS_KEY_PREFIX", prefix.clone());
+    let proxy = start(options).await;
+    let rp = proxy.rp(Profile::Ietf);
+    let user = unique("mona");
+    let (id, _) = rp.start_process(&dtr_client(), &user, None).await;
+    let asked = proxy
+        .complete(&json!({"outcome": "pending", "sub": user, "interaction_uri": "https://idv.example/slot"}))
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.json);
+
+    // A first poll loads the read script into Redis's cache (a NOSCRIPT retry, once per
+    // server); then the commands on this proxy's process keys while one poll runs.
+    assert_eq!(rp.poll(&dtr_client(), &id).await.error(), "interaction_required");
+    wait_interval(1).await;
+    let log = std::env::temp_dir().join(format!("{prefix}.monitor"));
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-u", &redis().url, "monitor"])
+        .stdout(std::fs::File::create(&log).expect("monitor log"))
+        .spawn()
+        .expect("redis-cli (scripts/ensure-deps.sh)");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = rp.poll(&dtr_client(), &id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    monitor.kill().expect("stop the monitor");
+    let _ = monitor.wait();
+    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(waiting.error(), "interaction_required", "{}", waiting.json);
+    assert_eq!(waiting.json["interaction_uri"], "https://idv.example/slot");
+    // What the script does inside Redis is logged as `[0 lua]`: the same round trip.
+    let round_trips: Vec<&str> = seen
+        .lines()
+        .filter(|line| line.contains(&prefix) && line.contains("{p:") && !line.contains(" lua] "))
+        .collect();
+    assert_eq!(round_trips.len(), 1, "{seen}");
+    assert!(round_trips[0].contains("\"EVALSHA\""), "{seen}");
 }

@@ -114,6 +114,7 @@ fn record(status: Status, expires_at: u64, sealed: String) -> ProcessRecord {
         jkt: None,
         status,
         description: None,
+        interaction: None,
         interval: 5,
         strikes: 0,
         created_at: now - 60_000,

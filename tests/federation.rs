@@ -725,3 +725,94 @@ async fn a_forged_signed_jwks_is_invalid_client() {
     // and the document were fetched).
     assert!(federation.host.hits.load(Ordering::Relaxed) >= 3);
 }
+
+/// IETF §5.2: the advance hint travels wherever the request's other parameters do, a signed
+/// request object (JAR, RFC 9101) included. A federated client's request object is verified by
+/// the proxy itself, with the keys of the client's statement (the OP never sees it), so
+/// `completion_mode=deferred` inside it is honoured like one in the query; an unsigned object
+/// or one naming another client never is.
+#[tokio::test]
+async fn completion_mode_inside_a_federated_clients_request_object_defers_its_grant() {
+    let federation = Federation::new().await;
+    federation.publish_valid(json!({}));
+    let roots = json!([{"id": FED, "jwks": federation.root.set()}]);
+    let options = Options::new(StoreKind::Embedded)
+        .profile(Profile::Ietf)
+        .env("DTR_FEDERATION_ALLOW_PRIVATE_TARGETS", "true");
+    let proxy = start_proxy_with(options, roots).await;
+    let (verifier, challenge) = pkce();
+    let inner = json!({"response_type": "code", "scope": "openid", "state": "st-jar",
+        "nonce": "n-jar", "code_challenge": challenge, "code_challenge_method": "S256",
+        "completion_mode": "deferred"});
+
+    // Refused before anything is deferred: an unsigned object, and one naming another client.
+    let mut claims = json!({"iss": federation.client_id, "aud": proxy.issuer, "exp": now_s() + 300,
+        "client_id": federation.client_id, "redirect_uri": REDIRECT_URI});
+    claims
+        .as_object_mut()
+        .unwrap()
+        .extend(inner.as_object().unwrap().clone());
+    let unsigned = format!(
+        "eyJhbGciOiJub25lIn0.{}.",
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims.to_string())
+    );
+    let mut foreign = inner.clone();
+    foreign["client_id"] = json!("https://other.example/app");
+    let foreign = federation.request_object(&federation.client_key, &proxy.issuer, foreign);
+    for request in [unsigned, foreign] {
+        let params = [
+            ("client_id", federation.client_id.as_str()),
+            ("response_type", "code"),
+            ("redirect_uri", REDIRECT_URI),
+            ("request", request.as_str()),
+        ];
+        let answer = proxy.login(&params, "jar-user", None).await;
+        assert_eq!(refusal(&answer), "invalid_request_object", "{answer:?}");
+    }
+
+    let request = federation.request_object(&federation.client_key, &proxy.issuer, inner);
+    let params = [
+        ("client_id", federation.client_id.as_str()),
+        ("response_type", "code"),
+        ("request", request.as_str()),
+    ];
+    let ack = proxy.login(&params, "jar-user", None).await.ack();
+    assert_eq!(ack.get("state"), Some("st-jar"));
+    let code = ack.get("code").expect("code").to_owned();
+    assert!(code.starts_with("deferred."), "the proxy's own code: {code}");
+
+    let exchange = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT_URI),
+        ("code_verifier", verifier.as_str()),
+        ("completion_mode", "deferred"),
+    ];
+    let (status, deferred) = federation.token(&proxy, &exchange).await;
+    assert_eq!(
+        (status, deferred["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "{deferred}"
+    );
+    let deferral_code = deferred["deferral_code"].as_str().expect("deferral_code").to_owned();
+    let poll = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:deferred"),
+        ("deferral_code", deferral_code.as_str()),
+    ];
+    let (status, pending) = federation.token(&proxy, &poll).await;
+    assert_eq!(
+        (status, pending["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "{pending}"
+    );
+
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": "jar-user"})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, tokens) = federation.token(&proxy, &poll).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(
+        jwt_claims(tokens["id_token"].as_str().expect("id_token"))["nonce"],
+        "n-jar"
+    );
+}

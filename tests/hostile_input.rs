@@ -1040,6 +1040,61 @@ async fn replayed_webhook_id_gets_the_first_answer_and_changes_nothing() {
     );
 }
 
+/// An `interaction_uri` is handed to RPs and their end-users: anything but a plain absolute
+/// https URL without a fragment (IETF §6.4) is the webhook caller's 400, and changes nothing.
+#[tokio::test]
+async fn a_bad_interaction_uri_is_the_webhook_callers_400_and_changes_nothing() {
+    let proxy = start(Options::new(StoreKind::Redis)).await;
+    let user = unique("iu");
+    let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
+    let set = proxy
+        .complete(&json!({"outcome": "pending", "sub": user, "error_description": "step=1"}))
+        .await;
+    assert_eq!(set.status, 200);
+    let long = format!("https://idv.example/{}", "a".repeat(480));
+    let bad: Vec<Value> = vec![
+        json!("http://idv.example/slot"),
+        json!("javascript:alert(document.cookie)"),
+        json!("https://idv.example/slot#frag"),
+        json!("https://user:pw@idv.example/slot"),
+        json!("https:idv.example/slot"),
+        json!("https://idv.example/a b"),
+        json!("https://idv.example/\"><script>"),
+        json!("https://idv.example/\r\nSet-Cookie:x=1"),
+        json!("https://idv.example/caf\u{e9}"),
+        json!("/relative/path"),
+        json!(""),
+        json!(long),
+        json!(42),
+        json!(["https://idv.example/"]),
+        json!({"href": "https://idv.example/"}),
+    ];
+    for uri in bad {
+        let refused = proxy
+            .complete(&json!({"outcome": "pending", "sub": user, "interaction_uri": uri}))
+            .await;
+        assert_eq!(
+            (refused.status, refused.error()),
+            (400, "invalid_body"),
+            "{uri}: {}",
+            refused.json
+        );
+    }
+    // Only a progress update may ask for an interaction.
+    for outcome in ["approved", "denied"] {
+        let refused = proxy
+            .complete(&json!({"outcome": outcome, "sub": user, "interaction_uri": "https://idv.example/slot"}))
+            .await;
+        assert_eq!((refused.status, refused.error()), (400, "invalid_body"), "{outcome}");
+    }
+    let pending = proxy.poll(&dtr_client(), &id).await;
+    assert_eq!(
+        pending.json,
+        json!({"error": "authorization_pending", "error_description": "step=1"}),
+        "nothing changed"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 11. Rapid polling
 // ---------------------------------------------------------------------------------------------

@@ -466,6 +466,7 @@ async fn many_processes_are_paged_within_the_scan_budget() {
             jkt: None,
             status: Status::Pending,
             description: None,
+            interaction: None,
             interval: 5,
             strikes: 0,
             created_at: now,

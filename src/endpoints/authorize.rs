@@ -4,9 +4,11 @@
 //! resolves to the rewritten request, so its redirect carries our handle as any other.
 //!
 //! A signed request object (`request`) cannot be rewritten without breaking its signature, and
-//! the proxy holds no key to sign a new one: such requests are refused with
+//! the proxy holds no key to sign a new one: `deferred_code` requests with one are refused with
 //! `request_not_supported`, pointing to PAR, which carries the same parameters authenticated
-//! by the client at the back channel.
+//! by the client at the back channel; an IETF hint with one goes to the OP untouched (an
+//! unused hint, IETF §5.2). Federated clients are the exception: their request objects are
+//! verified here ([`FederatedRequests`]), and what they carry is rewritten like any request.
 
 use std::time::Duration;
 
@@ -250,9 +252,16 @@ impl Authorize {
         if spoken == Profile::Ietf {
             // A hint, not a demand: a request the proxy will not defer is the OP's plain code
             // flow (a client of the OpenID profile, an unknown client, a malformed request).
+            // So is one whose parameters are in a request object the OP verifies (by value, or
+            // by a reference other than a PAR request_uri): they cannot be rewritten without
+            // breaking its signature, and an unused hint leaves the request as it would be
+            // without DTR (IETF §5.2), not refused. A federated client's object was opened
+            // and checked above; its parameters are these.
             let client = client_id.and_then(|id| self.clients.find(realm, id));
             if client.is_none_or(|c| self.clients.profile(realm, &c) != Profile::Ietf)
                 || params.get("redirect_uri").is_none()
+                || params.get("request").is_some()
+                || params.get("request_uri").is_some()
             {
                 return Decision::PassThrough;
             }

@@ -46,6 +46,7 @@ pub fn cancel_record(record: &mut ProcessRecord, now: u64) -> bool {
         record.status = Status::Cancelled;
         record.completed_at = Some(now);
         record.sealed.clear();
+        record.interaction = None;
         true
     } else {
         false

@@ -39,7 +39,8 @@ pub const PING_GRACE_MS: u64 = 2_000;
 pub enum Verdict {
     Approved,
     Denied,
-    /// Progress only: updates the description pending polls see.
+    /// Progress only: updates the description pending polls see, and sets or clears the
+    /// `interaction_uri` where the end-user must act.
     Pending,
 }
 
@@ -49,6 +50,11 @@ struct Completion {
     outcome: Verdict,
     #[serde(default)]
     error_description: Option<String>,
+    /// With `pending` only: the verification waits for the end-user to act at this URL
+    /// (absolute https, no fragment); a later progress update without it, or the outcome,
+    /// clears it.
+    #[serde(default)]
+    interaction_uri: Option<String>,
     #[serde(default)]
     process_id: Option<String>,
     #[serde(default)]
@@ -73,6 +79,40 @@ pub struct HeldOutcome {
     pub error_description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realm: Option<String>,
+}
+
+/// Longest `interaction_uri` taken, in bytes: the OpenID profile carries it inside an
+/// `error_description`, which is at most [`crate::protocol::errors::MAX_DESCRIPTION`].
+pub const MAX_INTERACTION_URI: usize = 480;
+
+/// Checks an `interaction_uri` from the verification service as IETF §6.4 wants it: an
+/// absolute `https` URL without a fragment. It is passed to clients as given, so it must be
+/// plain RFC 3986 characters already (no spaces, quotes, backslashes or non-ASCII), carry no
+/// user information, and fit [`MAX_INTERACTION_URI`].
+pub fn check_interaction_uri(uri: &str) -> Result<(), &'static str> {
+    if uri.is_empty() || uri.len() > MAX_INTERACTION_URI {
+        return Err("interaction_uri must be 1 to 480 characters.");
+    }
+    let rfc3986 = |c: char| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c);
+    if !uri.chars().all(rfc3986) {
+        return Err("interaction_uri must be a URL of RFC 3986 characters (percent-encode the rest).");
+    }
+    let Ok(url) = url::Url::parse(uri) else {
+        return Err("interaction_uri must be an absolute URL.");
+    };
+    // The URL parser is lenient with special schemes (`https:host`, `https:///host`); the text
+    // handed to clients must be the plain form.
+    let plain_https = uri.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://")) && !uri[8..].starts_with('/');
+    if url.scheme() != "https" || !plain_https || url.host_str().is_none_or(str::is_empty) {
+        return Err("interaction_uri must be an https URL with a host.");
+    }
+    if uri.contains('#') {
+        return Err("interaction_uri must not have a fragment.");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("interaction_uri must not carry user information.");
+    }
+    Ok(())
 }
 
 pub fn problem(status: StatusCode, error: &str, description: &str) -> Response<Body> {
@@ -106,14 +146,19 @@ pub struct Verdicts {
 
 impl Verdicts {
     /// Sets an open process's outcome; `(changed, record)`.
+    /// `interaction_uri` goes with `Pending` only; any update without it clears it.
     pub async fn apply(
         &self,
         outcome: Verdict,
         description: Option<&str>,
+        interaction_uri: Option<&str>,
         process: StoredProcess,
     ) -> Result<(bool, ProcessRecord), StoreError> {
         let process_hash = process.process_hash.clone();
         let now = now_ms();
+        let interaction = interaction_uri
+            .filter(|_| outcome == Verdict::Pending)
+            .map(|uri| self.records.seal_interaction(uri, &process_hash));
         let result = self
             .records
             .modify(&process_hash, Some(process), |r| {
@@ -126,6 +171,7 @@ impl Verdicts {
                     Verdict::Pending => {}
                 }
                 r.description = description.map(str::to_owned);
+                r.interaction = interaction.clone();
                 if r.status != Status::Pending {
                     r.completed_at = Some(now);
                 }
@@ -197,7 +243,7 @@ impl Verdicts {
                     continue;
                 }
                 let (_, record) = self
-                    .apply(held.outcome, held.error_description.as_deref(), process)
+                    .apply(held.outcome, held.error_description.as_deref(), None, process)
                     .await?;
                 tracing::info!(process_id = %record.process_id, client_id = %record.client_id, "held completion applied at the exchange");
                 return Ok(Some(record));
@@ -260,6 +306,20 @@ impl Completions {
                 "error_description goes with denied or pending.",
             );
         }
+        if let Some(uri) = &completion.interaction_uri {
+            if completion.outcome != Verdict::Pending {
+                metrics.request("completion", "bad_body");
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    "interaction_uri goes with pending only; the outcome clears it.",
+                );
+            }
+            if let Err(why) = check_interaction_uri(uri) {
+                metrics.request("completion", "bad_body");
+                return problem(StatusCode::BAD_REQUEST, "invalid_body", why);
+            }
+        }
 
         match records.webhook_answer(&webhook_id).await {
             Ok(Some(previous)) => {
@@ -294,7 +354,12 @@ impl Completions {
         for process in found {
             match self
                 .verdicts
-                .apply(completion.outcome, completion.error_description.as_deref(), process)
+                .apply(
+                    completion.outcome,
+                    completion.error_description.as_deref(),
+                    completion.interaction_uri.as_deref(),
+                    process,
+                )
                 .await
             {
                 Ok((true, record)) => {
@@ -384,5 +449,47 @@ impl Completions {
             found.retain(|l| l.record.status.is_open());
         }
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interaction_uri_is_a_plain_absolute_https_url_without_a_fragment() {
+        for good in [
+            "https://idv.example/slot",
+            "https://idv.example:8443/s/AbC-123_~.?t=x%20y&u=1",
+            "HTTPS://idv.example/",
+            "https://[2001:db8::1]/upload",
+        ] {
+            assert_eq!(check_interaction_uri(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "http://idv.example/slot",
+            "/slot",
+            "idv.example/slot",
+            "https:idv.example/slot",
+            "https:/idv.example/slot",
+            "https:///slot",
+            "https://idv.example/slot#step2",
+            "https://idv.example/slot#",
+            "https://user:pw@idv.example/slot",
+            "https://user@idv.example/slot",
+            "https://idv.example/a b",
+            "https://idv.example/\"q\"",
+            "https://idv.example\\slot",
+            "https://idv.example/\u{e4}",
+            "https://idv.example/<script>",
+            "javascript:alert(1)",
+            "data:text/html,hi",
+        ] {
+            assert!(check_interaction_uri(bad).is_err(), "{bad:?} was taken");
+        }
+        let long = format!("https://idv.example/{}", "a".repeat(MAX_INTERACTION_URI));
+        assert!(check_interaction_uri(&long).is_err());
+        assert!(check_interaction_uri(&long[..MAX_INTERACTION_URI]).is_ok());
     }
 }

@@ -322,6 +322,7 @@ impl Exchange {
             jkt: proof.map(|p| p.jkt),
             status: Status::Pending,
             description: None,
+            interaction: None,
             interval,
             strikes: 0,
             created_at: now,

@@ -73,6 +73,8 @@ pub fn view(record: &ProcessRecord) -> Value {
         "client_id": record.client_id,
         "status": record.status.name(),
         "description": record.description,
+        // Whether the verification waits on the end-user; the URL itself stays sealed.
+        "interaction_required": record.status.is_open() && record.interaction.is_some(),
         "sub": record.sub,
         "created_at": record.created_at / 1000,
         "expires_at": record.expires_at / 1000,
@@ -540,7 +542,7 @@ impl OperatorApi {
         let now = now_ms();
         match self
             .verdicts
-            .apply(Verdict::Denied, denial.error_description.as_deref(), process)
+            .apply(Verdict::Denied, denial.error_description.as_deref(), None, process)
             .await
         {
             Ok((true, record)) => json_no_store(StatusCode::OK, &view(&record)),

@@ -5,6 +5,7 @@
 //! [`decide`] is the endpoint's decision on plain data (the record, the last poll, the clock);
 //! [`Poll::handle`] loads, checks, decides and applies.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use crate::client_auth::{ClientCredentials, AUTH_PARAMS};
 use crate::clock::now_ms;
 use crate::http::Body;
 use crate::metrics::Metrics;
-use crate::protocol::errors::OAuthError;
+use crate::protocol::errors::{ascii_description, OAuthError, MAX_DESCRIPTION};
 use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::Endpoint;
 use crate::protocol::wire::{error as code, Profile};
@@ -44,6 +45,10 @@ pub enum PollDecision {
     SlowDown,
     /// Verification still running: `authorization_pending`.
     Pending,
+    /// Verification still running, waiting for the end-user to act at the process's
+    /// `interaction_uri`: `interaction_required` (IETF §6.6), or `authorization_pending`
+    /// naming the URL (OpenID profile); see [`interaction_answer`].
+    Interaction,
     /// Another poll is obtaining the tokens right now: `authorization_pending`.
     InFlight,
     /// The verification failed: `access_denied`.
@@ -70,6 +75,7 @@ pub fn decide(record: &ProcessRecord, last_poll: Option<u64>, now: u64) -> PollD
         return PollDecision::SlowDown;
     }
     match record.status {
+        Status::Pending if record.interaction.is_some() => PollDecision::Interaction,
         Status::Pending => PollDecision::Pending,
         Status::Delivering if !is_stale_delivery(record, now) => PollDecision::InFlight,
         Status::Denied => PollDecision::Denied,
@@ -122,7 +128,8 @@ pub fn refusal(decision: PollDecision, record: &ProcessRecord) -> OAuthError {
                 record.interval
             ),
         ),
-        PollDecision::Pending => OAuthError::new(
+        // Without its URL (it could not be opened): plain pending.
+        PollDecision::Pending | PollDecision::Interaction => OAuthError::new(
             StatusCode::BAD_REQUEST,
             code::AUTHORIZATION_PENDING,
             record
@@ -151,6 +158,36 @@ pub fn refusal(decision: PollDecision, record: &ProcessRecord) -> OAuthError {
         PollDecision::Failed => OAuthError::invalid_grant(LOST_GRANT),
     }
 }
+
+/// What a pending process that waits for the end-user at `interaction_uri` answers, with the
+/// verification service's progress text:
+/// - IETF profile: `400 interaction_required` with `interaction_uri` (IETF §6.4, §6.6); like
+///   every poll answer it repeats neither `deferral_code` nor `interval`.
+/// - OpenID profile: `400 authorization_pending` (OID §10 has no other pending error), the URL
+///   in `error_description` after the progress text, as `; interaction_uri=<url>`: OID §14.4
+///   puts the process's progress there for the RP to pass on to the end-user, and §10 lists
+///   no other member of the answer.
+pub fn interaction_answer(interaction_uri: &str, progress: Option<&str>, profile: Profile) -> OAuthError {
+    match profile {
+        Profile::Ietf => OAuthError::interaction_required(
+            interaction_uri,
+            progress.map_or(Cow::Borrowed(WAITS_FOR_INTERACTION), |p| Cow::Owned(p.to_owned())),
+        ),
+        Profile::OpenId => {
+            const JOIN: &str = "; interaction_uri=";
+            let progress = ascii_description(progress.unwrap_or(WAITS_FOR_INTERACTION));
+            let room = MAX_DESCRIPTION.saturating_sub(JOIN.len() + interaction_uri.len());
+            let progress = progress.get(..room.min(progress.len())).unwrap_or_default();
+            OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                code::AUTHORIZATION_PENDING,
+                format!("{progress}{JOIN}{interaction_uri}"),
+            )
+        }
+    }
+}
+
+const WAITS_FOR_INTERACTION: &str = "The identity verification waits for the end-user at interaction_uri.";
 
 /// A `slow_down` strike on the record: the interval grows, or after [`MAX_STRIKES`] in a row
 /// the id is revoked.
@@ -298,6 +335,15 @@ impl Poll {
             // IETF §6.6: the client the code was issued to learns it was redeemed (the
             // OpenID profile keeps one answer for spent and unknown ids).
             PollDecision::Spent if profile == Profile::Ietf => Err(OAuthError::redeemed_deferral_code()),
+            // The URL is in the record just read: still one store command.
+            PollDecision::Interaction => Err(match self.records.open_interaction(&process) {
+                Ok(Some(uri)) => interaction_answer(&uri, record.description.as_deref(), profile),
+                Ok(None) => refusal(PollDecision::Pending, record),
+                Err(e) => {
+                    tracing::warn!(process_id = %record.process_id, error = %e, "cannot open the interaction_uri (key rotated away?); answering without it");
+                    refusal(PollDecision::Pending, record)
+                }
+            }),
             decision => Err(refusal(decision, record)),
         }
     }
@@ -565,6 +611,11 @@ mod tests {
         use PollDecision::*;
         let fast = Some(NOW - 1_000);
         let on_time = Some(NOW - 5_000);
+        let interaction = || {
+            let mut r = record(Status::Pending);
+            r.interaction = Some("sealed".into());
+            r
+        };
         let delivering_since = |since: u64| {
             let mut r = record(Status::Delivering);
             r.delivering_since = Some(since);
@@ -576,6 +627,8 @@ mod tests {
             ("slow_down beats denial", record(Status::Denied), fast, SlowDown),
             ("slow_down beats a spent id", record(Status::Delivered), fast, SlowDown),
             ("first poll is pending", record(Status::Pending), None, Pending),
+            ("an interaction need is pending's", interaction(), on_time, Interaction),
+            ("slow_down beats an interaction need", interaction(), fast, SlowDown),
             ("on-time poll is pending", record(Status::Pending), on_time, Pending),
             ("approved releases", record(Status::Approved), on_time, Release),
             ("denied", record(Status::Denied), None, Denied),
@@ -619,6 +672,7 @@ mod tests {
             (PollDecision::SlowDown, code::SLOW_DOWN),
             (PollDecision::Pending, code::AUTHORIZATION_PENDING),
             (PollDecision::InFlight, code::AUTHORIZATION_PENDING),
+            (PollDecision::Interaction, code::AUTHORIZATION_PENDING),
             (PollDecision::Denied, code::ACCESS_DENIED),
             (PollDecision::Cancelled, code::ACCESS_DENIED),
         ];
@@ -627,6 +681,31 @@ mod tests {
             assert_eq!(error.error, expected, "{decision:?}");
             assert_eq!(error.status, StatusCode::BAD_REQUEST);
         }
+    }
+
+    #[test]
+    fn an_interaction_need_is_answered_in_each_profiles_terms() {
+        let uri = "https://idv.example/slot/abc?x=1";
+        let ietf = interaction_answer(uri, Some("step=video_ident"), Profile::Ietf);
+        assert_eq!(
+            (ietf.status, ietf.error),
+            (StatusCode::BAD_REQUEST, code::INTERACTION_REQUIRED)
+        );
+        assert_eq!(ietf.interaction_uri(), Some(uri));
+        assert_eq!(ietf.description, "step=video_ident");
+        let openid = interaction_answer(uri, Some("step=video_ident"), Profile::OpenId);
+        assert_eq!(
+            (openid.error, openid.interaction_uri()),
+            (code::AUTHORIZATION_PENDING, None)
+        );
+        assert_eq!(openid.description, format!("step=video_ident; interaction_uri={uri}"));
+        let bare = interaction_answer(uri, None, Profile::OpenId);
+        assert!(bare.description.ends_with(&format!("; interaction_uri={uri}")));
+        // A long progress text gives way: the URL always arrives whole, within the limit.
+        let long = "x".repeat(480);
+        let openid = interaction_answer(&long, Some(&"\u{e4}".repeat(400)), Profile::OpenId);
+        assert!(openid.description.len() <= MAX_DESCRIPTION);
+        assert!(openid.description.ends_with(&format!("interaction_uri={long}")));
     }
 
     #[test]

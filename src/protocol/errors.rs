@@ -8,7 +8,7 @@ use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use serde_json::json;
 
-use super::wire::{error as code, Profile, DEFERRED_AUTH_ID, DPOP_NONCE};
+use super::wire::{error as code, Profile, DEFERRED_AUTH_ID, DPOP_NONCE, INTERACTION_URI};
 use crate::http::{json_no_store, Body};
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
@@ -55,10 +55,21 @@ pub struct OAuthError {
     /// header (RFC 6749 §5.2: 401 with the scheme it used).
     pub www_authenticate: Option<&'static str>,
     pub retry_after: Option<u64>,
-    /// A fresh server nonce for `DPoP-Nonce` (RFC 9449 §8); boxed, as it is rare.
-    pub dpop_nonce: Option<Box<HeaderValue>>,
+    /// What only some answers carry; boxed, as it is rare (an error travels through every
+    /// endpoint's future, whose size each request pays for in moves).
+    pub extra: Option<Box<Extra>>,
     #[source]
     pub cause: Option<Cause>,
+}
+
+/// The rare part of an error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extra {
+    /// A fresh server nonce for `DPoP-Nonce` (RFC 9449 §8).
+    DpopNonce(HeaderValue),
+    /// The IETF profile's `interaction_uri` member of an `interaction_required` answer
+    /// (IETF §6.4, §6.6).
+    InteractionUri(String),
 }
 
 impl OAuthError {
@@ -75,7 +86,7 @@ impl OAuthError {
             source,
             www_authenticate: None,
             retry_after: None,
-            dpop_nonce: None,
+            extra: None,
             cause: None,
         }
     }
@@ -118,6 +129,24 @@ impl OAuthError {
             self.description = Cow::Owned(self.description.replace(DEFERRED_AUTH_ID, name));
         }
         self
+    }
+
+    /// IETF §6.6: the process is pending and cannot go on until someone acts at
+    /// `interaction_uri` (an absolute https URL without a fragment, IETF §6.4). Still 400, the
+    /// client keeps polling at its interval; `deferral_code` and `interval` are not repeated.
+    pub fn interaction_required(interaction_uri: &str, description: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            extra: Some(Box::new(Extra::InteractionUri(interaction_uri.to_owned()))),
+            ..Self::new(StatusCode::BAD_REQUEST, code::INTERACTION_REQUIRED, description)
+        }
+    }
+
+    /// The `interaction_uri` an `interaction_required` answer carries.
+    pub fn interaction_uri(&self) -> Option<&str> {
+        match self.extra.as_deref() {
+            Some(Extra::InteractionUri(uri)) => Some(uri),
+            _ => None,
+        }
     }
 
     /// IETF §6.6: to the client it was issued to, a redeemed deferral code says so.
@@ -200,10 +229,11 @@ impl OAuthError {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let mut response = json_no_store(
-            self.status,
-            &json!({ "error": self.error, "error_description": ascii_description(&self.description) }),
-        );
+        let mut body = json!({ "error": self.error, "error_description": ascii_description(&self.description) });
+        if let Some(uri) = self.interaction_uri() {
+            body[INTERACTION_URI] = json!(uri);
+        }
+        let mut response = json_no_store(self.status, &body);
         let headers = response.headers_mut();
         if let Some(scheme) = self.www_authenticate {
             let value = format!("{scheme} error=\"{}\"", self.error);
@@ -214,8 +244,8 @@ impl OAuthError {
         if let Some(seconds) = self.retry_after {
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if let Some(nonce) = self.dpop_nonce {
-            headers.insert(DPOP_NONCE.clone(), *nonce);
+        if let Some(Extra::DpopNonce(nonce)) = self.extra.map(|extra| *extra) {
+            headers.insert(DPOP_NONCE.clone(), nonce);
         }
         response
     }

@@ -56,6 +56,10 @@ pub const GRANT_TYPE_AUTHORIZATION_CODE: &str = "authorization_code";
 /// handle on the OP's sealed code), so the token endpoint tells them from the OP's codes
 /// without a store lookup. Opaque to the client.
 pub const IETF_CODE_PREFIX: &str = "deferred.";
+/// The IETF profile's pointer to where the end-user (or another party) must act before a
+/// pending request can go on: the member of an `interaction_required` answer (§6.4, §6.6,
+/// §13.1).
+pub const INTERACTION_URI: &str = "interaction_uri";
 
 /// Whether a `completion_mode` value (space-separated) accepts a deferred answer.
 pub fn accepts_deferred(completion_mode: Option<&str>) -> bool {
@@ -108,6 +112,8 @@ pub mod error {
     pub const SLOW_DOWN: &str = "slow_down";
     pub const EXPIRED_TOKEN: &str = "expired_token";
     pub const ACCESS_DENIED: &str = "access_denied";
+    /// The IETF profile's pending state that waits on an external interaction (§6.6, §13.7).
+    pub const INTERACTION_REQUIRED: &str = "interaction_required";
     pub const INVALID_DPOP_PROOF: &str = "invalid_dpop_proof";
     pub const USE_DPOP_NONCE: &str = "use_dpop_nonce";
     pub const INVALID_REQUEST: &str = "invalid_request";

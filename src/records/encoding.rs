@@ -90,6 +90,9 @@ struct Body {
     status: u8,
     #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
+    /// The sealed `interaction_uri`, while the verification waits on the end-user.
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    interaction: Option<String>,
     #[serde(rename = "v")]
     interval: u64,
     #[serde(rename = "x", default, skip_serializing_if = "is_zero")]
@@ -160,6 +163,7 @@ pub fn encode(record: &ProcessRecord, last_poll: Option<u64>) -> Vec<u8> {
         jkt: record.jkt.clone(),
         status: code_of(&STATUSES, &record.status),
         description: record.description.clone(),
+        interaction: record.interaction.clone(),
         interval: record.interval,
         strikes: record.strikes,
         created_at: record.created_at,
@@ -232,6 +236,7 @@ fn decode_2(raw: &[u8]) -> Option<(ProcessRecord, Option<u64>)> {
         jkt: body.jkt,
         status: *STATUSES.get(usize::from(body.status))?,
         description: body.description,
+        interaction: body.interaction,
         interval: body.interval,
         strikes: body.strikes,
         created_at: body.created_at,
@@ -293,6 +298,7 @@ mod tests {
         let mut record = ProcessRecord::sample(now);
         record.client.fingerprint = Some("f".repeat(43));
         record.description = Some("Checking \"your\" documents…".into());
+        record.interaction = Some("k1.c2VhbGVkIFVSTA".into());
         record.completed_at = Some(now);
         record.delivering_since = Some(now + 1);
         record.sub = Some("user-1".into());

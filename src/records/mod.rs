@@ -163,6 +163,10 @@ pub struct ProcessRecord {
     /// Progress text for pending polls, or the reason of a denial.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Where the end-user must act before the verification can go on (`interaction_uri`,
+    /// set by a progress webhook), sealed ([`Records::seal_interaction`]); only while pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interaction: Option<String>,
     /// Current minimum seconds between polls (grows with every `slow_down`).
     pub interval: u64,
     /// Consecutive too-fast polls.
@@ -213,6 +217,7 @@ impl ProcessRecord {
             jkt: None,
             status: Status::Pending,
             description: None,
+            interaction: None,
             interval: 5,
             strikes: 0,
             created_at: now - 60_000,

@@ -29,6 +29,11 @@ fn process_key(process_hash: &str) -> String {
     format!("{{p:{process_hash}}}:rec")
 }
 
+/// The sealing context of a process's `interaction_uri` (not a key: nothing is stored there).
+fn interaction_context(process_hash: &str) -> String {
+    format!("{{p:{process_hash}}}:interaction")
+}
+
 fn poll_key(process_hash: &str) -> String {
     format!("{{p:{process_hash}}}:poll")
 }
@@ -248,6 +253,28 @@ impl Records {
             .open(&process.record.sealed, &process_key(&process.process_hash))
             .map_err(|e| UnsealError(e.to_string()))?;
         serde_json::from_slice(&plain).map_err(|e| UnsealError(e.to_string()))
+    }
+
+    /// Seals an `interaction_uri` for a process's record. The URL may carry the end-user's
+    /// session at the verification service, so it is kept like the held secrets, under its own
+    /// context (it cannot stand in for them, nor move to another process).
+    pub fn seal_interaction(&self, interaction_uri: &str, process_hash: &str) -> String {
+        self.sealer
+            .seal(interaction_uri.as_bytes(), &interaction_context(process_hash))
+    }
+
+    /// The process's `interaction_uri`, if one is set.
+    pub fn open_interaction(&self, process: &StoredProcess) -> Result<Option<String>, UnsealError> {
+        let Some(sealed) = &process.record.interaction else {
+            return Ok(None);
+        };
+        let plain = self
+            .sealer
+            .open(sealed, &interaction_context(&process.process_hash))
+            .map_err(|e| UnsealError(e.to_string()))?;
+        String::from_utf8(plain)
+            .map(Some)
+            .map_err(|e| UnsealError(e.to_string()))
     }
 
     /// Stores a new process and its lookup entries; returns it as stored.
