@@ -843,3 +843,41 @@ async fn ietf_profile_cancel_by_revocation_slow_down_and_acknowledgment_checks()
     assert!(refused(ack(&[("code", "c1"), ("state", "$state")])).contains("iss"));
     assert!(refused(ack(&[("deferred_code", "c1"), ("state", "$state"), ("iss", "$iss")])).contains("no code"));
 }
+
+/// The verification service asks for the end-user again (`interaction_uri` on a pending
+/// webhook): in both profiles the kit's poll says so with the URL and the progress text,
+/// and the process goes on to its tokens once approved.
+#[tokio::test]
+async fn an_interaction_need_reaches_the_kit_in_both_profiles() {
+    for profile_of_realm in [Profile::OpenId, Profile::Ietf] {
+        let bed = bed_in(profile_of_realm, &[]).await;
+        let rp = secret_client(&bed).await;
+        let username = unique("interaction");
+        let (mut process, _) = start_process(&bed, &rp, &username, profile()).await;
+        let uri = "https://idv.example/book?slot=video&p=7";
+        let asked = bed
+            .proxy
+            .complete(&json!({"outcome": "pending", "sub": username, "error_description": "step=video_ident", "interaction_uri": uri}))
+            .await;
+        assert_eq!(asked.status, 200, "{}", asked.json);
+        match rp.poll(&mut process).await.unwrap() {
+            PollResult::InteractionRequired {
+                interaction_uri,
+                description,
+            } => {
+                assert_eq!(interaction_uri, uri, "{profile_of_realm:?}");
+                assert_eq!(description.as_deref(), Some("step=video_ident"), "{profile_of_realm:?}");
+            }
+            other => panic!("{profile_of_realm:?}: {other:?}"),
+        }
+        approve(&bed, &username, "dtr-client").await;
+        let result = rp
+            .wait_for_tokens(&mut process, Some(Duration::from_secs(30)), |_| {})
+            .await
+            .unwrap();
+        assert!(
+            matches!(result, PollResult::Approved(_)),
+            "{profile_of_realm:?}: {result:?}"
+        );
+    }
+}

@@ -183,6 +183,13 @@ export interface FinalTokens {
 
 export type PollResult =
   | { status: 'pending'; description?: string }
+  /**
+   * Still pending, and the verification waits for the end-user at `interactionUri`: send the
+   * user there (a link or a redirect) and keep polling. IETF: `interaction_required` (§6.6);
+   * OpenID: `authorization_pending` whose description ends in `; interaction_uri=<url>`
+   * (dtr-proxy's convention, docs/profiles.md).
+   */
+  | { status: 'interaction_required'; interactionUri: string; description?: string }
   | { status: 'slow_down'; interval: number; description?: string }
   | ({ status: 'approved' } & FinalTokens)
   /**
@@ -193,7 +200,7 @@ export type PollResult =
   /** `access_denied` (denied or cancelled), `expired_token`, or `invalid_grant` (spent or unknown id). */
   | { status: 'access_denied' | 'expired_token' | 'invalid_grant'; description?: string }
 
-type Waiting = Extract<PollResult, { status: 'pending' | 'slow_down' | 'unavailable' }>
+type Waiting = Extract<PollResult, { status: 'pending' | 'interaction_required' | 'slow_down' | 'unavailable' }>
 export type FinalResult = Exclude<PollResult, Waiting>
 
 export interface WaitOptions {
@@ -527,7 +534,18 @@ export class DtrClient {
     } catch (err) {
       if (err instanceof oauth.ResponseBodyError) {
         const description = err.error_description
-        if (err.error === 'authorization_pending') return { status: 'pending', ...(description ? { description } : {}) }
+        if (err.error === 'authorization_pending') {
+          const interaction = description !== undefined ? interactionInDescription(description) : undefined
+          if (interaction) return { status: 'interaction_required', ...interaction }
+          return { status: 'pending', ...(description ? { description } : {}) }
+        }
+        if (err.error === 'interaction_required') {
+          const interactionUri = (err.cause as Record<string, unknown> | undefined)?.interaction_uri
+          if (typeof interactionUri !== 'string' || !isHttps(interactionUri)) {
+            throw new DtrError('interaction_required without an https interaction_uri', 'invalid_response', { cause: err })
+          }
+          return { status: 'interaction_required', interactionUri, ...(description ? { description } : {}) }
+        }
         if (err.error === 'slow_down') {
           process.interval += 5
           return { status: 'slow_down', interval: process.interval, ...(description ? { description } : {}) }
@@ -580,7 +598,7 @@ export class DtrClient {
         throw new DtrError('gave up waiting for the deferred process', 'timeout')
       }
       const result = await this.poll(process, { signal: options.signal })
-      if (result.status === 'pending' || result.status === 'slow_down') {
+      if (result.status === 'pending' || result.status === 'interaction_required' || result.status === 'slow_down') {
         options.onPending?.(result)
         continue
       }
@@ -723,4 +741,20 @@ export function pingHandler(
 /** Decodes a JWT's claims without any check (for display and logs only). */
 export function unverifiedClaims(jwt: string): Record<string, unknown> {
   return decodeJws(jwt).claims
+}
+
+const INTERACTION_JOIN = '; interaction_uri='
+
+/** The OpenID profile's `<progress>; interaction_uri=<https URL>` at the end of a pending description. */
+export function interactionInDescription(description: string): { interactionUri: string; description?: string } | undefined {
+  const at = description.lastIndexOf(INTERACTION_JOIN)
+  if (at < 0) return undefined
+  const interactionUri = description.slice(at + INTERACTION_JOIN.length)
+  if (!isHttps(interactionUri) || /\s/.test(interactionUri)) return undefined
+  const progress = description.slice(0, at)
+  return { interactionUri, ...(progress ? { description: progress } : {}) }
+}
+
+function isHttps(uri: string): boolean {
+  return uri.length > 'https://'.length && uri.slice(0, 8).toLowerCase() === 'https://'
 }

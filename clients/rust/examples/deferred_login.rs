@@ -75,6 +75,10 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         .wait_for_tokens(&mut process, None, |waiting| {
             let (step, description) = match waiting {
                 PollResult::Pending { description } => ("pending", description.clone()),
+                PollResult::InteractionRequired { interaction_uri, .. } => {
+                    // The verification needs the end-user again: show them the place.
+                    ("interaction_required", Some(interaction_uri.clone()))
+                }
                 PollResult::SlowDown { description, .. } => ("slow_down", description.clone()),
                 PollResult::Unavailable { description, .. } => ("unavailable", description.clone()),
                 _ => ("waiting", None),

@@ -237,6 +237,14 @@ pub enum PollResult {
     Pending {
         description: Option<String>,
     },
+    /// Still pending, and the verification waits for the end-user at `interaction_uri`: send
+    /// the user there (a link or a redirect) and keep polling. IETF: `interaction_required`
+    /// (§6.6); OpenID: `authorization_pending` whose description ends in
+    /// `; interaction_uri=<url>` (dtr-proxy's convention, `docs/profiles.md`).
+    InteractionRequired {
+        interaction_uri: String,
+        description: Option<String>,
+    },
     SlowDown {
         interval: u64,
         description: Option<String>,
@@ -266,7 +274,10 @@ impl PollResult {
     pub fn is_final(&self) -> bool {
         !matches!(
             self,
-            PollResult::Pending { .. } | PollResult::SlowDown { .. } | PollResult::Unavailable { .. }
+            PollResult::Pending { .. }
+                | PollResult::InteractionRequired { .. }
+                | PollResult::SlowDown { .. }
+                | PollResult::Unavailable { .. }
         )
     }
 }
@@ -745,7 +756,24 @@ impl DtrClient {
         }
         let description = text(&reply.body, "error_description");
         Ok(match reply.error() {
-            Some("authorization_pending") => PollResult::Pending { description },
+            Some("authorization_pending") => match description.as_deref().and_then(interaction_in_description) {
+                Some((progress, interaction_uri)) => PollResult::InteractionRequired {
+                    interaction_uri,
+                    description: progress,
+                },
+                None => PollResult::Pending { description },
+            },
+            Some("interaction_required") => match text(&reply.body, "interaction_uri").filter(|u| is_https(u)) {
+                Some(interaction_uri) => PollResult::InteractionRequired {
+                    interaction_uri,
+                    description,
+                },
+                None => {
+                    return Err(DtrError::InvalidResponse(
+                        "interaction_required without an https interaction_uri".into(),
+                    ))
+                }
+            },
             Some("slow_down") => {
                 process.interval += 5;
                 PollResult::SlowDown {
@@ -870,4 +898,46 @@ impl DtrClient {
 /// The content type of a request, for [`DtrClient::acknowledgment_from_form`].
 pub fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok())
+}
+
+/// The OpenID profile's way of naming an interaction: `<progress>; interaction_uri=<https URL>`
+/// at the end of a pending poll's description. The progress text before it, if any, and the URL.
+fn interaction_in_description(description: &str) -> Option<(Option<String>, String)> {
+    const JOIN: &str = "; interaction_uri=";
+    let at = description.rfind(JOIN)?;
+    let uri = &description[at + JOIN.len()..];
+    if !is_https(uri) || uri.contains(char::is_whitespace) {
+        return None;
+    }
+    let progress = &description[..at];
+    Some(((!progress.is_empty()).then(|| progress.to_owned()), uri.to_owned()))
+}
+
+fn is_https(uri: &str) -> bool {
+    uri.len() > "https://".len() && uri[..8].eq_ignore_ascii_case("https://")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interaction_is_read_from_the_end_of_a_pending_description() {
+        assert_eq!(
+            interaction_in_description("step=video_ident; interaction_uri=https://idv.example/book?p=1"),
+            Some((Some("step=video_ident".into()), "https://idv.example/book?p=1".into()))
+        );
+        assert_eq!(
+            interaction_in_description("; interaction_uri=https://idv.example/x"),
+            Some((None, "https://idv.example/x".into()))
+        );
+        for not_one in [
+            "still checking",
+            "x; interaction_uri=http://idv.example/x",
+            "x; interaction_uri=https://",
+            "x; interaction_uri=https://idv.example/a b",
+        ] {
+            assert_eq!(interaction_in_description(not_one), None, "{not_one}");
+        }
+    }
 }
