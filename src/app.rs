@@ -237,6 +237,10 @@ pub fn compose(
             urls: urls.clone(),
             metrics: metrics.clone(),
             federation: federation.clone(),
+            certificates_end_here: config
+                .tls
+                .as_ref()
+                .is_some_and(crate::tls::ServerTls::requests_client_certificates),
         },
         federated: federation.clone().map(|federation| FederatedRequests {
             federation,

@@ -70,11 +70,15 @@ impl fmt::Display for KeyPairError {
 }
 
 /// The TLS settings of one listener: where its certificate and key are read from (again
-/// whenever they change), and the CAs whose client certificates it requires, if any.
+/// whenever they change), and the CAs whose client certificates it requires or requests, if
+/// any.
 #[derive(Clone)]
 pub struct ServerTls {
     files: Arc<CertificateFiles>,
     client_ca: Option<Arc<RootCertStore>>,
+    /// With a client CA: whether a connection without a client certificate is refused (the
+    /// admin port) or served (the public port, which browsers reach too).
+    client_certificate_required: bool,
 }
 
 impl fmt::Debug for ServerTls {
@@ -83,6 +87,7 @@ impl fmt::Debug for ServerTls {
             .field("cert_file", &self.files.cert_file)
             .field("key_file", &self.files.key_file)
             .field("client_certificates", &self.client_ca.is_some())
+            .field("client_certificate_required", &self.client_certificate_required)
             .finish()
     }
 }
@@ -146,7 +151,15 @@ impl ServerTls {
                 seen: Mutex::new(Seen::Pair(cert_pem, key_pem)),
             }),
             client_ca,
+            client_certificate_required: true,
         })
+    }
+
+    /// The same listener, asking for a client certificate without requiring one: a
+    /// connection without one is served, one with a certificate its CAs did not sign is not.
+    pub fn client_certificate_optional(mut self) -> Self {
+        self.client_certificate_required = false;
+        self
     }
 
     pub fn cert_file(&self) -> &Path {
@@ -159,6 +172,11 @@ impl ServerTls {
 
     /// Whether the listener requires client certificates (mutual TLS).
     pub fn requires_client_certificates(&self) -> bool {
+        self.client_ca.is_some() && self.client_certificate_required
+    }
+
+    /// Whether the listener asks for client certificates (required or not).
+    pub fn requests_client_certificates(&self) -> bool {
         self.client_ca.is_some()
     }
 
@@ -167,11 +185,15 @@ impl ServerTls {
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
         let builder = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
         let builder = match &self.client_ca {
-            Some(roots) => builder.with_client_cert_verifier(
-                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-                    .build()
-                    .map_err(|e| rustls::Error::General(e.to_string()))?,
-            ),
+            Some(roots) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+                let verifier = if self.client_certificate_required {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                builder.with_client_cert_verifier(verifier.build().map_err(|e| rustls::Error::General(e.to_string()))?)
+            }
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(self.files.clone());
@@ -304,6 +326,24 @@ impl ResolvesServerCert for CertificateFiles {
     }
 }
 
+/// The client certificate a request came with, verified against the listener's client CAs
+/// (or vouched for by a trusted ingress): what a deferred process is bound to (RFC 8705).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// `x5t#S256`: the base64url SHA-256 of the leaf certificate's DER (RFC 8705 §3.1).
+    pub thumbprint: String,
+}
+
+impl ClientCertificate {
+    pub fn from_der(der: &[u8]) -> Self {
+        use base64::Engine;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        Self {
+            thumbprint: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref()),
+        }
+    }
+}
+
 /// CAs trusted for the TLS connection to the OP, besides or instead of the system's roots.
 #[derive(Debug, Clone)]
 pub struct ExtraRoots {
@@ -337,6 +377,16 @@ pub fn client_config(extra: Option<&ExtraRoots>) -> Result<ClientConfig, rustls:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_thumbprint_is_the_base64url_sha256_of_the_der() {
+        // SHA-256 of the empty string, base64url without padding.
+        assert_eq!(
+            ClientCertificate::from_der(b"").thumbprint,
+            "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"
+        );
+        assert_eq!(ClientCertificate::from_der(b"abc").thumbprint.len(), 43);
+    }
 
     #[test]
     fn garbage_is_no_certificate_and_no_key() {

@@ -101,6 +101,7 @@ struct RawConfig {
     admin_listen: String,
     tls_cert_file: Option<String>,
     tls_key_file: Option<String>,
+    tls_client_ca_file: Option<String>,
     admin_tls_cert_file: Option<String>,
     admin_tls_key_file: Option<String>,
     admin_tls_client_ca_file: Option<String>,
@@ -173,6 +174,7 @@ impl Default for RawConfig {
             admin_listen: "0.0.0.0:9090".into(),
             tls_cert_file: None,
             tls_key_file: None,
+            tls_client_ca_file: None,
             admin_tls_cert_file: None,
             admin_tls_key_file: None,
             admin_tls_client_ca_file: None,
@@ -587,7 +589,14 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     }
     let listen = socket_addr("DTR_LISTEN", &raw.listen, errors);
     let admin_listen = socket_addr("DTR_ADMIN_LISTEN", &raw.admin_listen, errors);
-    let tls = server_tls("DTR_TLS", [&raw.tls_cert_file, &raw.tls_key_file, &None], errors);
+    // The public port asks for a client certificate without requiring one: browsers reach it
+    // too. A verified one binds the deferred processes of its requests (RFC 8705).
+    let tls = server_tls(
+        "DTR_TLS",
+        [&raw.tls_cert_file, &raw.tls_key_file, &raw.tls_client_ca_file],
+        errors,
+    )
+    .map(ServerTls::client_certificate_optional);
     let admin_tls = server_tls(
         "DTR_ADMIN_TLS",
         [
@@ -847,6 +856,17 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let trusted_proxies = networks("DTR_TRUSTED_PROXIES", &raw.trusted_proxies, errors);
     validate_paths(&raw.paths, errors);
     validate_clients(&raw.clients, raw.allow_insecure_http, errors);
+    // A client held to its certificate needs a port that sees certificates.
+    if !tls.as_ref().is_some_and(ServerTls::requests_client_certificates) {
+        for (i, client) in raw.clients.iter().enumerate() {
+            if client.tls_client_certificate_bound_access_tokens {
+                errors.push(format!(
+                    "clients[{i}] ({}): tls_client_certificate_bound_access_tokens needs client certificates: set DTR_TLS_CLIENT_CA_FILE",
+                    client.client_id
+                ));
+            }
+        }
+    }
     let federation = validate_federation(
         &raw.federation,
         federation::Context {

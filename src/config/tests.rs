@@ -336,3 +336,26 @@ fn an_unknown_profile_is_reported_at_startup_with_the_other_errors() {
     assert!(text.contains("DTR_CLIENTS") && text.contains("oauth2"), "{text}");
     assert!(text.contains("DTR_PUBLIC_URL"), "{text}");
 }
+
+#[test]
+fn a_certificate_bound_client_needs_a_port_that_sees_certificates() {
+    let err = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        (
+            "DTR_CLIENTS",
+            r#"[{"client_id":"rp1","tls_client_certificate_bound_access_tokens":true}]"#,
+        ),
+        ("DTR_TLS_CLIENT_CA_FILE", "/nonexistent/ca.pem"),
+    ]))
+    .expect_err("invalid");
+    let text = err.to_string();
+    assert!(
+        text.contains("clients[0] (rp1): tls_client_certificate_bound_access_tokens needs client certificates"),
+        "{text}"
+    );
+    assert!(
+        text.contains("DTR_TLS_CLIENT_CA_FILE: needs DTR_TLS_CERT_FILE and DTR_TLS_KEY_FILE"),
+        "{text}"
+    );
+}

@@ -24,6 +24,7 @@ use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::Endpoint;
 use crate::protocol::wire::{error as code, Profile};
 use crate::records::{AuthMethod, Change, HeldSecrets, ProcessRecord, Records, Status, StoredProcess};
+use crate::tls::ClientCertificate;
 use crate::upstream::{OpClient, UpstreamError};
 
 /// `slow_down` adds this much to the interval (RFC 8628 §3.5, the draft: "at least 5 seconds").
@@ -211,6 +212,7 @@ pub struct Poll {
 }
 
 impl Poll {
+    #[allow(clippy::too_many_arguments)]
     pub async fn handle(
         &self,
         realm: &str,
@@ -219,12 +221,14 @@ impl Poll {
         deferred_auth_id: &str,
         profile: Profile,
         peer: IpAddr,
+        certificate: Option<&ClientCertificate>,
     ) -> Result<Response<Body>, OAuthError> {
-        self.answer(realm, headers, params, deferred_auth_id, profile, peer)
+        self.answer(realm, headers, params, deferred_auth_id, profile, peer, certificate)
             .await
             .map_err(|e| e.named_for(profile))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn answer(
         &self,
         realm: &str,
@@ -233,7 +237,9 @@ impl Poll {
         deferred_auth_id: &str,
         profile: Profile,
         peer: IpAddr,
+        certificate: Option<&ClientCertificate>,
     ) -> Result<Response<Body>, OAuthError> {
+        let certificate = certificate.map(|c| c.thumbprint.as_str());
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = &*self.checks.client_speaking(realm, &credentials, profile)?;
@@ -241,6 +247,7 @@ impl Poll {
         // A poll with a secret and no DPoP in play presents its fingerprint, so the read can
         // stamp the poll clock when the secret is the one bound to the process: one store
         // command. With a proof (or DPoP required) the clock waits until the proof is checked.
+        // A process bound to a client certificate is stamped on read only for a poll with it.
         let dpop_in_play =
             headers.contains_key(&crate::protocol::wire::DPOP) || self.checks.clients.requires_dpop(client);
         let fingerprint = match credentials.method {
@@ -251,7 +258,7 @@ impl Poll {
         };
         let polled = self
             .records
-            .load_for_poll(&process_hash, fingerprint.as_deref(), now)
+            .load_for_poll(&process_hash, fingerprint.as_deref(), certificate, now)
             .await?;
         let (last_poll, stamped) = (polled.last_poll, polled.stamped);
         let mut process = polled.process.ok_or_else(OAuthError::unknown_deferred_auth_id)?;
@@ -264,6 +271,7 @@ impl Poll {
                 &credentials,
                 record,
                 headers,
+                certificate,
                 Endpoint::Token,
                 profile,
                 now,

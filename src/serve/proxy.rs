@@ -28,6 +28,7 @@ use crate::protocol::params::Params;
 use crate::protocol::routes::{Endpoint, Routes};
 use crate::protocol::wire;
 use crate::telemetry::{self, FutureExt as _, KeyValue, Telemetry};
+use crate::tls::ClientCertificate;
 use crate::upstream::{strip_hop_by_hop, Upstream, UpstreamError, PASSTHROUGH};
 
 /// What a request to the public port may cost.
@@ -433,7 +434,11 @@ impl PublicService {
                 Ok(params) => {
                     if let Some(step) = token::classify(&params) {
                         self.note_client(&parts.headers, &params);
-                        let (route, result) = self.token.handle(realm, &parts.headers, &params, step, peer.ip()).await;
+                        let certificate = parts.extensions.get::<ClientCertificate>();
+                        let (route, result) = self
+                            .token
+                            .handle(realm, &parts.headers, &params, step, peer.ip(), certificate)
+                            .await;
                         return self.finish(route, result);
                     }
                 }
@@ -451,16 +456,25 @@ impl PublicService {
 
     async fn cancellation(&self, realm: &str, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
         let (parts, body) = request.into_parts();
+        let certificate = parts.extensions.get::<ClientCertificate>();
         let result = match self.read_small_body(body).await {
             Ok(raw) => match cancel::parse_body(&parts.headers, &raw) {
                 Ok(params) => {
                     self.note_client(&parts.headers, &params);
                     match &self.federated {
                         Some(federated) => match federated.token_request(realm, &parts.headers, &params).await {
-                            Ok(()) => self.cancel.handle(realm, &parts.headers, &params, peer.ip()).await,
+                            Ok(()) => {
+                                self.cancel
+                                    .handle(realm, &parts.headers, &params, peer.ip(), certificate)
+                                    .await
+                            }
                             Err(e) => Err(e),
                         },
-                        None => self.cancel.handle(realm, &parts.headers, &params, peer.ip()).await,
+                        None => {
+                            self.cancel
+                                .handle(realm, &parts.headers, &params, peer.ip(), certificate)
+                                .await
+                        }
                     }
                 }
                 Err(e) => Err(e),
@@ -489,7 +503,12 @@ impl PublicService {
                         }
                     }
                 }
-                let revoked = match self.cancel.revoke(realm, &parts.headers, &params, peer.ip()).await {
+                let certificate = parts.extensions.get::<ClientCertificate>();
+                let revoked = match self
+                    .cancel
+                    .revoke(realm, &parts.headers, &params, peer.ip(), certificate)
+                    .await
+                {
                     Ok(None) => None,
                     Ok(Some(response)) => Some(Ok(response)),
                     Err(e) => Some(Err(e)),
