@@ -1,6 +1,7 @@
 //! TLS over real sockets, with certificates the test makes itself (rcgen): the public port by
 //! ALPN (HTTP/1.1 and HTTP/2), a certificate rotated on disk and picked up without a restart
-//! (and a broken one refused), client certificates on the admin port, the OP behind TLS with a
+//! (and a broken one refused), client certificates on the admin port, deferred processes bound
+//! to the RP's client certificate on the public port (RFC 8705), the OP behind TLS with a
 //! private CA, and a redis-server that requires TLS client certificates and a password.
 
 mod common;
@@ -205,6 +206,8 @@ async fn start_tls(volume: &SecretVolume, env: Vec<(String, String)>, http: reqw
         "DTR_CLIENTS".into(),
         Value::from(Options::new(StoreKind::Embedded).clients).to_string(),
     ));
+    // A setting in `env` replaces the one above.
+    vars.retain(|(name, _)| !env.iter().any(|(set, _)| set == name));
     vars.extend(env);
     let config = dtr_proxy::Config::from_env(vars).unwrap_or_else(|e| panic!("{e}"));
     let running = dtr_proxy::start_on(config, public, admin).await.expect("proxy start");
@@ -380,6 +383,158 @@ async fn the_admin_port_requires_a_client_certificate_from_its_ca() {
     assert_eq!(response.status(), 200);
     // The completion webhook goes through the same port.
     deferred_flow(&proxy).await;
+}
+
+/// The same proxy, as seen by a client with another TLS identity (`http`).
+fn view(proxy: &Proxy, http: reqwest::Client) -> Proxy {
+    Proxy {
+        running: None,
+        base: proxy.base.clone(),
+        admin: proxy.admin.clone(),
+        realm: proxy.realm.clone(),
+        issuer: proxy.issuer.clone(),
+        http,
+    }
+}
+
+/// A proxy whose public port asks for client certificates from the RPs' CA: `dtr-client`
+/// (OpenID profile) is registered for certificate-bound tokens, `dtr-post` speaks the IETF
+/// profile and binds a process when it happens to present a certificate. `store` adds the
+/// Redis settings. The files it reads live as long as the returned guard.
+async fn start_mtls(rps: &Pki, store: StoreKind) -> (Proxy, (SecretVolume, ScratchDir)) {
+    let pki = proxy_pki();
+    let volume = SecretVolume::new(&pki.server("proxy"));
+    let dir = ScratchDir::new("rp-ca");
+    let clients = json!([
+        {"client_id": "dtr-client", "redirect_uris": [REDIRECT_URI], "tls_client_certificate_bound_access_tokens": true},
+        {"client_id": "dtr-post", "profile": "ietf"},
+    ]);
+    let mut env = vec![
+        ("DTR_TLS_CLIENT_CA_FILE".to_owned(), file(&dir, "rps.pem", &rps.ca_pem)),
+        ("DTR_CLIENTS".to_owned(), clients.to_string()),
+    ];
+    if store == StoreKind::Redis {
+        env.push(("DTR_REDIS_URL".to_owned(), redis().url.clone()));
+        env.push(("DTR_REDIS_KEY_PREFIX".to_owned(), unique("t")));
+    }
+    let proxy = start_tls(&volume, env, https_client(pki, None, &["h2"])).await;
+    (proxy, (volume, dir))
+}
+
+/// RFC 8705 binding of an OpenID-profile process, on `store`: the exchange records the
+/// certificate; polls with another certificate or none are `invalid_grant` and leave the
+/// process as it was (not even its poll clock moves), a cancellation by them is a no-op, and
+/// the owner's certificate still gets the tokens.
+async fn certificate_bound_flow(store: StoreKind) {
+    let pki = proxy_pki();
+    let rps = Pki::new("RP CA");
+    let (owner, other) = (rps.client("rp"), rps.client("rp-2"));
+    let (proxy, _files) = start_mtls(&rps, store).await;
+    let with_cert = view(&proxy, https_client(pki, Some(&owner), &["h2", "http/1.1"]));
+    let with_other = view(&proxy, https_client(pki, Some(&other), &["h2", "http/1.1"]));
+    let without = view(&proxy, https_client(pki, None, &["h2", "http/1.1"]));
+
+    // The browser presents no certificate and still logs in through the same port.
+    let user = unique("mtls-user");
+    let (code, verifier) = proxy.deferred_code("dtr-client", &user).await;
+    // The client is registered for certificate-bound tokens: no certificate, no exchange,
+    // and the code is not spent by the refusal.
+    let refused = without.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(refused.status, 400, "{}", refused.json);
+    assert_eq!(refused.error(), "invalid_request", "{}", refused.json);
+    let exchanged = with_cert.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(exchanged.status, 200, "{}", exchanged.json);
+    let id = exchanged.json["deferred_auth_id"].as_str().expect("id").to_owned();
+
+    for (who, client) in [("another certificate", &with_other), ("no certificate", &without)] {
+        let refused = client.poll(&dtr_client(), &id).await;
+        assert_eq!(refused.status, 400, "{who}: {}", refused.json);
+        assert_eq!(refused.error(), "invalid_grant", "{who}: {}", refused.json);
+        let cancel = client.cancel(&dtr_client(), &id).await;
+        assert_eq!(cancel.status, 200, "{who}: {}", cancel.json);
+    }
+    // Neither the refused polls nor the cancellations touched it: pending, no slow_down.
+    let pending = with_cert.poll(&dtr_client(), &id).await;
+    assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
+    let process = proxy.process(&proxy_process_id(&proxy, &user).await).await;
+    assert_eq!(process["status"], "pending", "{process}");
+
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for client in [&with_other, &without] {
+        let refused = client.poll(&dtr_client(), &id).await;
+        assert_eq!(refused.error(), "invalid_grant", "{}", refused.json);
+    }
+    let tokens = with_cert.poll(&dtr_client(), &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    assert!(tokens.json["access_token"].is_string(), "{}", tokens.json);
+
+    // A certificate of a CA the port does not trust ends the handshake.
+    let stranger = Pki::new("stranger CA").client("rp");
+    let foreign = view(&proxy, https_client(pki, Some(&stranger), &["h2", "http/1.1"]));
+    let tried = foreign.http.get(&proxy.issuer).send().await;
+    assert!(tried.is_err(), "answered a certificate of another CA: {tried:?}");
+}
+
+/// The public id of the (one) process of `user`, from the operator API.
+async fn proxy_process_id(proxy: &Proxy, user: &str) -> String {
+    let found = proxy
+        .operator(reqwest::Method::GET, &format!("/processes?sub={user}"), None)
+        .await;
+    found.json["processes"][0]["process_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no process of {user}: {}", found.json))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_process_is_bound_to_the_rps_client_certificate() {
+    certificate_bound_flow(StoreKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_bound_process_in_redis() {
+    certificate_bound_flow(StoreKind::Redis).await;
+}
+
+/// The IETF profile: a client that presents a certificate at the exchange binds its
+/// deferral code to it; a revocation without it is answered 200 and cancels nothing
+/// (RFC 7009: no oracle), the revocation with it cancels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ietf_deferral_code_is_bound_to_the_certificate_of_its_exchange() {
+    let pki = proxy_pki();
+    let rps = Pki::new("RP CA");
+    let (owner, other) = (rps.client("rp"), rps.client("rp-2"));
+    let (proxy, _files) = start_mtls(&rps, StoreKind::Embedded).await;
+    let with_cert = view(&proxy, https_client(pki, Some(&owner), &["h2", "http/1.1"]));
+    let with_other = view(&proxy, https_client(pki, Some(&other), &["h2", "http/1.1"]));
+    let auth = Auth::Post("dtr-post", "dtr-post-secret");
+
+    let user = unique("mtls-ietf");
+    let (code, verifier) = proxy.rp(Profile::Ietf).deferred_code("dtr-post", &user).await;
+    let exchanged = with_cert
+        .rp(Profile::Ietf)
+        .exchange(&auth, &code, &verifier, None)
+        .await;
+    let id = with_cert
+        .rp(Profile::Ietf)
+        .id_of(&exchanged)
+        .unwrap_or_else(|| panic!("exchange failed: {} {}", exchanged.status, exchanged.json));
+
+    let refused = with_other.rp(Profile::Ietf).poll(&auth, &id).await;
+    assert_eq!(refused.error(), "invalid_grant", "{}", refused.json);
+    let revoked = with_other.rp(Profile::Ietf).cancel(&auth, &id).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.json);
+    let pending = with_cert.rp(Profile::Ietf).poll(&auth, &id).await;
+    assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
+
+    let revoked = with_cert.rp(Profile::Ietf).cancel(&auth, &id).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.json);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = with_cert.rp(Profile::Ietf).poll(&auth, &id).await;
+    assert_ne!(after.error(), "authorization_pending", "{}", after.json);
+    assert_ne!(after.status, 200, "{}", after.json);
 }
 
 /// A TLS terminator in front of the stand-in OP: what an OP with a certificate from a private
