@@ -477,6 +477,7 @@ def expect_ci(docs, dep, env, notes):
     secret_dir = "/var/run/secrets/dtr-proxy"
     check(env.get("DTR_TLS_CERT_FILE", {}).get("value") == f"{secret_dir}/tls/tls.crt"
           and env.get("DTR_ADMIN_TLS_KEY_FILE", {}).get("value") == f"{secret_dir}/admin-tls/tls.key"
+          and env.get("DTR_TLS_CLIENT_CA_FILE", {}).get("value") == f"{secret_dir}/client-ca/ca.crt"
           and env.get("DTR_TLS_RELOAD_INTERVAL", {}).get("value") == "60"
           and env.get("DTR_REDIS_CLIENT_CERT_FILE", {}).get("value") == f"{secret_dir}/redis-tls/tls.crt"
           and env.get("DTR_REDIS_CA_FILE", {}).get("value") == f"{secret_dir}/redis-tls/ca.crt"
@@ -486,7 +487,7 @@ def expect_ci(docs, dep, env, notes):
     check(secret_volumes.get("tls", {}).get("secretName") == "dtr-proxy-tls"
           and secret_volumes.get("redis-password", {}).get("items") == [{"key": "redis-password", "path": "password"}]
           and all(name in mounts and "subPath" not in mounts[name] and mounts[name].get("readOnly")
-                  for name in ("tls", "admin-tls", "redis-tls", "redis-password")),
+                  for name in ("tls", "client-ca", "admin-tls", "redis-tls", "redis-password")),
           f"{label}: certificate and password Secrets mounted whole (no subPath: renewals reach the pod)")
     check(container["livenessProbe"]["httpGet"].get("scheme") == "HTTPS"
           and container["readinessProbe"]["httpGet"].get("scheme") == "HTTPS"
@@ -557,6 +558,9 @@ expect_failure("redis.url with an http:// scheme",
                "redis.url must start with", secret="p%40ss")
 expect_failure("tls.upstreamCa with an http upstream",
                merge(REQUIRED, {"tls": {"upstreamCa": {"secretName": "op-ca"}}}), "tls.upstreamCa")
+expect_failure("client certificates without TLS on the public port",
+               merge(REQUIRED, {"tls": {"public": {"clientCa": {"secretName": "rp-ca"}}}}),
+               "tls.public.clientCa")
 expect_failure("the Redis password from two Secrets",
                merge(CI_VALUES, {"existingSecretKeys": {"redisPassword": "redis-password"}}),
                "redis.passwordSecret")
