@@ -256,6 +256,10 @@ pub fn compose(
             body_read_timeout: config.body_read_timeout,
         },
         telemetry: telemetry.clone(),
+        forwarded_certificates: crate::tls::ForwardedCertificates::new(
+            config.client_cert_header.clone(),
+            config.trusted_proxies.clone(),
+        ),
     };
     let admin = AdminService {
         records: records.clone(),

@@ -537,6 +537,122 @@ async fn an_ietf_deferral_code_is_bound_to_the_certificate_of_its_exchange() {
     assert_ne!(after.status, 200, "{}", after.json);
 }
 
+/// An HTTP client whose every request carries `pair`'s certificate in `header` as
+/// ingress-nginx writes it (`$ssl_client_escaped_cert`: the PEM, URL-encoded).
+fn behind_ingress(header: &'static str, pair: &Pair) -> reqwest::Client {
+    let escaped = percent_encoding::utf8_percent_encode(&pair.cert, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(header, escaped.parse().expect("header value"));
+    client_builder()
+        .default_headers(headers)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// TLS ends at the ingress, which passes the RP's certificate on in `ssl-client-cert`: the
+/// process is bound to it just as to a certificate of the proxy's own handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_a_trusted_ingress_binds_the_process() {
+    let rps = Pki::new("RP CA");
+    let (owner, other) = (rps.client("rp"), rps.client("rp-2"));
+    let options = Options::new(StoreKind::Embedded)
+        .client(json!({"client_id": "dtr-client", "redirect_uris": [REDIRECT_URI], "tls_client_certificate_bound_access_tokens": true}))
+        .env("DTR_CLIENT_CERT_HEADER", "ssl-client-cert")
+        .env("DTR_TRUSTED_PROXIES", "127.0.0.1/32");
+    let proxy = start(options).await;
+    let with_cert = view(&proxy, behind_ingress("ssl-client-cert", &owner));
+    let with_other = view(&proxy, behind_ingress("ssl-client-cert", &other));
+
+    let user = unique("ingress-user");
+    let (code, verifier) = proxy.deferred_code("dtr-client", &user).await;
+    let refused = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(refused.error(), "invalid_request", "{}", refused.json);
+    let exchanged = with_cert.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(exchanged.status, 200, "{}", exchanged.json);
+    let id = exchanged.json["deferred_auth_id"].as_str().expect("id").to_owned();
+    for client in [&with_other, &proxy] {
+        let refused = client.poll(&dtr_client(), &id).await;
+        assert_eq!(refused.error(), "invalid_grant", "{}", refused.json);
+    }
+    let pending = with_cert.poll(&dtr_client(), &id).await;
+    assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tokens = with_cert.poll(&dtr_client(), &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+}
+
+/// A certificate header from anyone but the configured, trusted ingress binds nothing and
+/// never reaches the OP: with the setting off, and from a peer outside DTR_TRUSTED_PROXIES.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_certificate_header_is_stripped_and_binds_nothing() {
+    let forger = Pki::new("forger CA").client("rp");
+    let off = Options::new(StoreKind::Embedded);
+    let untrusted = Options::new(StoreKind::Embedded)
+        .env("DTR_CLIENT_CERT_HEADER", "ssl-client-cert")
+        .env("DTR_TRUSTED_PROXIES", "10.0.0.0/8");
+    for (case, options) in [("setting off", off), ("untrusted peer", untrusted)] {
+        let proxy = start(options).await;
+        let forged = view(&proxy, behind_ingress("ssl-client-cert", &forger));
+        let (id, _) = forged.start_process(&dtr_client(), &unique("forged"), None).await;
+        // Not bound: the client's own poll without any certificate is answered.
+        let pending = proxy.poll(&dtr_client(), &id).await;
+        assert_eq!(pending.error(), "authorization_pending", "{case}: {}", pending.json);
+    }
+
+    // What reaches the OP on pass-through: a recording upstream.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<String>>::new()));
+    let record = seen.clone();
+    let upstream = serve_http(move |request: hyper::Request<hyper::body::Incoming>| {
+        let record = record.clone();
+        async move {
+            let names = request.headers().keys().map(|k| k.as_str().to_owned()).collect();
+            record.lock().expect("lock").push(names);
+            empty_response(200)
+        }
+    })
+    .await;
+    let cases = [
+        (Options::new(StoreKind::Embedded), None),
+        (
+            Options::new(StoreKind::Embedded)
+                .env("DTR_CLIENT_CERT_HEADER", "ssl-client-cert")
+                .env("DTR_TRUSTED_PROXIES", "10.0.0.0/8"),
+            None,
+        ),
+        (
+            Options::new(StoreKind::Embedded)
+                .env("DTR_CLIENT_CERT_HEADER", "ssl-client-cert")
+                .env("DTR_TRUSTED_PROXIES", "127.0.0.1/32"),
+            Some("ssl-client-cert"),
+        ),
+    ];
+    for (options, expected) in cases {
+        let proxy = start_with_upstream(options, upstream.port()).await;
+        let sent = behind_ingress("ssl-client-cert", &forger)
+            .get(proxy.url("/account"))
+            .header("x-forwarded-client-cert", "Hash=forged")
+            .header("client-cert", ":AAAA:")
+            .send()
+            .await
+            .expect("pass-through");
+        assert_eq!(sent.status(), 200);
+        let names = seen.lock().expect("lock").pop().expect("the upstream saw the request");
+        let certificate_headers: Vec<&String> = names
+            .iter()
+            .filter(|n| ["ssl-client-cert", "x-forwarded-client-cert", "client-cert"].contains(&n.as_str()))
+            .collect();
+        assert_eq!(
+            certificate_headers,
+            expected.map(str::to_owned).iter().collect::<Vec<_>>(),
+            "{names:?}"
+        );
+    }
+}
+
 /// A TLS terminator in front of the stand-in OP: what an OP with a certificate from a private
 /// CA looks like to the proxy.
 async fn tls_relay(pair: &Pair, target: u16) -> u16 {

@@ -134,6 +134,7 @@ impl Config {
             "header_read_timeout": secs(self.header_read_timeout),
             "body_read_timeout": secs(self.body_read_timeout),
             "trusted_proxies": self.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "client_cert_header": self.client_cert_header.as_ref().map(|h| h.as_str()),
             "shutdown_grace": secs(self.shutdown_grace),
             "shutdown_delay": secs(self.shutdown_delay),
             "log": self.log,

@@ -28,7 +28,7 @@ use crate::protocol::params::Params;
 use crate::protocol::routes::{Endpoint, Routes};
 use crate::protocol::wire;
 use crate::telemetry::{self, FutureExt as _, KeyValue, Telemetry};
-use crate::tls::ClientCertificate;
+use crate::tls::{ClientCertificate, ForwardedCertificates};
 use crate::upstream::{strip_hop_by_hop, Upstream, UpstreamError, PASSTHROUGH};
 
 /// What a request to the public port may cost.
@@ -59,6 +59,9 @@ pub struct PublicService {
     pub limits: RequestLimits,
     /// Traces (off unless configured): a server span per request.
     pub telemetry: Telemetry,
+    /// Client certificates passed on by a trusted ingress; every other certificate header is
+    /// stripped.
+    pub forwarded_certificates: ForwardedCertificates,
 }
 
 impl PublicService {
@@ -73,7 +76,15 @@ impl PublicService {
         request: Request<B>,
         peer: SocketAddr,
     ) -> (Option<Endpoint>, Response<Body>) {
-        let request = request.map(IntoBody::into_body);
+        let mut request = request.map(IntoBody::into_body);
+        // A certificate from the handshake is the listener's; one from a header only a trusted
+        // ingress may give. Either reaches the endpoints as an extension.
+        let peer_ip = peer.ip();
+        if let Some(certificate) = self.forwarded_certificates.take(request.headers_mut(), peer_ip) {
+            if request.extensions().get::<ClientCertificate>().is_none() {
+                request.extensions_mut().insert(certificate);
+            }
+        }
         let route = self
             .routes
             .classify(request.uri().path())
