@@ -410,6 +410,8 @@ def expect_ci(docs, dep, env, notes):
           f"{label}: operator API token from Secret {sec}, DTR_OPERATOR_MAX_LIFETIME")
     check(env.get("DTR_TRUSTED_PROXIES", {}).get("value") == "10.0.0.0/8,fd00::/8",
           f"{label}: DTR_TRUSTED_PROXIES joined from config.trustedProxies")
+    check(env.get("DTR_CLIENT_CERT_HEADER", {}).get("value") == "ssl-client-cert",
+          f"{label}: DTR_CLIENT_CERT_HEADER from config.clientCertHeader")
     tracing = CI_VALUES["tracing"]
     names = [e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]]
     check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") == tracing["endpoint"]
@@ -558,6 +560,13 @@ expect_failure("redis.url with an http:// scheme",
                "redis.url must start with", secret="p%40ss")
 expect_failure("tls.upstreamCa with an http upstream",
                merge(REQUIRED, {"tls": {"upstreamCa": {"secretName": "op-ca"}}}), "tls.upstreamCa")
+expect_failure("a client certificate header without trusted proxies",
+               merge(REQUIRED, {"config": {"clientCertHeader": "ssl-client-cert"}}),
+               "config.clientCertHeader")
+expect_failure("a client certificate header that is no header name",
+               merge(REQUIRED, {"config": {"clientCertHeader": "ssl client cert",
+                                           "trustedProxies": ["10.0.0.0/8"]}}),
+               "clientCertHeader", schema_only=True)
 expect_failure("client certificates without TLS on the public port",
                merge(REQUIRED, {"tls": {"public": {"clientCa": {"secretName": "rp-ca"}}}}),
                "tls.public.clientCa")

@@ -177,6 +177,10 @@ env:
   - name: DTR_TRUSTED_PROXIES
     value: {{ join "," . | quote }}
   {{- end }}
+  {{- with .Values.config.clientCertHeader }}
+  - name: DTR_CLIENT_CERT_HEADER
+    value: {{ . | quote }}
+  {{- end }}
   {{- with .Values.config.ietfRealms }}
   - name: DTR_IETF_REALMS
     value: {{ join "," . | quote }}
