@@ -399,9 +399,9 @@ fn view(proxy: &Proxy, http: reqwest::Client) -> Proxy {
 
 /// A proxy whose public port asks for client certificates from the RPs' CA: `dtr-client`
 /// (OpenID profile) is registered for certificate-bound tokens, `dtr-post` speaks the IETF
-/// profile and binds a process when it happens to present a certificate. `store` adds the
-/// Redis settings. The files it reads live as long as the returned guard.
-async fn start_mtls(rps: &Pki, store: StoreKind) -> (Proxy, (SecretVolume, ScratchDir)) {
+/// profile and binds a process when it happens to present a certificate. With `redis`, the
+/// store is that server. The files it reads live as long as the returned guard.
+async fn start_mtls(rps: &Pki, redis: Option<&RedisServer>) -> (Proxy, (SecretVolume, ScratchDir)) {
     let pki = proxy_pki();
     let volume = SecretVolume::new(&pki.server("proxy"));
     let dir = ScratchDir::new("rp-ca");
@@ -413,9 +413,8 @@ async fn start_mtls(rps: &Pki, store: StoreKind) -> (Proxy, (SecretVolume, Scrat
         ("DTR_TLS_CLIENT_CA_FILE".to_owned(), file(&dir, "rps.pem", &rps.ca_pem)),
         ("DTR_CLIENTS".to_owned(), clients.to_string()),
     ];
-    if store == StoreKind::Redis {
-        env.push(("DTR_REDIS_URL".to_owned(), redis().url.clone()));
-        env.push(("DTR_REDIS_KEY_PREFIX".to_owned(), unique("t")));
+    if let Some(redis) = redis {
+        env.push(("DTR_REDIS_URL".to_owned(), redis.url()));
     }
     let proxy = start_tls(&volume, env, https_client(pki, None, &["h2"])).await;
     (proxy, (volume, dir))
@@ -424,12 +423,13 @@ async fn start_mtls(rps: &Pki, store: StoreKind) -> (Proxy, (SecretVolume, Scrat
 /// RFC 8705 binding of an OpenID-profile process, on `store`: the exchange records the
 /// certificate; polls with another certificate or none are `invalid_grant` and leave the
 /// process as it was (not even its poll clock moves), a cancellation by them is a no-op, and
-/// the owner's certificate still gets the tokens.
-async fn certificate_bound_flow(store: StoreKind) {
+/// the owner's certificate still gets the tokens. With `redis` (a server of the test's own),
+/// the store commands of the polls are counted too.
+async fn certificate_bound_flow(redis: Option<&RedisServer>) {
     let pki = proxy_pki();
     let rps = Pki::new("RP CA");
     let (owner, other) = (rps.client("rp"), rps.client("rp-2"));
-    let (proxy, _files) = start_mtls(&rps, store).await;
+    let (proxy, _files) = start_mtls(&rps, redis).await;
     let with_cert = view(&proxy, https_client(pki, Some(&owner), &["h2", "http/1.1"]));
     let with_other = view(&proxy, https_client(pki, Some(&other), &["h2", "http/1.1"]));
     let without = view(&proxy, https_client(pki, None, &["h2", "http/1.1"]));
@@ -447,15 +447,33 @@ async fn certificate_bound_flow(store: StoreKind) {
     let id = exchanged.json["deferred_auth_id"].as_str().expect("id").to_owned();
 
     for (who, client) in [("another certificate", &with_other), ("no certificate", &without)] {
+        let before = redis.map(command_calls);
         let refused = client.poll(&dtr_client(), &id).await;
         assert_eq!(refused.status, 400, "{who}: {}", refused.json);
         assert_eq!(refused.error(), "invalid_grant", "{who}: {}", refused.json);
+        if let (Some(redis), Some(before)) = (redis, before) {
+            // One read of the record, which stamped nothing.
+            let used = calls_since(redis, &before);
+            assert_eq!(used.get("get"), Some(&1), "{who}: {used:?}");
+            assert_eq!(used.get("setrange"), None, "{who}: {used:?}");
+        }
         let cancel = client.cancel(&dtr_client(), &id).await;
         assert_eq!(cancel.status, 200, "{who}: {}", cancel.json);
     }
     // Neither the refused polls nor the cancellations touched it: pending, no slow_down.
+    let before = redis.map(command_calls);
     let pending = with_cert.poll(&dtr_client(), &id).await;
     assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
+    if let (Some(redis), Some(before)) = (redis, before) {
+        // The owner's pending poll is still one store command: the read that stamps the poll
+        // clock (GET and SETRANGE in one script), no second command to stamp it.
+        let used = calls_since(redis, &before);
+        assert_eq!(
+            (used.get("get"), used.get("setrange"), used.get("exists")),
+            (Some(&1), Some(&1), None),
+            "{used:?}"
+        );
+    }
     let process = proxy.process(&proxy_process_id(&proxy, &user).await).await;
     assert_eq!(process["status"], "pending", "{process}");
 
@@ -488,14 +506,44 @@ async fn proxy_process_id(proxy: &Proxy, user: &str) -> String {
         .to_owned()
 }
 
+/// Calls per command since the server started (`INFO commandstats`; a script's commands
+/// count under their own names).
+fn command_calls(redis: &RedisServer) -> std::collections::HashMap<String, u64> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// The commands called since `before`, with their counts (the `INFO` calls left out).
+fn calls_since(
+    redis: &RedisServer,
+    before: &std::collections::HashMap<String, u64>,
+) -> std::collections::HashMap<String, u64> {
+    command_calls(redis)
+        .into_iter()
+        .filter(|(name, _)| name != "info")
+        .filter_map(|(name, calls)| {
+            let used = calls - before.get(&name).copied().unwrap_or(0);
+            (used > 0).then_some((name, used))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deferred_process_is_bound_to_the_rps_client_certificate() {
-    certificate_bound_flow(StoreKind::Embedded).await;
+    certificate_bound_flow(None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_bound_process_in_redis() {
-    certificate_bound_flow(StoreKind::Redis).await;
+    let redis = RedisServer::start(&[]);
+    certificate_bound_flow(Some(&redis)).await;
 }
 
 /// The IETF profile: a client that presents a certificate at the exchange binds its
@@ -506,7 +554,7 @@ async fn an_ietf_deferral_code_is_bound_to_the_certificate_of_its_exchange() {
     let pki = proxy_pki();
     let rps = Pki::new("RP CA");
     let (owner, other) = (rps.client("rp"), rps.client("rp-2"));
-    let (proxy, _files) = start_mtls(&rps, StoreKind::Embedded).await;
+    let (proxy, _files) = start_mtls(&rps, None).await;
     let with_cert = view(&proxy, https_client(pki, Some(&owner), &["h2", "http/1.1"]));
     let with_other = view(&proxy, https_client(pki, Some(&other), &["h2", "http/1.1"]));
     let auth = Auth::Post("dtr-post", "dtr-post-secret");
