@@ -297,10 +297,12 @@ impl Poll {
                 .await?;
         }
         match decision {
-            PollDecision::Release => self.release(realm, headers, params, process, peer, now).await,
+            // Once per process against many pending polls, and the largest future here (the
+            // OP's refresh): boxed, so a pending poll's future stays small.
+            PollDecision::Release => Box::pin(self.release(realm, headers, params, process, peer, now)).await,
             PollDecision::Denied if !record.sealed.is_empty() => {
                 let error = refusal(decision, record);
-                self.give_back(realm, headers, params, process, peer).await;
+                Box::pin(self.give_back(realm, headers, params, process, peer)).await;
                 Err(error)
             }
             // IETF §6.6: the client the code was issued to learns it was redeemed (the

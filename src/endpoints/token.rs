@@ -106,11 +106,14 @@ impl DeferredGrant {
         certificate: Option<&ClientCertificate>,
     ) -> (&'static str, Result<Response<Body>, OAuthError>) {
         match step {
+            // Once per process against many polls: boxed, so the poll's future stays small.
             Step::Exchange { profile, code } => (
                 EXCHANGE_ROUTE,
-                self.exchange
-                    .handle(realm, headers, params, code, profile, peer, certificate)
-                    .await,
+                Box::pin(
+                    self.exchange
+                        .handle(realm, headers, params, code, profile, peer, certificate),
+                )
+                .await,
             ),
             Step::Poll { profile, id } => (
                 POLL_ROUTE,

@@ -422,7 +422,8 @@ impl PublicService {
                 && media_type(&parts.headers).eq_ignore_ascii_case("application/x-www-form-urlencoded")
             {
                 let known = match Params::parse(&raw) {
-                    Ok(params) => federated.token_request(realm, &parts.headers, &params).await,
+                    // Boxed: rare and large, it would make every token request's future larger.
+                    Ok(params) => Box::pin(federated.token_request(realm, &parts.headers, &params)).await,
                     Err(e) => Err(OAuthError::from(e)),
                 };
                 if let Err(e) = known {
