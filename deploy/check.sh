@@ -410,6 +410,8 @@ def expect_ci(docs, dep, env, notes):
           f"{label}: operator API token from Secret {sec}, DTR_OPERATOR_MAX_LIFETIME")
     check(env.get("DTR_TRUSTED_PROXIES", {}).get("value") == "10.0.0.0/8,fd00::/8",
           f"{label}: DTR_TRUSTED_PROXIES joined from config.trustedProxies")
+    check(env.get("DTR_CLIENT_CERT_HEADER", {}).get("value") == "ssl-client-cert",
+          f"{label}: DTR_CLIENT_CERT_HEADER from config.clientCertHeader")
     tracing = CI_VALUES["tracing"]
     names = [e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]]
     check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") == tracing["endpoint"]
@@ -477,6 +479,7 @@ def expect_ci(docs, dep, env, notes):
     secret_dir = "/var/run/secrets/dtr-proxy"
     check(env.get("DTR_TLS_CERT_FILE", {}).get("value") == f"{secret_dir}/tls/tls.crt"
           and env.get("DTR_ADMIN_TLS_KEY_FILE", {}).get("value") == f"{secret_dir}/admin-tls/tls.key"
+          and env.get("DTR_TLS_CLIENT_CA_FILE", {}).get("value") == f"{secret_dir}/client-ca/ca.crt"
           and env.get("DTR_TLS_RELOAD_INTERVAL", {}).get("value") == "60"
           and env.get("DTR_REDIS_CLIENT_CERT_FILE", {}).get("value") == f"{secret_dir}/redis-tls/tls.crt"
           and env.get("DTR_REDIS_CA_FILE", {}).get("value") == f"{secret_dir}/redis-tls/ca.crt"
@@ -486,7 +489,7 @@ def expect_ci(docs, dep, env, notes):
     check(secret_volumes.get("tls", {}).get("secretName") == "dtr-proxy-tls"
           and secret_volumes.get("redis-password", {}).get("items") == [{"key": "redis-password", "path": "password"}]
           and all(name in mounts and "subPath" not in mounts[name] and mounts[name].get("readOnly")
-                  for name in ("tls", "admin-tls", "redis-tls", "redis-password")),
+                  for name in ("tls", "client-ca", "admin-tls", "redis-tls", "redis-password")),
           f"{label}: certificate and password Secrets mounted whole (no subPath: renewals reach the pod)")
     check(container["livenessProbe"]["httpGet"].get("scheme") == "HTTPS"
           and container["readinessProbe"]["httpGet"].get("scheme") == "HTTPS"
@@ -557,6 +560,16 @@ expect_failure("redis.url with an http:// scheme",
                "redis.url must start with", secret="p%40ss")
 expect_failure("tls.upstreamCa with an http upstream",
                merge(REQUIRED, {"tls": {"upstreamCa": {"secretName": "op-ca"}}}), "tls.upstreamCa")
+expect_failure("a client certificate header without trusted proxies",
+               merge(REQUIRED, {"config": {"clientCertHeader": "ssl-client-cert"}}),
+               "config.clientCertHeader")
+expect_failure("a client certificate header that is no header name",
+               merge(REQUIRED, {"config": {"clientCertHeader": "ssl client cert",
+                                           "trustedProxies": ["10.0.0.0/8"]}}),
+               "clientCertHeader", schema_only=True)
+expect_failure("client certificates without TLS on the public port",
+               merge(REQUIRED, {"tls": {"public": {"clientCa": {"secretName": "rp-ca"}}}}),
+               "tls.public.clientCa")
 expect_failure("the Redis password from two Secrets",
                merge(CI_VALUES, {"existingSecretKeys": {"redisPassword": "redis-password"}}),
                "redis.passwordSecret")

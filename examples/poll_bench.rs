@@ -234,6 +234,7 @@ async fn seed(args: &[String]) {
                     client_id: CLIENT_ID.to_owned(),
                     client: binding.clone(),
                     jkt: jkt.clone(),
+                    x5t: None,
                     status: Status::Pending,
                     description: None,
                     interaction: None,

@@ -237,6 +237,10 @@ pub fn compose(
             urls: urls.clone(),
             metrics: metrics.clone(),
             federation: federation.clone(),
+            certificates_end_here: config
+                .tls
+                .as_ref()
+                .is_some_and(crate::tls::ServerTls::requests_client_certificates),
         },
         federated: federation.clone().map(|federation| FederatedRequests {
             federation,
@@ -252,6 +256,10 @@ pub fn compose(
             body_read_timeout: config.body_read_timeout,
         },
         telemetry: telemetry.clone(),
+        forwarded_certificates: crate::tls::ForwardedCertificates::new(
+            config.client_cert_header.clone(),
+            config.trusted_proxies.clone(),
+        ),
     };
     let admin = AdminService {
         records: records.clone(),

@@ -70,11 +70,15 @@ impl fmt::Display for KeyPairError {
 }
 
 /// The TLS settings of one listener: where its certificate and key are read from (again
-/// whenever they change), and the CAs whose client certificates it requires, if any.
+/// whenever they change), and the CAs whose client certificates it requires or requests, if
+/// any.
 #[derive(Clone)]
 pub struct ServerTls {
     files: Arc<CertificateFiles>,
     client_ca: Option<Arc<RootCertStore>>,
+    /// With a client CA: whether a connection without a client certificate is refused (the
+    /// admin port) or served (the public port, which browsers reach too).
+    client_certificate_required: bool,
 }
 
 impl fmt::Debug for ServerTls {
@@ -83,6 +87,7 @@ impl fmt::Debug for ServerTls {
             .field("cert_file", &self.files.cert_file)
             .field("key_file", &self.files.key_file)
             .field("client_certificates", &self.client_ca.is_some())
+            .field("client_certificate_required", &self.client_certificate_required)
             .finish()
     }
 }
@@ -146,7 +151,15 @@ impl ServerTls {
                 seen: Mutex::new(Seen::Pair(cert_pem, key_pem)),
             }),
             client_ca,
+            client_certificate_required: true,
         })
+    }
+
+    /// The same listener, asking for a client certificate without requiring one: a
+    /// connection without one is served, one with a certificate its CAs did not sign is not.
+    pub fn client_certificate_optional(mut self) -> Self {
+        self.client_certificate_required = false;
+        self
     }
 
     pub fn cert_file(&self) -> &Path {
@@ -159,6 +172,11 @@ impl ServerTls {
 
     /// Whether the listener requires client certificates (mutual TLS).
     pub fn requires_client_certificates(&self) -> bool {
+        self.client_ca.is_some() && self.client_certificate_required
+    }
+
+    /// Whether the listener asks for client certificates (required or not).
+    pub fn requests_client_certificates(&self) -> bool {
         self.client_ca.is_some()
     }
 
@@ -167,11 +185,15 @@ impl ServerTls {
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
         let builder = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
         let builder = match &self.client_ca {
-            Some(roots) => builder.with_client_cert_verifier(
-                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-                    .build()
-                    .map_err(|e| rustls::Error::General(e.to_string()))?,
-            ),
+            Some(roots) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+                let verifier = if self.client_certificate_required {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                builder.with_client_cert_verifier(verifier.build().map_err(|e| rustls::Error::General(e.to_string()))?)
+            }
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(self.files.clone());
@@ -304,6 +326,109 @@ impl ResolvesServerCert for CertificateFiles {
     }
 }
 
+/// The client certificate a request came with, verified against the listener's client CAs
+/// (or vouched for by a trusted ingress): what a deferred process is bound to (RFC 8705).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// `x5t#S256`: the base64url SHA-256 of the leaf certificate's DER (RFC 8705 §3.1).
+    pub thumbprint: String,
+}
+
+impl ClientCertificate {
+    pub fn from_der(der: &[u8]) -> Self {
+        use base64::Engine;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        Self {
+            thumbprint: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref()),
+        }
+    }
+}
+
+/// Request headers in which TLS terminators pass a client certificate on: ingress-nginx
+/// (`ssl-client-cert`), RFC 9440 (`Client-Cert`, `Client-Cert-Chain`), Envoy
+/// (`X-Forwarded-Client-Cert`), Traefik (`X-Forwarded-Tls-Client-Cert`) and common
+/// variants. Without a trusted one configured, none of them reaches the endpoints or the OP.
+pub const CERTIFICATE_HEADERS: [&str; 7] = [
+    "ssl-client-cert",
+    "x-ssl-client-cert",
+    "x-client-cert",
+    "client-cert",
+    "client-cert-chain",
+    "x-forwarded-client-cert",
+    "x-forwarded-tls-client-cert",
+];
+
+/// A client certificate passed on by the TLS terminator in front (`DTR_CLIENT_CERT_HEADER`):
+/// believed only from the peers of `DTR_TRUSTED_PROXIES`.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardedCertificates {
+    header: Option<http::HeaderName>,
+    trusted: Vec<ipnet::IpNet>,
+}
+
+impl ForwardedCertificates {
+    pub fn new(header: Option<http::HeaderName>, trusted: Vec<ipnet::IpNet>) -> Self {
+        Self { header, trusted }
+    }
+
+    /// The certificate a request from `peer` carries in the trusted header, if it is there and
+    /// parses. Every other certificate header is removed, and the trusted one too when `peer`
+    /// is not a trusted proxy: a client cannot forge a certificate for the endpoints or, on
+    /// pass-through, for the OP.
+    pub fn take(&self, headers: &mut http::HeaderMap, peer: std::net::IpAddr) -> Option<ClientCertificate> {
+        // One look over the names (most requests carry none of these) before any removal.
+        let forged = |name: &http::HeaderName| {
+            CERTIFICATE_HEADERS.contains(&name.as_str()) && self.header.as_ref() != Some(name)
+        };
+        if headers.keys().any(forged) {
+            for name in CERTIFICATE_HEADERS {
+                if self.header.as_ref().is_none_or(|trusted| trusted != name) {
+                    headers.remove(name);
+                }
+            }
+        }
+        let name = self.header.as_ref()?;
+        let peer = peer.to_canonical();
+        if !self.trusted.iter().any(|net| net.contains(&peer)) {
+            headers.remove(name);
+            return None;
+        }
+        let mut values = headers.get_all(name).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return None;
+        };
+        match ClientCertificate::from_header(value.as_bytes()) {
+            Ok(certificate) => Some(certificate),
+            Err(e) => {
+                tracing::debug!(header = %name, error = %e, "unreadable client certificate header; ignored");
+                None
+            }
+        }
+    }
+}
+
+impl ClientCertificate {
+    /// The leaf certificate of a header value, in either form TLS terminators use: RFC 9440
+    /// (`:` base64 DER `:`, a structured-field byte sequence) or a URL-encoded PEM (ingress-nginx
+    /// `$ssl_client_escaped_cert`; a plain PEM too), whose first certificate is the leaf.
+    pub fn from_header(value: &[u8]) -> Result<Self, String> {
+        use base64::Engine;
+        let value = value.trim_ascii();
+        if let Some(inner) = value.strip_prefix(b":").and_then(|v| v.strip_suffix(b":")) {
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(inner)
+                .map_err(|e| format!("not base64: {e}"))?;
+            return Ok(Self::from_der(&der));
+        }
+        let pem: Vec<u8> = percent_encoding::percent_decode(value).collect();
+        let leaf = CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .ok_or("no PEM certificate in it")?
+            .map_err(|e| format!("not a PEM certificate: {e}"))?;
+        Ok(Self::from_der(&leaf))
+    }
+}
+
 /// CAs trusted for the TLS connection to the OP, besides or instead of the system's roots.
 #[derive(Debug, Clone)]
 pub struct ExtraRoots {
@@ -337,6 +462,88 @@ pub fn client_config(extra: Option<&ExtraRoots>) -> Result<ClientConfig, rustls:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_thumbprint_is_the_base64url_sha256_of_the_der() {
+        // SHA-256 of the empty string, base64url without padding.
+        assert_eq!(
+            ClientCertificate::from_der(b"").thumbprint,
+            "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"
+        );
+        assert_eq!(ClientCertificate::from_der(b"abc").thumbprint.len(), 43);
+    }
+
+    /// A self-signed certificate: its DER and its PEM.
+    fn certificate() -> (Vec<u8>, String) {
+        let made = rcgen::generate_simple_self_signed(vec!["rp.example.com".to_owned()]).unwrap();
+        (made.cert.der().to_vec(), made.cert.pem())
+    }
+
+    #[test]
+    fn a_forwarded_certificate_is_read_in_every_form() {
+        use base64::Engine;
+        let (der, pem) = certificate();
+        let expected = ClientCertificate::from_der(&der);
+        let escaped = percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let rfc9440 = format!(":{}:", base64::engine::general_purpose::STANDARD.encode(&der));
+        for value in [escaped.as_str(), pem.as_str(), rfc9440.as_str()] {
+            assert_eq!(
+                ClientCertificate::from_header(value.as_bytes()),
+                Ok(expected.clone()),
+                "{value}"
+            );
+        }
+        for garbage in ["", "hello", ":not base64!:", "-----BEGIN CERTIFICATE-----\n%%%\n"] {
+            assert!(ClientCertificate::from_header(garbage.as_bytes()).is_err(), "{garbage}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_header_is_believed_only_from_a_trusted_proxy_and_only_when_configured() {
+        let (der, _) = certificate();
+        let rfc9440 = {
+            use base64::Engine;
+            format!(":{}:", base64::engine::general_purpose::STANDARD.encode(&der))
+        };
+        let request = || {
+            let mut headers = http::HeaderMap::new();
+            for name in CERTIFICATE_HEADERS {
+                headers.insert(name, http::HeaderValue::from_str(&rfc9440).unwrap());
+            }
+            headers
+        };
+        let ingress: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        let stranger: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+
+        // Not configured: every certificate header is stripped, none is believed.
+        let off = ForwardedCertificates::default();
+        let mut headers = request();
+        assert_eq!(off.take(&mut headers, ingress), None);
+        assert!(headers.is_empty(), "{headers:?}");
+
+        let on = ForwardedCertificates::new(
+            Some(http::HeaderName::from_static("client-cert")),
+            vec!["10.0.0.0/8".parse().unwrap()],
+        );
+        // From the ingress: the configured header is read and kept for the OP; the rest go.
+        let mut headers = request();
+        assert_eq!(on.take(&mut headers, ingress), Some(ClientCertificate::from_der(&der)));
+        assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["client-cert"]);
+        // The same through an IPv4-mapped address.
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert!(on.take(&mut request(), mapped).is_some());
+        // From anyone else: forged, stripped.
+        let mut headers = request();
+        assert_eq!(on.take(&mut headers, stranger), None);
+        assert!(headers.is_empty(), "{headers:?}");
+        // Two values, or one that does not parse: no certificate.
+        let mut headers = request();
+        headers.append("client-cert", http::HeaderValue::from_static(":AAAA:"));
+        assert_eq!(on.take(&mut headers, ingress), None);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("client-cert", http::HeaderValue::from_static("garbage"));
+        assert_eq!(on.take(&mut headers, ingress), None);
+    }
 
     #[test]
     fn garbage_is_no_certificate_and_no_key() {

@@ -112,6 +112,7 @@ fn record(status: Status, expires_at: u64, sealed: String) -> ProcessRecord {
             fingerprint: None,
         },
         jkt: None,
+        x5t: None,
         status,
         description: None,
         interaction: None,

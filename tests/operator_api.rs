@@ -464,6 +464,7 @@ async fn many_processes_are_paged_within_the_scan_budget() {
                 fingerprint: None,
             },
             jkt: None,
+            x5t: None,
             status: Status::Pending,
             description: None,
             interaction: None,

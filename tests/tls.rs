@@ -1,6 +1,7 @@
 //! TLS over real sockets, with certificates the test makes itself (rcgen): the public port by
 //! ALPN (HTTP/1.1 and HTTP/2), a certificate rotated on disk and picked up without a restart
-//! (and a broken one refused), client certificates on the admin port, the OP behind TLS with a
+//! (and a broken one refused), client certificates on the admin port, deferred processes bound
+//! to the RP's client certificate on the public port (RFC 8705), the OP behind TLS with a
 //! private CA, and a redis-server that requires TLS client certificates and a password.
 
 mod common;
@@ -205,6 +206,8 @@ async fn start_tls(volume: &SecretVolume, env: Vec<(String, String)>, http: reqw
         "DTR_CLIENTS".into(),
         Value::from(Options::new(StoreKind::Embedded).clients).to_string(),
     ));
+    // A setting in `env` replaces the one above.
+    vars.retain(|(name, _)| !env.iter().any(|(set, _)| set == name));
     vars.extend(env);
     let config = dtr_proxy::Config::from_env(vars).unwrap_or_else(|e| panic!("{e}"));
     let running = dtr_proxy::start_on(config, public, admin).await.expect("proxy start");
@@ -380,6 +383,322 @@ async fn the_admin_port_requires_a_client_certificate_from_its_ca() {
     assert_eq!(response.status(), 200);
     // The completion webhook goes through the same port.
     deferred_flow(&proxy).await;
+}
+
+/// The same proxy, as seen by a client with another TLS identity (`http`).
+fn view(proxy: &Proxy, http: reqwest::Client) -> Proxy {
+    Proxy {
+        running: None,
+        base: proxy.base.clone(),
+        admin: proxy.admin.clone(),
+        realm: proxy.realm.clone(),
+        issuer: proxy.issuer.clone(),
+        http,
+    }
+}
+
+/// A proxy whose public port asks for client certificates from the RPs' CA: `dtr-client`
+/// (OpenID profile) is registered for certificate-bound tokens, `dtr-post` speaks the IETF
+/// profile and binds a process when it happens to present a certificate. With `redis`, the
+/// store is that server. The files it reads live as long as the returned guard.
+async fn start_mtls(rps: &Pki, redis: Option<&RedisServer>) -> (Proxy, (SecretVolume, ScratchDir)) {
+    let pki = proxy_pki();
+    let volume = SecretVolume::new(&pki.server("proxy"));
+    let dir = ScratchDir::new("rp-ca");
+    let clients = json!([
+        {"client_id": "dtr-client", "redirect_uris": [REDIRECT_URI], "tls_client_certificate_bound_access_tokens": true},
+        {"client_id": "dtr-post", "profile": "ietf"},
+    ]);
+    let mut env = vec![
+        ("DTR_TLS_CLIENT_CA_FILE".to_owned(), file(&dir, "rps.pem", &rps.ca_pem)),
+        ("DTR_CLIENTS".to_owned(), clients.to_string()),
+    ];
+    if let Some(redis) = redis {
+        env.push(("DTR_REDIS_URL".to_owned(), redis.url()));
+    }
+    let proxy = start_tls(&volume, env, https_client(pki, None, &["h2"])).await;
+    (proxy, (volume, dir))
+}
+
+/// RFC 8705 binding of an OpenID-profile process, on `store`: the exchange records the
+/// certificate; polls with another certificate or none are `invalid_grant` and leave the
+/// process as it was (not even its poll clock moves), a cancellation by them is a no-op, and
+/// the owner's certificate still gets the tokens. With `redis` (a server of the test's own),
+/// the store commands of the polls are counted too.
+async fn certificate_bound_flow(redis: Option<&RedisServer>) {
+    let pki = proxy_pki();
+    let rps = Pki::new("RP CA");
+    let (owner, other) = (rps.client("rp"), rps.client("rp-2"));
+    let (proxy, _files) = start_mtls(&rps, redis).await;
+    let with_cert = view(&proxy, https_client(pki, Some(&owner), &["h2", "http/1.1"]));
+    let with_other = view(&proxy, https_client(pki, Some(&other), &["h2", "http/1.1"]));
+    let without = view(&proxy, https_client(pki, None, &["h2", "http/1.1"]));
+
+    // The browser presents no certificate and still logs in through the same port.
+    let user = unique("mtls-user");
+    let (code, verifier) = proxy.deferred_code("dtr-client", &user).await;
+    // The client is registered for certificate-bound tokens: no certificate, no exchange,
+    // and the code is not spent by the refusal.
+    let refused = without.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(refused.status, 400, "{}", refused.json);
+    assert_eq!(refused.error(), "invalid_request", "{}", refused.json);
+    let exchanged = with_cert.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(exchanged.status, 200, "{}", exchanged.json);
+    let id = exchanged.json["deferred_auth_id"].as_str().expect("id").to_owned();
+
+    for (who, client) in [("another certificate", &with_other), ("no certificate", &without)] {
+        let before = redis.map(command_calls);
+        let refused = client.poll(&dtr_client(), &id).await;
+        assert_eq!(refused.status, 400, "{who}: {}", refused.json);
+        assert_eq!(refused.error(), "invalid_grant", "{who}: {}", refused.json);
+        if let (Some(redis), Some(before)) = (redis, before) {
+            // One read of the record, which stamped nothing.
+            let used = calls_since(redis, &before);
+            assert_eq!(used.get("get"), Some(&1), "{who}: {used:?}");
+            assert_eq!(used.get("setrange"), None, "{who}: {used:?}");
+        }
+        let cancel = client.cancel(&dtr_client(), &id).await;
+        assert_eq!(cancel.status, 200, "{who}: {}", cancel.json);
+    }
+    // Neither the refused polls nor the cancellations touched it: pending, no slow_down.
+    let before = redis.map(command_calls);
+    let pending = with_cert.poll(&dtr_client(), &id).await;
+    assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
+    if let (Some(redis), Some(before)) = (redis, before) {
+        // The owner's pending poll is still one store command: the read that stamps the poll
+        // clock (GET and SETRANGE in one script), no second command to stamp it.
+        let used = calls_since(redis, &before);
+        assert_eq!(
+            (used.get("get"), used.get("setrange"), used.get("exists")),
+            (Some(&1), Some(&1), None),
+            "{used:?}"
+        );
+    }
+    let process = proxy.process(&proxy_process_id(&proxy, &user).await).await;
+    assert_eq!(process["status"], "pending", "{process}");
+
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for client in [&with_other, &without] {
+        let refused = client.poll(&dtr_client(), &id).await;
+        assert_eq!(refused.error(), "invalid_grant", "{}", refused.json);
+    }
+    let tokens = with_cert.poll(&dtr_client(), &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+    assert!(tokens.json["access_token"].is_string(), "{}", tokens.json);
+
+    // A certificate of a CA the port does not trust ends the handshake.
+    let stranger = Pki::new("stranger CA").client("rp");
+    let foreign = view(&proxy, https_client(pki, Some(&stranger), &["h2", "http/1.1"]));
+    let tried = foreign.http.get(&proxy.issuer).send().await;
+    assert!(tried.is_err(), "answered a certificate of another CA: {tried:?}");
+}
+
+/// The public id of the (one) process of `user`, from the operator API.
+async fn proxy_process_id(proxy: &Proxy, user: &str) -> String {
+    let found = proxy
+        .operator(reqwest::Method::GET, &format!("/processes?sub={user}"), None)
+        .await;
+    found.json["processes"][0]["process_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no process of {user}: {}", found.json))
+        .to_owned()
+}
+
+/// Calls per command since the server started (`INFO commandstats`; a script's commands
+/// count under their own names).
+fn command_calls(redis: &RedisServer) -> std::collections::HashMap<String, u64> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// The commands called since `before`, with their counts (the `INFO` calls left out).
+fn calls_since(
+    redis: &RedisServer,
+    before: &std::collections::HashMap<String, u64>,
+) -> std::collections::HashMap<String, u64> {
+    command_calls(redis)
+        .into_iter()
+        .filter(|(name, _)| name != "info")
+        .filter_map(|(name, calls)| {
+            let used = calls - before.get(&name).copied().unwrap_or(0);
+            (used > 0).then_some((name, used))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_process_is_bound_to_the_rps_client_certificate() {
+    certificate_bound_flow(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_bound_process_in_redis() {
+    let redis = RedisServer::start(&[]);
+    certificate_bound_flow(Some(&redis)).await;
+}
+
+/// The IETF profile: a client that presents a certificate at the exchange binds its
+/// deferral code to it; a revocation without it is answered 200 and cancels nothing
+/// (RFC 7009: no oracle), the revocation with it cancels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ietf_deferral_code_is_bound_to_the_certificate_of_its_exchange() {
+    let pki = proxy_pki();
+    let rps = Pki::new("RP CA");
+    let (owner, other) = (rps.client("rp"), rps.client("rp-2"));
+    let (proxy, _files) = start_mtls(&rps, None).await;
+    let with_cert = view(&proxy, https_client(pki, Some(&owner), &["h2", "http/1.1"]));
+    let with_other = view(&proxy, https_client(pki, Some(&other), &["h2", "http/1.1"]));
+    let auth = Auth::Post("dtr-post", "dtr-post-secret");
+
+    let user = unique("mtls-ietf");
+    let (code, verifier) = proxy.rp(Profile::Ietf).deferred_code("dtr-post", &user).await;
+    let exchanged = with_cert
+        .rp(Profile::Ietf)
+        .exchange(&auth, &code, &verifier, None)
+        .await;
+    let id = with_cert
+        .rp(Profile::Ietf)
+        .id_of(&exchanged)
+        .unwrap_or_else(|| panic!("exchange failed: {} {}", exchanged.status, exchanged.json));
+
+    let refused = with_other.rp(Profile::Ietf).poll(&auth, &id).await;
+    assert_eq!(refused.error(), "invalid_grant", "{}", refused.json);
+    let revoked = with_other.rp(Profile::Ietf).cancel(&auth, &id).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.json);
+    let pending = with_cert.rp(Profile::Ietf).poll(&auth, &id).await;
+    assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
+
+    let revoked = with_cert.rp(Profile::Ietf).cancel(&auth, &id).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.json);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = with_cert.rp(Profile::Ietf).poll(&auth, &id).await;
+    assert_ne!(after.error(), "authorization_pending", "{}", after.json);
+    assert_ne!(after.status, 200, "{}", after.json);
+}
+
+/// An HTTP client whose every request carries `pair`'s certificate in `header` as
+/// ingress-nginx writes it (`$ssl_client_escaped_cert`: the PEM, URL-encoded).
+fn behind_ingress(header: &'static str, pair: &Pair) -> reqwest::Client {
+    let escaped = percent_encoding::utf8_percent_encode(&pair.cert, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(header, escaped.parse().expect("header value"));
+    client_builder()
+        .default_headers(headers)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// TLS ends at the ingress, which passes the RP's certificate on in `ssl-client-cert`: the
+/// process is bound to it just as to a certificate of the proxy's own handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_a_trusted_ingress_binds_the_process() {
+    let rps = Pki::new("RP CA");
+    let (owner, other) = (rps.client("rp"), rps.client("rp-2"));
+    let options = Options::new(StoreKind::Embedded)
+        .client(json!({"client_id": "dtr-client", "redirect_uris": [REDIRECT_URI], "tls_client_certificate_bound_access_tokens": true}))
+        .env("DTR_CLIENT_CERT_HEADER", "ssl-client-cert")
+        .env("DTR_TRUSTED_PROXIES", "127.0.0.1/32");
+    let proxy = start(options).await;
+    let with_cert = view(&proxy, behind_ingress("ssl-client-cert", &owner));
+    let with_other = view(&proxy, behind_ingress("ssl-client-cert", &other));
+
+    let user = unique("ingress-user");
+    let (code, verifier) = proxy.deferred_code("dtr-client", &user).await;
+    let refused = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(refused.error(), "invalid_request", "{}", refused.json);
+    let exchanged = with_cert.exchange(&dtr_client(), &code, &verifier, None).await;
+    assert_eq!(exchanged.status, 200, "{}", exchanged.json);
+    let id = exchanged.json["deferred_auth_id"].as_str().expect("id").to_owned();
+    for client in [&with_other, &proxy] {
+        let refused = client.poll(&dtr_client(), &id).await;
+        assert_eq!(refused.error(), "invalid_grant", "{}", refused.json);
+    }
+    let pending = with_cert.poll(&dtr_client(), &id).await;
+    assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tokens = with_cert.poll(&dtr_client(), &id).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.json);
+}
+
+/// A certificate header from anyone but the configured, trusted ingress binds nothing and
+/// never reaches the OP: with the setting off, and from a peer outside DTR_TRUSTED_PROXIES.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_certificate_header_is_stripped_and_binds_nothing() {
+    let forger = Pki::new("forger CA").client("rp");
+    let off = Options::new(StoreKind::Embedded);
+    let untrusted = Options::new(StoreKind::Embedded)
+        .env("DTR_CLIENT_CERT_HEADER", "ssl-client-cert")
+        .env("DTR_TRUSTED_PROXIES", "10.0.0.0/8");
+    for (case, options) in [("setting off", off), ("untrusted peer", untrusted)] {
+        let proxy = start(options).await;
+        let forged = view(&proxy, behind_ingress("ssl-client-cert", &forger));
+        let (id, _) = forged.start_process(&dtr_client(), &unique("forged"), None).await;
+        // Not bound: the client's own poll without any certificate is answered.
+        let pending = proxy.poll(&dtr_client(), &id).await;
+        assert_eq!(pending.error(), "authorization_pending", "{case}: {}", pending.json);
+    }
+
+    // What reaches the OP on pass-through: a recording upstream.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<String>>::new()));
+    let record = seen.clone();
+    let upstream = serve_http(move |request: hyper::Request<hyper::body::Incoming>| {
+        let record = record.clone();
+        async move {
+            let names = request.headers().keys().map(|k| k.as_str().to_owned()).collect();
+            record.lock().expect("lock").push(names);
+            empty_response(200)
+        }
+    })
+    .await;
+    let cases = [
+        (Options::new(StoreKind::Embedded), None),
+        (
+            Options::new(StoreKind::Embedded)
+                .env("DTR_CLIENT_CERT_HEADER", "ssl-client-cert")
+                .env("DTR_TRUSTED_PROXIES", "10.0.0.0/8"),
+            None,
+        ),
+        (
+            Options::new(StoreKind::Embedded)
+                .env("DTR_CLIENT_CERT_HEADER", "ssl-client-cert")
+                .env("DTR_TRUSTED_PROXIES", "127.0.0.1/32"),
+            Some("ssl-client-cert"),
+        ),
+    ];
+    for (options, expected) in cases {
+        let proxy = start_with_upstream(options, upstream.port()).await;
+        let sent = behind_ingress("ssl-client-cert", &forger)
+            .get(proxy.url("/account"))
+            .header("x-forwarded-client-cert", "Hash=forged")
+            .header("client-cert", ":AAAA:")
+            .send()
+            .await
+            .expect("pass-through");
+        assert_eq!(sent.status(), 200);
+        let names = seen.lock().expect("lock").pop().expect("the upstream saw the request");
+        let certificate_headers: Vec<&String> = names
+            .iter()
+            .filter(|n| ["ssl-client-cert", "x-forwarded-client-cert", "client-cert"].contains(&n.as_str()))
+            .collect();
+        assert_eq!(
+            certificate_headers,
+            expected.map(str::to_owned).iter().collect::<Vec<_>>(),
+            "{names:?}"
+        );
+    }
 }
 
 /// A TLS terminator in front of the stand-in OP: what an OP with a certificate from a private

@@ -62,6 +62,11 @@ pub struct ClientSettings {
     /// was bound to (as `DTR_REQUIRE_DPOP` does for every client).
     #[serde(default)]
     pub require_dpop: bool,
+    /// RFC 8705 client metadata: the client presents its TLS client certificate at the
+    /// exchange, which binds the deferred process to it (every later poll and cancellation
+    /// must present the same one).
+    #[serde(default)]
+    pub tls_client_certificate_bound_access_tokens: bool,
     /// The client's public keys (a JWK Set), for verifying `private_key_jwt` assertions on
     /// pending polls and cancels without the OP.
     #[serde(default)]

@@ -58,6 +58,7 @@ impl Config {
                     "expires_in": c.expires_in,
                     "redirect_uris": c.redirect_uris,
                     "require_dpop": c.require_dpop,
+                    "tls_client_certificate_bound_access_tokens": c.tls_client_certificate_bound_access_tokens,
                     "jwks_keys": c.jwks.as_ref().map(|j| j.keys.len()),
                     "jwks_uri": c.jwks_uri,
                     "client_secret": c.client_secret.as_ref().map(|_| SET),
@@ -133,6 +134,7 @@ impl Config {
             "header_read_timeout": secs(self.header_read_timeout),
             "body_read_timeout": secs(self.body_read_timeout),
             "trusted_proxies": self.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "client_cert_header": self.client_cert_header.as_ref().map(|h| h.as_str()),
             "shutdown_grace": secs(self.shutdown_grace),
             "shutdown_delay": secs(self.shutdown_delay),
             "log": self.log,
@@ -160,7 +162,13 @@ fn server_tls(tls: &crate::tls::ServerTls) -> serde_json::Value {
     serde_json::json!({
         "cert_file": tls.cert_file().display().to_string(),
         "key_file": tls.key_file().display().to_string(),
-        "client_certificates": tls.requires_client_certificates(),
+        "client_certificates": if tls.requires_client_certificates() {
+            "required"
+        } else if tls.requests_client_certificates() {
+            "requested"
+        } else {
+            "none"
+        },
     })
 }
 

@@ -101,6 +101,8 @@ struct RawConfig {
     admin_listen: String,
     tls_cert_file: Option<String>,
     tls_key_file: Option<String>,
+    tls_client_ca_file: Option<String>,
+    client_cert_header: Option<String>,
     admin_tls_cert_file: Option<String>,
     admin_tls_key_file: Option<String>,
     admin_tls_client_ca_file: Option<String>,
@@ -173,6 +175,8 @@ impl Default for RawConfig {
             admin_listen: "0.0.0.0:9090".into(),
             tls_cert_file: None,
             tls_key_file: None,
+            tls_client_ca_file: None,
+            client_cert_header: None,
             admin_tls_cert_file: None,
             admin_tls_key_file: None,
             admin_tls_client_ca_file: None,
@@ -310,6 +314,9 @@ pub struct Config {
     pub worker_threads: usize,
     /// Peers whose `X-Forwarded-For` chain is kept (the ingress in front of the proxy).
     pub trusted_proxies: Vec<IpNet>,
+    /// The header in which those peers pass on the RP's TLS client certificate
+    /// (`DTR_CLIENT_CERT_HEADER`).
+    pub client_cert_header: Option<http::HeaderName>,
     pub shutdown_grace: Duration,
     /// Time between turning unready and closing the listeners on SIGTERM.
     pub shutdown_delay: Duration,
@@ -587,7 +594,14 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     }
     let listen = socket_addr("DTR_LISTEN", &raw.listen, errors);
     let admin_listen = socket_addr("DTR_ADMIN_LISTEN", &raw.admin_listen, errors);
-    let tls = server_tls("DTR_TLS", [&raw.tls_cert_file, &raw.tls_key_file, &None], errors);
+    // The public port asks for a client certificate without requiring one: browsers reach it
+    // too. A verified one binds the deferred processes of its requests (RFC 8705).
+    let tls = server_tls(
+        "DTR_TLS",
+        [&raw.tls_cert_file, &raw.tls_key_file, &raw.tls_client_ca_file],
+        errors,
+    )
+    .map(ServerTls::client_certificate_optional);
     let admin_tls = server_tls(
         "DTR_ADMIN_TLS",
         [
@@ -847,6 +861,18 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let trusted_proxies = networks("DTR_TRUSTED_PROXIES", &raw.trusted_proxies, errors);
     validate_paths(&raw.paths, errors);
     validate_clients(&raw.clients, raw.allow_insecure_http, errors);
+    let client_cert_header = client_cert_header(raw.client_cert_header.as_deref(), &trusted_proxies, errors);
+    // A client held to its certificate needs a way for certificates to arrive.
+    if !tls.as_ref().is_some_and(ServerTls::requests_client_certificates) && client_cert_header.is_none() {
+        for (i, client) in raw.clients.iter().enumerate() {
+            if client.tls_client_certificate_bound_access_tokens {
+                errors.push(format!(
+                    "clients[{i}] ({}): tls_client_certificate_bound_access_tokens needs client certificates: set DTR_TLS_CLIENT_CA_FILE or DTR_CLIENT_CERT_HEADER",
+                    client.client_id
+                ));
+            }
+        }
+    }
     let federation = validate_federation(
         &raw.federation,
         federation::Context {
@@ -899,6 +925,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         body_read_timeout: Duration::from_secs(raw.body_read_timeout),
         worker_threads: raw.worker_threads,
         trusted_proxies,
+        client_cert_header,
         shutdown_grace: Duration::from_secs(raw.shutdown_grace),
         shutdown_delay: Duration::from_secs(raw.shutdown_delay),
         log: raw.log,
@@ -1004,6 +1031,22 @@ fn socket_addr(name: &str, value: &str, errors: &mut Vec<String>) -> Option<Sock
 }
 
 /// CIDR networks (`10.0.0.0/8`, `fd00::/8`); a bare address stands for itself alone.
+/// `DTR_CLIENT_CERT_HEADER`: a header name, believed only from `DTR_TRUSTED_PROXIES`, which
+/// must therefore name the ingress.
+fn client_cert_header(value: Option<&str>, trusted: &[IpNet], errors: &mut Vec<String>) -> Option<http::HeaderName> {
+    let value = value.map(str::trim).filter(|v| !v.is_empty())?;
+    let name = http::HeaderName::from_bytes(value.as_bytes())
+        .map_err(|_| errors.push(format!("DTR_CLIENT_CERT_HEADER: not a header name: {value:?}")))
+        .ok()?;
+    if trusted.is_empty() {
+        errors.push(
+            "DTR_CLIENT_CERT_HEADER: needs DTR_TRUSTED_PROXIES (the ingress that sets the header; from anyone else it is stripped)"
+                .into(),
+        );
+    }
+    Some(name)
+}
+
 fn networks(name: &str, list: &StringList, errors: &mut Vec<String>) -> Vec<IpNet> {
     let mut out = Vec::new();
     for item in list.items() {

@@ -336,3 +336,69 @@ fn an_unknown_profile_is_reported_at_startup_with_the_other_errors() {
     assert!(text.contains("DTR_CLIENTS") && text.contains("oauth2"), "{text}");
     assert!(text.contains("DTR_PUBLIC_URL"), "{text}");
 }
+
+#[test]
+fn a_certificate_bound_client_needs_a_port_that_sees_certificates() {
+    let err = Config::from_env(env(&[
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        (
+            "DTR_CLIENTS",
+            r#"[{"client_id":"rp1","tls_client_certificate_bound_access_tokens":true}]"#,
+        ),
+        ("DTR_TLS_CLIENT_CA_FILE", "/nonexistent/ca.pem"),
+    ]))
+    .expect_err("invalid");
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "clients[0] (rp1): tls_client_certificate_bound_access_tokens needs client certificates: set DTR_TLS_CLIENT_CA_FILE or DTR_CLIENT_CERT_HEADER"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("DTR_TLS_CLIENT_CA_FILE: needs DTR_TLS_CERT_FILE and DTR_TLS_KEY_FILE"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_client_certificate_header_needs_the_proxies_it_is_believed_from() {
+    let base = [
+        ("DTR_UPSTREAM_URL", "http://op:3000"),
+        ("DTR_PUBLIC_URL", "https://id.example.com"),
+        (
+            "DTR_CLIENTS",
+            r#"[{"client_id":"rp1","tls_client_certificate_bound_access_tokens":true}]"#,
+        ),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut vars = base.to_vec();
+        vars.extend_from_slice(extra);
+        Config::from_env(env(&vars))
+    };
+    let err = with(&[("DTR_CLIENT_CERT_HEADER", "ssl-client-cert")]).expect_err("no trusted proxies");
+    assert!(
+        err.to_string()
+            .contains("DTR_CLIENT_CERT_HEADER: needs DTR_TRUSTED_PROXIES"),
+        "{err}"
+    );
+    let err = with(&[
+        ("DTR_CLIENT_CERT_HEADER", "bad header"),
+        ("DTR_TRUSTED_PROXIES", "10.0.0.0/8"),
+    ])
+    .expect_err("bad name");
+    assert!(
+        err.to_string().contains("DTR_CLIENT_CERT_HEADER: not a header name"),
+        "{err}"
+    );
+    let config = with(&[
+        ("DTR_CLIENT_CERT_HEADER", "SSL-Client-Cert"),
+        ("DTR_TRUSTED_PROXIES", "10.0.0.0/8"),
+    ])
+    .expect("valid");
+    assert_eq!(
+        config.client_cert_header.as_ref().map(|h| h.as_str()),
+        Some("ssl-client-cert")
+    );
+}

@@ -11,13 +11,21 @@ use crate::upstream::BufferedReply;
 
 /// Headers of the RP's request that travel with it to the OP: its own client authentication,
 /// its DPoP proof (so a DPoP-capable OP binds the tokens to the RP's key), and its
-/// `X-Forwarded-For` chain (kept only when the peer is a trusted proxy, like pass-through).
+/// `X-Forwarded-For` chain (kept only when the peer is a trusted proxy, like pass-through),
+/// and the client certificate header of a trusted ingress (`DTR_CLIENT_CERT_HEADER`: the
+/// public service strips every other one first), so an OP that reads it (Keycloak's
+/// `x509cert-lookup`) binds its tokens to the RP's certificate.
 pub fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
     static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
     let mut out = HeaderMap::new();
     for name in [&header::AUTHORIZATION, &DPOP] {
         if let Some(value) = headers.get(name) {
             out.insert(name.clone(), value.clone());
+        }
+    }
+    for name in crate::tls::CERTIFICATE_HEADERS {
+        for value in headers.get_all(name) {
+            out.append(name, value.clone());
         }
     }
     for value in headers.get_all(&X_FORWARDED_FOR) {

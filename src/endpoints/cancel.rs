@@ -25,6 +25,7 @@ use crate::protocol::routes::Endpoint;
 use crate::protocol::wire;
 use crate::protocol::wire::Profile;
 use crate::records::{Change, ProcessRecord, Records, Status, StoredProcess};
+use crate::tls::ClientCertificate;
 
 /// Parses a cancellation body: form-encoded (the draft's rule) or JSON (its example).
 pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
@@ -70,6 +71,7 @@ impl Cancel {
         headers: &HeaderMap,
         params: &Params,
         peer: IpAddr,
+        certificate: Option<&ClientCertificate>,
     ) -> Result<Response<Body>, OAuthError> {
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = &*self.checks.client(realm, &credentials)?;
@@ -90,6 +92,7 @@ impl Cancel {
                 client,
                 endpoint: Endpoint::Cancellation,
                 profile,
+                certificate,
             };
             self.cancel(realm, headers, params, target, process_hash, process, peer)
                 .await?;
@@ -109,6 +112,7 @@ impl Cancel {
         headers: &HeaderMap,
         params: &Params,
         peer: IpAddr,
+        certificate: Option<&ClientCertificate>,
     ) -> Result<Option<Response<Body>>, OAuthError> {
         let hinted = match params.get("token_type_hint") {
             None => false,
@@ -138,6 +142,7 @@ impl Cancel {
             client: &client,
             endpoint: Endpoint::Revocation,
             profile: Profile::Ietf,
+            certificate,
         };
         self.cancel(realm, headers, params, target, process_hash, process, peer)
             .await?;
@@ -165,6 +170,7 @@ impl Cancel {
                 target.credentials,
                 &process.record,
                 headers,
+                target.certificate.map(|c| c.thumbprint.as_str()),
                 target.endpoint,
                 target.profile,
                 now,
@@ -216,6 +222,8 @@ struct Target<'a> {
     client: &'a ClientSettings,
     endpoint: Endpoint,
     profile: Profile,
+    /// The request's client certificate, for a process bound to one.
+    certificate: Option<&'a ClientCertificate>,
 }
 
 /// The answer to a cancellation or a revocation, whatever became of the process (RFC 7009

@@ -33,6 +33,8 @@ pub struct OwnerFacts<'a> {
     pub client_id: &'a str,
     /// The client's authentication against what the exchange bound to the process.
     pub authenticated: Result<(), OAuthError>,
+    /// The `x5t#S256` of the request's client certificate, if it came with one.
+    pub certificate: Option<&'a str>,
     /// The request's DPoP proof, validated (RFC 9449 §4.3); `Ok(None)` without one.
     pub proof: Result<Option<ValidProof>, OAuthError>,
     pub requires_dpop: bool,
@@ -49,6 +51,9 @@ pub struct OwnerFacts<'a> {
 ///    bound to the process, so for someone else's id the answer must not tell whether the id
 ///    exists;
 /// 1. the client is authenticated (`invalid_client`);
+///    then, for a process bound to a client certificate at the exchange (RFC 8705), the
+///    request comes with that certificate (`invalid_grant`, as for a refresh token bound to
+///    a certificate: the id is no grant for another certificate, or none);
 /// 3. (polls) the lifetime has not elapsed (`expired_token`);
 /// 4. a process bound at the exchange gets a proof, by the bound key for public clients (and
 ///    wherever DPoP is required) (`invalid_dpop_proof`). In the IETF profile the bound key
@@ -61,6 +66,16 @@ pub fn owner_check(record: &ProcessRecord, facts: OwnerFacts<'_>) -> Result<Opti
         return Err(OAuthError::unknown_process(facts.profile));
     }
     facts.authenticated?;
+    if let Some(bound) = &record.x5t {
+        if !facts
+            .certificate
+            .is_some_and(|presented| equal_constant_time(bound, presented))
+        {
+            return Err(OAuthError::invalid_grant(format!(
+                "This {name} is bound to a TLS client certificate; present the same certificate."
+            )));
+        }
+    }
     if facts.now.is_some_and(|now| now >= record.expires_at) {
         return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
@@ -125,6 +140,7 @@ impl Checks {
         credentials: &'a ClientCredentials,
         record: &ProcessRecord,
         headers: &HeaderMap,
+        certificate: Option<&'a str>,
         endpoint: Endpoint,
         profile: Profile,
         now: u64,
@@ -144,6 +160,7 @@ impl Checks {
             realm,
             client_id: &credentials.client_id,
             authenticated,
+            certificate,
             proof,
             requires_dpop: self.clients.requires_dpop(client),
             profile,
@@ -327,6 +344,7 @@ mod tests {
                 realm: "r",
                 client_id: case.client_id,
                 authenticated: case.authenticated,
+                certificate: None,
                 proof: case.proof,
                 requires_dpop: case.requires_dpop,
                 profile: Profile::OpenId,
@@ -343,6 +361,7 @@ mod tests {
             realm: "r",
             client_id: "c",
             authenticated: Ok(()),
+            certificate: None,
             proof: Ok(None),
             requires_dpop: false,
             profile: Profile::OpenId,
@@ -361,6 +380,7 @@ mod tests {
             realm: "r",
             client_id: "c",
             authenticated: Ok(()),
+            certificate: None,
             proof,
             requires_dpop: false,
             profile: Profile::Ietf,
@@ -376,5 +396,40 @@ mod tests {
         let unknown = owner_check(&foreign, facts(proof("k1"))).map(|_| ()).unwrap_err();
         assert_eq!(unknown.error, code::INVALID_GRANT);
         assert!(unknown.description.contains("deferral_code"), "{}", unknown.description);
+    }
+
+    /// RFC 8705: a process bound to a client certificate answers only requests with that
+    /// certificate, in both profiles, after the client's authentication and before its age.
+    #[test]
+    fn a_certificate_bound_process_answers_only_its_certificate() {
+        for profile in Profile::ALL {
+            let facts = |certificate, authenticated, now| OwnerFacts {
+                realm: "r",
+                client_id: "c",
+                authenticated,
+                certificate,
+                proof: Ok(None),
+                requires_dpop: false,
+                profile,
+                now: Some(now),
+            };
+            let mut bound = record(AuthMethod::ClientSecretBasic, None);
+            bound.x5t = Some("cert-1".into());
+            let refused = |certificate, authenticated, now| {
+                owner_check(&bound, facts(certificate, authenticated, now))
+                    .map(|_| ())
+                    .map_err(|e| e.error)
+            };
+            assert_eq!(refused(Some("cert-1"), Ok(()), NOW), Ok(()), "{profile:?}");
+            assert_eq!(refused(Some("cert-2"), Ok(()), NOW), Err(code::INVALID_GRANT));
+            assert_eq!(refused(None, Ok(()), NOW), Err(code::INVALID_GRANT));
+            // Authentication first; the lifetime only for the certificate's holder.
+            assert_eq!(refused(None, bad_client(), NOW), Err(code::INVALID_CLIENT));
+            assert_eq!(refused(None, Ok(()), NOW + 60_000), Err(code::INVALID_GRANT));
+            assert_eq!(refused(Some("cert-1"), Ok(()), NOW + 60_000), Err(code::EXPIRED_TOKEN));
+            // An unbound process does not care about a certificate it was not bound to.
+            let unbound = record(AuthMethod::ClientSecretBasic, None);
+            assert!(owner_check(&unbound, facts(Some("cert-1"), Ok(()), NOW)).is_ok());
+        }
     }
 }

@@ -26,6 +26,9 @@ pub struct Discovery {
     pub metrics: Metrics,
     /// The provider's own federation statements, when configured.
     pub federation: Option<Arc<Federation>>,
+    /// The public port verifies the RPs' client certificates itself (`DTR_TLS_CLIENT_CA_FILE`):
+    /// they end at the proxy, and the OP never sees one.
+    pub certificates_end_here: bool,
 }
 
 impl Discovery {
@@ -58,7 +61,9 @@ impl Discovery {
             .as_ref()
             .map(|f| f.provider_statements(realm))
             .unwrap_or_default();
-        let document = with_statements(augment(document, &cancellation, &profiles), &statements);
+        let document = augment(document, &cancellation, &profiles);
+        let document = certificate_binding(document, self.certificates_end_here);
+        let document = with_statements(document, &statements);
         let body = serde_json::to_vec(&document).unwrap_or_default();
         response.headers_mut().remove(header::CONTENT_LENGTH);
         response.headers_mut().remove(header::ETAG);
@@ -69,6 +74,19 @@ impl Discovery {
         self.metrics.request("discovery", "ok");
         response
     }
+}
+
+/// RFC 8705 §3.3: `tls_client_certificate_bound_access_tokens` says the OP binds its access
+/// tokens to the client's certificate. The proxy binds deferred processes, not access tokens,
+/// so it never adds the claim; and where the RPs' certificates end at the proxy the OP cannot
+/// bind anything to them, so its claim (and its `mtls_endpoint_aliases`, which would lead
+/// around the proxy) is taken out. Otherwise the OP's word stands.
+pub fn certificate_binding(mut document: Map<String, Value>, certificates_end_here: bool) -> Map<String, Value> {
+    if certificates_end_here {
+        document.shift_remove("tls_client_certificate_bound_access_tokens");
+        document.shift_remove("mtls_endpoint_aliases");
+    }
+    document
 }
 
 fn add_to_list(document: &mut Map<String, Value>, key: &str, values: &[&str]) {
@@ -163,6 +181,29 @@ pub fn augment(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ops_certificate_binding_is_not_claimed_where_certificates_end_at_the_proxy() {
+        let document = Map::from_iter([
+            ("issuer".to_owned(), Value::from("https://id.example.com/realms/a")),
+            (
+                "tls_client_certificate_bound_access_tokens".to_owned(),
+                Value::Bool(true),
+            ),
+            (
+                "mtls_endpoint_aliases".to_owned(),
+                serde_json::json!({"token_endpoint": "https://mtls.op/token"}),
+            ),
+            ("token_endpoint".to_owned(), Value::from("https://id.example.com/token")),
+        ]);
+        assert_eq!(certificate_binding(document.clone(), false), document);
+        let ended = certificate_binding(document, true);
+        assert_eq!(
+            ended.keys().collect::<Vec<_>>(),
+            ["issuer", "token_endpoint"],
+            "the rest in order"
+        );
+    }
 
     #[test]
     fn the_providers_statements_are_listed_by_federation() {

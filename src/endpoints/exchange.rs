@@ -33,6 +33,7 @@ use crate::protocol::routes::Endpoint;
 use crate::protocol::wire::{self, error as code, Profile};
 use crate::records::{AuthMethod, HeldSecrets, ProcessRecord, Records, Status, TakenCode};
 use crate::telemetry::Telemetry;
+use crate::tls::ClientCertificate;
 use crate::upstream::{BufferedReply, OpClient, UpstreamError};
 
 /// The settings the exchange applies to a new process.
@@ -173,6 +174,7 @@ pub fn answer(
 }
 
 impl Exchange {
+    #[allow(clippy::too_many_arguments)]
     pub async fn handle(
         &self,
         realm: &str,
@@ -181,12 +183,20 @@ impl Exchange {
         deferred_code: &str,
         profile: Profile,
         peer: IpAddr,
+        certificate: Option<&ClientCertificate>,
     ) -> Result<Response<Body>, OAuthError> {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = &*self.checks.client_speaking(realm, &credentials, profile)?;
         // 1. The client. Secrets are checked by the OP at the redemption; assertions here.
         self.checks.authenticate(realm, client, &credentials, None).await?;
+        // A client registered for certificate-bound tokens (RFC 8705) binds every process to
+        // its certificate: without one, nothing is taken.
+        if certificate.is_none() && client.tls_client_certificate_bound_access_tokens {
+            return Err(OAuthError::invalid_request(
+                "This client must present its TLS client certificate, which the deferred authentication is bound to.",
+            ));
+        }
         // 2, 3. The code: issued to this client, valid, unused. Taken and burnt even when
         // presented by the wrong client (RFC 6749 §10.5 spirit).
         let taken = self
@@ -320,6 +330,7 @@ impl Exchange {
             client_id: credentials.client_id.clone(),
             client: self.checks.verifier.binding(&credentials),
             jkt: proof.map(|p| p.jkt),
+            x5t: certificate.map(|c| c.thumbprint.clone()),
             status: Status::Pending,
             description: None,
             interaction: None,

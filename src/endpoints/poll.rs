@@ -25,6 +25,7 @@ use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::Endpoint;
 use crate::protocol::wire::{error as code, Profile};
 use crate::records::{AuthMethod, Change, HeldSecrets, ProcessRecord, Records, Status, StoredProcess};
+use crate::tls::ClientCertificate;
 use crate::upstream::{OpClient, UpstreamError};
 
 /// `slow_down` adds this much to the interval (RFC 8628 §3.5, the draft: "at least 5 seconds").
@@ -248,6 +249,7 @@ pub struct Poll {
 }
 
 impl Poll {
+    #[allow(clippy::too_many_arguments)]
     pub async fn handle(
         &self,
         realm: &str,
@@ -256,12 +258,14 @@ impl Poll {
         deferred_auth_id: &str,
         profile: Profile,
         peer: IpAddr,
+        certificate: Option<&ClientCertificate>,
     ) -> Result<Response<Body>, OAuthError> {
-        self.answer(realm, headers, params, deferred_auth_id, profile, peer)
+        self.answer(realm, headers, params, deferred_auth_id, profile, peer, certificate)
             .await
             .map_err(|e| e.named_for(profile))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn answer(
         &self,
         realm: &str,
@@ -270,7 +274,9 @@ impl Poll {
         deferred_auth_id: &str,
         profile: Profile,
         peer: IpAddr,
+        certificate: Option<&ClientCertificate>,
     ) -> Result<Response<Body>, OAuthError> {
+        let certificate = certificate.map(|c| c.thumbprint.as_str());
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = &*self.checks.client_speaking(realm, &credentials, profile)?;
@@ -278,6 +284,7 @@ impl Poll {
         // A poll with a secret and no DPoP in play presents its fingerprint, so the read can
         // stamp the poll clock when the secret is the one bound to the process: one store
         // command. With a proof (or DPoP required) the clock waits until the proof is checked.
+        // A process bound to a client certificate is stamped on read only for a poll with it.
         let dpop_in_play =
             headers.contains_key(&crate::protocol::wire::DPOP) || self.checks.clients.requires_dpop(client);
         let fingerprint = match credentials.method {
@@ -288,7 +295,7 @@ impl Poll {
         };
         let polled = self
             .records
-            .load_for_poll(&process_hash, fingerprint.as_deref(), now)
+            .load_for_poll(&process_hash, fingerprint.as_deref(), certificate, now)
             .await?;
         let (last_poll, stamped) = (polled.last_poll, polled.stamped);
         let mut process = polled.process.ok_or_else(OAuthError::unknown_deferred_auth_id)?;
@@ -301,6 +308,7 @@ impl Poll {
                 &credentials,
                 record,
                 headers,
+                certificate,
                 Endpoint::Token,
                 profile,
                 now,
@@ -326,10 +334,12 @@ impl Poll {
                 .await?;
         }
         match decision {
-            PollDecision::Release => self.release(realm, headers, params, process, peer, now).await,
+            // Once per process against many pending polls, and the largest future here (the
+            // OP's refresh): boxed, so a pending poll's future stays small.
+            PollDecision::Release => Box::pin(self.release(realm, headers, params, process, peer, now)).await,
             PollDecision::Denied if !record.sealed.is_empty() => {
                 let error = refusal(decision, record);
-                self.give_back(realm, headers, params, process, peer).await;
+                Box::pin(self.give_back(realm, headers, params, process, peer)).await;
                 Err(error)
             }
             // IETF §6.6: the client the code was issued to learns it was redeemed (the

@@ -13,6 +13,7 @@ use crate::http::Body;
 use crate::protocol::errors::OAuthError;
 use crate::protocol::params::Params;
 use crate::protocol::wire::{self, Profile};
+use crate::tls::ClientCertificate;
 
 pub struct DeferredGrant {
     pub exchange: Exchange,
@@ -102,15 +103,23 @@ impl DeferredGrant {
         params: &Params,
         step: Step<'_>,
         peer: IpAddr,
+        certificate: Option<&ClientCertificate>,
     ) -> (&'static str, Result<Response<Body>, OAuthError>) {
         match step {
+            // Once per process against many polls: boxed, so the poll's future stays small.
             Step::Exchange { profile, code } => (
                 EXCHANGE_ROUTE,
-                self.exchange.handle(realm, headers, params, code, profile, peer).await,
+                Box::pin(
+                    self.exchange
+                        .handle(realm, headers, params, code, profile, peer, certificate),
+                )
+                .await,
             ),
             Step::Poll { profile, id } => (
                 POLL_ROUTE,
-                self.poll.handle(realm, headers, params, id, profile, peer).await,
+                self.poll
+                    .handle(realm, headers, params, id, profile, peer, certificate)
+                    .await,
             ),
             Step::Refuse(route, error) => (route, Err(error)),
         }

@@ -60,6 +60,8 @@ impl FederatedClient {
             expires_in: number("deferred_expires_in"),
             redirect_uris: self.redirect_uris.clone(),
             require_dpop: self.metadata.get("dpop_bound_access_tokens") == Some(&Value::Bool(true)),
+            tls_client_certificate_bound_access_tokens: self.metadata.get("tls_client_certificate_bound_access_tokens")
+                == Some(&Value::Bool(true)),
             jwks: Some(self.jwks.clone()),
             jwks_uri: None,
             client_secret: None,

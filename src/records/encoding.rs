@@ -7,15 +7,17 @@
 //! | 0 | `2` |
 //! | 1..14 | the last authenticated poll, ms since the epoch, 13 ASCII digits (all `0`: none) |
 //! | 14 | `1` when a poll presenting the bound secret may stamp the poll clock in the same command that reads the record (a secret-bound process without a DPoP key), else `0` |
-//! | 15 | length `L` of the bound secret's fingerprint (`0`: none) |
-//! | 16..16+L | the fingerprint (keyed hash of client id and secret) |
+//! | 15 | length `L` of the binding (`0`: none) |
+//! | 16..16+L | the binding: the bound secret's fingerprint (keyed hash of client id and secret), then, for a process bound to a client certificate, `#` and its `x5t#S256` |
 //! | 2 bytes | big-endian length `J` of the body |
 //! | J bytes | the rest of the record as JSON with one-letter names ([`Body`]) |
 //! | the rest | the sealed secrets, binary: key id, `.`, nonce, ciphertext and tag (empty once delivered) |
 //!
 //! The poll clock lives in the record (bytes 1..14) and the guard (bytes 14..16+L) sits at a
 //! fixed place, so a pending poll is one store command: read the record and, if the caller
-//! presents the bound fingerprint, stamp the clock ([`crate::store::Store::get_patching`]).
+//! presents the bound fingerprint (and the bound certificate), stamp the clock
+//! ([`crate::store::Store::get_patching`]). Neither a fingerprint nor a thumbprint (base64url)
+//! contains `#`.
 //!
 //! **Format 1** (earlier versions): the record as JSON (it starts with `{`), its poll clock in
 //! a key of its own. It is still read, so processes created before an upgrade live on.
@@ -55,13 +57,24 @@ fn read_stamp(bytes: &[u8]) -> Option<u64> {
 }
 
 /// The guard a poll presents: it matches the stored one only for a secret-bound process
-/// without a DPoP key whose fingerprint is `fingerprint`.
-pub fn guard(fingerprint: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + fingerprint.len());
+/// without a DPoP key whose fingerprint is `fingerprint` and whose client certificate, if it
+/// is bound to one, is `certificate` (its `x5t#S256`).
+pub fn guard(fingerprint: &str, certificate: Option<&str>) -> Vec<u8> {
+    let binding = binding(fingerprint, certificate);
+    let mut out = Vec::with_capacity(2 + binding.len());
     out.push(1);
-    out.push(u8::try_from(fingerprint.len()).unwrap_or(0));
-    out.extend_from_slice(fingerprint.as_bytes());
+    out.push(u8::try_from(binding.len()).unwrap_or(0));
+    out.extend_from_slice(binding.as_bytes());
     out
+}
+
+/// The guard's text: the fingerprint, then `#` and the certificate's thumbprint when bound to
+/// one.
+fn binding(fingerprint: &str, certificate: Option<&str>) -> String {
+    match certificate {
+        Some(x5t) => format!("{fingerprint}#{x5t}"),
+        None => fingerprint.to_owned(),
+    }
 }
 
 /// Whether the stamp of a poll that presents the bound secret may be folded into its read.
@@ -150,10 +163,11 @@ fn code_of<T: PartialEq>(all: &[T], value: &T) -> u8 {
 /// Format 2 bytes of `record`, its poll clock at `last_poll`.
 pub fn encode(record: &ProcessRecord, last_poll: Option<u64>) -> Vec<u8> {
     let fingerprint = record.client.fingerprint.as_deref().unwrap_or("");
-    let fingerprint = if fingerprint.len() <= usize::from(u8::MAX) {
-        fingerprint
+    let bound = binding(fingerprint, record.x5t.as_deref());
+    let bound = if bound.len() <= usize::from(u8::MAX) {
+        bound
     } else {
-        ""
+        String::new()
     };
     let body = Body {
         process_id: record.process_id.clone(),
@@ -181,12 +195,12 @@ pub fn encode(record: &ProcessRecord, last_poll: Option<u64>) -> Vec<u8> {
     // Serialising plain data with string keys cannot fail.
     let body = serde_json::to_vec(&body).unwrap_or_default();
     let sealed = sealed_to_binary(&record.sealed);
-    let mut out = Vec::with_capacity(GUARD_AT + 4 + fingerprint.len() + body.len() + sealed.len());
+    let mut out = Vec::with_capacity(GUARD_AT + 4 + bound.len() + body.len() + sealed.len());
     out.push(FORMAT_2);
     out.extend_from_slice(&last_poll.map_or(NO_STAMP, stamp));
     out.push(u8::from(may_stamp_on_read(record) && !fingerprint.is_empty()));
-    out.push(fingerprint.len() as u8);
-    out.extend_from_slice(fingerprint.as_bytes());
+    out.push(bound.len() as u8);
+    out.extend_from_slice(bound.as_bytes());
     out.extend_from_slice(&(body.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
     out.extend_from_slice(&body);
     out.extend_from_slice(&sealed);
@@ -219,7 +233,11 @@ fn decode_2(raw: &[u8]) -> Option<(ProcessRecord, Option<u64>)> {
     let last_poll = read_stamp(raw);
     let fingerprint_len = usize::from(*raw.get(GUARD_AT + 1)?);
     let fingerprint_at = GUARD_AT + 2;
-    let fingerprint = std::str::from_utf8(raw.get(fingerprint_at..fingerprint_at + fingerprint_len)?).ok()?;
+    let bound = std::str::from_utf8(raw.get(fingerprint_at..fingerprint_at + fingerprint_len)?).ok()?;
+    let (fingerprint, x5t) = match bound.split_once('#') {
+        Some((fingerprint, x5t)) => (fingerprint, Some(x5t.to_owned())),
+        None => (bound, None),
+    };
     let len_at = fingerprint_at + fingerprint_len;
     let body_len = usize::from(u16::from_be_bytes(raw.get(len_at..len_at + 2)?.try_into().ok()?));
     let body_at = len_at + 2;
@@ -234,6 +252,7 @@ fn decode_2(raw: &[u8]) -> Option<(ProcessRecord, Option<u64>)> {
             fingerprint: (!fingerprint.is_empty()).then(|| fingerprint.to_owned()),
         },
         jkt: body.jkt,
+        x5t,
         status: *STATUSES.get(usize::from(body.status))?,
         description: body.description,
         interaction: body.interaction,
@@ -297,6 +316,7 @@ mod tests {
     fn full(now: u64) -> ProcessRecord {
         let mut record = ProcessRecord::sample(now);
         record.client.fingerprint = Some("f".repeat(43));
+        record.x5t = Some("t".repeat(43));
         record.description = Some("Checking \"your\" documents…".into());
         record.interaction = Some("k1.c2VhbGVkIFVSTA".into());
         record.completed_at = Some(now);
@@ -318,7 +338,9 @@ mod tests {
     #[test]
     fn every_field_round_trips_in_format_2() {
         let now = 1_764_000_000_000;
-        for record in [ProcessRecord::sample(now), full(now)] {
+        let mut certificate_only = ProcessRecord::sample(now);
+        certificate_only.x5t = Some("t".repeat(43));
+        for record in [ProcessRecord::sample(now), full(now), certificate_only] {
             for method in METHODS {
                 for status in STATUSES {
                     let mut record = record.clone();
@@ -369,12 +391,24 @@ mod tests {
         let mut record = ProcessRecord::sample(now);
         record.client.fingerprint = Some("fp-of-the-secret".into());
         let raw = encode(&record, None);
-        let presented = guard("fp-of-the-secret");
+        let presented = guard("fp-of-the-secret", None);
         assert_eq!(&raw[GUARD_AT..GUARD_AT + presented.len()], &presented[..]);
         assert_ne!(
             &raw[GUARD_AT..GUARD_AT + presented.len()],
-            &guard("fp-of-another-sec")[..]
+            &guard("fp-of-another-sec", None)[..]
         );
+        // Bound to a client certificate: only a poll with the same certificate stamps on read.
+        record.x5t = Some("thumbprint-of-the-cert".into());
+        let raw = encode(&record, None);
+        let with_cert = guard("fp-of-the-secret", Some("thumbprint-of-the-cert"));
+        assert_eq!(&raw[GUARD_AT..GUARD_AT + with_cert.len()], &with_cert[..]);
+        for other in [
+            guard("fp-of-the-secret", None),
+            guard("fp-of-the-secret", Some("thumbprint-of-another")),
+        ] {
+            assert_ne!(raw.get(GUARD_AT..GUARD_AT + other.len()), Some(&other[..]));
+        }
+        record.x5t = None;
         // Bound to a DPoP key, or authenticated by an assertion: the stamp waits for the checks.
         record.jkt = Some("thumbprint".into());
         let raw = encode(&record, None);

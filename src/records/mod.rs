@@ -159,6 +159,10 @@ pub struct ProcessRecord {
     /// RFC 7638 thumbprint of the DPoP key the exchange was bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jkt: Option<String>,
+    /// RFC 8705 `x5t#S256` of the client certificate the exchange was bound to: every later
+    /// poll and cancellation must come with the same certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x5t: Option<String>,
     pub status: Status,
     /// Progress text for pending polls, or the reason of a denial.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,6 +219,7 @@ impl ProcessRecord {
                 fingerprint: None,
             },
             jkt: None,
+            x5t: None,
             status: Status::Pending,
             description: None,
             interaction: None,

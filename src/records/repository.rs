@@ -311,17 +311,22 @@ impl Records {
     /// A process and when it was last polled by its owner, in one store command. Only an
     /// authenticated poll may move the poll clock, so someone holding a stolen id cannot make
     /// its owner's polls look too fast: the read moves it to `now_ms` only when `fingerprint`
-    /// (of the secret the poll presents) is the one bound to the process, and the process is
-    /// bound to no DPoP key; otherwise [`Self::stamp_poll`] does once the checks passed. A
-    /// record of the earlier format costs a second read (its clock is a key of its own).
+    /// (of the secret the poll presents) is the one bound to the process, `certificate` (the
+    /// thumbprint of the poll's client certificate) the one it is bound to, if any, and the
+    /// process is bound to no DPoP key; otherwise [`Self::stamp_poll`] does once the checks
+    /// passed. A record of the earlier format costs a second read (its clock is a key of its
+    /// own).
     pub async fn load_for_poll(
         &self,
         process_hash: &str,
         fingerprint: Option<&str>,
+        certificate: Option<&str>,
         now_ms: u64,
     ) -> StoreResult<PolledProcess> {
         let store = &self.store;
-        let guard = fingerprint.map(encoding::guard).unwrap_or_default();
+        let guard = fingerprint
+            .map(|fingerprint| encoding::guard(fingerprint, certificate))
+            .unwrap_or_default();
         let stamp = encoding::stamp(now_ms);
         let read = store
             .get_patching(

@@ -28,6 +28,7 @@ use crate::protocol::params::Params;
 use crate::protocol::routes::{Endpoint, Routes};
 use crate::protocol::wire;
 use crate::telemetry::{self, FutureExt as _, KeyValue, Telemetry};
+use crate::tls::{ClientCertificate, ForwardedCertificates};
 use crate::upstream::{strip_hop_by_hop, Upstream, UpstreamError, PASSTHROUGH};
 
 /// What a request to the public port may cost.
@@ -58,6 +59,9 @@ pub struct PublicService {
     pub limits: RequestLimits,
     /// Traces (off unless configured): a server span per request.
     pub telemetry: Telemetry,
+    /// Client certificates passed on by a trusted ingress; every other certificate header is
+    /// stripped.
+    pub forwarded_certificates: ForwardedCertificates,
 }
 
 impl PublicService {
@@ -72,7 +76,15 @@ impl PublicService {
         request: Request<B>,
         peer: SocketAddr,
     ) -> (Option<Endpoint>, Response<Body>) {
-        let request = request.map(IntoBody::into_body);
+        let mut request = request.map(IntoBody::into_body);
+        // A certificate from the handshake is the listener's; one from a header only a trusted
+        // ingress may give. Either reaches the endpoints as an extension.
+        let peer_ip = peer.ip();
+        if let Some(certificate) = self.forwarded_certificates.take(request.headers_mut(), peer_ip) {
+            if request.extensions().get::<ClientCertificate>().is_none() {
+                request.extensions_mut().insert(certificate);
+            }
+        }
         let route = self
             .routes
             .classify(request.uri().path())
@@ -410,7 +422,8 @@ impl PublicService {
                 && media_type(&parts.headers).eq_ignore_ascii_case("application/x-www-form-urlencoded")
             {
                 let known = match Params::parse(&raw) {
-                    Ok(params) => federated.token_request(realm, &parts.headers, &params).await,
+                    // Boxed: rare and large, it would make every token request's future larger.
+                    Ok(params) => Box::pin(federated.token_request(realm, &parts.headers, &params)).await,
                     Err(e) => Err(OAuthError::from(e)),
                 };
                 if let Err(e) = known {
@@ -433,7 +446,11 @@ impl PublicService {
                 Ok(params) => {
                     if let Some(step) = token::classify(&params) {
                         self.note_client(&parts.headers, &params);
-                        let (route, result) = self.token.handle(realm, &parts.headers, &params, step, peer.ip()).await;
+                        let certificate = parts.extensions.get::<ClientCertificate>();
+                        let (route, result) = self
+                            .token
+                            .handle(realm, &parts.headers, &params, step, peer.ip(), certificate)
+                            .await;
                         return self.finish(route, result);
                     }
                 }
@@ -451,16 +468,25 @@ impl PublicService {
 
     async fn cancellation(&self, realm: &str, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
         let (parts, body) = request.into_parts();
+        let certificate = parts.extensions.get::<ClientCertificate>();
         let result = match self.read_small_body(body).await {
             Ok(raw) => match cancel::parse_body(&parts.headers, &raw) {
                 Ok(params) => {
                     self.note_client(&parts.headers, &params);
                     match &self.federated {
                         Some(federated) => match federated.token_request(realm, &parts.headers, &params).await {
-                            Ok(()) => self.cancel.handle(realm, &parts.headers, &params, peer.ip()).await,
+                            Ok(()) => {
+                                self.cancel
+                                    .handle(realm, &parts.headers, &params, peer.ip(), certificate)
+                                    .await
+                            }
                             Err(e) => Err(e),
                         },
-                        None => self.cancel.handle(realm, &parts.headers, &params, peer.ip()).await,
+                        None => {
+                            self.cancel
+                                .handle(realm, &parts.headers, &params, peer.ip(), certificate)
+                                .await
+                        }
                     }
                 }
                 Err(e) => Err(e),
@@ -489,7 +515,12 @@ impl PublicService {
                         }
                     }
                 }
-                let revoked = match self.cancel.revoke(realm, &parts.headers, &params, peer.ip()).await {
+                let certificate = parts.extensions.get::<ClientCertificate>();
+                let revoked = match self
+                    .cancel
+                    .revoke(realm, &parts.headers, &params, peer.ip(), certificate)
+                    .await
+                {
                     Ok(None) => None,
                     Ok(Some(response)) => Some(Ok(response)),
                     Err(e) => Some(Err(e)),

@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::tls::ClientCertificate;
+
 /// Header fields accepted in one HTTP/1 request; more is answered 431.
 const MAX_HEADERS: usize = 200;
 
@@ -71,14 +73,14 @@ pub async fn serve<F, Fut>(
         // Wrapped so that a connection ended while its client is still sending lingers instead
         // of answering the unread bytes with a reset (see `linger`).
         let stream = super::linger::Linger::new(stream);
-        let (service, requested) = service(handler.clone(), peer);
         let Some((acceptor, builder)) = &tls else {
+            let (service, requested) = service(handler.clone(), peer, None);
             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
             tokio::spawn(drive(graceful.watch(connection), requested, limits, peer));
             continue;
         };
         let handshake = acceptor.accept(stream);
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (builder, watcher, handler) = (builder.clone(), graceful.watcher(), handler.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(limits.header_read_timeout, handshake).await {
                 Ok(Ok(stream)) => stream,
@@ -91,6 +93,15 @@ pub async fn serve<F, Fut>(
                     return;
                 }
             };
+            // A client certificate the listener verified (it asks for one when it has client
+            // CAs): every request of the connection carries its thumbprint.
+            let certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| ClientCertificate::from_der(leaf));
+            let (service, requested) = service(handler, peer, certificate);
             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
             drive(watcher.watch(connection), requested, limits, peer).await;
         });
@@ -101,11 +112,13 @@ pub async fn serve<F, Fut>(
     }
 }
 
-/// The service of one connection, and whether it has seen a request yet.
+/// The service of one connection, and whether it has seen a request yet. The connection's
+/// verified client certificate, if any, goes into every request's extensions.
 #[allow(clippy::type_complexity)] // an unnameable closure type, spelled out by its bounds
 fn service<F, Fut>(
     handler: F,
     peer: SocketAddr,
+    certificate: Option<ClientCertificate>,
 ) -> (
     impl hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
@@ -123,8 +136,11 @@ where
 {
     let requested = Arc::new(AtomicBool::new(false));
     let requested_in_service = requested.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let handler = handler.clone();
+        if let Some(certificate) = &certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
         requested_in_service.store(true, Ordering::Relaxed);
         async move { Ok::<_, std::convert::Infallible>(handler(request, peer).await) }
     });

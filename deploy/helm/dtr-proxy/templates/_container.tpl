@@ -65,6 +65,10 @@ env:
   - name: DTR_TLS_KEY_FILE
     value: {{ printf "%s/tls/tls.key" $secretDir | quote }}
   {{- end }}
+  {{- if .Values.tls.public.clientCa.secretName }}
+  - name: DTR_TLS_CLIENT_CA_FILE
+    value: {{ printf "%s/client-ca/%s" $secretDir .Values.tls.public.clientCa.key | quote }}
+  {{- end }}
   {{- if .Values.tls.admin.secretName }}
   - name: DTR_ADMIN_TLS_CERT_FILE
     value: {{ printf "%s/admin-tls/tls.crt" $secretDir | quote }}
@@ -172,6 +176,10 @@ env:
   {{- with .Values.config.trustedProxies }}
   - name: DTR_TRUSTED_PROXIES
     value: {{ join "," . | quote }}
+  {{- end }}
+  {{- with .Values.config.clientCertHeader }}
+  - name: DTR_CLIENT_CERT_HEADER
+    value: {{ . | quote }}
   {{- end }}
   {{- with .Values.config.ietfRealms }}
   - name: DTR_IETF_REALMS
@@ -329,6 +337,9 @@ volumes, never subPath: a renewed Secret reaches the pod (the proxy reloads cert
 {{- $volumes := list }}
 {{- with .Values.tls.public.secretName }}
 {{- $volumes = append $volumes (dict "name" "tls" "secret" .) }}
+{{- end }}
+{{- with .Values.tls.public.clientCa.secretName }}
+{{- $volumes = append $volumes (dict "name" "client-ca" "secret" .) }}
 {{- end }}
 {{- with .Values.tls.admin.secretName }}
 {{- $volumes = append $volumes (dict "name" "admin-tls" "secret" .) }}

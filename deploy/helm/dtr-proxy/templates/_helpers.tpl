@@ -214,6 +214,12 @@ upgrade and template run fails early with a clear message.
 {{- if and .Values.redis.passwordSecret.name .Values.existingSecret .Values.existingSecretKeys.redisPassword }}
 {{- fail "redis.passwordSecret and existingSecretKeys.redisPassword both give the Redis password: keep one" }}
 {{- end }}
+{{- if and .Values.config.clientCertHeader (not .Values.config.trustedProxies) }}
+{{- fail "config.clientCertHeader needs config.trustedProxies: the header is believed only from the ingress" }}
+{{- end }}
+{{- if and .Values.tls.public.clientCa.secretName (not .Values.tls.public.secretName) }}
+{{- fail "tls.public.clientCa needs tls.public.secretName: client certificates come with TLS on the public port" }}
+{{- end }}
 {{- if and .Values.tls.upstreamCa.secretName (not (hasPrefix "https://" (include "dtr-proxy.upstreamUrl" .))) }}
 {{- fail "tls.upstreamCa is only for an https:// config.upstreamUrl" }}
 {{- end }}
