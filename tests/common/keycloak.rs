@@ -69,14 +69,21 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 }
 
 fn wait_ready(what: &str, port: u16, path: &str, within: Duration, log: &Path) {
+    if !ready_within(port, path, within) {
+        panic!("{what} not ready within {within:?}; its log: {}", log.display());
+    }
+}
+
+/// Whether `path` answers 200 on `port` within `within`.
+fn ready_within(port: u16, path: &str, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if http_status(port, path) == Some(200) {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{what} not ready within {within:?}; its log: {}", log.display());
+    false
 }
 
 static KEYCLOAK: OnceLock<Keycloak> = OnceLock::new();
@@ -110,9 +117,6 @@ fn start_bed(binary: &str, redis_store: bool) -> Keycloak {
     let log_dir = root.join("target/keycloak/logs");
     std::fs::create_dir_all(&log_dir).expect("log dir");
     let redis_url = redis_store.then(|| redis().url.clone());
-
-    let (public_port, admin_port, http_port, management_port) = (free_port(), free_port(), free_port(), free_port());
-    let public = format!("http://127.0.0.1:{public_port}");
 
     // Every client pings one receiver that outlives each test's runtime.
     let (sender, receiver) = std::sync::mpsc::channel();
@@ -149,28 +153,49 @@ fn start_bed(binary: &str, redis_store: bool) -> Keycloak {
         "interval": LONG_INTERVAL,
         "notification_endpoint": ping_url,
     }));
-    let proxy_log = log_dir.join(format!("dtr-proxy-{}.log", std::process::id()));
-    let mut proxy_env = base_env(public_port, http_port);
-    proxy_env.extend([
-        ("DTR_LISTEN".into(), format!("127.0.0.1:{public_port}")),
-        ("DTR_ADMIN_LISTEN".into(), format!("127.0.0.1:{admin_port}")),
-        ("DTR_CLIENTS".into(), Value::from(clients).to_string()),
-        ("DTR_IETF_REALMS".into(), IETF_REALM.into()),
-        ("DTR_SHUTDOWN_DELAY".into(), "0".into()),
-        ("DTR_LOG".into(), "info,dtr_proxy=debug".into()),
-        // The realm file's optional service account: ends held offline sessions on denial
-        // and expiry.
-        ("DTR_KEYCLOAK_ADMIN_CLIENT_ID".into(), "dtr-proxy-admin".into()),
-        (
-            "DTR_KEYCLOAK_ADMIN_CLIENT_SECRET".into(),
-            "dtr-proxy-admin-secret".into(),
-        ),
-    ]);
-    if let Some(redis_url) = redis_url {
-        proxy_env.push(("DTR_REDIS_URL".into(), redis_url));
-        proxy_env.push(("DTR_REDIS_KEY_PREFIX".into(), unique("kc")));
-    }
-    let proxy = spawn_tied_with(binary, &[], &proxy_env, Some(&proxy_log));
+    // The proxy first, on its own: Keycloak's hostname is the proxy's public URL, so the
+    // proxy must hold its ports before Keycloak starts. A port another test took between
+    // `free_port` and the bind makes the proxy exit; it is started again on fresh ports.
+    let mut attempt = 0;
+    let (proxy, proxy_env, public_port, admin_port, http_port, management_port) = loop {
+        attempt += 1;
+        let (public_port, admin_port, http_port, management_port) =
+            (free_port(), free_port(), free_port(), free_port());
+        let proxy_log = log_dir.join(format!("dtr-proxy-{}-{attempt}.log", std::process::id()));
+        let mut proxy_env = base_env(public_port, http_port);
+        proxy_env.extend([
+            ("DTR_LISTEN".into(), format!("127.0.0.1:{public_port}")),
+            ("DTR_ADMIN_LISTEN".into(), format!("127.0.0.1:{admin_port}")),
+            ("DTR_CLIENTS".into(), Value::from(clients.clone()).to_string()),
+            ("DTR_IETF_REALMS".into(), IETF_REALM.into()),
+            ("DTR_SHUTDOWN_DELAY".into(), "0".into()),
+            ("DTR_LOG".into(), "info,dtr_proxy=debug".into()),
+            // The realm file's optional service account: ends held offline sessions on denial
+            // and expiry.
+            ("DTR_KEYCLOAK_ADMIN_CLIENT_ID".into(), "dtr-proxy-admin".into()),
+            (
+                "DTR_KEYCLOAK_ADMIN_CLIENT_SECRET".into(),
+                "dtr-proxy-admin-secret".into(),
+            ),
+        ]);
+        if let Some(redis_url) = &redis_url {
+            proxy_env.push(("DTR_REDIS_URL".into(), redis_url.clone()));
+            proxy_env.push(("DTR_REDIS_KEY_PREFIX".into(), unique("kc")));
+        }
+        let proxy = spawn_tied_with(binary, &[], &proxy_env, Some(&proxy_log));
+        if ready_within(admin_port, "/healthz", Duration::from_secs(30)) {
+            break (proxy, proxy_env, public_port, admin_port, http_port, management_port);
+        }
+        let tail = std::fs::read_to_string(&proxy_log).unwrap_or_default();
+        let tail = &tail[tail.len().saturating_sub(2000)..];
+        assert!(
+            attempt < 3,
+            "dtr-proxy not ready within 30 s, {attempt} times; its last log:\n{tail}"
+        );
+        eprintln!("dtr-proxy not ready within 30 s (attempt {attempt}); its log ends:\n{tail}");
+        drop(proxy);
+    };
+    let public = format!("http://127.0.0.1:{public_port}");
     let replica_env = proxy_env.clone();
 
     // `--import-realm` reads data/import; the realm file is what operators import.
@@ -214,7 +239,6 @@ fn start_bed(binary: &str, redis_store: bool) -> Keycloak {
     );
     let start_seconds = started.elapsed().as_secs_f64();
     eprintln!("keycloak: ready in {start_seconds:.1} s (log: {})", kc_log.display());
-    wait_ready("dtr-proxy", admin_port, "/healthz", Duration::from_secs(30), &proxy_log);
     Keycloak {
         direct: format!("http://127.0.0.1:{http_port}"),
         public,
