@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use std::time::Duration;
 
 async fn direct_get(path: &str, proxy: &Proxy) -> reqwest::Response {
     // What the OP answers when it sees the proxy's public host, as the proxy makes it see.
@@ -194,4 +195,77 @@ async fn discovery_adds_dtr_and_keeps_everything_else() {
             assert_eq!(&via_proxy[key], value, "{key} changed");
         }
     }
+}
+
+/// An upstream that answers the first request of every connection and closes the
+/// connection, unanswered, when the second arrives: what a keep-alive timeout firing just as
+/// a request goes out looks like from the proxy. Every request's first line is recorded.
+async fn closing_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; length];
+                    stream.read_exact(&mut body).await.unwrap();
+                    log.lock()
+                        .unwrap()
+                        .push(head.lines().next().unwrap_or_default().to_owned());
+                    if n == 1 {
+                        return; // closed without an answer
+                    }
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// A GET that meets a connection the OP closes as it arrives is sent again on a new
+/// connection, and the client never sees it; a POST is not sent twice: it gets the 502.
+#[tokio::test]
+async fn a_stale_upstream_connection_is_retried_for_a_get_but_never_for_a_post() {
+    let (port, seen) = closing_upstream().await;
+    let proxy = start_with_upstream(Options::new(StoreKind::Embedded), port).await;
+    let url = format!("{}/realms/{}/account/theme.css", proxy.base, proxy.realm);
+    let first = proxy.http.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    // Idle long enough to be a candidate for the keep-alive race.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let again = proxy.http.get(&url).send().await.unwrap();
+    assert_eq!(again.status(), 200, "retried on a new connection");
+    assert_eq!(again.text().await.unwrap(), "ok");
+    assert_eq!(seen.lock().unwrap().len(), 3, "{:?}", seen.lock().unwrap());
+
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let post = proxy.http.post(&url).body("a=b").send().await.unwrap();
+    assert_eq!(post.status(), 502);
+    let posts = seen.lock().unwrap().iter().filter(|l| l.starts_with("POST")).count();
+    assert_eq!(posts, 1, "a POST reaches the OP once: {:?}", seen.lock().unwrap());
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri};
+use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -54,6 +55,13 @@ const MAX_READ_BUFFER: usize = 128 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// New connections tried for one request whose connection closed before taking it.
 const MAX_RETRIES: usize = 3;
+/// A connection idle this long may be closing at the OP's end just as a request goes out on
+/// it (Node's and Apache's keep-alive timeout is 5 s): the OP then closes without an answer,
+/// having read the request or not. A bodiless GET, HEAD or OPTIONS sent on such a connection
+/// is kept, and sent once more on a new connection if that happens (as nginx's
+/// `proxy_next_upstream error` and Go's transport do for idempotent requests). Busier
+/// connections are never that old, so the hot path copies nothing.
+const STALE_AFTER: Duration = Duration::from_secs(1);
 
 impl Pool {
     pub(super) fn new() -> Self {
@@ -67,8 +75,9 @@ impl Pool {
         }
     }
 
-    /// A ready connection from the pool, dropping closed and expired ones on the way.
-    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+    /// A ready connection from the pool and how long it sat unused, dropping closed and
+    /// expired ones on the way.
+    fn checkout(&self) -> Option<(http1::SendRequest<Body>, Duration)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let mut i = idle.len();
@@ -79,7 +88,8 @@ impl Pool {
             {
                 idle.swap_remove(i);
             } else if pooled.sender.is_ready() {
-                return Some(idle.swap_remove(i).sender);
+                let pooled = idle.swap_remove(i);
+                return Some((pooled.sender, now.saturating_duration_since(pooled.used)));
             }
         }
         None
@@ -133,29 +143,77 @@ impl Pool {
             None => Uri::from_static("/"),
         };
         let mut fresh = 0;
+        let mut replayed = false;
         for _ in 0..MAX_IDLE + MAX_RETRIES {
-            let mut sender = match self.checkout() {
-                Some(sender) => sender,
+            let pooled = if replayed { None } else { self.checkout() };
+            let (mut sender, idle_for) = match pooled {
+                Some(pooled) => pooled,
                 None => {
                     fresh += 1;
                     // Boxed: connecting (TCP, TLS, the handshake) is rare, and its state would
                     // otherwise make every request's future as large as itself.
-                    Box::pin(self.connect(&uri)).await?
+                    (Box::pin(self.connect(&uri)).await?, Duration::ZERO)
                 }
             };
+            let replay = (!replayed && idle_for >= STALE_AFTER)
+                .then(|| replayable_copy(&request))
+                .flatten();
             let response = sender.try_send_request(request);
             self.put(sender);
             match response.await {
                 Ok(response) => return Ok(response),
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), replay) {
                     // Not taken by the connection (it closed first): nothing reached the OP.
-                    Some(unsent) if fresh <= MAX_RETRIES => request = unsent,
+                    (Some(unsent), _) if fresh <= MAX_RETRIES => request = unsent,
+                    // Taken, and the stale connection closed without an answer.
+                    (None, Some(copy)) if closed_unanswered(e.error()) => {
+                        tracing::debug!(error = %error_chain(e.error()), "stale upstream connection closed; sending again on a new one");
+                        request = copy;
+                        replayed = true;
+                    }
                     _ => return Err(UpstreamError::Failed(error_chain(e.error()))),
                 },
             }
         }
         Err(UpstreamError::Failed("no usable connection to the OP".into()))
     }
+}
+
+/// A copy of a request that is safe to send twice: GET, HEAD or OPTIONS without a body.
+fn replayable_copy(request: &Request<Body>) -> Option<Request<Body>> {
+    use hyper::body::Body as _;
+    let method = request.method();
+    if !(method == Method::GET || method == Method::HEAD || method == Method::OPTIONS)
+        || !request.body().is_end_stream()
+    {
+        return None;
+    }
+    let mut copy = Request::new(crate::http::full(Bytes::new()));
+    *copy.method_mut() = method.clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// Whether a connection ended before any answer: closed mid-message, reset or broken.
+fn closed_unanswered(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The connector every client shares: the system's root certificates are read and parsed
