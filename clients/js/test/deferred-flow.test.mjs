@@ -11,6 +11,7 @@ import {
   REDIRECT_URI,
   browserLogin,
   complete,
+  interactionThenTokens,
   startOp,
   startPingReceiver,
   startProxy,
@@ -219,18 +220,7 @@ describe('deferred flow through the kit', () => {
   })
 
   test('an interaction need: the poll names the URL and the progress, then the tokens come', async () => {
-    const rp = await secretClient()
-    const username = user('interaction')
-    const { process } = await start(rp, username)
-    const uri = 'https://idv.example/book?slot=video&p=7'
-    const asked = await complete(proxy, { outcome: 'pending', sub: username, error_description: 'step=video_ident', interaction_uri: uri })
-    assert.equal(asked.status, 200)
-    const waiting = await rp.poll(process)
-    assert.deepEqual(waiting, { status: 'interaction_required', interactionUri: uri, description: 'step=video_ident' })
-    assert.equal((await complete(proxy, { outcome: 'approved', sub: username, client_id: 'dtr-client' })).status, 200)
-    const result = await rp.waitForTokens(process, { maxWaitMs: 20_000 })
-    assert.equal(result.status, 'approved')
-    assert.equal(result.claims.sub, username)
+    await interactionThenTokens(proxy, await secretClient(), start, user('interaction'))
   })
 
   test('cancel: later polls answer access_denied, and no ping is sent', async () => {

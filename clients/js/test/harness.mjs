@@ -2,6 +2,7 @@
 // that logs in through the OP's login form, the verification service's signed completion
 // webhook, and a ping receiver. Every wait is bounded; every process is stopped by `stop()`.
 
+import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import { createHmac, randomBytes } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
@@ -319,4 +320,23 @@ export async function startPingReceiver({ profile = 'openid' } = {}) {
         server.close(() => resolve())
       }),
   }
+}
+
+/**
+ * The verification service asks for the end-user again (`interaction_uri` on a pending
+ * webhook): the kit's poll names the URL and the progress text, whatever the profile, and
+ * the process goes on to its tokens once approved. `start(rp, username)` runs a process to
+ * its exchange for the `dtr-client` client of `rp`.
+ */
+export async function interactionThenTokens(proxy, rp, start, username) {
+  const { process } = await start(rp, username)
+  const uri = 'https://idv.example/book?slot=video&p=7'
+  const asked = await complete(proxy, { outcome: 'pending', sub: username, error_description: 'step=video_ident', interaction_uri: uri })
+  assert.equal(asked.status, 200)
+  const waiting = await rp.poll(process)
+  assert.deepEqual(waiting, { status: 'interaction_required', interactionUri: uri, description: 'step=video_ident' })
+  assert.equal((await complete(proxy, { outcome: 'approved', sub: username, client_id: 'dtr-client' })).status, 200)
+  const result = await rp.waitForTokens(process, { maxWaitMs: 20_000 })
+  assert.equal(result.status, 'approved')
+  assert.equal(result.claims.sub, username)
 }
