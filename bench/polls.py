@@ -47,6 +47,13 @@ def commandstats(port):
     return calls
 
 
+def cpu_seconds(pid):
+    """User plus system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_http(port, path, proc, what):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -141,12 +148,14 @@ def main():
             subprocess.run(["taskset", "-c", args.client_cpus, args.poll_bench, "seed", "--count", str(args.count), *seed, "--out", requests],
                            env=env, check=True, timeout=300)
             before = commandstats(redis_port)
+            cpu_before = (cpu_seconds(redis.pid), cpu_seconds(proxy.pid))
             log(f"{mode}: {args.count} polls, {args.concurrency} connections")
             out = subprocess.run(["taskset", "-c", args.client_cpus, "timeout", "300", args.poll_bench, "load", "--url", f"http://{HOST}:{proxy_port}",
                                   "--file", requests, "--concurrency", str(args.concurrency)],
                                  capture_output=True, text=True, check=True).stdout
             time.sleep(0.2)  # the unawaited poll stamps land
             after = commandstats(redis_port)
+            cpu_after = (cpu_seconds(redis.pid), cpu_seconds(proxy.pid))
             figures = dict(kv.split("=") for kv in out.split())
             commands = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
             commands.pop("info", None)
@@ -157,6 +166,8 @@ def main():
                 "p50": float(figures["p50_ms"]),
                 "p99": float(figures["p99_ms"]),
                 "commands": {k: v / args.count for k, v in sorted(commands.items())},
+                "cpu_redis_us": (cpu_after[0] - cpu_before[0]) / args.count * 1e6,
+                "cpu_proxy_us": (cpu_after[1] - cpu_before[1]) / args.count * 1e6,
             }
             os.unlink(requests)
 
@@ -206,13 +217,14 @@ def main():
     print()
     print(f"pending polls vs redis-benchmark -t get ({args.concurrency} connections each; Redis and dtr-proxy on CPU {args.server_cpus}, "
           f"clients on CPU {args.client_cpus}; load average before: {open('/proc/loadavg').read().split()[0]})")
-    print(f"  {'':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs GET':>7}   store commands per poll")
+    print(f"  {'':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs GET':>7} {'CPU us/poll':>17}   store commands per poll")
     print(f"  {'redis-benchmark GET (1500 B)':<34} {r['rps']:9.0f} {r['p50']:8.3f} {r['p99']:8.3f}")
     labels = {"basic": "pending poll, client_secret_basic", "dpop": "pending poll + DPoP proof", "jwt": "pending poll, private_key_jwt"}
     for mode in args.modes.split(","):
         m = results[mode]
         commands = ", ".join(f"{k} {v:.2f}" for k, v in m["commands"].items())
-        print(f"  {labels[mode]:<34} {m['rps']:9.0f} {m['p50']:8.3f} {m['p99']:8.3f} {m['rps'] / r['rps']:6.0%}   {commands}")
+        cpu = f"{m['cpu_proxy_us']:.1f} + {m['cpu_redis_us']:.1f}"
+        print(f"  {labels[mode]:<34} {m['rps']:9.0f} {m['p50']:8.3f} {m['p99']:8.3f} {m['rps'] / r['rps']:6.0%} {cpu:>17}   {commands}")
     base = results.get("basic")
     if base:
         for mode in ("dpop", "jwt"):
@@ -220,6 +232,7 @@ def main():
                 cost = 1e6 / results[mode]["rps"] - 1e6 / base["rps"]
                 print(f"  cost of {'a DPoP proof' if mode == 'dpop' else 'a private_key_jwt assertion'}: {cost:+.1f} us of server time per poll "
                       f"(1/throughput against the plain pending poll)")
+    print("  CPU us/poll: CPU time of dtr-proxy + of redis-server over the polls, divided by their number (clock ticks of /proc/PID/stat)")
     mem = results["memory"]
     kinds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(mem["kinds"].items()))
     print(f"  Redis memory per pending process: {mem['bytes']:.0f} B over {mem['keys']:.2f} keys  (target <= 2048 B)")
