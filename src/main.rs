@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use dtr_proxy::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc (feature `jemalloc`, the default): its thread caches make the many small,
+/// short-lived allocations of a request cheaper than glibc's malloc does; see bench/README.md.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const USAGE: &str = "usage: dtr-proxy [check-config | --version]
   (no argument)  serve, configured by DTR_* environment variables and DTR_CONFIG
   check-config   validate the configuration and print the effective settings (secrets
