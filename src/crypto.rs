@@ -61,10 +61,17 @@ impl HashKey {
     /// Keyed hash of `value` within `domain` (so a code and an id never share a hash), as
     /// unpadded base64url (43 characters).
     pub fn hash(&self, domain: &str, value: &str) -> String {
+        self.hash_joined(domain, &[value])
+    }
+
+    /// [`Self::hash`] of `parts` joined by NUL bytes, without joining them first.
+    pub fn hash_joined(&self, domain: &str, parts: &[&str]) -> String {
         let mut ctx = hmac::Context::with_key(&self.0);
         ctx.update(domain.as_bytes());
-        ctx.update(&[0]);
-        ctx.update(value.as_bytes());
+        for part in parts {
+            ctx.update(&[0]);
+            ctx.update(part.as_bytes());
+        }
         URL_SAFE_NO_PAD.encode(ctx.sign().as_ref())
     }
 

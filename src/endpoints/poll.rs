@@ -289,13 +289,13 @@ impl Poll {
             headers.contains_key(&crate::protocol::wire::DPOP) || self.checks.clients.requires_dpop(client);
         let fingerprint = match credentials.method {
             AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost if !dpop_in_play => {
-                self.checks.verifier.binding(&credentials).fingerprint
+                self.checks.verifier.fingerprint(&credentials)
             }
             _ => None,
         };
         let polled = self
             .records
-            .load_for_poll(&process_hash, fingerprint.as_deref(), certificate, now)
+            .load_for_poll(&process_hash, fingerprint, certificate, now)
             .await?;
         let (last_poll, stamped) = (polled.last_poll, polled.stamped);
         let mut process = polled.process.ok_or_else(OAuthError::unknown_deferred_auth_id)?;
