@@ -56,11 +56,14 @@ impl std::fmt::Debug for ClientCredentials {
 /// RFC 6749 §2.3.1: Basic credentials are form-urlencoded before base64 (openid-client sends
 /// `dtr%2Dclient`), so they are decoded as such.
 fn form_decode(raw: &str) -> Result<String, ()> {
-    let spaced = raw.replace('+', " ");
-    percent_decode_str(&spaced)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| ())
+    let decoded = if raw.contains('+') {
+        percent_decode_str(&raw.replace('+', " "))
+            .decode_utf8()
+            .map(|s| s.into_owned())
+    } else {
+        percent_decode_str(raw).decode_utf8().map(|s| s.into_owned())
+    };
+    decoded.map_err(|_| ())
 }
 
 fn basic_credentials(value: &str) -> Result<(String, String), OAuthError> {

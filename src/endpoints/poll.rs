@@ -133,10 +133,10 @@ pub fn refusal(decision: PollDecision, record: &ProcessRecord) -> OAuthError {
         PollDecision::Pending | PollDecision::Interaction => OAuthError::new(
             StatusCode::BAD_REQUEST,
             code::AUTHORIZATION_PENDING,
-            record
-                .description
-                .clone()
-                .unwrap_or_else(|| "The identity verification is still in progress.".into()),
+            record.description.clone().map_or(
+                Cow::Borrowed("The identity verification is still in progress."),
+                Cow::Owned,
+            ),
         ),
         PollDecision::InFlight => OAuthError::new(
             StatusCode::BAD_REQUEST,

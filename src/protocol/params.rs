@@ -40,12 +40,15 @@ impl From<ParamError> for OAuthError {
 }
 
 fn decode(raw: &[u8]) -> Result<String, ParamError> {
-    // '+' is a space in this encoding (WHATWG URL, application/x-www-form-urlencoded).
-    let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
-    percent_decode(&spaced)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| ParamError::NotUtf8)
+    let decoded = if raw.contains(&b'+') {
+        // '+' is a space in this encoding (WHATWG URL, application/x-www-form-urlencoded).
+        let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+        percent_decode(&spaced).decode_utf8().map(|s| s.into_owned())
+    } else {
+        // Most values (ids, codes, secrets) have neither '+' nor '%': one allocation.
+        percent_decode(raw).decode_utf8().map(|s| s.into_owned())
+    };
+    decoded.map_err(|_| ParamError::NotUtf8)
 }
 
 impl Params {

@@ -26,16 +26,16 @@ fn code_key(hash: &str) -> String {
 }
 
 fn process_key(process_hash: &str) -> String {
-    format!("{{p:{process_hash}}}:rec")
+    ["{p:", process_hash, "}:rec"].concat()
 }
 
 /// The sealing context of a process's `interaction_uri` (not a key: nothing is stored there).
 fn interaction_context(process_hash: &str) -> String {
-    format!("{{p:{process_hash}}}:interaction")
+    ["{p:", process_hash, "}:interaction"].concat()
 }
 
 fn poll_key(process_hash: &str) -> String {
-    format!("{{p:{process_hash}}}:poll")
+    ["{p:", process_hash, "}:poll"].concat()
 }
 
 fn process_id_key(process_id: &str) -> String {
