@@ -34,6 +34,8 @@ pub fn json_no_store(status: StatusCode, body: &impl serde::Serialize) -> Respon
 pub fn json_bytes_no_store(status: StatusCode, json: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(full(json));
     *response.status_mut() = status;
+    // Room for these three, the few an error adds and what the server adds: one allocation.
+    *response.headers_mut() = http::HeaderMap::with_capacity(8);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, APPLICATION_JSON);
     headers.insert(CACHE_CONTROL, NO_STORE);

@@ -58,11 +58,15 @@ fn read_stamp(bytes: &[u8]) -> Option<u64> {
 /// without a DPoP key whose fingerprint is `fingerprint` and whose client certificate, if it
 /// is bound to one, is `certificate` (its `x5t#S256`).
 pub fn guard(fingerprint: &str, certificate: Option<&str>) -> Vec<u8> {
-    let binding = binding(fingerprint, certificate);
-    let mut out = Vec::with_capacity(2 + binding.len());
+    let len = fingerprint.len() + certificate.map_or(0, |x5t| 1 + x5t.len());
+    let mut out = Vec::with_capacity(2 + len);
     out.push(1);
-    out.push(u8::try_from(binding.len()).unwrap_or(0));
-    out.extend_from_slice(binding.as_bytes());
+    out.push(u8::try_from(len).unwrap_or(0));
+    out.extend_from_slice(fingerprint.as_bytes());
+    if let Some(x5t) = certificate {
+        out.push(b'#');
+        out.extend_from_slice(x5t.as_bytes());
+    }
     out
 }
 
