@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::header::{HeaderMap, AUTHORIZATION};
 use percent_encoding::percent_decode_str;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 
@@ -39,6 +39,9 @@ pub struct ClientCredentials {
     assertion: Option<String>,
     /// The scheme of the `Authorization` header when that carried the credentials.
     pub via_header: Option<&'static str>,
+    /// The secret's keyed fingerprint, computed once per request: the poll's read guard and
+    /// the owner check both need it. Every caller passes the proxy's one [`HashKey`].
+    fingerprint: OnceLock<Option<String>>,
 }
 
 impl std::fmt::Debug for ClientCredentials {
@@ -53,11 +56,14 @@ impl std::fmt::Debug for ClientCredentials {
 /// RFC 6749 §2.3.1: Basic credentials are form-urlencoded before base64 (openid-client sends
 /// `dtr%2Dclient`), so they are decoded as such.
 fn form_decode(raw: &str) -> Result<String, ()> {
-    let spaced = raw.replace('+', " ");
-    percent_decode_str(&spaced)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| ())
+    let decoded = if raw.contains('+') {
+        percent_decode_str(&raw.replace('+', " "))
+            .decode_utf8()
+            .map(|s| s.into_owned())
+    } else {
+        percent_decode_str(raw).decode_utf8().map(|s| s.into_owned())
+    };
+    decoded.map_err(|_| ())
 }
 
 fn basic_credentials(value: &str) -> Result<(String, String), OAuthError> {
@@ -127,6 +133,7 @@ impl ClientCredentials {
                 secret: Some(secret),
                 assertion: None,
                 via_header: Some("Basic"),
+                fingerprint: OnceLock::new(),
             });
         }
         if let Some(secret) = body_secret {
@@ -138,6 +145,7 @@ impl ClientCredentials {
                 secret: Some(secret.to_owned()),
                 assertion: None,
                 via_header: None,
+                fingerprint: OnceLock::new(),
             });
         }
         if let Some(assertion) = assertion {
@@ -158,6 +166,7 @@ impl ClientCredentials {
                 secret: None,
                 assertion: Some(assertion.to_owned()),
                 via_header: None,
+                fingerprint: OnceLock::new(),
             });
         }
         match body_id {
@@ -167,22 +176,28 @@ impl ClientCredentials {
                 secret: None,
                 assertion: None,
                 via_header: None,
+                fingerprint: OnceLock::new(),
             }),
             None => Err(OAuthError::invalid_client("Client authentication is required.", None)),
         }
     }
 
-    fn fingerprint(&self, key: &HashKey) -> Option<String> {
-        self.secret
-            .as_ref()
-            .map(|secret| key.hash("client-secret", &format!("{}\0{secret}", self.client_id)))
+    /// The keyed fingerprint of the secret presented (of client id and secret), if any.
+    pub fn fingerprint(&self, key: &HashKey) -> Option<&str> {
+        self.fingerprint
+            .get_or_init(|| {
+                self.secret
+                    .as_ref()
+                    .map(|secret| key.hash_joined("client-secret", &[&self.client_id, secret]))
+            })
+            .as_deref()
     }
 
     /// What to bind to a process once the OP has accepted these credentials.
     pub fn binding(&self, key: &HashKey) -> ClientBinding {
         ClientBinding {
             method: self.method,
-            fingerprint: self.fingerprint(key),
+            fingerprint: self.fingerprint(key).map(str::to_owned),
         }
     }
 
@@ -200,7 +215,7 @@ impl ClientCredentials {
             AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
         ) {
             match (self.fingerprint(key), &binding.fingerprint) {
-                (Some(presented), Some(bound)) if equal_constant_time(&presented, bound) => {}
+                (Some(presented), Some(bound)) if equal_constant_time(presented, bound) => {}
                 _ => return Err(rejected("Client authentication failed.")),
             }
         }
@@ -228,6 +243,11 @@ impl ClientVerifier {
     /// What the exchange binds to a process about the client that performed it.
     pub fn binding(&self, credentials: &ClientCredentials) -> ClientBinding {
         credentials.binding(&self.hash_key)
+    }
+
+    /// The keyed fingerprint of the secret the credentials present, if any (computed once).
+    pub fn fingerprint<'a>(&self, credentials: &'a ClientCredentials) -> Option<&'a str> {
+        credentials.fingerprint(&self.hash_key)
     }
 
     /// Checks the credentials against what the exchange bound (when given) and verifies an
@@ -291,6 +311,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(post.check_binding(&binding, &key).unwrap_err().error, "invalid_client");
+    }
+
+    #[test]
+    fn the_fingerprint_is_the_keyed_hash_of_id_and_secret_computed_once() {
+        let key = HashKey::random();
+        let creds = ClientCredentials::extract(&basic("a", "secret"), &Params::default()).unwrap();
+        let expected = key.hash("client-secret", "a\0secret");
+        assert_eq!(creds.fingerprint(&key), Some(expected.as_str()));
+        assert!(std::ptr::eq(
+            creds.fingerprint(&key).unwrap(),
+            creds.fingerprint(&key).unwrap()
+        ));
+        assert_eq!(creds.binding(&key).fingerprint, Some(expected));
+        let public = ClientCredentials::extract(&HeaderMap::new(), &Params::parse(b"client_id=a").unwrap()).unwrap();
+        assert_eq!(public.fingerprint(&key), None);
     }
 
     #[test]

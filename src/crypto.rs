@@ -61,10 +61,17 @@ impl HashKey {
     /// Keyed hash of `value` within `domain` (so a code and an id never share a hash), as
     /// unpadded base64url (43 characters).
     pub fn hash(&self, domain: &str, value: &str) -> String {
+        self.hash_joined(domain, &[value])
+    }
+
+    /// [`Self::hash`] of `parts` joined by NUL bytes, without joining them first.
+    pub fn hash_joined(&self, domain: &str, parts: &[&str]) -> String {
         let mut ctx = hmac::Context::with_key(&self.0);
         ctx.update(domain.as_bytes());
-        ctx.update(&[0]);
-        ctx.update(value.as_bytes());
+        for part in parts {
+            ctx.update(&[0]);
+            ctx.update(part.as_bytes());
+        }
         URL_SAFE_NO_PAD.encode(ctx.sign().as_ref())
     }
 
@@ -147,35 +154,51 @@ impl Sealer {
     /// Seals `plaintext`, bound to `context` (the record it lives in) as associated data, so
     /// a sealed value copied into another record does not open.
     pub fn seal(&self, plaintext: &[u8], context: &str) -> String {
+        let (kid, raw) = self.seal_binary(plaintext, context);
+        format!("{kid}.{}", URL_SAFE_NO_PAD.encode(raw))
+    }
+
+    /// [`Self::seal`] without the text form: the key id, and nonce, ciphertext and tag.
+    pub fn seal_binary(&self, plaintext: &[u8], context: &str) -> (&str, Vec<u8>) {
         let (kid, key) = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce);
-        let mut buf = plaintext.to_vec();
-        if key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(context.as_bytes()),
-                &mut buf,
-            )
-            .is_err()
-        {
+        let mut buf = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+        buf.extend_from_slice(&nonce);
+        buf.extend_from_slice(plaintext);
+        let Ok(tag) = key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(context.as_bytes()),
+            &mut buf[NONCE_LEN..],
+        ) else {
             unreachable!("AES-GCM sealing of an in-memory buffer cannot fail");
-        }
-        let mut out = Vec::with_capacity(NONCE_LEN + buf.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&buf);
-        format!("{kid}.{}", URL_SAFE_NO_PAD.encode(out))
+        };
+        buf.extend_from_slice(tag.as_ref());
+        (kid, buf)
     }
 
+    /// Opens the text form `kid.base64url` that [`Self::seal`] writes.
     pub fn open(&self, sealed: &str, context: &str) -> Result<Vec<u8>, SealError> {
         let (kid, encoded) = sealed.split_once('.').ok_or(SealError::Malformed)?;
-        let key = self
-            .keys
+        let key = self.key(kid)?;
+        let raw = URL_SAFE_NO_PAD.decode(encoded).map_err(|_| SealError::Malformed)?;
+        Self::open_with(key, &raw, context)
+    }
+
+    /// Opens the binary form [`Self::seal_binary`] returns.
+    pub fn open_binary(&self, kid: &str, raw: &[u8], context: &str) -> Result<Vec<u8>, SealError> {
+        Self::open_with(self.key(kid)?, raw, context)
+    }
+
+    fn key(&self, kid: &str) -> Result<&LessSafeKey, SealError> {
+        self.keys
             .iter()
             .find(|(k, _)| k == kid)
             .map(|(_, key)| key)
-            .ok_or_else(|| SealError::UnknownKey(kid.to_owned()))?;
-        let raw = URL_SAFE_NO_PAD.decode(encoded).map_err(|_| SealError::Malformed)?;
+            .ok_or_else(|| SealError::UnknownKey(kid.to_owned()))
+    }
+
+    fn open_with(key: &LessSafeKey, raw: &[u8], context: &str) -> Result<Vec<u8>, SealError> {
         if raw.len() < NONCE_LEN {
             return Err(SealError::Malformed);
         }

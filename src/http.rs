@@ -25,9 +25,17 @@ pub const TEXT_HTML: HeaderValue = HeaderValue::from_static("text/html; charset=
 pub const FORM_URLENCODED: HeaderValue = HeaderValue::from_static("application/x-www-form-urlencoded");
 
 /// A JSON response that no cache may keep (RFC 6749 §5.1 for everything token-related).
-pub fn json_no_store(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(full(body.to_string()));
+pub fn json_no_store(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+    // Serialising plain data with string keys cannot fail.
+    json_bytes_no_store(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// [`json_no_store`] of a body already serialised.
+pub fn json_bytes_no_store(status: StatusCode, json: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(full(json));
     *response.status_mut() = status;
+    // Room for these three, the few an error adds and what the server adds: one allocation.
+    *response.headers_mut() = http::HeaderMap::with_capacity(8);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, APPLICATION_JSON);
     headers.insert(CACHE_CONTROL, NO_STORE);

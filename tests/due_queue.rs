@@ -17,7 +17,7 @@ use dtr_proxy::clock::now_ms;
 use dtr_proxy::crypto::random_token;
 use dtr_proxy::endpoints::ping;
 use dtr_proxy::metrics::Metrics;
-use dtr_proxy::records::{AuthMethod, ClientBinding, HeldSecrets, ProcessRecord, Status};
+use dtr_proxy::records::{AuthMethod, ClientBinding, HeldSecrets, ProcessRecord, Sealed, Status};
 use dtr_proxy::telemetry::Telemetry;
 use dtr_proxy::upstream::{BufferedReply, OpClient, UpstreamError};
 use dtr_proxy::Config;
@@ -101,7 +101,7 @@ fn services(store: StoreKind, pings: &str, events: &str) -> Services {
     )
 }
 
-fn record(status: Status, expires_at: u64, sealed: String) -> ProcessRecord {
+fn record(status: Status, expires_at: u64, sealed: Sealed) -> ProcessRecord {
     let now = now_ms();
     ProcessRecord {
         process_id: random_token(16),
@@ -158,7 +158,7 @@ async fn backlog_goes_out_at_once(store: StoreKind) {
     for _ in 0..BACKLOG {
         let id = random_token(32);
         let hash = records.process_hash(&id);
-        let pending = record(Status::Pending, now_ms() + 200, String::new());
+        let pending = record(Status::Pending, now_ms() + 200, Sealed::default());
         records.create(&hash, &pending).await.expect("create");
         expiring.insert(pending.process_id);
     }

@@ -439,7 +439,7 @@ async fn extend(store: StoreKind) {
 /// each kind of request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_processes_are_paged_within_the_scan_budget() {
-    use dtr_proxy::records::{AuthMethod, ClientBinding, ProcessRecord, Records, Requested, Status};
+    use dtr_proxy::records::{AuthMethod, ClientBinding, ProcessRecord, Records, Requested, Sealed, Status};
     const COUNT: usize = 1500;
     let prefix = unique("bulk");
     let proxy = start(Options::new(StoreKind::Redis).env("DTR_REDIS_KEY_PREFIX", prefix.clone())).await;
@@ -480,7 +480,7 @@ async fn many_processes_are_paged_within_the_scan_budget() {
             requested: Requested::default(),
             ping_attempts: 0,
             release_in_doubt: false,
-            sealed: String::new(),
+            sealed: Sealed::default(),
             trace: None,
         };
         if client_id == "bulk-rare" {

@@ -12,7 +12,7 @@ use crate::crypto::equal_constant_time;
 use crate::dpop::{DpopVerifier, ValidProof};
 use crate::protocol::errors::OAuthError;
 use crate::protocol::routes::{Endpoint, PublicUrls};
-use crate::protocol::wire::{error as code, Profile};
+use crate::protocol::wire::{error as code, Profile, DPOP};
 use crate::records::{AuthMethod, ProcessRecord};
 
 #[derive(Clone)]
@@ -126,6 +126,10 @@ impl Checks {
         realm: &str,
         now_ms: u64,
     ) -> Result<Option<ValidProof>, OAuthError> {
+        // Without a proof there is nothing to check it against: no URL to build.
+        if !headers.contains_key(&DPOP) {
+            return Ok(None);
+        }
         let url = self.urls.endpoint(endpoint, realm);
         self.dpop.verify(headers, &url, now_ms / 1000).await
     }

@@ -133,10 +133,10 @@ pub fn refusal(decision: PollDecision, record: &ProcessRecord) -> OAuthError {
         PollDecision::Pending | PollDecision::Interaction => OAuthError::new(
             StatusCode::BAD_REQUEST,
             code::AUTHORIZATION_PENDING,
-            record
-                .description
-                .clone()
-                .unwrap_or_else(|| "The identity verification is still in progress.".into()),
+            record.description.clone().map_or(
+                Cow::Borrowed("The identity verification is still in progress."),
+                Cow::Owned,
+            ),
         ),
         PollDecision::InFlight => OAuthError::new(
             StatusCode::BAD_REQUEST,
@@ -289,13 +289,13 @@ impl Poll {
             headers.contains_key(&crate::protocol::wire::DPOP) || self.checks.clients.requires_dpop(client);
         let fingerprint = match credentials.method {
             AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost if !dpop_in_play => {
-                self.checks.verifier.binding(&credentials).fingerprint
+                self.checks.verifier.fingerprint(&credentials)
             }
             _ => None,
         };
         let polled = self
             .records
-            .load_for_poll(&process_hash, fingerprint.as_deref(), certificate, now)
+            .load_for_poll(&process_hash, fingerprint, certificate, now)
             .await?;
         let (last_poll, stamped) = (polled.last_poll, polled.stamped);
         let mut process = polled.process.ok_or_else(OAuthError::unknown_deferred_auth_id)?;

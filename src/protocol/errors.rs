@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
-use serde_json::json;
+use serde::Serialize;
 
-use super::wire::{error as code, Profile, DEFERRED_AUTH_ID, DPOP_NONCE, INTERACTION_URI};
-use crate::http::{json_no_store, Body};
+use super::wire::{error as code, Profile, DEFERRED_AUTH_ID, DPOP_NONCE};
+use crate::http::{json_bytes_no_store, Body};
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
 
@@ -229,14 +229,20 @@ impl OAuthError {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let mut body = json!({ "error": self.error, "error_description": ascii_description(&self.description) });
-        if let Some(uri) = self.interaction_uri() {
-            body[INTERACTION_URI] = json!(uri);
-        }
-        let mut response = json_no_store(self.status, &body);
+        let body = ErrorBody {
+            error: self.error,
+            error_description: &ascii_description(&self.description),
+            interaction_uri: self.interaction_uri(),
+        };
+        // Serialised once, straight into a buffer of about the right size.
+        let room = 48 + body.error.len() + body.error_description.len() + body.interaction_uri.map_or(0, str::len);
+        let mut json = Vec::with_capacity(room);
+        // Serialising plain strings cannot fail.
+        let _ = serde_json::to_writer(&mut json, &body);
+        let mut response = json_bytes_no_store(self.status, json);
         let headers = response.headers_mut();
         if let Some(scheme) = self.www_authenticate {
-            let value = format!("{scheme} error=\"{}\"", self.error);
+            let value = [scheme, " error=\"", self.error, "\""].concat();
             if let Ok(value) = HeaderValue::from_str(&value) {
                 headers.insert(WWW_AUTHENTICATE, value);
             }
@@ -251,6 +257,15 @@ impl OAuthError {
     }
 }
 
+/// The body of an error answer (RFC 6749 §5.2), with the IETF profile's `interaction_uri`.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    error_description: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interaction_uri: Option<&'a str>,
+}
+
 /// Longest `error_description` sent, in characters.
 pub const MAX_DESCRIPTION: usize = 500;
 
@@ -259,7 +274,8 @@ pub const MAX_DESCRIPTION: usize = 500;
 /// may hold anything; quotes become `'`, backslashes `/`, other characters `?`.
 pub fn ascii_description(text: &str) -> Cow<'_, str> {
     let allowed = |c: char| matches!(c, '\x20'..='\x21' | '\x23'..='\x5B' | '\x5D'..='\x7E');
-    if text.len() <= MAX_DESCRIPTION && text.chars().all(allowed) {
+    // Every allowed character is ASCII, so byte by byte says the same (and costs less).
+    if text.len() <= MAX_DESCRIPTION && text.bytes().all(|b| allowed(char::from(b))) {
         return Cow::Borrowed(text);
     }
     Cow::Owned(
@@ -284,6 +300,34 @@ impl From<StoreError> for OAuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn body_of(error: OAuthError) -> String {
+        use http_body_util::BodyExt;
+        let body = error.into_response().into_body();
+        let bytes = futures_util::FutureExt::now_or_never(body.collect())
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn an_error_renders_its_members_in_order() {
+        let response = OAuthError::invalid_client("Client \"authentication\" failed.", Some("Basic")).into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[WWW_AUTHENTICATE], "Basic error=\"invalid_client\"");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        let body = body_of(OAuthError::invalid_grant("G\u{e4}one \"x\"."));
+        assert_eq!(body, r#"{"error":"invalid_grant","error_description":"G?one 'x'."}"#);
+        let body = body_of(OAuthError::interaction_required("https://v.example/a?b=c", "Waiting."));
+        assert_eq!(
+            body,
+            r#"{"error":"interaction_required","error_description":"Waiting.","interaction_uri":"https://v.example/a?b=c"}"#
+        );
+        let response = OAuthError::store(StoreError::Unavailable("down".into())).into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "2");
+    }
 
     #[test]
     fn descriptions_are_ascii_safe() {

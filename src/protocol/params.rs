@@ -40,12 +40,28 @@ impl From<ParamError> for OAuthError {
 }
 
 fn decode(raw: &[u8]) -> Result<String, ParamError> {
-    // '+' is a space in this encoding (WHATWG URL, application/x-www-form-urlencoded).
-    let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
-    percent_decode(&spaced)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| ParamError::NotUtf8)
+    let decoded = match (raw.contains(&b'+'), raw.contains(&b'%')) {
+        // Most values (ids, codes, secrets) need no decoding: one copy.
+        (false, false) => {
+            return std::str::from_utf8(raw)
+                .map(str::to_owned)
+                .map_err(|_| ParamError::NotUtf8)
+        }
+        (false, true) => decoded_bytes(raw),
+        // '+' is a space in this encoding (WHATWG URL, application/x-www-form-urlencoded).
+        (true, _) => {
+            let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+            decoded_bytes(&spaced)
+        }
+    };
+    String::from_utf8(decoded).map_err(|_| ParamError::NotUtf8)
+}
+
+/// Percent-decoded bytes, in a buffer sized once (decoding never lengthens).
+fn decoded_bytes(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    out.extend(percent_decode(raw));
+    out
 }
 
 impl Params {

@@ -11,7 +11,7 @@
 //! | 16..16+L | the binding: the bound secret's fingerprint (keyed hash of client id and secret), then, for a process bound to a client certificate, `#` and its `x5t#S256` |
 //! | 2 bytes | big-endian length `J` of the body |
 //! | J bytes | the rest of the record as JSON with one-letter names ([`Body`]) |
-//! | the rest | the sealed secrets, binary: key id, `.`, nonce, ciphertext and tag (empty once delivered) |
+//! | the rest | the sealed secrets, binary ([`Sealed`]): `b`, key id, `.`, nonce, ciphertext and tag (empty once delivered) |
 //!
 //! The poll clock lives in the record (bytes 1..14) and the guard (bytes 14..16+L) sits at a
 //! fixed place, so a pending poll is one store command: read the record and, if the caller
@@ -22,11 +22,9 @@
 //! **Format 1** (earlier versions): the record as JSON (it starts with `{`), its poll clock in
 //! a key of its own. It is still read, so processes created before an upgrade live on.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::{AuthMethod, ClientBinding, ProcessRecord, Requested, Status};
+use super::{AuthMethod, ClientBinding, ProcessRecord, Requested, Sealed, Status};
 
 pub const FORMAT_2: u8 = 2;
 /// Where the poll clock is, and its width.
@@ -60,11 +58,15 @@ fn read_stamp(bytes: &[u8]) -> Option<u64> {
 /// without a DPoP key whose fingerprint is `fingerprint` and whose client certificate, if it
 /// is bound to one, is `certificate` (its `x5t#S256`).
 pub fn guard(fingerprint: &str, certificate: Option<&str>) -> Vec<u8> {
-    let binding = binding(fingerprint, certificate);
-    let mut out = Vec::with_capacity(2 + binding.len());
+    let len = fingerprint.len() + certificate.map_or(0, |x5t| 1 + x5t.len());
+    let mut out = Vec::with_capacity(2 + len);
     out.push(1);
-    out.push(u8::try_from(binding.len()).unwrap_or(0));
-    out.extend_from_slice(binding.as_bytes());
+    out.push(u8::try_from(len).unwrap_or(0));
+    out.extend_from_slice(fingerprint.as_bytes());
+    if let Some(x5t) = certificate {
+        out.push(b'#');
+        out.extend_from_slice(x5t.as_bytes());
+    }
     out
 }
 
@@ -194,7 +196,7 @@ pub fn encode(record: &ProcessRecord, last_poll: Option<u64>) -> Vec<u8> {
     };
     // Serialising plain data with string keys cannot fail.
     let body = serde_json::to_vec(&body).unwrap_or_default();
-    let sealed = sealed_to_binary(&record.sealed);
+    let sealed = record.sealed.as_stored();
     let mut out = Vec::with_capacity(GUARD_AT + 4 + bound.len() + body.len() + sealed.len());
     out.push(FORMAT_2);
     out.extend_from_slice(&last_poll.map_or(NO_STAMP, stamp));
@@ -203,7 +205,7 @@ pub fn encode(record: &ProcessRecord, last_poll: Option<u64>) -> Vec<u8> {
     out.extend_from_slice(bound.as_bytes());
     out.extend_from_slice(&(body.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
     out.extend_from_slice(&body);
-    out.extend_from_slice(&sealed);
+    out.extend_from_slice(sealed);
     out
 }
 
@@ -242,7 +244,7 @@ fn decode_2(raw: &[u8]) -> Option<(ProcessRecord, Option<u64>)> {
     let body_len = usize::from(u16::from_be_bytes(raw.get(len_at..len_at + 2)?.try_into().ok()?));
     let body_at = len_at + 2;
     let body: Body = serde_json::from_slice(raw.get(body_at..body_at + body_len)?).ok()?;
-    let sealed = sealed_from_binary(&raw[body_at + body_len..])?;
+    let sealed = Sealed::from_stored(&raw[body_at + body_len..])?;
     let record = ProcessRecord {
         process_id: body.process_id,
         realm: body.realm,
@@ -274,44 +276,11 @@ fn decode_2(raw: &[u8]) -> Option<(ProcessRecord, Option<u64>)> {
     Some((record, last_poll))
 }
 
-/// `kid.base64url` (as `Sealer::seal` writes it) → `b` kid `.` raw bytes; anything else is
-/// kept as text behind `t`, so an unexpected form still round-trips.
-fn sealed_to_binary(sealed: &str) -> Vec<u8> {
-    if sealed.is_empty() {
-        return Vec::new();
-    }
-    if let Some((kid, encoded)) = sealed.split_once('.') {
-        if let Ok(raw) = URL_SAFE_NO_PAD.decode(encoded) {
-            let mut out = Vec::with_capacity(2 + kid.len() + raw.len());
-            out.push(b'b');
-            out.extend_from_slice(kid.as_bytes());
-            out.push(b'.');
-            out.extend_from_slice(&raw);
-            return out;
-        }
-    }
-    let mut out = Vec::with_capacity(1 + sealed.len());
-    out.push(b't');
-    out.extend_from_slice(sealed.as_bytes());
-    out
-}
-
-fn sealed_from_binary(bytes: &[u8]) -> Option<String> {
-    match bytes.split_first() {
-        None => Some(String::new()),
-        Some((b'b', rest)) => {
-            let dot = rest.iter().position(|&b| b == b'.')?;
-            let kid = std::str::from_utf8(&rest[..dot]).ok()?;
-            Some(format!("{kid}.{}", URL_SAFE_NO_PAD.encode(&rest[dot + 1..])))
-        }
-        Some((b't', rest)) => String::from_utf8(rest.to_vec()).ok(),
-        Some(_) => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     fn full(now: u64) -> ProcessRecord {
         let mut record = ProcessRecord::sample(now);
@@ -331,7 +300,9 @@ mod tests {
         record.ping_attempts = 3;
         record.strikes = 2;
         record.release_in_doubt = true;
-        record.sealed = format!("k1.{}", URL_SAFE_NO_PAD.encode([0u8, 1, 2, b'.', 255, 46]));
+        record.sealed = format!("k1.{}", URL_SAFE_NO_PAD.encode([0u8, 1, 2, b'.', 255, 46]))
+            .as_str()
+            .into();
         record
     }
 
@@ -366,7 +337,11 @@ mod tests {
         let written = br#"{"process_id":"p","realm":"r","client_id":"c","client":{"method":"client_secret_basic","fingerprint":"fp"},"status":"pending","interval":5,"strikes":0,"created_at":1,"expires_at":2,"sub":"s","ping_attempts":0,"sealed":"k.AAAA"}"#;
         let (record, last_poll) = decode(written).unwrap();
         assert_eq!(
-            (record.client.fingerprint.as_deref(), record.sealed.as_str(), last_poll),
+            (
+                record.client.fingerprint.as_deref(),
+                record.sealed.to_text().as_str(),
+                last_poll
+            ),
             (Some("fp"), "k.AAAA", None)
         );
     }

@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 
 mod encoding;
 mod repository;
+mod sealed;
 
 pub use repository::{Change, PolledProcess, Records, StoredProcess, TakenCode, UnsealError};
+pub use sealed::Sealed;
 
 /// Marks our `state` handles so an upstream redirect is recognised without a store lookup.
 pub const HANDLE_PREFIX: &str = "dtr1.";
@@ -202,7 +204,7 @@ pub struct ProcessRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
     /// `HeldSecrets`, sealed; emptied once tokens are delivered.
-    pub sealed: String,
+    pub sealed: Sealed,
 }
 
 #[cfg(test)]
@@ -236,7 +238,7 @@ impl ProcessRecord {
             ping_attempts: 0,
             release_in_doubt: false,
             trace: None,
-            sealed: String::new(),
+            sealed: Sealed::default(),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::encoding::{self, STAMP_AT};
-use super::{AuthorizationRecord, CodeRecord, HeldSecrets, ProcessRecord, EXPIRED_GRACE};
+use super::{AuthorizationRecord, CodeRecord, HeldSecrets, ProcessRecord, Sealed, EXPIRED_GRACE};
 use crate::crypto::{HashKey, Sealer};
 use crate::store::{Store, StoreError, StoreResult};
 
@@ -26,16 +26,16 @@ fn code_key(hash: &str) -> String {
 }
 
 fn process_key(process_hash: &str) -> String {
-    format!("{{p:{process_hash}}}:rec")
+    ["{p:", process_hash, "}:rec"].concat()
 }
 
 /// The sealing context of a process's `interaction_uri` (not a key: nothing is stored there).
 fn interaction_context(process_hash: &str) -> String {
-    format!("{{p:{process_hash}}}:interaction")
+    ["{p:", process_hash, "}:interaction"].concat()
 }
 
 fn poll_key(process_hash: &str) -> String {
-    format!("{{p:{process_hash}}}:poll")
+    ["{p:", process_hash, "}:poll"].concat()
 }
 
 fn process_id_key(process_id: &str) -> String {
@@ -243,14 +243,16 @@ impl Records {
         self.hash_key.hash("sid", sid)
     }
 
-    pub fn seal(&self, secrets: &HeldSecrets, process_hash: &str) -> String {
-        self.sealer.seal(&encode(secrets), &process_key(process_hash))
+    pub fn seal(&self, secrets: &HeldSecrets, process_hash: &str) -> Sealed {
+        let (kid, raw) = self.sealer.seal_binary(&encode(secrets), &process_key(process_hash));
+        Sealed::binary(kid, &raw)
     }
 
     pub fn open(&self, process: &StoredProcess) -> Result<HeldSecrets, UnsealError> {
-        let plain = self
-            .sealer
-            .open(&process.record.sealed, &process_key(&process.process_hash))
+        let plain = process
+            .record
+            .sealed
+            .open(&self.sealer, &process_key(&process.process_hash))
             .map_err(|e| UnsealError(e.to_string()))?;
         serde_json::from_slice(&plain).map_err(|e| UnsealError(e.to_string()))
     }

@@ -24,7 +24,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, IntoConnectionInfo,
-    RedisError, Role, Script, ScriptInvocation, ServerErrorKind, TlsCertificates, TlsMode,
+    RedisError, Role, Script, ServerErrorKind, TlsCertificates, TlsMode,
 };
 use tokio::sync::{Mutex, OnceCell};
 
@@ -660,24 +660,24 @@ impl RedisStore {
         })
     }
 
+    /// Runs `cmd`, an `EVALSHA` of `script` built by [`evalsha`]; where the server does not
+    /// know the script yet (`NOSCRIPT`), loads it and sends the command again.
     fn invoke<'a, T: FromRedisValue + Send + 'a>(
         &'a self,
         repeat: Repeat,
-        invocation: &'a ScriptInvocation<'a>,
+        script: &'a Script,
+        cmd: &'a Cmd,
     ) -> Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>> {
         Box::pin(async move {
             let started = Instant::now();
             let result = match &self.conn {
                 Conn::Master(master) => {
                     master
-                        .run(
-                            repeat,
-                            |mut conn| async move { invocation.invoke_async(&mut conn).await },
-                        )
+                        .run(repeat, |mut conn| async move { eval(script, cmd, &mut conn).await })
                         .await
                 }
                 Conn::Cluster(client, cell) => match Self::cluster(client, cell).await {
-                    Ok(mut conn) => invocation.invoke_async(&mut conn).await.map_err(unavailable),
+                    Ok(mut conn) => eval(script, cmd, &mut conn).await.map_err(unavailable),
                     Err(e) => Err(e),
                 },
             };
@@ -739,7 +739,11 @@ impl RedisStore {
 
     pub(super) async fn replace(&self, key: &str, expected: &[u8], new: &[u8]) -> StoreResult<bool> {
         let replaced: i64 = self
-            .invoke(Repeat::Unsafe, self.scripts.replace.key(key).arg(expected).arg(new))
+            .invoke(
+                Repeat::Unsafe,
+                &self.scripts.replace,
+                evalsha(&self.scripts.replace, key).arg(expected).arg(new),
+            )
             .await?;
         Ok(replaced == 1)
     }
@@ -756,9 +760,8 @@ impl RedisStore {
         let read: Option<(Vec<u8>, i64)> = self
             .invoke(
                 Repeat::Safe,
-                self.scripts
-                    .get_patching
-                    .key(key)
+                &self.scripts.get_patching,
+                evalsha(&self.scripts.get_patching, key)
                     .arg(guard_at)
                     .arg(guard)
                     .arg(at)
@@ -769,9 +772,13 @@ impl RedisStore {
     }
 
     pub(super) async fn patch(&self, key: &str, at: usize, bytes: &[u8]) -> StoreResult<()> {
-        self.invoke::<i64>(Repeat::Safe, self.scripts.patch.key(key).arg(at).arg(bytes))
-            .await
-            .map(drop)
+        self.invoke::<i64>(
+            Repeat::Safe,
+            &self.scripts.patch,
+            evalsha(&self.scripts.patch, key).arg(at).arg(bytes),
+        )
+        .await
+        .map(drop)
     }
 
     pub(super) async fn get_pair(&self, key: &str, other: &str) -> StoreResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
@@ -790,15 +797,20 @@ impl RedisStore {
     }
 
     pub(super) async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {
-        self.invoke::<i64>(Repeat::Safe, self.scripts.set_add.key(key).arg(member).arg(ttl_ms(ttl)))
-            .await
-            .map(drop)
+        self.invoke::<i64>(
+            Repeat::Safe,
+            &self.scripts.set_add,
+            evalsha(&self.scripts.set_add, key).arg(member).arg(ttl_ms(ttl)),
+        )
+        .await
+        .map(drop)
     }
 
     pub(super) async fn index_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {
         self.invoke::<i64>(
             Repeat::Safe,
-            self.scripts.index_add.key(key).arg(member).arg(ttl_ms(ttl)),
+            &self.scripts.index_add,
+            evalsha(&self.scripts.index_add, key).arg(member).arg(ttl_ms(ttl)),
         )
         .await
         .map(drop)
@@ -841,7 +853,11 @@ impl RedisStore {
         // Twice would hide the members leased by the first run until their lease ends.
         self.invoke(
             Repeat::Unsafe,
-            self.scripts.claim_due.key(queue).arg(now_ms).arg(until).arg(limit),
+            &self.scripts.claim_due,
+            evalsha(&self.scripts.claim_due, queue)
+                .arg(now_ms)
+                .arg(until)
+                .arg(limit),
         )
         .await
     }
@@ -901,6 +917,31 @@ fn ttl_ms(ttl: Duration) -> u64 {
 }
 
 /// The command of `cmd` as a metric label: the commands this store sends, `other` for any else.
+/// `EVALSHA` of `script` with one key, its arguments to be appended: built in one buffer (a
+/// `ScriptInvocation` keeps every argument in a `Vec` of its own, then copies them all into
+/// such a command on every call).
+fn evalsha(script: &Script, key: &str) -> Cmd {
+    let mut cmd = Cmd::with_capacity(8, 96 + key.len());
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(1).arg(key);
+    cmd
+}
+
+/// Sends an [`evalsha`] command; on `NOSCRIPT` (a restarted or new server) loads the script
+/// and sends it again, as `ScriptInvocation::invoke_async` does.
+async fn eval<T: FromRedisValue>(
+    script: &Script,
+    cmd: &Cmd,
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> redis::RedisResult<T> {
+    match cmd.query_async(conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        result => result,
+    }
+}
+
 fn command_name(cmd: &Cmd) -> &'static str {
     const KNOWN: [&str; 20] = [
         "GET",
