@@ -916,7 +916,6 @@ fn ttl_ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
 }
 
-/// The command of `cmd` as a metric label: the commands this store sends, `other` for any else.
 /// `EVALSHA` of `script` with one key, its arguments to be appended: built in one buffer (a
 /// `ScriptInvocation` keeps every argument in a `Vec` of its own, then copies them all into
 /// such a command on every call).
@@ -942,6 +941,7 @@ async fn eval<T: FromRedisValue>(
     }
 }
 
+/// The command of `cmd` as a metric label: the commands this store sends, `other` for any else.
 fn command_name(cmd: &Cmd) -> &'static str {
     const KNOWN: [&str; 20] = [
         "GET",
