@@ -351,12 +351,6 @@ impl Records {
             let clock = store.get(&store.key(&poll_key(process_hash))).await?;
             last_poll = clock.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
         }
-        if stamped && last_poll == Some(now_ms) {
-            // The clock already holds this poll's own stamp: the command was sent again after
-            // its reply was lost (a failover) and read what its first attempt wrote. That is
-            // this poll, not an earlier one, and must not make it `slow_down`.
-            last_poll = None;
-        }
         if stamped {
             // The stored bytes now carry this poll: keep them for a compare-and-set.
             raw[STAMP_AT..STAMP_AT + stamp.len()].copy_from_slice(&stamp);
@@ -677,35 +671,5 @@ impl Records {
     fn webhook_key(&self, webhook_id: &str) -> String {
         self.store
             .key(&webhook_key(&self.hash_key.hash("webhook-id", webhook_id)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::records::AuthMethod;
-    use crate::store::MemoryStore;
-
-    #[tokio::test]
-    async fn a_poll_read_sent_again_does_not_see_its_own_stamp_as_an_earlier_poll() {
-        let records = Records::new(
-            Store::Memory(MemoryStore::new()),
-            HashKey::from_base64("YmVuY2gtaGFzaC1rZXktYmVuY2gtaGFzaC1rZXktMDA").unwrap(),
-            Sealer::from_spec("k1:YmVuY2gtdG9rZW4ta2V5LWJlbmNoLXRva2VuLWtleTA").unwrap(),
-        );
-        let now = 1_764_000_000_000;
-        let mut record = ProcessRecord::sample(now);
-        record.client.method = AuthMethod::ClientSecretBasic;
-        record.client.fingerprint = Some("fp".into());
-        records.create("h", &record).await.unwrap();
-        let first = records.load_for_poll("h", Some("fp"), None, now).await.unwrap();
-        assert!(first.stamped);
-        assert_eq!(first.last_poll, None);
-        // The same command again (its reply lost): still this poll's first read.
-        let again = records.load_for_poll("h", Some("fp"), None, now).await.unwrap();
-        assert_eq!((again.stamped, again.last_poll), (true, None));
-        // A later poll sees the stamp as the last poll.
-        let later = records.load_for_poll("h", Some("fp"), None, now + 1).await.unwrap();
-        assert_eq!(later.last_poll, Some(now));
     }
 }
