@@ -50,9 +50,12 @@ def run(g):
           "image: the revision reaches dtr_build_info (DTR_BUILD_REVISION at build time)")
     with open(os.path.join(root, "Cargo.toml"), "rb") as f:
         cargo = tomllib.load(f)
-    dist = cargo.get("profile", {}).get("dist", {})
-    check(dist.get("inherits") == "release" and dist.get("strip") in ("symbols", True)
-          and dist.get("lto") in ("fat", True) and dist.get("codegen-units") == 1,
+    profiles = cargo.get("profile", {})
+    dist = profiles.get("dist", {})
+    # dist inherits release: its own settings, else release's.
+    effective = {**profiles.get("release", {}), **dist}
+    check(dist.get("inherits") == "release" and effective.get("strip") in ("symbols", True)
+          and effective.get("lto") in ("fat", True) and effective.get("codegen-units") == 1,
           "image: Cargo profile dist = release + fat LTO, one codegen unit, stripped")
     check("--profile dist" in text and "/dist/dtr-proxy" in text,
           "image: the image ships the dist build")
