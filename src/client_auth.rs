@@ -8,7 +8,6 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::header::{HeaderMap, AUTHORIZATION};
-use percent_encoding::percent_decode_str;
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
@@ -56,14 +55,7 @@ impl std::fmt::Debug for ClientCredentials {
 /// RFC 6749 §2.3.1: Basic credentials are form-urlencoded before base64 (openid-client sends
 /// `dtr%2Dclient`), so they are decoded as such.
 fn form_decode(raw: &str) -> Result<String, ()> {
-    let decoded = if raw.contains('+') {
-        percent_decode_str(&raw.replace('+', " "))
-            .decode_utf8()
-            .map(|s| s.into_owned())
-    } else {
-        percent_decode_str(raw).decode_utf8().map(|s| s.into_owned())
-    };
-    decoded.map_err(|_| ())
+    crate::protocol::params::decode(raw.as_bytes()).map_err(|_| ())
 }
 
 fn basic_credentials(value: &str) -> Result<(String, String), OAuthError> {

@@ -39,7 +39,9 @@ impl From<ParamError> for OAuthError {
     }
 }
 
-fn decode(raw: &[u8]) -> Result<String, ParamError> {
+/// One name or value of an `application/x-www-form-urlencoded` body (WHATWG URL): `+` is a
+/// space, then percent-decoding; the result must be UTF-8.
+pub fn decode(raw: &[u8]) -> Result<String, ParamError> {
     let decoded = match (raw.contains(&b'+'), raw.contains(&b'%')) {
         // Most values (ids, codes, secrets) need no decoding: one copy.
         (false, false) => {
