@@ -22,6 +22,8 @@
 //! **Format 1** (earlier versions): the record as JSON (it starts with `{`), its poll clock in
 //! a key of its own. It is still read, so processes created before an upgrade live on.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use serde::{Deserialize, Serialize};
 
 use super::{AuthMethod, ClientBinding, ProcessRecord, Requested, Sealed, Status};
@@ -43,6 +45,17 @@ pub fn stamp(now_ms: u64) -> [u8; STAMP_LEN] {
         n /= 10;
     }
     out
+}
+
+/// The time a poll writes into the poll clock: `now_ms` to ten milliseconds, its last digit
+/// taken from a counter of this process. Two stamps this process writes one after the other
+/// always differ, so a stamping read that finds exactly the stamp it writes is that same read
+/// sent a second time (the store client resends a command whose reply a failover lost), not a
+/// second poll. Ten milliseconds are nothing against the slack a poll interval allows.
+pub fn poll_stamp(now_ms: u64) -> u64 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let digit = NEXT.fetch_add(1, Ordering::Relaxed) % 10;
+    now_ms - now_ms % 10 + u64::from(digit)
 }
 
 fn read_stamp(bytes: &[u8]) -> Option<u64> {
@@ -402,5 +415,17 @@ mod tests {
         assert_eq!(read_stamp(&raw), None);
         raw[STAMP_AT..STAMP_AT + STAMP_LEN].copy_from_slice(&stamp(1_764_000_000_123));
         assert_eq!(decode(&raw).unwrap().1, Some(1_764_000_000_123));
+    }
+
+    #[test]
+    fn poll_stamps_in_a_row_differ_even_within_a_millisecond() {
+        let now = 1_764_000_000_123;
+        let stamps: Vec<u64> = (0..10).map(|_| poll_stamp(now)).collect();
+        for pair in stamps.windows(2) {
+            assert_ne!(pair[0], pair[1]);
+        }
+        for s in &stamps {
+            assert!(s.abs_diff(now) < 10, "{s} is within ten milliseconds of {now}");
+        }
     }
 }

@@ -329,7 +329,8 @@ impl Records {
         let guard = fingerprint
             .map(|fingerprint| encoding::guard(fingerprint, certificate))
             .unwrap_or_default();
-        let stamp = encoding::stamp(now_ms);
+        let stamp_ms = encoding::poll_stamp(now_ms);
+        let stamp = encoding::stamp(stamp_ms);
         let read = store
             .get_patching(
                 &store.key(&process_key(process_hash)),
@@ -350,6 +351,11 @@ impl Records {
         if encoding::is_format_1(&raw) {
             let clock = store.get(&store.key(&poll_key(process_hash))).await?;
             last_poll = clock.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+        }
+        if stamped && last_poll == Some(stamp_ms) {
+            // This read was sent twice and the first run's stamp is what the second read: the
+            // clock before this poll is lost, so it does not count as too fast.
+            last_poll = None;
         }
         if stamped {
             // The stored bytes now carry this poll: keep them for a compare-and-set.
@@ -372,7 +378,8 @@ impl Records {
     /// sharing the connection's order, finds it. In memory it is simply done.
     pub async fn stamp_poll(&self, process: &mut StoredProcess, now_ms: u64) {
         let store = self.store.clone();
-        let stamp = encoding::stamp(now_ms);
+        let stamp_ms = encoding::poll_stamp(now_ms);
+        let stamp = encoding::stamp(stamp_ms);
         let legacy = encoding::is_format_1(&process.raw);
         if !legacy && process.raw.len() >= STAMP_AT + stamp.len() {
             process.raw[STAMP_AT..STAMP_AT + stamp.len()].copy_from_slice(&stamp);
