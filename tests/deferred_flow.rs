@@ -1240,7 +1240,7 @@ async fn an_ietf_hint_with_a_request_object_the_op_verifies_reaches_the_op_untou
 /// waiting on an interaction reads its `interaction_uri` from the record it loads anyway, so
 /// it is one command, as a plain pending poll is.
 #[tokio::test]
-async fn a_poll_waiting_on_an_interaction_is_one_store_command() {
+async fn a_poll_waiting_on_an_interaction_is_one_store_round_trip() {
     let prefix = unique("mon");
     let options = Options::new(StoreKind::Redis)
         .profile(Profile::Ietf)
@@ -1273,11 +1273,19 @@ async fn a_poll_waiting_on_an_interaction_is_one_store_command() {
     let _ = std::fs::remove_file(&log);
     assert_eq!(waiting.error(), "interaction_required", "{}", waiting.json);
     assert_eq!(waiting.json["interaction_uri"], "https://idv.example/slot");
-    // What the script does inside Redis is logged as `[0 lua]`: the same round trip.
-    let round_trips: Vec<&str> = seen
+    // What the script does inside Redis is logged as `[0 lua]`. The poll sends the guarded
+    // stamp and the read together: the two commands come from one connection, one right
+    // after the other, nothing of anyone else's in between.
+    let sent: Vec<&str> = seen
         .lines()
         .filter(|line| line.contains(&prefix) && line.contains("{p:") && !line.contains(" lua] "))
         .collect();
-    assert_eq!(round_trips.len(), 1, "{seen}");
-    assert!(round_trips[0].contains("\"EVALSHA\""), "{seen}");
+    assert_eq!(sent.len(), 2, "{seen}");
+    assert!(sent[0].contains("\"EVALSHA\""), "{seen}");
+    assert!(sent[1].contains("\"GET\""), "{seen}");
+    let connection = |line: &str| line.split(['[', ']']).nth(1).map(str::to_owned);
+    assert_eq!(connection(sent[0]), connection(sent[1]), "{seen}");
+    let lines: Vec<&str> = seen.lines().filter(|line| !line.contains(" lua] ")).collect();
+    let first = lines.iter().position(|line| *line == sent[0]).expect("the script");
+    assert_eq!(lines.get(first + 1), Some(&sent[1]), "nothing in between: {seen}");
 }

@@ -345,7 +345,7 @@ impl Poll {
             // IETF §6.6: the client the code was issued to learns it was redeemed (the
             // OpenID profile keeps one answer for spent and unknown ids).
             PollDecision::Spent if profile == Profile::Ietf => Err(OAuthError::redeemed_deferral_code()),
-            // The URL is in the record just read: still one store command.
+            // The URL is in the record just read: still one store round trip.
             PollDecision::Interaction => Err(match self.records.open_interaction(&process) {
                 Ok(Some(uri)) => interaction_answer(&uri, record.description.as_deref(), profile),
                 Ok(None) => refusal(PollDecision::Pending, record),

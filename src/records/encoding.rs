@@ -14,7 +14,7 @@
 //! | the rest | the sealed secrets, binary ([`Sealed`]): `b`, key id, `.`, nonce, ciphertext and tag (empty once delivered) |
 //!
 //! The poll clock lives in the record (bytes 1..14) and the guard (bytes 14..16+L) sits at a
-//! fixed place, so a pending poll is one store command: read the record and, if the caller
+//! fixed place, so a pending poll is one store round trip: read the record and, if the caller
 //! presents the bound fingerprint (and the bound certificate), stamp the clock
 //! ([`crate::store::Store::get_patching`]). Neither a fingerprint nor a thumbprint (base64url)
 //! contains `#`.

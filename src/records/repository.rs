@@ -310,7 +310,7 @@ impl Records {
         })
     }
 
-    /// A process and when it was last polled by its owner, in one store command. Only an
+    /// A process and when it was last polled by its owner, in one store round trip. Only an
     /// authenticated poll may move the poll clock, so someone holding a stolen id cannot make
     /// its owner's polls look too fast: the read moves it to `now_ms` only when `fingerprint`
     /// (of the secret the poll presents) is the one bound to the process, `certificate` (the

@@ -86,7 +86,7 @@ impl Store {
 
     /// Reads `key` and, atomically, when `guard` is not empty and the value holds it at byte
     /// `guard_at`, overwrites the value's bytes at `at` with `patch` (its TTL kept). Returns
-    /// the value as it was read and whether it was patched; one command on Redis.
+    /// the value as it was read and whether it was patched; one round trip on Redis.
     pub async fn get_patching(
         &self,
         key: &str,

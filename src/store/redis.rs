@@ -53,19 +53,21 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
 end
 return 1";
 
-// Reads a value and, when it holds ARGV[2] (not empty) at byte ARGV[1], overwrites its bytes
-// at ARGV[3] with ARGV[4] (SETRANGE keeps the TTL). Returns the value as read and 1 if patched.
-const GET_PATCHING: &str = r"
-local value = redis.call('GET', KEYS[1])
-if not value then
+// When the value holds ARGV[2] at byte ARGV[1], overwrites its bytes at ARGV[3] with ARGV[4]
+// (SETRANGE keeps the TTL) and returns the bytes it replaced; otherwise, or when there is no
+// value (GETRANGE then reads ''), writes nothing. It reads only the few bytes it compares:
+// the value itself follows in a plain GET, which costs Redis a fraction of moving it through
+// Lua and back.
+const PATCH_GUARDED: &str = r"
+local guard_at, guard = tonumber(ARGV[1]), ARGV[2]
+local at, patch = tonumber(ARGV[3]), ARGV[4]
+local from = math.min(guard_at, at)
+local span = redis.call('GETRANGE', KEYS[1], from, math.max(guard_at + #guard, at + #patch) - 1)
+if string.sub(span, guard_at - from + 1, guard_at - from + #guard) ~= guard then
   return false
 end
-local at = tonumber(ARGV[1])
-if #ARGV[2] > 0 and string.sub(value, at + 1, at + #ARGV[2]) == ARGV[2] then
-  redis.call('SETRANGE', KEYS[1], ARGV[3], ARGV[4])
-  return {value, 1}
-end
-return {value, 0}";
+redis.call('SETRANGE', KEYS[1], at, patch)
+return string.sub(span, at - from + 1, at - from + #patch)";
 
 // SETRANGE on a missing key would create one without a TTL: only an existing value is patched.
 const PATCH: &str = r"
@@ -289,7 +291,7 @@ pub struct RedisStore {
 
 struct Scripts {
     replace: Script,
-    get_patching: Script,
+    patch_guarded: Script,
     index_add: Script,
     patch: Script,
     set_add: Script,
@@ -462,7 +464,8 @@ impl Master {
         }
     }
 
-    /// Runs one command on the master, following a failover within the store timeout.
+    /// Runs one command (or pipeline) on the master, following a failover within the store
+    /// timeout.
     async fn run<T, F, Fut>(&self, repeat: Repeat, command: F) -> StoreResult<T>
     where
         F: Fn(MultiplexedConnection) -> Fut,
@@ -606,7 +609,7 @@ impl RedisStore {
             prefix: Arc::from(options.key_prefix.as_str()),
             scripts: Arc::new(Scripts {
                 replace: Script::new(REPLACE),
-                get_patching: Script::new(GET_PATCHING),
+                patch_guarded: Script::new(PATCH_GUARDED),
                 index_add: Script::new(INDEX_ADD),
                 patch: Script::new(PATCH),
                 set_add: Script::new(SET_ADD),
@@ -756,19 +759,51 @@ impl RedisStore {
         at: usize,
         patch: &[u8],
     ) -> StoreResult<Option<(Vec<u8>, bool)>> {
+        if guard.is_empty() {
+            return Ok(self.get(key).await?.map(|value| (value, false)));
+        }
+        // The guarded patch and the read, in one round trip. The patch alone is atomic (it
+        // compares, then writes, and answers the bytes it replaced); the read sees the value
+        // patched or not, and the replaced bytes are put back for the caller. A write by
+        // someone else between the two is read as it is: the value is simply newer.
         // Repeating writes the same bytes again: safe.
-        let read: Option<(Vec<u8>, i64)> = self
-            .invoke(
-                Repeat::Safe,
-                &self.scripts.get_patching,
-                evalsha(&self.scripts.get_patching, key)
-                    .arg(guard_at)
-                    .arg(guard)
-                    .arg(at)
-                    .arg(patch),
-            )
-            .await?;
-        Ok(read.map(|(value, patched)| (value, patched == 1)))
+        let script = &self.scripts.patch_guarded;
+        let mut patching = evalsha(script, key);
+        patching.arg(guard_at).arg(guard).arg(at).arg(patch);
+        let (replaced, value) = match &self.conn {
+            Conn::Master(master) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(patching).add_command(Cmd::get(key)).ignore_errors();
+                let started = Instant::now();
+                let result = master
+                    .run(Repeat::Safe, |mut conn| {
+                        let pipe = &pipe;
+                        async move { run_patching(script, pipe, &mut conn).await }
+                    })
+                    .await;
+                self.observe("eval", started, result.is_err());
+                result?
+            }
+            // A pipeline on Cluster does not follow a migrating slot's redirections command
+            // by command: two commands, sent at once, each followed on its own. Their order
+            // does not matter, as the replaced bytes are put back either way.
+            Conn::Cluster(..) => {
+                let (replaced, value) = tokio::join!(
+                    self.invoke::<Option<Vec<u8>>>(Repeat::Safe, script, &patching),
+                    self.get(key)
+                );
+                (replaced?, value?)
+            }
+        };
+        Ok(value.map(|mut value| {
+            let patched = replaced.is_some();
+            if let Some(replaced) = replaced {
+                if let Some(slot) = value.get_mut(at..at + replaced.len()) {
+                    slot.copy_from_slice(&replaced);
+                }
+            }
+            (value, patched)
+        }))
     }
 
     pub(super) async fn patch(&self, key: &str, at: usize, bytes: &[u8]) -> StoreResult<()> {
@@ -938,6 +973,37 @@ async fn eval<T: FromRedisValue>(
             cmd.query_async(conn).await
         }
         result => result,
+    }
+}
+
+/// Sends the pipeline of [`RedisStore::get_patching`] (its guarded patch, then `GET`); on
+/// `NOSCRIPT` loads the script and sends both again. Answers the bytes the patch replaced
+/// (none when it did not patch) and the value.
+async fn run_patching(
+    script: &Script,
+    pipe: &redis::Pipeline,
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> redis::RedisResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+    let mut loaded = false;
+    loop {
+        let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+        let (Some(value), Some(replaced)) = (replies.pop(), replies.pop()) else {
+            return Err(RedisError::from((
+                ErrorKind::Parse,
+                "a pipeline of two commands answered fewer",
+            )));
+        };
+        match replaced {
+            redis::Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) && !loaded => {
+                script.load_async(conn).await?;
+                loaded = true;
+            }
+            replaced => {
+                let replaced: Option<Vec<u8>> = redis::from_redis_value(replaced.extract_error()?)?;
+                let value: Option<Vec<u8>> = redis::from_redis_value(value.extract_error()?)?;
+                return Ok((replaced, value));
+            }
+        }
     }
 }
 
