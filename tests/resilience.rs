@@ -232,6 +232,31 @@ async fn redis_store_keeps_the_same_contract_as_the_embedded_one() {
 }
 
 #[tokio::test]
+async fn a_poll_read_reloads_its_script_after_the_server_lost_it() {
+    let store = dtr_proxy::store::Store::Redis(
+        dtr_proxy::store::RedisStore::connect(&dtr_proxy::store::RedisOptions::new(
+            dtr_proxy::store::Topology::Standalone {
+                url: redis().url.clone(),
+            },
+            &unique("noscript"),
+            Duration::from_secs(2),
+        ))
+        .unwrap(),
+    );
+    let key = store.key("{p:x}:rec");
+    store.put(&key, b"v0000xy", Duration::from_secs(60)).await.unwrap();
+    // What a restarted server without persistence (or a new replica) knows: no scripts.
+    let flushed = std::process::Command::new("redis-cli")
+        .args(["-u", &redis().url, "SCRIPT", "FLUSH"])
+        .output()
+        .expect("redis-cli (scripts/ensure-deps.sh)");
+    assert!(flushed.status.success(), "{flushed:?}");
+    let read = store.get_patching(&key, 5, b"xy", 1, b"1234").await.unwrap();
+    assert_eq!(read, Some((b"v0000xy".to_vec(), true)), "read as it was, and stamped");
+    assert_eq!(store.get(&key).await.unwrap().as_deref(), Some(&b"v1234xy"[..]));
+}
+
+#[tokio::test]
 async fn expired_login_gets_an_error_page_never_a_redirect() {
     let proxy = start(Options::new(StoreKind::Embedded).env("DTR_LOGIN_TTL", "1")).await;
     let browser = reqwest::Client::builder()
