@@ -251,7 +251,7 @@ async fn a_poll_read_reloads_its_script_after_the_server_lost_it() {
         .output()
         .expect("redis-cli (scripts/ensure-deps.sh)");
     assert!(flushed.status.success(), "{flushed:?}");
-    let read = store.get_patching(&key, 5, b"xy", 1, b"1234").await.unwrap();
+    let read = store.get_patching(&key, 1, b"1234", b"xy").await.unwrap();
     assert_eq!(read, Some((b"v0000xy".to_vec(), true)), "read as it was, and stamped");
     assert_eq!(store.get(&key).await.unwrap().as_deref(), Some(&b"v1234xy"[..]));
 }

@@ -332,13 +332,7 @@ impl Records {
         let stamp_ms = encoding::poll_stamp(now_ms);
         let stamp = encoding::stamp(stamp_ms);
         let read = store
-            .get_patching(
-                &store.key(&process_key(process_hash)),
-                encoding::GUARD_AT,
-                &guard,
-                STAMP_AT,
-                &stamp,
-            )
+            .get_patching(&store.key(&process_key(process_hash)), STAMP_AT, &stamp, &guard)
             .await?;
         let Some((mut raw, stamped)) = read else {
             return Ok(PolledProcess {

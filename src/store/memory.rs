@@ -139,11 +139,11 @@ impl MemoryStore {
     pub(super) async fn get_patching(
         &self,
         key: &str,
-        guard_at: usize,
-        guard: &[u8],
         at: usize,
         patch: &[u8],
+        guard: &[u8],
     ) -> StoreResult<Option<(Vec<u8>, bool)>> {
+        let guard_at = at + patch.len();
         let mut inner = self.lock();
         let Some(entry) = live(&mut inner.values, key, Instant::now()) else {
             return Ok(None);

@@ -84,18 +84,18 @@ impl Store {
         dispatch!(self.replace(key, expected, new))
     }
 
-    /// Reads `key` and, atomically, when `guard` is not empty and the value holds it at byte
-    /// `guard_at`, overwrites the value's bytes at `at` with `patch` (its TTL kept). Returns
-    /// the value as it was read and whether it was patched; one round trip on Redis.
+    /// Reads `key` and, atomically, when `guard` is not empty and the value holds it right
+    /// after its `patch.len()` bytes at `at`, overwrites those bytes with `patch` (its TTL
+    /// kept). Returns the value as it was read and whether it was patched; one round trip on
+    /// Redis.
     pub async fn get_patching(
         &self,
         key: &str,
-        guard_at: usize,
-        guard: &[u8],
         at: usize,
         patch: &[u8],
+        guard: &[u8],
     ) -> StoreResult<Option<(Vec<u8>, bool)>> {
-        dispatch!(self.get_patching(key, guard_at, guard, at, patch))
+        dispatch!(self.get_patching(key, at, patch, guard))
     }
 
     /// Overwrites the bytes at `at` of an existing value (its TTL kept); a missing key stays
@@ -232,22 +232,31 @@ pub mod contract {
         assert_eq!(rec, None);
 
         store.put(&k("patched"), b"v0000xy", ttl).await.unwrap();
-        let read = store.get_patching(&k("patched"), 5, b"xz", 1, b"1234").await.unwrap();
+        let read = store.get_patching(&k("patched"), 1, b"1234", b"xz").await.unwrap();
         assert_eq!(read, Some((b"v0000xy".to_vec(), false)), "a guard that does not match");
-        let read = store.get_patching(&k("patched"), 5, b"", 1, b"1234").await.unwrap();
+        let read = store.get_patching(&k("patched"), 1, b"1234", b"").await.unwrap();
         assert_eq!(read, Some((b"v0000xy".to_vec(), false)), "an empty guard never matches");
-        let read = store.get_patching(&k("patched"), 5, b"xy", 1, b"1234").await.unwrap();
+        let read = store.get_patching(&k("patched"), 1, b"1234", b"xy").await.unwrap();
         assert_eq!(read, Some((b"v0000xy".to_vec(), true)), "read as it was before");
         assert_eq!(
             store.get(&k("patched")).await.unwrap().as_deref(),
             Some(&b"v1234xy"[..])
         );
-        let read = store.get_patching(&k("patched"), 100, b"xy", 1, b"9").await.unwrap();
-        assert_eq!(read, Some((b"v1234xy".to_vec(), false)), "a guard past the end");
+        let read = store.get_patching(&k("patched"), 1, b"123", b"4x").await.unwrap();
         assert_eq!(
-            store.get_patching(&k("unpatched"), 0, b"v", 1, b"1").await.unwrap(),
-            None
+            read,
+            Some((b"v1234xy".to_vec(), true)),
+            "the guard right after the patch"
         );
+        let read = store.get_patching(&k("patched"), 1, b"1234", b"xyz").await.unwrap();
+        assert_eq!(read, Some((b"v1234xy".to_vec(), false)), "a guard past the end");
+        let read = store.get_patching(&k("patched"), 90, b"9", b"x").await.unwrap();
+        assert_eq!(read, Some((b"v1234xy".to_vec(), false)), "a patch past the end");
+        assert_eq!(
+            store.get(&k("patched")).await.unwrap().as_deref(),
+            Some(&b"v1234xy"[..])
+        );
+        assert_eq!(store.get_patching(&k("unpatched"), 1, b"1", b"v").await.unwrap(), None);
         store.patch(&k("patched"), 2, b"77").await.unwrap();
         assert_eq!(
             store.get(&k("patched")).await.unwrap().as_deref(),

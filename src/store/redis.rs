@@ -53,20 +53,20 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
 end
 return 1";
 
-// Reads the value's bytes ARGV[1]..ARGV[2] (GETRANGE, inclusive); when their ARGV[3]..ARGV[4]
-// (1-based, within what was read) are ARGV[5], overwrites the value's bytes at ARGV[6] with
-// ARGV[7] (SETRANGE keeps the TTL) and returns the read bytes ARGV[8]..ARGV[9], the ones it
-// replaced; otherwise, or when there is no value (GETRANGE then reads ''), writes nothing.
-// It reads only the few bytes it compares: the value itself follows in a plain GET, which
-// costs Redis a fraction of moving it through Lua and back. Every offset comes computed:
-// arithmetic in Lua costs more than the arguments.
+// When the value's bytes from ARGV[1] (inclusive) to ARGV[2] are ARGV[3]'s length of any
+// bytes followed by ARGV[4], overwrites the first of them with ARGV[3] (SETRANGE keeps the
+// TTL) and returns the bytes it replaced; otherwise, or when there is no value (GETRANGE then
+// reads ''), writes nothing. It reads only the few bytes it compares: the value itself follows
+// in a plain GET, which costs Redis a fraction of moving it through Lua and back. Offsets come
+// computed and the arguments are few: in Lua, arithmetic and each argument cost more than
+// the comparison.
 const PATCH_GUARDED: &str = r"
 local span = redis.call('GETRANGE', KEYS[1], ARGV[1], ARGV[2])
-if string.sub(span, ARGV[3], ARGV[4]) ~= ARGV[5] then
+if string.sub(span, #ARGV[3] + 1) ~= ARGV[4] then
   return false
 end
-redis.call('SETRANGE', KEYS[1], ARGV[6], ARGV[7])
-return string.sub(span, ARGV[8], ARGV[9])";
+redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[3])
+return string.sub(span, 1, #ARGV[3])";
 
 // SETRANGE on a missing key would create one without a TTL: only an existing value is patched.
 const PATCH: &str = r"
@@ -753,10 +753,9 @@ impl RedisStore {
     pub(super) async fn get_patching(
         &self,
         key: &str,
-        guard_at: usize,
-        guard: &[u8],
         at: usize,
         patch: &[u8],
+        guard: &[u8],
     ) -> StoreResult<Option<(Vec<u8>, bool)>> {
         if guard.is_empty() {
             return Ok(self.get(key).await?.map(|value| (value, false)));
@@ -767,21 +766,12 @@ impl RedisStore {
         // someone else between the two is read as it is: the value is simply newer.
         // Repeating writes the same bytes again: safe.
         let script = &self.scripts.patch_guarded;
-        // The span read covers the guard and the bytes patched; offsets within it are 1-based.
-        let from = guard_at.min(at);
-        let to = (guard_at + guard.len()).max(at + patch.len()) - 1;
-        let (guard_in, patch_in) = (guard_at - from + 1, at - from + 1);
         let mut patching = evalsha(script, key);
         patching
-            .arg(from)
-            .arg(to)
-            .arg(guard_in)
-            .arg(guard_in + guard.len() - 1)
-            .arg(guard)
             .arg(at)
+            .arg(at + patch.len() + guard.len() - 1)
             .arg(patch)
-            .arg(patch_in)
-            .arg(patch_in + patch.len() - 1);
+            .arg(guard);
         let (replaced, value) = match &self.conn {
             Conn::Master(master) => {
                 let mut pipe = redis::pipe();
