@@ -12,6 +12,11 @@ The upstream and the proxy under test share the server CPU; the load generator r
 client CPU. For each file: closed-loop throughput (wrk) direct, through nginx and through
 dtr-proxy; then open-loop latency (oha at a constant request rate, latency corrected for
 coordinated omission) at several rates, for the latency-versus-load plot.
+
+The machine is shared: what else runs on it moves a single wrk figure by a tenth and more.
+So the throughput runs come in rounds (--rounds, default 3), direct, nginx and dtr-proxy in
+each, nginx and dtr-proxy taking turns at going first; per file the round with the median
+dtr-proxy/nginx ratio is shown, and the ratio of every round under it.
 """
 
 import argparse
@@ -292,6 +297,7 @@ def main():
     parser.add_argument("--files", default="certs,big")
     parser.add_argument("--plot", default="")
     parser.add_argument("--ports", default="18180,18181,18182,18192")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds; the median ratio is shown")
     args = parser.parse_args()
     upstream_port, nginx_port, proxy_port, admin_port = (int(p) for p in args.ports.split(","))
     rates = [int(r) for r in args.rates.split(",")]
@@ -333,17 +339,27 @@ def main():
         pids = {"nginx": nginx.pid, "dtr-proxy": proxy.pid}
         hz = os.sysconf("SC_CLK_TCK")
 
-        throughput = {}
+        rounds = []
+        for number in range(args.rounds):
+            measured = {}
+            order = ["direct", "nginx", "dtr-proxy"] if number % 2 == 0 else ["direct", "dtr-proxy", "nginx"]
+            for name in args.files.split(","):
+                for target in order:
+                    url = f"http://{HOST}:{targets[target]}{FILES[name]}"
+                    log(f"round {number + 1}: {name} via {target}: wrk -t{args.threads} -c{args.connections}, warm-up 2 s, then {args.duration} s")
+                    subprocess.run(["taskset", "-c", args.client_cpus, "timeout", "20", "wrk", "-t1", f"-c{args.connections}", "-d2s", url],
+                                   capture_output=True, check=True)
+                    before = cpu_ticks(pids[target]) if target in pids else 0
+                    rps, errors = wrk(url, args)
+                    cpu = (cpu_ticks(pids[target]) - before) / hz if target in pids else 0
+                    measured[(name, target)] = (rps, errors, cpu / args.duration * 100, cpu / (rps * args.duration) * 1e6 if rps else 0)
+            rounds.append(measured)
+        throughput, ratios = {}, {}
         for name in args.files.split(","):
-            for target, port in targets.items():
-                url = f"http://{HOST}:{port}{FILES[name]}"
-                log(f"{name} via {target}: wrk -t{args.threads} -c{args.connections}, warm-up 2 s, then {args.duration} s")
-                subprocess.run(["taskset", "-c", args.client_cpus, "timeout", "20", "wrk", "-t1", f"-c{args.connections}", "-d2s", url],
-                               capture_output=True, check=True)
-                before = cpu_ticks(pids[target]) if target in pids else 0
-                rps, errors = wrk(url, args)
-                cpu = (cpu_ticks(pids[target]) - before) / hz if target in pids else 0
-                throughput[(name, target)] = (rps, errors, cpu / args.duration * 100, cpu / (rps * args.duration) * 1e6 if rps else 0)
+            ratios[name] = [m[(name, "dtr-proxy")][0] / m[(name, "nginx")][0] for m in rounds]
+            median = sorted(range(len(rounds)), key=lambda i: ratios[name][i])[len(rounds) // 2]
+            for target in targets:
+                throughput[(name, target)] = rounds[median][(name, target)]
 
         latency = {}
         for target, port in targets.items():
@@ -373,14 +389,15 @@ def main():
     print(f"  pinning: upstream and the proxy under test on CPU {args.server_cpus}, load generator on CPU {args.client_cpus}")
     print(f"  nginx proxy: 1 worker, keepalive 64 upstream; dtr-proxy: DTR_WORKER_THREADS=1")
     print()
-    print(f"throughput (wrk, closed loop, {args.connections} connections, {args.duration} s)")
+    print(f"throughput (wrk, closed loop, {args.connections} connections, {args.duration} s; the round with the median ratio of {args.rounds})")
     print(f"  {'file':<22} {'direct':>9} {'nginx':>9} {'dtr-proxy':>10} {'dtr/nginx':>10}   {'CPU/req nginx':>13} {'CPU/req dtr':>12}")
     labels = {"certs": f"certs ({sizes[0]} B JSON)", "big": f"big.js ({sizes[1] // 1024} KiB)"}
     for name in args.files.split(","):
         d, n, p = (throughput[(name, t)] for t in ("direct", "nginx", "dtr-proxy"))
-        errors = d[1] + n[1] + p[1]
+        errors = sum(m[(name, t)][1] for m in rounds for t in targets)
         print(f"  {labels[name]:<22} {d[0]:9.0f} {n[0]:9.0f} {p[0]:10.0f} {p[0] / n[0]:9.2f}x   {n[3]:10.1f} us {p[3]:9.1f} us"
               + (f"  ({errors} errors!)" if errors else ""))
+        print(f"  {'  ratio in each round':<22} " + "  ".join(f"{r:.2f}x" for r in ratios[name]))
     print()
     print(f"latency of the certs file at a constant rate (oha -q, {args.connections} connections, {args.latency_duration} s each, corrected for coordinated omission)")
     print(f"  {'rate/s':>7}  {'direct p50/p99 ms':>18}  {'nginx p50/p99 ms':>17}  {'dtr-proxy p50/p99 ms':>21}  {'added p99: nginx':>16} {'dtr-proxy':>9}")

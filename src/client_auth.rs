@@ -255,7 +255,16 @@ impl ClientVerifier {
             credentials.check_binding(binding, &self.hash_key)?;
         }
         if let (AuthMethod::JwtAssertion, Some(assertion)) = (credentials.method, &credentials.assertion) {
-            verify_assertion(&self.keys, &self.store, &self.hash_key, client, assertion, audiences).await?;
+            // Boxed: a secret-authenticated request's future need not carry an assertion's.
+            Box::pin(verify_assertion(
+                &self.keys,
+                &self.store,
+                &self.hash_key,
+                client,
+                assertion,
+                audiences,
+            ))
+            .await?;
         }
         Ok(())
     }

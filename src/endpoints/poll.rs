@@ -323,15 +323,15 @@ impl Poll {
         let record = &process.record;
         let decision = decide(record, last_poll, now);
         if decision == PollDecision::SlowDown {
-            return Err(self.slow_down(process, now).await?);
+            // Boxed, as are the other rare turns below: a pending poll's future stays small.
+            return Err(Box::pin(self.slow_down(process, now)).await?);
         }
         if record.strikes > 0 {
-            self.records
-                .modify(&process.process_hash, None, |r| {
-                    r.strikes = 0;
-                    Change::Write(())
-                })
-                .await?;
+            Box::pin(self.records.modify(&process.process_hash, None, |r| {
+                r.strikes = 0;
+                Change::Write(())
+            }))
+            .await?;
         }
         match decision {
             // Once per process against many pending polls, and the largest future here (the

@@ -777,12 +777,13 @@ impl RedisStore {
                 let mut pipe = redis::pipe();
                 pipe.add_command(patching).add_command(Cmd::get(key)).ignore_errors();
                 let started = Instant::now();
-                let result = master
-                    .run(Repeat::Safe, |mut conn| {
-                        let pipe = &pipe;
-                        async move { run_patching(script, pipe, &mut conn).await }
-                    })
-                    .await;
+                // Boxed as `query` is: unboxed, the connection's future would sit in every
+                // future that reads a poll, and be copied at each level.
+                let result = Box::pin(master.run(Repeat::Safe, |mut conn| {
+                    let pipe = &pipe;
+                    async move { run_patching(script, pipe, &mut conn).await }
+                }))
+                .await;
                 self.observe("eval", started, result.is_err());
                 result?
             }
