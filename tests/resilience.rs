@@ -216,33 +216,28 @@ async fn binary_serves_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
-#[tokio::test]
-async fn redis_store_keeps_the_same_contract_as_the_embedded_one() {
-    let store = dtr_proxy::store::Store::Redis(
+/// A store on the test Redis, its keys under a prefix of their own.
+fn redis_store(prefix: &str) -> dtr_proxy::store::Store {
+    dtr_proxy::store::Store::Redis(
         dtr_proxy::store::RedisStore::connect(&dtr_proxy::store::RedisOptions::new(
             dtr_proxy::store::Topology::Standalone {
                 url: redis().url.clone(),
             },
-            &unique("c"),
+            &unique(prefix),
             Duration::from_secs(2),
         ))
         .unwrap(),
-    );
-    dtr_proxy::store::contract::exercise(&store, "contract").await;
+    )
+}
+
+#[tokio::test]
+async fn redis_store_keeps_the_same_contract_as_the_embedded_one() {
+    dtr_proxy::store::contract::exercise(&redis_store("c"), "contract").await;
 }
 
 #[tokio::test]
 async fn a_poll_read_reloads_its_script_after_the_server_lost_it() {
-    let store = dtr_proxy::store::Store::Redis(
-        dtr_proxy::store::RedisStore::connect(&dtr_proxy::store::RedisOptions::new(
-            dtr_proxy::store::Topology::Standalone {
-                url: redis().url.clone(),
-            },
-            &unique("noscript"),
-            Duration::from_secs(2),
-        ))
-        .unwrap(),
-    );
+    let store = redis_store("noscript");
     let key = store.key("{p:x}:rec");
     store.put(&key, b"v0000xy", Duration::from_secs(60)).await.unwrap();
     // What a restarted server without persistence (or a new replica) knows: no scripts.
