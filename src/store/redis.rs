@@ -980,34 +980,25 @@ async fn eval<T: FromRedisValue>(
 }
 
 /// Sends the pipeline of [`RedisStore::get_patching`] (its guarded patch, then `GET`); on
-/// `NOSCRIPT` loads the script and sends both again. Answers the bytes the patch replaced
-/// (none when it did not patch) and the value.
+/// `NOSCRIPT` loads the script and sends both again, as [`eval`] does for one command.
+/// Answers the bytes the patch replaced (none when it did not patch) and the value.
 async fn run_patching(
     script: &Script,
     pipe: &redis::Pipeline,
     conn: &mut impl redis::aio::ConnectionLike,
 ) -> redis::RedisResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
-    let mut loaded = false;
-    loop {
-        let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
-        let (Some(value), Some(replaced)) = (replies.pop(), replies.pop()) else {
-            return Err(RedisError::from((
-                ErrorKind::Parse,
-                "a pipeline of two commands answered fewer",
-            )));
-        };
-        match replaced {
-            redis::Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) && !loaded => {
-                script.load_async(conn).await?;
-                loaded = true;
-            }
-            replaced => {
-                let replaced: Option<Vec<u8>> = redis::from_redis_value(replaced.extract_error()?)?;
-                let value: Option<Vec<u8>> = redis::from_redis_value(value.extract_error()?)?;
-                return Ok((replaced, value));
-            }
-        }
+    let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+    if matches!(replies.first(), Some(redis::Value::ServerError(e)) if e.kind() == Some(ServerErrorKind::NoScript)) {
+        script.load_async(conn).await?;
+        replies = pipe.query_async(conn).await?;
     }
+    let [replaced, value]: [redis::Value; 2] = replies
+        .try_into()
+        .map_err(|_| RedisError::from((ErrorKind::Parse, "a pipeline of two commands answered otherwise")))?;
+    Ok((
+        redis::from_redis_value(replaced.extract_error()?)?,
+        redis::from_redis_value(value.extract_error()?)?,
+    ))
 }
 
 /// The command of `cmd` as a metric label: the commands this store sends, `other` for any else.
