@@ -269,3 +269,122 @@ async fn a_stale_upstream_connection_is_retried_for_a_get_but_never_for_a_post()
     let posts = seen.lock().unwrap().iter().filter(|l| l.starts_with("POST")).count();
     assert_eq!(posts, 1, "a POST reaches the OP once: {:?}", seen.lock().unwrap());
 }
+
+/// An upstream that counts its connections and answers by path: `…/chunked` in two chunks,
+/// `…/empty` with 204, `…/stalled` with a head and part of a body and then nothing, anything
+/// else with `ok` (no body for HEAD). Returns the port, the number of connections accepted and
+/// the number the proxy has closed.
+async fn counting_upstream() -> (
+    u16,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (accepted_by, closed_by) = (accepted.clone(), closed.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            accepted_by.fetch_add(1, Ordering::SeqCst);
+            let closed_by = closed_by.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => {
+                                closed_by.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; length];
+                    stream.read_exact(&mut body).await.unwrap();
+                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    let answer: &[u8] = if line.contains("/chunked ") {
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"
+                    } else if line.contains("/empty ") {
+                        b"HTTP/1.1 204 No Content\r\n\r\n"
+                    } else if line.contains("/stalled ") {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial"
+                    } else if line.starts_with("HEAD ") {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted, closed)
+}
+
+/// One upstream connection carries request after request, whatever the answer's framing
+/// (length, chunks, none for HEAD and 204) and with request bodies; an answer the client gave
+/// up halfway closes its connection, and the next request takes a new one.
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_an_abandoned_answer_closes_its_own() {
+    use std::sync::atomic::Ordering;
+    let (port, accepted, closed) = counting_upstream().await;
+    let proxy = start_with_upstream(Options::new(StoreKind::Embedded), port).await;
+    let base = format!("{}/realms/{}/account", proxy.base, proxy.realm);
+    for _ in 0..3 {
+        let get = proxy.http.get(format!("{base}/theme.css")).send().await.unwrap();
+        assert_eq!(get.text().await.unwrap(), "ok");
+        let head = proxy.http.head(format!("{base}/theme.css")).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        let chunked = proxy.http.get(format!("{base}/chunked")).send().await.unwrap();
+        assert_eq!(chunked.text().await.unwrap(), "hello");
+        let post = proxy
+            .http
+            .post(format!("{base}/form"))
+            .body("a=b")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.text().await.unwrap(), "ok");
+        let empty = proxy.http.get(format!("{base}/empty")).send().await.unwrap();
+        assert_eq!(empty.status(), 204);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for fifteen requests"
+    );
+
+    // A client of its own, so that dropping the answer closes the client's connection.
+    let client = reqwest::Client::new();
+    let stalled = client.get(format!("{base}/stalled")).send().await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    drop(stalled);
+    drop(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while closed.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        1,
+        "the abandoned answer's connection is closed"
+    );
+    let after = proxy.http.get(format!("{base}/theme.css")).send().await.unwrap();
+    assert_eq!(after.text().await.unwrap(), "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
