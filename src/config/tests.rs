@@ -194,6 +194,7 @@ fn trusted_proxies_from_a_toml_array_and_every_bad_entry_reported() {
         ("DTR_PUBLIC_URL", "https://id.example.com"),
     ]))
     .expect("valid");
+    std::fs::remove_dir_all(&dir).expect("remove temp dir");
     let nets: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
     assert_eq!(nets, ["10.0.0.0/8", "::1/128"]);
 

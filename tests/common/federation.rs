@@ -85,7 +85,12 @@ pub fn tls() -> &'static Tls {
             .expect("host params")
             .signed_by(&host_key, &ca)
             .expect("host cert");
-        let ca_file = std::env::temp_dir().join(unique("dtr-fed-ca-") + ".pem");
+        // In the build's own scratch directory (tests have one, examples do not), one file
+        // per binary, rewritten by each run (a file per process would pile up).
+        let ca_file = option_env!("CARGO_TARGET_TMPDIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(concat!(env!("CARGO_CRATE_NAME"), "-federation-ca.pem"));
         std::fs::write(&ca_file, ca.pem()).expect("ca file");
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(host_key.serialize_der().into());
         let config =
