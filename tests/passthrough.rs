@@ -197,11 +197,37 @@ async fn discovery_adds_dtr_and_keeps_everything_else() {
     }
 }
 
+/// Reads one request (its head, and a body of the length it gives) from a raw connection
+/// and returns its first line; `None` once the connection is closed.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.ok()?;
+    Some(head.lines().next().unwrap_or_default().to_owned())
+}
+
 /// An upstream that answers the first request of every connection and closes the
 /// connection, unanswered, when the second arrives: what a keep-alive timeout firing just as
 /// a request goes out looks like from the proxy. Every request's first line is recorded.
 async fn closing_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -211,28 +237,10 @@ async fn closing_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>
             let log = log.clone();
             tokio::spawn(async move {
                 for n in 0.. {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match stream.read(&mut byte).await {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    let mut body = vec![0u8; length];
-                    stream.read_exact(&mut body).await.unwrap();
-                    log.lock()
-                        .unwrap()
-                        .push(head.lines().next().unwrap_or_default().to_owned());
+                    let Some(line) = read_request(&mut stream).await else {
+                        return;
+                    };
+                    log.lock().unwrap().push(line);
                     if n == 1 {
                         return; // closed without an answer
                     }
@@ -281,7 +289,7 @@ async fn counting_upstream() -> (
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -292,29 +300,10 @@ async fn counting_upstream() -> (
             let closed_by = closed_by.clone();
             tokio::spawn(async move {
                 loop {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match stream.read(&mut byte).await {
-                            Ok(1) => head.push(byte[0]),
-                            _ => {
-                                closed_by.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    let mut body = vec![0u8; length];
-                    stream.read_exact(&mut body).await.unwrap();
-                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    let Some(line) = read_request(&mut stream).await else {
+                        closed_by.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    };
                     let answer: &[u8] = if line.contains("/chunked ") {
                         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"
                     } else if line.contains("/empty ") {
