@@ -26,7 +26,7 @@ def main():
     parser.add_argument("--poll-bench", required=True)
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--large", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--client-cpus", default="1")
