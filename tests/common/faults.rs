@@ -514,9 +514,15 @@ impl ClusterBed {
     pub fn start(masters: usize) -> ClusterBed {
         let nodes: Vec<RedisServer> = (0..masters * 2)
             .map(|_| {
+                // The cluster bus on a port of its own that is known to be free: by default it
+                // is the client port + 10 000, which may be any connection's port just then
+                // (`cluster-port`, Redis 7).
+                let bus = free_port().to_string();
                 RedisServer::start(&[
                     "--cluster-enabled",
                     "yes",
+                    "--cluster-port",
+                    &bus,
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
