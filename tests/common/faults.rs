@@ -262,6 +262,7 @@ impl RedisServer {
         let dir = ScratchDir::new("redis");
         let mut args = redis_server_args(port);
         args.extend(["--dir".to_owned(), dir.path("")]);
+        args.extend(["--logfile".to_owned(), dir.path("redis.log")]);
         args.extend(extra.iter().map(|s| s.to_string()));
         RedisServer {
             port,
@@ -345,7 +346,8 @@ impl RedisServer {
                 port
             ))
             .is_ok()),
-            "redis-server on {port} did not start"
+            "redis-server on {port} did not start; its log:\n{}",
+            std::fs::read_to_string(self.dir.0.join("redis.log")).unwrap_or_default()
         );
     }
 
