@@ -52,11 +52,17 @@ def commandstats(port):
     return calls
 
 
-def cpu_seconds(pid):
-    """User plus system CPU time of a process so far."""
+def cpu_split(pid):
+    """User and system CPU time of a process so far, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    hz = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / hz, int(fields[12]) / hz
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time of a process so far."""
+    return sum(cpu_split(pid))
 
 
 def wait_http(port, path, proc, what):
@@ -159,6 +165,7 @@ def main():
                                env=env, check=True, timeout=300)
                 before = commandstats(redis_port)
                 cpu_before = (cpu_seconds(redis.pid), cpu_seconds(proxy.pid))
+                proxy_before = cpu_split(proxy.pid)
                 log(f"round {number}, {mode}: {args.count} polls, {args.concurrency} connections")
                 out = subprocess.run(["taskset", "-c", args.client_cpus, "timeout", "300", args.poll_bench, "load", "--url", f"http://{HOST}:{proxy_port}",
                                       "--file", requests, "--concurrency", str(args.concurrency)],
@@ -166,6 +173,7 @@ def main():
                 time.sleep(0.2)  # the unawaited poll stamps land
                 after = commandstats(redis_port)
                 cpu_after = (cpu_seconds(redis.pid), cpu_seconds(proxy.pid))
+                proxy_after = cpu_split(proxy.pid)
                 figures = dict(kv.split("=") for kv in out.split())
                 commands = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
                 commands.pop("info", None)
@@ -178,6 +186,8 @@ def main():
                     "commands": {k: v / args.count for k, v in sorted(commands.items())},
                     "cpu_redis_us": (cpu_after[0] - cpu_before[0]) / args.count * 1e6,
                     "cpu_proxy_us": (cpu_after[1] - cpu_before[1]) / args.count * 1e6,
+                    "cpu_proxy_user_us": (proxy_after[0] - proxy_before[0]) / args.count * 1e6,
+                    "cpu_proxy_system_us": (proxy_after[1] - proxy_before[1]) / args.count * 1e6,
                 }
                 os.unlink(requests)
             rounds.append(figures_of_round)
@@ -250,6 +260,8 @@ def main():
                 print(f"  cost of {'a DPoP proof' if mode == 'dpop' else 'a private_key_jwt assertion'}: {cost:+.1f} us of server time per poll "
                       f"(1/throughput against the plain pending poll)")
     print("  CPU us/poll: CPU time of dtr-proxy + of redis-server over the polls, divided by their number (clock ticks of /proc/PID/stat)")
+    split = ", ".join(f"{mode} {results[mode]['cpu_proxy_user_us']:.1f} + {results[mode]['cpu_proxy_system_us']:.1f}" for mode in modes)
+    print(f"  dtr-proxy's share, user + system us/poll: {split}")
     mem = results["memory"]
     kinds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(mem["kinds"].items()))
     print(f"  Redis memory per pending process: {mem['bytes']:.0f} B over {mem['keys']:.2f} keys  (target <= 2048 B)")

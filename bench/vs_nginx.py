@@ -166,8 +166,8 @@ def start_nginx(procs, nginx, name, body, port, cpus):
 
 
 def cpu_ticks(pid):
-    """utime + stime of a process and its children that are still alive (nginx workers)."""
-    total = 0
+    """(utime, stime) of a process and its children that are still alive (nginx workers)."""
+    user = system = 0
     pids = [pid]
     try:
         children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
@@ -178,10 +178,11 @@ def cpu_ticks(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 rest = f.read().rsplit(")", 1)[1].split()
-            total += int(rest[11]) + int(rest[12])
+            user += int(rest[11])
+            system += int(rest[12])
         except OSError:
             pass
-    return total
+    return user, system
 
 
 def status_kib(pid, field):
@@ -349,10 +350,13 @@ def main():
                     log(f"round {number + 1}: {name} via {target}: wrk -t{args.threads} -c{args.connections}, warm-up 2 s, then {args.duration} s")
                     subprocess.run(["taskset", "-c", args.client_cpus, "timeout", "20", "wrk", "-t1", f"-c{args.connections}", "-d2s", url],
                                    capture_output=True, check=True)
-                    before = cpu_ticks(pids[target]) if target in pids else 0
+                    before = cpu_ticks(pids[target]) if target in pids else (0, 0)
                     rps, errors = wrk(url, args)
-                    cpu = (cpu_ticks(pids[target]) - before) / hz if target in pids else 0
-                    measured[(name, target)] = (rps, errors, cpu / args.duration * 100, cpu / (rps * args.duration) * 1e6 if rps else 0)
+                    after = cpu_ticks(pids[target]) if target in pids else (0, 0)
+                    user, system = ((a - b) / hz for a, b in zip(after, before))
+                    per_request = (lambda seconds: seconds / (rps * args.duration) * 1e6 if rps else 0)
+                    measured[(name, target)] = (rps, errors, (user + system) / args.duration * 100,
+                                                per_request(user + system), per_request(user), per_request(system))
             rounds.append(measured)
         throughput, ratios = {}, {}
         for name in args.files.split(","):
@@ -398,6 +402,7 @@ def main():
         print(f"  {labels[name]:<22} {d[0]:9.0f} {n[0]:9.0f} {p[0]:10.0f} {p[0] / n[0]:9.2f}x   {n[3]:10.1f} us {p[3]:9.1f} us"
               + (f"  ({errors} errors!)" if errors else ""))
         print(f"  {'  ratio in each round':<22} " + "  ".join(f"{r:.2f}x" for r in ratios[name]))
+        print(f"  {'  CPU/req user + system':<22} nginx {n[4]:.1f} + {n[5]:.1f} us, dtr-proxy {p[4]:.1f} + {p[5]:.1f} us")
     print()
     print(f"latency of the certs file at a constant rate (oha -q, {args.connections} connections, {args.latency_duration} s each, corrected for coordinated omission)")
     print(f"  {'rate/s':>7}  {'direct p50/p99 ms':>18}  {'nginx p50/p99 ms':>17}  {'dtr-proxy p50/p99 ms':>21}  {'added p99: nginx':>16} {'dtr-proxy':>9}")
