@@ -408,8 +408,9 @@ impl ForwardedCertificates {
 }
 
 impl ClientCertificate {
-    /// The leaf certificate of a header value, in either form TLS terminators use: RFC 9440
-    /// (`:` base64 DER `:`, a structured-field byte sequence) or a URL-encoded PEM (ingress-nginx
+    /// The leaf certificate of a header value, in any form TLS terminators use: RFC 9440
+    /// (`:` base64 DER `:`, a structured-field byte sequence), Envoy's XFCC (`Hash=…;Cert=…`,
+    /// see [`Self::from_xfcc`]) or a URL-encoded PEM (ingress-nginx
     /// `$ssl_client_escaped_cert`; a plain PEM too), whose first certificate is the leaf.
     pub fn from_header(value: &[u8]) -> Result<Self, String> {
         use base64::Engine;
@@ -420,6 +421,14 @@ impl ClientCertificate {
                 .map_err(|e| format!("not base64: {e}"))?;
             return Ok(Self::from_der(&der));
         }
+        if is_xfcc(value) {
+            let value = std::str::from_utf8(value).map_err(|_| "an XFCC value that is not UTF-8".to_owned())?;
+            return Self::from_xfcc(value);
+        }
+        Self::from_escaped_pem(value)
+    }
+
+    fn from_escaped_pem(value: &[u8]) -> Result<Self, String> {
         let pem: Vec<u8> = percent_encoding::percent_decode(value).collect();
         let leaf = CertificateDer::pem_slice_iter(&pem)
             .next()
@@ -427,6 +436,111 @@ impl ClientCertificate {
             .map_err(|e| format!("not a PEM certificate: {e}"))?;
         Ok(Self::from_der(&leaf))
     }
+
+    /// Envoy's `X-Forwarded-Client-Cert`: `Key=value` pairs joined by `;`, one element per
+    /// proxy that appended one, elements joined by `,`. Only a value of one element is taken:
+    /// that is what an ingress that sets the header afresh (Envoy's and Istio gateways'
+    /// `SANITIZE_SET`) sends. An ingress that appends (`APPEND_FORWARD`) passes on whatever the
+    /// client sent when the client has no certificate, so more than one element is refused.
+    /// The leaf is `Cert` (a URL-encoded PEM) when present, and must then match `Hash`; with
+    /// only `Hash` (the hex SHA-256 of the leaf's DER, which Envoy always sends) that hash is
+    /// the thumbprint.
+    pub fn from_xfcc(value: &str) -> Result<Self, String> {
+        use base64::Engine;
+        let elements = xfcc_elements(value)?;
+        let [element] = elements.as_slice() else {
+            return Err(format!(
+                "an XFCC value of {} elements: the ingress must set it afresh (SANITIZE_SET), not append to it",
+                elements.len()
+            ));
+        };
+        let field = |key: &str| {
+            element
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.as_str())
+        };
+        let hash = field("Hash")
+            .map(|hex| {
+                data_encoding::HEXLOWER_PERMISSIVE
+                    .decode(hex.as_bytes())
+                    .ok()
+                    .filter(|digest| digest.len() == 32)
+                    .ok_or_else(|| "an XFCC Hash that is not a hex SHA-256".to_owned())
+            })
+            .transpose()?;
+        match (field("Cert"), hash) {
+            (Some(cert), hash) => {
+                let certificate = Self::from_escaped_pem(cert.as_bytes())?;
+                let matches = hash.is_none_or(|digest| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest) == certificate.thumbprint
+                });
+                if !matches {
+                    return Err("the XFCC Hash is not that of its Cert".into());
+                }
+                Ok(certificate)
+            }
+            (None, Some(digest)) => Ok(Self {
+                thumbprint: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest),
+            }),
+            (None, None) => Err("an XFCC value without Hash or Cert".into()),
+        }
+    }
+}
+
+/// The keys of an XFCC element (Envoy's `x-forwarded-client-cert`).
+const XFCC_KEYS: [&str; 7] = ["By", "Hash", "Cert", "Chain", "Subject", "URI", "DNS"];
+
+/// Whether a certificate header value is XFCC: it opens with one of its keys and `=` (no PEM
+/// or base64 opens so).
+fn is_xfcc(value: &[u8]) -> bool {
+    XFCC_KEYS.iter().any(|key| {
+        value.len() > key.len() && value[..key.len()].eq_ignore_ascii_case(key.as_bytes()) && value[key.len()] == b'='
+    })
+}
+
+/// An XFCC value's elements, each its `(key, value)` pairs, values unquoted (a value holding
+/// `,`, `;` or `=` is double-quoted, with `\"` for a quote inside).
+fn xfcc_elements(value: &str) -> Result<Vec<Vec<(String, String)>>, String> {
+    fn end_pair(
+        key: &mut Option<String>,
+        field: &mut String,
+        element: &mut Vec<(String, String)>,
+    ) -> Result<(), String> {
+        match key.take() {
+            Some(k) => element.push((k.trim().to_owned(), std::mem::take(field))),
+            None if field.trim().is_empty() => field.clear(),
+            None => return Err(format!("an XFCC pair without '=': {:?}", field.trim())),
+        }
+        Ok(())
+    }
+    let (mut elements, mut element) = (Vec::new(), Vec::new());
+    let (mut key, mut field) = (None::<String>, String::new());
+    let (mut quoted, mut escaped) = (false, false);
+    for c in value.chars() {
+        if escaped {
+            field.push(c);
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '=' if !quoted && key.is_none() => key = Some(std::mem::take(&mut field)),
+            ';' if !quoted => end_pair(&mut key, &mut field, &mut element)?,
+            ',' if !quoted => {
+                end_pair(&mut key, &mut field, &mut element)?;
+                elements.push(std::mem::take(&mut element));
+            }
+            c => field.push(c),
+        }
+    }
+    if quoted {
+        return Err("an XFCC value with an unclosed quote".into());
+    }
+    end_pair(&mut key, &mut field, &mut element)?;
+    elements.push(element);
+    Ok(elements)
 }
 
 /// CAs trusted for the TLS connection to the OP, besides or instead of the system's roots.
@@ -495,6 +609,45 @@ mod tests {
         }
         for garbage in ["", "hello", ":not base64!:", "-----BEGIN CERTIFICATE-----\n%%%\n"] {
             assert!(ClientCertificate::from_header(garbage.as_bytes()).is_err(), "{garbage}");
+        }
+    }
+
+    /// Envoy's XFCC as its docs show it: `By`, `Hash`, a quoted `Subject` with `,` and `=`
+    /// inside, `URI`; and with the URL-encoded PEM in `Cert`.
+    #[test]
+    fn an_envoy_xfcc_value_gives_its_hash_or_its_cert() {
+        let (der, pem) = certificate();
+        let expected = ClientCertificate::from_der(&der);
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+        let hex = data_encoding::HEXLOWER.encode(digest.as_ref());
+        let escaped = percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let by = "By=spiffe://cluster.local/ns/keycloak/sa/dtr-proxy";
+        let subject = r#"Subject="CN=rp.example.com,O=Example \"RP\", Inc.""#;
+        let good = [
+            format!("{by};Hash={hex};{subject};URI=spiffe://rp.example.com/client"),
+            format!("Hash={};{by}", hex.to_uppercase()),
+            format!("{by};Hash={hex};Cert=\"{escaped}\";{subject}"),
+            format!("cert=\"{escaped}\""),
+        ];
+        for value in &good {
+            assert_eq!(
+                ClientCertificate::from_header(value.as_bytes()),
+                Ok(expected.clone()),
+                "{value}"
+            );
+        }
+        let wrong_hash = "0".repeat(64);
+        let bad = [
+            // Two elements: an ingress that appends passes on what the client sent.
+            format!("{by};Hash={hex},{by};Hash={wrong_hash}"),
+            format!("{by};Hash={wrong_hash};Cert=\"{escaped}\""),
+            format!("{by};Hash=abc"),
+            format!("{by};{subject}"),
+            format!("{by};Hash={hex};Subject=\"unclosed"),
+            format!("{by};Hash"),
+        ];
+        for value in &bad {
+            assert!(ClientCertificate::from_header(value.as_bytes()).is_err(), "{value}");
         }
     }
 

@@ -594,12 +594,10 @@ async fn an_ietf_deferral_code_is_bound_to_the_certificate_of_its_exchange() {
     assert_ne!(after.status, 200, "{}", after.json);
 }
 
-/// An HTTP client whose every request carries `pair`'s certificate in `header` as
-/// ingress-nginx writes it (`$ssl_client_escaped_cert`: the PEM, URL-encoded).
-fn behind_ingress(header: &'static str, pair: &Pair) -> reqwest::Client {
-    let escaped = percent_encoding::utf8_percent_encode(&pair.cert, percent_encoding::NON_ALPHANUMERIC).to_string();
+/// An HTTP client whose every request carries `value` in `header`.
+fn with_header(header: &'static str, value: String) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(header, escaped.parse().expect("header value"));
+    headers.insert(header, value.parse().expect("header value"));
     client_builder()
         .default_headers(headers)
         .redirect(reqwest::redirect::Policy::none())
@@ -608,38 +606,75 @@ fn behind_ingress(header: &'static str, pair: &Pair) -> reqwest::Client {
         .expect("client")
 }
 
-/// TLS ends at the ingress, which passes the RP's certificate on in `ssl-client-cert`: the
-/// process is bound to it just as to a certificate of the proxy's own handshake.
+/// `pair`'s certificate as ingress-nginx passes it on (`$ssl_client_escaped_cert`: the PEM,
+/// URL-encoded).
+fn escaped_pem(pair: &Pair) -> String {
+    percent_encoding::utf8_percent_encode(&pair.cert, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// `pair`'s certificate as an Envoy or Istio gateway passes it on in `x-forwarded-client-cert`
+/// with `SANITIZE_SET`: `By` and the leaf's SHA-256 in hex always, the URL-encoded PEM when
+/// configured to (`Cert`), and the subject (quoted: it holds `,` and `=`).
+fn xfcc(pair: &Pair, with_cert: bool) -> String {
+    let der = chain(&pair.cert).remove(0);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+    let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let cert = if with_cert {
+        format!(";Cert=\"{}\"", escaped_pem(pair))
+    } else {
+        String::new()
+    };
+    format!("By=spiffe://cluster.local/ns/keycloak/sa/dtr-proxy;Hash={hash}{cert};Subject=\"CN=rp,O=RP CA\";URI=")
+}
+
+fn behind_ingress(header: &'static str, pair: &Pair) -> reqwest::Client {
+    with_header(header, escaped_pem(pair))
+}
+
+/// TLS ends at the ingress, which passes the RP's certificate on: ingress-nginx in
+/// `ssl-client-cert`, an Envoy or Istio gateway in `x-forwarded-client-cert` (its hash alone,
+/// or with the certificate). The process is bound to it just as to a certificate of the
+/// proxy's own handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_from_a_trusted_ingress_binds_the_process() {
     let rps = Pki::new("RP CA");
     let (owner, other) = (rps.client("rp"), rps.client("rp-2"));
-    let options = Options::new(StoreKind::Embedded)
-        .client(json!({"client_id": "dtr-client", "redirect_uris": [REDIRECT_URI], "tls_client_certificate_bound_access_tokens": true}))
-        .env("DTR_CLIENT_CERT_HEADER", "ssl-client-cert")
-        .env("DTR_TRUSTED_PROXIES", "127.0.0.1/32");
-    let proxy = start(options).await;
-    let with_cert = view(&proxy, behind_ingress("ssl-client-cert", &owner));
-    let with_other = view(&proxy, behind_ingress("ssl-client-cert", &other));
+    type Form = fn(&Pair) -> String;
+    let forms: [(&str, &'static str, Form); 3] = [
+        ("ingress-nginx", "ssl-client-cert", escaped_pem),
+        ("Envoy, hash only", "x-forwarded-client-cert", |pair| xfcc(pair, false)),
+        ("Envoy, with the certificate", "x-forwarded-client-cert", |pair| {
+            xfcc(pair, true)
+        }),
+    ];
+    for (ingress, header, form) in forms {
+        let options = Options::new(StoreKind::Embedded)
+            .client(json!({"client_id": "dtr-client", "redirect_uris": [REDIRECT_URI], "tls_client_certificate_bound_access_tokens": true}))
+            .env("DTR_CLIENT_CERT_HEADER", header)
+            .env("DTR_TRUSTED_PROXIES", "127.0.0.1/32");
+        let proxy = start(options).await;
+        let with_cert = view(&proxy, with_header(header, form(&owner)));
+        let with_other = view(&proxy, with_header(header, form(&other)));
 
-    let user = unique("ingress-user");
-    let (code, verifier) = proxy.deferred_code("dtr-client", &user).await;
-    let refused = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
-    assert_eq!(refused.error(), "invalid_request", "{}", refused.json);
-    let exchanged = with_cert.exchange(&dtr_client(), &code, &verifier, None).await;
-    assert_eq!(exchanged.status, 200, "{}", exchanged.json);
-    let id = exchanged.json["deferred_auth_id"].as_str().expect("id").to_owned();
-    for client in [&with_other, &proxy] {
-        let refused = client.poll(&dtr_client(), &id).await;
-        assert_eq!(refused.error(), "invalid_grant", "{}", refused.json);
+        let user = unique("ingress-user");
+        let (code, verifier) = proxy.deferred_code("dtr-client", &user).await;
+        let refused = proxy.exchange(&dtr_client(), &code, &verifier, None).await;
+        assert_eq!(refused.error(), "invalid_request", "{ingress}: {}", refused.json);
+        let exchanged = with_cert.exchange(&dtr_client(), &code, &verifier, None).await;
+        assert_eq!(exchanged.status, 200, "{ingress}: {}", exchanged.json);
+        let id = exchanged.json["deferred_auth_id"].as_str().expect("id").to_owned();
+        for client in [&with_other, &proxy] {
+            let refused = client.poll(&dtr_client(), &id).await;
+            assert_eq!(refused.error(), "invalid_grant", "{ingress}: {}", refused.json);
+        }
+        let pending = with_cert.poll(&dtr_client(), &id).await;
+        assert_eq!(pending.error(), "authorization_pending", "{ingress}: {}", pending.json);
+        let completed = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+        assert_eq!(completed.status, 200, "{ingress}: {}", completed.json);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let tokens = with_cert.poll(&dtr_client(), &id).await;
+        assert_eq!(tokens.status, 200, "{ingress}: {}", tokens.json);
     }
-    let pending = with_cert.poll(&dtr_client(), &id).await;
-    assert_eq!(pending.error(), "authorization_pending", "{}", pending.json);
-    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
-    assert_eq!(completed.status, 200, "{}", completed.json);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let tokens = with_cert.poll(&dtr_client(), &id).await;
-    assert_eq!(tokens.status, 200, "{}", tokens.json);
 }
 
 /// A certificate header from anyone but the configured, trusted ingress binds nothing and
