@@ -2,7 +2,8 @@
 //! ALPN (HTTP/1.1 and HTTP/2), a certificate rotated on disk and picked up without a restart
 //! (and a broken one refused), client certificates on the admin port, deferred processes bound
 //! to the RP's client certificate on the public port (RFC 8705), the OP behind TLS with a
-//! private CA, and a redis-server that requires TLS client certificates and a password.
+//! private CA, a redis-server that requires TLS client certificates and a password, the same
+//! through a Sentinel, and a Redis Cluster that speaks only TLS and requires them.
 
 mod common;
 
@@ -1056,4 +1057,124 @@ fn wrong_tls_files_are_reported_at_startup() {
             "{settings:?}: expected {expected:?} in {found:?}"
         );
     }
+}
+
+/// A Redis Cluster that speaks only TLS, to its clients and on its bus, and requires client
+/// certificates (as the Bitnami redis-cluster chart runs with TLS on): the proxy finds the
+/// nodes from one seed and presents its certificate to each. Without it, no node lets it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_over_tls_with_client_certificates() {
+    let pki = &Pki::new("Redis CA");
+    let dir = ScratchDir::new("cluster-tls");
+    // A node presents its certificate as a client too, on the bus to the other nodes.
+    let node = pki.peer("redis");
+    let (cert, key, ca) = (
+        file(&dir, "redis.crt", &node.cert),
+        file(&dir, "redis.key", &node.key),
+        file(&dir, "ca.crt", &pki.ca_pem),
+    );
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            let bus = common::faults::free_port().to_string();
+            RedisServer::start_with(|port| {
+                let port = port.to_string();
+                [
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-cluster",
+                    "yes",
+                    "--tls-replication",
+                    "yes",
+                    "--tls-cert-file",
+                    &cert,
+                    "--tls-key-file",
+                    &key,
+                    "--tls-ca-cert-file",
+                    &ca,
+                    "--tls-auth-clients",
+                    "yes",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+            })
+        })
+        .collect();
+    let admin = pki.client("admin");
+    let (admin_cert, admin_key) = (
+        file(&dir, "admin.crt", &admin.cert),
+        file(&dir, "admin.key", &admin.key),
+    );
+    let cli = |args: &[&str]| {
+        let tls = ["--tls", "--cacert", &ca, "--cert", &admin_cert, "--key", &admin_key];
+        std::process::Command::new("redis-cli")
+            .args(tls)
+            .args(args)
+            .output()
+            .expect("redis-cli")
+    };
+    let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
+    create.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+    create.extend(["--cluster-replicas", "0", "--cluster-yes"].map(str::to_owned));
+    let create: Vec<&str> = create.iter().map(String::as_str).collect();
+    let created = cli(&create);
+    assert!(
+        created.status.success(),
+        "cluster create: {}{}",
+        String::from_utf8_lossy(&created.stdout),
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes.iter().all(|n| {
+        let port = n.port.to_string();
+        String::from_utf8_lossy(&cli(&["-p", &port, "CLUSTER", "INFO"]).stdout).contains("cluster_state:ok")
+    }) {
+        assert!(Instant::now() < deadline, "the TLS cluster did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let client = pki.client("dtr-proxy");
+    let prefix = unique("tls-cluster");
+    let options = |with_certificate: bool| {
+        let mut options = Options::new(StoreKind::Embedded)
+            .env("DTR_REDIS_URL", format!("rediss://127.0.0.1:{}", nodes[0].port))
+            .env("DTR_REDIS_CLUSTER", "true")
+            .env("DTR_REDIS_KEY_PREFIX", prefix.clone())
+            .env("DTR_REDIS_CA_FILE", ca.clone());
+        if with_certificate {
+            options = options
+                .env("DTR_REDIS_CLIENT_CERT_FILE", file(&dir, "client.crt", &client.cert))
+                .env("DTR_REDIS_CLIENT_KEY_FILE", file(&dir, "client.key", &client.key));
+        }
+        options
+    };
+    let proxy = start(options(true)).await;
+    assert_eq!(store_state(&proxy).await, "up");
+    for _ in 0..3 {
+        deferred_flow(&proxy).await;
+    }
+    // The processes went to more than one node: the proxy reached each over TLS.
+    let holding = nodes
+        .iter()
+        .filter(|n| {
+            let port = n.port.to_string();
+            let pattern = format!("{prefix}:*");
+            let keys = cli(&["-p", &port, "--scan", "--pattern", &pattern]).stdout;
+            !String::from_utf8_lossy(&keys).trim().is_empty()
+        })
+        .count();
+    assert!(holding >= 2, "keys of {prefix} on {holding} node(s)");
+
+    let refused = start(options(false)).await;
+    assert_ne!(store_state(&refused).await, "up", "without a client certificate");
 }
