@@ -348,6 +348,75 @@ async fn discovery_is_keycloaks_with_the_dtr_additions() {
     }
 }
 
+/// Where the RPs' client certificates end at the proxy's own TLS port (`DTR_TLS_CLIENT_CA_FILE`),
+/// Keycloak never sees one and cannot bind its tokens to it: discovery drops the two claims
+/// Keycloak makes about that (RFC 8705 §3.3 and §5), and keeps everything else as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_drops_keycloaks_certificate_binding_where_certificates_end_at_the_proxy() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let bed = keycloak();
+    let issue = |ca: bool, issuer: Option<&Issuer<'static, KeyPair>>| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+        if ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        let cert = match issuer {
+            Some(issuer) => params.clone().signed_by(&key, issuer).expect("leaf"),
+            None => params.clone().self_signed(&key).expect("CA"),
+        };
+        (cert.pem(), key.serialize_pem(), Issuer::new(params, key))
+    };
+    let (ca_pem, _, ca) = issue(true, None);
+    let (cert_pem, key_pem, _) = issue(false, Some(&ca));
+    let (rp_ca_pem, _, _) = issue(true, None);
+    let dir = common::faults::ScratchDir::new("kc-mtls");
+    for (name, contents) in [("tls.crt", &cert_pem), ("tls.key", &key_pem), ("rps.pem", &rp_ca_pem)] {
+        std::fs::write(dir.path(name), contents).expect("write");
+    }
+    let replica = bed
+        .replica_with(
+            bed.port(),
+            REALM,
+            vec![
+                ("DTR_TLS_CERT_FILE".into(), dir.path("tls.crt")),
+                ("DTR_TLS_KEY_FILE".into(), dir.path("tls.key")),
+                ("DTR_TLS_CLIENT_CA_FILE".into(), dir.path("rps.pem")),
+            ],
+        )
+        .await;
+    let https = client_builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA"))
+        .build()
+        .expect("client");
+    let path = format!("/realms/{REALM}/.well-known/openid-configuration");
+    let fetch = |url: String| {
+        let https = https.clone();
+        async move {
+            let response = https.get(&url).send().await.expect("discovery");
+            assert_eq!(response.status(), 200, "{url}");
+            response.json::<Value>().await.expect("json")
+        }
+    };
+    let through = fetch(format!("{}{path}", replica.base.replace("http://", "https://"))).await;
+    let own = fetch(format!("{}{path}", bed.direct)).await;
+    let bound = ["tls_client_certificate_bound_access_tokens", "mtls_endpoint_aliases"];
+    for key in bound {
+        assert!(own.get(key).is_some(), "Keycloak advertises {key}: {own}");
+        assert!(through.get(key).is_none(), "{key} left in: {through}");
+    }
+    let changed = [
+        "response_types_supported",
+        "grant_types_supported",
+        "dpop_signing_alg_values_supported",
+    ];
+    for (key, value) in own.as_object().expect("object") {
+        if !changed.contains(&key.as_str()) && !bound.contains(&key.as_str()) {
+            assert_eq!(&through[key], value, "{key} changed");
+        }
+    }
+}
+
 /// Keycloak's SSO session dies long before a verification finishes; the held offline grant
 /// does not. A realm from the same file with an 8 s SSO session proves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
