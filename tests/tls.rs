@@ -819,29 +819,44 @@ async fn the_op_is_reached_over_tls_with_a_private_ca() {
     assert_eq!(refused.status(), 502);
 }
 
+/// The settings of a redis-server that speaks only TLS, on `port`, with the certificate files
+/// `redis.crt`, `redis.key` and `ca.crt` of `dir`, and requires client certificates.
+fn tls_only(port: u16, dir: &ScratchDir) -> Vec<String> {
+    let port = port.to_string();
+    let (cert, key, ca) = (dir.path("redis.crt"), dir.path("redis.key"), dir.path("ca.crt"));
+    let settings = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "yes",
+    ];
+    settings.iter().map(|s| s.to_string()).collect()
+}
+
+/// Writes a Redis node's certificate (a peer of `pki`: the nodes of a cluster and replicas
+/// present it as clients too) and `pki`'s CA into `dir`, as [`tls_only`] reads them.
+fn redis_certificates(pki: &Pki, dir: &ScratchDir) {
+    let node = pki.peer("redis");
+    file(dir, "redis.crt", &node.cert);
+    file(dir, "redis.key", &node.key);
+    file(dir, "ca.crt", &pki.ca_pem);
+}
+
 /// A redis-server that speaks only TLS, requires client certificates of `pki` and the user
 /// `dtr` with `password` (the default user is off).
 fn tls_redis(pki: &Pki, dir: &ScratchDir, password: &str) -> RedisServer {
-    let server = pki.peer("redis");
-    let (cert, key, ca) = (
-        file(dir, "redis.crt", &server.cert),
-        file(dir, "redis.key", &server.key),
-        file(dir, "ca.crt", &pki.ca_pem),
-    );
+    redis_certificates(pki, dir);
     RedisServer::start_with(|port| {
-        [
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "yes",
+        let mut settings = tls_only(port, dir);
+        let users = [
             "--user",
             "default",
             "off",
@@ -852,11 +867,20 @@ fn tls_redis(pki: &Pki, dir: &ScratchDir, password: &str) -> RedisServer {
             "~*",
             "&*",
             "+@all",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        ];
+        settings.extend(users.iter().map(|s| s.to_string()));
+        settings
     })
+}
+
+/// `options` with the proxy presenting `client`'s certificate to Redis, written into `dir`.
+fn presenting(options: Options, client: Option<&Pair>, dir: &ScratchDir) -> Options {
+    match client {
+        Some(client) => options
+            .env("DTR_REDIS_CLIENT_CERT_FILE", file(dir, "client.crt", &client.cert))
+            .env("DTR_REDIS_CLIENT_KEY_FILE", file(dir, "client.key", &client.key)),
+        None => options,
+    }
 }
 
 async fn store_state(proxy: &Proxy) -> String {
@@ -880,7 +904,7 @@ async fn redis_over_tls_with_a_client_certificate_and_a_password_file() {
     let redis = tls_redis(pki, &dir, password);
     let client = pki.client("dtr-proxy");
     let settings = |with_certificate: bool, password: &str| {
-        let mut options = Options::new(StoreKind::Embedded)
+        let options = Options::new(StoreKind::Embedded)
             .env("DTR_REDIS_URL", format!("rediss://127.0.0.1:{}", redis.port))
             .env("DTR_REDIS_KEY_PREFIX", unique("tls"))
             .env("DTR_REDIS_CA_FILE", dir.path("ca.crt"))
@@ -890,12 +914,7 @@ async fn redis_over_tls_with_a_client_certificate_and_a_password_file() {
                 "DTR_REDIS_PASSWORD_FILE",
                 file(&dir, &unique("password"), &format!("{password}\n")),
             );
-        if with_certificate {
-            options = options
-                .env("DTR_REDIS_CLIENT_CERT_FILE", file(&dir, "client.crt", &client.cert))
-                .env("DTR_REDIS_CLIENT_KEY_FILE", file(&dir, "client.key", &client.key));
-        }
-        options
+        presenting(options, with_certificate.then_some(&client), &dir)
     };
 
     let proxy = start(settings(true, password)).await;
@@ -936,7 +955,7 @@ async fn redis_through_a_tls_sentinel_with_client_certificates() {
     });
     let client = pki.client("dtr-proxy");
     let options = |with_certificate: bool| {
-        let mut options = Options::new(StoreKind::Embedded)
+        let options = Options::new(StoreKind::Embedded)
             .env(
                 "DTR_REDIS_URL",
                 format!("rediss+sentinel://127.0.0.1:{}/tls-master", sentinel.port),
@@ -945,12 +964,7 @@ async fn redis_through_a_tls_sentinel_with_client_certificates() {
             .env("DTR_REDIS_CA_FILE", ca.clone())
             .env("DTR_REDIS_USERNAME", "dtr")
             .env("DTR_REDIS_PASSWORD_FILE", file(&dir, "password", password));
-        if with_certificate {
-            options = options
-                .env("DTR_REDIS_CLIENT_CERT_FILE", file(&dir, "client.crt", &client.cert))
-                .env("DTR_REDIS_CLIENT_KEY_FILE", file(&dir, "client.key", &client.key));
-        }
-        options
+        presenting(options, with_certificate.then_some(&client), &dir)
     };
     let proxy = start(options(true)).await;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -1066,47 +1080,16 @@ fn wrong_tls_files_are_reported_at_startup() {
 async fn a_redis_cluster_over_tls_with_client_certificates() {
     let pki = &Pki::new("Redis CA");
     let dir = ScratchDir::new("cluster-tls");
-    // A node presents its certificate as a client too, on the bus to the other nodes.
-    let node = pki.peer("redis");
-    let (cert, key, ca) = (
-        file(&dir, "redis.crt", &node.cert),
-        file(&dir, "redis.key", &node.key),
-        file(&dir, "ca.crt", &pki.ca_pem),
-    );
+    redis_certificates(pki, &dir);
+    let ca = dir.path("ca.crt");
     let nodes: Vec<RedisServer> = (0..3)
         .map(|_| {
-            let bus = common::faults::free_port().to_string();
+            let bus = common::faults::free_port();
             RedisServer::start_with(|port| {
-                let port = port.to_string();
-                [
-                    "--port",
-                    "0",
-                    "--tls-port",
-                    &port,
-                    "--tls-cluster",
-                    "yes",
-                    "--tls-replication",
-                    "yes",
-                    "--tls-cert-file",
-                    &cert,
-                    "--tls-key-file",
-                    &key,
-                    "--tls-ca-cert-file",
-                    &ca,
-                    "--tls-auth-clients",
-                    "yes",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus,
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
+                let mut settings = tls_only(port, &dir);
+                settings.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(str::to_owned));
+                settings.extend(common::faults::cluster_settings(bus));
+                settings
             })
         })
         .collect();
@@ -1146,17 +1129,12 @@ async fn a_redis_cluster_over_tls_with_client_certificates() {
     let client = pki.client("dtr-proxy");
     let prefix = unique("tls-cluster");
     let options = |with_certificate: bool| {
-        let mut options = Options::new(StoreKind::Embedded)
+        let options = Options::new(StoreKind::Embedded)
             .env("DTR_REDIS_URL", format!("rediss://127.0.0.1:{}", nodes[0].port))
             .env("DTR_REDIS_CLUSTER", "true")
             .env("DTR_REDIS_KEY_PREFIX", prefix.clone())
             .env("DTR_REDIS_CA_FILE", ca.clone());
-        if with_certificate {
-            options = options
-                .env("DTR_REDIS_CLIENT_CERT_FILE", file(&dir, "client.crt", &client.cert))
-                .env("DTR_REDIS_CLIENT_KEY_FILE", file(&dir, "client.key", &client.key));
-        }
-        options
+        presenting(options, with_certificate.then_some(&client), &dir)
     };
     let proxy = start(options(true)).await;
     assert_eq!(store_state(&proxy).await, "up");

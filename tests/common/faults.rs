@@ -508,6 +508,24 @@ pub struct ClusterNode {
 }
 
 /// A Redis Cluster of `masters` masters with one replica each, created with redis-cli.
+/// The settings of a Redis Cluster node whose bus listens on `bus`: a port of its own that is
+/// known to be free (by default the bus is the client port + 10 000, which may be any
+/// connection's port just then; `cluster-port`, Redis 7).
+pub fn cluster_settings(bus: u16) -> Vec<String> {
+    let bus = bus.to_string();
+    let settings = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-port",
+        &bus,
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "1000",
+    ];
+    settings.iter().map(|s| s.to_string()).collect()
+}
+
 pub struct ClusterBed {
     pub nodes: Vec<RedisServer>,
 }
@@ -516,20 +534,8 @@ impl ClusterBed {
     pub fn start(masters: usize) -> ClusterBed {
         let nodes: Vec<RedisServer> = (0..masters * 2)
             .map(|_| {
-                // The cluster bus on a port of its own that is known to be free: by default it
-                // is the client port + 10 000, which may be any connection's port just then
-                // (`cluster-port`, Redis 7).
-                let bus = free_port().to_string();
-                RedisServer::start(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus,
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                ])
+                let settings = cluster_settings(free_port());
+                RedisServer::start(&settings.iter().map(String::as_str).collect::<Vec<_>>())
             })
             .collect();
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
