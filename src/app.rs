@@ -399,6 +399,19 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
         }
     }
 
+    if let Some(roots) = &config.upstream_roots {
+        let (roots, file) = (roots.clone(), roots.file().to_owned());
+        tasks.push(tokio::spawn(crate::tls::watch_reloads(
+            "upstream",
+            "the OP's CA file",
+            file,
+            move || roots.reload(),
+            config.tls_reload_interval,
+            services.metrics.clone(),
+            watcher.clone(),
+        )));
+    }
+
     let public_service = services.public.clone();
     let access = Arc::new(AccessLog::new(&services.metrics, config.access_log));
     let public_task = tokio::spawn(serve(

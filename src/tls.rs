@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -213,35 +215,46 @@ impl ServerTls {
         listener: &'static str,
         interval: Duration,
         metrics: Metrics,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                _ = shutdown.changed() => return,
+        let file = self.files.cert_file.clone();
+        let reload = move || self.reload();
+        watch_reloads(listener, "TLS certificate", file, reload, interval, metrics, shutdown).await;
+    }
+}
+
+/// Calls `reload` every `interval` until `shutdown` flips, counting what it did in
+/// `dtr_tls_reloads_total{listener,result}` and logging it (`what`, from `file`).
+pub async fn watch_reloads(
+    listener: &'static str,
+    what: &'static str,
+    file: PathBuf,
+    reload: impl Fn() -> Reload + Clone + Send + 'static,
+    interval: Duration,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        // Small files, read rarely: the blocking pool keeps the workers free.
+        let Ok(outcome) = tokio::task::spawn_blocking(reload.clone()).await else {
+            continue;
+        };
+        match outcome {
+            Reload::Unchanged => {}
+            Reload::Replaced => {
+                metrics.tls_reload(listener, "replaced");
+                tracing::info!(listener, file = %file.display(), "{what} reloaded");
             }
-            // Small files, read rarely: the blocking pool keeps the workers free.
-            let this = self.clone();
-            let Ok(outcome) = tokio::task::spawn_blocking(move || this.reload()).await else {
-                continue;
-            };
-            match outcome {
-                Reload::Unchanged => {}
-                Reload::Replaced => {
-                    metrics.tls_reload(listener, "replaced");
-                    tracing::info!(
-                        listener,
-                        cert_file = %self.files.cert_file.display(),
-                        "TLS certificate reloaded"
-                    );
-                }
-                Reload::Failed(error) => {
-                    metrics.tls_reload(listener, "failed");
-                    tracing::warn!(listener, %error, "TLS certificate not reloaded; keeping the current one");
-                }
+            Reload::Failed(error) => {
+                metrics.tls_reload(listener, "failed");
+                tracing::warn!(listener, %error, "{what} not reloaded; keeping the current one");
             }
         }
     }
@@ -543,34 +556,144 @@ fn xfcc_elements(value: &str) -> Result<Vec<Vec<(String, String)>>, String> {
     Ok(elements)
 }
 
-/// CAs trusted for the TLS connection to the OP, besides or instead of the system's roots.
-#[derive(Debug, Clone)]
-pub struct ExtraRoots {
-    pub certificates: Vec<CertificateDer<'static>>,
-    /// Trust only these, not the system's roots.
-    pub only: bool,
+/// CAs trusted for the TLS connection to the OP (`DTR_UPSTREAM_CA_FILE`), besides or instead of
+/// the system's roots. The file is read again whenever it changes ([`Self::reload`], every
+/// `DTR_TLS_RELOAD_INTERVAL`): a bundle that gains the next CA ahead of a rotation
+/// (trust-manager, cert-manager's CA issuer) is in use from the next connection to the OP,
+/// without a restart. A changed file that holds no usable CA leaves the current ones in place.
+pub struct UpstreamRoots {
+    file: PathBuf,
+    /// Trust only the file's CAs, not the system's roots.
+    only: bool,
+    current: RwLock<Arc<WebPkiServerVerifier>>,
+    /// What the last look at the file found, so that an unchanged file (or an unchanged
+    /// failure) is neither parsed nor reported again.
+    seen: Mutex<Result<Vec<u8>, String>>,
+}
+
+impl fmt::Debug for UpstreamRoots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamRoots")
+            .field("file", &self.file)
+            .field("only", &self.only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamRoots {
+    pub fn load(file: &Path, only: bool) -> Result<Self, String> {
+        let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let verifier = Self::verifier(&pem, only)?;
+        Ok(Self {
+            file: file.to_owned(),
+            only,
+            current: RwLock::new(verifier),
+            seen: Mutex::new(Ok(pem)),
+        })
+    }
+
+    fn verifier(pem: &[u8], only: bool) -> Result<Arc<WebPkiServerVerifier>, String> {
+        let mut roots = if only { RootCertStore::empty() } else { system_roots() };
+        for certificate in parse_certificates(pem)? {
+            roots
+                .add(certificate)
+                .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+        }
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| format!("not a usable CA certificate: {e}"))
+    }
+
+    /// Reads the file and, if its contents changed, trusts its CAs from the next connection
+    /// on when they parse.
+    pub fn reload(&self) -> Reload {
+        let found = std::fs::read(&self.file).map_err(|e| format!("cannot read {}: {e}", self.file.display()));
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == found {
+            return Reload::Unchanged;
+        }
+        let outcome = match &found {
+            Err(e) => Reload::Failed(e.clone()),
+            Ok(pem) => match Self::verifier(pem, self.only) {
+                Ok(verifier) => {
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+                    Reload::Replaced
+                }
+                Err(e) => Reload::Failed(format!("{}: {e}", self.file.display())),
+            },
+        };
+        *seen = found;
+        outcome
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    fn current(&self) -> Arc<WebPkiServerVerifier> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Every check is the webpki verifier's over the CAs read last.
+impl ServerCertVerifier for UpstreamRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.current()
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// The system's roots, Mozilla's when the system has none.
+fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if roots.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    roots
 }
 
 /// The rustls client configuration for a server whose certificate chains to the system's roots
-/// (Mozilla's when the system has none) and, with `extra`, to its CAs (or to them alone).
-pub fn client_config(extra: Option<&ExtraRoots>) -> Result<ClientConfig, rustls::Error> {
-    let mut roots = RootCertStore::empty();
-    if !extra.is_some_and(|extra| extra.only) {
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        if roots.is_empty() {
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        }
-    }
-    if let Some(extra) = extra {
-        for cert in &extra.certificates {
-            roots.add(cert.clone())?;
-        }
-    }
-    Ok(ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+/// (Mozilla's when the system has none) or, with `roots`, to theirs.
+pub fn client_config(roots: Option<&Arc<UpstreamRoots>>) -> Result<ClientConfig, rustls::Error> {
+    let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    Ok(match roots {
+        Some(roots) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(roots.clone())
+            .with_no_client_auth(),
+        None => builder.with_root_certificates(system_roots()).with_no_client_auth(),
+    })
 }
 
 #[cfg(test)]

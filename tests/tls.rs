@@ -819,6 +819,56 @@ async fn the_op_is_reached_over_tls_with_a_private_ca() {
     assert_eq!(refused.status(), 502);
 }
 
+/// The OP's CA file is read again when it changes: a bundle that gains the CA the OP's new
+/// certificate comes from (trust-manager, cert-manager's CA issuer) is trusted without a
+/// restart, and a broken one leaves the current CAs in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_ca_file_is_read_again_when_it_changes() {
+    let (old, new) = (&Pki::new("OP CA 1"), &Pki::new("OP CA 2"));
+    let relay = tls_relay(&new.server("op"), op().port).await;
+    let dir = ScratchDir::new("op-ca-rotation");
+    let ca = file(&dir, "op-ca.pem", &old.ca_pem);
+    let proxy = start(
+        Options::new(StoreKind::Embedded)
+            .env("DTR_UPSTREAM_URL", format!("https://127.0.0.1:{relay}"))
+            .env("DTR_UPSTREAM_CA_FILE", ca.clone())
+            .env("DTR_UPSTREAM_CA_ONLY", "true")
+            .env("DTR_TLS_RELOAD_INTERVAL", "1"),
+    )
+    .await;
+    let jwks = || async {
+        let response = proxy
+            .http
+            .get(proxy.url("/protocol/openid-connect/certs"))
+            .send()
+            .await
+            .expect("answer");
+        response.status().as_u16()
+    };
+    assert_eq!(jwks().await, 502, "the new CA is not trusted yet");
+
+    // The bundle gains the new CA; the old one stays for a while, as in a rotation.
+    std::fs::write(&ca, format!("{}{}", old.ca_pem, new.ca_pem)).expect("write");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while jwks().await != 200 {
+        assert!(Instant::now() < deadline, "the new CA was not picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let replaced = "dtr_tls_reloads_total{listener=\"upstream\",result=\"replaced\"}";
+    assert_eq!(metric(&proxy, replaced).await, Some(1.0));
+    deferred_flow(&proxy).await;
+
+    // A broken bundle is refused; the CAs read last stay.
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("write");
+    let failed = "dtr_tls_reloads_total{listener=\"upstream\",result=\"failed\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&proxy, failed).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the broken bundle was not noticed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(jwks().await, 200);
+}
+
 /// The settings of a redis-server that speaks only TLS, on `port`, with the certificate files
 /// `redis.crt`, `redis.key` and `ca.crt` of `dir`, and requires client certificates.
 fn tls_only(port: u16, dir: &ScratchDir) -> Vec<String> {

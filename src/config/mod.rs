@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::crypto::{HashKey, Sealer};
 use crate::store::{ClientCertificate, RedisOptions, Topology};
-use crate::tls::{self, ExtraRoots, KeyPairError, ServerTls, TlsFileError};
+use crate::tls::{self, KeyPairError, ServerTls, TlsFileError, UpstreamRoots};
 
 mod clients;
 mod effective;
@@ -272,6 +272,8 @@ pub struct Config {
     /// The TLS client settings for the OP when `DTR_UPSTREAM_CA_FILE` adds (or, with
     /// `DTR_UPSTREAM_CA_ONLY`, sets) its trust anchors; the system's roots without.
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The CAs of `upstream_tls`, read again from their file when it changes.
+    pub upstream_roots: Option<Arc<UpstreamRoots>>,
     /// Where `upstream_tls`'s CAs come from, and whether they alone are trusted (for display).
     pub upstream_ca: Option<(String, bool)>,
     pub store: StoreSettings,
@@ -615,11 +617,8 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         errors.push("DTR_TLS_RELOAD_INTERVAL: must be a positive number of seconds".into());
     }
     let upstream_roots = match raw.upstream_ca_file.as_deref().filter(|s| !s.is_empty()) {
-        Some(path) => match tls::read_certificates(std::path::Path::new(path)) {
-            Ok(certificates) => Some(ExtraRoots {
-                certificates,
-                only: raw.upstream_ca_only,
-            }),
+        Some(path) => match UpstreamRoots::load(std::path::Path::new(path), raw.upstream_ca_only) {
+            Ok(roots) => Some(Arc::new(roots)),
             Err(e) => {
                 errors.push(format!("DTR_UPSTREAM_CA_FILE: {e}"));
                 None
@@ -635,10 +634,10 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     if upstream_roots.is_some() && upstream_url.as_ref().is_some_and(|url| url.scheme() != "https") {
         errors.push("DTR_UPSTREAM_CA_FILE: only for an https DTR_UPSTREAM_URL".into());
     }
-    let upstream_tls = upstream_roots.and_then(|roots| {
-        tls::client_config(Some(&roots))
+    let upstream_tls = upstream_roots.as_ref().and_then(|roots| {
+        tls::client_config(Some(roots))
             .map(Arc::new)
-            .map_err(|e| errors.push(format!("DTR_UPSTREAM_CA_FILE: not a usable CA certificate: {e}")))
+            .map_err(|e| errors.push(format!("DTR_UPSTREAM_CA_FILE: {e}")))
             .ok()
     });
 
@@ -893,6 +892,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         admin_tls,
         tls_reload_interval: Duration::from_secs(raw.tls_reload_interval),
         upstream_tls,
+        upstream_roots,
         upstream_ca: raw
             .upstream_ca_file
             .clone()
