@@ -388,10 +388,25 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
     let public_tls = config.tls.as_ref().map(|tls| tls.server_config()).transpose()?;
     let admin_tls = config.admin_tls.as_ref().map(|tls| tls.server_config()).transpose()?;
     let mut tasks = Vec::new();
-    for (listener, tls) in [("public", &config.tls), ("admin", &config.admin_tls)] {
-        if let Some(tls) = tls {
-            tasks.push(tokio::spawn(tls.clone().watch(
-                listener,
+    let listeners = [
+        ("public", "public_client_ca", &config.tls),
+        ("admin", "admin_client_ca", &config.admin_tls),
+    ];
+    for (listener, client_ca, tls) in listeners {
+        let Some(tls) = tls else { continue };
+        tasks.push(tokio::spawn(tls.clone().watch(
+            listener,
+            config.tls_reload_interval,
+            services.metrics.clone(),
+            watcher.clone(),
+        )));
+        if let Some(cas) = tls.client_cas() {
+            let (cas, file) = (cas.clone(), cas.file().to_owned());
+            tasks.push(tokio::spawn(crate::tls::watch_reloads(
+                client_ca,
+                "client CA bundle",
+                file,
+                move || cas.reload(),
                 config.tls_reload_interval,
                 services.metrics.clone(),
                 watcher.clone(),

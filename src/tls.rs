@@ -12,9 +12,10 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -73,11 +74,11 @@ impl fmt::Display for KeyPairError {
 
 /// The TLS settings of one listener: where its certificate and key are read from (again
 /// whenever they change), and the CAs whose client certificates it requires or requests, if
-/// any.
+/// any (read again whenever their file changes).
 #[derive(Clone)]
 pub struct ServerTls {
     files: Arc<CertificateFiles>,
-    client_ca: Option<Arc<RootCertStore>>,
+    client_ca: Option<Arc<ClientCas>>,
     /// With a client CA: whether a connection without a client certificate is refused (the
     /// admin port) or served (the public port, which browsers reach too).
     client_certificate_required: bool,
@@ -114,19 +115,10 @@ impl ServerTls {
             .map_err(|e| errors.push(TlsFileError::Key(format!("cannot read {}: {e}", key_file.display()))))
             .ok();
         let client_ca = client_ca_file.and_then(|path| {
-            let certs = read_certificates(path)
+            ClientCas::load(path)
+                .map(Arc::new)
                 .map_err(|e| errors.push(TlsFileError::ClientCa(e)))
-                .ok()?;
-            let mut roots = RootCertStore::empty();
-            for cert in certs {
-                if let Err(e) = roots.add(cert) {
-                    errors.push(TlsFileError::ClientCa(format!(
-                        "{}: not a CA certificate: {e}",
-                        path.display()
-                    )));
-                }
-            }
-            Some(Arc::new(roots))
+                .ok()
         });
         let (Some(cert_pem), Some(key_pem)) = (cert_pem, key_pem) else {
             return Err(errors);
@@ -182,20 +174,20 @@ impl ServerTls {
         self.client_ca.is_some()
     }
 
+    /// The CAs of the client certificates the listener asks for, if it asks.
+    pub fn client_cas(&self) -> Option<&Arc<ClientCas>> {
+        self.client_ca.as_ref()
+    }
+
     /// The rustls configuration of the listener: HTTP/2 and HTTP/1.1 by ALPN, the current
     /// certificate at every handshake.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
         let builder = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
         let builder = match &self.client_ca {
-            Some(roots) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
-                let verifier = if self.client_certificate_required {
-                    verifier
-                } else {
-                    verifier.allow_unauthenticated()
-                };
-                builder.with_client_cert_verifier(verifier.build().map_err(|e| rustls::Error::General(e.to_string()))?)
-            }
+            Some(cas) => builder.with_client_cert_verifier(Arc::new(ClientCasVerifier {
+                cas: cas.clone(),
+                required: self.client_certificate_required,
+            })),
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(self.files.clone());
@@ -257,6 +249,148 @@ pub async fn watch_reloads(
                 tracing::warn!(listener, %error, "{what} not reloaded; keeping the current one");
             }
         }
+    }
+}
+
+/// The CAs a listener verifies client certificates against (`DTR_TLS_CLIENT_CA_FILE`,
+/// `DTR_ADMIN_TLS_CLIENT_CA_FILE`). The file is read again whenever it changes
+/// ([`Self::reload`], every `DTR_TLS_RELOAD_INTERVAL`): the CA of a newly admitted RP is
+/// accepted from the next handshake, without a restart. A changed file that holds no usable CA
+/// leaves the current ones in place.
+pub struct ClientCas {
+    file: PathBuf,
+    current: RwLock<ClientCaVerifier>,
+    /// What the last look at the file found, so that an unchanged file (or an unchanged
+    /// failure) is neither parsed nor reported again.
+    seen: Mutex<Result<Vec<u8>, String>>,
+}
+
+/// The webpki verifier over one version of the bundle, and the CA names a handshake offers the
+/// client. The names are kept for the life of the process (rustls borrows them from the
+/// verifier for the handshake): a few hundred bytes for each version of the file.
+#[derive(Clone)]
+struct ClientCaVerifier {
+    verifier: Arc<dyn ClientCertVerifier>,
+    hints: &'static [DistinguishedName],
+}
+
+impl fmt::Debug for ClientCas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCas")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCas {
+    fn load(file: &Path) -> Result<Self, String> {
+        let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let current = Self::verifier(&pem).map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok(Self {
+            file: file.to_owned(),
+            current: RwLock::new(current),
+            seen: Mutex::new(Ok(pem)),
+        })
+    }
+
+    /// Whether a certificate is required is the listener's to say
+    /// ([`ClientCertVerifier::client_auth_mandatory`]); the verifier accepts a handshake
+    /// without one.
+    fn verifier(pem: &[u8]) -> Result<ClientCaVerifier, String> {
+        let mut roots = RootCertStore::empty();
+        for certificate in parse_certificates(pem)? {
+            roots
+                .add(certificate)
+                .map_err(|e| format!("not a CA certificate: {e}"))?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+        let hints = Box::leak(verifier.root_hint_subjects().to_vec().into_boxed_slice());
+        Ok(ClientCaVerifier { verifier, hints })
+    }
+
+    /// Reads the file and, if its contents changed, verifies client certificates against its
+    /// CAs from the next handshake on when they parse.
+    pub fn reload(&self) -> Reload {
+        let found = std::fs::read(&self.file).map_err(|e| format!("cannot read {}: {e}", self.file.display()));
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == found {
+            return Reload::Unchanged;
+        }
+        let outcome = match &found {
+            Err(e) => Reload::Failed(e.clone()),
+            Ok(pem) => match Self::verifier(pem) {
+                Ok(verifier) => {
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+                    Reload::Replaced
+                }
+                Err(e) => Reload::Failed(format!("{}: {e}", self.file.display())),
+            },
+        };
+        *seen = found;
+        outcome
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    fn current(&self) -> ClientCaVerifier {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A listener's client-certificate check: the CAs read last, and whether a certificate is
+/// required (the admin port) or only asked for (the public port, which browsers reach too).
+#[derive(Debug)]
+struct ClientCasVerifier {
+    cas: Arc<ClientCas>,
+    required: bool,
+}
+
+impl ClientCertVerifier for ClientCasVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.required
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.cas.current().hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.cas
+            .current()
+            .verifier
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.cas.current().verifier.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.cas.current().verifier.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.cas.current().verifier.supported_verify_schemes()
     }
 }
 

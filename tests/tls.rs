@@ -386,6 +386,55 @@ async fn the_admin_port_requires_a_client_certificate_from_its_ca() {
     deferred_flow(&proxy).await;
 }
 
+/// The RPs' CA bundle is read again when it changes: an RP whose CA joins the bundle is
+/// accepted from the next handshake, without a restart, and a broken bundle leaves the CAs
+/// read last in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rps_ca_bundle_is_read_again_when_it_changes() {
+    let pki = proxy_pki();
+    let (first, second) = (Pki::new("RP CA 1"), Pki::new("RP CA 2"));
+    let volume = SecretVolume::new(&pki.server("proxy"));
+    let dir = ScratchDir::new("rp-ca-rotation");
+    let bundle = file(&dir, "rps.pem", &first.ca_pem);
+    let env = vec![
+        ("DTR_TLS_CLIENT_CA_FILE".to_owned(), bundle.clone()),
+        ("DTR_TLS_RELOAD_INTERVAL".to_owned(), "1".to_owned()),
+    ];
+    let proxy = start_tls(&volume, env, https_client(pki, None, &["h2"])).await;
+    let discovery = proxy.url("/.well-known/openid-configuration");
+    // A fresh client each time: a fresh handshake.
+    let status_for = |rp: Pair| {
+        let (client, url) = (https_client(pki, Some(&rp), &["h2", "http/1.1"]), discovery.clone());
+        async move { client.get(&url).send().await.ok().map(|r| r.status().as_u16()) }
+    };
+    assert_eq!(status_for(first.client("rp-1")).await, Some(200));
+    assert_eq!(
+        status_for(second.client("rp-2")).await,
+        None,
+        "a certificate of a CA outside the bundle ends the handshake"
+    );
+
+    std::fs::write(&bundle, format!("{}{}", first.ca_pem, second.ca_pem)).expect("write");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_for(second.client("rp-2")).await != Some(200) {
+        assert!(Instant::now() < deadline, "the new RP's CA was not picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let replaced = "dtr_tls_reloads_total{listener=\"public_client_ca\",result=\"replaced\"}";
+    assert_eq!(metric(&proxy, replaced).await, Some(1.0));
+    assert_eq!(status_for(first.client("rp-1")).await, Some(200));
+
+    std::fs::write(&bundle, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("write");
+    let failed = "dtr_tls_reloads_total{listener=\"public_client_ca\",result=\"failed\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&proxy, failed).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the broken bundle was not noticed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status_for(second.client("rp-3")).await, Some(200));
+    assert_eq!(status_for(first.client("rp-4")).await, Some(200));
+}
+
 /// The same proxy, as seen by a client with another TLS identity (`http`).
 fn view(proxy: &Proxy, http: reqwest::Client) -> Proxy {
     Proxy {
