@@ -377,6 +377,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     let store = connect_store(&config, Some(&metrics))?;
+    let redis_tls = match (&store, &config.store) {
+        (Store::Redis(redis), StoreSettings::Redis(options)) => crate::store::TlsFiles::new(redis.clone(), options),
+        _ => None,
+    };
     let store_kind = store.kind();
     let (telemetry, export) = telemetry(&config)?;
     let upstream = upstream(&config, &metrics, telemetry.clone());
@@ -414,6 +418,18 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
         }
     }
 
+    if let Some(files) = redis_tls.map(Arc::new) {
+        let file = files.file();
+        tasks.push(tokio::spawn(crate::tls::watch_reloads(
+            "redis",
+            "Redis TLS files",
+            file,
+            move || files.reload(),
+            config.tls_reload_interval,
+            services.metrics.clone(),
+            watcher.clone(),
+        )));
+    }
     if let Some(roots) = &config.upstream_roots {
         let (roots, file) = (roots.clone(), roots.file().to_owned());
         tasks.push(tokio::spawn(crate::tls::watch_reloads(

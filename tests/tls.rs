@@ -1031,6 +1031,117 @@ async fn redis_over_tls_with_a_client_certificate_and_a_password_file() {
     }
 }
 
+/// The proxy's Redis client certificate is read again when it changes (cert-manager renews
+/// it): the connection open stays, and the next one presents the new certificate. Here Redis
+/// stops accepting the old certificate's CA and drops its clients; the proxy reconnects with
+/// the renewed certificate, while a proxy whose files did not change cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_redis_client_certificate_is_used_from_the_next_connection() {
+    let (old, new) = (&Pki::new("Redis clients 1"), &Pki::new("Redis clients 2"));
+    let server = &Pki::new("Redis CA");
+    let dir = ScratchDir::new("redis-renewal");
+    redis_certificates(server, &dir);
+    // Redis verifies clients against the first clients' CA, then against the second's only.
+    let (old_cas, new_cas) = (
+        file(&dir, "old-clients.crt", &old.ca_pem),
+        file(&dir, "new-clients.crt", &new.ca_pem),
+    );
+    let redis = RedisServer::start_with(|port| {
+        let mut settings = tls_only(port, &dir);
+        settings.extend(["--tls-ca-cert-file".to_owned(), old_cas.clone()]);
+        settings
+    });
+    let admin = |pki: &Pki, name: &str| {
+        let pair = pki.client(name);
+        (
+            file(&dir, &format!("{name}.crt"), &pair.cert),
+            file(&dir, &format!("{name}.key"), &pair.key),
+        )
+    };
+    let cli = |(cert, key): &(String, String), args: &[&str]| {
+        let port = redis.port.to_string();
+        let tls = [
+            "--tls",
+            "--cacert",
+            &dir.path("ca.crt"),
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "-p",
+            &port,
+        ];
+        let out = std::process::Command::new("redis-cli")
+            .args(tls)
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (old_admin, new_admin) = (admin(old, "admin-1"), admin(new, "admin-2"));
+
+    let proxy_with = |files: &ScratchDir, client: &Pair| {
+        let options = Options::new(StoreKind::Embedded)
+            .env("DTR_REDIS_URL", format!("rediss://127.0.0.1:{}", redis.port))
+            .env("DTR_REDIS_KEY_PREFIX", unique("renewal"))
+            .env("DTR_REDIS_CA_FILE", dir.path("ca.crt"))
+            .env("DTR_TLS_RELOAD_INTERVAL", "1");
+        presenting(options, Some(client), files)
+    };
+    let renewing = ScratchDir::new("renewing");
+    let proxy = start(proxy_with(&renewing, &old.client("dtr-proxy"))).await;
+    let unchanged = ScratchDir::new("unchanged");
+    let stale = start(proxy_with(&unchanged, &old.client("dtr-proxy"))).await;
+    for proxy in [&proxy, &stale] {
+        deferred_flow(proxy).await;
+    }
+
+    // The renewal: the new certificate and key land in the files.
+    let renewed = new.client("dtr-proxy");
+    file(&renewing, "client.crt", &renewed.cert);
+    file(&renewing, "client.key", &renewed.key);
+    let replaced = "dtr_tls_reloads_total{listener=\"redis\",result=\"replaced\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&proxy, replaced).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the renewed certificate was not read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The connection open before the renewal still serves.
+    deferred_flow(&proxy).await;
+
+    // Redis trusts only the new clients' CA from now on, and drops every client.
+    assert_eq!(
+        cli(&old_admin, &["CONFIG", "SET", "tls-ca-cert-file", &new_cas]).trim(),
+        "OK"
+    );
+    let killed = cli(&new_admin, &["CLIENT", "KILL", "TYPE", "normal"]);
+    assert!(killed.trim().parse::<u32>().is_ok_and(|n| n >= 2), "{killed}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store_state(&proxy).await != "up" {
+        assert!(Instant::now() < deadline, "no reconnect with the renewed certificate");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    deferred_flow(&proxy).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_ne!(store_state(&stale).await, "up", "the old certificate is refused now");
+
+    // A renewal that does not make a pair is refused; the certificate read last stays.
+    file(&renewing, "client.key", "-----BEGIN PRIVATE KEY-----\nbroken\n");
+    let failed = "dtr_tls_reloads_total{listener=\"redis\",result=\"failed\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&proxy, failed).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the broken key was not noticed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cli(&new_admin, &["CLIENT", "KILL", "TYPE", "normal"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store_state(&proxy).await != "up" {
+        assert!(Instant::now() < deadline, "no reconnect with the certificate read last");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    deferred_flow(&proxy).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_through_a_tls_sentinel_with_client_certificates() {
     let pki = &Pki::new("Redis CA");

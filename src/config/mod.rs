@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::crypto::{HashKey, Sealer};
-use crate::store::{ClientCertificate, RedisOptions, Topology};
+use crate::store::{ClientCertificate, RedisOptions, RedisTlsFiles, Topology};
 use crate::tls::{self, KeyPairError, ServerTls, TlsFileError, UpstreamRoots};
 
 mod clients;
@@ -725,6 +726,17 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
                 password,
                 sentinel_username: nonempty(&raw.redis_sentinel_username),
                 sentinel_password: nonempty(&raw.redis_sentinel_password),
+                tls_files: (ca_pem.is_some() || client_certificate.is_some()).then(|| RedisTlsFiles {
+                    ca_file: ca_pem.as_ref().and(nonempty(&raw.redis_ca_file)).map(PathBuf::from),
+                    cert_file: client_certificate
+                        .as_ref()
+                        .and(nonempty(&raw.redis_client_cert_file))
+                        .map(PathBuf::from),
+                    key_file: client_certificate
+                        .as_ref()
+                        .and(nonempty(&raw.redis_client_key_file))
+                        .map(PathBuf::from),
+                }),
                 ca_pem,
                 client_certificate,
             }))

@@ -8,7 +8,9 @@ mod redis;
 use std::time::Duration;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::{ClientCertificate, RedisOptions, RedisStore, SentinelTarget, Topology, SENTINEL_PORT};
+pub use self::redis::{
+    ClientCertificate, RedisOptions, RedisStore, RedisTlsFiles, SentinelTarget, TlsFiles, Topology, SENTINEL_PORT,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

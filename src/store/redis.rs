@@ -13,6 +13,7 @@
 //! request a fast 503, not a wait. The cluster client follows slot moves and failovers itself.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -242,6 +243,17 @@ pub struct RedisOptions {
     /// A PEM client certificate chain and its key, for servers that require one
     /// (`tls-auth-clients yes`); presented to data nodes and Sentinels alike.
     pub client_certificate: Option<ClientCertificate>,
+    /// The files `ca_pem` and `client_certificate` were read from, read again when they
+    /// change ([`TlsFiles`]).
+    pub tls_files: Option<RedisTlsFiles>,
+}
+
+/// Where the Redis CA bundle and the client certificate and key are read from.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 /// A TLS client certificate chain and its private key, both PEM.
@@ -264,6 +276,7 @@ impl RedisOptions {
             sentinel_password: None,
             ca_pem: None,
             client_certificate: None,
+            tls_files: None,
         }
     }
 }
@@ -303,7 +316,34 @@ enum Conn {
     /// passes traffic through) while Redis is still down.
     Master(Arc<Master>),
     /// Connected on first use and kept; the cluster client follows slot moves itself.
-    Cluster(Arc<ClusterClient>, Arc<OnceCell<ClusterConnection>>),
+    Cluster(Arc<Cluster>),
+}
+
+/// The cluster client and its connection. Both are replaced when the TLS files change: the
+/// connection keeps its nodes' connections and opens new ones with the certificates it was
+/// built with, so only a new one presents the new certificate.
+struct Cluster {
+    current: RwLock<(Arc<ClusterClient>, Arc<OnceCell<ClusterConnection>>)>,
+}
+
+impl Cluster {
+    fn new(client: ClusterClient) -> Self {
+        Self {
+            current: RwLock::new((Arc::new(client), Arc::new(OnceCell::new()))),
+        }
+    }
+
+    async fn connection(&self) -> StoreResult<ClusterConnection> {
+        let (client, cell) = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        cell.get_or_try_init(|| client.get_async_connection())
+            .await
+            .cloned()
+            .map_err(unavailable)
+    }
+
+    fn replace(&self, client: ClusterClient) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(client), Arc::new(OnceCell::new()));
+    }
 }
 
 /// Where a new connection to the master comes from.
@@ -314,7 +354,9 @@ enum Source {
 
 /// The connection to the current master, replaced when it fails or the master moves.
 struct Master {
-    source: Source,
+    /// Replaced when the TLS files change: the connection open now stays, the next one
+    /// presents the new certificate.
+    source: RwLock<Arc<Source>>,
     config: AsyncConnectionConfig,
     timeout: Duration,
     current: RwLock<Option<(u64, MultiplexedConnection)>>,
@@ -428,7 +470,8 @@ impl Master {
 
     /// A new connection to whichever node is master now.
     async fn open(&self) -> Result<MultiplexedConnection, String> {
-        let client = match &self.source {
+        let source = self.source.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let client = match &*source {
             Source::Direct(client) => client.clone(),
             // Sentinel names the master and the library checks it with ROLE.
             Source::Sentinel(sentinel) => sentinel
@@ -442,7 +485,7 @@ impl Master {
             .get_multiplexed_async_connection_with_config(&self.config)
             .await
             .map_err(|e| e.to_string())?;
-        if matches!(self.source, Source::Direct(_)) {
+        if matches!(*source, Source::Direct(_)) {
             // The address may still lead to a demoted master (a Service whose endpoints have
             // not moved yet): writing there would fail, so wait for the new one.
             match redis::cmd("ROLE").query_async::<Role>(&mut conn).await {
@@ -502,105 +545,211 @@ impl Master {
     }
 }
 
+/// The Redis TLS files of a store (`DTR_REDIS_CA_FILE`, `DTR_REDIS_CLIENT_CERT_FILE`,
+/// `DTR_REDIS_CLIENT_KEY_FILE`) and what they held when last read. A renewed client certificate
+/// (cert-manager) or a CA bundle that gains Redis's next CA is used from the next connection,
+/// without a restart: connections already open stay as they are, and a reconnect after a
+/// failover or a network break presents the certificate read last.
+pub struct TlsFiles {
+    store: RedisStore,
+    options: std::sync::Mutex<RedisOptions>,
+    /// The contents of the CA, certificate and key files at the last look, or why one could
+    /// not be read: an unchanged file (or an unchanged failure) is neither used nor reported
+    /// again.
+    seen: std::sync::Mutex<[FileRead; 3]>,
+}
+
+/// A configured file's contents, or why they could not be read; `None` when not configured.
+type FileRead = Option<Result<Vec<u8>, String>>;
+
+impl TlsFiles {
+    /// The files of `options`, when it names any, watched for `store` (built from `options`).
+    pub fn new(store: RedisStore, options: &RedisOptions) -> Option<Self> {
+        let seen = Self::read(options.tls_files.as_ref()?);
+        Some(Self {
+            store,
+            options: std::sync::Mutex::new(options.clone()),
+            seen: std::sync::Mutex::new(seen),
+        })
+    }
+
+    /// The CA bundle, the certificate and the key, each when configured.
+    fn read(files: &RedisTlsFiles) -> [FileRead; 3] {
+        [&files.ca_file, &files.cert_file, &files.key_file].map(|path| {
+            path.as_ref()
+                .map(|path| std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display())))
+        })
+    }
+
+    /// The first of the files, to name them in log lines.
+    pub fn file(&self) -> PathBuf {
+        let options = self.options.lock().unwrap_or_else(|p| p.into_inner());
+        let files = options.tls_files.clone().unwrap_or_default();
+        files.ca_file.or(files.cert_file).unwrap_or_default()
+    }
+
+    /// Reads the files and, if they changed and make a usable CA bundle and certificate with
+    /// its key, connects with them from now on.
+    pub fn reload(&self) -> crate::tls::Reload {
+        use crate::tls::Reload;
+        let mut options = self.options.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(files) = options.tls_files.clone() else {
+            return Reload::Unchanged;
+        };
+        let found = Self::read(&files);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == found {
+            return Reload::Unchanged;
+        }
+        *seen = found.clone();
+        let [ca, cert, key] = found;
+        let renewed = (|| {
+            let ca_pem = ca.transpose()?;
+            if let (Some(pem), Some(path)) = (&ca_pem, &files.ca_file) {
+                crate::tls::parse_certificates(pem).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            let client_certificate = match (cert.transpose()?, key.transpose()?) {
+                (Some(cert_pem), Some(key_pem)) => {
+                    crate::tls::certified_key(&cert_pem, &key_pem).map_err(|e| e.to_string())?;
+                    Some(ClientCertificate { cert_pem, key_pem })
+                }
+                _ => None,
+            };
+            let renewed = RedisOptions {
+                ca_pem,
+                client_certificate,
+                ..options.clone()
+            };
+            self.store.use_certificates(&renewed).map_err(|e| e.to_string())?;
+            Ok::<_, String>(renewed)
+        })();
+        match renewed {
+            Ok(renewed) => {
+                *options = renewed;
+                Reload::Replaced
+            }
+            Err(e) => Reload::Failed(e),
+        }
+    }
+}
+
+fn bad_settings(e: RedisError) -> StoreError {
+    StoreError::Unavailable(format!("Redis settings: {e}"))
+}
+
+/// The CA and client certificate of `options`, for redis-rs; `None` when TLS is to trust the
+/// system's roots and present no certificate.
+fn certificates(options: &RedisOptions) -> Option<TlsCertificates> {
+    if options.ca_pem.is_none() && options.client_certificate.is_none() {
+        return None;
+    }
+    Some(TlsCertificates {
+        client_tls: options.client_certificate.as_ref().map(|client| ClientTlsConfig {
+            client_cert: client.cert_pem.clone(),
+            client_key: client.key_pem.clone(),
+        }),
+        root_cert: options.ca_pem.clone(),
+    })
+}
+
+fn cluster_client(options: &RedisOptions) -> StoreResult<ClusterClient> {
+    let Topology::Cluster { url } = &options.topology else {
+        return Err(StoreError::Unavailable("not a Redis Cluster".into()));
+    };
+    let mut builder = ClusterClient::builder(vec![url.clone()])
+        .connection_timeout(options.timeout)
+        .response_timeout(options.timeout);
+    if let Some(username) = &options.username {
+        builder = builder.username(username);
+    }
+    if let Some(password) = &options.password {
+        builder = builder.password(password);
+    }
+    if let Some(certs) = certificates(options) {
+        builder = builder.certs(certs);
+    }
+    builder.build().map_err(bad_settings)
+}
+
+/// Where connections to the master come from: the configured address, or the Sentinels.
+fn master_source(options: &RedisOptions) -> StoreResult<Source> {
+    match &options.topology {
+        Topology::Cluster { .. } => Err(StoreError::Unavailable("a Redis Cluster has no one master".into())),
+        Topology::Standalone { url } => {
+            let mut info = url.as_str().into_connection_info().map_err(bad_settings)?;
+            let mut settings = info.redis_settings().clone();
+            if let Some(username) = &options.username {
+                settings = settings.set_username(username);
+            }
+            if let Some(password) = &options.password {
+                settings = settings.set_password(password);
+            }
+            info = info.set_redis_settings(settings);
+            let client = match certificates(options) {
+                Some(certs) => redis::Client::build_with_tls(info, certs),
+                None => redis::Client::open(info),
+            };
+            Ok(Source::Direct(client.map_err(bad_settings)?))
+        }
+        Topology::Sentinel(target) => {
+            let addrs = target.sentinels.iter().map(|(host, port)| {
+                if target.tls {
+                    ConnectionAddr::TcpTls {
+                        host: host.clone(),
+                        port: *port,
+                        insecure: false,
+                        tls_params: None,
+                    }
+                } else {
+                    ConnectionAddr::Tcp(host.clone(), *port)
+                }
+            });
+            let mut builder =
+                SentinelClientBuilder::new(addrs, &target.master, SentinelServerType::Master).map_err(bad_settings)?;
+            builder = builder.set_client_to_redis_db(target.db);
+            if target.tls {
+                builder = builder
+                    .set_client_to_redis_tls_mode(TlsMode::Secure)
+                    .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+                if let Some(certs) = certificates(options) {
+                    builder = builder
+                        .set_client_to_redis_certificates(certs.clone())
+                        .set_client_to_sentinel_certificates(certs);
+                }
+            }
+            if let Some(username) = options.username.as_ref().or(target.username.as_ref()) {
+                builder = builder.set_client_to_redis_username(username);
+            }
+            if let Some(password) = options.password.as_ref().or(target.password.as_ref()) {
+                builder = builder.set_client_to_redis_password(password);
+            }
+            if let Some(username) = &options.sentinel_username {
+                builder = builder.set_client_to_sentinel_username(username);
+            }
+            if let Some(password) = &options.sentinel_password {
+                builder = builder.set_client_to_sentinel_password(password);
+            }
+            Ok(Source::Sentinel(Mutex::new(builder.build().map_err(bad_settings)?)))
+        }
+    }
+}
+
 impl RedisStore {
     pub fn connect(options: &RedisOptions) -> StoreResult<Self> {
         let timeout = options.timeout;
-        let bad = |e: RedisError| StoreError::Unavailable(format!("Redis settings: {e}"));
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let master = |source| {
-            Conn::Master(Arc::new(Master {
-                source,
-                config: config.clone(),
+        let conn = match &options.topology {
+            Topology::Cluster { .. } => Conn::Cluster(Arc::new(Cluster::new(cluster_client(options)?))),
+            Topology::Standalone { .. } | Topology::Sentinel(_) => Conn::Master(Arc::new(Master {
+                source: RwLock::new(Arc::new(master_source(options)?)),
+                config,
                 timeout,
                 current: RwLock::new(None),
                 generation: AtomicU64::new(0),
                 connecting: Mutex::new(Backoff::default()),
-            }))
-        };
-        let certs = || TlsCertificates {
-            client_tls: options.client_certificate.as_ref().map(|client| ClientTlsConfig {
-                client_cert: client.cert_pem.clone(),
-                client_key: client.key_pem.clone(),
-            }),
-            root_cert: options.ca_pem.clone(),
-        };
-        // Without a CA or a client certificate of its own, TLS trusts the system's roots.
-        let own_certificates = options.ca_pem.is_some() || options.client_certificate.is_some();
-        let conn = match &options.topology {
-            Topology::Cluster { url } => {
-                let mut builder = ClusterClient::builder(vec![url.clone()])
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout);
-                if let Some(username) = &options.username {
-                    builder = builder.username(username);
-                }
-                if let Some(password) = &options.password {
-                    builder = builder.password(password);
-                }
-                if own_certificates {
-                    builder = builder.certs(certs());
-                }
-                Conn::Cluster(Arc::new(builder.build().map_err(bad)?), Arc::new(OnceCell::new()))
-            }
-            Topology::Standalone { url } => {
-                let mut info = url.as_str().into_connection_info().map_err(bad)?;
-                let mut settings = info.redis_settings().clone();
-                if let Some(username) = &options.username {
-                    settings = settings.set_username(username);
-                }
-                if let Some(password) = &options.password {
-                    settings = settings.set_password(password);
-                }
-                info = info.set_redis_settings(settings);
-                let client = if own_certificates {
-                    redis::Client::build_with_tls(info, certs())
-                } else {
-                    redis::Client::open(info)
-                };
-                master(Source::Direct(client.map_err(bad)?))
-            }
-            Topology::Sentinel(target) => {
-                let addrs = target.sentinels.iter().map(|(host, port)| {
-                    if target.tls {
-                        ConnectionAddr::TcpTls {
-                            host: host.clone(),
-                            port: *port,
-                            insecure: false,
-                            tls_params: None,
-                        }
-                    } else {
-                        ConnectionAddr::Tcp(host.clone(), *port)
-                    }
-                });
-                let mut builder =
-                    SentinelClientBuilder::new(addrs, &target.master, SentinelServerType::Master).map_err(bad)?;
-                builder = builder.set_client_to_redis_db(target.db);
-                if target.tls {
-                    builder = builder
-                        .set_client_to_redis_tls_mode(TlsMode::Secure)
-                        .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-                    if own_certificates {
-                        builder = builder
-                            .set_client_to_redis_certificates(certs())
-                            .set_client_to_sentinel_certificates(certs());
-                    }
-                }
-                if let Some(username) = options.username.as_ref().or(target.username.as_ref()) {
-                    builder = builder.set_client_to_redis_username(username);
-                }
-                if let Some(password) = options.password.as_ref().or(target.password.as_ref()) {
-                    builder = builder.set_client_to_redis_password(password);
-                }
-                if let Some(username) = &options.sentinel_username {
-                    builder = builder.set_client_to_sentinel_username(username);
-                }
-                if let Some(password) = &options.sentinel_password {
-                    builder = builder.set_client_to_sentinel_password(password);
-                }
-                master(Source::Sentinel(Mutex::new(builder.build().map_err(bad)?)))
-            }
+            })),
         };
         Ok(Self {
             conn,
@@ -631,11 +780,19 @@ impl RedisStore {
         out
     }
 
-    async fn cluster(client: &ClusterClient, cell: &OnceCell<ClusterConnection>) -> StoreResult<ClusterConnection> {
-        cell.get_or_try_init(|| client.get_async_connection())
-            .await
-            .cloned()
-            .map_err(unavailable)
+    /// From now on, connects with the CA and client certificate of `options` (the same
+    /// settings otherwise, read again from their files). The master's connection open now
+    /// stays, and the next one presents the new certificate; a cluster's connection is
+    /// replaced, the next command opening a new one.
+    pub fn use_certificates(&self, options: &RedisOptions) -> StoreResult<()> {
+        match &self.conn {
+            Conn::Master(master) => {
+                let source = Arc::new(master_source(options)?);
+                *master.source.write().unwrap_or_else(|p| p.into_inner()) = source;
+            }
+            Conn::Cluster(cluster) => cluster.replace(cluster_client(options)?),
+        }
+        Ok(())
     }
 
     /// Boxed: the retrying future is deep, and every endpoint's future would carry it inline.
@@ -652,7 +809,7 @@ impl RedisStore {
                         .run(repeat, |mut conn| async move { cmd.query_async(&mut conn).await })
                         .await
                 }
-                Conn::Cluster(client, cell) => match Self::cluster(client, cell).await {
+                Conn::Cluster(cluster) => match cluster.connection().await {
                     Ok(mut conn) => cmd.query_async(&mut conn).await.map_err(unavailable),
                     Err(e) => Err(e),
                 },
@@ -678,7 +835,7 @@ impl RedisStore {
                         .run(repeat, |mut conn| async move { eval(script, cmd, &mut conn).await })
                         .await
                 }
-                Conn::Cluster(client, cell) => match Self::cluster(client, cell).await {
+                Conn::Cluster(cluster) => match cluster.connection().await {
                     Ok(mut conn) => eval(script, cmd, &mut conn).await.map_err(unavailable),
                     Err(e) => Err(e),
                 },
