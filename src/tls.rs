@@ -257,13 +257,7 @@ pub async fn watch_reloads(
 /// ([`Self::reload`], every `DTR_TLS_RELOAD_INTERVAL`): the CA of a newly admitted RP is
 /// accepted from the next handshake, without a restart. A changed file that holds no usable CA
 /// leaves the current ones in place.
-pub struct ClientCas {
-    file: PathBuf,
-    current: RwLock<ClientCaVerifier>,
-    /// What the last look at the file found, so that an unchanged file (or an unchanged
-    /// failure) is neither parsed nor reported again.
-    seen: Mutex<Result<Vec<u8>, String>>,
-}
+pub struct ClientCas(CaBundle<ClientCaVerifier>);
 
 /// The webpki verifier over one version of the bundle, and the CA names a handshake offers the
 /// client. The names are kept for the life of the process (rustls borrows them from the
@@ -277,20 +271,14 @@ struct ClientCaVerifier {
 impl fmt::Debug for ClientCas {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientCas")
-            .field("file", &self.file)
+            .field("file", &self.0.file)
             .finish_non_exhaustive()
     }
 }
 
 impl ClientCas {
     fn load(file: &Path) -> Result<Self, String> {
-        let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let current = Self::verifier(&pem).map_err(|e| format!("{}: {e}", file.display()))?;
-        Ok(Self {
-            file: file.to_owned(),
-            current: RwLock::new(current),
-            seen: Mutex::new(Ok(pem)),
-        })
+        CaBundle::load(file, Box::new(Self::verifier)).map(Self)
     }
 
     /// Whether a certificate is required is the listener's to say
@@ -314,6 +302,46 @@ impl ClientCas {
     /// Reads the file and, if its contents changed, verifies client certificates against its
     /// CAs from the next handshake on when they parse.
     pub fn reload(&self) -> Reload {
+        self.0.reload()
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.0.file
+    }
+
+    fn current(&self) -> ClientCaVerifier {
+        self.0.current()
+    }
+}
+
+/// A CA bundle read from a file and what is built from it, read again whenever the file
+/// changes: a changed file that builds is in use from then on; one that does not leaves the
+/// current one in place.
+struct CaBundle<T> {
+    file: PathBuf,
+    build: Build<T>,
+    current: RwLock<T>,
+    /// What the last look at the file found, so that an unchanged file (or an unchanged
+    /// failure) is neither built nor reported again.
+    seen: Mutex<Result<Vec<u8>, String>>,
+}
+
+/// What a [`CaBundle`] builds from the file's contents.
+type Build<T> = Box<dyn Fn(&[u8]) -> Result<T, String> + Send + Sync>;
+
+impl<T: Clone> CaBundle<T> {
+    fn load(file: &Path, build: Build<T>) -> Result<Self, String> {
+        let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let current = build(&pem).map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok(Self {
+            file: file.to_owned(),
+            build,
+            current: RwLock::new(current),
+            seen: Mutex::new(Ok(pem)),
+        })
+    }
+
+    fn reload(&self) -> Reload {
         let found = std::fs::read(&self.file).map_err(|e| format!("cannot read {}: {e}", self.file.display()));
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if *seen == found {
@@ -321,9 +349,9 @@ impl ClientCas {
         }
         let outcome = match &found {
             Err(e) => Reload::Failed(e.clone()),
-            Ok(pem) => match Self::verifier(pem) {
-                Ok(verifier) => {
-                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+            Ok(pem) => match (self.build)(pem) {
+                Ok(built) => {
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = built;
                     Reload::Replaced
                 }
                 Err(e) => Reload::Failed(format!("{}: {e}", self.file.display())),
@@ -333,11 +361,7 @@ impl ClientCas {
         outcome
     }
 
-    pub fn file(&self) -> &Path {
-        &self.file
-    }
-
-    fn current(&self) -> ClientCaVerifier {
+    fn current(&self) -> T {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -696,19 +720,15 @@ fn xfcc_elements(value: &str) -> Result<Vec<Vec<(String, String)>>, String> {
 /// (trust-manager, cert-manager's CA issuer) is in use from the next connection to the OP,
 /// without a restart. A changed file that holds no usable CA leaves the current ones in place.
 pub struct UpstreamRoots {
-    file: PathBuf,
+    bundle: CaBundle<Arc<WebPkiServerVerifier>>,
     /// Trust only the file's CAs, not the system's roots.
     only: bool,
-    current: RwLock<Arc<WebPkiServerVerifier>>,
-    /// What the last look at the file found, so that an unchanged file (or an unchanged
-    /// failure) is neither parsed nor reported again.
-    seen: Mutex<Result<Vec<u8>, String>>,
 }
 
 impl fmt::Debug for UpstreamRoots {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamRoots")
-            .field("file", &self.file)
+            .field("file", &self.bundle.file)
             .field("only", &self.only)
             .finish_non_exhaustive()
     }
@@ -716,14 +736,8 @@ impl fmt::Debug for UpstreamRoots {
 
 impl UpstreamRoots {
     pub fn load(file: &Path, only: bool) -> Result<Self, String> {
-        let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let verifier = Self::verifier(&pem, only)?;
-        Ok(Self {
-            file: file.to_owned(),
-            only,
-            current: RwLock::new(verifier),
-            seen: Mutex::new(Ok(pem)),
-        })
+        let bundle = CaBundle::load(file, Box::new(move |pem: &[u8]| Self::verifier(pem, only)))?;
+        Ok(Self { bundle, only })
     }
 
     fn verifier(pem: &[u8], only: bool) -> Result<Arc<WebPkiServerVerifier>, String> {
@@ -741,31 +755,15 @@ impl UpstreamRoots {
     /// Reads the file and, if its contents changed, trusts its CAs from the next connection
     /// on when they parse.
     pub fn reload(&self) -> Reload {
-        let found = std::fs::read(&self.file).map_err(|e| format!("cannot read {}: {e}", self.file.display()));
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if *seen == found {
-            return Reload::Unchanged;
-        }
-        let outcome = match &found {
-            Err(e) => Reload::Failed(e.clone()),
-            Ok(pem) => match Self::verifier(pem, self.only) {
-                Ok(verifier) => {
-                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
-                    Reload::Replaced
-                }
-                Err(e) => Reload::Failed(format!("{}: {e}", self.file.display())),
-            },
-        };
-        *seen = found;
-        outcome
+        self.bundle.reload()
     }
 
     pub fn file(&self) -> &Path {
-        &self.file
+        &self.bundle.file
     }
 
     fn current(&self) -> Arc<WebPkiServerVerifier> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.bundle.current()
     }
 }
 
