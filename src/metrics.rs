@@ -401,6 +401,7 @@ mod tests {
         metrics.observe_process("delivered", 60.0);
         metrics.http_request_histogram("passthrough", "2xx").observe(0.001);
         metrics.store().observe("GET", Duration::from_millis(1), true);
+        metrics.tls_reload("redis", "failed");
         let text = metrics.render();
         let mut exported = std::collections::BTreeSet::new();
         for line in text.lines() {
