@@ -392,55 +392,58 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
     let public_tls = config.tls.as_ref().map(|tls| tls.server_config()).transpose()?;
     let admin_tls = config.admin_tls.as_ref().map(|tls| tls.server_config()).transpose()?;
     let mut tasks = Vec::new();
+    // Every TLS file is looked at on the same interval, each set by a task of its own.
+    let watch = |listener, what, file, reload: Arc<dyn Fn() -> crate::tls::Reload + Send + Sync>| {
+        tokio::spawn(crate::tls::watch_reloads(
+            listener,
+            what,
+            file,
+            reload,
+            config.tls_reload_interval,
+            services.metrics.clone(),
+            watcher.clone(),
+        ))
+    };
     let listeners = [
         ("public", "public_client_ca", &config.tls),
         ("admin", "admin_client_ca", &config.admin_tls),
     ];
     for (listener, client_ca, tls) in listeners {
         let Some(tls) = tls else { continue };
-        tasks.push(tokio::spawn(tls.clone().watch(
+        let (certificate, file) = (tls.clone(), tls.cert_file().to_owned());
+        tasks.push(watch(
             listener,
-            config.tls_reload_interval,
-            services.metrics.clone(),
-            watcher.clone(),
-        )));
+            "TLS certificate",
+            file,
+            Arc::new(move || certificate.reload()),
+        ));
         if let Some(cas) = tls.client_cas() {
             let (cas, file) = (cas.clone(), cas.file().to_owned());
-            tasks.push(tokio::spawn(crate::tls::watch_reloads(
+            tasks.push(watch(
                 client_ca,
                 "client CA bundle",
                 file,
-                move || cas.reload(),
-                config.tls_reload_interval,
-                services.metrics.clone(),
-                watcher.clone(),
-            )));
+                Arc::new(move || cas.reload()),
+            ));
         }
     }
-
     if let Some(files) = redis_tls.map(Arc::new) {
         let file = files.file();
-        tasks.push(tokio::spawn(crate::tls::watch_reloads(
+        tasks.push(watch(
             "redis",
             "Redis TLS files",
             file,
-            move || files.reload(),
-            config.tls_reload_interval,
-            services.metrics.clone(),
-            watcher.clone(),
-        )));
+            Arc::new(move || files.reload()),
+        ));
     }
     if let Some(roots) = &config.upstream_roots {
         let (roots, file) = (roots.clone(), roots.file().to_owned());
-        tasks.push(tokio::spawn(crate::tls::watch_reloads(
+        tasks.push(watch(
             "upstream",
             "the OP's CA file",
             file,
-            move || roots.reload(),
-            config.tls_reload_interval,
-            services.metrics.clone(),
-            watcher.clone(),
-        )));
+            Arc::new(move || roots.reload()),
+        ));
     }
 
     let public_service = services.public.clone();

@@ -199,20 +199,6 @@ impl ServerTls {
     pub fn reload(&self) -> Reload {
         self.files.reload()
     }
-
-    /// Polls the files every `interval` until `shutdown` flips, swapping in a changed
-    /// certificate and counting each reload in `dtr_tls_reloads_total{listener,result}`.
-    pub async fn watch(
-        self,
-        listener: &'static str,
-        interval: Duration,
-        metrics: Metrics,
-        shutdown: watch::Receiver<bool>,
-    ) {
-        let file = self.files.cert_file.clone();
-        let reload = move || self.reload();
-        watch_reloads(listener, "TLS certificate", file, reload, interval, metrics, shutdown).await;
-    }
 }
 
 /// Calls `reload` every `interval` until `shutdown` flips, counting what it did in
@@ -221,7 +207,7 @@ pub async fn watch_reloads(
     listener: &'static str,
     what: &'static str,
     file: PathBuf,
-    reload: impl Fn() -> Reload + Clone + Send + 'static,
+    reload: Arc<dyn Fn() -> Reload + Send + Sync>,
     interval: Duration,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
@@ -235,7 +221,8 @@ pub async fn watch_reloads(
             _ = shutdown.changed() => return,
         }
         // Small files, read rarely: the blocking pool keeps the workers free.
-        let Ok(outcome) = tokio::task::spawn_blocking(reload.clone()).await else {
+        let reload = reload.clone();
+        let Ok(outcome) = tokio::task::spawn_blocking(move || reload()).await else {
             continue;
         };
         match outcome {
