@@ -168,14 +168,7 @@ fn check_config_prints_the_effective_settings_or_every_error() {
 
 /// The binary in front of the shared OP on two free ports, with `env` on top; its ports.
 fn spawn_binary(env: &[(&str, &str)], stdout: Stdio) -> (tokio::process::Child, [u16; 2]) {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let ports = [free(), free()];
+    let ports = [free_port(), free_port()];
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dtr-proxy"))
         .env_clear()
         .env("DTR_UPSTREAM_URL", format!("http://127.0.0.1:{}", op().port))

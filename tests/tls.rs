@@ -1294,7 +1294,7 @@ async fn a_redis_cluster_over_tls_with_client_certificates() {
     let ca = dir.path("ca.crt");
     let nodes: Vec<RedisServer> = (0..3)
         .map(|_| {
-            let bus = common::faults::free_port();
+            let bus = common::free_port();
             RedisServer::start_with(|port| {
                 let mut settings = tls_only(port, &dir);
                 settings.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(str::to_owned));

@@ -18,13 +18,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A scratch directory, removed when dropped.
 pub struct ScratchDir(pub PathBuf);
 

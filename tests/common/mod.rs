@@ -68,11 +68,41 @@ fn spawn_tied_with(program: &str, args: &[&str], env: &[(String, String)], log: 
         .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// A port for a child process to listen on.
+///
+/// A port from `bind(0)` is free only while its listener lives; between dropping it and the
+/// child's bind, another test's `bind(0)` or outgoing connection may take it. The child then
+/// exits, or worse, a readiness check reaches the other process and the test runs against it.
+/// So ports come from below the kernel's ephemeral range, which neither `bind(0)` nor `connect`
+/// ever hands out, by a counter of this test binary (started at an offset of its pid, as test
+/// binaries run one after another while the previous one's sockets may linger), each checked
+/// free when handed out.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static RANGE: OnceLock<(u32, u32, u32)> = OnceLock::new();
+    let &(low, size, start) = RANGE.get_or_init(|| {
+        let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32768);
+        let low = ephemeral_low.saturating_sub(16384).max(10000);
+        let size = ephemeral_low.saturating_sub(low);
+        (low, size, std::process::id().wrapping_mul(2654435761) % size.max(1))
+    });
+    if size < 1024 {
+        return StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+    }
+    for _ in 0..size {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (low + (start + n) % size) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{}", low + size)
 }
 
 /// The arguments of a throwaway redis-server on `port`: loopback only, nothing persisted.
