@@ -1286,12 +1286,22 @@ fn wrong_tls_files_are_reported_at_startup() {
 /// A Redis Cluster that speaks only TLS, to its clients and on its bus, and requires client
 /// certificates (as the Bitnami redis-cluster chart runs with TLS on): the proxy finds the
 /// nodes from one seed and presents its certificate to each. Without it, no node lets it in.
+/// A renewed client certificate is read again and presented to every node from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_over_tls_with_client_certificates() {
     let pki = &Pki::new("Redis CA");
+    // The proxy's certificates come from CAs of their own: the nodes' trust can move from the
+    // first to the second while their own certificates (the bus) stay trusted.
+    let (old, new) = (&Pki::new("Redis clients 1"), &Pki::new("Redis clients 2"));
     let dir = ScratchDir::new("cluster-tls");
     redis_certificates(pki, &dir);
-    let ca = dir.path("ca.crt");
+    let ca = file(&dir, "server-ca.crt", &pki.ca_pem);
+    let trusted = |clients: &[&Pki], name: &str| {
+        let bundle: String = clients.iter().map(|c| c.ca_pem.as_str()).collect();
+        file(&dir, name, &format!("{}{bundle}", pki.ca_pem))
+    };
+    // What the nodes read as `ca.crt` (tls_only): their own CA and the first clients' CA.
+    trusted(&[old], "ca.crt");
     let nodes: Vec<RedisServer> = (0..3)
         .map(|_| {
             let bus = common::free_port();
@@ -1336,17 +1346,19 @@ async fn a_redis_cluster_over_tls_with_client_certificates() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let client = pki.client("dtr-proxy");
+    let client = old.client("dtr-proxy");
     let prefix = unique("tls-cluster");
-    let options = |with_certificate: bool| {
+    let options = |files: &ScratchDir, client: Option<&Pair>| {
         let options = Options::new(StoreKind::Embedded)
             .env("DTR_REDIS_URL", format!("rediss://127.0.0.1:{}", nodes[0].port))
             .env("DTR_REDIS_CLUSTER", "true")
             .env("DTR_REDIS_KEY_PREFIX", prefix.clone())
-            .env("DTR_REDIS_CA_FILE", ca.clone());
-        presenting(options, with_certificate.then_some(&client), &dir)
+            .env("DTR_REDIS_CA_FILE", ca.clone())
+            .env("DTR_TLS_RELOAD_INTERVAL", "1");
+        presenting(options, client, files)
     };
-    let proxy = start(options(true)).await;
+    let renewing = ScratchDir::new("cluster-renewing");
+    let proxy = start(options(&renewing, Some(&client))).await;
     assert_eq!(store_state(&proxy).await, "up");
     for _ in 0..3 {
         deferred_flow(&proxy).await;
@@ -1363,6 +1375,46 @@ async fn a_redis_cluster_over_tls_with_client_certificates() {
         .count();
     assert!(holding >= 2, "keys of {prefix} on {holding} node(s)");
 
-    let refused = start(options(false)).await;
+    let refused = start(options(&ScratchDir::new("cluster-none"), None)).await;
     assert_ne!(store_state(&refused).await, "up", "without a client certificate");
+
+    // The renewal, from a new CA: the nodes trust both while it lands.
+    let unchanged = ScratchDir::new("cluster-unchanged");
+    let stale = start(options(&unchanged, Some(&client))).await;
+    deferred_flow(&stale).await;
+    let set_trust = |bundle: &str| {
+        for node in &nodes {
+            let port = node.port.to_string();
+            let out = cli(&["-p", &port, "CONFIG", "SET", "tls-ca-cert-file", bundle]);
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK", "{out:?}");
+        }
+    };
+    set_trust(&trusted(&[old, new], "both-clients.crt"));
+    let renewed = new.client("dtr-proxy");
+    file(&renewing, "client.crt", &renewed.cert);
+    file(&renewing, "client.key", &renewed.key);
+    let replaced = "dtr_tls_reloads_total{listener=\"redis\",result=\"replaced\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&proxy, replaced).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the renewed certificate was not read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    deferred_flow(&proxy).await;
+
+    // The nodes trust only the new clients' CA from now on, and drop every client: the
+    // renewed proxy reconnects to each node, the one whose files did not change cannot.
+    set_trust(&trusted(&[new], "new-clients.crt"));
+    for node in &nodes {
+        cli(&["-p", &node.port.to_string(), "CLIENT", "KILL", "TYPE", "normal"]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store_state(&proxy).await != "up" {
+        assert!(Instant::now() < deadline, "no reconnect with the renewed certificate");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for _ in 0..3 {
+        deferred_flow(&proxy).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_ne!(store_state(&stale).await, "up", "the old certificate is refused now");
 }
