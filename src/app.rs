@@ -40,7 +40,7 @@ use crate::serve::proxy::{PublicService, RequestLimits};
 use crate::serve::server::{serve, Limits};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 use crate::telemetry::{SpanExport, Telemetry};
-use crate::upstream::{http_client, ExportClient, OpClient, Upstream};
+use crate::upstream::{http_client, http_client_with, ExportClient, OpClient, Upstream};
 
 /// Everything that serves, built and wired.
 pub struct Services {
@@ -91,7 +91,11 @@ pub fn telemetry(config: &Config) -> Result<(Telemetry, Option<SpanExport>), Sta
     let Some(settings) = &config.traces else {
         return Ok((Telemetry::off(), None));
     };
-    let client = ExportClient::new(http_client(), tokio::runtime::Handle::current(), settings.timeout);
+    let http = match &settings.tls {
+        Some(tls) => http_client_with((*tls.config).clone()),
+        None => http_client(),
+    };
+    let client = ExportClient::new(http, tokio::runtime::Handle::current(), settings.timeout);
     let (telemetry, export) = Telemetry::start(settings, Arc::new(client)).map_err(StartError::Telemetry)?;
     tracing::info!(endpoint = %settings.endpoint, service = %settings.service_name, "exporting traces");
     Ok((telemetry, Some(export)))
@@ -444,6 +448,26 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
             file,
             Arc::new(move || roots.reload()),
         ));
+    }
+    if let Some(tls) = config.traces.as_ref().and_then(|traces| traces.tls.as_ref()) {
+        if let Some(roots) = &tls.roots {
+            let (roots, file) = (roots.clone(), roots.file().to_owned());
+            tasks.push(watch(
+                "otlp_ca",
+                "the trace receiver's CA file",
+                file,
+                Arc::new(move || roots.reload()),
+            ));
+        }
+        if let Some(certificate) = &tls.certificate {
+            let (certificate, file) = (certificate.clone(), certificate.cert_file().to_owned());
+            tasks.push(watch(
+                "otlp",
+                "the trace exporter's client certificate",
+                file,
+                Arc::new(move || certificate.reload()),
+            ));
+        }
     }
 
     let public_service = services.public.clone();

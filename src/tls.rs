@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -123,14 +123,10 @@ impl ServerTls {
         let (Some(cert_pem), Some(key_pem)) = (cert_pem, key_pem) else {
             return Err(errors);
         };
-        let key = match certified_key(&cert_pem, &key_pem) {
-            Ok(key) => Arc::new(key),
-            Err(KeyPairError::Cert(e)) => {
-                errors.push(TlsFileError::Cert(format!("{}: {e}", cert_file.display())));
-                return Err(errors);
-            }
-            Err(KeyPairError::Key(e)) => {
-                errors.push(TlsFileError::Key(format!("{}: {e}", key_file.display())));
+        let files = match CertificateFiles::from_pem(cert_file, key_file, cert_pem, key_pem) {
+            Ok(files) => files,
+            Err(e) => {
+                errors.push(e);
                 return Err(errors);
             }
         };
@@ -138,12 +134,7 @@ impl ServerTls {
             return Err(errors);
         }
         Ok(Self {
-            files: Arc::new(CertificateFiles {
-                cert_file: cert_file.to_owned(),
-                key_file: key_file.to_owned(),
-                current: RwLock::new(key),
-                seen: Mutex::new(Seen::Pair(cert_pem, key_pem)),
-            }),
+            files: Arc::new(files),
             client_ca,
             client_certificate_required: true,
         })
@@ -443,6 +434,36 @@ impl fmt::Debug for CertificateFiles {
 }
 
 impl CertificateFiles {
+    /// Reads and checks the pair now: nothing starts on a certificate that cannot be used.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, TlsFileError> {
+        let cert_pem = std::fs::read(cert_file)
+            .map_err(|e| TlsFileError::Cert(format!("cannot read {}: {e}", cert_file.display())))?;
+        let key_pem = std::fs::read(key_file)
+            .map_err(|e| TlsFileError::Key(format!("cannot read {}: {e}", key_file.display())))?;
+        Self::from_pem(cert_file, key_file, cert_pem, key_pem)
+    }
+
+    fn from_pem(cert_file: &Path, key_file: &Path, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Self, TlsFileError> {
+        let key = certified_key(&cert_pem, &key_pem).map_err(|e| match e {
+            KeyPairError::Cert(e) => TlsFileError::Cert(format!("{}: {e}", cert_file.display())),
+            KeyPairError::Key(e) => TlsFileError::Key(format!("{}: {e}", key_file.display())),
+        })?;
+        Ok(Self {
+            cert_file: cert_file.to_owned(),
+            key_file: key_file.to_owned(),
+            current: RwLock::new(Arc::new(key)),
+            seen: Mutex::new(Seen::Pair(cert_pem, key_pem)),
+        })
+    }
+
+    pub fn cert_file(&self) -> &Path {
+        &self.cert_file
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Reads both files (a Kubernetes Secret volume swaps them together, behind one symlink)
     /// and, if their contents changed, replaces the certificate with them when they make a
     /// matching pair.
@@ -480,7 +501,18 @@ impl CertificateFiles {
 
 impl ResolvesServerCert for CertificateFiles {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(self.current())
+    }
+}
+
+/// As a client certificate: the current pair, whatever CAs the server names.
+impl ResolvesClientCert for CertificateFiles {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -805,13 +837,22 @@ fn system_roots() -> RootCertStore {
 /// The rustls client configuration for a server whose certificate chains to the system's roots
 /// (Mozilla's when the system has none) or, with `roots`, to theirs.
 pub fn client_config(roots: Option<&Arc<UpstreamRoots>>) -> Result<ClientConfig, rustls::Error> {
+    client_config_with(roots, None)
+}
+
+/// [`client_config`] presenting `certificate` (the pair read last) when the server asks.
+pub fn client_config_with(
+    roots: Option<&Arc<UpstreamRoots>>,
+    certificate: Option<&Arc<CertificateFiles>>,
+) -> Result<ClientConfig, rustls::Error> {
     let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    Ok(match roots {
-        Some(roots) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(roots.clone())
-            .with_no_client_auth(),
-        None => builder.with_root_certificates(system_roots()).with_no_client_auth(),
+    let builder = match roots {
+        Some(roots) => builder.dangerous().with_custom_certificate_verifier(roots.clone()),
+        None => builder.with_root_certificates(system_roots()),
+    };
+    Ok(match certificate {
+        Some(certificate) => builder.with_client_cert_resolver(certificate.clone()),
+        None => builder.with_no_client_auth(),
     })
 }
 

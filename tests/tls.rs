@@ -3,10 +3,12 @@
 //! (and a broken one refused), client certificates on the admin port, deferred processes bound
 //! to the RP's client certificate on the public port (RFC 8705), the OP behind TLS with a
 //! private CA, a redis-server that requires TLS client certificates and a password, the same
-//! through a Sentinel, and a Redis Cluster that speaks only TLS and requires them.
+//! through a Sentinel, a Redis Cluster that speaks only TLS and requires them, and a trace
+//! receiver that requires them.
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -1417,4 +1419,141 @@ async fn a_redis_cluster_over_tls_with_client_certificates() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_ne!(store_state(&stale).await, "up", "the old certificate is refused now");
+}
+
+/// An OTLP/HTTP trace receiver behind TLS with `server`'s certificate that requires client
+/// certificates of `clients` (a Collector with `tls.client_ca_file`): the trace exports it
+/// took, and the handshakes it refused.
+async fn otlp_receiver_over_tls(server: &Pair, clients: &Pki) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(chain(&clients.ca_pem));
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .expect("client verifier");
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            chain(&server.cert),
+            PrivateKeyDer::from_pem_slice(server.key.as_bytes()).expect("key"),
+        )
+        .expect("server config");
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (exports, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (taken, turned_away) = (exports.clone(), refused.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, taken, turned_away) = (acceptor.clone(), taken.clone(), turned_away.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    turned_away.fetch_add(1, Ordering::SeqCst);
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let taken = taken.clone();
+                    async move {
+                        let export = request.method() == http::Method::POST
+                            && request.uri().path() == "/v1/traces"
+                            && request
+                                .headers()
+                                .get("content-type")
+                                .is_some_and(|v| v == "application/x-protobuf");
+                        let body = http_body_util::BodyExt::collect(request.into_body())
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let status = if export && !body.is_empty() {
+                            taken.fetch_add(1, Ordering::SeqCst);
+                            200
+                        } else {
+                            400
+                        };
+                        let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (port, exports, refused)
+}
+
+/// Traces to a receiver with a certificate from a private CA that requires client
+/// certificates (`OTEL_EXPORTER_OTLP_CERTIFICATE`, `…_CLIENT_CERTIFICATE`, `…_CLIENT_KEY`): a
+/// certificate the receiver does not trust gets no export through; once the files hold one it
+/// does, they are read again without a restart and the spans arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_a_receiver_that_requires_a_client_certificate() {
+    let (collector, clients, stranger) = (
+        &Pki::new("Collector CA"),
+        &Pki::new("Collector clients"),
+        &Pki::new("Someone else"),
+    );
+    let (port, exports, refused) = otlp_receiver_over_tls(&collector.server("collector"), clients).await;
+    let dir = ScratchDir::new("otlp-tls");
+    let untrusted = stranger.client("dtr-proxy");
+    let proxy = start(
+        Options::new(StoreKind::Embedded)
+            .env(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                format!("https://127.0.0.1:{port}/v1/traces"),
+            )
+            .env(
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                file(&dir, "collector-ca.crt", &collector.ca_pem),
+            )
+            .env(
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                file(&dir, "client.crt", &untrusted.cert),
+            )
+            .env(
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                file(&dir, "client.key", &untrusted.key),
+            )
+            .env("DTR_TLS_RELOAD_INTERVAL", "1"),
+    )
+    .await;
+    let traced_request = || async {
+        let response = proxy
+            .http
+            .get(proxy.url("/protocol/openid-connect/certs"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status(), 200);
+    };
+    let within = |what: &'static str, counter: Arc<AtomicUsize>| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while counter.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    traced_request().await;
+    within("no export was tried", refused.clone()).await;
+    assert_eq!(
+        exports.load(Ordering::SeqCst),
+        0,
+        "an untrusted certificate got through"
+    );
+
+    // The renewal: a certificate of the receiver's clients' CA lands in the files.
+    let trusted = clients.client("dtr-proxy");
+    file(&dir, "client.crt", &trusted.cert);
+    file(&dir, "client.key", &trusted.key);
+    let replaced = "dtr_tls_reloads_total{listener=\"otlp\",result=\"replaced\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&proxy, replaced).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the renewed certificate was not read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    traced_request().await;
+    within("the spans did not arrive", exports.clone()).await;
 }

@@ -148,6 +148,8 @@ impl Config {
                 "headers": t.headers.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
                 "resource": t.resource.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
                 "timeout_ms": t.timeout.as_millis() as u64,
+                "ca_file": t.tls.as_ref().and_then(|tls| tls.ca_file()),
+                "client_certificate_file": t.tls.as_ref().and_then(|tls| tls.certificate_file()),
             })),
             "paths": self.paths,
             "clients": clients,

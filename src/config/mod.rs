@@ -31,7 +31,7 @@ use federation::{validate_federation, RawFederation};
 pub use federation::{
     FederationSettings, FetchLimits, ProviderStatementSettings, Provisioning, RootKeys, TrustRoot, TrustRootSettings,
 };
-pub use traces::{RootSampler, SamplerSetting, TraceSettings};
+pub use traces::{ExportTls, RootSampler, SamplerSetting, TraceSettings};
 
 /// Path templates for the OP's endpoints. `{realm}` stands for one path segment; an OP without
 /// realms uses templates without it.

@@ -3,9 +3,14 @@
 //! the `DTR_*` settings and checked with them. Off unless an OTLP endpoint is set.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
+
+use crate::tls::{self, CertificateFiles, TlsFileError, UpstreamRoots};
 
 /// Where and how spans are exported (OTLP over HTTP, protobuf).
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +26,46 @@ pub struct TraceSettings {
     pub resource: Vec<(String, String)>,
     /// Time one export may take (`OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`, milliseconds).
     pub timeout: Duration,
+    /// The receiver's CAs and the client certificate, when set; the system's roots without.
+    pub tls: Option<ExportTls>,
+}
+
+/// TLS to the receiver as the OpenTelemetry SDKs take it: the CAs of
+/// `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE` instead of the system's roots, and the pair of
+/// `…_CLIENT_CERTIFICATE` and `…_CLIENT_KEY` presented when the receiver asks (a Collector with
+/// `client_ca_file`, a mesh's gateway). Each file is read again when it changes, on
+/// `DTR_TLS_RELOAD_INTERVAL`, as the proxy's other TLS files are.
+#[derive(Clone)]
+pub struct ExportTls {
+    pub roots: Option<Arc<UpstreamRoots>>,
+    pub certificate: Option<Arc<CertificateFiles>>,
+    /// Built over the two above, so a reload of either is in use from the next connection.
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for ExportTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportTls")
+            .field("ca_file", &self.ca_file())
+            .field("client_certificate_file", &self.certificate_file())
+            .finish()
+    }
+}
+
+impl PartialEq for ExportTls {
+    fn eq(&self, other: &Self) -> bool {
+        (self.ca_file(), self.certificate_file()) == (other.ca_file(), other.certificate_file())
+    }
+}
+
+impl ExportTls {
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.roots.as_ref().map(|roots| roots.file())
+    }
+
+    pub fn certificate_file(&self) -> Option<&Path> {
+        self.certificate.as_ref().map(|certificate| certificate.cert_file())
+    }
 }
 
 /// `OTEL_TRACES_SAMPLER` with its argument.
@@ -132,6 +177,19 @@ pub fn trace_settings(vars: &BTreeMap<String, String>, errors: &mut Vec<String>)
             }
         },
     };
+    let tls = export_tls(
+        endpoint.as_ref(),
+        either(
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ),
+        either(
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        ),
+        either("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+        errors,
+    );
     Some(TraceSettings {
         endpoint: endpoint?,
         service_name: get("OTEL_SERVICE_NAME").unwrap_or(DEFAULT_SERVICE_NAME).to_owned(),
@@ -139,7 +197,70 @@ pub fn trace_settings(vars: &BTreeMap<String, String>, errors: &mut Vec<String>)
         headers,
         resource,
         timeout,
+        tls,
     })
+}
+
+type Setting<'a> = Option<(&'static str, &'a str)>;
+
+/// Reads and checks the receiver's TLS files now (`(variable, path)` each): the proxy does not
+/// start on a file that cannot be used.
+fn export_tls(
+    endpoint: Option<&Url>,
+    ca: Setting,
+    certificate: Setting,
+    key: Setting,
+    errors: &mut Vec<String>,
+) -> Option<ExportTls> {
+    let first = ca.or(certificate).or(key)?;
+    if endpoint.is_some_and(|url| url.scheme() != "https") {
+        errors.push(format!("{}: only for an https endpoint", first.0));
+        return None;
+    }
+    let before = errors.len();
+    let roots = ca.and_then(|(name, path)| {
+        // As the SDKs have it: the file's CAs instead of the system's.
+        UpstreamRoots::load(Path::new(path), true)
+            .map(Arc::new)
+            .map_err(|e| errors.push(format!("{name}: {e}")))
+            .ok()
+    });
+    let certificate = match (certificate, key) {
+        (None, None) => None,
+        (Some((cert_name, cert)), Some((key_name, key))) => {
+            match CertificateFiles::load(Path::new(cert), Path::new(key)) {
+                Ok(files) => Some(Arc::new(files)),
+                Err(TlsFileError::Key(e)) => {
+                    errors.push(format!("{key_name}: {e}"));
+                    None
+                }
+                Err(TlsFileError::Cert(e) | TlsFileError::ClientCa(e)) => {
+                    errors.push(format!("{cert_name}: {e}"));
+                    None
+                }
+            }
+        }
+        (Some((name, _)), None) | (None, Some((name, _))) => {
+            errors.push(format!(
+                "{name}: needs both OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_KEY"
+            ));
+            None
+        }
+    };
+    if errors.len() > before {
+        return None;
+    }
+    match tls::client_config_with(roots.as_ref(), certificate.as_ref()) {
+        Ok(config) => Some(ExportTls {
+            roots,
+            certificate,
+            config: Arc::new(config),
+        }),
+        Err(e) => {
+            errors.push(format!("{}: {e}", first.0));
+            None
+        }
+    }
 }
 
 fn http_url(name: &str, value: &str, errors: &mut Vec<String>) -> Option<Url> {
@@ -310,5 +431,83 @@ mod tests {
             ("OTEL_TRACES_EXPORTER", "zipkin"),
         ]);
         assert_eq!(errors.len(), 1);
+    }
+
+    /// A CA and a client pair of it in a fresh directory: the paths of the CA, the
+    /// certificate and the key.
+    fn tls_files() -> (std::path::PathBuf, [String; 3]) {
+        let dir = std::env::temp_dir().join(format!("otlp-tls-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let client = rcgen::CertificateParams::new(vec!["dtr-proxy".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        let paths = [
+            write("ca.crt", ca.pem()),
+            write("client.crt", client.pem()),
+            write("client.key", key.serialize_pem()),
+        ];
+        (dir, paths)
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    #[test]
+    fn the_receivers_ca_and_a_client_certificate_are_read_at_start() {
+        let (dir, [ca, cert, key]) = tls_files();
+        let https = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318");
+        let (settings, errors) = read(&[
+            https,
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", &cert),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &key),
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let tls = settings.unwrap().tls.unwrap();
+        assert_eq!(tls.ca_file(), Some(Path::new(&ca)));
+        assert_eq!(tls.certificate_file(), Some(Path::new(&cert)));
+        // The CA alone, and nothing at all.
+        let (settings, _) = read(&[https, ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &ca)]);
+        assert!(settings.unwrap().tls.unwrap().certificate.is_none());
+        assert_eq!(read(&[https]).0.unwrap().tls, None);
+
+        // Every problem named by its variable.
+        let (_, errors) = read(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+        ]);
+        assert_eq!(errors, ["OTEL_EXPORTER_OTLP_CERTIFICATE: only for an https endpoint"]);
+        let (_, errors) = read(&[https, ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert)]);
+        assert!(
+            errors[0].starts_with("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: needs both"),
+            "{errors:?}"
+        );
+        let (_, errors) = read(&[
+            https,
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &key),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &ca),
+        ]);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("OTEL_EXPORTER_OTLP_CERTIFICATE: "), "{errors:?}");
+        assert!(errors[1].starts_with("OTEL_EXPORTER_OTLP_CLIENT_KEY: "), "{errors:?}");
+        let (_, errors) = read(&[https, ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.crt")]);
+        assert!(errors[0].contains("/nonexistent/ca.crt"), "{errors:?}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -27,8 +27,8 @@ mod export;
 mod pool;
 
 pub use export::ExportClient;
-pub use pool::http_client;
 use pool::Pool;
+pub use pool::{http_client, http_client_with};
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 

@@ -22,10 +22,20 @@ use crate::http::Body;
 /// A pooled HTTP(S) client: HTTP/1.1 to the OP (what Keycloak speaks behind a proxy), TLS by
 /// rustls on aws-lc-rs with the system's roots (Mozilla's when the system has none).
 pub fn http_client() -> HttpClient {
+    pooled(https_connector())
+}
+
+/// [`http_client`] with a TLS configuration of its own (other trust anchors, a client
+/// certificate).
+pub fn http_client_with(tls: rustls::ClientConfig) -> HttpClient {
+    pooled(https_connector_with(tls))
+}
+
+fn pooled(connector: HttpsConnector<HttpConnector>) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
-        .build(https_connector())
+        .build(connector)
 }
 
 /// The connections to the OP: HTTP/1.1 with keep-alive, at most [`MAX_IDLE`] kept; one unused

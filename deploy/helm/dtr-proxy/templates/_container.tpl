@@ -75,7 +75,7 @@ env:
   - name: DTR_ADMIN_TLS_KEY_FILE
     value: {{ printf "%s/admin-tls/tls.key" $secretDir | quote }}
   {{- end }}
-  {{- if or .Values.tls.public.secretName .Values.tls.admin.secretName }}
+  {{- if or .Values.tls.public.secretName .Values.tls.admin.secretName .Values.tls.upstreamCa.secretName (and .Values.redis.enabled .Values.redis.tls.secretName) (and .Values.tracing.endpoint .Values.tracing.tls.secretName) }}
   - name: DTR_TLS_RELOAD_INTERVAL
     value: {{ .Values.tls.reloadIntervalSeconds | int | toString | quote }}
   {{- end }}
@@ -105,6 +105,18 @@ env:
   {{- end }}
   - name: OTEL_RESOURCE_ATTRIBUTES
     value: {{ join "," $attributes | quote }}
+  {{- with .tls }}
+  {{- if and .secretName .caKey }}
+  - name: OTEL_EXPORTER_OTLP_CERTIFICATE
+    value: {{ printf "%s/otlp-tls/%s" $secretDir .caKey | quote }}
+  {{- end }}
+  {{- if and .secretName .clientCertificate }}
+  - name: OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE
+    value: {{ printf "%s/otlp-tls/tls.crt" $secretDir | quote }}
+  - name: OTEL_EXPORTER_OTLP_CLIENT_KEY
+    value: {{ printf "%s/otlp-tls/tls.key" $secretDir | quote }}
+  {{- end }}
+  {{- end }}
   {{- end }}
   {{- end }}
   {{- if .Values.events.url }}
@@ -346,6 +358,11 @@ volumes, never subPath: a renewed Secret reaches the pod (the proxy reloads cert
 {{- end }}
 {{- with .Values.tls.upstreamCa.secretName }}
 {{- $volumes = append $volumes (dict "name" "upstream-ca" "secret" .) }}
+{{- end }}
+{{- if .Values.tracing.endpoint }}
+{{- with .Values.tracing.tls.secretName }}
+{{- $volumes = append $volumes (dict "name" "otlp-tls" "secret" .) }}
+{{- end }}
 {{- end }}
 {{- if .Values.redis.enabled }}
 {{- with .Values.redis.tls.secretName }}

@@ -223,6 +223,12 @@ upgrade and template run fails early with a clear message.
 {{- if and .Values.tls.upstreamCa.secretName (not (hasPrefix "https://" (include "dtr-proxy.upstreamUrl" .))) }}
 {{- fail "tls.upstreamCa is only for an https:// config.upstreamUrl" }}
 {{- end }}
+{{- if and .Values.tracing.endpoint .Values.tracing.tls.secretName (not (hasPrefix "https://" .Values.tracing.endpoint)) }}
+{{- fail "tracing.tls is only for an https:// tracing.endpoint" }}
+{{- end }}
+{{- if and .Values.tracing.tls.secretName (not .Values.tracing.tls.caKey) (not .Values.tracing.tls.clientCertificate) }}
+{{- fail "tracing.tls.secretName needs tracing.tls.caKey or tracing.tls.clientCertificate" }}
+{{- end }}
 {{- if and .Values.autoscaling.enabled .Values.redis.enabled }}
 {{- if gt (.Values.autoscaling.minReplicas | int) (.Values.autoscaling.maxReplicas | int) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
