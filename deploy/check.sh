@@ -487,12 +487,13 @@ def expect_ci(docs, dep, env, notes):
           and env.get("DTR_REDIS_USERNAME", {}).get("value") == "dtr"
           and env.get("OTEL_EXPORTER_OTLP_CERTIFICATE", {}).get("value") == f"{secret_dir}/otlp-tls/ca.crt"
           and env.get("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", {}).get("value") == f"{secret_dir}/otlp-tls/tls.crt"
-          and env.get("OTEL_EXPORTER_OTLP_CLIENT_KEY", {}).get("value") == f"{secret_dir}/otlp-tls/tls.key",
-          f"{label}: TLS files, the trace receiver's and the Redis password file in the environment")
+          and env.get("OTEL_EXPORTER_OTLP_CLIENT_KEY", {}).get("value") == f"{secret_dir}/otlp-tls/tls.key"
+          and env.get("DTR_EVENTS_CA_FILE", {}).get("value") == f"{secret_dir}/events-ca/ca.crt",
+          f"{label}: TLS files, the events and trace receivers' and the Redis password file in the environment")
     check(secret_volumes.get("tls", {}).get("secretName") == "dtr-proxy-tls"
           and secret_volumes.get("redis-password", {}).get("items") == [{"key": "redis-password", "path": "password"}]
           and all(name in mounts and "subPath" not in mounts[name] and mounts[name].get("readOnly")
-                  for name in ("tls", "client-ca", "admin-tls", "redis-tls", "redis-password", "otlp-tls")),
+                  for name in ("tls", "client-ca", "admin-tls", "redis-tls", "redis-password", "otlp-tls", "events-ca")),
           f"{label}: certificate and password Secrets mounted whole (no subPath: renewals reach the pod)")
     check(container["livenessProbe"]["httpGet"].get("scheme") == "HTTPS"
           and container["readinessProbe"]["httpGet"].get("scheme") == "HTTPS"
@@ -561,6 +562,9 @@ expect_failure("redis.cluster with a Sentinel URL",
 expect_failure("redis.url with an http:// scheme",
                merge(REDIS_INLINE, {"redis": {"url": "http://r:6379"}}),
                "redis.url must start with", secret="p%40ss")
+expect_failure("events.ca with an http url",
+               merge(REQUIRED, {"events": {"url": "http://verifier:8080/events", "ca": {"secretName": "ca"}}}),
+               "events.ca is only for an https")
 expect_failure("tracing.tls with an http endpoint",
                merge(REQUIRED, {"tracing": {"endpoint": "http://c:4318", "tls": {"secretName": "otlp"}}}),
                "tracing.tls is only for an https")

@@ -160,9 +160,18 @@ pub fn compose(
         metrics: metrics.clone(),
         records: records.clone(),
         sink: config.events.clone().map(|settings| {
+            // With its own CAs (their file checked at startup), else the system's roots.
+            let http = match settings
+                .roots
+                .as_ref()
+                .map(|roots| crate::tls::client_config(Some(roots)))
+            {
+                Some(Ok(tls)) => http_client_with(tls),
+                _ => http_client(),
+            };
             Arc::new(EventSink {
                 settings,
-                http: http_client(),
+                http,
                 timeout: config.ping_timeout,
                 telemetry: telemetry.clone(),
             })
@@ -445,6 +454,15 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
         tasks.push(watch(
             "upstream",
             "the OP's CA file",
+            file,
+            Arc::new(move || roots.reload()),
+        ));
+    }
+    if let Some(roots) = config.events.as_ref().and_then(|events| events.roots.as_ref()) {
+        let (roots, file) = (roots.clone(), roots.file().to_owned());
+        tasks.push(watch(
+            "events_ca",
+            "the events receiver's CA file",
             file,
             Arc::new(move || roots.reload()),
         ));

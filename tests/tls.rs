@@ -1247,6 +1247,23 @@ fn wrong_tls_files_are_reported_at_startup() {
         (vec![("DTR_UPSTREAM_CA_ONLY", "true")], "DTR_UPSTREAM_CA_ONLY: needs"),
         (
             vec![
+                ("DTR_EVENTS_URL", "https://verifier.example.com/events"),
+                ("DTR_EVENTS_SECRET", WEBHOOK_SECRET),
+                ("DTR_EVENTS_CA_FILE", garbage.as_str()),
+            ],
+            "DTR_EVENTS_CA_FILE:",
+        ),
+        (
+            vec![
+                ("DTR_EVENTS_URL", "http://verifier.example.com/events"),
+                ("DTR_EVENTS_SECRET", WEBHOOK_SECRET),
+                ("DTR_EVENTS_CA_FILE", cert.as_str()),
+            ],
+            "DTR_EVENTS_CA_FILE: only for an https DTR_EVENTS_URL",
+        ),
+        (vec![("DTR_EVENTS_CA_FILE", cert.as_str())], "DTR_EVENTS_CA_FILE: needs"),
+        (
+            vec![
                 ("DTR_REDIS_URL", "rediss://127.0.0.1:6380"),
                 ("DTR_REDIS_CLIENT_CERT_FILE", &cert),
                 ("DTR_REDIS_CLIENT_KEY_FILE", &other_key),
@@ -1556,4 +1573,52 @@ async fn traces_reach_a_receiver_that_requires_a_client_certificate() {
     }
     traced_request().await;
     within("the spans did not arrive", exports.clone()).await;
+}
+
+/// The verification service behind a certificate from the cluster's own CA
+/// (`DTR_EVENTS_CA_FILE`): while the file holds another CA no event gets through; once it
+/// holds the right one it is read again without a restart, and the events arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_reach_a_verification_service_with_a_private_ca() {
+    let (cluster, other) = (&Pki::new("Cluster CA"), &Pki::new("Another CA"));
+    let (plain, events) = common::kit::event_receiver().await;
+    let target: u16 = plain
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("receiver port");
+    let relay = tls_relay(&cluster.server("verifier"), target).await;
+    let dir = ScratchDir::new("events-ca");
+    let ca = file(&dir, "events-ca.crt", &other.ca_pem);
+    let proxy = start(
+        Options::new(StoreKind::Embedded)
+            .env("DTR_EVENTS_URL", format!("https://127.0.0.1:{relay}/dtr-events"))
+            .env("DTR_EVENTS_SECRET", WEBHOOK_SECRET)
+            .env("DTR_EVENTS_CA_FILE", ca.clone())
+            .env("DTR_TLS_RELOAD_INTERVAL", "1"),
+    )
+    .await;
+    deferred_flow(&proxy).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        events.lock().expect("events").is_empty(),
+        "an event went to a receiver whose CA is not trusted"
+    );
+
+    std::fs::write(&ca, &cluster.ca_pem).expect("write");
+    let replaced = "dtr_tls_reloads_total{listener=\"events_ca\",result=\"replaced\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&proxy, replaced).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the CA file was not read again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    deferred_flow(&proxy).await;
+    let arrived = common::kit::wait_for_events(&events, 1, Duration::from_secs(15)).await;
+    assert!(
+        !arrived.is_empty(),
+        "no event reached the receiver once its CA was trusted"
+    );
+    let (headers, _) = &arrived[0];
+    assert!(headers.contains_key("webhook-signature"), "{headers:?}");
 }

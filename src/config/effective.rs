@@ -107,6 +107,7 @@ impl Config {
             "token_keys": self.sealer.key_ids(),
             "events": self.events.as_ref().map(|e| json!({
                 "url": e.url.as_str(), "realms": e.realms, "secret": SET,
+                "ca_file": e.roots.as_ref().map(|roots| roots.file()),
             })),
             "keycloak_admin": self.keycloak_admin.as_ref().map(|a| json!({
                 "client_id": a.client_id, "realm": a.realm, "client_secret": SET,

@@ -125,6 +125,7 @@ struct RawConfig {
     webhook_secret: Option<String>,
     events_url: Option<String>,
     events_secret: Option<String>,
+    events_ca_file: Option<String>,
     events_realms: StringList,
     ietf_realms: StringList,
     keycloak_admin_client_id: Option<String>,
@@ -199,6 +200,7 @@ impl Default for RawConfig {
             webhook_secret: None,
             events_url: None,
             events_secret: None,
+            events_ca_file: None,
             events_realms: StringList::Items(Vec::new()),
             ietf_realms: StringList::Items(Vec::new()),
             keycloak_admin_client_id: None,
@@ -363,6 +365,9 @@ pub struct EventSinkSettings {
     pub secret: Vec<u8>,
     /// Only these realms' processes; empty: every realm.
     pub realms: Vec<String>,
+    /// CAs trusted for the sink besides the system's roots (`DTR_EVENTS_CA_FILE`: a
+    /// verification service behind the cluster's own CA), read again when the file changes.
+    pub roots: Option<Arc<UpstreamRoots>>,
 }
 
 impl fmt::Debug for EventSinkSettings {
@@ -370,6 +375,7 @@ impl fmt::Debug for EventSinkSettings {
         f.debug_struct("EventSinkSettings")
             .field("url", &self.url.as_str())
             .field("realms", &self.realms)
+            .field("ca_file", &self.roots.as_ref().map(|roots| roots.file()))
             .finish_non_exhaustive()
     }
 }
@@ -769,16 +775,38 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
                     None
                 }
             };
+            let roots = match raw.events_ca_file.as_deref().filter(|s| !s.is_empty()) {
+                Some(_) if url.as_ref().is_some_and(|url| url.scheme() != "https") => {
+                    errors.push("DTR_EVENTS_CA_FILE: only for an https DTR_EVENTS_URL".into());
+                    None
+                }
+                Some(path) => UpstreamRoots::load(std::path::Path::new(path), false)
+                    .map(Arc::new)
+                    .and_then(|roots| {
+                        tls::client_config(Some(&roots))
+                            .map(|_| roots)
+                            .map_err(|e| e.to_string())
+                    })
+                    .map_err(|e| errors.push(format!("DTR_EVENTS_CA_FILE: {e}")))
+                    .ok(),
+                None => None,
+            };
             match (url, secret) {
                 (Some(url), Some(secret)) => Some(EventSinkSettings {
                     url,
                     secret,
                     realms: raw.events_realms.items().into_iter().map(str::to_owned).collect(),
+                    roots,
                 }),
                 _ => None,
             }
         }
-        (None, None) => None,
+        (None, None) => {
+            if raw.events_ca_file.as_deref().is_some_and(|s| !s.is_empty()) {
+                errors.push("DTR_EVENTS_CA_FILE: needs DTR_EVENTS_URL".into());
+            }
+            None
+        }
         _ => {
             errors.push("DTR_EVENTS_URL and DTR_EVENTS_SECRET go together".into());
             None

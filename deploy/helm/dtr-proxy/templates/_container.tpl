@@ -75,7 +75,7 @@ env:
   - name: DTR_ADMIN_TLS_KEY_FILE
     value: {{ printf "%s/admin-tls/tls.key" $secretDir | quote }}
   {{- end }}
-  {{- if or .Values.tls.public.secretName .Values.tls.admin.secretName .Values.tls.upstreamCa.secretName (and .Values.redis.enabled .Values.redis.tls.secretName) (and .Values.tracing.endpoint .Values.tracing.tls.secretName) }}
+  {{- if or .Values.tls.public.secretName .Values.tls.admin.secretName .Values.tls.upstreamCa.secretName (and .Values.events.url .Values.events.ca.secretName) (and .Values.redis.enabled .Values.redis.tls.secretName) (and .Values.tracing.endpoint .Values.tracing.tls.secretName) }}
   - name: DTR_TLS_RELOAD_INTERVAL
     value: {{ .Values.tls.reloadIntervalSeconds | int | toString | quote }}
   {{- end }}
@@ -131,6 +131,10 @@ env:
       secretKeyRef:
         name: {{ $secretName }}
         key: {{ ternary "events-secret" $keys.eventsSecret $inline }}
+  {{- if .Values.events.ca.secretName }}
+  - name: DTR_EVENTS_CA_FILE
+    value: {{ printf "%s/events-ca/%s" $secretDir .Values.events.ca.key | quote }}
+  {{- end }}
   {{- end }}
   {{- if .Values.keycloakAdmin.clientId }}
   - name: DTR_KEYCLOAK_ADMIN_CLIENT_ID
@@ -358,6 +362,11 @@ volumes, never subPath: a renewed Secret reaches the pod (the proxy reloads cert
 {{- end }}
 {{- with .Values.tls.upstreamCa.secretName }}
 {{- $volumes = append $volumes (dict "name" "upstream-ca" "secret" .) }}
+{{- end }}
+{{- if .Values.events.url }}
+{{- with .Values.events.ca.secretName }}
+{{- $volumes = append $volumes (dict "name" "events-ca" "secret" .) }}
+{{- end }}
 {{- end }}
 {{- if .Values.tracing.endpoint }}
 {{- with .Values.tracing.tls.secretName }}

@@ -223,6 +223,9 @@ upgrade and template run fails early with a clear message.
 {{- if and .Values.tls.upstreamCa.secretName (not (hasPrefix "https://" (include "dtr-proxy.upstreamUrl" .))) }}
 {{- fail "tls.upstreamCa is only for an https:// config.upstreamUrl" }}
 {{- end }}
+{{- if and .Values.events.url .Values.events.ca.secretName (not (hasPrefix "https://" .Values.events.url)) }}
+{{- fail "events.ca is only for an https:// events.url" }}
+{{- end }}
 {{- if and .Values.tracing.endpoint .Values.tracing.tls.secretName (not (hasPrefix "https://" .Values.tracing.endpoint)) }}
 {{- fail "tracing.tls is only for an https:// tracing.endpoint" }}
 {{- end }}
