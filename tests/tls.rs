@@ -997,6 +997,15 @@ async fn store_state(proxy: &Proxy) -> String {
     ready["store"].as_str().unwrap_or_default().to_owned()
 }
 
+/// Waits until the proxy's store is up, failing with `what` after 15 s.
+async fn store_up(proxy: &Proxy, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store_state(proxy).await != "up" {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_with_a_client_certificate_and_a_password_file() {
     let pki = &Pki::new("Redis CA");
@@ -1118,11 +1127,7 @@ async fn a_renewed_redis_client_certificate_is_used_from_the_next_connection() {
     );
     let killed = cli(&new_admin, &["CLIENT", "KILL", "TYPE", "normal"]);
     assert!(killed.trim().parse::<u32>().is_ok_and(|n| n >= 2), "{killed}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while store_state(&proxy).await != "up" {
-        assert!(Instant::now() < deadline, "no reconnect with the renewed certificate");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    store_up(&proxy, "no reconnect with the renewed certificate").await;
     deferred_flow(&proxy).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_ne!(store_state(&stale).await, "up", "the old certificate is refused now");
@@ -1136,22 +1141,62 @@ async fn a_renewed_redis_client_certificate_is_used_from_the_next_connection() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     cli(&new_admin, &["CLIENT", "KILL", "TYPE", "normal"]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while store_state(&proxy).await != "up" {
-        assert!(Instant::now() < deadline, "no reconnect with the certificate read last");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    store_up(&proxy, "no reconnect with the certificate read last").await;
     deferred_flow(&proxy).await;
 }
 
+/// The master found through a Sentinel that requires client certificates too, both over TLS;
+/// without a certificate neither lets the proxy in. A renewed client certificate is presented
+/// from the next connection to the master.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_through_a_tls_sentinel_with_client_certificates() {
     let pki = &Pki::new("Redis CA");
+    // The proxy's certificates come from CAs of their own, so the master's trust can move
+    // from the first to the second while the Sentinel's certificate (of `pki`) stays trusted.
+    let (old, new) = (&Pki::new("Redis clients 1"), &Pki::new("Redis clients 2"));
     let dir = ScratchDir::new("sentinel-tls");
     let password = "s3ntinel-Pass";
     let master = tls_redis(pki, &dir, password);
+    let trusted = |clients: &[&Pki], name: &str| {
+        let bundle: String = clients.iter().map(|c| c.ca_pem.as_str()).collect();
+        file(&dir, name, &format!("{}{bundle}", pki.ca_pem))
+    };
+    let admin = pki.client("admin");
+    let (admin_cert, admin_key) = (
+        file(&dir, "admin.crt", &admin.cert),
+        file(&dir, "admin.key", &admin.key),
+    );
+    let master_cli = |args: &[&str]| {
+        let port = master.port.to_string();
+        let tls = [
+            "--tls",
+            "--cacert",
+            &dir.path("ca.crt"),
+            "--cert",
+            &admin_cert,
+            "--key",
+            &admin_key,
+            "-p",
+            &port,
+            "--user",
+            "dtr",
+            "--pass",
+            password,
+            "--no-auth-warning",
+        ];
+        let out = std::process::Command::new("redis-cli")
+            .args(tls)
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let set_trust = |bundle: &str| assert_eq!(master_cli(&["CONFIG", "SET", "tls-ca-cert-file", bundle]), "OK");
+    set_trust(&trusted(&[old], "master-trusts-1.crt"));
+    // The Sentinel (and the proxies, for the servers' certificates) trust every CA here.
+    let ca = trusted(&[old, new], "ca.crt");
     // The Sentinel requires client certificates too, and logs in to the master as dtr.
-    let (cert, key, ca) = (dir.path("redis.crt"), dir.path("redis.key"), dir.path("ca.crt"));
+    let (cert, key) = (dir.path("redis.crt"), dir.path("redis.key"));
     let sentinel = RedisServer::sentinel_with("tls-master", master.port, |port| {
         vec![
             "port 0".into(),
@@ -1165,8 +1210,8 @@ async fn redis_through_a_tls_sentinel_with_client_certificates() {
             format!("sentinel auth-pass tls-master {password}"),
         ]
     });
-    let client = pki.client("dtr-proxy");
-    let options = |with_certificate: bool| {
+    let client = old.client("dtr-proxy");
+    let options = |files: &ScratchDir, client: Option<&Pair>| {
         let options = Options::new(StoreKind::Embedded)
             .env(
                 "DTR_REDIS_URL",
@@ -1175,19 +1220,42 @@ async fn redis_through_a_tls_sentinel_with_client_certificates() {
             .env("DTR_REDIS_KEY_PREFIX", unique("tls"))
             .env("DTR_REDIS_CA_FILE", ca.clone())
             .env("DTR_REDIS_USERNAME", "dtr")
-            .env("DTR_REDIS_PASSWORD_FILE", file(&dir, "password", password));
-        presenting(options, with_certificate.then_some(&client), &dir)
+            .env("DTR_REDIS_PASSWORD_FILE", file(&dir, "password", password))
+            .env("DTR_TLS_RELOAD_INTERVAL", "1");
+        presenting(options, client, files)
     };
-    let proxy = start(options(true)).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while store_state(&proxy).await != "up" {
-        assert!(Instant::now() < deadline, "the master through the TLS Sentinel");
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let renewing = ScratchDir::new("sentinel-renewing");
+    let proxy = start(options(&renewing, Some(&client))).await;
+    store_up(&proxy, "the master through the TLS Sentinel").await;
+    deferred_flow(&proxy).await;
+    let unchanged = ScratchDir::new("sentinel-unchanged");
+    let stale = start(options(&unchanged, Some(&client))).await;
+    store_up(&stale, "the master through the TLS Sentinel, twice").await;
+
+    let refused = start(options(&ScratchDir::new("sentinel-none"), None)).await;
+    assert_ne!(store_state(&refused).await, "up", "no client certificate, yet served");
+
+    // The renewal, from a new CA: the master trusts both while it lands.
+    set_trust(&trusted(&[old, new], "master-trusts-both.crt"));
+    let renewed = new.client("dtr-proxy");
+    file(&renewing, "client.crt", &renewed.cert);
+    file(&renewing, "client.key", &renewed.key);
+    let replaced = "dtr_tls_reloads_total{listener=\"redis\",result=\"replaced\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&proxy, replaced).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the renewed certificate was not read");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     deferred_flow(&proxy).await;
 
-    let refused = start(options(false)).await;
-    assert_ne!(store_state(&refused).await, "up", "no client certificate, yet served");
+    // The master trusts only the new clients' CA from now on, and drops every client: the
+    // renewed proxy finds it again through the Sentinel and gets in, the other does not.
+    set_trust(&trusted(&[new], "master-trusts-2.crt"));
+    master_cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    store_up(&proxy, "no reconnect with the renewed certificate").await;
+    deferred_flow(&proxy).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_ne!(store_state(&stale).await, "up", "the old certificate is refused now");
 }
 
 #[test]
@@ -1426,11 +1494,7 @@ async fn a_redis_cluster_over_tls_with_client_certificates() {
     for node in &nodes {
         cli(&["-p", &node.port.to_string(), "CLIENT", "KILL", "TYPE", "normal"]);
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while store_state(&proxy).await != "up" {
-        assert!(Instant::now() < deadline, "no reconnect with the renewed certificate");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    store_up(&proxy, "no reconnect with the renewed certificate").await;
     for _ in 0..3 {
         deferred_flow(&proxy).await;
     }
