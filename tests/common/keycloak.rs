@@ -41,6 +41,8 @@ pub struct Keycloak {
     /// Where the proxy pings every client of the bed.
     pub pings: PingLog,
     pub log_dir: PathBuf,
+    /// Keycloak's log, its HTTP access log included.
+    pub log: PathBuf,
     /// The proxy's settings, for replicas a test starts beside it.
     proxy_env: Vec<(String, String)>,
     /// Seconds from spawning Keycloak to its readiness.
@@ -95,16 +97,33 @@ pub fn keycloak() -> &'static Keycloak {
         let Some(binary) = option_env!("CARGO_BIN_EXE_dtr-proxy") else {
             panic!("the Keycloak bed runs from integration tests");
         };
-        start_bed(binary, true)
+        start_bed(binary, true, &[])
+    })
+}
+
+/// The shared bed with Keycloak searching the client attributes `attributes` (comma-separated:
+/// the jpa client provider's `searchableAttributes`, as docs/federation.md advises for a realm
+/// with many clients), so the Admin API's `q=` search answers for them.
+pub fn keycloak_searching(attributes: &str) -> &'static Keycloak {
+    KEYCLOAK.get_or_init(|| {
+        let Some(binary) = option_env!("CARGO_BIN_EXE_dtr-proxy") else {
+            panic!("the Keycloak bed runs from integration tests");
+        };
+        start_bed(
+            binary,
+            true,
+            &[format!("--spi-client--jpa--searchable-attributes={attributes}")],
+        )
     })
 }
 
 /// The same bed with a given dtr-proxy binary, on Redis or on the embedded store.
 pub fn keycloak_with(binary: &str, redis_store: bool) -> &'static Keycloak {
-    KEYCLOAK.get_or_init(|| start_bed(binary, redis_store))
+    KEYCLOAK.get_or_init(|| start_bed(binary, redis_store, &[]))
 }
 
-fn start_bed(binary: &str, redis_store: bool) -> Keycloak {
+/// `options` go to `kc.sh start-dev` after the bed's own.
+fn start_bed(binary: &str, redis_store: bool, options: &[String]) -> Keycloak {
     let root = repo_root();
     let env = read_env_file(&root.join("target/keycloak/env"));
     let setting = |name: &str| {
@@ -221,7 +240,10 @@ fn start_bed(binary: &str, redis_store: bool) -> Keycloak {
         // Forwarding headers believed only from the proxy, as in production.
         "--proxy-trusted-addresses=127.0.0.1".into(),
         "--import-realm".into(),
+        // Every request in the log, for tests that check what the proxy asked of Keycloak.
+        "--http-access-log-enabled=true".into(),
     ];
+    let args: Vec<String> = args.into_iter().chain(options.iter().cloned()).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let kc_env = [
         ("JAVA_HOME".to_owned(), java_home),
@@ -245,6 +267,7 @@ fn start_bed(binary: &str, redis_store: bool) -> Keycloak {
         proxy_admin: format!("http://127.0.0.1:{admin_port}"),
         pings,
         log_dir,
+        log: kc_log,
         proxy_env: replica_env,
         start_seconds,
         _children: Mutex::new(vec![keycloak, proxy]),
@@ -252,6 +275,17 @@ fn start_bed(binary: &str, redis_store: bool) -> Keycloak {
 }
 
 impl Keycloak {
+    /// The request lines of Keycloak's access log that contain `needle`, each with the status
+    /// Keycloak answered (`"GET /admin/realms/r/clients?q=… HTTP/1.1" 200 …`).
+    pub fn requests(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .filter_map(|line| line.find('"').map(|at| line[at..].to_owned()))
+            .collect()
+    }
+
     /// An RP's view of the proxy in `realm` (a fresh HTTP client for this test's runtime).
     pub fn proxy_in(&self, realm: &str) -> Proxy {
         Proxy {
