@@ -241,6 +241,17 @@ async fn deferred_flow(proxy: &Proxy) {
     assert!(tokens.json["access_token"].is_string(), "{}", tokens.json);
 }
 
+/// Waits until the proxy counted one reload of `listener`'s files with `result`, failing with
+/// `what` after 10 s.
+async fn reloaded(proxy: &Proxy, listener: &str, result: &str, what: &str) {
+    let line = format!("dtr_tls_reloads_total{{listener=\"{listener}\",result=\"{result}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(proxy, &line).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn metric(proxy: &Proxy, line: &str) -> Option<f64> {
     proxy
         .metrics()
@@ -427,12 +438,13 @@ async fn the_rps_ca_bundle_is_read_again_when_it_changes() {
     assert_eq!(status_for(first.client("rp-1")).await, Some(200));
 
     std::fs::write(&bundle, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("write");
-    let failed = "dtr_tls_reloads_total{listener=\"public_client_ca\",result=\"failed\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&proxy, failed).await != Some(1.0) {
-        assert!(Instant::now() < deadline, "the broken bundle was not noticed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    reloaded(
+        &proxy,
+        "public_client_ca",
+        "failed",
+        "the broken bundle was not noticed",
+    )
+    .await;
     assert_eq!(status_for(second.client("rp-3")).await, Some(200));
     assert_eq!(status_for(first.client("rp-4")).await, Some(200));
 }
@@ -911,12 +923,7 @@ async fn the_ops_ca_file_is_read_again_when_it_changes() {
 
     // A broken bundle is refused; the CAs read last stay.
     std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("write");
-    let failed = "dtr_tls_reloads_total{listener=\"upstream\",result=\"failed\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&proxy, failed).await != Some(1.0) {
-        assert!(Instant::now() < deadline, "the broken bundle was not noticed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    reloaded(&proxy, "upstream", "failed", "the broken bundle was not noticed").await;
     assert_eq!(jwks().await, 200);
 }
 
@@ -972,6 +979,12 @@ fn tls_redis(pki: &Pki, dir: &ScratchDir, password: &str) -> RedisServer {
         settings.extend(users.iter().map(|s| s.to_string()));
         settings
     })
+}
+
+/// Writes `client`'s certificate and key where [`presenting`] put the proxy's: a renewal.
+fn present(dir: &ScratchDir, client: &Pair) {
+    file(dir, "client.crt", &client.cert);
+    file(dir, "client.key", &client.key);
 }
 
 /// `options` with the proxy presenting `client`'s certificate to Redis, written into `dir`.
@@ -1109,14 +1122,8 @@ async fn a_renewed_redis_client_certificate_is_used_from_the_next_connection() {
 
     // The renewal: the new certificate and key land in the files.
     let renewed = new.client("dtr-proxy");
-    file(&renewing, "client.crt", &renewed.cert);
-    file(&renewing, "client.key", &renewed.key);
-    let replaced = "dtr_tls_reloads_total{listener=\"redis\",result=\"replaced\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&proxy, replaced).await != Some(1.0) {
-        assert!(Instant::now() < deadline, "the renewed certificate was not read");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    present(&renewing, &renewed);
+    reloaded(&proxy, "redis", "replaced", "the renewed certificate was not read").await;
     // The connection open before the renewal still serves.
     deferred_flow(&proxy).await;
 
@@ -1134,12 +1141,7 @@ async fn a_renewed_redis_client_certificate_is_used_from_the_next_connection() {
 
     // A renewal that does not make a pair is refused; the certificate read last stays.
     file(&renewing, "client.key", "-----BEGIN PRIVATE KEY-----\nbroken\n");
-    let failed = "dtr_tls_reloads_total{listener=\"redis\",result=\"failed\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&proxy, failed).await != Some(1.0) {
-        assert!(Instant::now() < deadline, "the broken key was not noticed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    reloaded(&proxy, "redis", "failed", "the broken key was not noticed").await;
     cli(&new_admin, &["CLIENT", "KILL", "TYPE", "normal"]);
     store_up(&proxy, "no reconnect with the certificate read last").await;
     deferred_flow(&proxy).await;
@@ -1238,14 +1240,8 @@ async fn redis_through_a_tls_sentinel_with_client_certificates() {
     // The renewal, from a new CA: the master trusts both while it lands.
     set_trust(&trusted(&[old, new], "master-trusts-both.crt"));
     let renewed = new.client("dtr-proxy");
-    file(&renewing, "client.crt", &renewed.cert);
-    file(&renewing, "client.key", &renewed.key);
-    let replaced = "dtr_tls_reloads_total{listener=\"redis\",result=\"replaced\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&proxy, replaced).await != Some(1.0) {
-        assert!(Instant::now() < deadline, "the renewed certificate was not read");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    present(&renewing, &renewed);
+    reloaded(&proxy, "redis", "replaced", "the renewed certificate was not read").await;
     deferred_flow(&proxy).await;
 
     // The master trusts only the new clients' CA from now on, and drops every client: the
@@ -1478,14 +1474,8 @@ async fn a_redis_cluster_over_tls_with_client_certificates() {
     };
     set_trust(&trusted(&[old, new], "both-clients.crt"));
     let renewed = new.client("dtr-proxy");
-    file(&renewing, "client.crt", &renewed.cert);
-    file(&renewing, "client.key", &renewed.key);
-    let replaced = "dtr_tls_reloads_total{listener=\"redis\",result=\"replaced\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&proxy, replaced).await != Some(1.0) {
-        assert!(Instant::now() < deadline, "the renewed certificate was not read");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    present(&renewing, &renewed);
+    reloaded(&proxy, "redis", "replaced", "the renewed certificate was not read").await;
     deferred_flow(&proxy).await;
 
     // The nodes trust only the new clients' CA from now on, and drop every client: the
@@ -1627,14 +1617,8 @@ async fn traces_reach_a_receiver_that_requires_a_client_certificate() {
 
     // The renewal: a certificate of the receiver's clients' CA lands in the files.
     let trusted = clients.client("dtr-proxy");
-    file(&dir, "client.crt", &trusted.cert);
-    file(&dir, "client.key", &trusted.key);
-    let replaced = "dtr_tls_reloads_total{listener=\"otlp\",result=\"replaced\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&proxy, replaced).await != Some(1.0) {
-        assert!(Instant::now() < deadline, "the renewed certificate was not read");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    present(&dir, &trusted);
+    reloaded(&proxy, "otlp", "replaced", "the renewed certificate was not read").await;
     traced_request().await;
     within("the spans did not arrive", exports.clone()).await;
 }
@@ -1671,12 +1655,7 @@ async fn lifecycle_events_reach_a_verification_service_with_a_private_ca() {
     );
 
     std::fs::write(&ca, &cluster.ca_pem).expect("write");
-    let replaced = "dtr_tls_reloads_total{listener=\"events_ca\",result=\"replaced\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&proxy, replaced).await != Some(1.0) {
-        assert!(Instant::now() < deadline, "the CA file was not read again");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    reloaded(&proxy, "events_ca", "replaced", "the CA file was not read again").await;
     deferred_flow(&proxy).await;
     let arrived = common::kit::wait_for_events(&events, 1, Duration::from_secs(15)).await;
     assert!(
