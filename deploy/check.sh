@@ -488,12 +488,13 @@ def expect_ci(docs, dep, env, notes):
           and env.get("OTEL_EXPORTER_OTLP_CERTIFICATE", {}).get("value") == f"{secret_dir}/otlp-tls/ca.crt"
           and env.get("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", {}).get("value") == f"{secret_dir}/otlp-tls/tls.crt"
           and env.get("OTEL_EXPORTER_OTLP_CLIENT_KEY", {}).get("value") == f"{secret_dir}/otlp-tls/tls.key"
-          and env.get("DTR_EVENTS_CA_FILE", {}).get("value") == f"{secret_dir}/events-ca/ca.crt",
-          f"{label}: TLS files, the events and trace receivers' and the Redis password file in the environment")
+          and env.get("DTR_EVENTS_CA_FILE", {}).get("value") == f"{secret_dir}/events-ca/ca.crt"
+          and env.get("DTR_RP_CA_FILE", {}).get("value") == f"{secret_dir}/rp-ca/ca.crt",
+          f"{label}: TLS files, the ping, events and trace receivers' CAs and the Redis password file in the environment")
     check(secret_volumes.get("tls", {}).get("secretName") == "dtr-proxy-tls"
           and secret_volumes.get("redis-password", {}).get("items") == [{"key": "redis-password", "path": "password"}]
           and all(name in mounts and "subPath" not in mounts[name] and mounts[name].get("readOnly")
-                  for name in ("tls", "client-ca", "admin-tls", "redis-tls", "redis-password", "otlp-tls", "events-ca")),
+                  for name in ("tls", "client-ca", "admin-tls", "redis-tls", "redis-password", "otlp-tls", "events-ca", "rp-ca")),
           f"{label}: certificate and password Secrets mounted whole (no subPath: renewals reach the pod)")
     check(container["livenessProbe"]["httpGet"].get("scheme") == "HTTPS"
           and container["readinessProbe"]["httpGet"].get("scheme") == "HTTPS"

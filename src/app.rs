@@ -101,6 +101,15 @@ pub fn telemetry(config: &Config) -> Result<(Telemetry, Option<SpanExport>), Sta
     Ok((telemetry, Some(export)))
 }
 
+/// A pooled client trusting `roots` besides the system's (their file checked at startup), or
+/// the system's roots alone.
+fn client_trusting(roots: Option<&Arc<crate::tls::UpstreamRoots>>) -> crate::upstream::HttpClient {
+    match roots.map(|roots| crate::tls::client_config(Some(roots))) {
+        Some(Ok(tls)) => http_client_with(tls),
+        _ => http_client(),
+    }
+}
+
 /// Builds every part from `config`, on `store`, with `op` as the OP's back channel and
 /// `upstream` for pass-through (in production the same client), tracing with `telemetry`.
 /// Tests pass a store and an OP of their own and call the services in memory.
@@ -138,7 +147,11 @@ pub fn compose(
     });
     let dpop = DpopVerifier::new(store.clone(), config.hash_key.clone(), config.dpop_nonce);
     let verifier = ClientVerifier::new(
-        ClientKeys::new(http_client(), config.jwks_cache_ttl, config.upstream_timeout),
+        ClientKeys::new(
+            client_trusting(config.rp_roots.as_ref()),
+            config.jwks_cache_ttl,
+            config.upstream_timeout,
+        ),
         store,
         config.hash_key.clone(),
     );
@@ -160,15 +173,7 @@ pub fn compose(
         metrics: metrics.clone(),
         records: records.clone(),
         sink: config.events.clone().map(|settings| {
-            // With its own CAs (their file checked at startup), else the system's roots.
-            let http = match settings
-                .roots
-                .as_ref()
-                .map(|roots| crate::tls::client_config(Some(roots)))
-            {
-                Some(Ok(tls)) => http_client_with(tls),
-                _ => http_client(),
-            };
+            let http = client_trusting(settings.roots.as_ref());
             Arc::new(EventSink {
                 settings,
                 http,
@@ -296,7 +301,7 @@ pub fn compose(
         records,
         clients,
         metrics,
-        http: http_client(),
+        http: client_trusting(config.rp_roots.as_ref()),
         timeout: config.ping_timeout,
         wakeup: ping_wakeup,
         revoker,
@@ -458,14 +463,18 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
             Arc::new(move || roots.reload()),
         ));
     }
-    if let Some(roots) = config.events.as_ref().and_then(|events| events.roots.as_ref()) {
-        let (roots, file) = (roots.clone(), roots.file().to_owned());
-        tasks.push(watch(
+    let extra_roots = [
+        (
             "events_ca",
             "the events receiver's CA file",
-            file,
-            Arc::new(move || roots.reload()),
-        ));
+            config.events.as_ref().and_then(|events| events.roots.as_ref()),
+        ),
+        ("rp_ca", "the RPs' CA file", config.rp_roots.as_ref()),
+    ];
+    for (listener, what, roots) in extra_roots {
+        let Some(roots) = roots else { continue };
+        let (roots, file) = (roots.clone(), roots.file().to_owned());
+        tasks.push(watch(listener, what, file, Arc::new(move || roots.reload())));
     }
     if let Some(tls) = config.traces.as_ref().and_then(|traces| traces.tls.as_ref()) {
         if let Some(roots) = &tls.roots {

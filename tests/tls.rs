@@ -1326,6 +1326,7 @@ fn wrong_tls_files_are_reported_at_startup() {
             "DTR_EVENTS_CA_FILE: only for an https DTR_EVENTS_URL",
         ),
         (vec![("DTR_EVENTS_CA_FILE", cert.as_str())], "DTR_EVENTS_CA_FILE: needs"),
+        (vec![("DTR_RP_CA_FILE", garbage.as_str())], "DTR_RP_CA_FILE:"),
         (
             vec![
                 ("DTR_REDIS_URL", "rediss://127.0.0.1:6380"),
@@ -1664,4 +1665,75 @@ async fn lifecycle_events_reach_a_verification_service_with_a_private_ca() {
     );
     let (headers, _) = &arrived[0];
     assert!(headers.contains_key("webhook-signature"), "{headers:?}");
+}
+
+/// RPs inside the cluster, behind its own CA (`DTR_RP_CA_FILE`): while the file holds another
+/// CA, the ping does not get through and keys at a `jwks_uri` cannot be fetched (the exchange
+/// is `temporarily_unavailable`, not the client's fault); once it holds
+/// the right one it is read again without a restart, the retried ping arrives and the
+/// `private_key_jwt` client authenticates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rps_with_a_private_ca_get_their_pings_and_serve_their_keys() {
+    let (cluster, other) = (&Pki::new("Cluster CA"), &Pki::new("Another CA"));
+    let receiver = ping_receiver(Vec::new()).await;
+    let target: u16 = receiver
+        .url
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("receiver port");
+    let relay = tls_relay(&cluster.server("rp"), target).await;
+    let keys = serve_http(|_request: hyper::Request<hyper::body::Incoming>| async {
+        let mut response = empty_response(200);
+        *response.body_mut() = json!({"keys": [client_jwk()]}).to_string().into();
+        response
+    })
+    .await;
+    let keys = tls_relay(&cluster.server("rp-keys"), keys.port()).await;
+    let dir = ScratchDir::new("rp-ca");
+    let ca = file(&dir, "rp-ca.crt", &other.ca_pem);
+    let proxy = start(
+        Options::new(StoreKind::Embedded)
+            .client(json!({
+                "client_id": "dtr-client",
+                "notification_endpoint": format!("https://127.0.0.1:{relay}/dtr/ping"),
+            }))
+            .client(json!({"client_id": "dtr-jwt", "jwks_uri": format!("https://127.0.0.1:{keys}/jwks")}))
+            .env("DTR_RP_CA_FILE", ca.clone())
+            .env("DTR_TLS_RELOAD_INTERVAL", "1"),
+    )
+    .await;
+    let jwt = Auth::Jwt("dtr-jwt");
+    let (code, verifier) = proxy.deferred_code("dtr-jwt", &unique("keyed")).await;
+    let refused = proxy.exchange(&jwt, &code, &verifier, None).await;
+    assert_eq!(
+        refused.error(),
+        "temporarily_unavailable",
+        "keys from an untrusted host: {}",
+        refused.json
+    );
+    let user = unique("pinged");
+    let (id, _) = proxy.start_process(&dtr_client(), &user, Some("notify-1")).await;
+    let completed = proxy.complete(&json!({"outcome": "approved", "sub": user})).await;
+    assert_eq!(completed.status, 200, "{}", completed.json);
+    // The grace before the first ping (2 s) and a retry.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(receiver.count(), 0, "a ping went to an RP whose CA is not trusted");
+
+    std::fs::write(&ca, &cluster.ca_pem).expect("write");
+    reloaded(&proxy, "rp_ca", "replaced", "the CA file was not read again").await;
+    assert!(
+        receiver.wait_for(1, Duration::from_secs(30)).await,
+        "no ping reached the RP once its CA was trusted"
+    );
+    let (id_of_jwt, _) = proxy.start_process(&jwt, &unique("keyed"), None).await;
+    assert!(!id_of_jwt.is_empty());
+    let (auth, body) = receiver.received.lock().expect("pings")[0].clone();
+    assert_eq!(auth.as_deref(), Some("Bearer notify-1"));
+    assert_eq!(
+        body["auth_req_id"].as_str().or(body["deferred_auth_id"].as_str()),
+        Some(id.as_str()),
+        "{body}"
+    );
 }

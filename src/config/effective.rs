@@ -129,6 +129,7 @@ impl Config {
             "default_expires_in": self.default_expires_in,
             "upstream_timeout": secs(self.upstream_timeout),
             "ping_timeout": secs(self.ping_timeout),
+            "rp_ca_file": self.rp_roots.as_ref().map(|roots| roots.file()),
             "completion_hold": secs(self.completion_hold),
             "max_body_bytes": self.max_body_bytes,
             "max_header_bytes": self.max_header_bytes,

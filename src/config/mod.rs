@@ -148,6 +148,7 @@ struct RawConfig {
     default_expires_in: u64,
     upstream_timeout: u64,
     ping_timeout: u64,
+    rp_ca_file: Option<String>,
     completion_hold: u64,
     max_body_bytes: usize,
     max_header_bytes: usize,
@@ -223,6 +224,7 @@ impl Default for RawConfig {
             default_expires_in: 86_400,
             upstream_timeout: 10,
             ping_timeout: 10,
+            rp_ca_file: None,
             completion_hold: 600,
             max_body_bytes: 64 * 1024,
             max_header_bytes: 64 * 1024,
@@ -307,6 +309,10 @@ pub struct Config {
     pub default_expires_in: u64,
     pub upstream_timeout: Duration,
     pub ping_timeout: Duration,
+    /// CAs trusted for what the RPs serve, their notification endpoints and `jwks_uri`, besides
+    /// the system's roots (`DTR_RP_CA_FILE`: RPs inside the cluster, behind its own CA), read
+    /// again when the file changes.
+    pub rp_roots: Option<Arc<UpstreamRoots>>,
     /// How long a completion waits for a process the RP has not created yet (0: never).
     pub completion_hold: Duration,
     pub max_body_bytes: usize,
@@ -378,6 +384,20 @@ impl fmt::Debug for EventSinkSettings {
             .field("ca_file", &self.roots.as_ref().map(|roots| roots.file()))
             .finish_non_exhaustive()
     }
+}
+
+/// The CAs of `path` trusted besides the system's roots for an outgoing client, checked now
+/// (`name` is the setting, for the error).
+fn extra_roots(name: &str, path: &str, errors: &mut Vec<String>) -> Option<Arc<UpstreamRoots>> {
+    UpstreamRoots::load(std::path::Path::new(path), false)
+        .map(Arc::new)
+        .and_then(|roots| {
+            tls::client_config(Some(&roots))
+                .map(|_| roots)
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| errors.push(format!("{name}: {e}")))
+        .ok()
 }
 
 /// A Keycloak service account (client credentials) with the realm-management role
@@ -749,6 +769,11 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         }
     };
     let shared_store = matches!(store, StoreSettings::Redis(_));
+    let rp_roots = raw
+        .rp_ca_file
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .and_then(|path| extra_roots("DTR_RP_CA_FILE", path, errors));
 
     let events = match (
         raw.events_url.as_deref().filter(|s| !s.is_empty()),
@@ -780,15 +805,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
                     errors.push("DTR_EVENTS_CA_FILE: only for an https DTR_EVENTS_URL".into());
                     None
                 }
-                Some(path) => UpstreamRoots::load(std::path::Path::new(path), false)
-                    .map(Arc::new)
-                    .and_then(|roots| {
-                        tls::client_config(Some(&roots))
-                            .map(|_| roots)
-                            .map_err(|e| e.to_string())
-                    })
-                    .map_err(|e| errors.push(format!("DTR_EVENTS_CA_FILE: {e}")))
-                    .ok(),
+                Some(path) => extra_roots("DTR_EVENTS_CA_FILE", path, errors),
                 None => None,
             };
             match (url, secret) {
@@ -958,6 +975,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         default_expires_in: raw.default_expires_in,
         upstream_timeout: Duration::from_secs(raw.upstream_timeout),
         ping_timeout: Duration::from_secs(raw.ping_timeout),
+        rp_roots,
         completion_hold: Duration::from_secs(raw.completion_hold),
         max_body_bytes: raw.max_body_bytes,
         max_header_bytes: raw.max_header_bytes,

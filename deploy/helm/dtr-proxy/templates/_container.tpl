@@ -75,7 +75,7 @@ env:
   - name: DTR_ADMIN_TLS_KEY_FILE
     value: {{ printf "%s/admin-tls/tls.key" $secretDir | quote }}
   {{- end }}
-  {{- if or .Values.tls.public.secretName .Values.tls.admin.secretName .Values.tls.upstreamCa.secretName (and .Values.events.url .Values.events.ca.secretName) (and .Values.redis.enabled .Values.redis.tls.secretName) (and .Values.tracing.endpoint .Values.tracing.tls.secretName) }}
+  {{- if or .Values.tls.public.secretName .Values.tls.admin.secretName .Values.tls.upstreamCa.secretName .Values.tls.rpCa.secretName (and .Values.events.url .Values.events.ca.secretName) (and .Values.redis.enabled .Values.redis.tls.secretName) (and .Values.tracing.endpoint .Values.tracing.tls.secretName) }}
   - name: DTR_TLS_RELOAD_INTERVAL
     value: {{ .Values.tls.reloadIntervalSeconds | int | toString | quote }}
   {{- end }}
@@ -84,6 +84,10 @@ env:
     value: {{ printf "%s/upstream-ca/%s" $secretDir .Values.tls.upstreamCa.key | quote }}
   - name: DTR_UPSTREAM_CA_ONLY
     value: {{ .Values.tls.upstreamCa.only | toString | quote }}
+  {{- end }}
+  {{- if .Values.tls.rpCa.secretName }}
+  - name: DTR_RP_CA_FILE
+    value: {{ printf "%s/rp-ca/%s" $secretDir .Values.tls.rpCa.key | quote }}
   {{- end }}
   {{- with .Values.tracing }}
   {{- if .endpoint }}
@@ -362,6 +366,9 @@ volumes, never subPath: a renewed Secret reaches the pod (the proxy reloads cert
 {{- end }}
 {{- with .Values.tls.upstreamCa.secretName }}
 {{- $volumes = append $volumes (dict "name" "upstream-ca" "secret" .) }}
+{{- end }}
+{{- with .Values.tls.rpCa.secretName }}
+{{- $volumes = append $volumes (dict "name" "rp-ca" "secret" .) }}
 {{- end }}
 {{- if .Values.events.url }}
 {{- with .Values.events.ca.secretName }}
