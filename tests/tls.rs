@@ -252,6 +252,17 @@ async fn reloaded(proxy: &Proxy, listener: &str, result: &str, what: &str) {
     }
 }
 
+/// The status of the realm's JWKS through the proxy: a pass-through request.
+async fn jwks_status(proxy: &Proxy) -> u16 {
+    let response = proxy
+        .http
+        .get(proxy.url("/protocol/openid-connect/certs"))
+        .send()
+        .await
+        .expect("answer");
+    response.status().as_u16()
+}
+
 async fn metric(proxy: &Proxy, line: &str) -> Option<f64> {
     proxy
         .metrics()
@@ -899,21 +910,12 @@ async fn the_ops_ca_file_is_read_again_when_it_changes() {
             .env("DTR_TLS_RELOAD_INTERVAL", "1"),
     )
     .await;
-    let jwks = || async {
-        let response = proxy
-            .http
-            .get(proxy.url("/protocol/openid-connect/certs"))
-            .send()
-            .await
-            .expect("answer");
-        response.status().as_u16()
-    };
-    assert_eq!(jwks().await, 502, "the new CA is not trusted yet");
+    assert_eq!(jwks_status(&proxy).await, 502, "the new CA is not trusted yet");
 
     // The bundle gains the new CA; the old one stays for a while, as in a rotation.
     std::fs::write(&ca, format!("{}{}", old.ca_pem, new.ca_pem)).expect("write");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while jwks().await != 200 {
+    while jwks_status(&proxy).await != 200 {
         assert!(Instant::now() < deadline, "the new CA was not picked up");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -924,7 +926,7 @@ async fn the_ops_ca_file_is_read_again_when_it_changes() {
     // A broken bundle is refused; the CAs read last stay.
     std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("write");
     reloaded(&proxy, "upstream", "failed", "the broken bundle was not noticed").await;
-    assert_eq!(jwks().await, 200);
+    assert_eq!(jwks_status(&proxy).await, 200);
 }
 
 /// The settings of a redis-server that speaks only TLS, on `port`, with the certificate files
@@ -1592,15 +1594,6 @@ async fn traces_reach_a_receiver_that_requires_a_client_certificate() {
             .env("DTR_TLS_RELOAD_INTERVAL", "1"),
     )
     .await;
-    let traced_request = || async {
-        let response = proxy
-            .http
-            .get(proxy.url("/protocol/openid-connect/certs"))
-            .send()
-            .await
-            .expect("answer");
-        assert_eq!(response.status(), 200);
-    };
     let within = |what: &'static str, counter: Arc<AtomicUsize>| async move {
         let deadline = Instant::now() + Duration::from_secs(20);
         while counter.load(Ordering::SeqCst) == 0 {
@@ -1608,7 +1601,7 @@ async fn traces_reach_a_receiver_that_requires_a_client_certificate() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    traced_request().await;
+    assert_eq!(jwks_status(&proxy).await, 200);
     within("no export was tried", refused.clone()).await;
     assert_eq!(
         exports.load(Ordering::SeqCst),
@@ -1620,7 +1613,7 @@ async fn traces_reach_a_receiver_that_requires_a_client_certificate() {
     let trusted = clients.client("dtr-proxy");
     present(&dir, &trusted);
     reloaded(&proxy, "otlp", "replaced", "the renewed certificate was not read").await;
-    traced_request().await;
+    assert_eq!(jwks_status(&proxy).await, 200);
     within("the spans did not arrive", exports.clone()).await;
 }
 
