@@ -334,7 +334,14 @@ impl Cluster {
     }
 
     async fn connection(&self) -> StoreResult<ClusterConnection> {
-        let (client, cell) = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (client, cell) = {
+            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+            // Every command after the first: the connection, without touching the client.
+            if let Some(conn) = current.1.get() {
+                return Ok(conn.clone());
+            }
+            current.clone()
+        };
         cell.get_or_try_init(|| client.get_async_connection())
             .await
             .cloned()
@@ -547,9 +554,9 @@ impl Master {
 
 /// The Redis TLS files of a store (`DTR_REDIS_CA_FILE`, `DTR_REDIS_CLIENT_CERT_FILE`,
 /// `DTR_REDIS_CLIENT_KEY_FILE`) and what they held when last read. A renewed client certificate
-/// (cert-manager) or a CA bundle that gains Redis's next CA is used from the next connection,
-/// without a restart: connections already open stay as they are, and a reconnect after a
-/// failover or a network break presents the certificate read last.
+/// (cert-manager) or a CA bundle that gains Redis's next CA is used without a restart: the
+/// master's connection open now stays and a reconnect (after a failover, a network break)
+/// presents the certificate read last; a Cluster's client and connection are rebuilt at once.
 pub struct TlsFiles {
     store: RedisStore,
     options: std::sync::Mutex<RedisOptions>,
