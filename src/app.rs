@@ -40,6 +40,7 @@ use crate::serve::proxy::{PublicService, RequestLimits};
 use crate::serve::server::{serve, Limits};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 use crate::telemetry::{SpanExport, Telemetry};
+use crate::tls::{CertificateFiles, ServerCas};
 use crate::upstream::{http_client, http_client_with, ExportClient, OpClient, Upstream};
 
 /// Everything that serves, built and wired.
@@ -92,7 +93,7 @@ pub fn telemetry(config: &Config) -> Result<(Telemetry, Option<SpanExport>), Sta
         return Ok((Telemetry::off(), None));
     };
     let http = match &settings.tls {
-        Some(tls) => http_client_with((*tls.config).clone()),
+        Some(tls) => client_trusting(tls.roots.as_ref(), tls.certificate.as_ref()),
         None => http_client(),
     };
     let client = ExportClient::new(http, tokio::runtime::Handle::current(), settings.timeout);
@@ -101,12 +102,19 @@ pub fn telemetry(config: &Config) -> Result<(Telemetry, Option<SpanExport>), Sta
     Ok((telemetry, Some(export)))
 }
 
-/// A pooled client trusting `roots` besides the system's (their file checked at startup), or
-/// the system's roots alone.
-fn client_trusting(roots: Option<&Arc<crate::tls::UpstreamRoots>>) -> crate::upstream::HttpClient {
-    match roots.map(|roots| crate::tls::client_config(Some(roots))) {
-        Some(Ok(tls)) => http_client_with(tls),
-        _ => http_client(),
+/// A pooled client trusting `roots` (besides or instead of the system's, as they were loaded)
+/// and presenting `certificate` when asked; the shared client when neither is set. Their files
+/// were checked at startup, and a reload of either is used from the next connection.
+fn client_trusting(
+    roots: Option<&Arc<ServerCas>>,
+    certificate: Option<&Arc<CertificateFiles>>,
+) -> crate::upstream::HttpClient {
+    if roots.is_none() && certificate.is_none() {
+        return http_client();
+    }
+    match crate::tls::client_config_with(roots, certificate) {
+        Ok(tls) => http_client_with(tls),
+        Err(_) => http_client(),
     }
 }
 
@@ -148,7 +156,7 @@ pub fn compose(
     let dpop = DpopVerifier::new(store.clone(), config.hash_key.clone(), config.dpop_nonce);
     let verifier = ClientVerifier::new(
         ClientKeys::new(
-            client_trusting(config.rp_roots.as_ref()),
+            client_trusting(config.rp_roots.as_ref(), None),
             config.jwks_cache_ttl,
             config.upstream_timeout,
         ),
@@ -173,7 +181,7 @@ pub fn compose(
         metrics: metrics.clone(),
         records: records.clone(),
         sink: config.events.clone().map(|settings| {
-            let http = client_trusting(settings.roots.as_ref());
+            let http = client_trusting(settings.roots.as_ref(), None);
             Arc::new(EventSink {
                 settings,
                 http,
@@ -301,7 +309,7 @@ pub fn compose(
         records,
         clients,
         metrics,
-        http: client_trusting(config.rp_roots.as_ref()),
+        http: client_trusting(config.rp_roots.as_ref(), None),
         timeout: config.ping_timeout,
         wakeup: ping_wakeup,
         revoker,
@@ -454,47 +462,34 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
             Arc::new(move || files.reload()),
         ));
     }
-    if let Some(roots) = &config.upstream_roots {
-        let (roots, file) = (roots.clone(), roots.file().to_owned());
-        tasks.push(watch(
-            "upstream",
-            "the OP's CA file",
-            file,
-            Arc::new(move || roots.reload()),
-        ));
-    }
-    let extra_roots = [
+    let traces_tls = config.traces.as_ref().and_then(|traces| traces.tls.as_ref());
+    let bundles = [
+        ("upstream", "the OP's CA file", config.upstream_roots.as_ref()),
         (
             "events_ca",
             "the events receiver's CA file",
             config.events.as_ref().and_then(|events| events.roots.as_ref()),
         ),
         ("rp_ca", "the RPs' CA file", config.rp_roots.as_ref()),
+        (
+            "otlp_ca",
+            "the trace receiver's CA file",
+            traces_tls.and_then(|tls| tls.roots.as_ref()),
+        ),
     ];
-    for (listener, what, roots) in extra_roots {
+    for (listener, what, roots) in bundles {
         let Some(roots) = roots else { continue };
         let (roots, file) = (roots.clone(), roots.file().to_owned());
         tasks.push(watch(listener, what, file, Arc::new(move || roots.reload())));
     }
-    if let Some(tls) = config.traces.as_ref().and_then(|traces| traces.tls.as_ref()) {
-        if let Some(roots) = &tls.roots {
-            let (roots, file) = (roots.clone(), roots.file().to_owned());
-            tasks.push(watch(
-                "otlp_ca",
-                "the trace receiver's CA file",
-                file,
-                Arc::new(move || roots.reload()),
-            ));
-        }
-        if let Some(certificate) = &tls.certificate {
-            let (certificate, file) = (certificate.clone(), certificate.cert_file().to_owned());
-            tasks.push(watch(
-                "otlp",
-                "the trace exporter's client certificate",
-                file,
-                Arc::new(move || certificate.reload()),
-            ));
-        }
+    if let Some(certificate) = traces_tls.and_then(|tls| tls.certificate.as_ref()) {
+        let (certificate, file) = (certificate.clone(), certificate.cert_file().to_owned());
+        tasks.push(watch(
+            "otlp",
+            "the trace exporter's client certificate",
+            file,
+            Arc::new(move || certificate.reload()),
+        ));
     }
 
     let public_service = services.public.clone();

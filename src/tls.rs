@@ -733,27 +733,29 @@ fn xfcc_elements(value: &str) -> Result<Vec<Vec<(String, String)>>, String> {
     Ok(elements)
 }
 
-/// CAs trusted for the TLS connection to the OP (`DTR_UPSTREAM_CA_FILE`), besides or instead of
-/// the system's roots. The file is read again whenever it changes ([`Self::reload`], every
-/// `DTR_TLS_RELOAD_INTERVAL`): a bundle that gains the next CA ahead of a rotation
-/// (trust-manager, cert-manager's CA issuer) is in use from the next connection to the OP,
+/// CAs an outgoing TLS client trusts for the servers it reaches, besides or instead of the
+/// system's roots: the OP's (`DTR_UPSTREAM_CA_FILE`), the RPs' (`DTR_RP_CA_FILE`), the
+/// verification service's (`DTR_EVENTS_CA_FILE`) and the trace receiver's
+/// (`OTEL_EXPORTER_OTLP_CERTIFICATE`). The file is read again whenever it changes
+/// ([`Self::reload`], every `DTR_TLS_RELOAD_INTERVAL`): a bundle that gains the next CA ahead of
+/// a rotation (trust-manager, cert-manager's CA issuer) is in use from the next connection,
 /// without a restart. A changed file that holds no usable CA leaves the current ones in place.
-pub struct UpstreamRoots {
+pub struct ServerCas {
     bundle: CaBundle<Arc<WebPkiServerVerifier>>,
     /// Trust only the file's CAs, not the system's roots.
     only: bool,
 }
 
-impl fmt::Debug for UpstreamRoots {
+impl fmt::Debug for ServerCas {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamRoots")
+        f.debug_struct("ServerCas")
             .field("file", &self.bundle.file)
             .field("only", &self.only)
             .finish_non_exhaustive()
     }
 }
 
-impl UpstreamRoots {
+impl ServerCas {
     pub fn load(file: &Path, only: bool) -> Result<Self, String> {
         let bundle = CaBundle::load(file, Box::new(move |pem: &[u8]| Self::verifier(pem, only)))?;
         Ok(Self { bundle, only })
@@ -787,7 +789,7 @@ impl UpstreamRoots {
 }
 
 /// Every check is the webpki verifier's over the CAs read last.
-impl ServerCertVerifier for UpstreamRoots {
+impl ServerCertVerifier for ServerCas {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -836,13 +838,13 @@ fn system_roots() -> RootCertStore {
 
 /// The rustls client configuration for a server whose certificate chains to the system's roots
 /// (Mozilla's when the system has none) or, with `roots`, to theirs.
-pub fn client_config(roots: Option<&Arc<UpstreamRoots>>) -> Result<ClientConfig, rustls::Error> {
+pub fn client_config(roots: Option<&Arc<ServerCas>>) -> Result<ClientConfig, rustls::Error> {
     client_config_with(roots, None)
 }
 
 /// [`client_config`] presenting `certificate` (the pair read last) when the server asks.
 pub fn client_config_with(
-    roots: Option<&Arc<UpstreamRoots>>,
+    roots: Option<&Arc<ServerCas>>,
     certificate: Option<&Arc<CertificateFiles>>,
 ) -> Result<ClientConfig, rustls::Error> {
     let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;

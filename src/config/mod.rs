@@ -18,7 +18,7 @@ use url::Url;
 
 use crate::crypto::{HashKey, Sealer};
 use crate::store::{ClientCertificate, RedisOptions, RedisTlsFiles, Topology};
-use crate::tls::{self, KeyPairError, ServerTls, TlsFileError, UpstreamRoots};
+use crate::tls::{self, KeyPairError, ServerCas, ServerTls, TlsFileError};
 
 mod clients;
 mod effective;
@@ -278,7 +278,7 @@ pub struct Config {
     /// `DTR_UPSTREAM_CA_ONLY`, sets) its trust anchors; the system's roots without.
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
     /// The CAs of `upstream_tls`, read again from their file when it changes.
-    pub upstream_roots: Option<Arc<UpstreamRoots>>,
+    pub upstream_roots: Option<Arc<ServerCas>>,
     /// Where `upstream_tls`'s CAs come from, and whether they alone are trusted (for display).
     pub upstream_ca: Option<(String, bool)>,
     pub store: StoreSettings,
@@ -312,7 +312,7 @@ pub struct Config {
     /// CAs trusted for what the RPs serve, their notification endpoints and `jwks_uri`, besides
     /// the system's roots (`DTR_RP_CA_FILE`: RPs inside the cluster, behind its own CA), read
     /// again when the file changes.
-    pub rp_roots: Option<Arc<UpstreamRoots>>,
+    pub rp_roots: Option<Arc<ServerCas>>,
     /// How long a completion waits for a process the RP has not created yet (0: never).
     pub completion_hold: Duration,
     pub max_body_bytes: usize,
@@ -373,7 +373,7 @@ pub struct EventSinkSettings {
     pub realms: Vec<String>,
     /// CAs trusted for the sink besides the system's roots (`DTR_EVENTS_CA_FILE`: a
     /// verification service behind the cluster's own CA), read again when the file changes.
-    pub roots: Option<Arc<UpstreamRoots>>,
+    pub roots: Option<Arc<ServerCas>>,
 }
 
 impl fmt::Debug for EventSinkSettings {
@@ -388,8 +388,8 @@ impl fmt::Debug for EventSinkSettings {
 
 /// The CAs of `path` trusted besides the system's roots for an outgoing client, checked now
 /// (`name` is the setting, for the error).
-fn extra_roots(name: &str, path: &str, errors: &mut Vec<String>) -> Option<Arc<UpstreamRoots>> {
-    UpstreamRoots::load(std::path::Path::new(path), false)
+fn extra_roots(name: &str, path: &str, errors: &mut Vec<String>) -> Option<Arc<ServerCas>> {
+    ServerCas::load(std::path::Path::new(path), false)
         .map(Arc::new)
         .and_then(|roots| {
             tls::client_config(Some(&roots))
@@ -644,7 +644,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         errors.push("DTR_TLS_RELOAD_INTERVAL: must be a positive number of seconds".into());
     }
     let upstream_roots = match raw.upstream_ca_file.as_deref().filter(|s| !s.is_empty()) {
-        Some(path) => match UpstreamRoots::load(std::path::Path::new(path), raw.upstream_ca_only) {
+        Some(path) => match ServerCas::load(std::path::Path::new(path), raw.upstream_ca_only) {
             Ok(roots) => Some(Arc::new(roots)),
             Err(e) => {
                 errors.push(format!("DTR_UPSTREAM_CA_FILE: {e}"));

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::tls::{self, CertificateFiles, TlsFileError, UpstreamRoots};
+use crate::tls::{self, CertificateFiles, ServerCas, TlsFileError};
 
 /// Where and how spans are exported (OTLP over HTTP, protobuf).
 #[derive(Debug, Clone, PartialEq)]
@@ -34,13 +34,12 @@ pub struct TraceSettings {
 /// `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE` instead of the system's roots, and the pair of
 /// `…_CLIENT_CERTIFICATE` and `…_CLIENT_KEY` presented when the receiver asks (a Collector with
 /// `client_ca_file`, a mesh's gateway). Each file is read again when it changes, on
-/// `DTR_TLS_RELOAD_INTERVAL`, as the proxy's other TLS files are.
+/// `DTR_TLS_RELOAD_INTERVAL`, as the proxy's other TLS files are, and in use from the next
+/// connection.
 #[derive(Clone)]
 pub struct ExportTls {
-    pub roots: Option<Arc<UpstreamRoots>>,
+    pub roots: Option<Arc<ServerCas>>,
     pub certificate: Option<Arc<CertificateFiles>>,
-    /// Built over the two above, so a reload of either is in use from the next connection.
-    pub config: Arc<rustls::ClientConfig>,
 }
 
 impl fmt::Debug for ExportTls {
@@ -220,7 +219,7 @@ fn export_tls(
     let before = errors.len();
     let roots = ca.and_then(|(name, path)| {
         // As the SDKs have it: the file's CAs instead of the system's.
-        UpstreamRoots::load(Path::new(path), true)
+        ServerCas::load(Path::new(path), true)
             .map(Arc::new)
             .map_err(|e| errors.push(format!("{name}: {e}")))
             .ok()
@@ -251,11 +250,7 @@ fn export_tls(
         return None;
     }
     match tls::client_config_with(roots.as_ref(), certificate.as_ref()) {
-        Ok(config) => Some(ExportTls {
-            roots,
-            certificate,
-            config: Arc::new(config),
-        }),
+        Ok(_) => Some(ExportTls { roots, certificate }),
         Err(e) => {
             errors.push(format!("{}: {e}", first.0));
             None
