@@ -168,6 +168,8 @@ async fn main() {
             id_token["sub"], id_token["nonce"], id_token["iss"]
         ),
     );
+    // After the interval, so the answer is about the code (spent), not the rate.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let spent = proxy.poll(&dtr_client(), &id).await;
     show("poll again →", format!("{} {}", spent.status, spent.error()));
 
