@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,20 +16,23 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::crypto::{HashKey, Sealer};
-use crate::store::{ClientCertificate, RedisOptions, RedisTlsFiles, Topology};
-use crate::tls::{self, KeyPairError, ServerCas, ServerTls, TlsFileError};
+use crate::tls::{self, ServerCas, ServerTls, TlsFileError};
 
 mod clients;
 mod effective;
+mod events;
 mod federation;
+mod store;
 mod traces;
 
 use clients::validate_clients;
 pub use clients::{ClientSecret, ClientSettings, Profile};
+pub use events::EventSinkSettings;
 use federation::{validate_federation, RawFederation};
 pub use federation::{
     FederationSettings, FetchLimits, ProviderStatementSettings, Provisioning, RootKeys, TrustRoot, TrustRootSettings,
 };
+pub use store::StoreSettings;
 pub use traces::{ExportTls, RootSampler, SamplerSetting, TraceSettings};
 
 /// Path templates for the OP's endpoints. `{realm}` stands for one path segment; an OP without
@@ -251,14 +253,6 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
-pub enum StoreSettings {
-    /// In-process store: one replica only, state dies with the process.
-    Embedded,
-    /// Redis standalone, through Sentinel, or Cluster.
-    Redis(Box<RedisOptions>),
-}
-
 /// The validated configuration the proxy runs on.
 #[derive(Clone)]
 pub struct Config {
@@ -360,28 +354,6 @@ impl fmt::Debug for Config {
             .field("admin_tls", &self.admin_tls)
             .field("store", &self.store_kind())
             .field("clients", &self.clients.len())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Where lifecycle events are sent, signed per Standard Webhooks with their own secret.
-#[derive(Clone)]
-pub struct EventSinkSettings {
-    pub url: Url,
-    pub secret: Vec<u8>,
-    /// Only these realms' processes; empty: every realm.
-    pub realms: Vec<String>,
-    /// CAs trusted for the sink besides the system's roots (`DTR_EVENTS_CA_FILE`: a
-    /// verification service behind the cluster's own CA), read again when the file changes.
-    pub roots: Option<Arc<ServerCas>>,
-}
-
-impl fmt::Debug for EventSinkSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventSinkSettings")
-            .field("url", &self.url.as_str())
-            .field("realms", &self.realms)
-            .field("ca_file", &self.roots.as_ref().map(|roots| roots.file()))
             .finish_non_exhaustive()
     }
 }
@@ -668,106 +640,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
             .ok()
     });
 
-    let nonempty = |value: &Option<String>| value.clone().filter(|s| !s.is_empty());
-    if raw.redis_timeout == 0 {
-        errors.push("DTR_REDIS_TIMEOUT: must be at least 1 second".into());
-    }
-    let store = match raw.redis_url.as_deref().filter(|s| !s.is_empty()) {
-        None => StoreSettings::Embedded,
-        Some(url) => {
-            let topology = Topology::from_url(url, raw.redis_cluster).unwrap_or_else(|e| {
-                errors.push(format!("DTR_REDIS_URL: {e}"));
-                Topology::Standalone { url: url.to_owned() }
-            });
-            let sentinel = matches!(topology, Topology::Sentinel(_));
-            if !sentinel
-                && (nonempty(&raw.redis_sentinel_username).is_some()
-                    || nonempty(&raw.redis_sentinel_password).is_some())
-            {
-                errors.push("DTR_REDIS_SENTINEL_USERNAME/PASSWORD: only for a redis+sentinel:// DTR_REDIS_URL".into());
-            }
-            let tls = url.to_ascii_lowercase().starts_with("rediss");
-            let ca_pem = match nonempty(&raw.redis_ca_file) {
-                None => None,
-                Some(_) if !tls => {
-                    errors.push("DTR_REDIS_CA_FILE: only for a rediss:// or rediss+sentinel:// DTR_REDIS_URL".into());
-                    None
-                }
-                Some(path) => match std::fs::read(&path) {
-                    Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => Some(pem),
-                    Ok(_) => {
-                        errors.push(format!("DTR_REDIS_CA_FILE: no PEM certificate in {path}"));
-                        None
-                    }
-                    Err(e) => {
-                        errors.push(format!("DTR_REDIS_CA_FILE: cannot read {path}: {e}"));
-                        None
-                    }
-                },
-            };
-            let client_certificate = match (
-                nonempty(&raw.redis_client_cert_file),
-                nonempty(&raw.redis_client_key_file),
-            ) {
-                (None, None) => None,
-                (Some(_), Some(_)) if !tls => {
-                    errors.push(
-                        "DTR_REDIS_CLIENT_CERT_FILE: only for a rediss:// or rediss+sentinel:// DTR_REDIS_URL".into(),
-                    );
-                    None
-                }
-                (Some(cert), Some(key)) => redis_client_certificate(&cert, &key, errors),
-                _ => {
-                    errors.push("DTR_REDIS_CLIENT_CERT_FILE and DTR_REDIS_CLIENT_KEY_FILE go together".into());
-                    None
-                }
-            };
-            let password = match (nonempty(&raw.redis_password), nonempty(&raw.redis_password_file)) {
-                (Some(_), Some(_)) => {
-                    errors.push("DTR_REDIS_PASSWORD and DTR_REDIS_PASSWORD_FILE: set one of them".into());
-                    None
-                }
-                (password, None) => password,
-                (None, Some(path)) => match std::fs::read_to_string(&path) {
-                    // A Secret key written by hand often ends with a newline that is not part
-                    // of the password.
-                    Ok(password) => match password.trim_end_matches(['\r', '\n']) {
-                        "" => {
-                            errors.push(format!("DTR_REDIS_PASSWORD_FILE: {path} is empty"));
-                            None
-                        }
-                        password => Some(password.to_owned()),
-                    },
-                    Err(e) => {
-                        errors.push(format!("DTR_REDIS_PASSWORD_FILE: cannot read {path}: {e}"));
-                        None
-                    }
-                },
-            };
-            StoreSettings::Redis(Box::new(RedisOptions {
-                topology,
-                key_prefix: raw.redis_key_prefix.clone(),
-                timeout: Duration::from_secs(raw.redis_timeout.max(1)),
-                username: nonempty(&raw.redis_username),
-                password,
-                sentinel_username: nonempty(&raw.redis_sentinel_username),
-                sentinel_password: nonempty(&raw.redis_sentinel_password),
-                tls_files: (ca_pem.is_some() || client_certificate.is_some()).then(|| RedisTlsFiles {
-                    ca_file: ca_pem.as_ref().and(nonempty(&raw.redis_ca_file)).map(PathBuf::from),
-                    cert_file: client_certificate
-                        .as_ref()
-                        .and(nonempty(&raw.redis_client_cert_file))
-                        .map(PathBuf::from),
-                    key_file: client_certificate
-                        .as_ref()
-                        .and(nonempty(&raw.redis_client_key_file))
-                        .map(PathBuf::from),
-                }),
-                ca_pem,
-                client_certificate,
-            }))
-        }
-    };
+    let store = store::settings(&raw, errors);
     let shared_store = matches!(store, StoreSettings::Redis(_));
     let rp_roots = raw
         .rp_ca_file
@@ -775,60 +648,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         .filter(|s| !s.is_empty())
         .and_then(|path| extra_roots("DTR_RP_CA_FILE", path, errors));
 
-    let events = match (
-        raw.events_url.as_deref().filter(|s| !s.is_empty()),
-        raw.events_secret.as_deref().filter(|s| !s.is_empty()),
-    ) {
-        (Some(url), Some(secret)) => {
-            let url = match Url::parse(url) {
-                Ok(url) if url.scheme() == "https" || (url.scheme() == "http" && raw.allow_insecure_http) => Some(url),
-                Ok(_) => {
-                    errors.push(
-                        "DTR_EVENTS_URL: must be an https URL (http only with DTR_ALLOW_INSECURE_HTTP=true)".into(),
-                    );
-                    None
-                }
-                Err(e) => {
-                    errors.push(format!("DTR_EVENTS_URL: not a URL: {e}"));
-                    None
-                }
-            };
-            let secret = match crate::webhook::decode_secret(secret) {
-                Ok(secret) => Some(secret),
-                Err(e) => {
-                    errors.push(format!("DTR_EVENTS_SECRET: {e}"));
-                    None
-                }
-            };
-            let roots = match raw.events_ca_file.as_deref().filter(|s| !s.is_empty()) {
-                Some(_) if url.as_ref().is_some_and(|url| url.scheme() != "https") => {
-                    errors.push("DTR_EVENTS_CA_FILE: only for an https DTR_EVENTS_URL".into());
-                    None
-                }
-                Some(path) => extra_roots("DTR_EVENTS_CA_FILE", path, errors),
-                None => None,
-            };
-            match (url, secret) {
-                (Some(url), Some(secret)) => Some(EventSinkSettings {
-                    url,
-                    secret,
-                    realms: raw.events_realms.items().into_iter().map(str::to_owned).collect(),
-                    roots,
-                }),
-                _ => None,
-            }
-        }
-        (None, None) => {
-            if raw.events_ca_file.as_deref().is_some_and(|s| !s.is_empty()) {
-                errors.push("DTR_EVENTS_CA_FILE: needs DTR_EVENTS_URL".into());
-            }
-            None
-        }
-        _ => {
-            errors.push("DTR_EVENTS_URL and DTR_EVENTS_SECRET go together".into());
-            None
-        }
-    };
+    let events = events::sink(&raw, errors);
 
     let keycloak_admin = match (
         raw.keycloak_admin_client_id.as_deref().filter(|s| !s.is_empty()),
@@ -1054,28 +874,6 @@ fn server_tls(
         }
         _ => {
             errors.push(format!("{prefix}_CERT_FILE and {prefix}_KEY_FILE go together"));
-            None
-        }
-    }
-}
-
-/// A Redis client certificate chain and key, read and checked to make a pair.
-fn redis_client_certificate(cert: &str, key: &str, errors: &mut Vec<String>) -> Option<ClientCertificate> {
-    let cert_pem = std::fs::read(cert)
-        .map_err(|e| errors.push(format!("DTR_REDIS_CLIENT_CERT_FILE: cannot read {cert}: {e}")))
-        .ok();
-    let key_pem = std::fs::read(key)
-        .map_err(|e| errors.push(format!("DTR_REDIS_CLIENT_KEY_FILE: cannot read {key}: {e}")))
-        .ok();
-    let (cert_pem, key_pem) = (cert_pem?, key_pem?);
-    match tls::certified_key(&cert_pem, &key_pem) {
-        Ok(_) => Some(ClientCertificate { cert_pem, key_pem }),
-        Err(KeyPairError::Cert(e)) => {
-            errors.push(format!("DTR_REDIS_CLIENT_CERT_FILE: {cert}: {e}"));
-            None
-        }
-        Err(KeyPairError::Key(e)) => {
-            errors.push(format!("DTR_REDIS_CLIENT_KEY_FILE: {key}: {e}"));
             None
         }
     }
