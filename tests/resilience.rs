@@ -217,7 +217,9 @@ fn redis_store(prefix: &str) -> dtr_proxy::store::Store {
                 url: redis().url.clone(),
             },
             &unique(prefix),
-            Duration::from_secs(2),
+            // Generous: with the suite running eight tests wide on two cores, a first connect
+            // (and its role check) can take longer than two seconds; these tests are not about time.
+            Duration::from_secs(10),
         ))
         .unwrap(),
     )
