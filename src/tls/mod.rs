@@ -1,6 +1,7 @@
 //! TLS material read from PEM files: the server side of both ports (a certificate that follows
 //! its files as they are rotated, an optional CA for client certificates) and extra trust
-//! anchors for the client side (the OP behind an internal CA). rustls on aws-lc-rs throughout.
+//! anchors for the outgoing clients (an OP, RPs, a verification service or a trace receiver
+//! behind an internal CA). rustls on aws-lc-rs throughout.
 //!
 //! One submodule per concern:
 //! - `pem`: parsing PEM certificates and keys, and the crypto provider;
@@ -20,4 +21,4 @@ pub use self::client_certificate::{ClientCertificate, ForwardedCertificates, CER
 pub use self::files::{watch_reloads, CertificateFiles, Reload, TlsFileError};
 pub use self::listener::{ClientCas, ServerTls};
 pub use self::outgoing::{client_config, client_config_with, ServerCas};
-pub use self::pem::{certified_key, parse_certificates, parse_private_key, provider, read_certificates, KeyPairError};
+pub use self::pem::{certified_key, parse_certificates, parse_private_key, provider, KeyPairError};

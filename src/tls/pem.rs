@@ -2,7 +2,6 @@
 //! clients, Redis) on the one crypto provider of the process.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -25,12 +24,6 @@ pub fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, St
         return Err("no PEM certificate in it".into());
     }
     Ok(certs)
-}
-
-/// Reads and parses a PEM certificate file, the message naming the file.
-pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse_certificates(&pem).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A PEM private key (PKCS#8, PKCS#1 or SEC1).
