@@ -1,0 +1,460 @@
+//! Redis store: one master reached directly (`redis://`, `rediss://`) or through Sentinel
+//! (`redis+sentinel://`), or a Redis Cluster. Every key carries a TTL; multi-key scripts only
+//! touch keys that share a `{…}` hash tag, so they run on Cluster unchanged.
+//!
+//! After a failover the proxy follows the new master by itself: a `READONLY` or `MASTERDOWN`
+//! reply, a broken or silent connection, drops the connection; the next command connects anew —
+//! through Sentinel it asks for the master again, directly it resolves the address again (a
+//! Kubernetes Service that now points at the promoted pod) — and checks with `ROLE` that it
+//! reached a master. A command the server refused without running it (`READONLY`,
+//! `MASTERDOWN`, `LOADING`) is retried within the store timeout; one that may have run is
+//! retried only if running it twice is harmless. When no master can be reached at all, a
+//! command fails at once (connects are paced by a short backoff), so an outage costs each
+//! request a fast 503, not a wait. The cluster client follows slot moves and failovers itself.
+//!
+//! The operations are here; the Lua scripts in `scripts`, where Redis is and how to reach it in
+//! `settings`, the connections and their failover in `connection`, TLS file reloads in `tls_files`.
+
+mod connection;
+mod scripts;
+mod settings;
+mod tls_files;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, Script};
+use tokio::sync::Mutex;
+
+use self::connection::{unavailable, Backoff, Cluster, Conn, Master, Repeat};
+use self::scripts::{
+    eval, evalsha, run_patching, Scripts, CLAIM_DUE, INDEX_ADD, PATCH, PATCH_GUARDED, REPLACE, SET_ADD,
+};
+use self::settings::{cluster_client, master_source};
+pub use self::settings::{ClientCertificate, RedisOptions, RedisTlsFiles, SentinelTarget, Topology, SENTINEL_PORT};
+pub use self::tls_files::TlsFiles;
+use super::StoreResult;
+use crate::metrics::StoreMetrics;
+
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    kind: &'static str,
+    prefix: Arc<str>,
+    scripts: Arc<Scripts>,
+    /// Latency and failures by command, when the process exports metrics.
+    metrics: Option<StoreMetrics>,
+}
+
+impl RedisStore {
+    pub fn connect(options: &RedisOptions) -> StoreResult<Self> {
+        let timeout = options.timeout;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let conn = match &options.topology {
+            Topology::Cluster { .. } => Conn::Cluster(Arc::new(Cluster::new(cluster_client(options)?))),
+            Topology::Standalone { .. } | Topology::Sentinel(_) => Conn::Master(Arc::new(Master {
+                source: RwLock::new(Arc::new(master_source(options)?)),
+                config,
+                timeout,
+                current: RwLock::new(None),
+                generation: AtomicU64::new(0),
+                connecting: Mutex::new(Backoff::default()),
+            })),
+        };
+        Ok(Self {
+            conn,
+            kind: options.topology.kind(),
+            prefix: Arc::from(options.key_prefix.as_str()),
+            scripts: Arc::new(Scripts {
+                replace: Script::new(REPLACE),
+                patch_guarded: Script::new(PATCH_GUARDED),
+                index_add: Script::new(INDEX_ADD),
+                patch: Script::new(PATCH),
+                set_add: Script::new(SET_ADD),
+                claim_due: Script::new(CLAIM_DUE),
+            }),
+            metrics: None,
+        })
+    }
+
+    /// `redis`, `redis-sentinel` or `redis-cluster`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub(super) fn namespaced(&self, key: &str) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + 1 + key.len());
+        out.push_str(&self.prefix);
+        out.push(':');
+        out.push_str(key);
+        out
+    }
+
+    /// From now on, connects with the CA and client certificate of `options` (the same
+    /// settings otherwise, read again from their files). The master's connection open now
+    /// stays, and the next one presents the new certificate; a cluster's connection is
+    /// replaced, the next command opening a new one.
+    pub fn use_certificates(&self, options: &RedisOptions) -> StoreResult<()> {
+        match &self.conn {
+            Conn::Master(master) => {
+                let source = Arc::new(master_source(options)?);
+                *master.source.write().unwrap_or_else(|p| p.into_inner()) = source;
+            }
+            Conn::Cluster(cluster) => cluster.replace(cluster_client(options)?),
+        }
+        Ok(())
+    }
+
+    /// Boxed: the retrying future is deep, and every endpoint's future would carry it inline.
+    fn query<'a, T: FromRedisValue + Send + 'a>(
+        &'a self,
+        repeat: Repeat,
+        cmd: &'a Cmd,
+    ) -> Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = match &self.conn {
+                Conn::Master(master) => {
+                    master
+                        .run(repeat, |mut conn| async move { cmd.query_async(&mut conn).await })
+                        .await
+                }
+                Conn::Cluster(cluster) => match cluster.connection().await {
+                    Ok(mut conn) => cmd.query_async(&mut conn).await.map_err(unavailable),
+                    Err(e) => Err(e),
+                },
+            };
+            self.observe(command_name(cmd), started, result.is_err());
+            result
+        })
+    }
+
+    /// Runs `cmd`, an `EVALSHA` of `script` built by [`evalsha`]; where the server does not
+    /// know the script yet (`NOSCRIPT`), loads it and sends the command again.
+    fn invoke<'a, T: FromRedisValue + Send + 'a>(
+        &'a self,
+        repeat: Repeat,
+        script: &'a Script,
+        cmd: &'a Cmd,
+    ) -> Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = match &self.conn {
+                Conn::Master(master) => {
+                    master
+                        .run(repeat, |mut conn| async move { eval(script, cmd, &mut conn).await })
+                        .await
+                }
+                Conn::Cluster(cluster) => match cluster.connection().await {
+                    Ok(mut conn) => eval(script, cmd, &mut conn).await.map_err(unavailable),
+                    Err(e) => Err(e),
+                },
+            };
+            self.observe("eval", started, result.is_err());
+            result
+        })
+    }
+
+    /// Records into `metrics` the latency and failures of every command from now on.
+    pub fn with_metrics(mut self, metrics: StoreMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn observe(&self, command: &'static str, started: Instant, failed: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(command, started.elapsed(), failed);
+        }
+    }
+
+    pub(super) async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.query(Repeat::Safe, redis::cmd("GET").arg(key)).await
+    }
+
+    pub(super) async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<()> {
+        self.query(
+            Repeat::Safe,
+            redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_ms(ttl)),
+        )
+        .await
+    }
+
+    pub(super) async fn put_new(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<bool> {
+        // Twice would answer "exists" to the caller that stored it.
+        let reply: Option<String> = self
+            .query(
+                Repeat::Unsafe,
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl_ms(ttl))
+                    .arg("NX"),
+            )
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    pub(super) async fn take(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        // Twice would lose the value: the first answer may be the one that never arrived.
+        self.query(Repeat::Unsafe, redis::cmd("GETDEL").arg(key)).await
+    }
+
+    pub(super) async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.query::<i64>(Repeat::Safe, redis::cmd("DEL").arg(key))
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn replace(&self, key: &str, expected: &[u8], new: &[u8]) -> StoreResult<bool> {
+        let replaced: i64 = self
+            .invoke(
+                Repeat::Unsafe,
+                &self.scripts.replace,
+                evalsha(&self.scripts.replace, key).arg(expected).arg(new),
+            )
+            .await?;
+        Ok(replaced == 1)
+    }
+
+    pub(super) async fn get_patching(
+        &self,
+        key: &str,
+        at: usize,
+        patch: &[u8],
+        guard: &[u8],
+    ) -> StoreResult<Option<(Vec<u8>, bool)>> {
+        if guard.is_empty() {
+            return Ok(self.get(key).await?.map(|value| (value, false)));
+        }
+        // The guarded patch and the read, in one round trip. The patch alone is atomic (it
+        // compares, then writes, and answers the bytes it replaced); the read sees the value
+        // patched or not, and the replaced bytes are put back for the caller. A write by
+        // someone else between the two is read as it is: the value is simply newer.
+        // Repeating writes the same bytes again: safe.
+        let script = &self.scripts.patch_guarded;
+        let mut patching = evalsha(script, key);
+        patching
+            .arg(at)
+            .arg(at + patch.len() + guard.len() - 1)
+            .arg(patch)
+            .arg(guard);
+        let (replaced, value) = match &self.conn {
+            Conn::Master(master) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(patching).add_command(Cmd::get(key)).ignore_errors();
+                let started = Instant::now();
+                // Boxed as `query` is: unboxed, the connection's future would sit in every
+                // future that reads a poll, and be copied at each level.
+                let result = Box::pin(master.run(Repeat::Safe, |mut conn| {
+                    let pipe = &pipe;
+                    async move { run_patching(script, pipe, &mut conn).await }
+                }))
+                .await;
+                self.observe("eval", started, result.is_err());
+                result?
+            }
+            // A pipeline on Cluster does not follow a migrating slot's redirections command
+            // by command: two commands, sent at once, each followed on its own. Their order
+            // does not matter, as the replaced bytes are put back either way.
+            Conn::Cluster(..) => {
+                let (replaced, value) = tokio::join!(
+                    self.invoke::<Option<Vec<u8>>>(Repeat::Safe, script, &patching),
+                    self.get(key)
+                );
+                (replaced?, value?)
+            }
+        };
+        Ok(value.map(|mut value| {
+            let patched = replaced.is_some();
+            if let Some(replaced) = replaced {
+                if let Some(slot) = value.get_mut(at..at + replaced.len()) {
+                    slot.copy_from_slice(&replaced);
+                }
+            }
+            (value, patched)
+        }))
+    }
+
+    pub(super) async fn patch(&self, key: &str, at: usize, bytes: &[u8]) -> StoreResult<()> {
+        self.invoke::<i64>(
+            Repeat::Safe,
+            &self.scripts.patch,
+            evalsha(&self.scripts.patch, key).arg(at).arg(bytes),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn get_pair(&self, key: &str, other: &str) -> StoreResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+        if matches!(self.conn, Conn::Cluster(..)) {
+            // While a slot migrates, a multi-key read whose keys are not all on one side is
+            // refused (TRYAGAIN) until the migration ends; a missing key (no poll yet) counts
+            // as not there. Two reads in parallel follow the redirections one by one. The pair
+            // need not be atomic: it is a record and the time of the last poll.
+            let (first, second) = tokio::join!(self.get(key), self.get(other));
+            return Ok((first?, second?));
+        }
+        let mut values: Vec<Option<Vec<u8>>> = self.query(Repeat::Safe, redis::cmd("MGET").arg(key).arg(other)).await?;
+        let second = values.pop().flatten();
+        let first = values.pop().flatten();
+        Ok((first, second))
+    }
+
+    pub(super) async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {
+        self.invoke::<i64>(
+            Repeat::Safe,
+            &self.scripts.set_add,
+            evalsha(&self.scripts.set_add, key).arg(member).arg(ttl_ms(ttl)),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn index_add(&self, key: &str, member: &str, ttl: Duration) -> StoreResult<()> {
+        self.invoke::<i64>(
+            Repeat::Safe,
+            &self.scripts.index_add,
+            evalsha(&self.scripts.index_add, key).arg(member).arg(ttl_ms(ttl)),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn index_members(&self, key: &str) -> StoreResult<Vec<String>> {
+        self.query(Repeat::Safe, redis::cmd("HKEYS").arg(key)).await
+    }
+
+    pub(super) async fn index_remove(&self, key: &str, member: &str) -> StoreResult<()> {
+        self.query::<i64>(Repeat::Safe, redis::cmd("HDEL").arg(key).arg(member))
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn set_members(&self, key: &str) -> StoreResult<Vec<String>> {
+        self.query(Repeat::Safe, redis::cmd("SMEMBERS").arg(key)).await
+    }
+
+    pub(super) async fn set_remove(&self, key: &str, member: &str) -> StoreResult<()> {
+        self.query::<i64>(Repeat::Safe, redis::cmd("SREM").arg(key).arg(member))
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn schedule(&self, queue: &str, member: &str, due_ms: u64) -> StoreResult<()> {
+        self.query::<i64>(Repeat::Safe, redis::cmd("ZADD").arg(queue).arg(due_ms).arg(member))
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn claim_due(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let until = now_ms.saturating_add(ttl_ms(lease));
+        // Twice would hide the members leased by the first run until their lease ends.
+        self.invoke(
+            Repeat::Unsafe,
+            &self.scripts.claim_due,
+            evalsha(&self.scripts.claim_due, queue)
+                .arg(now_ms)
+                .arg(until)
+                .arg(limit),
+        )
+        .await
+    }
+
+    pub(super) async fn unschedule(&self, queue: &str, member: &str) -> StoreResult<()> {
+        self.query::<i64>(Repeat::Safe, redis::cmd("ZREM").arg(queue).arg(member))
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn due_from(
+        &self,
+        queue: &str,
+        from_ms: u64,
+        offset: usize,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let page: Vec<(String, f64)> = self
+            .query(
+                Repeat::Safe,
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(queue)
+                    .arg(from_ms)
+                    .arg("+inf")
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(offset)
+                    .arg(limit),
+            )
+            .await?;
+        // Due times are whole milliseconds, exact in a double.
+        Ok(page.into_iter().map(|(member, due)| (member, due as u64)).collect())
+    }
+
+    pub(super) async fn expire(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
+        let set: i64 = self
+            .query(Repeat::Safe, redis::cmd("PEXPIRE").arg(key).arg(ttl_ms(ttl)))
+            .await?;
+        Ok(set == 1)
+    }
+
+    pub(super) async fn count_due_after(&self, queue: &str, after_ms: u64) -> StoreResult<u64> {
+        self.query(
+            Repeat::Safe,
+            redis::cmd("ZCOUNT").arg(queue).arg(format!("({after_ms}")).arg("+inf"),
+        )
+        .await
+    }
+
+    pub(super) async fn ping(&self) -> StoreResult<()> {
+        self.query::<String>(Repeat::Safe, &redis::cmd("PING")).await.map(drop)
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    (ttl.as_millis() as u64).max(1)
+}
+
+/// The command of `cmd` as a metric label: the commands this store sends, `other` for any else.
+fn command_name(cmd: &Cmd) -> &'static str {
+    const KNOWN: [&str; 20] = [
+        "GET",
+        "SET",
+        "GETDEL",
+        "DEL",
+        "MGET",
+        "PING",
+        "SMEMBERS",
+        "SREM",
+        "SADD",
+        "ZADD",
+        "ZREM",
+        "ZCOUNT",
+        "ZRANGE",
+        "ZRANGEBYSCORE",
+        "HKEYS",
+        "HDEL",
+        "HSET",
+        "PEXPIRE",
+        "EXPIRE",
+        "PTTL",
+    ];
+    let Some(redis::Arg::Simple(name)) = cmd.args_iter().next() else {
+        return "other";
+    };
+    KNOWN
+        .into_iter()
+        .find(|known| known.as_bytes().eq_ignore_ascii_case(name))
+        .unwrap_or("other")
+}
