@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -157,18 +158,26 @@ where
     // hyper's header read timeout starts once HTTP/1 is chosen; the auto builder first
     // waits for the bytes that tell HTTP/1 from HTTP/2, without a limit. A client that
     // connects and sends nothing (or a partial HTTP/2 preface) must not hold a
-    // connection forever.
-    let result = tokio::select! {
-        result = &mut connection => result,
-        _ = tokio::time::sleep(limits.header_read_timeout) => {
-            if !requested.load(Ordering::Relaxed) {
-                tracing::debug!(%peer, "no request within the header read timeout; closing");
-                return;
-            }
-            connection.await
+    // connection forever. Once a request has come, the timer is dropped: polled beside the
+    // connection, it cost a timer check at every wake-up of every request after the first.
+    let mut first_request = Some(Box::pin(tokio::time::sleep(limits.header_read_timeout)));
+    let result = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
+        if let Some(timer) = &mut first_request {
+            if requested.load(Ordering::Relaxed) {
+                first_request = None;
+            } else if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    match result {
+        None => tracing::debug!(%peer, "no request within the header read timeout; closing"),
+        Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Some(Ok(())) => {}
     }
 }
