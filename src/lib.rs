@@ -3,7 +3,7 @@
 //!
 //! Layers, each depending only on those before it (`docs/architecture.md`):
 //! 1. vocabulary: [`protocol`] (wire names, parameters, errors, routes), [`clock`], [`crypto`],
-//!    [`http`], [`metrics`], [`store`], [`tls`], [`webhook`] (signatures), [`config`],
+//!    [`http`], [`metrics`], [`store`], [`timers`], [`tls`], [`webhook`] (signatures), [`config`],
 //!    [`telemetry`] (traces), [`upstream`];
 //! 2. protocol state and checks: [`records`], [`clients`], [`dpop`], [`client_auth`],
 //!    [`client_keys`];
@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod statements;
 pub mod store;
 pub mod telemetry;
+pub mod timers;
 pub mod tls;
 pub mod upstream;
 pub mod webhook;

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::timers::HyperTimer;
 use crate::tls::ClientCertificate;
 
 /// Header fields accepted in one HTTP/1 request; more is answered 431.
@@ -45,7 +46,8 @@ pub async fn serve<F, Fut>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        // The header read timeout re-arms pooled timers: hyper asks for a new one per request.
+        .timer(HyperTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         // Keycloak's cookies are large: room for the configured header total. More than this,
         // or more than MAX_HEADERS fields, is answered 431 by hyper.

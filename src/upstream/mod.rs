@@ -3,7 +3,7 @@
 //! connector shared by all; the headers that make the OP see its public URL.
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use url::Url;
 use crate::http::{empty, full, read_limited, Body, FORM_URLENCODED};
 use crate::metrics::Metrics;
 use crate::telemetry::{self, Telemetry};
+use crate::timers::TimerPool;
 
 mod export;
 mod pool;
@@ -182,6 +183,8 @@ pub struct Upstream {
     /// Peers whose `X-Forwarded-For` chain is believed (the ingress in front of the proxy).
     trusted_proxies: Vec<IpNet>,
     timeout: Duration,
+    /// The timers of `timeout`, re-armed from one call to the next.
+    timers: Arc<TimerPool>,
     metrics: Metrics,
     /// Traces: each call is a client span whose `traceparent` the OP receives.
     telemetry: Telemetry,
@@ -221,6 +224,7 @@ impl Upstream {
             public_port: HeaderValue::from(port),
             trusted_proxies,
             timeout,
+            timers: TimerPool::new(),
             metrics,
             telemetry: Telemetry::off(),
         }
@@ -294,7 +298,8 @@ impl Upstream {
             None
         };
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.pool.send(request)).await;
+        let deadline = tokio::time::Instant::from_std(started) + self.timeout;
+        let result = self.timers.timeout(deadline, self.pool.send(request)).await;
         if span.is_some() {
             match &result {
                 Ok(Ok(response)) => telemetry::end_client(span, Ok(response.status())),
