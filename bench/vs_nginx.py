@@ -7,6 +7,8 @@ Started by bench/vs-nginx.sh (which installs wrk, oha and nginx and builds the p
   upstream   nginx, 1 worker, serving a ~2 KiB JWKS (JSON) and a 256 KiB theme asset
   nginx      nginx `proxy_pass` to the upstream, 1 worker, keep-alive upstream pool
   dtr-proxy  release build, DTR_WORKER_THREADS=1, embedded store
+  floor      (--floor) examples/hyper_floor.rs: the least a proxy on hyper does, in the
+             throughput rounds only, to tell hyper's share of the gap from dtr-proxy's
 
 The upstream and the proxy under test share the server CPU; the load generator runs on the
 client CPU. For each file: closed-loop throughput (wrk) direct, through nginx and through
@@ -299,6 +301,8 @@ def main():
     parser.add_argument("--plot", default="")
     parser.add_argument("--ports", default="18180,18181,18182,18192")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds; the median ratio is shown")
+    parser.add_argument("--floor", default="", help="the hyper_floor example: measured beside the two proxies")
+    parser.add_argument("--floor-port", type=int, default=18183)
     args = parser.parse_args()
     upstream_port, nginx_port, proxy_port, admin_port = (int(p) for p in args.ports.split(","))
     rates = [int(r) for r in args.rates.split(",")]
@@ -338,12 +342,20 @@ def main():
                 raise SystemExit(f"{name}: the bodies differ between direct, nginx and dtr-proxy")
         targets = {"direct": upstream_port, "nginx": nginx_port, "dtr-proxy": proxy_port}
         pids = {"nginx": nginx.pid, "dtr-proxy": proxy.pid}
+        if args.floor:
+            floor = procs.start(["taskset", "-c", args.server_cpus, args.floor, f"{HOST}:{args.floor_port}",
+                                 f"{HOST}:{upstream_port}"], "hyper-floor")
+            wait_http(args.floor_port, FILES["certs"], floor, "hyper_floor")
+            targets["hyper floor"] = args.floor_port
+            pids["hyper floor"] = floor.pid
         hz = os.sysconf("SC_CLK_TCK")
 
         rounds = []
         for number in range(args.rounds):
             measured = {}
             order = ["direct", "nginx", "dtr-proxy"] if number % 2 == 0 else ["direct", "dtr-proxy", "nginx"]
+            if args.floor:
+                order.append("hyper floor")
             for name in args.files.split(","):
                 for target in order:
                     url = f"http://{HOST}:{targets[target]}{FILES[name]}"
@@ -367,6 +379,8 @@ def main():
 
         latency = {}
         for target, port in targets.items():
+            if target == "hyper floor":
+                continue
             url = f"http://{HOST}:{port}{FILES['certs']}"
             for rate in sorted(set(rates + [args.moderate_rate])):
                 log(f"certs via {target}: oha at {rate} requests/s for {args.latency_duration} s")
@@ -403,6 +417,11 @@ def main():
               + (f"  ({errors} errors!)" if errors else ""))
         print(f"  {'  ratio in each round':<22} " + "  ".join(f"{r:.2f}x" for r in ratios[name]))
         print(f"  {'  CPU/req user + system':<22} nginx {n[4]:.1f} + {n[5]:.1f} us, dtr-proxy {p[4]:.1f} + {p[5]:.1f} us")
+        if args.floor:
+            f = throughput[(name, "hyper floor")]
+            floor_ratios = "  ".join(f"{m[(name, 'hyper floor')][0] / m[(name, 'nginx')][0]:.2f}x" for m in rounds)
+            print(f"  {'  hyper floor':<22} {f[0]:.0f} req/s, {f[0] / n[0]:.2f}x nginx (each round: {floor_ratios}), "
+                  f"CPU/req {f[4]:.1f} + {f[5]:.1f} us")
     print()
     print(f"latency of the certs file at a constant rate (oha -q, {args.connections} connections, {args.latency_duration} s each, corrected for coordinated omission)")
     print(f"  {'rate/s':>7}  {'direct p50/p99 ms':>18}  {'nginx p50/p99 ms':>17}  {'dtr-proxy p50/p99 ms':>21}  {'added p99: nginx':>16} {'dtr-proxy':>9}")
