@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS = {
     # 1. vocabulary
     "clock": 1, "config": 1, "crypto": 1, "http": 1, "metrics": 1, "protocol": 1, "telemetry": 1,
-    "statements": 1, "store": 1, "tls": 1, "upstream": 1, "webhook": 1,
+    "statements": 1, "store": 1, "timers": 1, "tls": 1, "upstream": 1, "webhook": 1,
     # 2. protocol state and checks
     "records": 2, "clients": 2, "dpop": 2, "client_auth": 2, "client_keys": 2, "federation": 2,
     # 3. endpoints
