@@ -130,8 +130,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     // Headers the Connection header names are hop-by-hop too. `keep-alive`, the usual one, is
-    // in the fixed list already: no name to build for it.
-    if present & 1 != 0 {
+    // in the fixed list already: a message whose Connection header says only that (nearly
+    // every OP answer) builds no name and looks up nothing more.
+    if present & 1 != 0 && !connection_is_keep_alive(headers) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -150,6 +151,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// Whether every `Connection` option is `keep-alive`, which is in [`HOP_BY_HOP`] already.
+fn connection_is_keep_alive(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().all(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .all(|option| option.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
+    })
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -589,6 +600,27 @@ mod tests {
         headers.insert(header::ETAG, HeaderValue::from_static("\"1\""));
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
+
+        // Only keep-alive named: the fixed list goes, nothing else.
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        headers.append(header::CONNECTION, HeaderValue::from_static("keep-alive, keep-alive"));
+        headers.insert(
+            HeaderName::from_static("keep-alive"),
+            HeaderValue::from_static("timeout=5"),
+        );
+        headers.insert(header::ETAG, HeaderValue::from_static("\"1\""));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), [header::ETAG]);
+
+        // Another option beside it still names a header; `close` too.
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        headers.append(header::CONNECTION, HeaderValue::from_static(" X-Secret ,close"));
+        headers.insert(HeaderName::from_static("x-secret"), HeaderValue::from_static("1"));
+        headers.insert(HeaderName::from_static("close"), HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.is_empty());
     }
 
     #[test]
