@@ -209,6 +209,86 @@ async fn binary_serves_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+/// An upstream that answers every request after `delay`, with `slow` as its body.
+async fn slow_upstream(delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                loop {
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    head.clear();
+                    tokio::time::sleep(delay).await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\ncontent-type: text/plain\r\n\r\nslow";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// SIGTERM drains: a request in flight is answered in full, an idle keep-alive connection is
+/// closed, no new connection is taken, and the binary then exits cleanly.
+#[tokio::test]
+async fn a_request_in_flight_at_sigterm_is_answered_before_the_binary_exits() {
+    let upstream = format!("http://127.0.0.1:{}", slow_upstream(Duration::from_millis(1500)).await);
+    let (mut child, ports) = spawn_binary(&[("DTR_UPSTREAM_URL", upstream.as_str())], Stdio::null());
+    let http = client();
+    let mut healthy = false;
+    for _ in 0..100 {
+        if let Ok(r) = http.get(format!("http://127.0.0.1:{}/healthz", ports[1])).send().await {
+            healthy = r.status() == 200;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(healthy, "binary did not come up");
+    let public = format!("http://127.0.0.1:{}/realms/r/slow", ports[0]);
+    // An idle keep-alive connection: open before the signal, with nothing in flight.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap();
+    let in_flight = tokio::spawn({
+        let (http, public) = (http.clone(), public.clone());
+        async move { http.get(public).send().await?.text().await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().expect("pid").to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let body = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("answered in time")
+        .unwrap()
+        .expect("the request in flight is answered, not cut off");
+    assert_eq!(body, "slow");
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection is closed: {closed:?}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("stops in time")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.is_err(),
+        "no new connection once stopped"
+    );
+}
+
 /// A store on the test Redis, its keys under a prefix of their own.
 fn redis_store(prefix: &str) -> dtr_proxy::store::Store {
     dtr_proxy::store::Store::Redis(

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod drain;
 pub mod linger;
 pub mod proxy;
 pub mod server;

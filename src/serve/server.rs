@@ -10,12 +10,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::drain::Drain;
 use crate::timers::HyperTimer;
 use crate::tls::ClientCertificate;
 
@@ -58,7 +58,7 @@ pub async fn serve<F, Fut>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let tls = tls.map(|config| (TlsAcceptor::from(config), Arc::new(builder.clone())));
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -79,11 +79,11 @@ pub async fn serve<F, Fut>(
         let Some((acceptor, builder)) = &tls else {
             let (service, requested) = service(handler.clone(), peer, None);
             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            tokio::spawn(drive(graceful.watch(connection), requested, limits, peer));
+            tokio::spawn(drive(drain.member().watch(connection), requested, limits, peer));
             continue;
         };
         let handshake = acceptor.accept(stream);
-        let (builder, watcher, handler) = (builder.clone(), graceful.watcher(), handler.clone());
+        let (builder, member, handler) = (builder.clone(), drain.member(), handler.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(limits.header_read_timeout, handshake).await {
                 Ok(Ok(stream)) => stream,
@@ -106,11 +106,11 @@ pub async fn serve<F, Fut>(
                 .map(|leaf| ClientCertificate::from_der(leaf));
             let (service, requested) = service(handler, peer, certificate);
             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            drive(watcher.watch(connection), requested, limits, peer).await;
+            drive(member.watch(connection), requested, limits, peer).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, drain.shutdown()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
 }
