@@ -227,6 +227,12 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
 /// connection, unanswered, when the second arrives: what a keep-alive timeout firing just as
 /// a request goes out looks like from the proxy. Every request's first line is recorded.
 async fn closing_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    recording_upstream(true).await
+}
+
+/// An upstream that records every request's first line and answers `ok`; with `close_second`,
+/// a connection's second request is met with a close instead (see [`closing_upstream`]).
+async fn recording_upstream(close_second: bool) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -241,7 +247,7 @@ async fn closing_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>
                         return;
                     };
                     log.lock().unwrap().push(line);
-                    if n == 1 {
+                    if close_second && n == 1 {
                         return; // closed without an answer
                     }
                     stream
@@ -276,6 +282,52 @@ async fn a_stale_upstream_connection_is_retried_for_a_get_but_never_for_a_post()
     assert_eq!(post.status(), 502);
     let posts = seen.lock().unwrap().iter().filter(|l| l.starts_with("POST")).count();
     assert_eq!(posts, 1, "a POST reaches the OP once: {:?}", seen.lock().unwrap());
+}
+
+/// The OP's base path (Keycloak's legacy `/auth`) prefixes every target on the wire, and a
+/// client's absolute-form target loses its authority; at the root, the target goes as sent.
+#[tokio::test]
+async fn targets_reach_the_op_under_its_base_path_and_in_origin_form() {
+    use tokio::io::AsyncWriteExt;
+    let (port, seen) = recording_upstream(false).await;
+    let proxy = start_with_upstream(
+        Options::new(StoreKind::Embedded).env("DTR_UPSTREAM_URL", format!("http://127.0.0.1:{port}/auth")),
+        port,
+    )
+    .await;
+    let url = format!("{}/realms/{}/account/theme.css?v=1&x", proxy.base, proxy.realm);
+    assert_eq!(proxy.http.get(&url).send().await.unwrap().status(), 200);
+    // Absolute-form, naming another host: what goes to the OP is its own path.
+    let mut raw = tokio::net::TcpStream::connect(proxy.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET http://elsewhere.example/realms/{}/x?y HTTP/1.1\r\nhost: elsewhere.example\r\nconnection: close\r\n\r\n",
+        proxy.realm
+    );
+    raw.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut raw, &mut answer)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let realm = &proxy.realm;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            format!("GET /auth/realms/{realm}/account/theme.css?v=1&x HTTP/1.1"),
+            format!("GET /auth/realms/{realm}/x?y HTTP/1.1"),
+        ]
+    );
+
+    let (port, seen) = recording_upstream(false).await;
+    let proxy = start_with_upstream(Options::new(StoreKind::Embedded), port).await;
+    let url = format!("{}/realms/{}/account/theme.css?v=1&x", proxy.base, proxy.realm);
+    assert_eq!(proxy.http.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [format!("GET /realms/{}/account/theme.css?v=1&x HTTP/1.1", proxy.realm)]
+    );
 }
 
 /// An upstream that counts its connections and answers by path: `…/chunked` in two chunks,

@@ -237,13 +237,10 @@ impl PublicService {
         }
         // Only origin-form (and absolute-form, whose authority is ignored) names an OP path;
         // `OPTIONS *` and authority-form have no path to forward.
-        let Some(path_and_query) = parts.uri.path_and_query().filter(|p| p.as_str().starts_with('/')) else {
+        let names_a_path = parts.uri.path_and_query().is_some_and(|p| p.as_str().starts_with('/'));
+        if !names_a_path || self.upstream.forward_target(&mut parts.uri).is_err() {
             return plain(StatusCode::BAD_REQUEST, "bad request target\n");
-        };
-        parts.uri = match self.upstream.forward_uri(path_and_query) {
-            Ok(uri) => uri,
-            Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target\n"),
-        };
+        }
         if parts.version == Version::HTTP_2 {
             join_cookies(&mut parts.headers);
         }

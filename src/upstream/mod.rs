@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{self, Authority, PathAndQuery, Scheme};
+use http::uri::{self, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -183,9 +183,11 @@ pub struct Upstream {
     pool: Pool,
     /// Scheme and authority of the OP, plus any base path (without a trailing slash).
     base: String,
-    /// The OP's scheme and authority when it has no base path: a public path and query is
-    /// then forwarded as is, without building and parsing a URI string.
-    origin: Option<(Scheme, Authority)>,
+    /// The OP's scheme and authority (`None` for a base that is no URI, which every call then
+    /// reports): where the pool connects.
+    origin: Option<Uri>,
+    /// Whether the base has no path: a public path and query is then the OP's as is.
+    at_root: bool,
     /// The pass-through latency histogram, looked up once instead of on every request.
     passthrough_latency: OnceLock<Histogram>,
     public_host: HeaderValue,
@@ -217,18 +219,23 @@ impl Upstream {
             None => host.to_owned(),
         };
         let header = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-        let origin = base
-            .parse::<Uri>()
-            .ok()
-            .filter(|uri| uri.path() == "/" && uri.query().is_none())
-            .and_then(|uri| {
-                let parts = uri.into_parts();
-                Some((parts.scheme?, parts.authority?))
-            });
+        let parsed = base.parse::<Uri>().ok();
+        let at_root = parsed
+            .as_ref()
+            .is_some_and(|uri| uri.path() == "/" && uri.query().is_none());
+        let origin = parsed.and_then(|uri| {
+            let parts = uri.into_parts();
+            let mut origin = uri::Parts::default();
+            origin.scheme = Some(parts.scheme?);
+            origin.authority = Some(parts.authority?);
+            origin.path_and_query = Some(PathAndQuery::from_static("/"));
+            Uri::from_parts(origin).ok()
+        });
         Self {
             pool: Pool::new(),
             base,
             origin,
+            at_root,
             passthrough_latency: OnceLock::new(),
             public_host: header(&authority),
             public_proto: header(public_url.scheme()),
@@ -261,16 +268,35 @@ impl Upstream {
             .map_err(|e| UpstreamError::Connect(format!("bad upstream URI: {e}")))
     }
 
-    /// The OP's URI for a request's path and query (origin-form, starting with `/`).
-    pub fn forward_uri(&self, path_and_query: &PathAndQuery) -> Result<Uri, UpstreamError> {
-        let Some((scheme, authority)) = &self.origin else {
-            return self.uri(path_and_query.as_str());
+    /// Makes a public request target (its path and query starting with `/`) the OP's. With no
+    /// base path the public path and query is the OP's: an origin-form target (what clients
+    /// send) is left as it is, and an absolute-form one loses its scheme and authority.
+    pub fn forward_target(&self, target: &mut Uri) -> Result<(), UpstreamError> {
+        let path_and_query = target.path_and_query().map_or("/", PathAndQuery::as_str);
+        if !self.at_root {
+            *target = self.uri(path_and_query)?;
+        } else if target.scheme().is_some() || target.authority().is_some() {
+            *target = match target.path_and_query() {
+                Some(path_and_query) => Uri::from(path_and_query.clone()),
+                None => Uri::from_static("/"),
+            };
+        }
+        Ok(())
+    }
+
+    /// A target of the OP, origin-form or absolute, as an absolute URI (for a trace span).
+    fn absolute(&self, target: &Uri) -> Uri {
+        if target.scheme().is_some() {
+            return target.clone();
+        }
+        let Some(origin) = &self.origin else {
+            return target.clone();
         };
         let mut parts = uri::Parts::default();
-        parts.scheme = Some(scheme.clone());
-        parts.authority = Some(authority.clone());
-        parts.path_and_query = Some(path_and_query.clone());
-        Uri::from_parts(parts).map_err(|e| UpstreamError::Failed(format!("bad upstream URI: {e}")))
+        parts.scheme = origin.scheme().cloned();
+        parts.authority = origin.authority().cloned();
+        parts.path_and_query = target.path_and_query().cloned();
+        Uri::from_parts(parts).unwrap_or_else(|_| target.clone())
     }
 
     /// Makes request headers fit for the OP: hop-by-hop headers out, and the forwarding
@@ -303,14 +329,17 @@ impl Upstream {
         call: &'static str,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let span = if self.telemetry.is_on() {
-            let (method, uri) = (request.method().clone(), request.uri().clone());
+            let (method, uri) = (request.method().clone(), self.absolute(request.uri()));
             self.telemetry.client(call, &method, &uri, request.headers_mut(), None)
         } else {
             None
         };
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started) + self.timeout;
-        let result = self.timers.timeout(deadline, self.pool.send(request)).await;
+        let Some(origin) = &self.origin else {
+            return Err(UpstreamError::Connect(format!("bad upstream URI: {}", self.base)));
+        };
+        let result = self.timers.timeout(deadline, self.pool.send(request, origin)).await;
         if span.is_some() {
             match &result {
                 Ok(Ok(response)) => telemetry::end_client(span, Ok(response.status())),
@@ -562,8 +591,15 @@ mod tests {
             ("http://kc:8080/auth/", "http://kc:8080/auth/realms/a/x?b=c&d"),
         ] {
             let upstream = Upstream::new(&base.parse().unwrap(), &public, vec![], timeout, metrics.clone());
-            assert_eq!(upstream.forward_uri(&pq).unwrap().to_string(), expected, "{base}");
             assert_eq!(upstream.uri(pq.as_str()).unwrap().to_string(), expected, "{base}");
+            // Origin-form, as clients send it, and absolute-form, whose authority is not ours.
+            for sent in ["/realms/a/x?b=c&d", "http://elsewhere/realms/a/x?b=c&d"] {
+                let mut target: Uri = sent.parse().unwrap();
+                upstream.forward_target(&mut target).unwrap();
+                assert_eq!(upstream.absolute(&target).to_string(), expected, "{base} {sent}");
+                let at_root = !base.contains("/auth");
+                assert_eq!(target.scheme().is_none(), at_root, "{base} {sent}");
+            }
         }
     }
 

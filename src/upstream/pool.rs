@@ -137,21 +137,28 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Sends a request with an absolute URI (the OP's) on a pooled connection.
-    pub(super) async fn send(&self, mut request: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        let uri = request.uri().clone();
+    /// Sends a request to `origin` (the OP's scheme and authority) on a pooled connection; its
+    /// target is origin-form, or an absolute URI of the OP's.
+    pub(super) async fn send(
+        &self,
+        mut request: Request<Body>,
+        origin: &Uri,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         if !request.headers().contains_key(header::HOST) {
-            if let Some(authority) = uri.authority() {
+            if let Some(authority) = origin.authority() {
                 if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
                     request.headers_mut().insert(header::HOST, host);
                 }
             }
         }
         // On the wire: origin-form.
-        *request.uri_mut() = match uri.path_and_query() {
-            Some(path_and_query) => Uri::from(path_and_query.clone()),
-            None => Uri::from_static("/"),
-        };
+        if request.uri().scheme().is_some() || request.uri().authority().is_some() {
+            let target = match request.uri().path_and_query() {
+                Some(path_and_query) => Uri::from(path_and_query.clone()),
+                None => Uri::from_static("/"),
+            };
+            *request.uri_mut() = target;
+        }
         let mut fresh = 0;
         let mut replayed = false;
         for _ in 0..MAX_IDLE + MAX_RETRIES {
@@ -162,7 +169,7 @@ impl Pool {
                     fresh += 1;
                     // Boxed: connecting (TCP, TLS, the handshake) is rare, and its state would
                     // otherwise make every request's future as large as itself.
-                    (Box::pin(self.connect(&uri)).await?, Duration::ZERO)
+                    (Box::pin(self.connect(origin)).await?, Duration::ZERO)
                 }
             };
             let replay = (!replayed && idle_for >= STALE_AFTER)
