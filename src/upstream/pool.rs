@@ -10,7 +10,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -124,17 +124,12 @@ impl Pool {
             .call(uri.clone())
             .await
             .map_err(|e| UpstreamError::Connect(error_chain(e.as_ref())))?;
-        let (sender, connection) = http1::Builder::new()
-            .max_buf_size(MAX_READ_BUFFER)
-            .handshake(io)
-            .await
-            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        // Unwrapped: every read and write through `MaybeHttpsStream` matches on its kind, and
+        // the sender's type does not depend on the stream's.
+        match io {
+            MaybeHttpsStream::Http(tcp) => handshake(tcp).await,
+            MaybeHttpsStream::Https(tls) => handshake(tls).await,
+        }
     }
 
     /// Sends a request to `origin` (the OP's scheme and authority) on a pooled connection; its
@@ -194,6 +189,24 @@ impl Pool {
         }
         Err(UpstreamError::Failed("no usable connection to the OP".into()))
     }
+}
+
+/// Opens HTTP/1.1 on a connected stream; the connection runs in a task of its own.
+async fn handshake<I>(io: I) -> Result<http1::SendRequest<Body>, UpstreamError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        .max_buf_size(MAX_READ_BUFFER)
+        .handshake(io)
+        .await
+        .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// A copy of a request that is safe to send twice: GET, HEAD or OPTIONS without a body.
