@@ -339,7 +339,10 @@ impl Upstream {
         let Some(origin) = &self.origin else {
             return Err(UpstreamError::Connect(format!("bad upstream URI: {}", self.base)));
         };
-        let result = self.timers.timeout(deadline, self.pool.send(request, origin)).await;
+        let result = self
+            .timers
+            .timeout(deadline, Box::pin(self.pool.send(request, origin)))
+            .await;
         if span.is_some() {
             match &result {
                 Ok(Ok(response)) => telemetry::end_client(span, Ok(response.status())),
