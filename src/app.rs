@@ -507,7 +507,8 @@ pub async fn start_on(config: Config, public: TcpListener, admin: TcpListener) -
             let (service, access) = (public_service.clone(), access.clone());
             async move {
                 let timing = access.begin(request.method());
-                let (endpoint, response) = service.handle_routed(request, peer).await;
+                let (endpoint, response) = service.handle_routed(request, peer);
+                let response = response.await;
                 access.end(timing, endpoint, response.status());
                 response
             }

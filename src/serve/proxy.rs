@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 
@@ -66,16 +67,20 @@ pub struct PublicService {
 
 impl PublicService {
     pub async fn handle<B: IntoBody>(&self, request: Request<B>, peer: SocketAddr) -> Response<Body> {
-        self.handle_routed(request, peer).await.1
+        self.handle_routed(request, peer).1.await
     }
 
     /// [`Self::handle`], also saying which DTR endpoint the path named (`None`: pass-through),
     /// so the access log labels the request without classifying its path a second time.
-    pub async fn handle_routed<B: IntoBody>(
+    ///
+    /// Routing is done here, before any await, and the answer comes as a boxed future: a
+    /// future is copied whole wherever it is built and handed up, and this one, holding the
+    /// request and the routing state, was copied at every level between hyper and the OP.
+    pub fn handle_routed<B: IntoBody>(
         &self,
         request: Request<B>,
         peer: SocketAddr,
-    ) -> (Option<Endpoint>, Response<Body>) {
+    ) -> (Option<Endpoint>, BoxFuture<'_, Response<Body>>) {
         let mut request = request.map(IntoBody::into_body);
         // A certificate from the handshake is the listener's; one from a header only a trusted
         // ingress may give. Either reaches the endpoints as an extension.
@@ -91,10 +96,9 @@ impl PublicService {
             .map(|(e, realm)| (e, realm.to_owned()));
         let endpoint = route.as_ref().map(|(e, _)| *e);
         if self.telemetry.is_on() {
-            // Boxed: the untraced path keeps its future as small as it was.
-            return (endpoint, Box::pin(self.traced(route, request, peer)).await);
+            return (endpoint, Box::pin(self.traced(route, request, peer)));
         }
-        (endpoint, self.dispatch(route, request, peer).await)
+        (endpoint, self.dispatch(route, request, peer))
     }
 
     /// [`Self::dispatch`] inside the request's server span.
@@ -136,59 +140,58 @@ impl PublicService {
             .note(|| vec![KeyValue::new("dtr.step", step), KeyValue::new("dtr.outcome", outcome)]);
     }
 
-    async fn dispatch(
+    /// The answer to a routed request: one boxed future per request, whichever the endpoint
+    /// (one allocation, a thread-cache hit; each endpoint's future is as large as it needs and
+    /// no other request's future is sized by it).
+    fn dispatch(
         &self,
         route: Option<(Endpoint, String)>,
         request: Request<Body>,
         peer: SocketAddr,
-    ) -> Response<Body> {
+    ) -> BoxFuture<'_, Response<Body>> {
         if header_bytes(request.headers()) > self.limits.max_header_bytes {
             // hyper's read buffer bounds memory only roughly (it has room for a request line and
             // a partial read on top); the configured total is the rule. A body still on its way
             // is read and dropped (bounded) first, so the client sees the 431, not a reset.
             self.metrics.request("passthrough", "client_error");
-            let _ = Box::pin(read_request_body(request.into_body(), 0, self.limits.body_read_timeout)).await;
-            return plain(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "Request headers too large.\n",
-            );
+            let timeout = self.limits.body_read_timeout;
+            return Box::pin(async move {
+                let _ = read_request_body(request.into_body(), 0, timeout).await;
+                plain(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "Request headers too large.\n",
+                )
+            });
         }
-        match (route, request.method()) {
-            // The DTR endpoints' futures are boxed: unboxed they would make every request's
-            // future (moved on every poll set-up) as large as the largest of them. One
-            // allocation per DTR request.
-            (Some((Endpoint::Authorization, realm)), &Method::GET | &Method::POST) => {
-                Box::pin(self.authorization(&realm, request, peer)).await
+        let method = request.method().clone();
+        match (route, method) {
+            (Some((Endpoint::Authorization, realm)), Method::GET | Method::POST) => {
+                Box::pin(async move { self.authorization(&realm, request, peer).await })
             }
-            (Some((Endpoint::Token, realm)), &Method::POST) => {
-                Box::pin(self.token_endpoint(&realm, request, peer)).await
+            (Some((Endpoint::Token, realm)), Method::POST) => {
+                Box::pin(async move { self.token_endpoint(&realm, request, peer).await })
             }
-            (Some((Endpoint::PushedAuthorization, realm)), &Method::POST) => {
-                Box::pin(self.pushed_authorization(&realm, request, peer)).await
+            (Some((Endpoint::PushedAuthorization, realm)), Method::POST) => {
+                Box::pin(async move { self.pushed_authorization(&realm, request, peer).await })
             }
-            (Some((Endpoint::Cancellation, realm)), &Method::POST) => {
-                Box::pin(self.cancellation(&realm, request, peer)).await
+            (Some((Endpoint::Cancellation, realm)), Method::POST) => {
+                Box::pin(async move { self.cancellation(&realm, request, peer).await })
             }
-            (Some((Endpoint::Revocation, realm)), &Method::POST) => {
-                Box::pin(self.revocation(&realm, request, peer)).await
+            (Some((Endpoint::Revocation, realm)), Method::POST) => {
+                Box::pin(async move { self.revocation(&realm, request, peer).await })
             }
             (Some((Endpoint::Cancellation, _)), _) => {
                 let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
                 response
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static("POST"));
-                response
+                Box::pin(std::future::ready(response))
             }
-            (Some((Endpoint::Discovery, realm)), &Method::GET) => {
+            (Some((Endpoint::Discovery, realm)), Method::GET) => Box::pin(async move {
                 let (parts, _) = request.into_parts();
-                Box::pin(self.discovery.handle(&realm, &parts, peer.ip())).await
-            }
-            // Boxed too: every request's future (this one, and the server's and the access
-            // log's around it) is sized by its largest branch, and a future is copied whole at
-            // each level it is handed up through: unboxed, a poll copied this branch's
-            // kilobytes four times over. For the pass-through the allocation and the copies it
-            // saves measured even.
-            _ => Box::pin(self.forward(request, peer)).await,
+                self.discovery.handle(&realm, &parts, peer.ip()).await
+            }),
+            _ => Box::pin(self.forward(request, peer)),
         }
     }
 
