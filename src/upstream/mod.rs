@@ -339,6 +339,9 @@ impl Upstream {
         let Some(origin) = &self.origin else {
             return Err(UpstreamError::Connect(format!("bad upstream URI: {}", self.base)));
         };
+        // Boxed: the pool's future holds the request and its retry state (about 1.2 KiB), and
+        // a future is copied whole at each level it is built and handed up through; a box
+        // from the thread cache costs less than those copies.
         let result = self
             .timers
             .timeout(deadline, Box::pin(self.pool.send(request, origin)))
