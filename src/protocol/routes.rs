@@ -41,7 +41,12 @@ impl Template {
         match &self.suffix {
             None => (path == self.prefix).then_some(""),
             Some(suffix) => {
-                let realm = path.strip_prefix(self.prefix.as_str())?.strip_suffix(suffix.as_str())?;
+                // The suffix first, from its last byte: the templates of one OP mostly share
+                // their prefix, and a pass-through path seldom ends like any of them.
+                if !suffix.is_empty() && suffix.as_bytes().last() != path.as_bytes().last() {
+                    return None;
+                }
+                let realm = path.strip_suffix(suffix.as_str())?.strip_prefix(self.prefix.as_str())?;
                 (!realm.is_empty() && !realm.contains('/')).then_some(realm)
             }
         }
@@ -67,11 +72,13 @@ pub struct Routes {
     /// Where else the OP's metadata is served (RFC 8414 documents); `None` when switched off.
     metadata: Vec<Template>,
     cancellation: Template,
+    /// Every template that names an endpoint, in the order they are tried.
+    table: Vec<(Endpoint, Template)>,
 }
 
 impl Routes {
     pub fn new(paths: &PathTemplates) -> Self {
-        Self {
+        let mut routes = Self {
             issuer: Template::compile(&paths.issuer),
             authorization: Template::compile(&paths.authorization),
             token: Template::compile(&paths.token),
@@ -84,22 +91,28 @@ impl Routes {
                 .map(|t| Template::compile(t))
                 .collect(),
             cancellation: Template::compile(&paths.cancellation),
-        }
+            table: Vec::new(),
+        };
+        routes.table = [
+            (Endpoint::Token, &routes.token),
+            (Endpoint::Authorization, &routes.authorization),
+            (Endpoint::Discovery, &routes.discovery),
+            (Endpoint::Cancellation, &routes.cancellation),
+            (Endpoint::Revocation, &routes.revocation),
+        ]
+        .into_iter()
+        .chain(routes.par.iter().map(|t| (Endpoint::PushedAuthorization, t)))
+        .chain(routes.metadata.iter().map(|t| (Endpoint::Discovery, t)))
+        .map(|(endpoint, template)| (endpoint, template.clone()))
+        .collect();
+        routes
     }
 
     /// The DTR-relevant endpoint a path names, with its realm ("" for an OP without realms).
     pub fn classify<'a>(&self, path: &'a str) -> Option<(Endpoint, &'a str)> {
-        [
-            (Endpoint::Token, &self.token),
-            (Endpoint::Authorization, &self.authorization),
-            (Endpoint::Discovery, &self.discovery),
-            (Endpoint::Cancellation, &self.cancellation),
-            (Endpoint::Revocation, &self.revocation),
-        ]
-        .into_iter()
-        .chain(self.par.iter().map(|t| (Endpoint::PushedAuthorization, t)))
-        .chain(self.metadata.iter().map(|t| (Endpoint::Discovery, t)))
-        .find_map(|(endpoint, template)| template.matches(path).map(|realm| (endpoint, realm)))
+        self.table
+            .iter()
+            .find_map(|(endpoint, template)| template.matches(path).map(|realm| (*endpoint, realm)))
     }
 
     pub fn path(&self, endpoint: Endpoint, realm: &str) -> String {
@@ -178,6 +191,15 @@ mod tests {
             routes.classify("/realms/acme/protocol/openid-connect/token/introspect"),
             None
         );
+        // Pass-through paths, one ending as the token endpoint's last byte does.
+        for path in [
+            "/realms/acme/protocol/openid-connect/certs",
+            "/realms/acme/protocol/openid-connect/x-token",
+            "/",
+            "",
+        ] {
+            assert_eq!(routes.classify(path), None, "{path}");
+        }
         assert_eq!(
             routes.classify("/realms/acme/protocol/openid-connect/revoke"),
             Some((Endpoint::Revocation, "acme"))
