@@ -344,7 +344,7 @@ impl Upstream {
         // from the thread cache costs less than those copies.
         let result = self
             .timers
-            .timeout(deadline, Box::pin(self.pool.send(request, origin)))
+            .timeout(deadline, Box::pin(self.pool.send(request, origin, started)))
             .await;
         if span.is_some() {
             match &result {

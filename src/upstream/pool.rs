@@ -85,11 +85,10 @@ impl Pool {
         }
     }
 
-    /// A ready connection from the pool and how long it sat unused, dropping closed and
-    /// expired ones on the way.
-    fn checkout(&self) -> Option<(http1::SendRequest<Body>, Duration)> {
+    /// A ready connection from the pool and how long it sat unused at `now`, dropping closed
+    /// and expired ones on the way.
+    fn checkout(&self, now: Instant) -> Option<(http1::SendRequest<Body>, Duration)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
@@ -107,13 +106,10 @@ impl Pool {
 
     /// Back into the pool as soon as a request is handed to it: the connection is ready
     /// again once the response has been read, which `checkout` sees.
-    fn put(&self, sender: http1::SendRequest<Body>) {
+    fn put(&self, sender: http1::SendRequest<Body>, used: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(Pooled {
-                sender,
-                used: Instant::now(),
-            });
+            idle.push(Pooled { sender, used });
         }
     }
 
@@ -133,11 +129,13 @@ impl Pool {
     }
 
     /// Sends a request to `origin` (the OP's scheme and authority) on a pooled connection; its
-    /// target is origin-form, or an absolute URI of the OP's.
+    /// target is origin-form, or an absolute URI of the OP's. `now` is the caller's clock read
+    /// (it times the call): the pool reads no clock of its own unless it connects.
     pub(super) async fn send(
         &self,
         mut request: Request<Body>,
         origin: &Uri,
+        mut now: Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
         if !request.headers().contains_key(header::HOST) {
             if let Some(authority) = origin.authority() {
@@ -157,21 +155,23 @@ impl Pool {
         let mut fresh = 0;
         let mut replayed = false;
         for _ in 0..MAX_IDLE + MAX_RETRIES {
-            let pooled = if replayed { None } else { self.checkout() };
+            let pooled = if replayed { None } else { self.checkout(now) };
             let (mut sender, idle_for) = match pooled {
                 Some(pooled) => pooled,
                 None => {
                     fresh += 1;
                     // Boxed: connecting (TCP, TLS, the handshake) is rare, and its state would
                     // otherwise make every request's future as large as itself.
-                    (Box::pin(self.connect(origin)).await?, Duration::ZERO)
+                    let sender = Box::pin(self.connect(origin)).await?;
+                    now = Instant::now();
+                    (sender, Duration::ZERO)
                 }
             };
             let replay = (!replayed && idle_for >= STALE_AFTER)
                 .then(|| replayable_copy(&request))
                 .flatten();
             let response = sender.try_send_request(request);
-            self.put(sender);
+            self.put(sender, now);
             match response.await {
                 Ok(response) => return Ok(response),
                 Err(mut e) => match (e.take_message(), replay) {
@@ -186,6 +186,8 @@ impl Pool {
                     _ => return Err(UpstreamError::Failed(error_chain(e.error()))),
                 },
             }
+            // Sent again: the answer's wait has passed since the clock was read.
+            now = Instant::now();
         }
         Err(UpstreamError::Failed("no usable connection to the OP".into()))
     }
