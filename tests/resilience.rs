@@ -187,19 +187,23 @@ fn spawn_binary(env: &[(&str, &str)], stdout: Stdio) -> (tokio::process::Child, 
     (child, ports)
 }
 
+/// Waits until the binary's admin port answers its health probe.
+async fn wait_healthy(http: &reqwest::Client, admin_port: u16) {
+    for _ in 0..100 {
+        if let Ok(r) = http.get(format!("http://127.0.0.1:{admin_port}/healthz")).send().await {
+            assert_eq!(r.status(), 200, "binary did not come up healthy");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("binary did not come up");
+}
+
 #[tokio::test]
 async fn binary_serves_and_stops_cleanly_on_sigterm() {
     let (mut child, ports) = spawn_binary(&[], Stdio::null());
     let http = client();
-    let mut healthy = false;
-    for _ in 0..100 {
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{}/healthz", ports[1])).send().await {
-            healthy = r.status() == 200;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(healthy, "binary did not come up");
+    wait_healthy(&http, ports[1]).await;
     let pid = child.id().expect("pid").to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
@@ -246,15 +250,7 @@ async fn a_request_in_flight_at_sigterm_is_answered_before_the_binary_exits() {
     let upstream = format!("http://127.0.0.1:{}", slow_upstream(Duration::from_millis(1500)).await);
     let (mut child, ports) = spawn_binary(&[("DTR_UPSTREAM_URL", upstream.as_str())], Stdio::null());
     let http = client();
-    let mut healthy = false;
-    for _ in 0..100 {
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{}/healthz", ports[1])).send().await {
-            healthy = r.status() == 200;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(healthy, "binary did not come up");
+    wait_healthy(&http, ports[1]).await;
     let public = format!("http://127.0.0.1:{}/realms/r/slow", ports[0]);
     // An idle keep-alive connection: open before the signal, with nothing in flight.
     let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap();
