@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 type Sender = client::SendRequest<Incoming>;
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
 struct Pool {
     upstream: SocketAddr,
@@ -28,7 +29,7 @@ struct Pool {
 }
 
 impl Pool {
-    async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, hyper::Error> {
+    async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, Error> {
         let ready = {
             let mut idle = self.idle.lock().expect("pool lock");
             idle.retain(|sender| !sender.is_closed());
@@ -40,14 +41,12 @@ impl Pool {
         };
         let response = sender.send_request(request);
         self.idle.lock().expect("pool lock").push(sender);
-        response.await
+        Ok(response.await?)
     }
 
-    async fn connect(&self) -> Result<Sender, hyper::Error> {
-        let stream = match TcpStream::connect(self.upstream).await {
-            Ok(stream) => stream,
-            Err(e) => panic!("cannot connect to the upstream {}: {e}", self.upstream),
-        };
+    /// A new connection to the upstream; one that cannot be made is the request's 502.
+    async fn connect(&self) -> Result<Sender, Error> {
+        let stream = TcpStream::connect(self.upstream).await?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = client::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
