@@ -37,6 +37,18 @@ pub const CERTIFICATE_HEADERS: [&str; 7] = [
     "x-forwarded-tls-client-cert",
 ];
 
+/// [`CERTIFICATE_HEADERS`] as header names: none is a standard name, so a request's standard
+/// headers (most of them) differ from each by the kind of name alone, without a byte compared.
+static CERTIFICATE_NAMES: [http::HeaderName; 7] = [
+    http::HeaderName::from_static(CERTIFICATE_HEADERS[0]),
+    http::HeaderName::from_static(CERTIFICATE_HEADERS[1]),
+    http::HeaderName::from_static(CERTIFICATE_HEADERS[2]),
+    http::HeaderName::from_static(CERTIFICATE_HEADERS[3]),
+    http::HeaderName::from_static(CERTIFICATE_HEADERS[4]),
+    http::HeaderName::from_static(CERTIFICATE_HEADERS[5]),
+    http::HeaderName::from_static(CERTIFICATE_HEADERS[6]),
+];
+
 /// A client certificate passed on by the TLS terminator in front (`DTR_CLIENT_CERT_HEADER`):
 /// believed only from the peers of `DTR_TRUSTED_PROXIES`.
 #[derive(Debug, Clone, Default)]
@@ -56,9 +68,7 @@ impl ForwardedCertificates {
     /// pass-through, for the OP.
     pub fn take(&self, headers: &mut http::HeaderMap, peer: std::net::IpAddr) -> Option<ClientCertificate> {
         // One look over the names (most requests carry none of these) before any removal.
-        let forged = |name: &http::HeaderName| {
-            CERTIFICATE_HEADERS.contains(&name.as_str()) && self.header.as_ref() != Some(name)
-        };
+        let forged = |name: &http::HeaderName| CERTIFICATE_NAMES.contains(name) && self.header.as_ref() != Some(name);
         if headers.keys().any(forged) {
             for name in CERTIFICATE_HEADERS {
                 if self.header.as_ref().is_none_or(|trusted| trusted != name) {
