@@ -144,10 +144,6 @@ impl hyper::rt::Timer for HyperTimer {
     fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(self.pool.sleep_until(Instant::from_std(deadline)))
     }
-
-    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
-        *sleep = self.sleep_until(new_deadline);
-    }
 }
 
 impl hyper::rt::Sleep for PooledSleep {}
