@@ -153,6 +153,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// An absolute target as it goes on the wire: its path and query only (origin-form).
+fn to_origin_form(target: &mut Uri) {
+    if target.scheme().is_some() || target.authority().is_some() {
+        *target = match target.path_and_query() {
+            Some(path_and_query) => Uri::from(path_and_query.clone()),
+            None => Uri::from_static("/"),
+        };
+    }
+}
+
 /// Whether every `Connection` option is `keep-alive`, which is in [`HOP_BY_HOP`] already.
 fn connection_is_keep_alive(headers: &HeaderMap) -> bool {
     headers.get_all(header::CONNECTION).iter().all(|value| {
@@ -275,11 +285,8 @@ impl Upstream {
         let path_and_query = target.path_and_query().map_or("/", PathAndQuery::as_str);
         if !self.at_root {
             *target = self.uri(path_and_query)?;
-        } else if target.scheme().is_some() || target.authority().is_some() {
-            *target = match target.path_and_query() {
-                Some(path_and_query) => Uri::from(path_and_query.clone()),
-                None => Uri::from_static("/"),
-            };
+        } else {
+            to_origin_form(target);
         }
         Ok(())
     }
@@ -328,6 +335,9 @@ impl Upstream {
         mut request: Request<Body>,
         call: &'static str,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let Some(origin) = &self.origin else {
+            return Err(UpstreamError::Connect(format!("bad upstream URI: {}", self.base)));
+        };
         let span = if self.telemetry.is_on() {
             let (method, uri) = (request.method().clone(), self.absolute(request.uri()));
             self.telemetry.client(call, &method, &uri, request.headers_mut(), None)
@@ -336,9 +346,6 @@ impl Upstream {
         };
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started) + self.timeout;
-        let Some(origin) = &self.origin else {
-            return Err(UpstreamError::Connect(format!("bad upstream URI: {}", self.base)));
-        };
         // Boxed: the pool's future holds the request and its retry state (about 1.2 KiB), and
         // a future is copied whole at each level it is built and handed up through; a box
         // from the thread cache costs less than those copies.

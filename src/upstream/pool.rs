@@ -144,14 +144,7 @@ impl Pool {
                 }
             }
         }
-        // On the wire: origin-form.
-        if request.uri().scheme().is_some() || request.uri().authority().is_some() {
-            let target = match request.uri().path_and_query() {
-                Some(path_and_query) => Uri::from(path_and_query.clone()),
-                None => Uri::from_static("/"),
-            };
-            *request.uri_mut() = target;
-        }
+        super::to_origin_form(request.uri_mut());
         let mut fresh = 0;
         let mut replayed = false;
         for _ in 0..MAX_IDLE + MAX_RETRIES {
