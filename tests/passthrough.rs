@@ -233,6 +233,18 @@ async fn closing_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>
 /// An upstream that records every request's first line and answers `ok`; with `close_second`,
 /// a connection's second request is met with a close instead (see [`closing_upstream`]).
 async fn recording_upstream(close_second: bool) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    answering_upstream(
+        close_second,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok",
+    )
+    .await
+}
+
+/// [`recording_upstream`] answering every request with `answer`, as written.
+async fn answering_upstream(
+    close_second: bool,
+    answer: &'static [u8],
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -250,10 +262,7 @@ async fn recording_upstream(close_second: bool) -> (u16, std::sync::Arc<std::syn
                     if close_second && n == 1 {
                         return; // closed without an answer
                     }
-                    stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok")
-                        .await
-                        .unwrap();
+                    stream.write_all(answer).await.unwrap();
                 }
             });
         }
@@ -428,4 +437,85 @@ async fn upstream_connections_are_kept_alive_and_an_abandoned_answer_closes_its_
     let after = proxy.http.get(format!("{base}/theme.css")).send().await.unwrap();
     assert_eq!(after.text().await.unwrap(), "ok");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// Sends `request` on `stream` and reads the answer: its head (names lowercased) and body.
+async fn exchange(stream: &mut tokio::net::TcpStream, request: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed mid-head: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+/// The OP's hop-by-hop headers stay on its hop: its `Connection` options (the usual bare
+/// `keep-alive` too), a `Keep-Alive` timeout and a header that `Connection` names never reach a
+/// client, whose connection is the proxy's to keep or close.
+#[tokio::test]
+async fn the_ops_connection_options_never_reach_the_client() {
+    let realm_path = |proxy: &Proxy| format!("/realms/{}/account/theme.css", proxy.realm);
+    let connect = |proxy: &Proxy| tokio::net::TcpStream::connect(proxy.base.trim_start_matches("http://").to_owned());
+
+    // The bare option, to a client that keeps its connection: its connection works on.
+    let (port, _) = answering_upstream(
+        false,
+        b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    let proxy = start_with_upstream(Options::new(StoreKind::Embedded), port).await;
+    let mut client = connect(&proxy).await.unwrap();
+    let get = format!("GET {} HTTP/1.1\r\nhost: a\r\n\r\n", realm_path(&proxy));
+    for _ in 0..2 {
+        let (head, body) = exchange(&mut client, &get).await;
+        assert_eq!(body, "ok");
+        assert!(!head.contains("connection:"), "{head}");
+    }
+    // A client that asks to close: `close` only.
+    let (head, _) = exchange(
+        &mut client,
+        &format!(
+            "GET {} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+            realm_path(&proxy)
+        ),
+    )
+    .await;
+    let options: Vec<&str> = head.lines().filter_map(|l| l.strip_prefix("connection:")).collect();
+    assert_eq!(options, [" close"], "{head}");
+    // HTTP/1.0 without keep-alive: nothing of the OP's.
+    let mut old = connect(&proxy).await.unwrap();
+    let (head, body) = exchange(
+        &mut old,
+        &format!("GET {} HTTP/1.0\r\nhost: a\r\n\r\n", realm_path(&proxy)),
+    )
+    .await;
+    assert_eq!(body, "ok");
+    assert!(!head.contains("keep-alive"), "{head}");
+
+    // More than the bare option: all of it stays on the OP's hop.
+    let (port, _) = answering_upstream(
+        false,
+        b"HTTP/1.1 200 OK\r\nconnection: keep-alive, x-op-secret\r\nkeep-alive: timeout=5\r\nx-op-secret: 1\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    let proxy = start_with_upstream(Options::new(StoreKind::Embedded), port).await;
+    let mut client = connect(&proxy).await.unwrap();
+    let get = format!("GET {} HTTP/1.1\r\nhost: a\r\n\r\n", realm_path(&proxy));
+    for _ in 0..2 {
+        let (head, body) = exchange(&mut client, &get).await;
+        assert_eq!(body, "ok");
+        for gone in ["connection:", "keep-alive:", "x-op-secret:"] {
+            assert!(!head.contains(gone), "{gone} in {head}");
+        }
+    }
 }

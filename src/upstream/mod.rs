@@ -166,10 +166,12 @@ fn to_origin_form(target: &mut Uri) {
 /// Whether every `Connection` option is `keep-alive`, which is in [`HOP_BY_HOP`] already.
 fn connection_is_keep_alive(headers: &HeaderMap) -> bool {
     headers.get_all(header::CONNECTION).iter().all(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .all(|option| option.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
+        let value = value.as_bytes();
+        // The usual value whole, before taking it apart.
+        value.eq_ignore_ascii_case(b"keep-alive")
+            || value
+                .split(|&b| b == b',')
+                .all(|option| option.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
     })
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -130,20 +130,19 @@ impl Pool {
 
     /// Sends a request to `origin` (the OP's scheme and authority) on a pooled connection; its
     /// target is origin-form, or an absolute URI of the OP's. `now` is the caller's clock read
-    /// (it times the call): the pool reads no clock of its own unless it connects.
+    /// (it times the call): the pool reads no clock of its own unless it connects. The request
+    /// carries its `Host` already.
     pub(super) async fn send(
         &self,
         mut request: Request<Body>,
         origin: &Uri,
         mut now: Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        if !request.headers().contains_key(header::HOST) {
-            if let Some(authority) = origin.authority() {
-                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                    request.headers_mut().insert(header::HOST, host);
-                }
-            }
-        }
+        // Every caller has set it (`Upstream::prepare_headers`): the proxy's public host.
+        debug_assert!(
+            request.headers().contains_key(header::HOST),
+            "a request to the OP without Host"
+        );
         super::to_origin_form(request.uri_mut());
         let mut fresh = 0;
         let mut replayed = false;
