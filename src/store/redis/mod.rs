@@ -216,7 +216,9 @@ impl RedisStore {
             .invoke(
                 Repeat::Unsafe,
                 &self.scripts.replace,
-                evalsha(&self.scripts.replace, key).arg(expected).arg(new),
+                evalsha(&self.scripts.replace, key, expected.len() + new.len())
+                    .arg(expected)
+                    .arg(new),
             )
             .await?;
         Ok(replaced == 1)
@@ -238,7 +240,8 @@ impl RedisStore {
         // someone else between the two is read as it is: the value is simply newer.
         // Repeating writes the same bytes again: safe.
         let script = &self.scripts.patch_guarded;
-        let mut patching = evalsha(script, key);
+        // Two offsets (up to 20 digits each), the patch and the guard.
+        let mut patching = evalsha(script, key, 40 + patch.len() + guard.len());
         patching
             .arg(at)
             .arg(at + patch.len() + guard.len() - 1)
@@ -285,7 +288,7 @@ impl RedisStore {
         self.invoke::<i64>(
             Repeat::Safe,
             &self.scripts.patch,
-            evalsha(&self.scripts.patch, key).arg(at).arg(bytes),
+            evalsha(&self.scripts.patch, key, 20 + bytes.len()).arg(at).arg(bytes),
         )
         .await
         .map(drop)
@@ -310,7 +313,9 @@ impl RedisStore {
         self.invoke::<i64>(
             Repeat::Safe,
             &self.scripts.set_add,
-            evalsha(&self.scripts.set_add, key).arg(member).arg(ttl_ms(ttl)),
+            evalsha(&self.scripts.set_add, key, 20 + member.len())
+                .arg(member)
+                .arg(ttl_ms(ttl)),
         )
         .await
         .map(drop)
@@ -320,7 +325,9 @@ impl RedisStore {
         self.invoke::<i64>(
             Repeat::Safe,
             &self.scripts.index_add,
-            evalsha(&self.scripts.index_add, key).arg(member).arg(ttl_ms(ttl)),
+            evalsha(&self.scripts.index_add, key, 20 + member.len())
+                .arg(member)
+                .arg(ttl_ms(ttl)),
         )
         .await
         .map(drop)
@@ -364,7 +371,7 @@ impl RedisStore {
         self.invoke(
             Repeat::Unsafe,
             &self.scripts.claim_due,
-            evalsha(&self.scripts.claim_due, queue)
+            evalsha(&self.scripts.claim_due, queue, 60)
                 .arg(now_ms)
                 .arg(until)
                 .arg(limit),

@@ -67,8 +67,11 @@ pub(super) struct Scripts {
 /// `EVALSHA` of `script` with one key, its arguments to be appended: built in one buffer (a
 /// `ScriptInvocation` keeps every argument in a `Vec` of its own, then copies them all into
 /// such a command on every call).
-pub(super) fn evalsha(script: &Script, key: &str) -> Cmd {
-    let mut cmd = Cmd::with_capacity(8, 96 + key.len());
+/// `args` is about how many bytes of arguments follow: the buffer is sized once for them (a
+/// guarded read's outgrew a fixed allowance and was reallocated on every poll).
+pub(super) fn evalsha(script: &Script, key: &str, args: usize) -> Cmd {
+    // "EVALSHA", the 40-digit hash and the key count.
+    let mut cmd = Cmd::with_capacity(8, 48 + key.len() + args);
     cmd.arg("EVALSHA").arg(script.get_hash()).arg(1).arg(key);
     cmd
 }
