@@ -25,10 +25,15 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// of such sizes holds only a few, so the default cache (20) made a pending poll under load
 /// refill and release slabs from the arena: 2 300 instructions per poll (3 %). Up to 64 of
 /// each size are kept (at most 1 MiB for the largest).
+///
+/// The trimming runs every 16 MiB allocated (at about 70 KiB a request under load, every 240
+/// requests): each run walks the cache, and every 4 MiB it cost 400 instructions a request
+/// (1.2 % of a pass-through). The caches' bounds above are unchanged, and an idle process
+/// allocates nothing, so this changes how soon, not how much.
 #[cfg(feature = "jemalloc")]
 #[export_name = "_rjem_malloc_conf"]
 static MALLOC_CONF: MallocConf =
-    MallocConf(c"tcache_ncached_max:1025-4096:64|4097-16384:128,tcache_gc_incr_bytes:4194304".as_ptr());
+    MallocConf(c"tcache_ncached_max:1025-4096:64|4097-16384:128,tcache_gc_incr_bytes:16777216".as_ptr());
 
 /// A C string pointer that jemalloc reads as its `malloc_conf`.
 #[cfg(feature = "jemalloc")]
