@@ -314,6 +314,26 @@ async fn too_many_headers_is_431() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
 
+/// The limit is 100 fields (hyper's default, and Envoy's): 100 pass, 101 do not.
+#[tokio::test]
+async fn a_hundred_header_fields_pass_and_one_more_is_431() {
+    let proxy = start(Options::new(StoreKind::Embedded)).await;
+    for (fields, refused) in [(100, false), (101, true)] {
+        let mut request = format!(
+            "GET /realms/{}/x HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            proxy.realm,
+            addr(&proxy.base)
+        );
+        for i in 2..fields {
+            request.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+        }
+        request.push_str("\r\n");
+        let answer = raw_exchange(&addr(&proxy.base), request.as_bytes()).await;
+        assert_eq!(answer.starts_with("HTTP/1.1 431"), refused, "{fields} fields: {answer}");
+        assert!(answer.starts_with("HTTP/1.1 "), "{fields} fields: {answer}");
+    }
+}
+
 #[tokio::test]
 async fn oversize_header_is_431() {
     let proxy = start(Options::new(StoreKind::Embedded).env("DTR_MAX_HEADER_BYTES", "8192")).await;

@@ -19,9 +19,6 @@ use super::drain::Drain;
 use crate::timers::HyperTimer;
 use crate::tls::ClientCertificate;
 
-/// Header fields accepted in one HTTP/1 request; more is answered 431.
-const MAX_HEADERS: usize = 200;
-
 /// What a connection may cost before it sends a request.
 #[derive(Clone, Copy)]
 pub struct Limits {
@@ -50,9 +47,10 @@ pub async fn serve<F, Fut>(
         .timer(HyperTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         // Keycloak's cookies are large: room for the configured header total. More than this,
-        // or more than MAX_HEADERS fields, is answered 431 by hyper.
-        .max_buf_size(limits.max_header_bytes.max(8192) + 16 * 1024)
-        .max_headers(MAX_HEADERS);
+        // or more than 100 fields (hyper's default, and Envoy's), is answered 431 by hyper. A
+        // limit of its own would make hyper allocate its two parse arrays on the heap for every
+        // request (two of 6.4 KiB at 200 fields); at the default they are on the stack.
+        .max_buf_size(limits.max_header_bytes.max(8192) + 16 * 1024);
     builder
         .http2()
         .timer(TokioTimer::new())
