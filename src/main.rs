@@ -24,7 +24,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// 1–4 KiB (a DTR token request's is 3.8 KiB, a pass-through's pool call 1.2 KiB), and a slab
 /// of such sizes holds only a few, so the default cache (20) made a pending poll under load
 /// refill and release slabs from the arena: 2 300 instructions per poll (3 %). Up to 64 of
-/// each size are kept (at most 1 MiB for the largest).
+/// each size are kept (at most 256 KiB for the largest).
 ///
 /// The trimming runs every 16 MiB allocated (at about 70 KiB a request under load, every 240
 /// requests): each run walks the cache, and every 4 MiB it cost 400 instructions a request

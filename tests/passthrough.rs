@@ -459,58 +459,53 @@ async fn exchange(stream: &mut tokio::net::TcpStream, request: &str) -> (String,
     (head, String::from_utf8(body).unwrap())
 }
 
+/// A proxy in front of an upstream that answers `answer` to everything, a client connection
+/// to the proxy, and a GET of a pass-through path to send on it.
+async fn proxy_answering(answer: &'static [u8]) -> (Proxy, tokio::net::TcpStream, String) {
+    let (port, _) = answering_upstream(false, answer).await;
+    let proxy = start_with_upstream(Options::new(StoreKind::Embedded), port).await;
+    let client = connect_to(&proxy).await;
+    let get = format!(
+        "GET /realms/{}/account/theme.css HTTP/1.1\r\nhost: a\r\n\r\n",
+        proxy.realm
+    );
+    (proxy, client, get)
+}
+
+async fn connect_to(proxy: &Proxy) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(proxy.base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
 /// The OP's hop-by-hop headers stay on its hop: its `Connection` options (the usual bare
 /// `keep-alive` too), a `Keep-Alive` timeout and a header that `Connection` names never reach a
 /// client, whose connection is the proxy's to keep or close.
 #[tokio::test]
 async fn the_ops_connection_options_never_reach_the_client() {
-    let realm_path = |proxy: &Proxy| format!("/realms/{}/account/theme.css", proxy.realm);
-    let connect = |proxy: &Proxy| tokio::net::TcpStream::connect(proxy.base.trim_start_matches("http://").to_owned());
-
     // The bare option, to a client that keeps its connection: its connection works on.
-    let (port, _) = answering_upstream(
-        false,
-        b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
-    )
-    .await;
-    let proxy = start_with_upstream(Options::new(StoreKind::Embedded), port).await;
-    let mut client = connect(&proxy).await.unwrap();
-    let get = format!("GET {} HTTP/1.1\r\nhost: a\r\n\r\n", realm_path(&proxy));
+    let (proxy, mut client, get) =
+        proxy_answering(b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok").await;
     for _ in 0..2 {
         let (head, body) = exchange(&mut client, &get).await;
         assert_eq!(body, "ok");
         assert!(!head.contains("connection:"), "{head}");
     }
     // A client that asks to close: `close` only.
-    let (head, _) = exchange(
-        &mut client,
-        &format!(
-            "GET {} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
-            realm_path(&proxy)
-        ),
-    )
-    .await;
+    let (head, _) = exchange(&mut client, &get.replace("\r\n\r\n", "\r\nconnection: close\r\n\r\n")).await;
     let options: Vec<&str> = head.lines().filter_map(|l| l.strip_prefix("connection:")).collect();
     assert_eq!(options, [" close"], "{head}");
     // HTTP/1.0 without keep-alive: nothing of the OP's.
-    let mut old = connect(&proxy).await.unwrap();
-    let (head, body) = exchange(
-        &mut old,
-        &format!("GET {} HTTP/1.0\r\nhost: a\r\n\r\n", realm_path(&proxy)),
-    )
-    .await;
+    let mut old = connect_to(&proxy).await;
+    let (head, body) = exchange(&mut old, &get.replace("HTTP/1.1", "HTTP/1.0")).await;
     assert_eq!(body, "ok");
     assert!(!head.contains("keep-alive"), "{head}");
 
     // More than the bare option: all of it stays on the OP's hop.
-    let (port, _) = answering_upstream(
-        false,
+    let (_proxy, mut client, get) = proxy_answering(
         b"HTTP/1.1 200 OK\r\nconnection: keep-alive, x-op-secret\r\nkeep-alive: timeout=5\r\nx-op-secret: 1\r\ncontent-length: 2\r\n\r\nok",
     )
     .await;
-    let proxy = start_with_upstream(Options::new(StoreKind::Embedded), port).await;
-    let mut client = connect(&proxy).await.unwrap();
-    let get = format!("GET {} HTTP/1.1\r\nhost: a\r\n\r\n", realm_path(&proxy));
     for _ in 0..2 {
         let (head, body) = exchange(&mut client, &get).await;
         assert_eq!(body, "ok");
