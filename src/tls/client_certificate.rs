@@ -70,8 +70,8 @@ impl ForwardedCertificates {
         // One look over the names (most requests carry none of these) before any removal.
         let forged = |name: &http::HeaderName| CERTIFICATE_NAMES.contains(name) && self.header.as_ref() != Some(name);
         if headers.keys().any(forged) {
-            for name in CERTIFICATE_HEADERS {
-                if self.header.as_ref().is_none_or(|trusted| trusted != name) {
+            for name in &CERTIFICATE_NAMES {
+                if self.header.as_ref() != Some(name) {
                     headers.remove(name);
                 }
             }

@@ -93,12 +93,15 @@ impl Pool {
         while i > 0 {
             i -= 1;
             let pooled = &idle[i];
-            if pooled.sender.is_closed() || (pooled.sender.is_ready() && now.duration_since(pooled.used) > IDLE_TIMEOUT)
-            {
+            if pooled.sender.is_closed() {
                 idle.swap_remove(i);
             } else if pooled.sender.is_ready() {
+                // Taken out either way: to be used, or dropped as expired.
+                let idle_for = now.saturating_duration_since(pooled.used);
                 let pooled = idle.swap_remove(i);
-                return Some((pooled.sender, now.saturating_duration_since(pooled.used)));
+                if idle_for <= IDLE_TIMEOUT {
+                    return Some((pooled.sender, idle_for));
+                }
             }
         }
         None
