@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::crypto::{SealError, Sealer};
 
-/// Sealed bytes, in the form format 2 records store them:
+/// Sealed bytes, in the form format 2 and 3 records store them:
 ///
 /// - empty: nothing held (delivered, cancelled);
 /// - `b`, key id, `.`, then nonce, ciphertext and tag, raw: what [`Sealer::seal_binary`] makes;
@@ -52,7 +52,7 @@ impl Sealed {
         Self(out)
     }
 
-    /// The stored bytes (the tail of a format 2 record), checked: `None` when they are in
+    /// The stored bytes (the tail of a format 2 or 3 record), checked: `None` when they are in
     /// neither form.
     pub fn from_stored(bytes: &[u8]) -> Option<Self> {
         match bytes.split_first() {
@@ -70,7 +70,7 @@ impl Sealed {
         }
     }
 
-    /// The bytes a format 2 record stores.
+    /// The bytes a format 2 or 3 record stores.
     pub fn as_stored(&self) -> &[u8] {
         &self.0
     }
