@@ -229,16 +229,35 @@ impl OAuthError {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let body = ErrorBody {
-            error: self.error,
-            error_description: &ascii_description(&self.description),
-            interaction_uri: self.interaction_uri(),
+        let description = ascii_description(&self.description);
+        let json = match self.interaction_uri() {
+            // RFC 6749 §5.2 allows no `"`, `\` or control character in `error` or
+            // `error_description` (`ascii_description` made sure of the latter), so a JSON
+            // string holds both as they are: nothing to escape, nothing to serialise. Every
+            // refusal, a pending poll's above all, is answered this way.
+            None => {
+                debug_assert!(matches!(ascii_description(self.error), Cow::Borrowed(_)));
+                [
+                    r#"{"error":""#,
+                    self.error,
+                    r#"","error_description":""#,
+                    &description,
+                    r#""}"#,
+                ]
+                .concat()
+                .into_bytes()
+            }
+            // A URL may hold anything: serialised.
+            Some(interaction_uri) => {
+                let body = ErrorBody {
+                    error: self.error,
+                    error_description: &description,
+                    interaction_uri,
+                };
+                // Serialising plain strings cannot fail.
+                serde_json::to_vec(&body).unwrap_or_default()
+            }
         };
-        // Serialised once, straight into a buffer of about the right size.
-        let room = 48 + body.error.len() + body.error_description.len() + body.interaction_uri.map_or(0, str::len);
-        let mut json = Vec::with_capacity(room);
-        // Serialising plain strings cannot fail.
-        let _ = serde_json::to_writer(&mut json, &body);
         let mut response = json_bytes_no_store(self.status, json);
         let headers = response.headers_mut();
         if let Some(scheme) = self.www_authenticate {
@@ -257,13 +276,12 @@ impl OAuthError {
     }
 }
 
-/// The body of an error answer (RFC 6749 §5.2), with the IETF profile's `interaction_uri`.
+/// The body of an error answer (RFC 6749 §5.2) with the IETF profile's `interaction_uri`.
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
     error_description: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    interaction_uri: Option<&'a str>,
+    interaction_uri: &'a str,
 }
 
 /// Longest `error_description` sent, in characters.
@@ -337,5 +355,48 @@ mod tests {
             "Identit?t 'gepr?ft'?/ok"
         );
         assert_eq!(ascii_description(&"x".repeat(600)).len(), MAX_DESCRIPTION);
+    }
+
+    #[test]
+    fn every_error_code_goes_into_json_as_it_is() {
+        use crate::protocol::wire::error::*;
+        for code in [
+            AUTHORIZATION_PENDING,
+            SLOW_DOWN,
+            EXPIRED_TOKEN,
+            ACCESS_DENIED,
+            INTERACTION_REQUIRED,
+            INVALID_DPOP_PROOF,
+            USE_DPOP_NONCE,
+            INVALID_REQUEST,
+            INVALID_CLIENT,
+            INVALID_GRANT,
+            UNAUTHORIZED_CLIENT,
+            UNSUPPORTED_RESPONSE_TYPE,
+            SERVER_ERROR,
+            INVALID_SCOPE,
+            REQUEST_NOT_SUPPORTED,
+            REQUEST_URI_NOT_SUPPORTED,
+            TEMPORARILY_UNAVAILABLE,
+        ] {
+            assert!(matches!(ascii_description(code), Cow::Borrowed(_)), "{code}");
+            let body: serde_json::Value =
+                serde_json::from_str(&body_of(OAuthError::new(StatusCode::BAD_REQUEST, code, "d"))).unwrap();
+            assert_eq!(body, serde_json::json!({"error": code, "error_description": "d"}));
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the description, the body is the JSON a serialiser would write for it.
+        #[test]
+        fn the_body_is_the_json_of_its_members(description in proptest::prelude::any::<String>()) {
+            let body = body_of(OAuthError::new(StatusCode::BAD_REQUEST, code::ACCESS_DENIED, description.clone()));
+            let expected = serde_json::to_string(&serde_json::json!({
+                "error": code::ACCESS_DENIED,
+                "error_description": ascii_description(&description),
+            }))
+            .unwrap();
+            proptest::prop_assert_eq!(body, expected);
+        }
     }
 }
