@@ -28,11 +28,13 @@ use crate::endpoints::operator::OperatorApi;
 use crate::endpoints::ping::{self, Pinger};
 use crate::endpoints::poll::Poll;
 use crate::endpoints::revoke::{Operator, Revoker};
-use crate::endpoints::token::DeferredGrant;
+use crate::endpoints::token::{DeferredGrant, POLL_ROUTE};
 use crate::federation::provision::{EndpointProvisioner, KeycloakProvisioner, Provisioner};
 use crate::federation::Federation;
 use crate::metrics::Metrics;
+use crate::protocol::errors::Source;
 use crate::protocol::routes::{PublicUrls, Routes};
+use crate::protocol::wire::error::AUTHORIZATION_PENDING;
 use crate::records::Records;
 use crate::serve::access::AccessLog;
 use crate::serve::admin::{AdminService, Readiness};
@@ -275,6 +277,7 @@ pub fn compose(
             offline_access: config.offline_access,
         }),
         dpop,
+        pending_polls: metrics.answer_counters(POLL_ROUTE, Source::Client.label(), AUTHORIZATION_PENDING),
         metrics: metrics.clone(),
         limits: RequestLimits {
             max_header_bytes: config.max_header_bytes,

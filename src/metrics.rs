@@ -102,6 +102,20 @@ pub struct Metrics {
     process: ProcessGauges,
 }
 
+/// See [`Metrics::answer_counters`].
+#[derive(Clone)]
+pub struct AnswerCounters {
+    request: Counter,
+    poll: Counter,
+}
+
+impl AnswerCounters {
+    pub fn inc(&self) {
+        self.request.inc();
+        self.poll.inc();
+    }
+}
+
 /// This OS process's own figures, read from `/proc` at each scrape (Linux; zero elsewhere).
 #[derive(Clone, Default)]
 struct ProcessGauges {
@@ -258,6 +272,16 @@ impl Metrics {
 
     pub fn request(&self, route: &'static str, outcome: &'static str) {
         self.requests.get_or_create(&RequestLabels { route, outcome }).inc();
+    }
+
+    /// The counters that [`Self::request`] and [`Self::poll`] move for one kind of answer,
+    /// looked up once: for the answer most requests get (a pending poll), where a lookup per
+    /// request would hash the labels under a lock twice.
+    pub fn answer_counters(&self, route: &'static str, outcome: &'static str, result: &'static str) -> AnswerCounters {
+        AnswerCounters {
+            request: self.requests.get_or_create(&RequestLabels { route, outcome }).clone(),
+            poll: self.polls.get_or_create(&ResultLabels { result }).clone(),
+        }
     }
 
     pub fn poll(&self, result: &'static str) {

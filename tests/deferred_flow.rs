@@ -169,6 +169,19 @@ async fn happy_path(store: StoreKind, profile: Profile) {
 
     let metrics = proxy.metrics().await;
     assert!(metrics.contains("dtr_polls_total{result=\"delivered\"} 1"), "{metrics}");
+    // The pending poll, counted by the counters looked up once at start, and the spent one.
+    assert!(
+        metrics.contains("dtr_polls_total{result=\"authorization_pending\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dtr_polls_total{result=\"invalid_grant\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dtr_requests_total{route=\"token_poll\",outcome=\"client_error\"} 2"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("dtr_process_events_total{event=\"deferred.started\"} 1"),
         "{metrics}"

@@ -23,8 +23,8 @@ use crate::endpoints::federated::FederatedRequests;
 use crate::endpoints::respond::error_page;
 use crate::endpoints::token::{self, DeferredGrant, POLL_ROUTE};
 use crate::http::{full, media_type, plain, read_request_body, Body, BodyError, IntoBody, FORM_URLENCODED};
-use crate::metrics::Metrics;
-use crate::protocol::errors::OAuthError;
+use crate::metrics::{AnswerCounters, Metrics};
+use crate::protocol::errors::{OAuthError, Source};
 use crate::protocol::params::Params;
 use crate::protocol::routes::{Endpoint, Routes};
 use crate::protocol::wire;
@@ -57,6 +57,8 @@ pub struct PublicService {
     pub federated: Option<FederatedRequests>,
     pub dpop: DpopVerifier,
     pub metrics: Metrics,
+    /// What a pending poll counts ([`Metrics::answer_counters`]).
+    pub pending_polls: AnswerCounters,
     pub limits: RequestLimits,
     /// Traces (off unless configured): a server span per request.
     pub telemetry: Telemetry,
@@ -214,9 +216,13 @@ impl PublicService {
             Err(e) => {
                 e.log(route);
                 self.note_outcome(route, e.error);
-                self.metrics.request(route, e.source.label());
-                if route == POLL_ROUTE {
-                    self.metrics.poll(e.error);
+                if route == POLL_ROUTE && e.error == wire::error::AUTHORIZATION_PENDING && e.source == Source::Client {
+                    self.pending_polls.inc();
+                } else {
+                    self.metrics.request(route, e.source.label());
+                    if route == POLL_ROUTE {
+                        self.metrics.poll(e.error);
+                    }
                 }
                 e.into_response()
             }
