@@ -20,7 +20,7 @@
 //! contains `#`.
 //!
 //! Every poll decodes the body, so it is postcard rather than JSON: half the time to decode
-//! and about 70 bytes less per record. Postcard names no fields, so the body's fields are
+//! and about 60 bytes less per record. Postcard names no fields, so the body's fields are
 //! never reordered or removed, and one added later comes with a new format number (a reader
 //! ignores bytes after the fields it knows, so an older reader of the same format is not
 //! broken by a field appended after its own).
