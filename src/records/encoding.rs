@@ -21,9 +21,9 @@
 //!
 //! Every poll decodes the body, so it is postcard rather than JSON: half the time to decode
 //! and about 60 bytes less per record. Postcard names no fields, so the body's fields are
-//! never reordered or removed, and one added later comes with a new format number (a reader
-//! ignores bytes after the fields it knows, so an older reader of the same format is not
-//! broken by a field appended after its own).
+//! never reordered or removed. A field added later goes after them: this version ignores
+//! bytes after the fields it knows, so a later one can append a field without a new format
+//! number, as long as it still reads a body that ends before it.
 //!
 //! Earlier formats are still read, so processes created before an upgrade live on:
 //! - **format 2**: the same layout, byte 0 `2`, the body JSON with one-letter names ([`Body`]);
