@@ -44,18 +44,6 @@ const SCAN_BATCH: usize = 100;
 const MAX_DESCRIPTION: usize = 500;
 const WWW_AUTHENTICATE: &str = r#"Bearer realm="dtr-operator""#;
 
-/// Every status a process can have, as the API names them.
-const STATUSES: [Status; 8] = [
-    Status::Pending,
-    Status::Approved,
-    Status::Denied,
-    Status::Cancelled,
-    Status::Delivering,
-    Status::Delivered,
-    Status::Revoked,
-    Status::Failed,
-];
-
 pub struct OperatorApi {
     pub verdicts: Verdicts,
     pub events: Events,
@@ -125,7 +113,7 @@ impl ListQuery {
                 "sub" => parsed.sub = Some(text()?),
                 "status" => {
                     parsed.status = Some(
-                        STATUSES
+                        Status::ALL
                             .into_iter()
                             .find(|s| s.name() == value)
                             .ok_or_else(|| "status is not a known status.".to_owned())?,

@@ -10,7 +10,7 @@
 //! | 15 | length `L` of the binding (`0`: none) |
 //! | 16..16+L | the binding: the bound secret's fingerprint (keyed hash of client id and secret), then, for a process bound to a client certificate, `#` and its `x5t#S256` |
 //! | 2 bytes | big-endian length `J` of the body |
-//! | J bytes | the rest of the record in [postcard](https://postcard.jamesmunns.com/wire-format) ([`Packed`]): its fields in order, without names |
+//! | J bytes | the rest of the record in [postcard](https://postcard.jamesmunns.com/wire-format) ([`Body`]): its fields in order, without names |
 //! | the rest | the sealed secrets, binary ([`Sealed`]): `b`, key id, `.`, nonce, ciphertext and tag (empty once delivered) |
 //!
 //! The poll clock lives in the record (bytes 1..14) and the guard (bytes 14..16+L) sits at a
@@ -26,7 +26,7 @@
 //! number, as long as it still reads a body that ends before it.
 //!
 //! Earlier formats are still read, so processes created before an upgrade live on:
-//! - **format 2**: the same layout, byte 0 `2`, the body JSON with one-letter names ([`Body`]);
+//! - **format 2**: the same layout, byte 0 `2`, the body as JSON with one-letter names ([`Body`]);
 //! - **format 1**: the record as JSON (it starts with `{`), its poll clock in a key of its own.
 
 use std::borrow::Cow;
@@ -110,119 +110,75 @@ fn may_stamp_on_read(record: &ProcessRecord) -> bool {
         && record.jkt.is_none()
 }
 
-/// The body of a format 2 record: the rest of the record as JSON, with one-letter names.
-#[derive(Serialize, Deserialize)]
-struct Body {
-    #[serde(rename = "i")]
-    process_id: String,
-    #[serde(rename = "r")]
-    realm: String,
-    #[serde(rename = "c")]
-    client_id: String,
-    #[serde(rename = "m")]
-    method: u8,
-    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
-    jkt: Option<String>,
-    #[serde(rename = "s")]
-    status: u8,
-    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
-    description: Option<String>,
-    /// The sealed `interaction_uri`, while the verification waits on the end-user.
-    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
-    interaction: Option<String>,
-    #[serde(rename = "v")]
-    interval: u64,
-    #[serde(rename = "x", default, skip_serializing_if = "is_zero")]
-    strikes: u32,
-    #[serde(rename = "t")]
-    created_at: u64,
-    #[serde(rename = "e")]
-    expires_at: u64,
-    #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
-    completed_at: Option<u64>,
-    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
-    delivering_since: Option<u64>,
-    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
-    sub: Option<String>,
-    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
-    sid: Option<String>,
-    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
-    nonce: Option<String>,
-    #[serde(rename = "q", default, skip_serializing_if = "Requested::is_empty")]
-    requested: Requested,
-    #[serde(rename = "p", default, skip_serializing_if = "is_zero")]
-    ping_attempts: u32,
-    #[serde(rename = "z", default, skip_serializing_if = "std::ops::Not::not")]
-    release_in_doubt: bool,
-    /// The exchange's W3C `traceparent`, when traces are on.
-    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
-    trace: Option<String>,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
 const METHODS: [AuthMethod; 4] = [
     AuthMethod::ClientSecretBasic,
     AuthMethod::ClientSecretPost,
     AuthMethod::JwtAssertion,
     AuthMethod::None,
 ];
-const STATUSES: [Status; 8] = [
-    Status::Pending,
-    Status::Approved,
-    Status::Denied,
-    Status::Cancelled,
-    Status::Delivering,
-    Status::Delivered,
-    Status::Revoked,
-    Status::Failed,
-];
-
 fn code_of<T: PartialEq>(all: &[T], value: &T) -> u8 {
     all.iter().position(|v| v == value).unwrap_or(0) as u8
 }
 
-/// The body of a format 3 record: the rest of the record, its fields in this order. Borrowed
-/// on the way in and out: encoding copies nothing before it writes, and decoding copies each
-/// string once, into the record.
+/// The rest of the record: in format 3 in postcard, its fields in this order; in format 2
+/// as JSON with these one-letter names. Borrowed on the way in and out: encoding copies
+/// nothing before it writes, and decoding copies each string once, into the record (a JSON
+/// string with escapes is unescaped first).
 #[derive(Serialize, Deserialize)]
-struct Packed<'a> {
-    #[serde(borrow)]
+struct Body<'a> {
+    #[serde(rename = "i", borrow)]
     process_id: Cow<'a, str>,
-    #[serde(borrow)]
+    #[serde(rename = "r", borrow)]
     realm: Cow<'a, str>,
-    #[serde(borrow)]
+    #[serde(rename = "c", borrow)]
     client_id: Cow<'a, str>,
+    #[serde(rename = "m")]
     method: u8,
-    #[serde(borrow)]
+    #[serde(rename = "k", default, borrow)]
     jkt: Option<Cow<'a, str>>,
+    #[serde(rename = "s")]
     status: u8,
-    #[serde(borrow)]
+    #[serde(rename = "d", default, borrow)]
     description: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    /// The sealed `interaction_uri`, while the verification waits on the end-user.
+    #[serde(rename = "a", default, borrow)]
     interaction: Option<Cow<'a, str>>,
+    #[serde(rename = "v")]
     interval: u64,
+    #[serde(rename = "x", default)]
     strikes: u32,
+    #[serde(rename = "t")]
     created_at: u64,
+    #[serde(rename = "e")]
     expires_at: u64,
+    #[serde(rename = "f", default)]
     completed_at: Option<u64>,
+    #[serde(rename = "g", default)]
     delivering_since: Option<u64>,
-    #[serde(borrow)]
+    #[serde(rename = "u", default, borrow)]
     sub: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(rename = "o", default, borrow)]
     sid: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(rename = "n", default, borrow)]
     nonce: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    acr_values: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    claims: Option<Cow<'a, str>>,
+    #[serde(rename = "q", default, borrow)]
+    requested: Asked<'a>,
+    #[serde(rename = "p", default)]
     ping_attempts: u32,
+    #[serde(rename = "z", default)]
     release_in_doubt: bool,
-    #[serde(borrow)]
+    /// The exchange's W3C `traceparent`, when traces are on.
+    #[serde(rename = "w", default, borrow)]
     trace: Option<Cow<'a, str>>,
+}
+
+/// [`Requested`], borrowed.
+#[derive(Default, Serialize, Deserialize)]
+struct Asked<'a> {
+    #[serde(default, borrow)]
+    acr_values: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    claims: Option<Cow<'a, str>>,
 }
 
 fn borrowed(text: &Option<String>) -> Option<Cow<'_, str>> {
@@ -235,13 +191,13 @@ fn owned(text: Option<Cow<'_, str>>) -> Option<String> {
 
 /// Format 3 bytes of `record`, its poll clock at `last_poll`.
 pub fn encode(record: &ProcessRecord, last_poll: Option<u64>) -> Vec<u8> {
-    let body = Packed {
+    let body = Body {
         process_id: Cow::Borrowed(&record.process_id),
         realm: Cow::Borrowed(&record.realm),
         client_id: Cow::Borrowed(&record.client_id),
         method: code_of(&METHODS, &record.client.method),
         jkt: borrowed(&record.jkt),
-        status: code_of(&STATUSES, &record.status),
+        status: code_of(&Status::ALL, &record.status),
         description: borrowed(&record.description),
         interaction: borrowed(&record.interaction),
         interval: record.interval,
@@ -253,8 +209,10 @@ pub fn encode(record: &ProcessRecord, last_poll: Option<u64>) -> Vec<u8> {
         sub: borrowed(&record.sub),
         sid: borrowed(&record.sid),
         nonce: borrowed(&record.nonce),
-        acr_values: borrowed(&record.requested.acr_values),
-        claims: borrowed(&record.requested.claims),
+        requested: Asked {
+            acr_values: borrowed(&record.requested.acr_values),
+            claims: borrowed(&record.requested.claims),
+        },
         ping_attempts: record.ping_attempts,
         release_in_doubt: record.release_in_doubt,
         trace: borrowed(&record.trace),
@@ -313,10 +271,19 @@ pub fn is_format_1(raw: &[u8]) -> bool {
     raw.first() == Some(&b'{')
 }
 
-/// A format 3 body: the record without what the header and the tail hold (binding,
-/// certificate, sealed secrets), which [`decode_framed`] fills in.
+/// A format 3 body (postcard).
 fn unpack(bytes: &[u8]) -> Option<ProcessRecord> {
-    let body: Packed = postcard::from_bytes(bytes).ok()?;
+    record_of(postcard::from_bytes(bytes).ok()?)
+}
+
+/// A format 2 body (JSON).
+fn unpack_json(bytes: &[u8]) -> Option<ProcessRecord> {
+    record_of(serde_json::from_slice(bytes).ok()?)
+}
+
+/// The record a body holds, without what the header and the tail hold (binding,
+/// certificate, sealed secrets), which [`decode_framed`] fills in.
+fn record_of(body: Body) -> Option<ProcessRecord> {
     Some(ProcessRecord {
         process_id: body.process_id.into_owned(),
         realm: body.realm.into_owned(),
@@ -327,7 +294,7 @@ fn unpack(bytes: &[u8]) -> Option<ProcessRecord> {
         },
         jkt: owned(body.jkt),
         x5t: None,
-        status: *STATUSES.get(usize::from(body.status))?,
+        status: *Status::ALL.get(usize::from(body.status))?,
         description: owned(body.description),
         interaction: owned(body.interaction),
         interval: body.interval,
@@ -340,45 +307,12 @@ fn unpack(bytes: &[u8]) -> Option<ProcessRecord> {
         sid: owned(body.sid),
         nonce: owned(body.nonce),
         requested: Requested {
-            acr_values: owned(body.acr_values),
-            claims: owned(body.claims),
+            acr_values: owned(body.requested.acr_values),
+            claims: owned(body.requested.claims),
         },
         ping_attempts: body.ping_attempts,
         release_in_doubt: body.release_in_doubt,
         trace: owned(body.trace),
-        sealed: Sealed::default(),
-    })
-}
-
-/// A format 2 body, as [`unpack`] reads a format 3 one.
-fn unpack_json(bytes: &[u8]) -> Option<ProcessRecord> {
-    let body: Body = serde_json::from_slice(bytes).ok()?;
-    Some(ProcessRecord {
-        process_id: body.process_id,
-        realm: body.realm,
-        client_id: body.client_id,
-        client: ClientBinding {
-            method: *METHODS.get(usize::from(body.method))?,
-            fingerprint: None,
-        },
-        jkt: body.jkt,
-        x5t: None,
-        status: *STATUSES.get(usize::from(body.status))?,
-        description: body.description,
-        interaction: body.interaction,
-        interval: body.interval,
-        strikes: body.strikes,
-        created_at: body.created_at,
-        expires_at: body.expires_at,
-        completed_at: body.completed_at,
-        delivering_since: body.delivering_since,
-        sub: body.sub,
-        sid: body.sid,
-        nonce: body.nonce,
-        requested: body.requested,
-        ping_attempts: body.ping_attempts,
-        release_in_doubt: body.release_in_doubt,
-        trace: body.trace,
         sealed: Sealed::default(),
     })
 }
@@ -433,33 +367,16 @@ mod tests {
         record
     }
 
-    /// `record` as format 2 bytes, the way the previous version wrote them.
-    fn encode_2(record: &ProcessRecord, last_poll: Option<u64>) -> Vec<u8> {
-        let body = Body {
-            process_id: record.process_id.clone(),
-            realm: record.realm.clone(),
-            client_id: record.client_id.clone(),
-            method: code_of(&METHODS, &record.client.method),
-            jkt: record.jkt.clone(),
-            status: code_of(&STATUSES, &record.status),
-            description: record.description.clone(),
-            interaction: record.interaction.clone(),
-            interval: record.interval,
-            strikes: record.strikes,
-            created_at: record.created_at,
-            expires_at: record.expires_at,
-            completed_at: record.completed_at,
-            delivering_since: record.delivering_since,
-            sub: record.sub.clone(),
-            sid: record.sid.clone(),
-            nonce: record.nonce.clone(),
-            requested: record.requested.clone(),
-            ping_attempts: record.ping_attempts,
-            release_in_doubt: record.release_in_doubt,
-            trace: record.trace.clone(),
-        };
-        frame(FORMAT_2, record, last_poll, &serde_json::to_vec(&body).unwrap())
+    /// [`full`] at `NOW` with method and status codes `m` and `s`, as a format 2 record: its
+    /// body as the previous version wrote it.
+    fn written_in_format_2(m: u8, s: u8, last_poll: Option<u64>) -> Vec<u8> {
+        let body = format!(
+            r#"{{"i":"p","r":"r","c":"c","m":{m},"s":{s},"d":"Checking \"your\" documents…","a":"k1.c2VhbGVkIFVSTA","v":5,"x":2,"t":1763999940000,"e":1764000060000,"f":1764000000000,"g":1764000000001,"u":"user-1","o":"session-1","n":"n-0","q":{{"acr_values":"urn:acr:high","claims":"{{\"id_token\":{{}}}}"}},"p":3,"z":true}}"#
+        );
+        frame(FORMAT_2, &full(NOW), last_poll, body.as_bytes())
     }
+
+    const NOW: u64 = 1_764_000_000_000;
 
     /// The body bytes of a format 3 record.
     fn body_of(raw: &[u8]) -> &[u8] {
@@ -469,25 +386,37 @@ mod tests {
     }
 
     #[test]
-    fn every_field_round_trips_in_format_3_and_is_read_from_format_2() {
-        let now = 1_764_000_000_000;
-        let mut certificate_only = ProcessRecord::sample(now);
+    fn every_field_round_trips_in_format_3() {
+        let mut certificate_only = ProcessRecord::sample(NOW);
         certificate_only.x5t = Some("t".repeat(43));
-        for record in [ProcessRecord::sample(now), full(now), certificate_only] {
+        for record in [ProcessRecord::sample(NOW), full(NOW), certificate_only] {
             for method in METHODS {
-                for status in STATUSES {
+                for status in Status::ALL {
                     let mut record = record.clone();
                     record.client.method = method;
                     record.status = status;
-                    for last_poll in [None, Some(now - 5)] {
+                    for last_poll in [None, Some(NOW - 5)] {
                         let raw = encode(&record, last_poll);
                         assert_eq!(raw[0], FORMAT_3);
                         assert_eq!(decode(&raw).unwrap(), (record.clone(), last_poll));
-                        let written_before = encode_2(&record, last_poll);
-                        assert_eq!(written_before[0], FORMAT_2);
-                        assert_eq!(decode(&written_before).unwrap(), (record.clone(), last_poll));
-                        assert_eq!(clock(&raw), clock(&written_before));
+                        assert_eq!(clock(&raw), last_poll);
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn format_2_records_are_still_read() {
+        for (m, method) in METHODS.into_iter().enumerate() {
+            for (s, status) in Status::ALL.into_iter().enumerate() {
+                for last_poll in [None, Some(NOW - 5)] {
+                    let raw = written_in_format_2(m as u8, s as u8, last_poll);
+                    let mut expected = full(NOW);
+                    expected.client.method = method;
+                    expected.status = status;
+                    assert_eq!(decode(&raw).unwrap(), (expected, last_poll));
+                    assert_eq!(clock(&raw), last_poll);
                 }
             }
         }
@@ -522,16 +451,14 @@ mod tests {
         assert!(decode(b"\x07junk").is_err());
         // A status or method code past the known ones, in either body.
         let record = full(1_764_000_000_000);
-        let mut body: Packed = postcard::from_bytes(body_of(&raw)).unwrap();
+        let mut body: Body = postcard::from_bytes(body_of(&raw)).unwrap();
         body.status = 9;
         assert!(decode(&frame(FORMAT_3, &record, None, &postcard::to_allocvec(&body).unwrap())).is_err());
         body.status = 0;
         body.method = 7;
         assert!(decode(&frame(FORMAT_3, &record, None, &postcard::to_allocvec(&body).unwrap())).is_err());
-        let mut bad_status = encode_2(&record, None);
-        let at = bad_status.windows(5).position(|w| w == b"\"s\":0").unwrap() + 4;
-        bad_status[at] = b'9';
-        assert!(decode(&bad_status).is_err());
+        assert!(decode(&written_in_format_2(0, 9, None)).is_err());
+        assert!(decode(&written_in_format_2(7, 0, None)).is_err());
     }
 
     #[test]
@@ -548,7 +475,7 @@ mod tests {
     #[test]
     fn format_3_is_smaller_than_format_2() {
         let record = full(1_764_000_000_000);
-        let (three, two) = (encode(&record, None), encode_2(&record, None));
+        let (three, two) = (encode(&record, None), written_in_format_2(0, 0, None));
         assert!(three.len() + 60 < two.len(), "{} against {}", three.len(), two.len());
     }
 

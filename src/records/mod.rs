@@ -131,6 +131,19 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order records code them (format 2 and 3 store the index): never
+    /// reordered, a new one goes last.
+    pub const ALL: [Status; 8] = [
+        Status::Pending,
+        Status::Approved,
+        Status::Denied,
+        Status::Cancelled,
+        Status::Delivering,
+        Status::Delivered,
+        Status::Revoked,
+        Status::Failed,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Status::Pending => "pending",
