@@ -271,9 +271,11 @@ async fn answering_upstream(
 }
 
 /// A GET that meets a connection the OP closes as it arrives is sent again on a new
-/// connection, and the client never sees it; a POST is not sent twice: it gets the 502.
+/// connection, and the client never sees it. A POST is never sent twice: it never goes on a
+/// connection idle long enough to be closing (it takes a new one and is answered), and when a
+/// fresh connection closes under it anyway, it gets the 502.
 #[tokio::test]
-async fn a_stale_upstream_connection_is_retried_for_a_get_but_never_for_a_post() {
+async fn a_stale_upstream_connection_is_retried_for_a_get_and_never_taken_by_a_post() {
     let (port, seen) = closing_upstream().await;
     let proxy = start_with_upstream(Options::new(StoreKind::Embedded), port).await;
     let url = format!("{}/realms/{}/account/theme.css", proxy.base, proxy.realm);
@@ -286,11 +288,19 @@ async fn a_stale_upstream_connection_is_retried_for_a_get_but_never_for_a_post()
     assert_eq!(again.text().await.unwrap(), "ok");
     assert_eq!(seen.lock().unwrap().len(), 3, "{:?}", seen.lock().unwrap());
 
+    // The pooled connection (one request served) is stale again: the POST takes a new one.
     tokio::time::sleep(Duration::from_millis(1300)).await;
+    let post = proxy.http.post(&url).body("a=b").send().await.unwrap();
+    assert_eq!(post.status(), 200, "a POST goes on a new connection, not the stale one");
+    // At once, on that fresh connection, which the OP closes on its second request.
     let post = proxy.http.post(&url).body("a=b").send().await.unwrap();
     assert_eq!(post.status(), 502);
     let posts = seen.lock().unwrap().iter().filter(|l| l.starts_with("POST")).count();
-    assert_eq!(posts, 1, "a POST reaches the OP once: {:?}", seen.lock().unwrap());
+    assert_eq!(posts, 2, "each POST reaches the OP once: {:?}", seen.lock().unwrap());
+    // The stale connection stayed for GETs: this one meets its close and is sent again.
+    let get = proxy.http.get(&url).send().await.unwrap();
+    assert_eq!(get.status(), 200);
+    assert_eq!(seen.lock().unwrap().len(), 7, "{:?}", seen.lock().unwrap());
 }
 
 /// The OP's base path (Keycloak's legacy `/auth`) prefixes every target on the wire, and a

@@ -69,8 +69,11 @@ const MAX_RETRIES: usize = 3;
 /// it (Node's and Apache's keep-alive timeout is 5 s): the OP then closes without an answer,
 /// having read the request or not. A bodiless GET, HEAD or OPTIONS sent on such a connection
 /// is kept, and sent once more on a new connection if that happens (as nginx's
-/// `proxy_next_upstream error` and Go's transport do for idempotent requests). Busier
-/// connections are never that old, so the hot path copies nothing.
+/// `proxy_next_upstream error` and Go's transport do for idempotent requests). Any other
+/// request cannot be sent twice, so it never goes on such a connection: it takes a fresher
+/// one or a new one, and the stale ones stay for GETs. A stalled process (a paused VM, a
+/// long collection) can otherwise find its connection closing only as its POST goes out.
+/// Busier connections are never that old, so the hot path copies nothing.
 const STALE_AFTER: Duration = Duration::from_secs(1);
 
 impl Pool {
@@ -86,8 +89,9 @@ impl Pool {
     }
 
     /// A ready connection from the pool and how long it sat unused at `now`, dropping closed
-    /// and expired ones on the way.
-    fn checkout(&self, now: Instant) -> Option<(http1::SendRequest<Body>, Duration)> {
+    /// and expired ones on the way; one idle for `STALE_AFTER` or more only if `stale_ok`
+    /// (others are left in the pool).
+    fn checkout(&self, now: Instant, stale_ok: bool) -> Option<(http1::SendRequest<Body>, Duration)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let mut i = idle.len();
         while i > 0 {
@@ -96,11 +100,11 @@ impl Pool {
             if pooled.sender.is_closed() {
                 idle.swap_remove(i);
             } else if pooled.sender.is_ready() {
-                // Taken out either way: to be used, or dropped as expired.
                 let idle_for = now.saturating_duration_since(pooled.used);
-                let pooled = idle.swap_remove(i);
-                if idle_for <= IDLE_TIMEOUT {
-                    return Some((pooled.sender, idle_for));
+                if idle_for > IDLE_TIMEOUT {
+                    idle.swap_remove(i);
+                } else if stale_ok || idle_for < STALE_AFTER {
+                    return Some((idle.swap_remove(i).sender, idle_for));
                 }
             }
         }
@@ -147,10 +151,11 @@ impl Pool {
             "a request to the OP without Host"
         );
         super::to_origin_form(request.uri_mut());
+        let replayable = is_replayable(&request);
         let mut fresh = 0;
         let mut replayed = false;
         for _ in 0..MAX_IDLE + MAX_RETRIES {
-            let pooled = if replayed { None } else { self.checkout(now) };
+            let pooled = if replayed { None } else { self.checkout(now, replayable) };
             let (mut sender, idle_for) = match pooled {
                 Some(pooled) => pooled,
                 None => {
@@ -162,9 +167,7 @@ impl Pool {
                     (sender, Duration::ZERO)
                 }
             };
-            let replay = (!replayed && idle_for >= STALE_AFTER)
-                .then(|| replayable_copy(&request))
-                .flatten();
+            let replay = (replayable && !replayed && idle_for >= STALE_AFTER).then(|| replayable_copy(&request));
             let response = sender.try_send_request(request);
             self.put(sender, now);
             match response.await {
@@ -206,21 +209,21 @@ where
     Ok(sender)
 }
 
-/// A copy of a request that is safe to send twice: GET, HEAD or OPTIONS without a body.
-fn replayable_copy(request: &Request<Body>) -> Option<Request<Body>> {
+/// Whether a request is safe to send twice: GET, HEAD or OPTIONS without a body.
+fn is_replayable(request: &Request<Body>) -> bool {
     use hyper::body::Body as _;
     let method = request.method();
-    if !(method == Method::GET || method == Method::HEAD || method == Method::OPTIONS)
-        || !request.body().is_end_stream()
-    {
-        return None;
-    }
+    (method == Method::GET || method == Method::HEAD || method == Method::OPTIONS) && request.body().is_end_stream()
+}
+
+/// A copy of a request that [`is_replayable`], to send again.
+fn replayable_copy(request: &Request<Body>) -> Request<Body> {
     let mut copy = Request::new(crate::http::full(Bytes::new()));
-    *copy.method_mut() = method.clone();
+    *copy.method_mut() = request.method().clone();
     *copy.uri_mut() = request.uri().clone();
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
-    Some(copy)
+    copy
 }
 
 /// Whether a connection ended before any answer: closed mid-message, reset or broken.
