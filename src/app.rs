@@ -250,6 +250,7 @@ pub fn compose(
                 metrics: metrics.clone(),
                 revoker: revoker.clone(),
                 events: events.clone(),
+                default_interval: config.default_interval,
             },
         },
         cancel: Cancel {

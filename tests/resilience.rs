@@ -20,7 +20,8 @@ async fn store_outage_is_503_with_retry_after_and_pass_through_keeps_working() {
     let proxy = start(
         Options::new(StoreKind::Embedded)
             .env("DTR_REDIS_URL", format!("redis://127.0.0.1:{closed}"))
-            .env("DTR_UPSTREAM_TIMEOUT", "2"),
+            .env("DTR_UPSTREAM_TIMEOUT", "2")
+            .env("DTR_DEFAULT_INTERVAL", "7"),
     )
     .await;
     let jwks = proxy
@@ -37,7 +38,11 @@ async fn store_outage_is_503_with_retry_after_and_pass_through_keeps_working() {
 
     let poll = proxy.poll(&dtr_client(), "some-id").await;
     assert_eq!((poll.status, poll.error()), (503, "temporarily_unavailable"));
-    assert!(poll.headers.contains_key("retry-after"));
+    // The failed poll may have moved the poll clock: it is told to wait its interval.
+    assert_eq!(
+        poll.headers["retry-after"], "7",
+        "a poll waits no less than its interval"
+    );
 
     let ready = proxy.http.get(format!("{}/readyz", proxy.admin)).send().await.unwrap();
     assert_eq!(

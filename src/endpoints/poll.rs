@@ -246,6 +246,8 @@ pub struct Poll {
     pub metrics: Metrics,
     pub revoker: Arc<Revoker>,
     pub events: Events,
+    /// The poll interval of a client that names none.
+    pub default_interval: u64,
 }
 
 impl Poll {
@@ -260,9 +262,22 @@ impl Poll {
         peer: IpAddr,
         certificate: Option<&ClientCertificate>,
     ) -> Result<Response<Body>, OAuthError> {
-        self.answer(realm, headers, params, deferred_auth_id, profile, peer, certificate)
-            .await
-            .map_err(|e| e.named_for(profile))
+        // A poll answered 503 or 502 may still have moved the poll clock (the store stamped it
+        // and then failed, or the OP failed after it), so its `Retry-After` is never shorter
+        // than the interval: an RP that waits as told is not answered `slow_down` for it.
+        let mut interval = 0;
+        self.answer(
+            realm,
+            headers,
+            params,
+            deferred_auth_id,
+            profile,
+            peer,
+            certificate,
+            &mut interval,
+        )
+        .await
+        .map_err(|e| e.retry_no_sooner_than(interval).named_for(profile))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -275,11 +290,13 @@ impl Poll {
         profile: Profile,
         peer: IpAddr,
         certificate: Option<&ClientCertificate>,
+        interval: &mut u64,
     ) -> Result<Response<Body>, OAuthError> {
         let certificate = certificate.map(|c| c.thumbprint.as_str());
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = &*self.checks.client_speaking(realm, &credentials, profile)?;
+        *interval = client.interval.unwrap_or(self.default_interval);
         let process_hash = self.records.process_hash(deferred_auth_id);
         // A poll with a secret and no DPoP in play presents its fingerprint, so the read can
         // stamp the poll clock when the secret is the one bound to the process: one store
@@ -316,6 +333,8 @@ impl Poll {
             )
             .await;
         owner_check(record, facts)?;
+        // The process's own, perhaps grown by `slow_down`: told to its owner only.
+        *interval = record.interval;
         // Only the authenticated owner moves the poll clock.
         if !stamped {
             self.records.stamp_poll(&mut process, now).await;

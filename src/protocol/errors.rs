@@ -131,6 +131,14 @@ impl OAuthError {
         self
     }
 
+    /// A retryable answer (one with `Retry-After`) asks for at least `seconds`.
+    pub fn retry_no_sooner_than(mut self, seconds: u64) -> Self {
+        if let Some(wait) = self.retry_after.as_mut() {
+            *wait = (*wait).max(seconds);
+        }
+        self
+    }
+
     /// IETF §6.6: the process is pending and cannot go on until someone acts at
     /// `interaction_uri` (an absolute https URL without a fragment, IETF §6.4). Still 400, the
     /// client keeps polling at its interval; `deferral_code` and `interval` are not repeated.
@@ -327,6 +335,17 @@ mod tests {
             .unwrap()
             .to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn only_a_retryable_answer_is_told_to_wait_longer() {
+        let outage = || OAuthError::store(crate::store::StoreError::Unavailable("down".into()));
+        assert_eq!(outage().retry_no_sooner_than(7).retry_after, Some(7));
+        assert_eq!(outage().retry_no_sooner_than(1).retry_after, Some(2));
+        let refused = OAuthError::invalid_grant("spent").retry_no_sooner_than(7);
+        assert_eq!(refused.retry_after, None);
+        let response = outage().retry_no_sooner_than(7).into_response();
+        assert_eq!(response.headers()["retry-after"], "7");
     }
 
     #[test]
