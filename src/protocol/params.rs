@@ -308,6 +308,17 @@ mod proptests {
             }
         }
 
+        /// What is accepted reads as the WHATWG parser (the `url` crate's) reads it, pair by
+        /// pair, empty values included.
+        #[test]
+        fn parse_agrees_with_the_whatwg_parser(input in form_bytes()) {
+            if let Ok(params) = Params::parse(&input) {
+                let theirs: Vec<(String, String)> =
+                    form_urlencoded::parse(&input).map(|(n, v)| (n.into_owned(), v.into_owned())).collect();
+                prop_assert_eq!(params.pairs, theirs);
+            }
+        }
+
         #[test]
         fn encode_then_parse_round_trips(expected in btree_map(any::<String>(), any::<String>(), 0..8)) {
             let encoded = encode(expected.iter().map(|(n, v)| (n.as_str(), v.as_str())));
