@@ -76,19 +76,28 @@ pub(super) fn evalsha(script: &Script, key: &str, args: usize) -> Cmd {
     cmd
 }
 
+/// Loads of a script tried for one command. The server can lose its scripts again between
+/// the load and the command sent again (a `SCRIPT FLUSH`, a failover to a server that never
+/// had them), most likely just as a new replica uses each script for the first time; a
+/// command refused with `NOSCRIPT` did not run, so it is always safe to send again.
+const LOADS: usize = 3;
+
 /// Sends an [`evalsha`] command; on `NOSCRIPT` (a restarted or new server) loads the script
-/// and sends it again, as `ScriptInvocation::invoke_async` does.
+/// and sends it again, as `ScriptInvocation::invoke_async` does, up to [`LOADS`] times.
 pub(super) async fn eval<T: FromRedisValue>(
     script: &Script,
     cmd: &Cmd,
     conn: &mut impl redis::aio::ConnectionLike,
 ) -> redis::RedisResult<T> {
-    match cmd.query_async(conn).await {
-        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-            script.load_async(conn).await?;
-            cmd.query_async(conn).await
+    let mut loads = 0;
+    loop {
+        match cmd.query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) && loads < LOADS => {
+                loads += 1;
+                script.load_async(conn).await?;
+            }
+            result => return result,
         }
-        result => result,
     }
 }
 
@@ -103,7 +112,11 @@ pub(super) async fn run_patching(
     conn: &mut impl redis::aio::ConnectionLike,
 ) -> redis::RedisResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
     let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
-    if matches!(replies.first(), Some(redis::Value::ServerError(e)) if e.kind() == Some(ServerErrorKind::NoScript)) {
+    let mut loads = 0;
+    while loads < LOADS
+        && matches!(replies.first(), Some(redis::Value::ServerError(e)) if e.kind() == Some(ServerErrorKind::NoScript))
+    {
+        loads += 1;
         script.load_async(conn).await?;
         replies = pipe.query_async(conn).await?;
     }
@@ -114,4 +127,108 @@ pub(super) async fn run_patching(
         redis::from_redis_value(replaced.extract_error()?)?,
         redis::from_redis_value(value.extract_error()?)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::aio::ConnectionLike;
+    use redis::{RedisFuture, Value};
+
+    use super::*;
+
+    /// A server whose script cache is lost again right after each of the first `lost_after_load`
+    /// loads, as a `SCRIPT FLUSH` from elsewhere landing between a load and the command would.
+    struct ForgetfulServer {
+        hash: String,
+        loaded: bool,
+        lost_after_load: usize,
+        loads: usize,
+        runs: usize,
+    }
+
+    impl ForgetfulServer {
+        fn answer(&mut self, cmd: &Cmd) -> Value {
+            let name = match cmd.args_iter().next() {
+                Some(redis::Arg::Simple(name)) => name.to_ascii_uppercase(),
+                _ => Vec::new(),
+            };
+            match &name[..] {
+                b"EVALSHA" if self.loaded => {
+                    self.runs += 1;
+                    Value::BulkString(b"1".to_vec())
+                }
+                b"GET" => Value::BulkString(b"value".to_vec()),
+                b"EVALSHA" => redis::parse_redis_value(b"-NOSCRIPT No matching script. Please use EVAL.\r\n").unwrap(),
+                b"SCRIPT" => {
+                    self.loads += 1;
+                    self.loaded = self.loads > self.lost_after_load;
+                    Value::BulkString(self.hash.clone().into_bytes())
+                }
+                _ => redis::parse_redis_value(b"-ERR unexpected\r\n").unwrap(),
+            }
+        }
+    }
+
+    impl ConnectionLike for ForgetfulServer {
+        fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+            let value = self.answer(cmd);
+            Box::pin(async move { Ok(value) })
+        }
+
+        fn req_packed_commands<'a>(
+            &'a mut self,
+            pipeline: &'a redis::Pipeline,
+            offset: usize,
+            count: usize,
+        ) -> RedisFuture<'a, Vec<Value>> {
+            let values: Vec<Value> = pipeline.cmd_iter().map(|cmd| self.answer(cmd)).collect();
+            Box::pin(async move { Ok(values.into_iter().skip(offset).take(count).collect()) })
+        }
+
+        fn get_db(&self) -> i64 {
+            0
+        }
+    }
+
+    fn server(script: &Script, lost_after_load: usize) -> ForgetfulServer {
+        ForgetfulServer {
+            hash: script.get_hash().to_owned(),
+            loaded: false,
+            lost_after_load,
+            loads: 0,
+            runs: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_script_lost_again_after_its_load_is_loaded_again() {
+        let script = Script::new(PATCH);
+        let cmd = evalsha(&script, "k", 8);
+        let mut conn = server(&script, 1);
+        let ran: i64 = eval(&script, &cmd, &mut conn).await.unwrap();
+        assert_eq!((ran, conn.loads, conn.runs), (1, 2, 1));
+
+        let mut pipe = redis::pipe();
+        pipe.add_command(evalsha(&script, "k", 8))
+            .add_command(Cmd::get("k"))
+            .ignore_errors();
+        let mut conn = server(&script, 2);
+        let replies = run_patching(&script, &pipe, &mut conn).await.unwrap();
+        assert_eq!(replies, (Some(b"1".to_vec()), Some(b"value".to_vec())));
+        assert_eq!(
+            (conn.loads, conn.runs),
+            (3, 1),
+            "the pipeline ran once its script stayed loaded"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_that_keeps_losing_its_scripts_is_an_error_not_a_loop() {
+        let script = Script::new(PATCH);
+        let cmd = evalsha(&script, "k", 8);
+        let mut conn = server(&script, usize::MAX);
+        let refused = eval::<i64>(&script, &cmd, &mut conn).await.unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Server(ServerErrorKind::NoScript));
+        assert_eq!((conn.loads, conn.runs), (LOADS, 0));
+    }
 }
