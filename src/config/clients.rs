@@ -85,6 +85,13 @@ pub struct ClientSettings {
 #[serde(transparent)]
 pub struct ClientSecret(pub String);
 
+impl ClientSettings {
+    /// Seconds between this client's polls: its own `interval`, else `default_interval`.
+    pub fn poll_interval(&self, default_interval: u64) -> u64 {
+        self.interval.unwrap_or(default_interval)
+    }
+}
+
 impl fmt::Debug for ClientSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ClientSecret(..)")

@@ -313,7 +313,7 @@ impl Exchange {
             _ => refresh_token,
         };
 
-        let interval = client.interval.unwrap_or(self.settings.default_interval);
+        let interval = client.poll_interval(self.settings.default_interval);
         let deferred_auth_id = random_token(32);
         let process_hash = self.records.process_hash(&deferred_auth_id);
         let secrets = HeldSecrets {

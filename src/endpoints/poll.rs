@@ -296,7 +296,7 @@ impl Poll {
         let now = now_ms();
         let credentials = ClientCredentials::extract(headers, params)?;
         let client = &*self.checks.client_speaking(realm, &credentials, profile)?;
-        *interval = client.interval.unwrap_or(self.default_interval);
+        *interval = client.poll_interval(self.default_interval);
         let process_hash = self.records.process_hash(deferred_auth_id);
         // A poll with a secret and no DPoP in play presents its fingerprint, so the read can
         // stamp the poll clock when the secret is the one bound to the process: one store
