@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+import host
+
 HOST = "127.0.0.1"
 WEBHOOK_SECRET = "whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtMDA="
 EVENTS_SECRET = "whsec_YmVuY2gtZXZlbnRzLXNlY3JldC0wMDA="
@@ -170,6 +172,7 @@ def main():
     }
     results = {}
     receiver_log = os.path.join(tmp, "received.tsv")
+    steal = host.Steal.start()
     try:
         redis = start(["taskset", "-c", args.server_cpus, "redis-server", "--port", str(redis_port), "--bind", HOST,
                        "--save", "", "--appendonly", "no"], "redis")
@@ -361,6 +364,7 @@ def main():
               f"retry {em.get('retry', 0)}, dead_letter {em.get('dead_letter', 0)}")
         if len(by_process) < args.event_count or em.get("dead_letter", 0):
             failed = True
+    print(f"  {host.summary(steal.end())}")
     return 1 if failed else 0
 
 

@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 
+import host
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from polls import HOST, log, redis_cli, wait_http  # noqa: E402
 
@@ -87,6 +89,7 @@ def main():
         empty = used_memory()
 
         small = seed(args.small, "small.txt")
+        steal = host.Steal.start()
         rounds_small = []
         for _ in range(args.rounds):
             rounds_small.append(poll(small, 0, args.small))
@@ -96,7 +99,10 @@ def main():
 
         large = seed(args.large, "large.txt")
         per_process = (used_memory() - empty) / args.large
+        steal.end()
+        steal_large = host.Steal.start()
         rounds_large = [poll(large, i * args.small, args.small) for i in range(args.rounds)]
+        steal = steal + steal_large.end()
 
         def median(rounds, key):
             return statistics.median(r[key] for r in rounds)
@@ -107,6 +113,7 @@ def main():
         print(f"  {args.small:>9} processes: {median(rounds_small, 'rps'):8.0f} req/s  p50 {median(rounds_small, 'p50_ms'):.3f} ms  p99 {p99_small:.3f} ms")
         print(f"  {args.large:>9} processes: {median(rounds_large, 'rps'):8.0f} req/s  p50 {median(rounds_large, 'p50_ms'):.3f} ms  p99 {p99_large:.3f} ms")
         print(f"  p99 ratio: {p99_large / p99_small:.2f}  (target within 10 %)")
+        print(f"  {host.summary(steal)}")
         print(f"  Redis used_memory per process at {args.large}: {per_process:.0f} B")
     finally:
         for proc in reversed(procs):

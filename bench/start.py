@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 
+import host
+
 HOST = "127.0.0.1"
 
 
@@ -78,6 +80,7 @@ http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp}; fast
   server {{ listen {HOST}:{nginx_port}; root {tmp}/www; }} }}
 """)
         figures = {"nginx": [], "dtr-proxy": []}
+        steal = host.Steal.start()
         for _ in range(args.runs):
             figures["dtr-proxy"].append(time_start([args.proxy], env, admin, "/readyz"))
             figures["nginx"].append(time_start([args.nginx, "-p", tmp, "-c", conf, "-e", f"{tmp}/error.log"], None, nginx_port, "/ready"))
@@ -87,6 +90,7 @@ http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp}; fast
         print(f"  {name:<10} median {statistics.median(values):6.1f} ms   worst {max(values):6.1f} ms")
     ratio = statistics.median(figures["dtr-proxy"]) / statistics.median(figures["nginx"])
     print(f"  dtr-proxy / nginx (median): {ratio:.2f}   dtr-proxy target: < 100 ms")
+    print(f"  {host.summary(steal.end())}")
     return 0
 
 

@@ -18,7 +18,9 @@ coordinated omission) at several rates, for the latency-versus-load plot.
 The machine is shared: what else runs on it moves a single wrk figure by a tenth and more.
 So the throughput runs come in rounds (--rounds, default 3), direct, nginx and dtr-proxy in
 each, nginx and dtr-proxy taking turns at going first; per file the round with the median
-dtr-proxy/nginx ratio is shown, and the ratio of every round under it.
+dtr-proxy/nginx ratio is shown, and the ratio of every round under it. A round during which
+the hypervisor stole more than a trace of CPU time (host.py) is left out of the median when
+another round was left alone; the steal of each round, and of the latency sweep, is printed.
 """
 
 import argparse
@@ -31,6 +33,8 @@ import sys
 import tempfile
 import time
 import http.client
+
+import host
 
 HOST = "127.0.0.1"
 FILES = {
@@ -350,9 +354,10 @@ def main():
                 raise SystemExit(f"{name}: the bodies differ between {', '.join(bodies)}")
         hz = os.sysconf("SC_CLK_TCK")
 
-        rounds = []
+        rounds, steals = [], []
         for number in range(args.rounds):
             measured = {}
+            steal = host.Steal.start()
             order = ["direct", "nginx", "dtr-proxy"] if number % 2 == 0 else ["direct", "dtr-proxy", "nginx"]
             if args.floor:
                 order.append("hyper floor")
@@ -370,14 +375,16 @@ def main():
                     measured[(name, target)] = (rps, errors, (user + system) / args.duration * 100,
                                                 per_request(user + system), per_request(user), per_request(system))
             rounds.append(measured)
-        throughput, ratios = {}, {}
+            steals.append(steal.end())
+        throughput, ratios, bases = {}, {}, {}
         for name in args.files.split(","):
             ratios[name] = [m[(name, "dtr-proxy")][0] / m[(name, "nginx")][0] for m in rounds]
-            median = sorted(range(len(rounds)), key=lambda i: ratios[name][i])[len(rounds) // 2]
+            median, bases[name] = host.median_round(ratios[name], steals)
             for target in targets:
                 throughput[(name, target)] = rounds[median][(name, target)]
 
         latency = {}
+        sweep_steal = host.Steal.start()
         for target, port in targets.items():
             if target == "hyper floor":
                 continue
@@ -385,6 +392,7 @@ def main():
             for rate in sorted(set(rates + [args.moderate_rate])):
                 log(f"certs via {target}: oha at {rate} requests/s for {args.latency_duration} s")
                 latency[(target, rate)] = oha(url, rate, args)
+        sweep_steal.end()
         rss_hwm = status_kib(proxy.pid, "VmHWM")
         rss_now = status_kib(proxy.pid, "VmRSS")
         ok = True
@@ -407,7 +415,7 @@ def main():
     print(f"  pinning: upstream and the proxy under test on CPU {args.server_cpus}, load generator on CPU {args.client_cpus}")
     print(f"  nginx proxy: 1 worker, keepalive 64 upstream; dtr-proxy: DTR_WORKER_THREADS=1")
     print()
-    print(f"throughput (wrk, closed loop, {args.connections} connections, {args.duration} s; the round with the median ratio of {args.rounds})")
+    print(f"throughput (wrk, closed loop, {args.connections} connections, {args.duration} s; the round with the median ratio)")
     print(f"  {'file':<22} {'direct':>9} {'nginx':>9} {'dtr-proxy':>10} {'dtr/nginx':>10}   {'CPU/req nginx':>13} {'CPU/req dtr':>12}")
     labels = {"certs": f"certs ({sizes[0]} B JSON)", "big": f"big.js ({sizes[1] // 1024} KiB)"}
     for name in args.files.split(","):
@@ -415,13 +423,14 @@ def main():
         errors = sum(m[(name, t)][1] for m in rounds for t in targets)
         print(f"  {labels[name]:<22} {d[0]:9.0f} {n[0]:9.0f} {p[0]:10.0f} {p[0] / n[0]:9.2f}x   {n[3]:10.1f} us {p[3]:9.1f} us"
               + (f"  ({errors} errors!)" if errors else ""))
-        print(f"  {'  ratio in each round':<22} " + "  ".join(f"{r:.2f}x" for r in ratios[name]))
+        print(f"  {'  ratio in each round':<22} " + "  ".join(f"{r:.2f}x" for r in ratios[name]) + f"   (the median {bases[name]})")
         print(f"  {'  CPU/req user + system':<22} nginx {n[4]:.1f} + {n[5]:.1f} us, dtr-proxy {p[4]:.1f} + {p[5]:.1f} us")
         if args.floor:
             f = throughput[(name, "hyper floor")]
             floor_ratios = "  ".join(f"{m[(name, 'hyper floor')][0] / m[(name, 'nginx')][0]:.2f}x" for m in rounds)
             print(f"  {'  hyper floor':<22} {f[0]:.0f} req/s, {f[0] / n[0]:.2f}x nginx (each round: {floor_ratios}), "
                   f"CPU/req {f[4]:.1f} + {f[5]:.1f} us")
+    print(f"  {'stolen in each round':<22} " + "  ".join(str(s) for s in steals))
     print()
     print(f"latency of the certs file at a constant rate (oha -q, {args.connections} connections, {args.latency_duration} s each, corrected for coordinated omission)")
     print(f"  {'rate/s':>7}  {'direct p50/p99 ms':>18}  {'nginx p50/p99 ms':>17}  {'dtr-proxy p50/p99 ms':>21}  {'added p99: nginx':>16} {'dtr-proxy':>9}")
@@ -430,6 +439,7 @@ def main():
         bad = sum(x["errors"] for x in (d, n, p))
         print(f"  {rate:7d}  {d['p50']:8.3f} / {d['p99']:6.3f}  {n['p50']:7.3f} / {n['p99']:6.3f}  {p['p50']:10.3f} / {p['p99']:7.3f}"
               f"  {n['p99'] - d['p99']:+15.3f} {p['p99'] - d['p99']:+9.3f}" + (f"  ({bad} errors!)" if bad else ""))
+    print(f"  stolen during the sweep: {sweep_steal}" + ("; a p99 moved by a burst of steal is the host's, not the code's" if sweep_steal.marked() else ""))
     m = args.moderate_rate
     added = latency[("dtr-proxy", m)]["p99"] - latency[("direct", m)]["p99"]
     print()
@@ -439,6 +449,7 @@ def main():
         print(f"  {labels[name]:<22} throughput dtr-proxy / nginx = {p[0] / n[0]:.2f}  (target >= 1.00)")
     print(f"  added p99 at {m}/s over direct: dtr-proxy {added:+.3f} ms, nginx {latency[('nginx', m)]['p99'] - latency[('direct', m)]['p99']:+.3f} ms  (target <= 0.300 ms)")
     print(f"  dtr-proxy RSS: peak {rss_hwm / 1024:.1f} MiB (VmHWM), {rss_now / 1024:.1f} MiB at the end  (target <= 30 MB)")
+    print(f"  {host.summary(sum(steals, sweep_steal))}")
     if args.plot:
         series = {t: {q: [(r, latency[(t, r)][q]) for r in rates] for q in ("p99", "p50")} for t in ("direct", "nginx", "dtr-proxy")}
         svg_plot(args.plot, series, rates, "pass-through latency vs load (2 KiB JSON)")
