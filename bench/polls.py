@@ -153,7 +153,7 @@ def main():
             redis_cli(redis_port, "FLUSHALL")
             log(f"round {number}: redis-benchmark -t get -c {args.concurrency}")
             csv = subprocess.run(["taskset", "-c", args.client_cpus, "timeout", "120", "redis-benchmark", "-h", HOST, "-p", str(redis_port),
-                                  "-t", "get", "-c", str(args.concurrency), "-n", "300000", "-d", "1500", "-r", "100000", "--csv"],
+                                  "-t", "get", "-c", str(args.concurrency), "-n", "300000", "-r", "100000", "--csv"],
                                  capture_output=True, text=True, check=True).stdout.strip().splitlines()
             header = [h.strip('"') for h in csv[0].split(",")]
             row = [v.strip('"') for v in csv[-1].split(",")]
