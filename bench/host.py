@@ -58,7 +58,7 @@ class Steal:
         return Steal(self.seconds + other.seconds, self.wall + other.wall)
 
     def __str__(self):
-        return f"{self.seconds:.1f} s ({self.share():.0%})"
+        return f"{self.seconds:.1f} s ({self.share():.1%})"
 
 
 def median_round(ratios, steals):
