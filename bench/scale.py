@@ -16,9 +16,8 @@ import sys
 import tempfile
 import time
 
-import host
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import host  # noqa: E402
 from polls import HOST, log, redis_cli, wait_http  # noqa: E402
 
 
@@ -94,12 +93,12 @@ def main():
         for _ in range(args.rounds):
             rounds_small.append(poll(small, 0, args.small))
             time.sleep(1.2)  # the interval (1 s) passes: the next round is pending again, not slow_down
+        steal.end()
         redis_cli(redis_port, "FLUSHALL")
         empty = used_memory()
 
         large = seed(args.large, "large.txt")
         per_process = (used_memory() - empty) / args.large
-        steal.end()
         steal_large = host.Steal.start()
         rounds_large = [poll(large, i * args.small, args.small) for i in range(args.rounds)]
         steal = steal + steal_large.end()
