@@ -52,7 +52,7 @@ build_release  # the poll load generator (and the ordinary build), uninstrumente
 INSTRUMENTED=$OUT/instrumented/$PROFILE/dtr-proxy
 log "training: pass-through (bench/vs_nginx.py, one round)"
 python3 bench/vs_nginx.py --proxy "$INSTRUMENTED" --nginx "$NGINX" --oha "$OHA" --files certs,big \
-    --rounds 1 --duration 4 --rates 1000 --latency-duration 2 >/dev/null || die "pass-through training failed"
+    --rounds 1 --duration 4 --rates 1000 --latency-duration 2 --latency-rounds 1 >/dev/null || die "pass-through training failed"
 log "training: pending polls (bench/polls.py, one round of each mode)"
 python3 bench/polls.py --proxy "$INSTRUMENTED" --poll-bench target/release/examples/poll_bench \
     --count 5000 --rounds 1 >/dev/null || die "poll training failed"
