@@ -477,7 +477,7 @@ def main():
     for name in args.files.split(","):
         n, p = throughput[(name, "nginx")], throughput[(name, "dtr-proxy")]
         print(f"  {labels[name]:<22} throughput dtr-proxy / nginx = {p[0] / n[0]:.2f}  (target >= 1.00)")
-    print(f"  added p99 at {m}/s over direct: dtr-proxy {added:+.3f} ms (the median round {latency_basis}), nginx's median {nginx_median:+.3f} ms"
+    print(f"  added p99 at {m}/s over direct: dtr-proxy {added:+.3f} ms (the median {latency_basis}), nginx's median {nginx_median:+.3f} ms"
           f"  (target <= 0.300 ms)")
     print(f"  dtr-proxy RSS: peak {rss_hwm / 1024:.1f} MiB (VmHWM), {rss_now / 1024:.1f} MiB at the end  (target <= 30 MB)")
     print(f"  {host.summary(sum(steals + moderate_steals, sweep_steal))}")
