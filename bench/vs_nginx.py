@@ -244,6 +244,69 @@ def oha(url, rate, args):
     }
 
 
+def measure_latency(targets, rates, args):
+    """Open-loop latency of the JSON file: the sweep over the rates (one run per target and
+    rate, for the plot), then the moderate rate in rounds side by side."""
+    latency = {}
+    m = args.moderate_rate
+    sweep_steal = host.Steal.start()
+    for target in LATENCY_TARGETS:
+        url = f"http://{HOST}:{targets[target]}{FILES['certs']}"
+        for rate in sorted(set(rates) - {m}):
+            log(f"certs via {target}: oha at {rate} requests/s for {args.latency_duration} s")
+            latency[(target, rate)] = oha(url, rate, args)
+    sweep_steal.end()
+    # The target's rate in rounds, each going direct, through nginx and through dtr-proxy back
+    # to back (in turns at going first): an added p99 is a difference of two tails, and only
+    # runs side by side share the host's state. One run of each, minutes apart, had a
+    # proxy's p99 move by more than the target itself.
+    moderate, moderate_steals = [], []
+    for number in range(args.latency_rounds):
+        steal = host.Steal.start()
+        turn = number % len(LATENCY_TARGETS)
+        measured = {}
+        for target in LATENCY_TARGETS[turn:] + LATENCY_TARGETS[:turn]:
+            log(f"latency round {number + 1}: certs via {target}: oha at {m} requests/s for {args.latency_duration} s")
+            measured[target] = oha(f"http://{HOST}:{targets[target]}{FILES['certs']}", m, args)
+        moderate.append(measured)
+        moderate_steals.append(steal.end())
+    added_each = {proxy: [r[proxy]["p99"] - r["direct"]["p99"] for r in moderate] for proxy in ("nginx", "dtr-proxy")}
+    chosen, latency_basis = host.median_round(added_each["dtr-proxy"], moderate_steals)
+    # nginx's median by the same rule, for the line beside dtr-proxy's.
+    nginx_median = added_each["nginx"][host.median_round(added_each["nginx"], moderate_steals)[0]]
+    for target in LATENCY_TARGETS:
+        latency[(target, m)] = moderate[chosen][target]
+    return {
+        "by_rate": latency,
+        "sweep_steal": sweep_steal,
+        "steals": moderate_steals,
+        "added_each": added_each,
+        "chosen": chosen,
+        "basis": latency_basis,
+        "nginx_median": nginx_median,
+    }
+
+
+def print_latency(latency, rates, args):
+    by_rate, m = latency["by_rate"], args.moderate_rate
+    added_each, chosen, sweep_steal = latency["added_each"], latency["chosen"], latency["sweep_steal"]
+    print()
+    print(f"latency of the certs file at a constant rate (oha -q, {args.connections} connections, {args.latency_duration} s each, corrected for coordinated omission)")
+    print(f"  {'rate/s':>7}  {'direct p50/p99 ms':>18}  {'nginx p50/p99 ms':>17}  {'dtr-proxy p50/p99 ms':>21}  {'added p99: nginx':>16} {'dtr-proxy':>9}")
+    for rate in sorted(set(rates + [args.moderate_rate])):
+        d, n, p = (by_rate[(t, rate)] for t in ("direct", "nginx", "dtr-proxy"))
+        bad = sum(x["errors"] for x in (d, n, p))
+        print(f"  {rate:7d}  {d['p50']:8.3f} / {d['p99']:6.3f}  {n['p50']:7.3f} / {n['p99']:6.3f}  {p['p50']:10.3f} / {p['p99']:7.3f}"
+              f"  {n['p99'] - d['p99']:+15.3f} {p['p99'] - d['p99']:+9.3f}" + (f"  ({bad} errors!)" if bad else ""))
+    print(f"  stolen during the sweep: {sweep_steal}" + ("; a p99 moved by a burst of steal is the host's, not the code's" if sweep_steal.marked() else ""))
+    print(f"  at {m}/s: the round with the median dtr-proxy figure ({latency['basis']}); added p99 in each round:")
+    medians = {"dtr-proxy": added_each["dtr-proxy"][chosen], "nginx": latency["nginx_median"]}
+    for proxy in ("dtr-proxy", "nginx"):
+        print(f"    {proxy:<10} " + "  ".join(f"{a:+.3f}" for a in added_each[proxy])
+              + f" ms   (median {medians[proxy]:+.3f} ms)")
+    print(f"    {'stolen':<10} " + "  ".join(str(s) for s in latency['steals']))
+
+
 def svg_plot(path, series, rates, title):
     """A small line chart, no dependencies: p50 and p99 latency (ms, log scale) against the rate."""
     import math
@@ -296,7 +359,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--proxy", required=True)
     parser.add_argument("--nginx", required=True)
-    parser.add_argument("--oha", required=True)
+    parser.add_argument("--oha", default="", help="oha, for the latency runs (not needed with --latency-rounds 0)")
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--latency-duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
@@ -304,7 +367,8 @@ def main():
     parser.add_argument("--rates", default="500,1000,2000,4000,6000,8000")
     parser.add_argument("--moderate-rate", type=int, default=1000)
     parser.add_argument("--latency-rounds", type=int, default=5,
-                        help="rounds at the moderate rate, direct, nginx and dtr-proxy side by side in each; the median added p99 is shown")
+                        help="rounds at the moderate rate, direct, nginx and dtr-proxy side by side in each; the median added p99 "
+                             "is shown. 0: no latency runs at all (throughput only)")
     parser.add_argument("--server-cpus", default="0")
     parser.add_argument("--client-cpus", default="1")
     parser.add_argument("--files", default="certs,big")
@@ -315,7 +379,9 @@ def main():
     parser.add_argument("--floor-port", type=int, default=18183)
     args = parser.parse_args()
     upstream_port, nginx_port, proxy_port, admin_port = (int(p) for p in args.ports.split(","))
-    rates = [int(r) for r in args.rates.split(",")]
+    rates = [int(r) for r in args.rates.split(",") if r]
+    if args.latency_rounds > 0 and not args.oha:
+        parser.error("--oha is needed for the latency runs (or --latency-rounds 0: throughput only)")
 
     tmp = tempfile.mkdtemp(prefix="dtr-vs-nginx.")
     os.chmod(tmp, 0o755)  # nginx workers started by root run as nobody and must read www/
@@ -389,35 +455,7 @@ def main():
             for target in targets:
                 throughput[(name, target)] = rounds[median][(name, target)]
 
-        latency = {}
-        m = args.moderate_rate
-        sweep_steal = host.Steal.start()
-        for target in LATENCY_TARGETS:
-            url = f"http://{HOST}:{targets[target]}{FILES['certs']}"
-            for rate in sorted(set(rates) - {m}):
-                log(f"certs via {target}: oha at {rate} requests/s for {args.latency_duration} s")
-                latency[(target, rate)] = oha(url, rate, args)
-        sweep_steal.end()
-        # The target's rate in rounds, each going direct, through nginx and through dtr-proxy back
-        # to back (in turns at going first): an added p99 is a difference of two tails, and only
-        # runs side by side share the host's state. One run of each, minutes apart, had a
-        # proxy's p99 move by more than the target itself.
-        moderate, moderate_steals = [], []
-        for number in range(args.latency_rounds):
-            steal = host.Steal.start()
-            turn = number % len(LATENCY_TARGETS)
-            measured = {}
-            for target in LATENCY_TARGETS[turn:] + LATENCY_TARGETS[:turn]:
-                log(f"latency round {number + 1}: certs via {target}: oha at {m} requests/s for {args.latency_duration} s")
-                measured[target] = oha(f"http://{HOST}:{targets[target]}{FILES['certs']}", m, args)
-            moderate.append(measured)
-            moderate_steals.append(steal.end())
-        added_each = {proxy: [r[proxy]["p99"] - r["direct"]["p99"] for r in moderate] for proxy in ("nginx", "dtr-proxy")}
-        chosen, latency_basis = host.median_round(added_each["dtr-proxy"], moderate_steals)
-        # nginx's median by the same rule, for the line beside dtr-proxy's.
-        nginx_median = added_each["nginx"][host.median_round(added_each["nginx"], moderate_steals)[0]]
-        for target in LATENCY_TARGETS:
-            latency[(target, m)] = moderate[chosen][target]
+        latency = measure_latency(targets, rates, args) if args.latency_rounds > 0 else None
         rss_hwm = status_kib(proxy.pid, "VmHWM")
         rss_now = status_kib(proxy.pid, "VmRSS")
         ok = True
@@ -456,33 +494,24 @@ def main():
             print(f"  {'  hyper floor':<22} {f[0]:.0f} req/s, {f[0] / n[0]:.2f}x nginx (each round: {floor_ratios}), "
                   f"CPU/req {f[4]:.1f} + {f[5]:.1f} us")
     print(f"  {'stolen in each round':<22} " + "  ".join(str(s) for s in steals))
-    print()
-    print(f"latency of the certs file at a constant rate (oha -q, {args.connections} connections, {args.latency_duration} s each, corrected for coordinated omission)")
-    print(f"  {'rate/s':>7}  {'direct p50/p99 ms':>18}  {'nginx p50/p99 ms':>17}  {'dtr-proxy p50/p99 ms':>21}  {'added p99: nginx':>16} {'dtr-proxy':>9}")
-    for rate in sorted(set(rates + [args.moderate_rate])):
-        d, n, p = (latency[(t, rate)] for t in ("direct", "nginx", "dtr-proxy"))
-        bad = sum(x["errors"] for x in (d, n, p))
-        print(f"  {rate:7d}  {d['p50']:8.3f} / {d['p99']:6.3f}  {n['p50']:7.3f} / {n['p99']:6.3f}  {p['p50']:10.3f} / {p['p99']:7.3f}"
-              f"  {n['p99'] - d['p99']:+15.3f} {p['p99'] - d['p99']:+9.3f}" + (f"  ({bad} errors!)" if bad else ""))
-    print(f"  stolen during the sweep: {sweep_steal}" + ("; a p99 moved by a burst of steal is the host's, not the code's" if sweep_steal.marked() else ""))
-    print(f"  at {m}/s: the round with the median dtr-proxy figure ({latency_basis}); added p99 in each round:")
-    medians = {"dtr-proxy": added_each["dtr-proxy"][chosen], "nginx": nginx_median}
-    for proxy in ("dtr-proxy", "nginx"):
-        print(f"    {proxy:<10} " + "  ".join(f"{a:+.3f}" for a in added_each[proxy])
-              + f" ms   (median {medians[proxy]:+.3f} ms)")
-    print(f"    {'stolen':<10} " + "  ".join(str(s) for s in moderate_steals))
-    added = latency[("dtr-proxy", m)]["p99"] - latency[("direct", m)]["p99"]
+    if latency:
+        print_latency(latency, rates, args)
     print()
     print("summary")
     for name in args.files.split(","):
         n, p = throughput[(name, "nginx")], throughput[(name, "dtr-proxy")]
         print(f"  {labels[name]:<22} throughput dtr-proxy / nginx = {p[0] / n[0]:.2f}  (target >= 1.00)")
-    print(f"  added p99 at {m}/s over direct: dtr-proxy {added:+.3f} ms (the median {latency_basis}), nginx's median {nginx_median:+.3f} ms"
-          f"  (target <= 0.300 ms)")
+    if latency:
+        by_rate, m = latency["by_rate"], args.moderate_rate
+        added = by_rate[("dtr-proxy", m)]["p99"] - by_rate[("direct", m)]["p99"]
+        print(f"  added p99 at {m}/s over direct: dtr-proxy {added:+.3f} ms (the median {latency['basis']}), "
+              f"nginx's median {latency['nginx_median']:+.3f} ms  (target <= 0.300 ms)")
     print(f"  dtr-proxy RSS: peak {rss_hwm / 1024:.1f} MiB (VmHWM), {rss_now / 1024:.1f} MiB at the end  (target <= 30 MB)")
-    print(f"  {host.summary(sum(steals + moderate_steals, sweep_steal))}")
-    if args.plot:
-        series = {t: {q: [(r, latency[(t, r)][q]) for r in rates] for q in ("p99", "p50")} for t in ("direct", "nginx", "dtr-proxy")}
+    measured_steal = sum(steals + latency["steals"], latency["sweep_steal"]) if latency else sum(steals, host.Steal())
+    print(f"  {host.summary(measured_steal)}")
+    if args.plot and latency:
+        series = {t: {q: [(r, latency["by_rate"][(t, r)][q]) for r in rates] for q in ("p99", "p50")}
+                  for t in ("direct", "nginx", "dtr-proxy")}
         svg_plot(args.plot, series, rates, "pass-through latency vs load (2 KiB JSON)")
         print(f"  plot: {args.plot}")
     return 0
