@@ -5,7 +5,9 @@
     for both amd64 and arm64;
   * the OCI labels carry version and revision, and the revision reaches the binary
     (dtr_build_info);
-  * the binary comes from the `dist` profile, which strips and optimises (Cargo.toml).
+  * the binary comes from the `dist` profile, which strips and optimises (Cargo.toml);
+  * the build machine's own arch gets the profile-guided binary (bench/pgo-build.sh), and
+    the build context keeps what its training runs.
 """
 import os
 import re
@@ -60,3 +62,14 @@ def run(g):
     check("--profile dist" in text and "/dist/dtr-proxy" in text,
           "image: the image ships the dist build")
     check("USER 65532:65532" in text, "image: runs as the numeric non-root user")
+    # The build machine's own arch gets the profile-guided binary, trained by the benchmarks;
+    # a cross build (which cannot run its instrumented binary) the plain one.
+    check(args.get("PGO") == "on", "image: profile-guided build on by default (ARG PGO=on)")
+    check('[ "$PGO" = on ] && [ "$TARGETARCH" = "$BUILDARCH" ]' in text
+          and "bash bench/pgo-build.sh --profile dist --no-latency --out /out/dtr-proxy" in text,
+          "image: the native arch's binary is profile-guided (bench/pgo-build.sh, dist profile)")
+    with open(os.path.join(root, "deploy", "Dockerfile.dockerignore")) as f:
+        ignored = {l.strip() for l in f if l.strip() and not l.startswith("#")}
+    needed = ("bench", "examples", "tests")
+    check(not ignored.intersection(needed),
+          f"image: the build context keeps what the training runs ({', '.join(needed)})")
