@@ -43,11 +43,10 @@ if [[ $LATENCY == 1 ]]; then
     LATENCY_TRAINING=(--oha "$OHA" --rates 1000 --latency-duration 2 --latency-rounds 1)
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-# The benchmarks put the load generators on CPU 1; a one-CPU builder has only CPU 0.
-CPUS=()
-if [[ $(nproc) -lt 2 ]]; then
-    CPUS=(--server-cpus 0 --client-cpus 0)
-fi
+# The benchmarks pin the servers to one CPU and the load generators to another: the first
+# two this process may run on (a container's may not be 0 and 1), or its only one twice.
+read -r -a ALLOWED <<<"$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"
+CPUS=(--server-cpus "${ALLOWED[0]}" --client-cpus "${ALLOWED[1]:-${ALLOWED[0]}}")
 
 # The profile must be merged by the llvm-profdata of rustc's own LLVM.
 PROFDATA="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
