@@ -6,7 +6,8 @@
 # then optimises the final build for the branches and calls those runs took. Prints the
 # binary's path; the ordinary build in target/ is left as it is.
 #
-# The image's amd64 build runs this (deploy/Dockerfile): --profile dist --no-latency --out.
+# The image's build for its builder's own arch runs this (deploy/Dockerfile):
+# --profile dist --no-latency --out.
 #
 # Usage: bash bench/pgo-build.sh [--profile release|dist] [--no-latency] [--out PATH]
 #   --no-latency  train pass-through by throughput runs only: no oha (nor its cargo install)
