@@ -272,24 +272,23 @@ def measure_latency(targets, rates, args):
         moderate_steals.append(steal.end())
     added_each = {proxy: [r[proxy]["p99"] - r["direct"]["p99"] for r in moderate] for proxy in ("nginx", "dtr-proxy")}
     chosen, latency_basis = host.median_round(added_each["dtr-proxy"], moderate_steals)
-    # nginx's median by the same rule, for the line beside dtr-proxy's.
-    nginx_median = added_each["nginx"][host.median_round(added_each["nginx"], moderate_steals)[0]]
     for target in LATENCY_TARGETS:
         latency[(target, m)] = moderate[chosen][target]
+    # nginx's median by the same rule, for the line beside dtr-proxy's.
+    medians = {proxy: added[host.median_round(added, moderate_steals)[0]] for proxy, added in added_each.items()}
     return {
         "by_rate": latency,
         "sweep_steal": sweep_steal,
         "steals": moderate_steals,
         "added_each": added_each,
-        "chosen": chosen,
+        "medians": medians,
         "basis": latency_basis,
-        "nginx_median": nginx_median,
     }
 
 
 def print_latency(latency, rates, args):
     by_rate, m = latency["by_rate"], args.moderate_rate
-    added_each, chosen, sweep_steal = latency["added_each"], latency["chosen"], latency["sweep_steal"]
+    added_each, medians, sweep_steal = latency["added_each"], latency["medians"], latency["sweep_steal"]
     print()
     print(f"latency of the certs file at a constant rate (oha -q, {args.connections} connections, {args.latency_duration} s each, corrected for coordinated omission)")
     print(f"  {'rate/s':>7}  {'direct p50/p99 ms':>18}  {'nginx p50/p99 ms':>17}  {'dtr-proxy p50/p99 ms':>21}  {'added p99: nginx':>16} {'dtr-proxy':>9}")
@@ -300,7 +299,6 @@ def print_latency(latency, rates, args):
               f"  {n['p99'] - d['p99']:+15.3f} {p['p99'] - d['p99']:+9.3f}" + (f"  ({bad} errors!)" if bad else ""))
     print(f"  stolen during the sweep: {sweep_steal}" + ("; a p99 moved by a burst of steal is the host's, not the code's" if sweep_steal.marked() else ""))
     print(f"  at {m}/s: the round with the median dtr-proxy figure ({latency['basis']}); added p99 in each round:")
-    medians = {"dtr-proxy": added_each["dtr-proxy"][chosen], "nginx": latency["nginx_median"]}
     for proxy in ("dtr-proxy", "nginx"):
         print(f"    {proxy:<10} " + "  ".join(f"{a:+.3f}" for a in added_each[proxy])
               + f" ms   (median {medians[proxy]:+.3f} ms)")
@@ -502,10 +500,9 @@ def main():
         n, p = throughput[(name, "nginx")], throughput[(name, "dtr-proxy")]
         print(f"  {labels[name]:<22} throughput dtr-proxy / nginx = {p[0] / n[0]:.2f}  (target >= 1.00)")
     if latency:
-        by_rate, m = latency["by_rate"], args.moderate_rate
-        added = by_rate[("dtr-proxy", m)]["p99"] - by_rate[("direct", m)]["p99"]
-        print(f"  added p99 at {m}/s over direct: dtr-proxy {added:+.3f} ms (the median {latency['basis']}), "
-              f"nginx's median {latency['nginx_median']:+.3f} ms  (target <= 0.300 ms)")
+        medians = latency["medians"]
+        print(f"  added p99 at {args.moderate_rate}/s over direct: dtr-proxy {medians['dtr-proxy']:+.3f} ms "
+              f"(the median {latency['basis']}), nginx's median {medians['nginx']:+.3f} ms  (target <= 0.300 ms)")
     print(f"  dtr-proxy RSS: peak {rss_hwm / 1024:.1f} MiB (VmHWM), {rss_now / 1024:.1f} MiB at the end  (target <= 30 MB)")
     measured_steal = sum(steals + latency["steals"], latency["sweep_steal"]) if latency else sum(steals, host.Steal())
     print(f"  {host.summary(measured_steal)}")
