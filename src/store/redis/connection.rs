@@ -151,6 +151,13 @@ impl Master {
         if let Some(current) = self.current.read().expect("lock").clone() {
             return Ok(current);
         }
+        // Boxed: the connect is deep (Sentinel, TLS, the role check), and every command's
+        // future would carry it inline, to be copied wherever that future is moved or boxed.
+        Box::pin(self.connect()).await
+    }
+
+    /// [`Self::connection`] when there is none: one caller connects, the others wait for it.
+    async fn connect(&self) -> Result<(u64, MultiplexedConnection), StoreError> {
         let mut backoff = self.connecting.lock().await;
         if let Some(current) = self.current.read().expect("lock").clone() {
             return Ok(current);
