@@ -30,9 +30,7 @@ use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, Script};
 use tokio::sync::Mutex;
 
 use self::connection::{unavailable, Backoff, Cluster, Conn, Master, Repeat};
-use self::scripts::{
-    eval, evalsha, run_patching, Scripts, CLAIM_DUE, INDEX_ADD, PATCH, PATCH_GUARDED, REPLACE, SET_ADD,
-};
+use self::scripts::{eval, evalsha, Scripts, CLAIM_DUE, INDEX_ADD, PATCH, PATCH_GUARDED, REPLACE, SET_ADD, UNPATCH};
 use self::settings::{cluster_client, master_source};
 pub use self::settings::{ClientCertificate, RedisOptions, RedisTlsFiles, SentinelTarget, Topology, SENTINEL_PORT};
 pub use self::tls_files::TlsFiles;
@@ -73,6 +71,7 @@ impl RedisStore {
             scripts: Arc::new(Scripts {
                 replace: Script::new(REPLACE),
                 patch_guarded: Script::new(PATCH_GUARDED),
+                unpatch: Script::new(UNPATCH),
                 index_add: Script::new(INDEX_ADD),
                 patch: Script::new(PATCH),
                 set_add: Script::new(SET_ADD),
@@ -234,11 +233,70 @@ impl RedisStore {
         if guard.is_empty() {
             return Ok(self.get(key).await?.map(|value| (value, false)));
         }
-        // The guarded patch and the read, in one round trip. The patch alone is atomic (it
-        // compares, then writes, and answers the bytes it replaced); the read sees the value
-        // patched or not, and the replaced bytes are put back for the caller. A write by
-        // someone else between the two is read as it is: the value is simply newer.
-        // Repeating writes the same bytes again: safe.
+        let Conn::Master(master) = &self.conn else {
+            return self.get_patching_on_cluster(key, at, patch, guard).await;
+        };
+        // The read and the patch, in one round trip of two plain commands: `GET`, then a
+        // `BITFIELD` that writes the patch and answers the bytes it replaced, atomically. Redis
+        // runs the two in a third of the time of a guarded patch in Lua (which compared before
+        // writing); here the guard is compared on the value read, and a patch that was not to
+        // be is taken back, at the cost of a second round trip then. That is the rare poll: one
+        // that does not present the bound secret, or for an id that is not there.
+        // Repeating the pair writes the same bytes again, and reads them as replaced: safe.
+        let mut pipe = redis::pipe();
+        pipe.add_command(Cmd::get(key))
+            .add_command(bitfield_set(key, at, patch));
+        let started = Instant::now();
+        // Boxed as `query` is: unboxed, the connection's future would sit in every future
+        // that reads a poll, and be copied at each level.
+        let result: StoreResult<(Option<Vec<u8>>, Vec<i64>)> = Box::pin(master.run(Repeat::Safe, |mut conn| {
+            let pipe = &pipe;
+            async move { pipe.query_async(&mut conn).await }
+        }))
+        .await;
+        self.observe("bitfield", started, result.is_err());
+        let (value, replaced) = result?;
+        let replaced = bitfield_bytes(patch.len(), &replaced)?;
+        let guard_at = at + patch.len();
+        // The patch made the key when there was none: it goes again. A repeated pair reads
+        // what its first run made (zeros, then the patch).
+        let made = value.as_deref().is_none_or(|value| {
+            value.len() == guard_at && value[..at].iter().all(|b| *b == 0) && &value[at..] == patch
+        });
+        if made {
+            // Boxed, as the one below: rare, and it would make every poll's future larger.
+            Box::pin(self.unpatch(key, at, patch, &replaced, Some(b""))).await?;
+            return Ok(None);
+        }
+        let Some(mut value) = value else {
+            return Ok(None);
+        };
+        if value.get(guard_at..guard_at + guard.len()) == Some(guard) {
+            // The bytes the patch replaced are the value as this read found it (the same bytes
+            // as read, unless a write came between the two commands).
+            if let Some(slot) = value.get_mut(at..guard_at) {
+                slot.copy_from_slice(&replaced);
+            }
+            return Ok(Some((value, true)));
+        }
+        // A value that does not hold the guard, or is too short to (shorter even than the
+        // patch's end, which then lengthened it): the patch is taken back.
+        let lengthened = (value.len() < guard_at).then_some(value.as_slice());
+        Box::pin(self.unpatch(key, at, patch, &replaced, lengthened)).await?;
+        Ok(Some((value, false)))
+    }
+
+    /// The guarded patch where a pipeline does not follow a migrating slot's redirections
+    /// command by command: in Lua (it compares, then writes, and answers the bytes it
+    /// replaced), and the read, sent at once, each followed on its own. Their order does not
+    /// matter, as the replaced bytes are put back either way.
+    async fn get_patching_on_cluster(
+        &self,
+        key: &str,
+        at: usize,
+        patch: &[u8],
+        guard: &[u8],
+    ) -> StoreResult<Option<(Vec<u8>, bool)>> {
         let script = &self.scripts.patch_guarded;
         // Two offsets (up to 20 digits each), the patch and the guard.
         let mut patching = evalsha(script, key, 40 + patch.len() + guard.len());
@@ -247,32 +305,11 @@ impl RedisStore {
             .arg(at + patch.len() + guard.len() - 1)
             .arg(patch)
             .arg(guard);
-        let (replaced, value) = match &self.conn {
-            Conn::Master(master) => {
-                let mut pipe = redis::pipe();
-                pipe.add_command(patching).add_command(Cmd::get(key)).ignore_errors();
-                let started = Instant::now();
-                // Boxed as `query` is: unboxed, the connection's future would sit in every
-                // future that reads a poll, and be copied at each level.
-                let result = Box::pin(master.run(Repeat::Safe, |mut conn| {
-                    let pipe = &pipe;
-                    async move { run_patching(script, pipe, &mut conn).await }
-                }))
-                .await;
-                self.observe("eval", started, result.is_err());
-                result?
-            }
-            // A pipeline on Cluster does not follow a migrating slot's redirections command
-            // by command: two commands, sent at once, each followed on its own. Their order
-            // does not matter, as the replaced bytes are put back either way.
-            Conn::Cluster(..) => {
-                let (replaced, value) = tokio::join!(
-                    self.invoke::<Option<Vec<u8>>>(Repeat::Safe, script, &patching),
-                    self.get(key)
-                );
-                (replaced?, value?)
-            }
-        };
+        let (replaced, value) = tokio::join!(
+            self.invoke::<Option<Vec<u8>>>(Repeat::Safe, script, &patching),
+            self.get(key)
+        );
+        let (replaced, value) = (replaced?, value?);
         Ok(value.map(|mut value| {
             let patched = replaced.is_some();
             if let Some(replaced) = replaced {
@@ -282,6 +319,26 @@ impl RedisStore {
             }
             (value, patched)
         }))
+    }
+
+    /// Takes back `patch`, written at `at` over `replaced`, if it is still there; with
+    /// `before`, puts back the value it lengthened (deletes the key when that is empty).
+    async fn unpatch(
+        &self,
+        key: &str,
+        at: usize,
+        patch: &[u8],
+        replaced: &[u8],
+        before: Option<&[u8]>,
+    ) -> StoreResult<()> {
+        let script = &self.scripts.unpatch;
+        let before_len = before.map_or(0, <[u8]>::len);
+        let mut cmd = evalsha(script, key, 20 + patch.len() + replaced.len() + before_len);
+        cmd.arg(at).arg(patch).arg(replaced);
+        if let Some(before) = before {
+            cmd.arg(before);
+        }
+        self.invoke::<i64>(Repeat::Safe, script, &cmd).await.map(drop)
     }
 
     pub(super) async fn patch(&self, key: &str, at: usize, bytes: &[u8]) -> StoreResult<()> {
@@ -464,4 +521,67 @@ fn command_name(cmd: &Cmd) -> &'static str {
         .into_iter()
         .find(|known| known.as_bytes().eq_ignore_ascii_case(name))
         .unwrap_or("other")
+}
+
+/// `BITFIELD key SET …` writing `patch` at byte `at`: a signed integer field per eight bytes
+/// (64 bits, the widest it takes) and one for the rest, each the big-endian value of its
+/// bytes. It answers the fields it replaced, in order.
+fn bitfield_set(key: &str, at: usize, patch: &[u8]) -> Cmd {
+    const TYPES: [&str; 9] = ["", "i8", "i16", "i24", "i32", "i40", "i48", "i56", "i64"];
+    let fields = patch.len().div_ceil(8);
+    let mut cmd = Cmd::with_capacity(2 + 4 * fields, 32 + key.len() + 48 * fields);
+    cmd.arg("BITFIELD").arg(key);
+    for (i, chunk) in patch.chunks(8).enumerate() {
+        let unused = 64 - 8 * chunk.len() as u32;
+        let unsigned = chunk.iter().fold(0u64, |n, b| n << 8 | u64::from(*b));
+        // Shifted up and back down, the sign comes along: the field is signed.
+        let value = ((unsigned << unused) as i64) >> unused;
+        cmd.arg("SET").arg(TYPES[chunk.len()]).arg((at + 8 * i) * 8).arg(value);
+    }
+    cmd
+}
+
+/// The bytes of the fields that a [`bitfield_set`] of `len` bytes answered.
+fn bitfield_bytes(len: usize, fields: &[i64]) -> StoreResult<Vec<u8>> {
+    if fields.len() != len.div_ceil(8) {
+        return Err(super::StoreError::Unavailable(format!(
+            "BITFIELD answered {} fields for {len} bytes",
+            fields.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(len);
+    for (i, field) in fields.iter().enumerate() {
+        let width = (len - 8 * i).min(8);
+        out.extend_from_slice(&field.to_be_bytes()[8 - width..]);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cmd: &Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .filter_map(|arg| match arg {
+                redis::Arg::Simple(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_patch_is_written_and_read_back_as_bitfield_fields() {
+        for patch in [&b"1764000000123"[..], b"\xff\x80\x00x", b"12345678", b"\x80"] {
+            let args = args(&bitfield_set("k", 3, patch));
+            assert_eq!(args[..2], ["BITFIELD", "k"]);
+            let fields: Vec<i64> = args[2..].chunks(4).map(|f| f[3].parse().unwrap()).collect();
+            assert_eq!(bitfield_bytes(patch.len(), &fields).unwrap(), patch, "{args:?}");
+        }
+        // A poll's stamp, 13 ASCII digits at byte 1: the first eight, then five.
+        let args = args(&bitfield_set("k", 1, b"1764000000123"));
+        assert_eq!(args[2..6], ["SET", "i64", "8", "3546362829352218672"]);
+        assert_eq!(args[6..], ["SET", "i40", "72", "206966960691"]);
+        assert!(bitfield_bytes(13, &[1]).is_err(), "a field short");
+    }
 }

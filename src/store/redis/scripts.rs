@@ -1,7 +1,7 @@
 //! The Lua scripts, for the few writes one command cannot make atomically, and how they are
 //! sent: as one pre-built `EVALSHA`, the script loaded again where the server does not know it.
 
-use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind};
+use redis::{Cmd, ErrorKind, FromRedisValue, Script, ServerErrorKind};
 
 pub(super) const REPLACE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -25,13 +25,12 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
 end
 return 1";
 
-// When the value's bytes from ARGV[1] (inclusive) to ARGV[2] are ARGV[3]'s length of any
-// bytes followed by ARGV[4], overwrites the first of them with ARGV[3] (SETRANGE keeps the
-// TTL) and returns the bytes it replaced; otherwise, or when there is no value (GETRANGE then
-// reads ''), writes nothing. It reads only the few bytes it compares: the value itself follows
-// in a plain GET, which costs Redis a fraction of moving it through Lua and back. Offsets come
-// computed and the arguments are few: in Lua, arithmetic and each argument cost more than
-// the comparison.
+// On Cluster, the guarded patch of a poll: when the value's bytes from ARGV[1] (inclusive)
+// to ARGV[2] are ARGV[3]'s length of any bytes followed by ARGV[4], overwrites the first of
+// them with ARGV[3] (SETRANGE keeps the TTL) and returns the bytes it replaced; otherwise, or
+// when there is no value (GETRANGE then reads ''), writes nothing. It reads only the few bytes
+// it compares: the value itself follows in a plain GET. Offsets come computed and the
+// arguments are few: in Lua, arithmetic and each argument cost more than the comparison.
 pub(super) const PATCH_GUARDED: &str = r"
 local span = redis.call('GETRANGE', KEYS[1], ARGV[1], ARGV[2])
 if string.sub(span, #ARGV[3] + 1) ~= ARGV[4] then
@@ -39,6 +38,23 @@ if string.sub(span, #ARGV[3] + 1) ~= ARGV[4] then
 end
 redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[3])
 return string.sub(span, 1, #ARGV[3])";
+
+// Takes back a patch that was not to be (ARGV[2] written at offset ARGV[1] by a BITFIELD
+// whose guard the read then found wanting), while it is still there: writes back the bytes it
+// replaced (ARGV[3]); or, with ARGV[4], the value it lengthened, or deletes the key it made
+// (ARGV[4] empty). A newer write over the patch stays.
+pub(super) const UNPATCH: &str = r"
+if redis.call('GETRANGE', KEYS[1], ARGV[1], ARGV[1] + #ARGV[2] - 1) ~= ARGV[2] then
+  return 0
+end
+if ARGV[4] == nil then
+  redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[3])
+elseif ARGV[4] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[4], 'KEEPTTL')
+end
+return 1";
 
 // SETRANGE on a missing key would create one without a TTL: only an existing value is patched.
 pub(super) const PATCH: &str = r"
@@ -58,6 +74,7 @@ return due";
 pub(super) struct Scripts {
     pub(super) replace: Script,
     pub(super) patch_guarded: Script,
+    pub(super) unpatch: Script,
     pub(super) index_add: Script,
     pub(super) patch: Script,
     pub(super) set_add: Script,
@@ -99,34 +116,6 @@ pub(super) async fn eval<T: FromRedisValue>(
             result => return result,
         }
     }
-}
-
-/// Sends the pipeline of [`RedisStore::get_patching`] (its guarded patch, then `GET`); on
-/// `NOSCRIPT` loads the script and sends both again, as [`eval`] does for one command.
-/// Answers the bytes the patch replaced (none when it did not patch) and the value.
-///
-/// [`RedisStore::get_patching`]: super::RedisStore::get_patching
-pub(super) async fn run_patching(
-    script: &Script,
-    pipe: &redis::Pipeline,
-    conn: &mut impl redis::aio::ConnectionLike,
-) -> redis::RedisResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
-    let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
-    let mut loads = 0;
-    while loads < LOADS
-        && matches!(replies.first(), Some(redis::Value::ServerError(e)) if e.kind() == Some(ServerErrorKind::NoScript))
-    {
-        loads += 1;
-        script.load_async(conn).await?;
-        replies = pipe.query_async(conn).await?;
-    }
-    let [replaced, value]: [redis::Value; 2] = replies
-        .try_into()
-        .map_err(|_| RedisError::from((ErrorKind::Parse, "a pipeline of two commands answered otherwise")))?;
-    Ok((
-        redis::from_redis_value(replaced.extract_error()?)?,
-        redis::from_redis_value(value.extract_error()?)?,
-    ))
 }
 
 #[cfg(test)]
@@ -207,19 +196,6 @@ mod tests {
         let mut conn = server(&script, 1);
         let ran: i64 = eval(&script, &cmd, &mut conn).await.unwrap();
         assert_eq!((ran, conn.loads, conn.runs), (1, 2, 1));
-
-        let mut pipe = redis::pipe();
-        pipe.add_command(evalsha(&script, "k", 8))
-            .add_command(Cmd::get("k"))
-            .ignore_errors();
-        let mut conn = server(&script, 2);
-        let replies = run_patching(&script, &pipe, &mut conn).await.unwrap();
-        assert_eq!(replies, (Some(b"1".to_vec()), Some(b"value".to_vec())));
-        assert_eq!(
-            (conn.loads, conn.runs),
-            (3, 1),
-            "the pipeline ran once its script stayed loaded"
-        );
     }
 
     #[tokio::test]
