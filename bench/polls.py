@@ -89,7 +89,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--proxy", required=True)
     parser.add_argument("--poll-bench", required=True)
-    parser.add_argument("--count", type=int, default=30000, help="pending processes seeded (and polls sent) per run")
+    parser.add_argument("--count", type=int, default=60000, help="pending processes seeded (and polls sent) per run")
     parser.add_argument("--memory-count", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--server-cpus", default="0")

@@ -4,7 +4,7 @@
 # Redis memory per pending process.
 #
 # Usage: bash bench/polls.sh [options of bench/polls.py]   (see bench/README.md)
-#   e.g. --count 30000 --concurrency 32 --modes basic,dpop,jwt
+#   e.g. --count 60000 --concurrency 32 --modes basic,dpop,jwt
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
