@@ -191,6 +191,19 @@ fn file(dir: &ScratchDir, name: &str, contents: &str) -> String {
     path
 }
 
+/// Gives the file at `path` new contents whole, by renaming a file written beside it, as a
+/// mounted Secret or ConfigMap changes: a reload never reads it half-written (one that did
+/// would be counted as a reload of its own).
+fn replace_file(path: &str, contents: &str) {
+    let staged = format!("{path}.new");
+    std::fs::write(&staged, contents).expect("write");
+    std::fs::rename(&staged, path).expect("rename");
+}
+
+/// How long a changed file may take to be in use. The proxies here look every second; the
+/// margin is for a machine busy with other tests, and a pass takes the first second or two.
+const PICKUP: Duration = Duration::from_secs(30);
+
 /// Starts a proxy whose public port speaks TLS (its public URL https), in a fresh realm;
 /// `env` adds settings.
 async fn start_tls(volume: &SecretVolume, env: Vec<(String, String)>, http: reqwest::Client) -> Proxy {
@@ -245,7 +258,7 @@ async fn deferred_flow(proxy: &Proxy) {
 /// `what` after 10 s.
 async fn reloaded(proxy: &Proxy, listener: &str, result: &str, what: &str) {
     let line = format!("dtr_tls_reloads_total{{listener=\"{listener}\",result=\"{result}\"}}");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PICKUP;
     while metric(proxy, &line).await != Some(1.0) {
         assert!(Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -323,7 +336,7 @@ async fn a_rotated_certificate_is_served_without_a_restart_and_a_broken_one_is_n
     // cert-manager renews: the Secret volume swaps its symlink to the new pair.
     let second = pki.server("second");
     volume.rotate(&second.cert, &second.key);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PICKUP;
     while presented_certificate(pki, port).await != chain(&second.cert)[0] {
         assert!(Instant::now() < deadline, "the rotated certificate was not picked up");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -354,7 +367,7 @@ async fn a_rotated_certificate_is_served_without_a_restart_and_a_broken_one_is_n
     {
         volume.rotate(cert, key);
         let failed = round as f64 + 1.0;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + PICKUP;
         while metric(&proxy, r#"dtr_tls_reloads_total{listener="public",result="failed"}"#).await != Some(failed) {
             assert!(Instant::now() < deadline, "the broken pair {round} was not noticed");
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -364,7 +377,7 @@ async fn a_rotated_certificate_is_served_without_a_restart_and_a_broken_one_is_n
 
     // Fixed files are picked up again.
     volume.rotate(&third.cert, &third.key);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PICKUP;
     while presented_certificate(pki, port).await != chain(&third.cert)[0] {
         assert!(Instant::now() < deadline, "the repaired certificate was not picked up");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -438,8 +451,8 @@ async fn the_rps_ca_bundle_is_read_again_when_it_changes() {
         "a certificate of a CA outside the bundle ends the handshake"
     );
 
-    std::fs::write(&bundle, format!("{}{}", first.ca_pem, second.ca_pem)).expect("write");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    replace_file(&bundle, &format!("{}{}", first.ca_pem, second.ca_pem));
+    let deadline = Instant::now() + PICKUP;
     while status_for(second.client("rp-2")).await != Some(200) {
         assert!(Instant::now() < deadline, "the new RP's CA was not picked up");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -448,7 +461,7 @@ async fn the_rps_ca_bundle_is_read_again_when_it_changes() {
     assert_eq!(metric(&proxy, replaced).await, Some(1.0));
     assert_eq!(status_for(first.client("rp-1")).await, Some(200));
 
-    std::fs::write(&bundle, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("write");
+    replace_file(&bundle, "-----BEGIN CERTIFICATE-----\nbroken\n");
     reloaded(
         &proxy,
         "public_client_ca",
@@ -917,8 +930,8 @@ async fn the_ops_ca_file_is_read_again_when_it_changes() {
     assert_eq!(jwks_status(&proxy).await, 502, "the new CA is not trusted yet");
 
     // The bundle gains the new CA; the old one stays for a while, as in a rotation.
-    std::fs::write(&ca, format!("{}{}", old.ca_pem, new.ca_pem)).expect("write");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    replace_file(&ca, &format!("{}{}", old.ca_pem, new.ca_pem));
+    let deadline = Instant::now() + PICKUP;
     while jwks_status(&proxy).await != 200 {
         assert!(Instant::now() < deadline, "the new CA was not picked up");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -928,7 +941,7 @@ async fn the_ops_ca_file_is_read_again_when_it_changes() {
     deferred_flow(&proxy).await;
 
     // A broken bundle is refused; the CAs read last stay.
-    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("write");
+    replace_file(&ca, "-----BEGIN CERTIFICATE-----\nbroken\n");
     reloaded(&proxy, "upstream", "failed", "the broken bundle was not noticed").await;
     assert_eq!(jwks_status(&proxy).await, 200);
 }
@@ -1652,7 +1665,7 @@ async fn lifecycle_events_reach_a_verification_service_with_a_private_ca() {
         "an event went to a receiver whose CA is not trusted"
     );
 
-    std::fs::write(&ca, &cluster.ca_pem).expect("write");
+    replace_file(&ca, &cluster.ca_pem);
     reloaded(&proxy, "events_ca", "replaced", "the CA file was not read again").await;
     deferred_flow(&proxy).await;
     let arrived = common::kit::wait_for_events(&events, 1, Duration::from_secs(15)).await;
@@ -1718,7 +1731,7 @@ async fn rps_with_a_private_ca_get_their_pings_and_serve_their_keys() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(receiver.count(), 0, "a ping went to an RP whose CA is not trusted");
 
-    std::fs::write(&ca, &cluster.ca_pem).expect("write");
+    replace_file(&ca, &cluster.ca_pem);
     reloaded(&proxy, "rp_ca", "replaced", "the CA file was not read again").await;
     assert!(
         receiver.wait_for(1, Duration::from_secs(30)).await,
