@@ -38,6 +38,7 @@ on_both_stores_and_profiles! {
     every_poll_error_is_the_drafts => poll_errors;
     deferred_code_is_single_use_and_bound_to_its_client => code_replay_and_cross_client;
     of_concurrent_polls_exactly_one_gets_the_tokens => concurrent_polls;
+    a_burst_of_polls_while_pending_is_told_to_slow_down => burst_while_pending;
     ping_is_retried_until_the_rp_accepts_it => ping_retries;
     cancelled_process_is_denied_and_never_pinged => cancel;
     process_expires_after_its_configured_lifetime => expiry;
@@ -281,7 +282,9 @@ async fn concurrent_polls(store: StoreKind, profile: Profile) {
     );
     wait_interval(1).await;
     let auth = dtr_client();
-    let polls = (0..8).map(|_| rp.poll(&auth, &id));
+    // A burst: on Redis every loser's strike is a compare-and-set a round trip after its
+    // read, and most find the record changed each time; they are still answered slow_down.
+    let polls = (0..32).map(|_| rp.poll(&auth, &id));
     let replies = futures_util::future::join_all(polls).await;
     let winners = replies.iter().filter(|r| r.status == 200).count();
     assert_eq!(
@@ -297,6 +300,29 @@ async fn concurrent_polls(store: StoreKind, profile: Profile) {
             reply.json
         );
     }
+}
+
+async fn burst_while_pending(store: StoreKind, profile: Profile) {
+    let proxy = start(Options::new(store).profile(profile)).await;
+    let rp = proxy.rp(profile);
+    let (id, _) = rp.start_process(&dtr_client(), &unique("frank"), None).await;
+    wait_interval(1).await;
+    let auth = dtr_client();
+    let polls = (0..32).map(|_| rp.poll(&auth, &id));
+    let replies = futures_util::future::join_all(polls).await;
+    let errors: Vec<_> = replies.iter().map(|r| (r.status, r.error().to_owned())).collect();
+    // One poll keeps the interval; the others are too fast, and after ten strikes that land
+    // the id is revoked (invalid_request). None is the store's failure.
+    assert!(
+        errors.iter().all(|(status, error)| *status == 400
+            && ["authorization_pending", "slow_down", "invalid_request"].contains(&error.as_str())),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|(_, error)| error == "authorization_pending"),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|(_, error)| error == "slow_down"), "{errors:?}");
 }
 
 async fn ping_retries(store: StoreKind, profile: Profile) {

@@ -25,6 +25,7 @@ use crate::protocol::params::{encode, Params};
 use crate::protocol::routes::Endpoint;
 use crate::protocol::wire::{error as code, Profile};
 use crate::records::{AuthMethod, Change, HeldSecrets, ProcessRecord, Records, Status, StoredProcess};
+use crate::store::StoreError;
 use crate::tls::ClientCertificate;
 use crate::upstream::{OpClient, UpstreamError};
 
@@ -346,11 +347,17 @@ impl Poll {
             return Err(Box::pin(self.slow_down(process, now)).await?);
         }
         if record.strikes > 0 {
-            Box::pin(self.records.modify(&process.process_hash, None, |r| {
+            let reset = Box::pin(self.records.modify(&process.process_hash, None, |r| {
                 r.strikes = 0;
                 Change::Write(())
             }))
-            .await?;
+            .await;
+            match reset {
+                // Concurrent polls of the same id changed the record first: the next poll
+                // that keeps the interval resets the strikes.
+                Ok(_) | Err(StoreError::Contended(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         match decision {
             // Once per process against many pending polls, and the largest future here (the
@@ -378,13 +385,23 @@ impl Poll {
     }
 
     async fn slow_down(&self, process: StoredProcess, now: u64) -> Result<OAuthError, OAuthError> {
-        let outcome = self
+        // A burst of concurrent polls of one id all strike the same record, and against Redis
+        // each write is a compare-and-set a round trip after its read: a few land, the rest
+        // find the record changed every time. Those are still polls too fast, and are told so
+        // (with the interval as read); the strikes that land count.
+        let unrecorded = refusal(PollDecision::SlowDown, &process.record);
+        let outcome = match self
             .records
             .modify(&process.process_hash.clone(), Some(process), |r| {
                 strike(r, now);
                 Change::Write(())
             })
-            .await?;
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(StoreError::Contended(_)) => return Ok(unrecorded),
+            Err(e) => return Err(e.into()),
+        };
         Ok(match outcome {
             Some((_, record)) if record.status == Status::Revoked => {
                 tracing::warn!(process_id = %record.process_id, client_id = %record.client_id, "deferred_auth_id revoked after sustained fast polling");

@@ -443,7 +443,7 @@ impl Records {
                 }
             }
         }
-        Err(StoreError::Unavailable(
+        Err(StoreError::Contended(
             "process record kept changing under concurrent writers".into(),
         ))
     }

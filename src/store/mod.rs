@@ -20,6 +20,11 @@ pub enum StoreError {
     /// The store answered something this version cannot read.
     #[error("store returned unreadable data: {0}")]
     Corrupt(String),
+    /// A record kept changing under concurrent writers, so a compare-and-set change of it
+    /// did not land: retryable, 503, unless the caller has a better answer (a `slow_down`
+    /// strike that did not land still answers `slow_down`).
+    #[error("store contended: {0}")]
+    Contended(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
