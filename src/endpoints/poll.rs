@@ -118,18 +118,20 @@ fn revoked() -> OAuthError {
 }
 
 /// The answer for a decision that hands out no tokens.
+/// `slow_down`, naming the interval to keep.
+fn too_fast(interval: u64) -> OAuthError {
+    OAuthError::new(
+        StatusCode::BAD_REQUEST,
+        code::SLOW_DOWN,
+        format!("Polling too fast; wait at least {interval} seconds between requests."),
+    )
+}
+
 pub fn refusal(decision: PollDecision, record: &ProcessRecord) -> OAuthError {
     match decision {
         PollDecision::Revoked => revoked(),
         PollDecision::Spent | PollDecision::Release => OAuthError::unknown_deferred_auth_id(),
-        PollDecision::SlowDown => OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            code::SLOW_DOWN,
-            format!(
-                "Polling too fast; wait at least {} seconds between requests.",
-                record.interval
-            ),
-        ),
+        PollDecision::SlowDown => too_fast(record.interval),
         // Without its URL (it could not be opened): plain pending.
         PollDecision::Pending | PollDecision::Interaction => OAuthError::new(
             StatusCode::BAD_REQUEST,
@@ -389,7 +391,7 @@ impl Poll {
         // each write is a compare-and-set a round trip after its read: a few land, the rest
         // find the record changed every time. Those are still polls too fast, and are told so
         // (with the interval as read); the strikes that land count.
-        let unrecorded = refusal(PollDecision::SlowDown, &process.record);
+        let interval_as_read = process.record.interval;
         let outcome = match self
             .records
             .modify(&process.process_hash.clone(), Some(process), |r| {
@@ -399,7 +401,7 @@ impl Poll {
             .await
         {
             Ok(outcome) => outcome,
-            Err(StoreError::Contended(_)) => return Ok(unrecorded),
+            Err(StoreError::Contended(_)) => return Ok(too_fast(interval_as_read)),
             Err(e) => return Err(e.into()),
         };
         Ok(match outcome {

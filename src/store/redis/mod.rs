@@ -260,16 +260,15 @@ impl RedisStore {
         let guard_at = at + patch.len();
         // The patch made the key when there was none: it goes again. A repeated pair reads
         // what its first run made (zeros, then the patch).
-        let made = value.as_deref().is_none_or(|value| {
-            value.len() == guard_at && value[..at].iter().all(|b| *b == 0) && &value[at..] == patch
-        });
-        if made {
-            // Boxed, as the one below: rare, and it would make every poll's future larger.
-            Box::pin(self.unpatch(key, at, patch, &replaced, Some(b""))).await?;
-            return Ok(None);
-        }
-        let Some(mut value) = value else {
-            return Ok(None);
+        let made =
+            |value: &[u8]| value.len() == guard_at && value[..at].iter().all(|b| *b == 0) && &value[at..] == patch;
+        let mut value = match value {
+            Some(value) if !made(&value) => value,
+            _ => {
+                // Boxed, as the one below: rare, and it would make every poll's future larger.
+                Box::pin(self.unpatch(key, at, patch, &replaced, Some(b""))).await?;
+                return Ok(None);
+            }
         };
         if value.get(guard_at..guard_at + guard.len()) == Some(guard) {
             // The bytes the patch replaced are the value as this read found it (the same bytes
