@@ -240,6 +240,7 @@ async fn seed(args: &[String]) {
                     interaction: None,
                     interval,
                     strikes: 0,
+                    last_strike: None,
                     created_at: now,
                     expires_at: now + expires_in * 1000,
                     completed_at: None,

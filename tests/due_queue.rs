@@ -118,6 +118,7 @@ fn record(status: Status, expires_at: u64, sealed: Sealed) -> ProcessRecord {
         interaction: None,
         interval: 5,
         strikes: 0,
+        last_strike: None,
         created_at: now - 60_000,
         expires_at,
         completed_at: (status == Status::Approved).then_some(now),

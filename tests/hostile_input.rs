@@ -1134,6 +1134,20 @@ async fn polling_faster_than_the_interval_gets_slow_down_and_a_longer_interval()
         "{}",
         first.json
     );
+    // At once again: too fast, but within a second of the strike, so no strike of its own
+    // (a burst is one strike).
+    let again = proxy.poll(&dtr_client(), &id).await;
+    assert_oauth_error(&again, 400, "slow_down");
+    assert!(
+        again.json["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("6 seconds"),
+        "{}",
+        again.json
+    );
+    // The old interval no longer suffices, and a second later the strike counts.
+    wait_interval(1).await;
     let second = proxy.poll(&dtr_client(), &id).await;
     assert_oauth_error(&second, 400, "slow_down");
     assert!(
@@ -1144,9 +1158,6 @@ async fn polling_faster_than_the_interval_gets_slow_down_and_a_longer_interval()
         "{}",
         second.json
     );
-    // The old interval no longer suffices.
-    wait_interval(1).await;
-    assert_oauth_error(&proxy.poll(&dtr_client(), &id).await, 400, "slow_down");
 }
 
 #[tokio::test]
@@ -1155,12 +1166,26 @@ async fn sustained_fast_polling_kills_the_deferred_auth_id() {
     let user = unique("abuse");
     let (id, _) = proxy.start_process(&dtr_client(), &user, None).await;
     assert_eq!(proxy.poll(&dtr_client(), &id).await.error(), "authorization_pending");
+    // A poll a second, far faster than the interval: each is a strike (one a second counts),
+    // and the tenth revokes the id. The polls between them are told slow_down, no strike.
     let mut answers = Vec::new();
-    for _ in 0..10 {
+    for n in 0..10 {
         answers.push(proxy.poll(&dtr_client(), &id).await);
+        let between = proxy.poll(&dtr_client(), &id).await;
+        assert_oauth_error(&between, 400, if n < 9 { "slow_down" } else { "invalid_request" });
+        wait_interval(1).await;
     }
-    for reply in &answers[..9] {
+    for (n, reply) in answers[..9].iter().enumerate() {
         assert_oauth_error(reply, 400, "slow_down");
+        let interval = format!("{} seconds", 1 + 5 * (n + 1));
+        assert!(
+            reply.json["error_description"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&interval),
+            "{}",
+            reply.json
+        );
     }
     assert_oauth_error(&answers[9], 400, "invalid_request");
     // The interval reached 1 + 9 × 5 = 46 s; even a poll spaced that far apart, after the

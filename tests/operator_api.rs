@@ -470,6 +470,7 @@ async fn many_processes_are_paged_within_the_scan_budget() {
             interaction: None,
             interval: 5,
             strikes: 0,
+            last_strike: None,
             created_at: now,
             expires_at: now + 3_600_000 + i as u64,
             completed_at: None,

@@ -336,6 +336,7 @@ impl Exchange {
             interaction: None,
             interval,
             strikes: 0,
+            last_strike: None,
             created_at: now,
             expires_at: now + lifetime * 1000,
             completed_at: None,

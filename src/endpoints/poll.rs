@@ -33,6 +33,10 @@ use crate::upstream::{OpClient, UpstreamError};
 pub const SLOW_DOWN_STEP: u64 = 5;
 /// Consecutive too-fast polls after which the id is revoked (`invalid_request`).
 pub const MAX_STRIKES: u32 = 10;
+/// A too-fast poll within this long of the last strike is answered `slow_down` without
+/// counting as another: a burst of concurrent polls is one strike on either store, and fast
+/// polling sustained for [`MAX_STRIKES`] seconds still revokes the id.
+pub const STRIKE_WINDOW_MS: u64 = 1000;
 /// A delivery claimed this long ago by a replica that never finished is up for grabs again.
 pub const STALE_DELIVERY_MS: u64 = 60_000;
 
@@ -193,16 +197,29 @@ pub fn interaction_answer(interaction_uri: &str, progress: Option<&str>, profile
 
 const WAITS_FOR_INTERACTION: &str = "The identity verification waits for the end-user at interaction_uri.";
 
-/// A `slow_down` strike on the record: the interval grows, or after [`MAX_STRIKES`] in a row
-/// the id is revoked.
-pub fn strike(record: &mut ProcessRecord, now: u64) {
+/// Whether a too-fast poll at `now` counts as a strike: not within [`STRIKE_WINDOW_MS`] of
+/// the last one (a clock behind that strike's is within it).
+pub fn strikes(record: &ProcessRecord, now: u64) -> bool {
+    record
+        .last_strike
+        .is_none_or(|last| now.saturating_sub(last) >= STRIKE_WINDOW_MS)
+}
+
+/// A `slow_down` strike on the record, if it [`strikes`]: the interval grows, or after
+/// [`MAX_STRIKES`] in a row the id is revoked. Whether it counted.
+pub fn strike(record: &mut ProcessRecord, now: u64) -> bool {
+    if !strikes(record, now) {
+        return false;
+    }
     record.strikes += 1;
+    record.last_strike = Some(now);
     if record.strikes >= MAX_STRIKES && record.status.is_open() {
         record.status = Status::Revoked;
         record.completed_at = Some(now);
     } else {
         record.interval += SLOW_DOWN_STEP;
     }
+    true
 }
 
 /// What the OP's answer to the final refresh means.
@@ -387,16 +404,24 @@ impl Poll {
     }
 
     async fn slow_down(&self, process: StoredProcess, now: u64) -> Result<OAuthError, OAuthError> {
-        // A burst of concurrent polls of one id all strike the same record, and against Redis
-        // each write is a compare-and-set a round trip after its read: a few land, the rest
-        // find the record changed every time. Those are still polls too fast, and are told so
-        // (with the interval as read); the strikes that land count.
+        // Within a second of the last strike: told so, with nothing to write.
+        if !strikes(&process.record, now) {
+            return Ok(refusal(PollDecision::SlowDown, &process.record));
+        }
+        // A burst of concurrent polls of one id all read the record before any strike lands.
+        // One lands; the others find the record changed, read it again and see that strike
+        // (against Redis each write is a compare-and-set a round trip after its read). Should
+        // the record keep changing under other writers, the poll is still too fast, and told
+        // so with the interval as read.
         let interval_as_read = process.record.interval;
         let outcome = match self
             .records
             .modify(&process.process_hash.clone(), Some(process), |r| {
-                strike(r, now);
-                Change::Write(())
+                if strike(r, now) {
+                    Change::Write(())
+                } else {
+                    Change::Keep(())
+                }
             })
             .await
         {
@@ -759,12 +784,28 @@ mod tests {
     #[test]
     fn strikes_grow_the_interval_then_revoke() {
         let mut r = record(Status::Pending);
+        let mut now = NOW;
         for n in 1..MAX_STRIKES {
-            strike(&mut r, NOW);
+            assert!(strike(&mut r, now));
             assert_eq!(r.interval, 5 + SLOW_DOWN_STEP * u64::from(n));
+            now += STRIKE_WINDOW_MS;
         }
-        strike(&mut r, NOW);
+        assert!(strike(&mut r, now));
         assert_eq!(r.status, Status::Revoked);
+    }
+
+    #[test]
+    fn polls_within_a_second_of_a_strike_are_no_strike_of_their_own() {
+        let mut r = record(Status::Pending);
+        assert!(strike(&mut r, NOW));
+        let struck = r.clone();
+        // The rest of a burst, and a replica whose clock is behind.
+        for now in [NOW, NOW + 1, NOW + STRIKE_WINDOW_MS - 1, NOW - 5_000] {
+            assert!(!strike(&mut r, now));
+            assert_eq!(r, struck);
+        }
+        assert!(strike(&mut r, NOW + STRIKE_WINDOW_MS));
+        assert_eq!((r.strikes, r.interval), (2, 5 + 2 * SLOW_DOWN_STEP));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! | 15 | length `L` of the binding (`0`: none) |
 //! | 16..16+L | the binding: the bound secret's fingerprint (keyed hash of client id and secret), then, for a process bound to a client certificate, `#` and its `x5t#S256` |
 //! | 2 bytes | big-endian length `J` of the body |
-//! | J bytes | the rest of the record in [postcard](https://postcard.jamesmunns.com/wire-format) ([`Body`]): its fields in order, without names |
+//! | J bytes | the rest of the record in [postcard](https://postcard.jamesmunns.com/wire-format) ([`Body`], then [`Tail`]): its fields in order, without names |
 //! | the rest | the sealed secrets, binary ([`Sealed`]): `b`, key id, `.`, nonce, ciphertext and tag (empty once delivered) |
 //!
 //! The poll clock lives in the record (bytes 1..14) and the guard (bytes 14..16+L) sits at a
@@ -21,9 +21,10 @@
 //!
 //! Every poll decodes the body, so it is postcard rather than JSON: half the time to decode
 //! and about 60 bytes less per record. Postcard names no fields, so the body's fields are
-//! never reordered or removed. A field added later goes after them: this version ignores
-//! bytes after the fields it knows, so a later one can append a field without a new format
-//! number, as long as it still reads a body that ends before it.
+//! never reordered or removed. A field added later goes after them, in [`Tail`]: a version
+//! ignores bytes after the fields it knows, and reads a body that ends before its tail (an
+//! earlier version wrote it) with the tail's defaults, so fields are appended without a new
+//! format number.
 //!
 //! Earlier formats are still read, so processes created before an upgrade live on:
 //! - **format 2**: the same layout, byte 0 `2`, the body as JSON with one-letter names ([`Body`]);
@@ -172,6 +173,13 @@ struct Body<'a> {
     trace: Option<Cow<'a, str>>,
 }
 
+/// The fields appended to format 3's [`Body`] since it was first written: a body that ends
+/// before them reads as their defaults.
+#[derive(Default, Serialize, Deserialize)]
+struct Tail {
+    last_strike: Option<u64>,
+}
+
 /// [`Requested`], borrowed.
 #[derive(Default, Serialize, Deserialize)]
 struct Asked<'a> {
@@ -217,8 +225,12 @@ pub fn encode(record: &ProcessRecord, last_poll: Option<u64>) -> Vec<u8> {
         release_in_doubt: record.release_in_doubt,
         trace: borrowed(&record.trace),
     };
-    // Serialising plain data into a growing buffer cannot fail.
-    let body = postcard::to_allocvec(&body).unwrap_or_default();
+    let tail = Tail {
+        last_strike: record.last_strike,
+    };
+    // Serialising plain data into a growing buffer cannot fail. A tuple is its fields one
+    // after the other: the tail follows the body.
+    let body = postcard::to_allocvec(&(body, tail)).unwrap_or_default();
     frame(FORMAT_3, record, last_poll, &body)
 }
 
@@ -271,19 +283,25 @@ pub fn is_format_1(raw: &[u8]) -> bool {
     raw.first() == Some(&b'{')
 }
 
-/// A format 3 body (postcard).
+/// A format 3 body (postcard), its tail or none.
 fn unpack(bytes: &[u8]) -> Option<ProcessRecord> {
-    record_of(postcard::from_bytes(bytes).ok()?)
+    let (body, tail) = postcard::take_from_bytes::<Body>(bytes).ok()?;
+    let tail = if tail.is_empty() {
+        Tail::default()
+    } else {
+        postcard::from_bytes(tail).ok()?
+    };
+    record_of(body, tail)
 }
 
-/// A format 2 body (JSON).
+/// A format 2 body (JSON): it has no tail.
 fn unpack_json(bytes: &[u8]) -> Option<ProcessRecord> {
-    record_of(serde_json::from_slice(bytes).ok()?)
+    record_of(serde_json::from_slice(bytes).ok()?, Tail::default())
 }
 
 /// The record a body holds, without what the header and the tail hold (binding,
 /// certificate, sealed secrets), which [`decode_framed`] fills in.
-fn record_of(body: Body) -> Option<ProcessRecord> {
+fn record_of(body: Body, tail: Tail) -> Option<ProcessRecord> {
     Some(ProcessRecord {
         process_id: body.process_id.into_owned(),
         realm: body.realm.into_owned(),
@@ -299,6 +317,7 @@ fn record_of(body: Body) -> Option<ProcessRecord> {
         interaction: owned(body.interaction),
         interval: body.interval,
         strikes: body.strikes,
+        last_strike: tail.last_strike,
         created_at: body.created_at,
         expires_at: body.expires_at,
         completed_at: body.completed_at,
@@ -360,6 +379,7 @@ mod tests {
         };
         record.ping_attempts = 3;
         record.strikes = 2;
+        record.last_strike = Some(now - 700);
         record.release_in_doubt = true;
         record.sealed = format!("k1.{}", URL_SAFE_NO_PAD.encode([0u8, 1, 2, b'.', 255, 46]))
             .as_str()
@@ -415,6 +435,8 @@ mod tests {
                     let mut expected = full(NOW);
                     expected.client.method = method;
                     expected.status = status;
+                    // Format 2 had no tail.
+                    expected.last_strike = None;
                     assert_eq!(decode(&raw).unwrap(), (expected, last_poll));
                     assert_eq!(clock(&raw), last_poll);
                 }
@@ -470,6 +492,22 @@ mod tests {
             decode(&frame(FORMAT_3, &record, Some(7), &longer)).unwrap(),
             (record, Some(7))
         );
+    }
+
+    #[test]
+    fn a_body_written_before_its_tail_reads_as_the_tails_defaults() {
+        let record = full(1_764_000_000_000);
+        let raw = encode(&record, Some(7));
+        // What the version before the tail wrote: the body's fields alone.
+        let (body, tail) = postcard::take_from_bytes::<Body>(body_of(&raw)).unwrap();
+        assert!(!tail.is_empty());
+        let earlier = frame(FORMAT_3, &record, Some(7), &postcard::to_allocvec(&body).unwrap());
+        let mut expected = record.clone();
+        expected.last_strike = None;
+        assert_eq!(decode(&earlier).unwrap(), (expected, Some(7)));
+        // A tail cut short is no record.
+        let cut = [&body_of(&raw)[..body_of(&raw).len() - 1]].concat();
+        assert!(decode(&frame(FORMAT_3, &record, Some(7), &cut)).is_err());
     }
 
     #[test]

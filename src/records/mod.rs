@@ -188,9 +188,13 @@ pub struct ProcessRecord {
     pub interaction: Option<String>,
     /// Current minimum seconds between polls (grows with every `slow_down`).
     pub interval: u64,
-    /// Consecutive too-fast polls.
+    /// Consecutive too-fast polls that counted (at most one per
+    /// [`crate::endpoints::poll::STRIKE_WINDOW_MS`]).
     #[serde(default)]
     pub strikes: u32,
+    /// When the last of them counted, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_strike: Option<u64>,
     pub created_at: u64,
     pub expires_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -240,6 +244,7 @@ impl ProcessRecord {
             interaction: None,
             interval: 5,
             strikes: 0,
+            last_strike: None,
             created_at: now - 60_000,
             expires_at: now + 60_000,
             completed_at: None,
