@@ -1119,45 +1119,25 @@ async fn a_bad_interaction_uri_is_the_webhook_callers_400_and_changes_nothing() 
 // 11. Rapid polling
 // ---------------------------------------------------------------------------------------------
 
+/// A `slow_down` naming an interval of `seconds`.
+fn assert_slow_down(reply: &Reply, seconds: u64) {
+    assert_oauth_error(reply, 400, "slow_down");
+    let description = reply.json["error_description"].as_str().unwrap_or("");
+    assert!(description.contains(&format!(" {seconds} seconds")), "{}", reply.json);
+}
+
 #[tokio::test]
 async fn polling_faster_than_the_interval_gets_slow_down_and_a_longer_interval() {
     let proxy = start(Options::new(StoreKind::Redis)).await;
     let (id, _) = proxy.start_process(&dtr_client(), &unique("fast"), None).await;
     assert_eq!(proxy.poll(&dtr_client(), &id).await.error(), "authorization_pending");
-    let first = proxy.poll(&dtr_client(), &id).await;
-    assert_oauth_error(&first, 400, "slow_down");
-    assert!(
-        first.json["error_description"]
-            .as_str()
-            .unwrap_or("")
-            .contains("6 seconds"),
-        "{}",
-        first.json
-    );
+    assert_slow_down(&proxy.poll(&dtr_client(), &id).await, 6);
     // At once again: too fast, but within a second of the strike, so no strike of its own
     // (a burst is one strike).
-    let again = proxy.poll(&dtr_client(), &id).await;
-    assert_oauth_error(&again, 400, "slow_down");
-    assert!(
-        again.json["error_description"]
-            .as_str()
-            .unwrap_or("")
-            .contains("6 seconds"),
-        "{}",
-        again.json
-    );
+    assert_slow_down(&proxy.poll(&dtr_client(), &id).await, 6);
     // The old interval no longer suffices, and a second later the strike counts.
     wait_interval(1).await;
-    let second = proxy.poll(&dtr_client(), &id).await;
-    assert_oauth_error(&second, 400, "slow_down");
-    assert!(
-        second.json["error_description"]
-            .as_str()
-            .unwrap_or("")
-            .contains("11 seconds"),
-        "{}",
-        second.json
-    );
+    assert_slow_down(&proxy.poll(&dtr_client(), &id).await, 11);
 }
 
 #[tokio::test]
@@ -1175,17 +1155,8 @@ async fn sustained_fast_polling_kills_the_deferred_auth_id() {
         assert_oauth_error(&between, 400, if n < 9 { "slow_down" } else { "invalid_request" });
         wait_interval(1).await;
     }
-    for (n, reply) in answers[..9].iter().enumerate() {
-        assert_oauth_error(reply, 400, "slow_down");
-        let interval = format!("{} seconds", 1 + 5 * (n + 1));
-        assert!(
-            reply.json["error_description"]
-                .as_str()
-                .unwrap_or("")
-                .contains(&interval),
-            "{}",
-            reply.json
-        );
+    for (n, reply) in (1..).zip(&answers[..9]) {
+        assert_slow_down(reply, 1 + 5 * n);
     }
     assert_oauth_error(&answers[9], 400, "invalid_request");
     // The interval reached 1 + 9 × 5 = 46 s; even a poll spaced that far apart, after the
