@@ -121,7 +121,6 @@ fn revoked() -> OAuthError {
     OAuthError::invalid_request("This deferred_auth_id was revoked for polling too fast.")
 }
 
-/// The answer for a decision that hands out no tokens.
 /// `slow_down`, naming the interval to keep.
 fn too_fast(interval: u64) -> OAuthError {
     OAuthError::new(
@@ -131,6 +130,7 @@ fn too_fast(interval: u64) -> OAuthError {
     )
 }
 
+/// The answer for a decision that hands out no tokens.
 pub fn refusal(decision: PollDecision, record: &ProcessRecord) -> OAuthError {
     match decision {
         PollDecision::Revoked => revoked(),
@@ -199,16 +199,16 @@ const WAITS_FOR_INTERACTION: &str = "The identity verification waits for the end
 
 /// Whether a too-fast poll at `now` counts as a strike: not within [`STRIKE_WINDOW_MS`] of
 /// the last one (a clock behind that strike's is within it).
-pub fn strikes(record: &ProcessRecord, now: u64) -> bool {
+pub fn counts_as_strike(record: &ProcessRecord, now: u64) -> bool {
     record
         .last_strike
         .is_none_or(|last| now.saturating_sub(last) >= STRIKE_WINDOW_MS)
 }
 
-/// A `slow_down` strike on the record, if it [`strikes`]: the interval grows, or after
+/// A `slow_down` strike on the record, if it [`counts_as_strike`]: the interval grows, or after
 /// [`MAX_STRIKES`] in a row the id is revoked. Whether it counted.
 pub fn strike(record: &mut ProcessRecord, now: u64) -> bool {
-    if !strikes(record, now) {
+    if !counts_as_strike(record, now) {
         return false;
     }
     record.strikes += 1;
@@ -405,7 +405,7 @@ impl Poll {
 
     async fn slow_down(&self, process: StoredProcess, now: u64) -> Result<OAuthError, OAuthError> {
         // Within a second of the last strike: told so, with nothing to write.
-        if !strikes(&process.record, now) {
+        if !counts_as_strike(&process.record, now) {
             return Ok(refusal(PollDecision::SlowDown, &process.record));
         }
         // A burst of concurrent polls of one id all read the record before any strike lands.
