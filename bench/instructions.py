@@ -9,6 +9,15 @@ instructions executed, not time, so the figure does not move with the load of th
   passthrough  GET of a 2 KiB JSON file from nginx through the proxy (embedded store)
   poll         a pending poll (client_secret_basic, no DPoP) on Redis: one store round trip
 
+With --versus-nginx, the pass-through is also counted in nginx `proxy_pass` (the proxy
+configuration of vs_nginx.py, one process: no master), side by side with dtr-proxy, under two
+loads: one keep-alive connection sending the requests one by one (as the check does), and the
+throughput benchmark's load, wrk with 32 connections for --load-seconds after a warm-up. A
+count of user-space instructions, it leaves out the kernel's share of a request (most of it on
+loopback, and smaller for dtr-proxy, which makes fewer system calls); what it shows is who does
+more work of its own per request, on a host whose stolen time makes wall-clock ratios move by
+a tenth from one round to the next.
+
 Called by bench/instructions.sh, which installs the tools and builds the binaries.
 """
 
@@ -22,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import vs_nginx
 
 HOST = "127.0.0.1"
 CERTS_PATH = "/realms/bench/protocol/openid-connect/certs"
@@ -125,14 +136,35 @@ def proxy_env(extra):
     return env
 
 
-def start_measured_proxy(run, proxy, env, admin_port, name):
+def start_measured(run, argv, name, env=None):
+    """`argv` under callgrind, pinned to the first CPU (the load generators run on the other)."""
     out = os.path.join(run.tmp, f"callgrind.{name}.out")
     proc = run.start(
-        ["taskset", "-c", "0", "valgrind", "--tool=callgrind", "--vgdb=yes", f"--callgrind-out-file={out}", proxy],
+        ["taskset", "-c", "0", "valgrind", "--tool=callgrind", "--vgdb=yes", f"--callgrind-out-file={out}"] + argv,
         env=env,
-        log=f"proxy.{name}",
+        log=f"measured.{name}",
     )
+    return proc, out
+
+
+def start_measured_proxy(run, proxy, env, admin_port, name):
+    proc, out = start_measured(run, [proxy], name, env=env)
     wait_http(admin_port, "/healthz", proc, f"dtr-proxy ({name})", timeout=120)
+    return proc, out
+
+
+def start_measured_nginx_proxy(run, nginx, upstream_port, port):
+    """nginx `proxy_pass` as vs_nginx.py configures it, in one process (no master) so that
+    callgrind counts the process that does the work."""
+    root = os.path.join(run.tmp, "nginx-proxy")
+    os.makedirs(os.path.join(root, "tmp"), exist_ok=True)
+    body = vs_nginx.PROXY_SERVER.format(host=HOST, upstream=upstream_port, port=port)
+    conf = vs_nginx.NGINX_COMMON.format(root=root, body=body).replace("daemon off;", "daemon off;\nmaster_process off;", 1)
+    with open(os.path.join(root, "nginx.conf"), "w") as f:
+        f.write(conf)
+    proc, out = start_measured(run, [nginx, "-p", root, "-c", os.path.join(root, "nginx.conf"),
+                                     "-e", os.path.join(root, "error.log")], "nginx-proxy")
+    wait_http(port, CERTS_PATH, proc, "nginx proxy_pass", timeout=120)
     return proc, out
 
 
@@ -163,7 +195,25 @@ def measure(proc, out, send, warmup, count):
     return last_dump_instructions(out) / count
 
 
-def passthrough(run, args):
+PASSTHROUGH_HEADERS = {"Accept": "application/json", "User-Agent": "instructions/1", "Accept-Encoding": "gzip"}
+
+
+def sequential_sender(port):
+    """Requests one by one over one keep-alive connection: `send(start, n)`, and `close()`."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+
+    def send(_start, n):
+        for _ in range(n):
+            conn.request("GET", CERTS_PATH, headers=PASSTHROUGH_HEADERS)
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200 or len(body) < 2000:
+                raise SystemExit(f"instructions: pass-through answered {response.status}")
+
+    return send, conn.close
+
+
+def start_upstream_and_proxy(run, args):
     upstream_port, port, admin = free_port(), free_port(), free_port()
     start_nginx(run, args.nginx, upstream_port)
     env = proxy_env({
@@ -173,21 +223,70 @@ def passthrough(run, args):
         "DTR_ADMIN_LISTEN": f"{HOST}:{admin}",
     })
     proc, out = start_measured_proxy(run, args.proxy, env, admin, "passthrough")
-    conn = http.client.HTTPConnection(HOST, port, timeout=60)
-    headers = {"Accept": "application/json", "User-Agent": "instructions/1", "Accept-Encoding": "gzip"}
+    return upstream_port, port, proc, out
 
-    def send(_start, n):
-        for _ in range(n):
-            conn.request("GET", CERTS_PATH, headers=headers)
-            response = conn.getresponse()
-            body = response.read()
-            if response.status != 200 or len(body) < 2000:
-                raise SystemExit(f"instructions: pass-through answered {response.status}")
 
+def passthrough(run, args):
+    _, port, proc, out = start_upstream_and_proxy(run, args)
+    send, close = sequential_sender(port)
     per_request = measure(proc, out, send, args.warmup, args.count)
-    conn.close()
+    close()
     run.stop(proc)
     return per_request
+
+
+def wrk_requests(port, seconds, connections):
+    """Runs wrk on the second CPU; the requests it completed, all of them answered 2xx."""
+    url = f"http://{HOST}:{port}{CERTS_PATH}"
+    result = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", url],
+                            capture_output=True, text=True, check=True, timeout=seconds + 60)
+    requests = None
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if "requests in" in line:
+            requests = int(parts[0])
+        if line.strip().startswith("Non-2xx") or "Socket errors:" in line:
+            raise SystemExit(f"instructions: wrk saw errors through port {port}:\n{result.stdout}")
+    if not requests:
+        raise SystemExit(f"instructions: cannot read wrk's output:\n{result.stdout}")
+    return requests
+
+
+def measure_loaded(proc, out, port, args):
+    """Warm up with wrk, zero, run wrk for --load-seconds, dump: instructions per completed
+    request (the few still in flight when wrk stops are within a tenth of a percent)."""
+    wrk_requests(port, 2, args.connections)
+    callgrind("--zero", proc.pid)
+    requests = wrk_requests(port, args.load_seconds, args.connections)
+    callgrind("--dump", proc.pid)
+    return last_dump_instructions(out) / requests
+
+
+def versus_nginx(run, args):
+    """Pass-through instructions per request: {(target, load): figure}."""
+    figures = {}
+    upstream_port, port, proc, out = start_upstream_and_proxy(run, args)
+    send, close = sequential_sender(port)
+    figures[("dtr-proxy", "sequential")] = measure(proc, out, send, args.warmup, args.count)
+    close()
+    figures[("dtr-proxy", "loaded")] = measure_loaded(proc, out, port, args)
+    run.stop(proc)
+    nginx_port = free_port()
+    proc, out = start_measured_nginx_proxy(run, args.nginx, upstream_port, nginx_port)
+    send, close = sequential_sender(nginx_port)
+    figures[("nginx", "sequential")] = measure(proc, out, send, args.warmup, args.count)
+    close()
+    figures[("nginx", "loaded")] = measure_loaded(proc, out, nginx_port, args)
+    run.stop(proc)
+    return figures
+
+
+def print_versus(figures, args):
+    print(f"instructions per pass-through request (2 KiB JSON, user space), nginx proxy_pass and dtr-proxy ({args.proxy}):")
+    for load, what in (("sequential", f"one connection, {args.count} requests one by one"),
+                       ("loaded", f"wrk -c{args.connections} for {args.load_seconds} s")):
+        n, d = figures[("nginx", load)], figures[("dtr-proxy", load)]
+        print(f"  {what:<46} nginx {n:8.0f}  dtr-proxy {d:8.0f}  dtr-proxy/nginx {d / n:.2f}")
 
 
 def poll(run, args):
@@ -246,6 +345,10 @@ def main():
     parser.add_argument("--baseline", required=True)
     parser.add_argument("--update", action="store_true", help="write the measured figures as the new baseline")
     parser.add_argument("--tolerance", type=float, default=0.10)
+    parser.add_argument("--versus-nginx", action="store_true",
+                        help="also count the pass-through in nginx proxy_pass beside dtr-proxy's, one by one and under load")
+    parser.add_argument("--load-seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     args.proxy = os.path.abspath(args.proxy)
     args.poll_bench = os.path.abspath(args.poll_bench)
@@ -253,10 +356,13 @@ def main():
     tmp = tempfile.mkdtemp(prefix="dtr-instructions.")
     run = Run(tmp)
     results = {}
+    versus = None
     ok = False
     try:
-        for name in args.paths.split(","):
+        for name in filter(None, args.paths.split(",")):
             results[name] = {"passthrough": passthrough, "poll": poll}[name](run, args)
+        if args.versus_nginx:
+            versus = versus_nginx(run, args)
         ok = True
     finally:
         run.stop_all()
@@ -265,6 +371,8 @@ def main():
         else:
             print(f"instructions: logs and callgrind dumps kept in {tmp}", file=sys.stderr)
 
+    if versus:
+        print_versus(versus, args)
     if args.update:
         with open(args.baseline, "w") as f:
             f.write("# Instructions per request in the dtr-proxy process (callgrind), written by\n")

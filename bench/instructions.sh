@@ -6,9 +6,11 @@
 # Usage:
 #   bash bench/instructions.sh            check against the baseline
 #   bash bench/instructions.sh --update   measure and write a new baseline (see bench/README.md)
+#   bash bench/instructions.sh --versus-nginx   also count the pass-through in nginx proxy_pass,
+#                                        side by side (PATHS= for that count alone)
 #
 # Environment: COUNT (measured requests per path, default 1000), WARMUP (default 200),
-# TOLERANCE (default 0.10), PATHS (default passthrough,poll).
+# TOLERANCE (default 0.10), PATHS (default passthrough,poll; empty for none).
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +20,9 @@ source bench/lib.sh
 ensure_apt valgrind valgrind
 ensure_apt nginx nginx-light
 ensure_apt redis-server redis-server
+if [[ " $* " == *" --versus-nginx "* ]]; then
+    ensure_apt wrk wrk
+fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 build_release
 
@@ -27,5 +32,5 @@ python3 bench/instructions.py \
     --nginx "$NGINX" \
     --baseline bench/instructions.baseline \
     --count "${COUNT:-1000}" --warmup "${WARMUP:-200}" \
-    --tolerance "${TOLERANCE:-0.10}" --paths "${PATHS:-passthrough,poll}" \
+    --tolerance "${TOLERANCE:-0.10}" --paths "${PATHS-passthrough,poll}" \
     "$@"
