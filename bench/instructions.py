@@ -159,7 +159,10 @@ def start_measured_nginx_proxy(run, nginx, upstream_port, port):
     root = os.path.join(run.tmp, "nginx-proxy")
     os.makedirs(os.path.join(root, "tmp"), exist_ok=True)
     body = vs_nginx.PROXY_SERVER.format(host=HOST, upstream=upstream_port, port=port)
-    conf = vs_nginx.NGINX_COMMON.format(root=root, body=body).replace("daemon off;", "daemon off;\nmaster_process off;", 1)
+    conf = vs_nginx.NGINX_COMMON.format(root=root, body=body)
+    if "daemon off;" not in conf:
+        raise SystemExit("instructions: vs_nginx.py's nginx configuration no longer says `daemon off;`")
+    conf = conf.replace("daemon off;", "daemon off;\nmaster_process off;", 1)
     with open(os.path.join(root, "nginx.conf"), "w") as f:
         f.write(conf)
     proc, out = start_measured(run, [nginx, "-p", root, "-c", os.path.join(root, "nginx.conf"),
@@ -262,21 +265,23 @@ def measure_loaded(proc, out, port, args):
     return last_dump_instructions(out) / requests
 
 
-def versus_nginx(run, args):
-    """Pass-through instructions per request: {(target, load): figure}."""
-    figures = {}
-    upstream_port, port, proc, out = start_upstream_and_proxy(run, args)
+def count_both_loads(proc, out, port, args):
+    """The pass-through through `port` counted one by one, then under load: {load: figure}."""
     send, close = sequential_sender(port)
-    figures[("dtr-proxy", "sequential")] = measure(proc, out, send, args.warmup, args.count)
+    figures = {"sequential": measure(proc, out, send, args.warmup, args.count)}
     close()
-    figures[("dtr-proxy", "loaded")] = measure_loaded(proc, out, port, args)
+    figures["loaded"] = measure_loaded(proc, out, port, args)
+    return figures
+
+
+def versus_nginx(run, args):
+    """Pass-through instructions per request: {target: {load: figure}}."""
+    upstream_port, port, proc, out = start_upstream_and_proxy(run, args)
+    figures = {"dtr-proxy": count_both_loads(proc, out, port, args)}
     run.stop(proc)
     nginx_port = free_port()
     proc, out = start_measured_nginx_proxy(run, args.nginx, upstream_port, nginx_port)
-    send, close = sequential_sender(nginx_port)
-    figures[("nginx", "sequential")] = measure(proc, out, send, args.warmup, args.count)
-    close()
-    figures[("nginx", "loaded")] = measure_loaded(proc, out, nginx_port, args)
+    figures["nginx"] = count_both_loads(proc, out, nginx_port, args)
     run.stop(proc)
     return figures
 
@@ -285,7 +290,7 @@ def print_versus(figures, args):
     print(f"instructions per pass-through request (2 KiB JSON, user space), nginx proxy_pass and dtr-proxy ({args.proxy}):")
     for load, what in (("sequential", f"one connection, {args.count} requests one by one"),
                        ("loaded", f"wrk -c{args.connections} for {args.load_seconds} s")):
-        n, d = figures[("nginx", load)], figures[("dtr-proxy", load)]
+        n, d = figures["nginx"][load], figures["dtr-proxy"][load]
         print(f"  {what:<46} nginx {n:8.0f}  dtr-proxy {d:8.0f}  dtr-proxy/nginx {d / n:.2f}")
 
 
