@@ -24,6 +24,15 @@ each, nginx and dtr-proxy taking turns at going first; per file the round with t
 dtr-proxy/nginx ratio is shown, and the ratio of every round under it. A round during which
 the hypervisor stole more than a trace of CPU time (host.py) is left out of the median when
 another round was left alone; the steal of each round, and of the latency sweep, is printed.
+
+Rounds of several seconds each are still too far apart for a ratio near 1.0: in one run,
+rounds half a minute apart with at most 0.4 % stolen gave 0.79x, 0.90x, 1.03x and 1.11x for
+the same build. --slices N
+measures throughput in N pairs of short runs instead (--slice-seconds, default 1), nginx and
+dtr-proxy back to back in each pair and taking turns at going first, so the two runs of a
+pair share the host's state; the median of the pairs' ratios is the figure, with its
+quartiles and every pair's ratio under it (pairs under steal are left out of the median when
+others were left alone). bench/vs-nginx.sh measures in 30 pairs.
 """
 
 import argparse
@@ -203,9 +212,10 @@ def status_kib(pid, field):
     return 0
 
 
-def wrk(url, args):
-    cmd = ["taskset", "-c", args.client_cpus, "timeout", "-k", "5", str(args.duration + 30),
-           "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "5s", "--latency", url]
+def wrk(url, args, duration=None):
+    duration = duration or args.duration
+    cmd = ["taskset", "-c", args.client_cpus, "timeout", "-k", "5", str(duration + 30),
+           "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--timeout", "5s", "--latency", url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = None
     errors = 0
@@ -220,6 +230,74 @@ def wrk(url, args):
     if rps is None:
         raise SystemExit(f"cannot read wrk output:\n{out}")
     return rps, errors
+
+
+def measure_slices(targets, pids, args):
+    """Throughput in paired slices: after a warm-up of each proxy, --slices pairs of short wrk
+    runs (--slice-seconds), nginx and dtr-proxy back to back in each pair (taking turns at
+    going first; the floor, when measured, after them). Each pair gives a ratio; the host's
+    state changes over seconds, and two runs a second apart share much more of it than two
+    rounds of several seconds each do."""
+    proxies = ["nginx", "dtr-proxy"] + (["hyper floor"] if args.floor else [])
+    slices = {}
+    for name in args.files.split(","):
+        for target in proxies:
+            url = f"http://{HOST}:{targets[target]}{FILES[name]}"
+            log(f"{name} via {target}: warm-up, wrk -c{args.connections} for 2 s")
+            subprocess.run(["taskset", "-c", args.client_cpus, "timeout", "20", "wrk", "-t1", f"-c{args.connections}", "-d2s", url],
+                           capture_output=True, check=True)
+        pairs = []
+        log(f"{name}: {args.slices} pairs of {args.slice_seconds} s slices")
+        for number in range(args.slices):
+            order = proxies[:2] if number % 2 == 0 else proxies[1::-1]
+            steal = host.Steal.start()
+            measured = {}
+            for target in order + proxies[2:]:
+                before = cpu_ticks(pids[target])
+                rps, errors = wrk(f"http://{HOST}:{targets[target]}{FILES[name]}", args, args.slice_seconds)
+                after = cpu_ticks(pids[target])
+                measured[target] = (rps, errors, after[0] - before[0], after[1] - before[1])
+            pairs.append((measured, steal.end()))
+        slices[name] = pairs
+    return slices
+
+
+def print_slices(slices, labels, args, hz):
+    """The ratio of each pair, their median over the pairs the host left alone (over all when
+    it left none alone), the quartiles, and the CPU per request over every slice."""
+    print(f"throughput in paired slices (wrk, closed loop, {args.connections} connections; {args.slices} pairs of "
+          f"{args.slice_seconds} s, nginx and dtr-proxy back to back in each, taking turns at going first)")
+    medians = {}
+    for name, pairs in slices.items():
+        calm = [p for p in pairs if not p[1].marked()]
+        pool = calm or pairs
+        basis = (f"{len(calm)} of {len(pairs)} pairs with at most {host.MARKED_SHARE:.0%} stolen" if calm
+                 else f"all {len(pairs)} pairs, every one with more than {host.MARKED_SHARE:.0%} stolen")
+
+        def ratios(target):
+            return sorted(m[target][0] / m["nginx"][0] for m, _ in pool)
+
+        def quartiles(values):
+            return values[len(values) // 4], values[len(values) // 2], values[(3 * len(values)) // 4]
+
+        low, median, high = quartiles(ratios("dtr-proxy"))
+        medians[name] = median
+        errors = sum(m[t][1] for m, _ in pairs for t in m)
+        mean = {t: sum(m[t][0] for m, _ in pool) / len(pool) for t in pool[0][0]}
+        print(f"  {labels[name]:<22} nginx {mean['nginx']:.0f} req/s, dtr-proxy {mean['dtr-proxy']:.0f} req/s (means);"
+              f" dtr/nginx median {median:.2f}x, quartiles {low:.2f}x to {high:.2f}x ({basis})"
+              + (f"  ({errors} errors!)" if errors else ""))
+        for target in ("nginx", "dtr-proxy"):
+            requests = sum(m[target][0] * args.slice_seconds for m, _ in pairs)
+            user = sum(m[target][2] for m, _ in pairs) / hz / requests * 1e6
+            system = sum(m[target][3] for m, _ in pairs) / hz / requests * 1e6
+            print(f"  {'  CPU/req ' + target:<22} {user + system:.1f} us ({user:.1f} user + {system:.1f} system)")
+        if "hyper floor" in pool[0][0]:
+            low, median, high = quartiles(ratios("hyper floor"))
+            print(f"  {'  hyper floor':<22} {mean['hyper floor']:.0f} req/s; floor/nginx median {median:.2f}x, quartiles {low:.2f}x to {high:.2f}x")
+        print(f"  {'  each pair':<22} " + " ".join(f"{m['dtr-proxy'][0] / m['nginx'][0]:.2f}" + ("*" if s.marked() else "")
+                                                    for m, s in pairs) + f"   (* more than {host.MARKED_SHARE:.0%} stolen)")
+    return medians
 
 
 def oha(url, rate, args):
@@ -375,6 +453,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds; the median ratio is shown")
     parser.add_argument("--floor", default="", help="the hyper_floor example: measured beside the two proxies")
     parser.add_argument("--floor-port", type=int, default=18183)
+    parser.add_argument("--slices", type=int, default=0,
+                        help="measure throughput in this many pairs of short runs instead of in rounds (see measure_slices)")
+    parser.add_argument("--slice-seconds", type=int, default=1)
     args = parser.parse_args()
     upstream_port, nginx_port, proxy_port, admin_port = (int(p) for p in args.ports.split(","))
     rates = [int(r) for r in args.rates.split(",") if r]
@@ -425,7 +506,8 @@ def main():
         hz = os.sysconf("SC_CLK_TCK")
 
         rounds, steals = [], []
-        for number in range(args.rounds):
+        slices = measure_slices(targets, pids, args) if args.slices else None
+        for number in range(0 if slices else args.rounds):
             measured = {}
             steal = host.Steal.start()
             order = ["direct", "nginx", "dtr-proxy"] if number % 2 == 0 else ["direct", "dtr-proxy", "nginx"]
@@ -447,7 +529,7 @@ def main():
             rounds.append(measured)
             steals.append(steal.end())
         throughput, ratios, bases = {}, {}, {}
-        for name in args.files.split(","):
+        for name in (args.files.split(",") if rounds else []):
             ratios[name] = [m[(name, "dtr-proxy")][0] / m[(name, "nginx")][0] for m in rounds]
             median, bases[name] = host.median_round(ratios[name], steals)
             for target in targets:
@@ -476,9 +558,42 @@ def main():
     print(f"  pinning: upstream and the proxy under test on CPU {args.server_cpus}, load generator on CPU {args.client_cpus}")
     print(f"  nginx proxy: 1 worker, keepalive 64 upstream; dtr-proxy: DTR_WORKER_THREADS=1")
     print()
+    labels = {"certs": f"certs ({sizes[0]} B JSON)", "big": f"big.js ({sizes[1] // 1024} KiB)"}
+    if slices:
+        slice_medians = print_slices(slices, labels, args, hz)
+    else:
+        print_rounds(rounds, throughput, ratios, bases, steals, labels, targets, args)
+    if latency:
+        print_latency(latency, rates, args)
+    print()
+    print("summary")
+    for name in args.files.split(","):
+        if slices:
+            ratio = slice_medians[name]
+        else:
+            n, p = throughput[(name, "nginx")], throughput[(name, "dtr-proxy")]
+            ratio = p[0] / n[0]
+        print(f"  {labels[name]:<22} throughput dtr-proxy / nginx = {ratio:.2f}  (target >= 1.00)")
+    if latency:
+        medians = latency["medians"]
+        print(f"  added p99 at {args.moderate_rate}/s over direct: dtr-proxy {medians['dtr-proxy']:+.3f} ms "
+              f"(the median {latency['basis']}), nginx's median {medians['nginx']:+.3f} ms  (target <= 0.300 ms)")
+    print(f"  dtr-proxy RSS: peak {rss_hwm / 1024:.1f} MiB (VmHWM), {rss_now / 1024:.1f} MiB at the end  (target <= 30 MB)")
+    steals += [s for pairs in (slices or {}).values() for _, s in pairs]
+    measured_steal = sum(steals + latency["steals"], latency["sweep_steal"]) if latency else sum(steals, host.Steal())
+    print(f"  {host.summary(measured_steal)}")
+    if args.plot and latency:
+        series = {t: {q: [(r, latency["by_rate"][(t, r)][q]) for r in rates] for q in ("p99", "p50")}
+                  for t in ("direct", "nginx", "dtr-proxy")}
+        svg_plot(args.plot, series, rates, "pass-through latency vs load (2 KiB JSON)")
+        print(f"  plot: {args.plot}")
+    return 0
+
+
+def print_rounds(rounds, throughput, ratios, bases, steals, labels, targets, args):
+    """The round with the median ratio, and every round's ratio under it."""
     print(f"throughput (wrk, closed loop, {args.connections} connections, {args.duration} s; the round with the median ratio)")
     print(f"  {'file':<22} {'direct':>9} {'nginx':>9} {'dtr-proxy':>10} {'dtr/nginx':>10}   {'CPU/req nginx':>13} {'CPU/req dtr':>12}")
-    labels = {"certs": f"certs ({sizes[0]} B JSON)", "big": f"big.js ({sizes[1] // 1024} KiB)"}
     for name in args.files.split(","):
         d, n, p = (throughput[(name, t)] for t in ("direct", "nginx", "dtr-proxy"))
         errors = sum(m[(name, t)][1] for m in rounds for t in targets)
@@ -492,26 +607,6 @@ def main():
             print(f"  {'  hyper floor':<22} {f[0]:.0f} req/s, {f[0] / n[0]:.2f}x nginx (each round: {floor_ratios}), "
                   f"CPU/req {f[4]:.1f} + {f[5]:.1f} us")
     print(f"  {'stolen in each round':<22} " + "  ".join(str(s) for s in steals))
-    if latency:
-        print_latency(latency, rates, args)
-    print()
-    print("summary")
-    for name in args.files.split(","):
-        n, p = throughput[(name, "nginx")], throughput[(name, "dtr-proxy")]
-        print(f"  {labels[name]:<22} throughput dtr-proxy / nginx = {p[0] / n[0]:.2f}  (target >= 1.00)")
-    if latency:
-        medians = latency["medians"]
-        print(f"  added p99 at {args.moderate_rate}/s over direct: dtr-proxy {medians['dtr-proxy']:+.3f} ms "
-              f"(the median {latency['basis']}), nginx's median {medians['nginx']:+.3f} ms  (target <= 0.300 ms)")
-    print(f"  dtr-proxy RSS: peak {rss_hwm / 1024:.1f} MiB (VmHWM), {rss_now / 1024:.1f} MiB at the end  (target <= 30 MB)")
-    measured_steal = sum(steals + latency["steals"], latency["sweep_steal"]) if latency else sum(steals, host.Steal())
-    print(f"  {host.summary(measured_steal)}")
-    if args.plot and latency:
-        series = {t: {q: [(r, latency["by_rate"][(t, r)][q]) for r in rates] for q in ("p99", "p50")}
-                  for t in ("direct", "nginx", "dtr-proxy")}
-        svg_plot(args.plot, series, rates, "pass-through latency vs load (2 KiB JSON)")
-        print(f"  plot: {args.plot}")
-    return 0
 
 
 if __name__ == "__main__":
