@@ -232,6 +232,12 @@ def wrk(url, args, duration=None):
     return rps, errors
 
 
+def warm_up(url, args):
+    """2 s of the measured load, unmeasured: connections open, buffers and caches warm."""
+    subprocess.run(["taskset", "-c", args.client_cpus, "timeout", "20", "wrk", "-t1", f"-c{args.connections}", "-d2s", url],
+                   capture_output=True, check=True)
+
+
 def measure_slices(targets, pids, args):
     """Throughput in paired slices: after a warm-up of each proxy, --slices pairs of short wrk
     runs (--slice-seconds), nginx and dtr-proxy back to back in each pair (taking turns at
@@ -244,8 +250,7 @@ def measure_slices(targets, pids, args):
         for target in proxies:
             url = f"http://{HOST}:{targets[target]}{FILES[name]}"
             log(f"{name} via {target}: warm-up, wrk -c{args.connections} for 2 s")
-            subprocess.run(["taskset", "-c", args.client_cpus, "timeout", "20", "wrk", "-t1", f"-c{args.connections}", "-d2s", url],
-                           capture_output=True, check=True)
+            warm_up(url, args)
         pairs = []
         log(f"{name}: {args.slices} pairs of {args.slice_seconds} s slices")
         for number in range(args.slices):
@@ -517,8 +522,7 @@ def main():
                 for target in order:
                     url = f"http://{HOST}:{targets[target]}{FILES[name]}"
                     log(f"round {number + 1}: {name} via {target}: wrk -t{args.threads} -c{args.connections}, warm-up 2 s, then {args.duration} s")
-                    subprocess.run(["taskset", "-c", args.client_cpus, "timeout", "20", "wrk", "-t1", f"-c{args.connections}", "-d2s", url],
-                                   capture_output=True, check=True)
+                    warm_up(url, args)
                     before = cpu_ticks(pids[target]) if target in pids else (0, 0)
                     rps, errors = wrk(url, args)
                     after = cpu_ticks(pids[target]) if target in pids else (0, 0)
