@@ -240,18 +240,10 @@ def passthrough(run, args):
 
 def wrk_requests(port, seconds, connections):
     """Runs wrk on the second CPU; the requests it completed, all of them answered 2xx."""
-    url = f"http://{HOST}:{port}{CERTS_PATH}"
-    result = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", url],
-                            capture_output=True, text=True, check=True, timeout=seconds + 60)
-    requests = None
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if "requests in" in line:
-            requests = int(parts[0])
-        if line.strip().startswith("Non-2xx") or "Socket errors:" in line:
-            raise SystemExit(f"instructions: wrk saw errors through port {port}:\n{result.stdout}")
-    if not requests:
-        raise SystemExit(f"instructions: cannot read wrk's output:\n{result.stdout}")
+    requests, _, errors = vs_nginx.run_wrk(f"http://{HOST}:{port}{CERTS_PATH}", "1", connections, seconds,
+                                            answer_timeout=10)
+    if errors:
+        raise SystemExit(f"instructions: wrk saw {errors} errors through port {port}")
     return requests
 
 

@@ -212,30 +212,37 @@ def status_kib(pid, field):
     return 0
 
 
-def wrk(url, args, duration=None):
-    duration = duration or args.duration
-    cmd = ["taskset", "-c", args.client_cpus, "timeout", "-k", "5", str(duration + 30),
-           "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--timeout", "5s", "--latency", url]
+def run_wrk(url, cpus, connections, seconds, threads=1, answer_timeout=5):
+    """wrk on `cpus` against `url`: (requests completed, requests per second, errors: socket
+    errors and non-2xx answers). Shared with instructions.py."""
+    cmd = ["taskset", "-c", cpus, "timeout", "-k", "5", str(seconds + 30),
+           "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", f"{answer_timeout}s", "--latency", url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rps = None
+    requests = rps = None
     errors = 0
     for line in out.splitlines():
         parts = line.split()
+        if "requests in" in line:
+            requests = int(parts[0])
         if line.startswith("Requests/sec:"):
             rps = float(parts[1])
         if "Socket errors:" in line:
             errors += sum(int(p.strip(",")) for p in parts[3::2])
-        if line.startswith("  Non-2xx"):
+        if line.strip().startswith("Non-2xx"):
             errors += int(parts[-1])
-    if rps is None:
+    if requests is None or rps is None:
         raise SystemExit(f"cannot read wrk output:\n{out}")
+    return requests, rps, errors
+
+
+def wrk(url, args, duration=None):
+    _, rps, errors = run_wrk(url, args.client_cpus, args.connections, duration or args.duration, args.threads)
     return rps, errors
 
 
 def warm_up(url, args):
     """2 s of the measured load, unmeasured: connections open, buffers and caches warm."""
-    subprocess.run(["taskset", "-c", args.client_cpus, "timeout", "20", "wrk", "-t1", f"-c{args.connections}", "-d2s", url],
-                   capture_output=True, check=True)
+    run_wrk(url, args.client_cpus, args.connections, 2)
 
 
 def measure_slices(targets, pids, args):
@@ -267,6 +274,11 @@ def measure_slices(targets, pids, args):
     return slices
 
 
+def quartiles(values):
+    """The lower quartile, the median and the upper quartile of sorted `values`."""
+    return values[len(values) // 4], values[len(values) // 2], values[(3 * len(values)) // 4]
+
+
 def print_slices(slices, labels, args, hz):
     """The ratio of each pair, their median over the pairs the host left alone (over all when
     it left none alone), the quartiles, and the CPU per request over every slice."""
@@ -281,9 +293,6 @@ def print_slices(slices, labels, args, hz):
 
         def ratios(target):
             return sorted(m[target][0] / m["nginx"][0] for m, _ in pool)
-
-        def quartiles(values):
-            return values[len(values) // 4], values[len(values) // 2], values[(3 * len(values)) // 4]
 
         low, median, high = quartiles(ratios("dtr-proxy"))
         medians[name] = median
