@@ -3,6 +3,7 @@
 //! and the acknowledgment an upstream response filter. Everything else is streamed straight
 //! through to the OP over pooled connections.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -233,7 +234,51 @@ impl PublicService {
 
     /// Forwards a request to the OP and streams the answer back, turning a redirect that carries
     /// one of our handles into the RP's acknowledgment.
-    pub async fn forward(&self, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+    ///
+    /// Not an `async fn`: one keeps each argument twice in its future, and this future is boxed
+    /// (copied whole) for every pass-through request. The request is checked and handed to
+    /// the upstream before the future is built; the future holds only that call.
+    pub fn forward(
+        &self,
+        request: Request<Body>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Body>> + Send + '_ {
+        let sent = self.send_on(request, peer);
+        async move {
+            let sent = match sent {
+                Ok(sent) => sent,
+                Err(refused) => return *refused,
+            };
+            match sent.await {
+                Ok(response) => {
+                    let (mut parts, body) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    if parts.status.is_redirection()
+                        && parts
+                            .headers
+                            .get(header::LOCATION)
+                            .is_some_and(acknowledge::carries_handle)
+                    {
+                        return Box::pin(self.acknowledge.handle(parts)).await;
+                    }
+                    Response::from_parts(parts, body.into_body())
+                }
+                Err(e) => self.upstream_failure(&e),
+            }
+        }
+    }
+
+    /// The synchronous half of [`Self::forward`]: the request as the OP gets it, handed to the
+    /// upstream, or (boxed: rare, and it would double the size of every pass-through future)
+    /// the answer to a request that names nothing to forward.
+    fn send_on(
+        &self,
+        request: Request<Body>,
+        peer: SocketAddr,
+    ) -> Result<
+        impl Future<Output = Result<Response<hyper::body::Incoming>, UpstreamError>> + Send + '_,
+        Box<Response<Body>>,
+    > {
         let (mut parts, body) = request.into_parts();
         if parts.method == Method::CONNECT {
             // Not a forward proxy: a tunnel request is the client's mistake, not an OP failure.
@@ -242,13 +287,13 @@ impl PublicService {
                 header::ALLOW,
                 HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),
             );
-            return response;
+            return Err(Box::new(response));
         }
         // Only origin-form (and absolute-form, whose authority is ignored) names an OP path;
         // `OPTIONS *` and authority-form have no path to forward.
         let names_a_path = parts.uri.path_and_query().is_some_and(|p| p.as_str().starts_with('/'));
         if !names_a_path || self.upstream.forward_target(&mut parts.uri).is_err() {
-            return plain(StatusCode::BAD_REQUEST, "bad request target\n");
+            return Err(Box::new(plain(StatusCode::BAD_REQUEST, "bad request target\n")));
         }
         if parts.version == Version::HTTP_2 {
             join_cookies(&mut parts.headers);
@@ -256,22 +301,7 @@ impl PublicService {
         // Keycloak speaks HTTP/1.1 behind a proxy, whatever the client spoke to us.
         parts.version = Version::HTTP_11;
         self.upstream.prepare_headers(&mut parts.headers, peer.ip());
-        match self.upstream.send(Request::from_parts(parts, body), PASSTHROUGH).await {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                if parts.status.is_redirection()
-                    && parts
-                        .headers
-                        .get(header::LOCATION)
-                        .is_some_and(acknowledge::carries_handle)
-                {
-                    return Box::pin(self.acknowledge.handle(parts)).await;
-                }
-                Response::from_parts(parts, body.into_body())
-            }
-            Err(e) => self.upstream_failure(&e),
-        }
+        Ok(self.upstream.send(Request::from_parts(parts, body), PASSTHROUGH))
     }
 
     fn upstream_failure(&self, e: &UpstreamError) -> Response<Body> {

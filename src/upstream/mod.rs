@@ -2,6 +2,7 @@
 //! calls, HTTP/1.1 only), a general pooled client for pings to RPs and clients' JWKS, one TLS
 //! connector shared by all; the headers that make the OP see its public URL.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -332,15 +333,17 @@ impl Upstream {
     }
 
     /// Sends a request as is (headers already prepared) and returns the streaming response.
-    pub async fn send(
-        &self,
+    ///
+    /// Not an `async fn`: one keeps each argument twice in its future, and this one is part of
+    /// every pass-through request's. The request is handed to the pool before the future is
+    /// built, so the future holds only the pool's (boxed) call and its timer.
+    pub fn send<'a>(
+        &'a self,
         mut request: Request<Body>,
         call: &'static str,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let Some(origin) = &self.origin else {
-            return Err(UpstreamError::Connect(format!("bad upstream URI: {}", self.base)));
-        };
-        let span = if self.telemetry.is_on() {
+    ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a {
+        // No span for a request that cannot be sent (a bad upstream URI).
+        let span = if self.origin.is_some() && self.telemetry.is_on() {
             let (method, uri) = (request.method().clone(), self.absolute(request.uri()));
             self.telemetry.client(call, &method, &uri, request.headers_mut(), None)
         } else {
@@ -348,30 +351,36 @@ impl Upstream {
         };
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started) + self.timeout;
-        // Boxed: the pool's future holds the request and its retry state (about 1.2 KiB), and
+        // Boxed: the pool's future holds the request and its retry state (about 700 bytes), and
         // a future is copied whole at each level it is built and handed up through; a box
         // from the thread cache costs less than those copies.
-        let result = self
-            .timers
-            .timeout(deadline, Box::pin(self.pool.send(request, origin, started)))
-            .await;
-        if span.is_some() {
-            match &result {
-                Ok(Ok(response)) => telemetry::end_client(span, Ok(response.status())),
-                Ok(Err(e)) => telemetry::end_client(span, Err(e)),
-                Err(_) => telemetry::end_client(span, Err(&UpstreamError::Timeout)),
+        let sent = self.origin.as_ref().map(|origin| {
+            self.timers
+                .timeout(deadline, Box::pin(self.pool.send(request, origin, started)))
+        });
+        async move {
+            let Some(sent) = sent else {
+                return Err(UpstreamError::Connect(format!("bad upstream URI: {}", self.base)));
+            };
+            let result = sent.await;
+            if span.is_some() {
+                match &result {
+                    Ok(Ok(response)) => telemetry::end_client(span, Ok(response.status())),
+                    Ok(Err(e)) => telemetry::end_client(span, Err(e)),
+                    Err(_) => telemetry::end_client(span, Err(&UpstreamError::Timeout)),
+                }
             }
-        }
-        if call == PASSTHROUGH {
-            self.passthrough_latency
-                .get_or_init(|| self.metrics.upstream_histogram(PASSTHROUGH))
-                .observe(started.elapsed().as_secs_f64());
-        } else {
-            self.metrics.observe_upstream(call, started.elapsed());
-        }
-        match result {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(result) => result,
+            if call == PASSTHROUGH {
+                self.passthrough_latency
+                    .get_or_init(|| self.metrics.upstream_histogram(PASSTHROUGH))
+                    .observe(started.elapsed().as_secs_f64());
+            } else {
+                self.metrics.observe_upstream(call, started.elapsed());
+            }
+            match result {
+                Err(_) => Err(UpstreamError::Timeout),
+                Ok(result) => result,
+            }
         }
     }
 

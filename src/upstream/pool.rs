@@ -1,6 +1,7 @@
 //! The connections to the OP: a lean HTTP/1.1 keep-alive pool for pass-through and the back
 //! channel, and the general-purpose pooled client for everything else (pings, key sets).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -139,55 +140,64 @@ impl Pool {
     /// target is origin-form, or an absolute URI of the OP's. `now` is the caller's clock read
     /// (it times the call): the pool reads no clock of its own unless it connects. The request
     /// carries its `Host` already.
-    pub(super) async fn send(
-        &self,
+    ///
+    /// Not an `async fn`: one keeps each argument twice in its future (where the caller put it,
+    /// and the body's own copy), and this future is boxed and so copied whole once per request.
+    /// The block below uses its captures in place.
+    #[allow(clippy::manual_async_fn)] // for the future's size, as said
+    pub(super) fn send<'a>(
+        &'a self,
         mut request: Request<Body>,
-        origin: &Uri,
+        origin: &'a Uri,
         mut now: Instant,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        // Every caller has set it (`Upstream::prepare_headers`): the proxy's public host.
-        debug_assert!(
-            request.headers().contains_key(header::HOST),
-            "a request to the OP without Host"
-        );
-        super::to_origin_form(request.uri_mut());
-        let replayable = is_replayable(&request);
-        let mut fresh = 0;
-        let mut replayed = false;
-        for _ in 0..MAX_IDLE + MAX_RETRIES {
-            let pooled = if replayed { None } else { self.checkout(now, replayable) };
-            let (mut sender, idle_for) = match pooled {
-                Some(pooled) => pooled,
-                None => {
-                    fresh += 1;
-                    // Boxed: connecting (TCP, TLS, the handshake) is rare, and its state would
-                    // otherwise make every request's future as large as itself.
-                    let sender = Box::pin(self.connect(origin)).await?;
-                    now = Instant::now();
-                    (sender, Duration::ZERO)
-                }
-            };
-            let replay = (replayable && !replayed && idle_for >= STALE_AFTER).then(|| replayable_copy(&request));
-            let response = sender.try_send_request(request);
-            self.put(sender, now);
-            match response.await {
-                Ok(response) => return Ok(response),
-                Err(mut e) => match (e.take_message(), replay) {
-                    // Not taken by the connection (it closed first): nothing reached the OP.
-                    (Some(unsent), _) if fresh <= MAX_RETRIES => request = unsent,
-                    // Taken, and the stale connection closed without an answer.
-                    (None, Some(copy)) if closed_unanswered(e.error()) => {
-                        tracing::debug!(error = %error_chain(e.error()), "stale upstream connection closed; sending again on a new one");
-                        request = copy;
-                        replayed = true;
+    ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a {
+        async move {
+            // Every caller has set it (`Upstream::prepare_headers`): the proxy's public host.
+            debug_assert!(
+                request.headers().contains_key(header::HOST),
+                "a request to the OP without Host"
+            );
+            super::to_origin_form(request.uri_mut());
+            let replayable = is_replayable(&request);
+            let mut fresh = 0;
+            let mut replayed = false;
+            for _ in 0..MAX_IDLE + MAX_RETRIES {
+                let pooled = if replayed { None } else { self.checkout(now, replayable) };
+                let (mut sender, idle_for) = match pooled {
+                    Some(pooled) => pooled,
+                    None => {
+                        fresh += 1;
+                        // Boxed: connecting (TCP, TLS, the handshake) is rare, and its state would
+                        // otherwise make every request's future as large as itself.
+                        let sender = Box::pin(self.connect(origin)).await?;
+                        now = Instant::now();
+                        (sender, Duration::ZERO)
                     }
-                    _ => return Err(UpstreamError::Failed(error_chain(e.error()))),
-                },
+                };
+                // Boxed: rare (a connection idle a while), and held across the wait for the answer.
+                let replay =
+                    (replayable && !replayed && idle_for >= STALE_AFTER).then(|| Box::new(replayable_copy(&request)));
+                let response = sender.try_send_request(request);
+                self.put(sender, now);
+                match response.await {
+                    Ok(response) => return Ok(response),
+                    Err(mut e) => match (e.take_message(), replay) {
+                        // Not taken by the connection (it closed first): nothing reached the OP.
+                        (Some(unsent), _) if fresh <= MAX_RETRIES => request = unsent,
+                        // Taken, and the stale connection closed without an answer.
+                        (None, Some(copy)) if closed_unanswered(e.error()) => {
+                            tracing::debug!(error = %error_chain(e.error()), "stale upstream connection closed; sending again on a new one");
+                            request = *copy;
+                            replayed = true;
+                        }
+                        _ => return Err(UpstreamError::Failed(error_chain(e.error()))),
+                    },
+                }
+                // Sent again: the answer's wait has passed since the clock was read.
+                now = Instant::now();
             }
-            // Sent again: the answer's wait has passed since the clock was read.
-            now = Instant::now();
+            Err(UpstreamError::Failed("no usable connection to the OP".into()))
         }
-        Err(UpstreamError::Failed("no usable connection to the OP".into()))
     }
 }
 
