@@ -21,7 +21,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// is about 7 % fewer instructions per pass-through request (bench/README.md).
 ///
 /// The same holds one size down: each request in flight has its answer's future in a box of
-/// 1–4 KiB (a DTR token request's is 3.8 KiB, a pass-through's pool call 1.2 KiB), and a slab
+/// 0.5–4 KiB (a DTR token request's is 3.8 KiB, a pass-through's pool call 0.7 KiB), and a slab
 /// of such sizes holds only a few, so the default cache (20) made a pending poll under load
 /// refill and release slabs from the arena: 2 300 instructions per poll (3 %). Up to 64 of
 /// each size are kept (at most 256 KiB for the largest).
