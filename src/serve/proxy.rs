@@ -118,7 +118,14 @@ impl PublicService {
         else {
             return self.dispatch(route, request, peer).await;
         };
-        let response = self.dispatch(route, request, peer).with_context(cx.clone()).await;
+        // The pass-through hands its request to the upstream, opening the client span, while
+        // its future is built rather than when it is first polled: the server span must be
+        // the current one for that too.
+        let dispatched = {
+            let _current = cx.clone().attach();
+            self.dispatch(route, request, peer)
+        };
+        let response = dispatched.with_context(cx.clone()).await;
         telemetry::end_server(&cx, response.status());
         response
     }
