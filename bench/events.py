@@ -32,29 +32,10 @@ import tempfile
 import time
 
 import host
+from polls import HOST, commandstats, log, redis_cli, wait_http, wait_redis
 
-HOST = "127.0.0.1"
 WEBHOOK_SECRET = "whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtMDA="
 EVENTS_SECRET = "whsec_YmVuY2gtZXZlbnRzLXNlY3JldC0wMDA="
-
-
-def log(message):
-    print(f"==> {message}", file=sys.stderr, flush=True)
-
-
-def redis_cli(port, *args):
-    out = subprocess.run(["redis-cli", "-h", HOST, "-p", str(port), *args], capture_output=True, text=True, check=True)
-    return out.stdout
-
-
-def commandstats(port):
-    calls = {}
-    for line in redis_cli(port, "INFO", "commandstats").splitlines():
-        if line.startswith("cmdstat_"):
-            name, rest = line[len("cmdstat_"):].split(":", 1)
-            fields = dict(kv.split("=") for kv in rest.split(","))
-            calls[name] = int(fields["calls"])
-    return calls
 
 
 def http_get(port, path):
@@ -62,20 +43,6 @@ def http_get(port, path):
     conn.request("GET", path)
     response = conn.getresponse()
     return response.status, response.read().decode()
-
-
-def wait_http(port, path, proc, what):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited during startup")
-        try:
-            if http_get(port, path)[0] < 300:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"{what} did not answer {path} in 30 s")
 
 
 def counters(admin_port, name):
@@ -176,16 +143,7 @@ def main():
     try:
         redis = start(["taskset", "-c", args.server_cpus, "redis-server", "--port", str(redis_port), "--bind", HOST,
                        "--save", "", "--appendonly", "no"], "redis")
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if redis_cli(redis_port, "PING").strip() == "PONG":
-                    break
-            except subprocess.CalledProcessError:
-                pass
-            if time.monotonic() > deadline or redis.poll() is not None:
-                raise SystemExit("redis-server did not start")
-            time.sleep(0.05)
+        wait_redis(redis_port, redis)
 
         receiver = start(client(args.events_bench, "receive", "--listen", f"{HOST}:{receiver_port}", "--fail-share", str(args.fail_share),
                                 "--max-failures", str(args.max_failures), "--events-secret", EVENTS_SECRET, "--out", receiver_log), "receiver")

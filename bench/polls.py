@@ -46,6 +46,20 @@ def redis_cli(port, *args):
     return out.stdout
 
 
+def wait_redis(port, proc):
+    """Returns once the redis-server just started as `proc` answers PING."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if redis_cli(port, "PING").strip() == "PONG":
+                return
+        except subprocess.CalledProcessError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit("redis-server did not start")
+        time.sleep(0.05)
+
+
 def commandstats(port):
     calls = {}
     for line in redis_cli(port, "INFO", "commandstats").splitlines():
@@ -132,16 +146,7 @@ def main():
     try:
         redis = start(["taskset", "-c", args.server_cpus, "redis-server", "--port", str(redis_port), "--bind", HOST,
                        "--save", "", "--appendonly", "no"], "redis")
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if redis_cli(redis_port, "PING").strip() == "PONG":
-                    break
-            except subprocess.CalledProcessError:
-                pass
-            if time.monotonic() > deadline or redis.poll() is not None:
-                raise SystemExit("redis-server did not start")
-            time.sleep(0.05)
+        wait_redis(redis_port, redis)
 
         proxy = start(["taskset", "-c", args.server_cpus, args.proxy], "dtr-proxy", env=env)
         wait_http(admin_port, "/readyz", proxy, "dtr-proxy")

@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import host  # noqa: E402
-from polls import HOST, log, redis_cli, wait_http  # noqa: E402
+from polls import HOST, log, redis_cli, wait_http, wait_redis  # noqa: E402
 
 
 def main():
@@ -82,14 +82,9 @@ def main():
             self.env = env_of(offset)
             self.redis_port = redis_port + offset
             self.rounds = []
-            start(["taskset", "-c", args.server_cpus, "redis-server", "--port", str(self.redis_port), "--bind", HOST,
-                   "--save", "", "--appendonly", "no"], f"redis-{name}")
-            for _ in range(200):
-                try:
-                    if redis_cli(self.redis_port, "PING").strip() == "PONG":
-                        break
-                except subprocess.CalledProcessError:
-                    time.sleep(0.05)
+            redis = start(["taskset", "-c", args.server_cpus, "redis-server", "--port", str(self.redis_port), "--bind", HOST,
+                           "--save", "", "--appendonly", "no"], f"redis-{name}")
+            wait_redis(self.redis_port, redis)
             proxy = start(["taskset", "-c", args.server_cpus, args.proxy], f"dtr-proxy-{name}", env=self.env)
             wait_http(admin_port + offset, "/readyz", proxy, f"dtr-proxy ({name})")
             empty = used_memory(self.redis_port)
